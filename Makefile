@@ -1,0 +1,39 @@
+# One command runs the gateway, one runs the tests; both set up .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CONFIG ?= etc/tgw.toml
+
+.PHONY: run test lint format check-config clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# An editable install cannot place twisted/plugins/tgw.py in Twisted's plugin
+	# namespace, so expose just that file (not the repo root) on sys.path.
+	mkdir -p $(VENV)/twistd-plugins/twisted/plugins
+	ln -sf $(CURDIR)/twisted/plugins/tgw.py $(VENV)/twistd-plugins/twisted/plugins/tgw.py
+	$(BIN)/python -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "tgw-twistd-plugins.pth").write_text("$(CURDIR)/$(VENV)/twistd-plugins\n")'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/twistd -n tgw --config $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+check-config: $(STAMP)
+	$(BIN)/tgw check-config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,158 @@
+"""Every Prometheus metric tgw exports (the names are public surface: see docs/metrics.md).
+
+One :class:`GatewayMetrics` per process, on its own registry so tests can run several
+gateways in one interpreter. Labels are bounded: site and service names come from
+configuration and catalogs, reasons from fixed vocabularies; never a client address
+or identity. The data path does not touch these per chunk: byte counts are added
+when a connection closes and by the site's periodic sweep.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from gwcore import __version__
+
+_CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+
+
+class GatewayMetrics:
+    """The metric families, created on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("tgw_build", "tgw version.", registry=r)
+        self.build_info.info({"version": __version__})
+
+        # downstream
+        self.accepted = Counter(
+            "tgw_downstream_accepted",
+            "TCP connections accepted by a site's listener.",
+            ["site"],
+            registry=r,
+        )
+        self.connections = Counter(
+            "tgw_downstream_connections",
+            "Downstream connections that completed the mTLS handshake, by destination service.",
+            ["site", "service"],
+            registry=r,
+        )
+        self.active = Gauge(
+            "tgw_downstream_connections_active",
+            "Downstream connections open now.",
+            ["site"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "tgw_downstream_rejected",
+            "Downstream connections refused before forwarding, by reason "
+            "(overflow, addon_veto, handshake, denied, upstream_unavailable, no_strategy).",
+            ["site", "reason"],
+            registry=r,
+        )
+        self.handshake_errors = Counter(
+            "tgw_tls_handshake_errors",
+            "Failed or refused downstream TLS handshakes, by reason.",
+            ["site", "reason"],
+            registry=r,
+        )
+        self.no_route = Counter(
+            "tgw_no_route",
+            "Connections whose SNI named no destination (reason unknown_sni or missing_sni).",
+            ["site", "reason"],
+            registry=r,
+        )
+        # authorization
+        self.authz_decisions = Counter(
+            "tgw_authz_decisions",
+            "Authorization decisions, by the engine that decided and the verdict.",
+            ["site", "service", "engine", "decision"],
+            registry=r,
+        )
+        self.authz_errors = Counter(
+            "tgw_authz_errors",
+            "Authorization engine failures and timeouts (each is a deny).",
+            ["site", "engine"],
+            registry=r,
+        )
+        # upstream
+        self.upstream_connect_failures = Counter(
+            "tgw_upstream_connect_failures",
+            "Failed upstream connect attempts, by reason (refused, timeout, tls, error).",
+            ["site", "service", "reason"],
+            registry=r,
+        )
+        self.upstream_unavailable = Counter(
+            "tgw_upstream_unavailable",
+            "Connections closed because no endpoint could be reached (or none was healthy).",
+            ["site", "service"],
+            registry=r,
+        )
+        self.upstream_connect_seconds = Histogram(
+            "tgw_upstream_connect_seconds",
+            "Time to open a successful upstream connection.",
+            ["site", "service"],
+            buckets=_CONNECT_BUCKETS,
+            registry=r,
+        )
+        self.bytes = Counter(
+            "tgw_bytes",
+            "Bytes forwarded; direction=upstream is client to service, downstream the reverse.",
+            ["site", "service", "direction"],
+            registry=r,
+        )
+        self.connection_seconds = Histogram(
+            "tgw_connection_duration_seconds",
+            "Lifetime of forwarded connections.",
+            ["site", "service"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.idle_timeouts = Counter(
+            "tgw_idle_timeouts",
+            "Connections closed for being idle.",
+            ["site", "service"],
+            registry=r,
+        )
+        # control plane
+        self.routes = Gauge(
+            "tgw_routes", "Destinations in the live route table.", ["site"], registry=r
+        )
+        self.catalog_last_success = Gauge(
+            "tgw_catalog_last_success_timestamp_seconds",
+            "When a catalog source last produced a good snapshot.",
+            ["site", "source"],
+            registry=r,
+        )
+        self.catalog_errors = Counter(
+            "tgw_catalog_errors",
+            "Catalog source failures (the last good snapshot stays in force).",
+            ["site", "source"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "tgw_certificate_expiry_timestamp_seconds",
+            "notAfter of certificates in use (kind=leaf|root|upstream).",
+            ["site", "kind", "name"],
+            registry=r,
+        )
+        self.certificate_errors = Counter(
+            "tgw_certificate_errors",
+            "Certificate provider failures (the previous material stays in force).",
+            ["site", "provider"],
+            registry=r,
+        )
+        self.addon_errors = Counter(
+            "tgw_addon_errors",
+            "Exceptions raised by addon hook implementations.",
+            ["site", "hook"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "tgw_config_reloads",
+            "Configuration reloads, by result (applied, rejected).",
+            ["result"],
+            registry=r,
+        )

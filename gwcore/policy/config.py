@@ -1,0 +1,429 @@
+"""The TOML configuration: parsing and validation, with no I/O beyond reading the file.
+
+Every problem is reported as a :class:`ConfigProblem` naming the file, the dotted
+key and what is wrong; validation never stops at the first problem, so one run of
+``tgw check-config`` lists them all. Plugins validate their own sections with a
+:class:`SectionReader`, which applies the same rules and message style.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLES = ("terminating", "mesh")
+POLICIES = ("allow", "deny")
+LOG_FORMATS = ("text", "json")
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a config file: where, which key, and what."""
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration that must not be used, with every problem found."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from a number or a Go-style duration ("500ms", "5s", "1m30s", "72h").
+
+    Returns ``None`` when ``value`` is neither; negative values are rejected too.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str) or not value:
+        return None
+    pos, total = 0, 0.0
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for match in _DURATION_RE.finditer(value):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * scale[match.group(2)]
+        pos = match.end()
+    return total if pos == len(value) else None
+
+
+_MISSING = object()
+
+
+class SectionReader:
+    """Reads one TOML table, collecting a problem for each bad or unknown key.
+
+    Used by the core for ``[gateway]`` and ``[sites.NAME]`` and by every plugin for
+    its own section, so all messages look alike: ``file: dotted.key: message``.
+    Call :meth:`finish` after reading every key the section may hold.
+    """
+
+    def __init__(self, file: str, prefix: str, table: Mapping[str, Any]) -> None:
+        self.file = file
+        self.prefix = prefix
+        self.table = table
+        self.problems: list[ConfigProblem] = []
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def problem(self, name: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, self.key(name), message))
+
+    def _get(self, name: str, default: Any, required: bool) -> Any:
+        self._seen.add(name)
+        if name in self.table:
+            return self.table[name]
+        if required:
+            self.problem(name, "is required")
+        return _MISSING if required else default
+
+    def string(
+        self,
+        name: str,
+        default: str | None = None,
+        *,
+        required: bool = False,
+        choices: tuple[str, ...] | None = None,
+        pattern: re.Pattern[str] | None = None,
+        what: str = "",
+    ) -> str | None:
+        value = self._get(name, default, required)
+        if value is _MISSING or value is None:
+            return default
+        if not isinstance(value, str):
+            self.problem(name, f"must be a string, not {_type_name(value)}")
+            return default
+        if choices is not None and value not in choices:
+            self.problem(name, f"must be one of {', '.join(choices)}, not {value!r}")
+            return default
+        if pattern is not None and not pattern.match(value):
+            self.problem(name, f"{value!r} is not {what or 'valid'}")
+            return default
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name, default, False)
+        if not isinstance(value, bool):
+            self.problem(name, f"must be true or false, not {_type_name(value)}")
+            return default
+        return value
+
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        value = self._get(name, default, False)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(name, f"must be an integer, not {_type_name(value)}")
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and {maximum}" if maximum is not None else ""
+            self.problem(
+                name,
+                f"must be between {minimum}{upper}, not {value}"
+                if upper
+                else f"must be at least {minimum}, not {value}",
+            )
+            return default
+        return value
+
+    def duration(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        """A duration in seconds; accepts a number or a string such as ``"5s"``."""
+        value = self._get(name, default, False)
+        seconds = parse_duration(value)
+        if seconds is None:
+            self.problem(
+                name, f'must be a duration (seconds, or a string like "5s"), not {value!r}'
+            )
+            return default
+        if seconds < minimum:
+            self.problem(name, f"must be at least {minimum:g}s, not {seconds:g}s")
+            return default
+        return seconds
+
+    def strings(
+        self, name: str, default: tuple[str, ...] = (), *, required: bool = False
+    ) -> tuple[str, ...]:
+        """A list of strings; a single string is accepted as a one-item list."""
+        value = self._get(name, default, required)
+        if value is _MISSING:
+            return default
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem(name, "must be a list of strings")
+            return default
+        return tuple(value)
+
+    def table_value(self, name: str) -> Mapping[str, Any]:
+        value = self._get(name, {}, False)
+        if not isinstance(value, Mapping):
+            self.problem(name, f"must be a table, not {_type_name(value)}")
+            return {}
+        return value
+
+    def finish(self, allow_tables: bool = False) -> list[ConfigProblem]:
+        """Report unknown keys (tables too unless ``allow_tables``) and return all problems."""
+        for name, value in self.table.items():
+            if name in self._seen:
+                continue
+            if allow_tables and isinstance(value, Mapping):
+                continue
+            self.problem(name, "unknown key")
+        return self.problems
+
+
+def _type_name(value: object) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """One ``[sites.NAME]`` table. Tables inside it are plugin sections."""
+
+    key: str
+    file: str
+    base_dir: Path
+    listen: str
+    name: str
+    datacenter: str
+    trust_domain: str
+    role: str = "terminating"
+    default_policy: str = "deny"
+    plugins: tuple[str, ...] = ()
+    extra_trust_domains: tuple[str, ...] = ()
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    idle_timeout: float = 3600.0
+    authz_timeout: float = 5.0
+    max_connections: int = 10000
+    max_connect_attempts: int = 3
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"sites.{self.key}"
+
+    @property
+    def trusted_domains(self) -> frozenset[str]:
+        return frozenset((self.trust_domain, *self.extra_trust_domains))
+
+    def plugin_section(self, plugin: str) -> Mapping[str, Any]:
+        return self.sections.get(plugin, {})
+
+    def reader(self, plugin: str) -> SectionReader:
+        """A reader for ``[sites.KEY.<plugin>]``, for the plugin's own validation."""
+        return SectionReader(self.file, f"{self.prefix}.{plugin}", self.plugin_section(plugin))
+
+
+@dataclass(frozen=True, slots=True)
+class SampleServiceConfig:
+    """The demo external service started beside the gateway (``[sample_service]``)."""
+
+    listen: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The whole file: ``[gateway]``, an optional ``[sample_service]``, and the sites."""
+
+    file: str
+    base_dir: Path
+    admin: str | None
+    log_format: str
+    access_log: str
+    state_dir: Path
+    plugin_paths: tuple[Path, ...]
+    sites: tuple[SiteConfig, ...]
+    sample_service: SampleServiceConfig | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def site(self, key: str) -> SiteConfig:
+        for site in self.sites:
+            if site.key == key:
+                return site
+        raise KeyError(key)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(
+            [ConfigProblem(file, "(file)", f"cannot be read: {e.strerror or e}")]
+        ) from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([ConfigProblem(file, "(syntax)", str(e))]) from e
+    return parse_config(data, file, path.resolve().parent)
+
+
+def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayConfig:
+    """Validate parsed TOML. Plugin sections are left to the plugins."""
+    problems: list[ConfigProblem] = []
+    top = SectionReader(file, "", data)
+    gw = SectionReader(file, "gateway", top.table_value("gateway"))
+    admin = gw.string(
+        "admin", "tcp:19000:interface=127.0.0.1", pattern=_ENDPOINT_RE, what="an endpoint string"
+    )
+    if admin == "":
+        admin = None
+    log_format = gw.string("log_format", "text", choices=LOG_FORMATS) or "text"
+    access_log = gw.string("access_log", "-") or ""
+    state_dir = base_dir / (gw.string("state_dir", "state") or "state")
+    plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
+    problems += gw.finish()
+
+    sample = None
+    if "sample_service" in data:
+        sr = SectionReader(file, "sample_service", top.table_value("sample_service"))
+        listen = sr.string("listen", required=True, pattern=_ENDPOINT_RE, what="an endpoint string")
+        body = sr.string("body", "hello from the sample service\n") or ""
+        problems += sr.finish()
+        if listen:
+            sample = SampleServiceConfig(listen, body)
+
+    sites_table = top.table_value("sites")
+    sites: list[SiteConfig] = []
+    if not sites_table:
+        top.problem("sites", "at least one [sites.NAME] table is required")
+    for key, table in sites_table.items():
+        if not isinstance(table, Mapping):
+            top.problem(f"sites.{key}", "must be a table")
+            continue
+        site, site_problems = _parse_site(file, base_dir, key, table)
+        problems += site_problems
+        if site is not None:
+            sites.append(site)
+    listens: dict[str, str] = {}
+    for site in sites:
+        if site.listen in listens:
+            problems.append(
+                ConfigProblem(
+                    file, f"{site.prefix}.listen", f"same endpoint as sites.{listens[site.listen]}"
+                )
+            )
+        listens.setdefault(site.listen, site.key)
+    problems += top.finish()
+    if problems:
+        raise ConfigError(problems)
+    return GatewayConfig(
+        file=file,
+        base_dir=base_dir,
+        admin=admin,
+        log_format=log_format,
+        access_log=access_log,
+        state_dir=state_dir,
+        plugin_paths=plugin_paths,
+        sites=tuple(sites),
+        sample_service=sample,
+        raw=data,
+    )
+
+
+def _parse_site(
+    file: str, base_dir: Path, key: str, table: Mapping[str, Any]
+) -> tuple[SiteConfig | None, list[ConfigProblem]]:
+    r = SectionReader(file, f"sites.{key}", table)
+    listen = r.string(
+        "listen",
+        required=True,
+        pattern=_ENDPOINT_RE,
+        what="an endpoint string like tcp:8443:interface=127.0.0.1",
+    )
+    name = r.string(
+        "name",
+        required=True,
+        pattern=_NAME_RE,
+        what="a service name (lower-case letters, digits, dashes)",
+    )
+    datacenter = r.string("datacenter", "dc1", pattern=_NAME_RE, what="a datacenter name")
+    trust_domain = r.string("trust_domain", required=True)
+    if trust_domain is not None and not _valid_trust_domain(trust_domain):
+        r.problem(
+            "trust_domain",
+            f"{trust_domain!r} is not a trust domain (a DNS-like name such as 1234.consul)",
+        )
+        trust_domain = None
+    extra = r.strings("extra_trust_domains")
+    for td in extra:
+        if not _valid_trust_domain(td):
+            r.problem("extra_trust_domains", f"{td!r} is not a trust domain")
+    role = r.string("role", "terminating", choices=ROLES) or "terminating"
+    default_policy = r.string("default_policy", "deny", choices=POLICIES) or "deny"
+    plugins = r.strings("plugins")
+    if len(set(plugins)) != len(plugins):
+        r.problem("plugins", "names a plugin more than once")
+    values = {
+        "handshake_timeout": r.duration("handshake_timeout", 10.0, minimum=0.001),
+        "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
+        "idle_timeout": r.duration("idle_timeout", 3600.0),
+        "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
+        "max_connections": r.integer("max_connections", 10000, minimum=1),
+        "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
+    }
+    sections = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+    for section in sections:
+        if section not in plugins:
+            r.problem(
+                section, "is a plugin section, but the plugin is not in this site's plugins list"
+            )
+    problems = r.finish(allow_tables=True)
+    if problems or listen is None or name is None or trust_domain is None or datacenter is None:
+        return None, problems
+    return (
+        SiteConfig(
+            key=key,
+            file=file,
+            base_dir=base_dir,
+            listen=listen,
+            name=name,
+            datacenter=datacenter,
+            trust_domain=trust_domain.lower(),
+            role=role,
+            default_policy=default_policy,
+            plugins=plugins,
+            extra_trust_domains=tuple(td.lower() for td in extra),
+            sections=sections,
+            **values,
+        ),
+        problems,
+    )
+
+
+_TD_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+def _valid_trust_domain(value: str) -> bool:
+    return len(value) <= 255 and bool(_TD_RE.match(value.lower()))

@@ -1,0 +1,4 @@
+"""Built-in plugins, installed as ``gwcore.plugins``.
+
+They register through the same door as third-party ones (see gwcore.plugin_host).
+"""
