@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/twistd -n tgw --config $(CONFIG)
+	$(BIN)/twistd --pidfile= -n tgw --config $(CONFIG)
 
 test: $(STAMP)
 	$(BIN)/pytest

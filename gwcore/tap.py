@@ -1,7 +1,38 @@
-"""twistd wiring (placeholder until the site runtime lands)."""
+"""twistd wiring: ``twistd -n tgw --config FILE``.
 
+Imported lazily by ``twisted/plugins/tgw.py``, so listing twistd plugins never
+installs a reactor or imports the gateway.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService
 from twisted.python import usage
+
+from gwcore.validation import check_config
 
 
 class Options(usage.Options):
-    optParameters = [["config", "c", "etc/tgw.toml", "Path to the TOML config file."]]
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Run the tgw terminating gateway. The config file is validated first (as by "
+        "'tgw check-config'); any problem stops start-up with a message naming the file and key."
+    )
+    optParameters = [["config", "c", "etc/tgw.toml", "Path to the TOML configuration file."]]
+
+
+def makeService(options: Options) -> IService:
+    from gwcore.service import GatewayService
+
+    checked = check_config(options["config"])
+    if not checked.ok:
+        for problem in checked.problems:
+            print(f"tgw: {problem}", file=sys.stderr)
+        print(
+            f"tgw: refusing to start: {len(checked.problems)} problem(s) in {options['config']}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    return GatewayService(checked, config_path=options["config"])

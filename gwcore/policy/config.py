@@ -17,7 +17,6 @@ from typing import Any
 
 ROLES = ("terminating", "mesh")
 POLICIES = ("allow", "deny")
-LOG_FORMATS = ("text", "json")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
@@ -146,6 +145,29 @@ class SectionReader:
             return default
         return value
 
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        """A number (integer or float) within optional bounds."""
+        value = self._get(name, default, False)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.problem(name, f"must be a number, not {_type_name(value)}")
+            return default
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            self.problem(
+                name,
+                f"must be between {minimum:g} and {maximum:g}, not {value:g}"
+                if minimum is not None and maximum is not None
+                else f"is out of range: {value:g}",
+            )
+            return default
+        return float(value)
+
     def duration(self, name: str, default: float, *, minimum: float = 0.0) -> float:
         """A duration in seconds; accepts a number or a string such as ``"5s"``."""
         value = self._get(name, default, False)
@@ -165,7 +187,7 @@ class SectionReader:
     ) -> tuple[str, ...]:
         """A list of strings; a single string is accepted as a one-item list."""
         value = self._get(name, default, required)
-        if value is _MISSING:
+        if value is _MISSING or value is default:
             return default
         if isinstance(value, str):
             return (value,)
@@ -222,6 +244,7 @@ class SiteConfig:
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
+    drain_timeout: float = 10.0
     max_connections: int = 10000
     max_connect_attempts: int = 3
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -257,7 +280,6 @@ class GatewayConfig:
     file: str
     base_dir: Path
     admin: str | None
-    log_format: str
     access_log: str
     state_dir: Path
     plugin_paths: tuple[Path, ...]
@@ -299,7 +321,6 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     )
     if admin == "":
         admin = None
-    log_format = gw.string("log_format", "text", choices=LOG_FORMATS) or "text"
     access_log = gw.string("access_log", "-") or ""
     state_dir = base_dir / (gw.string("state_dir", "state") or "state")
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
@@ -342,7 +363,6 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         file=file,
         base_dir=base_dir,
         admin=admin,
-        log_format=log_format,
         access_log=access_log,
         state_dir=state_dir,
         plugin_paths=plugin_paths,
@@ -390,6 +410,7 @@ def _parse_site(
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
+        "drain_timeout": r.duration("drain_timeout", 10.0),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
     }

@@ -67,7 +67,7 @@ class Endpoint:
     weight: int = 1
     instance_id: str = ""
     node: str = ""
-    meta: Mapping[str, str] = field(default=_EMPTY, compare=False, hash=False)
+    meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False, hash=False)
 
     def __str__(self) -> str:
         if ":" in self.address:
@@ -115,7 +115,7 @@ class Destination:
     protocol: str = "tcp"
     from_wildcard: bool = False
     lb_policy: str = "round_robin"
-    meta: Mapping[str, str] = field(default=_EMPTY, compare=False, hash=False)
+    meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False, hash=False)
 
     @property
     def name(self) -> str:

@@ -1,0 +1,94 @@
+"""The ``tgw`` command: ``check-config``, ``connect``, ``version``.
+
+The gateway itself runs under twistd (``twistd -n tgw --config FILE``); this
+command holds the tools around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gwcore import __version__
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gwcore.validation import check_config
+
+    checked = check_config(args.file)
+    if not checked.ok or checked.config is None:
+        for problem in checked.problems:
+            print(problem, file=sys.stderr)
+        print(f"{args.file}: {len(checked.problems)} problem(s)", file=sys.stderr)
+        return 1
+    config = checked.config
+    print(f"{args.file}: OK")
+    for site in config.sites:
+        stack = checked.stacks[site.key]
+        print(
+            f"  site {site.key}: {site.role} gateway {site.name!r} in {site.datacenter}, "
+            f"trust domain {site.trust_domain}, listen {site.listen}, "
+            f"default_policy {site.default_policy}"
+        )
+        print(f"    plugins: {', '.join(stack.plugin_names)}")
+    if config.admin:
+        print(f"  admin: {config.admin}")
+    return 0
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from gwcore.connect import run_connect
+
+    return run_connect(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tgw", description="tgw terminating gateway tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check-config", help="validate a config file and explain it")
+    check.add_argument("file", help="path to the TOML config")
+    check.set_defaults(func=_check_config)
+
+    connect = sub.add_parser(
+        "connect",
+        help="a local client proxy: plain TCP in, mesh mTLS to the gateway out",
+        description=(
+            "Listen in plain TCP and, for each connection, open mTLS to the gateway with the "
+            "upstream's SNI, presenting a client leaf for --service. The leaf comes from the "
+            "gateway's built-in CA (same config and state dir) unless --cert/--key/--ca are given. "
+            "The gateway must present the upstream's SPIFFE identity."
+        ),
+    )
+    connect.add_argument("--service", required=True, help="the identity to present (e.g. web)")
+    connect.add_argument("--upstream", required=True, help="the destination service (e.g. billing)")
+    connect.add_argument(
+        "--listen", required=True, help="endpoint string, e.g. tcp:9191:interface=127.0.0.1"
+    )
+    connect.add_argument(
+        "--config", default="etc/tgw.toml", help="gateway config (default: %(default)s)"
+    )
+    connect.add_argument("--site", help="site in the config (default: the first)")
+    connect.add_argument(
+        "--gateway", help="client endpoint of the gateway (default: from the site's listen)"
+    )
+    connect.add_argument("--datacenter", help="override the site's datacenter")
+    connect.add_argument("--trust-domain", help="override the site's trust domain")
+    connect.add_argument("--cert", help="PEM client certificate (chain) instead of the built-in CA")
+    connect.add_argument("--key", help="PEM private key for --cert")
+    connect.add_argument("--ca", help="PEM trust roots to verify the gateway with (with --cert)")
+    connect.set_defaults(func=_connect)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=lambda args: print(__version__) or 0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

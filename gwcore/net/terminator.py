@@ -1,0 +1,752 @@
+"""The per-connection driver of a terminating site: TLS in, bytes out.
+
+One :class:`DownstreamProtocol` per accepted TCP connection owns the OpenSSL
+connection directly (memory BIOs, no wrapper protocol), so decrypted bytes go
+straight to the upstream transport and encrypted bytes straight to the client,
+with no intermediate buffers and no layer that could swallow a half-close.
+
+States and the rules between them::
+
+    HANDSHAKE ──ok──▶ AUTHORIZING ──allow──▶ CONNECTING ──up──▶ SPLICING ──▶ CLOSED
+        │                  │ deny                 │ no endpoint        ▲
+        └── fail ──────────┴──────────────────────┴────────────────────┘
+
+- HANDSHAKE: bounded by ``handshake_timeout``. The servername callback routes the
+  SNI; unknown or missing SNI leaves the certificate-less base context in place,
+  so OpenSSL aborts without sending a certificate.
+- AUTHORIZING / CONNECTING: the client socket is not read (paused); plaintext that
+  already arrived is kept, at most :data:`MAX_EARLY_BYTES`, and sent first.
+- SPLICING: each transport is the other's producer (backpressure both ways).
+  A close_notify or FIN from the client half-closes the upstream write side; a
+  FIN from upstream sends close_notify (and FIN) to the client; reading the other
+  way goes on until both directions are done. No byte is dropped or reordered:
+  every write is synchronous into the peer transport, and closes flush first.
+- CLOSED: exactly one access-log record and the metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gwcore.events import (
+    AuthorizationDone,
+    ClientConnected,
+    ClientHelloSeen,
+    ConnectionClosed,
+    ConnectionInfo,
+    HandshakeDone,
+)
+from gwcore.net.tls import VERIFY_ERROR_REASONS, ServerTLS
+from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdict
+from gwcore.policy.routes import RouteTable
+from gwcore.policy.sni import normalize_sni
+from gwcore.policy.spiffe import IdentityError, identity_from_certificate
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IDelayedCall
+
+    from gwcore.metrics import GatewayMetrics
+    from gwcore.policy.config import SiteConfig
+
+MAX_EARLY_BYTES = 256 * 1024
+"""Plaintext a client may send before its upstream is connected; more is abuse."""
+
+BIO_CHUNK = 1 << 17
+RECV_CHUNK = 1 << 16
+
+log = Logger(namespace="tgw.connection")
+_ids = itertools.count(1)
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    AUTHORIZING = "authorizing"
+    CONNECTING = "connecting"
+    SPLICING = "splicing"
+    CLOSED = "closed"
+
+
+class Dataplane(Protocol):
+    """What a connection needs from its site (implemented by ``gwcore.site.Site``)."""
+
+    name: str
+    config: SiteConfig
+    metrics: GatewayMetrics
+    reactor: Any
+
+    def current(self) -> tuple[RouteTable, ServerTLS]: ...
+
+    def has_listeners(self, hook: str) -> bool: ...
+
+    def dispatch(self, hook: str, event: Any) -> None: ...
+
+    def authorize(self, conn: DownstreamProtocol) -> Deferred[Decision]: ...
+
+    def connect_upstream(
+        self, conn: DownstreamProtocol
+    ) -> Deferred[tuple[UpstreamProtocol, Endpoint, int, float]]: ...
+
+    def connection_opened(self, conn: DownstreamProtocol) -> bool: ...
+
+    def connection_closed(self, conn: DownstreamProtocol, record: dict[str, Any]) -> None: ...
+
+
+@implementer(IPushProducer)
+class _PauseOnly:
+    """Registers a transport as its peer's producer for flow control only.
+
+    ``stopProducing`` is deliberately inert: closing is decided by the splice
+    (which must send close_notify and flush first), not by Twisted tearing down
+    the peer when one side disconnects.
+    """
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        return None
+
+
+def _release(transport: Any) -> None:
+    """Unregister ``transport``'s producer before (half-)closing it.
+
+    Twisted will not finish closing a transport whose producer is registered and
+    paused, and a paused peer would never notice its own close; so the peer is
+    resumed as it is released.
+    """
+    producer = getattr(transport, "producer", None)
+    if producer is None:
+        return
+    transport.unregisterProducer()
+    if isinstance(producer, _PauseOnly):
+        producer.transport.resumeProducing()
+
+
+@implementer(IHalfCloseableProtocol)
+class UpstreamProtocol(TwistedProtocol):
+    """The gateway's connection to the external service, spliced to one client."""
+
+    downstream: DownstreamProtocol | None = None
+    connected_at: float = 0.0
+    read_closed = False
+    lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        down = self.downstream
+        if down is not None:
+            down.send_to_client(data)
+
+    def readConnectionLost(self) -> None:
+        self.read_closed = True
+        if self.downstream is not None:
+            self.downstream.upstream_eof()
+
+    def writeConnectionLost(self) -> None:
+        return None
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+        if self.downstream is not None:
+            self.downstream.upstream_lost()
+
+
+class UpstreamFactory(Factory):
+    protocol = UpstreamProtocol
+    noisy = False
+
+    def __init__(self, downstream: DownstreamProtocol) -> None:
+        self.downstream = downstream
+
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+        # The downstream is attached only once the connection is chosen, so a
+        # losing attempt can never write to the client.
+        return UpstreamProtocol()
+
+
+@implementer(IHalfCloseableProtocol)
+class DownstreamProtocol(TwistedProtocol):
+    """One mesh client's connection: handshake, identity, authorization, splice."""
+
+    def __init__(self, site: Dataplane) -> None:
+        self.site = site
+        self.state = State.HANDSHAKE
+        self.connection_id = next(_ids)
+        self.started = time.time()
+        self.routes, self.material = site.current()
+        self.tls: SSL.Connection | None = None
+        self.info: ConnectionInfo | None = None
+        self.sni: str | None = None
+        self.destination: Destination | None = None
+        self.identity: SpiffeID | None = None
+        self.decision: Decision | None = None
+        self.endpoint: Endpoint | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.attempts = 0
+        self.bytes_up = 0  # client -> service
+        self.bytes_down = 0  # service -> client
+        self.reported_up = 0
+        self.reported_down = 0
+        self.handshake_seconds: float | None = None
+        self.connect_seconds: float | None = None
+        self.close_cause: str | None = None
+        self.route_miss: str | None = None
+        self.hello_veto: str | None = None
+        self.verify_error: int | None = None
+        self.client_eof = False  # client sent close_notify or FIN
+        self.upstream_done = False  # upstream sent FIN (we sent close_notify)
+        self.lost = False
+        self.idle_mark = (0, 0.0)  # (bytes seen at last sweep, when they last changed)
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._deadline: IDelayedCall | None = None
+        self._pending: Deferred[Any] | None = None
+        self._finished = False
+        self.close_cause_detail: str | None = None
+
+    # --- accept -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.info = ConnectionInfo(
+            site=self.site.name,
+            connection_id=self.connection_id,
+            client_address=getattr(peer, "host", str(peer)),
+            client_port=getattr(peer, "port", 0),
+            started=self.started,
+        )
+        if not self.site.connection_opened(self):
+            self.close_cause = "overflow"
+            self.transport.abortConnection()
+            return
+        if self.site.has_listeners("tgw_client_connected"):
+            event = ClientConnected(conn=self.info)
+            self.site.dispatch("tgw_client_connected", event)
+            if event.veto_reason is not None:
+                self._refuse("addon_veto", f"vetoed by {event.vetoed_by}: {event.veto_reason}")
+                return
+        tls = SSL.Connection(self.material.base, None)
+        tls.set_accept_state()
+        tls.set_app_data(self)
+        self.tls = tls
+        self._deadline = self.site.reactor.callLater(
+            self.site.config.handshake_timeout, self._handshake_expired
+        )
+
+    # --- callbacks from OpenSSL (via gwcore.site's servername/verify hooks) ------
+
+    def on_servername(self, conn: SSL.Connection) -> None:
+        raw = conn.get_servername()
+        sni = normalize_sni(raw)
+        destination = self.routes.lookup(sni) if sni else None
+        if self.site.has_listeners("tgw_tls_clienthello"):
+            event = ClientHelloSeen(conn=self.info, sni=sni, destination=destination)
+            self.site.dispatch("tgw_tls_clienthello", event)
+            if event.veto_reason is not None:
+                self.hello_veto = f"vetoed by {event.vetoed_by}: {event.veto_reason}"
+                return
+        if raw is None or sni is None:
+            self.route_miss = "missing_sni" if raw is None else "invalid_sni"
+            return
+        self.sni = sni
+        if destination is None:
+            self.route_miss = "unknown_sni"
+            return
+        ctx = self.material.context_for(sni)
+        if ctx is None:
+            self.route_miss = "no_certificate"
+            return
+        conn.set_context(ctx)
+        self.destination = destination
+
+    def on_verify(self, errnum: int, ok: int) -> bool:
+        if not ok and self.verify_error is None:
+            self.verify_error = errnum
+        return bool(ok)
+
+    # --- bytes from the client ----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        tls = self.tls
+        if tls is None:
+            return
+        tls.bio_write(data)
+        if self.state is State.SPLICING:
+            self._pump_to_upstream()
+        elif self.state is State.HANDSHAKE:
+            self._continue_handshake()
+        elif self.state is not State.CLOSED:
+            self._pump_early()
+
+    def _pump_to_upstream(self) -> None:
+        tls = self.tls
+        upstream = self.upstream
+        assert tls is not None and upstream is not None
+        write = upstream.transport.write
+        while True:
+            try:
+                chunk = tls.recv(RECV_CHUNK)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._client_finished_writing()
+                break
+            except SSL.Error as e:
+                self._protocol_error(e)
+                return
+            self.bytes_up += len(chunk)
+            write(chunk)
+        self._flush_tls()
+
+    def _pump_early(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        while True:
+            try:
+                chunk = tls.recv(RECV_CHUNK)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.client_eof = True
+                break
+            except SSL.Error as e:
+                self._protocol_error(e)
+                return
+            self._early.append(chunk)
+            self._early_size += len(chunk)
+            if self._early_size > MAX_EARLY_BYTES:
+                self._refuse(
+                    "early_data_overflow", "client sent too much before the upstream was ready"
+                )
+                return
+        self._flush_tls()
+
+    def _flush_tls(self) -> None:
+        tls = self.tls
+        if tls is None:
+            return
+        write = self.transport.write
+        while True:
+            try:
+                data = tls.bio_read(BIO_CHUNK)
+            except SSL.WantReadError:
+                return
+            write(data)
+            if len(data) < BIO_CHUNK:
+                return
+
+    def send_to_client(self, data: bytes) -> None:
+        """Encrypt upstream bytes to the client (called by :class:`UpstreamProtocol`)."""
+        tls = self.tls
+        if tls is None or self.lost:
+            return
+        self.bytes_down += len(data)
+        try:
+            tls.sendall(data)
+        except SSL.Error as e:
+            self._protocol_error(e)
+            return
+        self._flush_tls()
+
+    # --- handshake ----------------------------------------------------------------
+
+    def _continue_handshake(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except SSL.WantReadError:
+            self._flush_tls()
+            return
+        except SSL.Error as e:
+            self._flush_tls()  # the alert, if OpenSSL made one
+            self._handshake_failed(e)
+            return
+        self._flush_tls()
+        self._handshake_completed()
+
+    def _handshake_reason(self, error: Exception | None) -> str:
+        if self.hello_veto is not None:
+            return "addon_veto"
+        if self.route_miss is not None:
+            return self.route_miss
+        if self.verify_error is not None:
+            return VERIFY_ERROR_REASONS.get(self.verify_error, "bad_client_cert")
+        text = str(error or "")
+        if "peer did not return a certificate" in text or "certificate required" in text:
+            return "no_client_cert"
+        if ("version" in text and "wrong" in text) or "unsupported protocol" in text:
+            return "tls_version"
+        if "http request" in text:
+            return "not_tls"
+        return "protocol_error"
+
+    def _handshake_failed(self, error: Exception | None, reason: str | None = None) -> None:
+        reason = reason or self._handshake_reason(error)
+        metrics = self.site.metrics
+        metrics.handshake_errors.labels(site=self.site.name, reason=reason).inc()
+        if reason in ("unknown_sni", "missing_sni", "invalid_sni", "no_certificate"):
+            metrics.no_route.labels(site=self.site.name, reason=reason).inc()
+        detail = self.hello_veto or (f"sni={self.sni!r}" if self.sni else "")
+        log.info(
+            "handshake refused: {reason} from {client} {detail}",
+            reason=reason,
+            client=self._client(),
+            detail=detail,
+        )
+        self._close(f"handshake:{reason}", abort=False)
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if self.state is State.HANDSHAKE:
+            self.site.metrics.handshake_errors.labels(site=self.site.name, reason="timeout").inc()
+            log.info("handshake timed out from {client}", client=self._client())
+            self._close("handshake:timeout", abort=True)
+
+    def _handshake_completed(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        self.handshake_seconds = time.time() - self.started
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        destination = self.destination
+        if destination is None:  # cannot happen: the base context has no certificate
+            self._handshake_failed(None)
+            return
+        cert = tls.get_peer_certificate(as_cryptography=True)
+        if cert is None:
+            self._handshake_failed(None)
+            return
+        try:
+            self.identity = identity_from_certificate(cert, self.site.config.trusted_domains)
+        except IdentityError as e:
+            self.site.metrics.handshake_errors.labels(site=self.site.name, reason=e.reason).inc()
+            log.info(
+                "client identity refused: {reason} from {client}: {detail}",
+                reason=e.reason,
+                client=self._client(),
+                detail=e.detail,
+            )
+            self._close(f"identity:{e.reason}")
+            return
+        self.site.metrics.connections.labels(site=self.site.name, service=destination.name).inc()
+        self.state = State.AUTHORIZING
+        self.transport.pauseProducing()
+        self._pump_early()  # plaintext that came with the client's Finished
+        if self.state is State.CLOSED:
+            return
+        if self.site.has_listeners("tgw_handshake_done"):
+            event = HandshakeDone(
+                conn=self.info,
+                sni=self.sni or "",
+                destination=destination,
+                identity=self.identity,
+                tls_version=tls.get_protocol_version_name(),
+                cipher=tls.get_cipher_name() or "",
+            )
+            self.site.dispatch("tgw_handshake_done", event)
+            if event.veto_reason is not None:
+                self._refuse("addon_veto", f"vetoed by {event.vetoed_by}: {event.veto_reason}")
+                return
+        self._pending = self.site.authorize(self)
+        self._pending.addCallback(self._authorized)
+
+    # --- authorization and upstream -------------------------------------------
+
+    def _authorized(self, decision: Decision) -> None:
+        self._pending = None
+        if self.state is State.CLOSED:
+            return
+        if decision.allowed and self.site.has_listeners("tgw_authorized"):
+            event = AuthorizationDone(
+                conn=self.info,
+                identity=self.identity,
+                destination=self.destination,
+                decision=decision,
+            )
+            self.site.dispatch("tgw_authorized", event)
+            if event.veto_reason is not None:
+                decision = Decision(Verdict.DENY, f"addon:{event.vetoed_by}", event.veto_reason)
+        self.decision = decision
+        if not decision.allowed:
+            log.info(
+                "denied {source} -> {destination}: {engine}: {reason}",
+                source=self.identity,
+                destination=self.destination.name if self.destination else "?",
+                engine=decision.engine,
+                reason=decision.reason,
+            )
+            self._refuse("denied", None)
+            return
+        self.state = State.CONNECTING
+        self._pending = self.site.connect_upstream(self)
+        self._pending.addCallbacks(self._upstream_ready, self._upstream_failed)
+
+    def _upstream_failed(self, failure: Any) -> None:
+        self._pending = None
+        if self.state is State.CLOSED:
+            return
+        reason = getattr(failure.value, "reason", "error")
+        self.close_cause_detail = str(failure.value)
+        self._refuse("no_strategy" if reason == "no_strategy" else "upstream_unavailable", None)
+
+    def _upstream_ready(self, result: tuple[UpstreamProtocol, Endpoint, int, float]) -> None:
+        self._pending = None
+        upstream, endpoint, attempts, seconds = result
+        if self.state is State.CLOSED:
+            upstream.transport.loseConnection()
+            return
+        self.upstream, self.endpoint, self.attempts, self.connect_seconds = (
+            upstream,
+            endpoint,
+            attempts,
+            seconds,
+        )
+        upstream.downstream = self
+        self.state = State.SPLICING
+        for chunk in self._early:
+            self.bytes_up += len(chunk)
+            upstream.transport.write(chunk)
+        self._early = []
+        upstream.transport.registerProducer(_PauseOnly(self.transport), True)
+        self.transport.registerProducer(_PauseOnly(upstream.transport), True)
+        if self.client_eof:
+            upstream.transport.loseWriteConnection()
+        if self.lost:
+            upstream.transport.loseConnection()
+            return
+        self.transport.resumeProducing()
+
+    # --- closing --------------------------------------------------------------
+
+    def _client_finished_writing(self) -> None:
+        if self.client_eof:
+            return
+        self.client_eof = True
+        upstream = self.upstream
+        if upstream is not None and not upstream.lost:
+            _release(upstream.transport)
+            upstream.transport.loseWriteConnection()
+        self._maybe_done()
+
+    def readConnectionLost(self) -> None:
+        """TCP FIN from the client (with or without close_notify before it)."""
+        if self.state is State.HANDSHAKE:
+            self._handshake_failed(None, "client_closed")
+            return
+        self._client_finished_writing()
+
+    def writeConnectionLost(self) -> None:
+        return None
+
+    def _send_close_notify(self) -> None:
+        tls = self.tls
+        if tls is None or self.state is State.HANDSHAKE:
+            return
+        with contextlib.suppress(SSL.Error):
+            tls.shutdown()
+        self._flush_tls()
+
+    def upstream_eof(self) -> None:
+        """The service finished sending: pass close_notify and FIN to the client."""
+        if self.upstream_done:
+            return
+        self.upstream_done = True
+        if not self.lost:
+            self._send_close_notify()
+            _release(self.transport)
+            self.transport.loseWriteConnection()
+        self._maybe_done()
+
+    def upstream_lost(self) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.downstream = None
+        if not self.upstream_done:
+            self.upstream_done = True
+            if not self.lost:
+                self._send_close_notify()
+        if self.close_cause is None:
+            self.close_cause = "upstream_closed"
+        if not self.lost:
+            _release(self.transport)
+            self.transport.loseConnection()
+        self._maybe_finish()
+
+    def _maybe_done(self) -> None:
+        if self.client_eof and self.upstream_done:
+            if self.close_cause is None:
+                self.close_cause = "completed"
+            if self.upstream is not None and not self.upstream.lost:
+                _release(self.upstream.transport)
+                self.upstream.transport.loseConnection()
+            if not self.lost:
+                _release(self.transport)
+                self.transport.loseConnection()
+
+    def close_idle(self) -> None:
+        """Called by the site's sweep when no byte moved for ``idle_timeout``."""
+        if self.destination is not None:
+            self.site.metrics.idle_timeouts.labels(
+                site=self.site.name, service=self.destination.name
+            ).inc()
+        self.close(cause="idle_timeout")
+
+    def close(self, cause: str) -> None:
+        """Close both sides, flushing what was already written (used for shutdown/policy)."""
+        if self.close_cause is None:
+            self.close_cause = cause
+        if not self.lost:
+            self._send_close_notify()
+        self._close(cause)
+
+    def _refuse(self, reason: str, detail: str | None) -> None:
+        self.site.metrics.rejected.labels(site=self.site.name, reason=reason).inc()
+        if detail:
+            log.info("refused {client}: {detail}", client=self._client(), detail=detail)
+        self.close(reason)
+
+    def _protocol_error(self, error: Exception) -> None:
+        log.info("TLS error from {client}: {error}", client=self._client(), error=error)
+        self._close("tls_error", abort=True)
+
+    def _close(self, cause: str, abort: bool = False) -> None:
+        if self.close_cause is None:
+            self.close_cause = cause
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+        if self.upstream is not None and not self.upstream.lost:
+            _release(self.upstream.transport)
+            if abort:
+                self.upstream.transport.abortConnection()
+            else:
+                self.upstream.transport.loseConnection()
+        if not self.lost:
+            _release(self.transport)
+            if abort:
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+        if self.state is State.HANDSHAKE and self.close_cause is None:
+            # The client went away mid-handshake (or a scanner connected and left).
+            self.site.metrics.handshake_errors.labels(
+                site=self.site.name, reason="client_closed"
+            ).inc()
+            self.close_cause = "handshake:client_closed"
+        if self.close_cause is None:
+            self.close_cause = "client_closed"
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.cancel()
+        upstream = self.upstream
+        if upstream is not None and not upstream.lost:
+            _release(upstream.transport)
+            upstream.transport.loseConnection()
+        self.state = State.CLOSED
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self._finished or not self.lost:
+            return
+        if self.upstream is not None and not self.upstream.lost:
+            return
+        self._finished = True
+        if self.upstream is not None:
+            self.upstream.downstream = None
+        self.tls = None
+        self.site.connection_closed(self, self.access_record())
+
+    # --- reporting ------------------------------------------------------------
+
+    def _client(self) -> str:
+        if self.info is None:
+            return "?"
+        return f"{self.info.client_address}:{self.info.client_port}"
+
+    def access_record(self) -> dict[str, Any]:
+        """The JSON access-log record for this connection (also the close event payload)."""
+        now = time.time()
+        decision = self.decision
+        record: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started))
+            + f".{int(self.started % 1 * 1000):03d}Z",
+            "site": self.site.name,
+            "connection_id": self.connection_id,
+            "client": self._client(),
+            "sni": self.sni,
+            "source": self.identity.uri if self.identity else None,
+            "destination": self.destination.name if self.destination else None,
+            "endpoint": str(self.endpoint) if self.endpoint else None,
+            "decision": decision.verdict.value if decision else None,
+            "engine": decision.engine if decision else None,
+            "reason": decision.reason if decision else None,
+            "bytes_upstream": self.bytes_up,
+            "bytes_downstream": self.bytes_down,
+            "duration_seconds": round(now - self.started, 6),
+            "handshake_seconds": round(self.handshake_seconds, 6)
+            if self.handshake_seconds
+            else None,
+            "connect_seconds": round(self.connect_seconds, 6) if self.connect_seconds else None,
+            "connect_attempts": self.attempts,
+            "close_cause": self.close_cause,
+        }
+        detail = getattr(self, "close_cause_detail", None)
+        if detail:
+            record["close_detail"] = detail
+        if self.info is not None and self.info.annotations:
+            record["annotations"] = dict(self.info.annotations)
+        return record
+
+    def closed_event(self, record: dict[str, Any]) -> ConnectionClosed | None:
+        return ConnectionClosed(conn=self.info, record=record) if self.info is not None else None
+
+
+class DownstreamFactory(Factory):
+    """Builds one :class:`DownstreamProtocol` per accepted connection of a site."""
+
+    noisy = False
+
+    def __init__(
+        self, site: Dataplane, on_build: Callable[[DownstreamProtocol], None] | None = None
+    ) -> None:
+        self.site = site
+        self._on_build = on_build
+
+    def buildProtocol(self, addr: Any) -> DownstreamProtocol:
+        proto = DownstreamProtocol(self.site)
+        proto.factory = self
+        if self._on_build is not None:
+            self._on_build(proto)
+        return proto

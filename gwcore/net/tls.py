@@ -1,0 +1,141 @@
+"""OpenSSL contexts for the downstream (mesh-facing) side of a terminating site.
+
+A :class:`ServerTLS` is an immutable snapshot: one *base* context, which holds no
+certificate at all, and one context per route (SNI) holding that destination's
+leaf. Every connection starts on the base context; the servername callback
+switches it to the route's context. A ClientHello with an unknown or missing SNI
+therefore never gets a certificate: OpenSSL aborts the handshake itself.
+
+Client certificates are required and verified against every current trust root
+(Consul validates against the concatenation of all roots, so CA rotation is
+hitless). New material means a new snapshot; connections keep the one they
+started with. Contexts are cached per (leaf fingerprint, roots digest), so a
+route-table change rebuilds only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+
+from gwcore.policy.model import ServiceName
+from gwcore.providers import LeafCertificate
+
+VERIFY_CLIENT = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+SESSION_ID_CONTEXT = b"tgw"
+
+# OpenSSL X509_V_ERR_* codes we name in metrics; anything else is "bad_client_cert".
+VERIFY_ERROR_REASONS: dict[int, str] = {
+    2: "untrusted_ca",  # unable to get issuer certificate
+    9: "cert_not_yet_valid",
+    10: "expired_cert",
+    18: "untrusted_ca",  # self-signed leaf
+    19: "untrusted_ca",  # self-signed certificate in chain
+    20: "untrusted_ca",  # unable to get local issuer certificate
+    21: "untrusted_ca",  # unable to verify the first certificate
+}
+
+ServernameCallback = Callable[[SSL.Connection], None]
+VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+
+
+def roots_digest(roots: Sequence[x509.Certificate]) -> bytes:
+    h = hashlib.sha256()
+    for root in sorted(r.public_bytes(serialization.Encoding.DER) for r in roots):
+        h.update(root)
+    return h.digest()
+
+
+def _base_settings(ctx: SSL.Context, verify: VerifyCallback) -> None:
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(
+        SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_COMPRESSION
+    )
+    ctx.set_verify(VERIFY_CLIENT, verify)
+    ctx.set_session_id(SESSION_ID_CONTEXT)
+
+
+def _add_roots(ctx: SSL.Context, roots: Iterable[x509.Certificate]) -> None:
+    store = ctx.get_cert_store()
+    assert store is not None
+    for root in roots:
+        store.add_cert(crypto.X509.from_cryptography(root))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """One immutable set of server contexts (see module docstring)."""
+
+    base: SSL.Context
+    by_sni: dict[str, SSL.Context]
+    leaves: dict[str, LeafCertificate]
+    roots: tuple[x509.Certificate, ...]
+    roots_key: bytes
+    _cache: dict[tuple[bytes, bytes], SSL.Context] = field(default_factory=dict, repr=False)
+
+    def context_for(self, sni: str) -> SSL.Context | None:
+        return self.by_sni.get(sni)
+
+
+class ServerTLSBuilder:
+    """Builds :class:`ServerTLS` snapshots for one site, reusing unchanged contexts."""
+
+    def __init__(self, on_servername: ServernameCallback, on_verify: VerifyCallback) -> None:
+        self._on_servername = on_servername
+        self._on_verify = on_verify
+
+    def _context(
+        self, leaf: LeafCertificate | None, roots: Sequence[x509.Certificate]
+    ) -> SSL.Context:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        _base_settings(ctx, self._on_verify)
+        _add_roots(ctx, roots)
+        if leaf is None:
+            ctx.set_tlsext_servername_callback(self._on_servername)
+            return ctx
+        ctx.use_certificate(crypto.X509.from_cryptography(leaf.certificate))
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(leaf.key))  # type: ignore[arg-type]
+        for extra in leaf.chain[1:]:
+            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        ctx.check_privatekey()
+        return ctx
+
+    def build(
+        self,
+        routes: Iterable[tuple[str, ServiceName]],
+        leaf_for: Callable[[ServiceName], LeafCertificate | None],
+        roots: Sequence[x509.Certificate],
+        previous: ServerTLS | None = None,
+    ) -> tuple[ServerTLS, list[str]]:
+        """Contexts for every (sni, service) route; returns the snapshot and the SNIs
+        left out because no leaf was available (those routes cannot handshake)."""
+        key = roots_digest(roots)
+        reuse = previous is not None and previous.roots_key == key
+        cache: dict[tuple[bytes, bytes], SSL.Context] = (
+            dict(previous._cache) if reuse and previous else {}
+        )
+        base = previous.base if reuse and previous else self._context(None, roots)
+        by_sni: dict[str, SSL.Context] = {}
+        leaves: dict[str, LeafCertificate] = {}
+        missing: list[str] = []
+        used: set[tuple[bytes, bytes]] = set()
+        for sni, service in routes:
+            leaf = leaf_for(service)
+            if leaf is None:
+                missing.append(sni)
+                continue
+            ck = (leaf.fingerprint, key)
+            ctx = cache.get(ck)
+            if ctx is None:
+                ctx = self._context(leaf, roots)
+                cache[ck] = ctx
+            used.add(ck)
+            by_sni[sni] = ctx
+            leaves[sni] = leaf
+        cache = {k: v for k, v in cache.items() if k in used}
+        return ServerTLS(base, by_sni, leaves, tuple(roots), key, cache), missing

@@ -1,0 +1,150 @@
+"""Opening the gateway's side of a connection: strategies and the retry loop.
+
+A strategy connects to *one* endpoint; :func:`connect_first_available` walks the
+endpoints the balancer chose, in order, up to ``max_attempts``, each with the
+connect timeout, and reports every failed attempt. Cancelling its Deferred (the
+client left) cancels the attempt in flight.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+
+from gwcore.policy.model import Destination, Endpoint, TLSMode
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+
+    from gwcore.providers import UpstreamStrategy
+
+
+class UpstreamConnectError(Exception):
+    """A connect attempt (or all of them) failed; ``reason`` is a metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def classify_connect_error(exc: BaseException) -> str:
+    if isinstance(exc, UpstreamConnectError):
+        return exc.reason
+    if isinstance(exc, neterror.ConnectionRefusedError):
+        return "refused"
+    if (
+        isinstance(exc, neterror.TimeoutError | neterror.UserError)
+        or "timeout" in type(exc).__name__.lower()
+    ):
+        return "timeout"
+    if isinstance(exc, neterror.DNSLookupError):
+        return "dns"
+    return "error"
+
+
+def tcp_endpoint(reactor: Any, endpoint: Endpoint, timeout: float) -> IStreamClientEndpoint:
+    """A client endpoint for an address that is an IPv4/IPv6 literal or a hostname."""
+    try:
+        ip = ipaddress.ip_address(endpoint.address)
+    except ValueError:
+        return HostnameEndpoint(
+            reactor, endpoint.address.encode("idna"), endpoint.port, timeout=timeout
+        )
+    if ip.version == 6:
+        return TCP6ClientEndpoint(reactor, endpoint.address, endpoint.port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, endpoint.address, endpoint.port, timeout=timeout)
+
+
+class PlainTCPStrategy:
+    """Plain TCP to the endpoint: for destinations without ``CAFile`` (Consul's rule)."""
+
+    name = "plain"
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def applies_to(self, destination: Destination) -> bool:
+        return destination.tls.mode is TLSMode.PLAIN
+
+    def connect(
+        self,
+        destination: Destination,
+        endpoint: Endpoint,
+        factory: IProtocolFactory,
+        timeout: float,
+    ) -> Deferred[IProtocol]:
+        return tcp_endpoint(self.reactor, endpoint, timeout).connect(factory)
+
+
+def choose_strategy(
+    strategies: Sequence[UpstreamStrategy], destination: Destination
+) -> UpstreamStrategy:
+    for strategy in strategies:
+        if strategy.applies_to(destination):
+            return strategy
+    mode = destination.tls.mode.value
+    raise UpstreamConnectError(
+        "no_strategy",
+        f"destination {destination.name} asks for {mode} origination (CAFile is set) and no "
+        f"upstream strategy in this site provides it; refusing rather than sending plaintext",
+    )
+
+
+async def _attempts(
+    strategy: UpstreamStrategy,
+    destination: Destination,
+    endpoints: Sequence[Endpoint],
+    factory: IProtocolFactory,
+    timeout: float,
+    clock: Callable[[], float],
+    on_failure: Callable[[Endpoint, str, str, bool], None],
+) -> tuple[Any, Endpoint, int, float]:
+    last = "no endpoints"
+    for attempt, endpoint in enumerate(endpoints, start=1):
+        started = clock()
+        try:
+            protocol = await strategy.connect(destination, endpoint, factory, timeout)
+        except CancelledError:
+            raise
+        except Exception as e:
+            reason = classify_connect_error(e)
+            last = f"{endpoint}: {reason}: {e}"
+            on_failure(endpoint, reason, str(e), attempt == len(endpoints))
+            continue
+        return protocol, endpoint, attempt, clock() - started
+    raise UpstreamConnectError("unavailable", f"all {len(endpoints)} attempts failed, last: {last}")
+
+
+def connect_first_available(
+    strategy: UpstreamStrategy,
+    destination: Destination,
+    endpoints: Sequence[Endpoint],
+    factory: IProtocolFactory,
+    timeout: float,
+    on_failure: Callable[[Endpoint, str, str, bool], None],
+    clock: Callable[[], float] = time.monotonic,
+) -> Deferred[tuple[Any, Endpoint, int, float]]:
+    """Try ``endpoints`` in order; fire with (protocol, endpoint, attempts, seconds).
+
+    ``on_failure(endpoint, reason, detail, final)`` is called after each failed
+    attempt. Fails with :class:`UpstreamConnectError` when none connected.
+    """
+    if not endpoints:
+        return Deferred.fromCoroutine(_no_endpoints(destination))
+    return Deferred.fromCoroutine(
+        _attempts(strategy, destination, endpoints, factory, timeout, clock, on_failure)
+    )
+
+
+async def _no_endpoints(destination: Destination) -> Any:
+    raise UpstreamConnectError(
+        "no_endpoints",
+        f"no healthy endpoints for {destination.name} ({len(destination.endpoints)} registered)",
+    )

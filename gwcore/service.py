@@ -1,0 +1,191 @@
+"""The twistd service: sites, the admin endpoint, the sample service, reload.
+
+``SIGHUP`` re-reads the config file. A config with any problem is rejected and the
+running one stays (each problem is logged, ``tgw_config_reloads_total{result=
+"rejected"}`` rises). A good one is applied site by site: an unchanged site is
+left alone; a changed site's replacement is started and the old one stops
+accepting and drains its connections in the background; live connections are
+never cut by a reload. The access log is reopened (for log rotation).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from gwcore.metrics import GatewayMetrics
+from gwcore.net.accesslog import AccessLog
+from gwcore.net.admin import AdminResource
+from gwcore.net.sample import QuietSite, sample_site
+from gwcore.site import Site
+from gwcore.validation import CheckedConfig, check_config
+
+log = Logger(namespace="tgw")
+
+
+class GatewayService(Service):
+    """Owns every site of one process (see the module docstring for reload)."""
+
+    def __init__(
+        self, checked: CheckedConfig, config_path: str | Path, reactor: Any = None
+    ) -> None:
+        assert checked.config is not None
+        self.checked = checked
+        self.config = checked.config
+        self.config_path = Path(config_path)
+        self._reactor = reactor
+        self.metrics = GatewayMetrics()
+        self.access_log: AccessLog | None = None
+        self.sites: dict[str, Site] = {}
+        self._ports: list[Any] = []
+        self.started: Deferred[None] | None = None
+        self._reloading = False
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.started = Deferred.fromCoroutine(self._start())
+        self.started.addErrback(self._start_failed)
+
+    async def _start(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.access_log = AccessLog(config.access_log, config.base_dir)
+        if config.admin:
+            admin = QuietSite(AdminResource(self.metrics, lambda: list(self.sites.values()), self))
+            port = await serverFromString(self.reactor, config.admin).listen(admin)
+            self._ports.append(port)
+            host = port.getHost()
+            log.info("admin endpoint on http://{host}:{port}/", host=host.host, port=host.port)
+        if config.sample_service:
+            port = await serverFromString(self.reactor, config.sample_service.listen).listen(
+                sample_site(config.sample_service.body)
+            )
+            self._ports.append(port)
+            log.info(
+                "sample service on {host}:{port}",
+                host=port.getHost().host,
+                port=port.getHost().port,
+            )
+        for site_config in config.sites:
+            site = Site(
+                site_config,
+                config,
+                self.reactor,
+                self.metrics,
+                self.access_log,
+                self.checked.stacks[site_config.key],
+            )
+            await site.start()
+            self.sites[site_config.key] = site
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    @property
+    def raw(self) -> Any:
+        """The config as loaded (served at ``/config``)."""
+        return self.config.raw
+
+    def _start_failed(self, failure: Any) -> None:
+        log.critical("tgw could not start: {error}", error=failure.getErrorMessage())
+        print(f"tgw: could not start: {failure.getErrorMessage()}", file=sys.stderr)
+
+        def leave() -> None:
+            sys.stderr.flush()
+            os._exit(1)
+
+        self.reactor.addSystemEventTrigger("after", "shutdown", leave)
+        self.reactor.callLater(0, self.reactor.stop)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        for port in self._ports:
+            await maybeDeferred(port.stopListening)
+        for site in list(self.sites.values()):
+            await site.stop()
+        if self.access_log is not None:
+            self.access_log.close()
+        log.info("tgw stopped")
+
+    # --- reload -------------------------------------------------------------------
+
+    def reload(self) -> Deferred[None]:
+        """Re-read the config file and apply it if valid (see the module docstring)."""
+        d = Deferred.fromCoroutine(self._reload())
+        d.addErrback(lambda f: log.failure("reload failed; the running config stays", f))
+        return d
+
+    async def _reload(self) -> None:
+        if self._reloading:
+            log.warn("reload already in progress; ignoring this one")
+            return
+        self._reloading = True
+        try:
+            checked = check_config(self.config_path)
+            if not checked.ok or checked.config is None:
+                for problem in checked.problems:
+                    log.error("reload rejected: {problem}", problem=str(problem))
+                self.metrics.reloads.labels(result="rejected").inc()
+                return
+            new = checked.config
+            if (new.admin, new.sample_service, new.access_log, new.state_dir) != (
+                self.config.admin,
+                self.config.sample_service,
+                self.config.access_log,
+                self.config.state_dir,
+            ):
+                log.warn(
+                    "[gateway] and [sample_service] changes need a restart; applying sites only"
+                )
+            old_sites = dict(self.sites)
+            wanted = {s.key: s for s in new.sites}
+            for key, site in old_sites.items():
+                if key not in wanted or wanted[key] != site.config:
+                    await maybeDeferred(site.port.stopListening) if site.port is not None else None
+                    site.listening = False
+            for key, site_config in wanted.items():
+                old = old_sites.get(key)
+                if old is not None and old.config == site_config:
+                    continue
+                site = Site(
+                    site_config,
+                    new,
+                    self.reactor,
+                    self.metrics,
+                    self.access_log,
+                    checked.stacks[key],
+                )
+                await site.start()
+                self.sites[key] = site
+                log.info("site {site} reloaded", site=key)
+            for key, old in old_sites.items():
+                if self.sites.get(key) is not old:
+                    Deferred.fromCoroutine(old.stop())
+                    if key not in wanted:
+                        del self.sites[key]
+            self.config = new
+            self.checked = checked
+            if self.access_log is not None:
+                self.access_log.reopen()
+            self.metrics.reloads.labels(result="applied").inc()
+            log.info("configuration reloaded from {path}", path=str(self.config_path))
+        finally:
+            self._reloading = False

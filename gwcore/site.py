@@ -1,0 +1,588 @@
+"""One site at run time: its plugin stack, providers, route table and listener.
+
+The control plane (catalog snapshots, certificate rotations, policy changes) only
+ever *replaces* two immutable objects, the :class:`RouteTable` and the
+:class:`ServerTLS` snapshot; a connection reads both once, when it is accepted,
+so it keeps the table it started with whatever happens later.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
+from gwcore.metrics import GatewayMetrics
+from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol, State, UpstreamFactory
+from gwcore.net.tls import ServerTLS, ServerTLSBuilder
+from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
+from gwcore.plugin_host import PluginStack
+from gwcore.policy.balancing import EndpointPicker
+from gwcore.policy.config import GatewayConfig, SiteConfig
+from gwcore.policy.decision import combine, failure
+from gwcore.policy.model import CatalogSnapshot, Decision, Endpoint, ServiceName, Verdict
+from gwcore.policy.routes import RouteTable, merge_snapshots
+from gwcore.providers import (
+    AuthorizationEngine,
+    AuthzRequest,
+    CatalogSource,
+    CatalogView,
+    CertificateProvider,
+    LeafCertificate,
+    UpstreamStrategy,
+)
+
+FIRST_SNAPSHOT_TIMEOUT = 30.0
+SWEEP_INTERVAL = 5.0
+
+AccessLogWriter = Callable[[dict[str, Any]], None]
+
+
+class Site:
+    """A terminating site (see ``docs/architecture.md``); implements ``SiteContext``."""
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        gateway: GatewayConfig,
+        reactor: Any,
+        metrics: GatewayMetrics,
+        access_log: AccessLogWriter | None = None,
+        stack: PluginStack | None = None,
+    ) -> None:
+        self.name = config.key
+        self.config = config
+        self.gateway = gateway
+        self.reactor = reactor
+        self.metrics = metrics
+        self.log = Logger(namespace=f"tgw.site.{config.key}")
+        self.state_dir: Path = gateway.state_dir
+        self.stack = stack or PluginStack(config, gateway)
+        self._access_log = access_log
+        self._tls_builder = ServerTLSBuilder(self._on_servername, self._on_verify)
+        self._routes = RouteTable.empty()
+        self._tls, _ = self._tls_builder.build((), lambda s: None, ())
+        self._snapshots: dict[int, CatalogSnapshot] = {}
+        self._view = CatalogView((), (), "")
+        self._subscribers: list[Callable[[CatalogView], None]] = []
+        self._rebuilding = False
+        self._rebuild_again = False
+        self._rebuild_scheduled = False
+        self.active: set[DownstreamProtocol] = set()
+        self.picker = EndpointPicker()
+        self.sources: list[CatalogSource] = []
+        self.certs: list[CertificateProvider] = []
+        self.engines: list[AuthorizationEngine] = []
+        self.strategies: list[UpstreamStrategy] = []
+        self.port: Any = None
+        self.listening = False
+        self._sweep = LoopingCall(self._sweep_connections)
+        self._sweep.clock = reactor
+        self._listeners = {hook: bool(self.stack.listeners(hook)) for hook in self.stack._events}
+
+    # --- SiteContext ----------------------------------------------------------
+
+    def plugin_config(self, plugin: str) -> Mapping[str, Any]:
+        return self.config.plugin_section(plugin)
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.config.base_dir / p
+
+    def catalog_view(self) -> CatalogView:
+        return self._view
+
+    def subscribe_catalog(self, callback: Callable[[CatalogView], None]) -> None:
+        self._subscribers.append(callback)
+
+    # --- Dataplane (used by each connection) ------------------------------------
+
+    def current(self) -> tuple[RouteTable, ServerTLS]:
+        return self._routes, self._tls
+
+    def has_listeners(self, hook: str) -> bool:
+        return self._listeners[hook]
+
+    def dispatch(self, hook: str, event: Any) -> None:
+        self.stack.dispatch(hook, event, self.log, self.metrics)
+
+    def connection_opened(self, conn: DownstreamProtocol) -> bool:
+        self.metrics.accepted.labels(site=self.name).inc()
+        if len(self.active) >= self.config.max_connections:
+            self.metrics.rejected.labels(site=self.name, reason="overflow").inc()
+            return False
+        self.active.add(conn)
+        self.metrics.active.labels(site=self.name).inc()
+        return True
+
+    def connection_closed(self, conn: DownstreamProtocol, record: dict[str, Any]) -> None:
+        if conn in self.active:
+            self.active.discard(conn)
+            self.metrics.active.labels(site=self.name).dec()
+        self._flush_bytes(conn)
+        if conn.destination is not None and conn.endpoint is not None:
+            self.metrics.connection_seconds.labels(
+                site=self.name, service=conn.destination.name
+            ).observe(record["duration_seconds"])
+        if self._access_log is not None:
+            try:
+                self._access_log(record)
+            except Exception:
+                self.log.failure("writing the access log failed")
+        if self._listeners["tgw_connection_closed"]:
+            event = conn.closed_event(record)
+            if event is not None:
+                self.dispatch("tgw_connection_closed", event)
+
+    def authorize(self, conn: DownstreamProtocol) -> Deferred[Decision]:
+        assert conn.identity is not None and conn.destination is not None and conn.info is not None
+        host = self.port.getHost() if self.port is not None else None
+        request = AuthzRequest(
+            site=self.name,
+            gateway_name=self.config.name,
+            datacenter=self.config.datacenter,
+            source=conn.identity,
+            destination=conn.destination,
+            sni=conn.sni or "",
+            client_address=conn.info.client_address,
+            client_port=conn.info.client_port,
+            gateway_address=getattr(host, "host", ""),
+            gateway_port=getattr(host, "port", 0),
+        )
+        return self.decide(request)
+
+    def decide(self, request: AuthzRequest) -> Deferred[Decision]:
+        """Ask every engine; deny-overrides; any engine failure or timeout is a deny."""
+        pending: list[Deferred[Decision]] = []
+        for engine in self.engines:
+            d = maybeDeferred(engine.authorize, request)
+            if not d.called:
+                d.addTimeout(self.config.authz_timeout, self.reactor)
+            d.addErrback(self._engine_failed, engine)
+            pending.append(d)
+        service = request.destination.name
+
+        def combined(results: list[tuple[bool, Decision]]) -> Decision:
+            decision = combine([r for _, r in results], self.config.default_policy)
+            self.metrics.authz_decisions.labels(
+                site=self.name,
+                service=service,
+                engine=decision.engine,
+                decision=decision.verdict.value,
+            ).inc()
+            return decision
+
+        if not pending:
+            return succeed(combined([]))
+        return DeferredList(pending, consumeErrors=True).addCallback(combined)
+
+    def _engine_failed(self, reason: Any, engine: AuthorizationEngine) -> Decision:
+        if reason.check(CancelledError):
+            detail = f"timed out after {self.config.authz_timeout:g}s"
+        else:
+            detail = f"{type(reason.value).__name__}: {reason.value}"
+        self.metrics.authz_errors.labels(site=self.name, engine=engine.name).inc()
+        self.log.warn(
+            "authorization engine {engine} failed: {detail}", engine=engine.name, detail=detail
+        )
+        return failure(engine.name, detail)
+
+    def connect_upstream(self, conn: DownstreamProtocol) -> Deferred[Any]:
+        destination = conn.destination
+        assert destination is not None and conn.info is not None
+        service = destination.name
+        try:
+            strategy = choose_strategy(self.strategies, destination)
+        except UpstreamConnectError as e:
+            self.log.warn(
+                "refusing {client} -> {service}: {detail}",
+                client=conn.info.client_address,
+                service=service,
+                detail=e.detail,
+            )
+            return fail(e)
+        endpoints = self.picker.candidates(destination)[: self.config.max_connect_attempts]
+        info = conn.info
+
+        def on_failure(endpoint: Endpoint, reason: str, detail: str, final: bool) -> None:
+            self.metrics.upstream_connect_failures.labels(
+                site=self.name, service=service, reason=reason
+            ).inc()
+            self.log.info(
+                "upstream {endpoint} of {service} failed: {reason} ({detail})",
+                endpoint=str(endpoint),
+                service=service,
+                reason=reason,
+                detail=detail,
+            )
+            if self._listeners["tgw_upstream_failed"]:
+                self.dispatch(
+                    "tgw_upstream_failed",
+                    UpstreamFailed(
+                        conn=info,
+                        destination=destination,
+                        endpoint=endpoint,
+                        reason=reason,
+                        final=final,
+                    ),
+                )
+
+        def connected(result: tuple[Any, Endpoint, int, float]) -> tuple[Any, Endpoint, int, float]:
+            _, endpoint, attempts, seconds = result
+            self.metrics.upstream_connect_seconds.labels(site=self.name, service=service).observe(
+                seconds
+            )
+            if self._listeners["tgw_upstream_connected"]:
+                self.dispatch(
+                    "tgw_upstream_connected",
+                    UpstreamConnected(
+                        conn=info,
+                        destination=destination,
+                        endpoint=endpoint,
+                        connect_seconds=seconds,
+                        attempts=attempts,
+                    ),
+                )
+            return result
+
+        def unavailable(reason: Any) -> Any:
+            if not reason.check(CancelledError):
+                self.metrics.upstream_unavailable.labels(site=self.name, service=service).inc()
+                self.log.warn(
+                    "no endpoint of {service} reachable: {detail}",
+                    service=service,
+                    detail=str(reason.value),
+                )
+            return reason
+
+        d = connect_first_available(
+            strategy,
+            destination,
+            endpoints,
+            UpstreamFactory(conn),
+            self.config.connect_timeout,
+            on_failure,
+        )
+        return d.addCallbacks(connected, unavailable)
+
+    # --- TLS callbacks (called by OpenSSL during handshakes) --------------------
+
+    def _on_servername(self, conn: Any) -> None:
+        proto = conn.get_app_data()
+        try:
+            proto.on_servername(conn)
+        except Exception:
+            # Never let an exception reach OpenSSL: the connection keeps the
+            # certificate-less context and the handshake fails cleanly.
+            self.log.failure("servername callback failed")
+
+    def _on_verify(self, conn: Any, cert: Any, errnum: int, depth: int, ok: int) -> bool:
+        proto = conn.get_app_data()
+        return proto.on_verify(errnum, ok) if proto is not None else bool(ok)
+
+    # --- control plane ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build providers, wait for first snapshots, then listen."""
+        self.sources = self.stack.collect("tgw_catalog_sources", site=self)
+        self.certs = self.stack.collect("tgw_certificate_providers", site=self)
+        self.engines = self.stack.collect("tgw_authorization_engines", site=self)
+        self.strategies = self.stack.collect("tgw_upstream_strategies", site=self)
+        if self.config.role == "terminating" and not self.certs:
+            raise RuntimeError(f"site {self.name}: no certificate provider in the plugin stack")
+        for provider in self.certs:
+            await maybeDeferred(provider.start, self._certs_changed)
+        for engine in self.engines:
+            await maybeDeferred(engine.start, self._policy_changed)
+        for index, source in enumerate(self.sources):
+            d = maybeDeferred(source.start, functools.partial(self._publish, index))
+            d.addTimeout(FIRST_SNAPSHOT_TIMEOUT, self.reactor)
+            try:
+                await d
+            except Exception as e:
+                self.log.warn(
+                    "catalog source {source} has no first snapshot yet: {e}",
+                    source=source.name,
+                    e=e,
+                )
+        await self._rebuild()
+        self.port = await serverFromString(self.reactor, self.config.listen).listen(
+            DownstreamFactory(self)
+        )
+        self.listening = True
+        self._sweep.start(self._sweep_interval(), now=False)
+        host = self.port.getHost()
+        address = f"{host.host}:{host.port}"
+        self.log.info(
+            "site {site} ({gateway}, {dc}) listening on {address} with {n} routes",
+            site=self.name,
+            gateway=self.config.name,
+            dc=self.config.datacenter,
+            address=address,
+            n=len(self._routes),
+        )
+        if self._listeners["tgw_site_started"]:
+            self.dispatch("tgw_site_started", SiteStarted(site=self.name, address=address))
+
+    async def stop(self) -> None:
+        """Stop accepting, let connections drain up to ``drain_timeout``, stop providers."""
+        self.listening = False
+        if self.port is not None:
+            await maybeDeferred(self.port.stopListening)
+        deadline = self.reactor.seconds() + self.config.drain_timeout
+        while self.active and self.reactor.seconds() < deadline:
+            await _sleep(self.reactor, 0.05)
+        for conn in list(self.active):
+            conn.close("shutdown")
+        if self._sweep.running:
+            self._sweep.stop()
+        for provider in [*self.sources, *self.engines, *self.certs]:
+            try:
+                await maybeDeferred(provider.stop)
+            except Exception:
+                self.log.failure("stopping {name} failed", name=getattr(provider, "name", provider))
+
+    def _publish(self, index: int, snapshot: CatalogSnapshot) -> None:
+        previous = self._snapshots.get(index)
+        if previous is not None and previous.version == snapshot.version and snapshot.version:
+            return
+        self._snapshots[index] = snapshot
+        self.metrics.catalog_last_success.labels(site=self.name, source=snapshot.source).set(
+            time.time()
+        )
+        if self.listening and not self._rebuild_scheduled:
+            self._rebuild_scheduled = True
+            self.reactor.callLater(0, self._scheduled_rebuild)
+
+    def _scheduled_rebuild(self) -> None:
+        self._rebuild_scheduled = False
+        d = Deferred.fromCoroutine(self._rebuild())
+        d.addErrback(lambda f: self.log.failure("rebuilding routes failed", f))
+
+    async def _rebuild(self) -> None:
+        if self._rebuilding:
+            self._rebuild_again = True
+            return
+        self._rebuilding = True
+        try:
+            while True:
+                self._rebuild_again = False
+                snapshots = [self._snapshots[i] for i in sorted(self._snapshots)]
+                destinations, intentions, version = merge_snapshots(snapshots)
+                routes = RouteTable.build(
+                    destinations, self.config.datacenter, self.config.trust_domain, version
+                )
+                services = routes.services()
+                for provider in self.certs:
+                    try:
+                        await maybeDeferred(provider.prepare, services)
+                    except Exception as e:
+                        self.metrics.certificate_errors.labels(
+                            site=self.name, provider=provider.name
+                        ).inc()
+                        self.log.error(
+                            "{provider} could not prepare leaves: {e}", provider=provider.name, e=e
+                        )
+                self._install(routes, CatalogView(destinations, intentions, version))
+                if not self._rebuild_again:
+                    return
+        finally:
+            self._rebuilding = False
+
+    def _leaf_for(self, service: ServiceName) -> LeafCertificate | None:
+        for provider in self.certs:
+            leaf = provider.leaf(service)
+            if leaf is not None:
+                return leaf
+        return None
+
+    def _roots(self) -> list[Any]:
+        roots: list[Any] = []
+        seen: set[bytes] = set()
+        for provider in self.certs:
+            for root in provider.trust_roots():
+                fp = root.fingerprint(hashes.SHA256())
+                if fp not in seen:
+                    seen.add(fp)
+                    roots.append(root)
+        return roots
+
+    def _build_tls(self, routes: RouteTable) -> ServerTLS:
+        material, missing = self._tls_builder.build(
+            [(sni, dest.service) for sni, dest in routes], self._leaf_for, self._roots(), self._tls
+        )
+        for sni in missing:
+            self.log.error(
+                "no leaf certificate for route {sni}; it cannot accept connections", sni=sni
+            )
+        return material
+
+    def _install(self, routes: RouteTable, view: CatalogView) -> None:
+        old = self._routes
+        self._tls = self._build_tls(routes)
+        self._routes = routes
+        self.metrics.routes.labels(site=self.name).set(len(routes))
+        old_snis = {sni for sni, _ in old}
+        new_snis = {sni for sni, _ in routes}
+        if old_snis != new_snis:
+            self.log.info(
+                "routes changed: +{added} -{removed} ({n} total)",
+                added=sorted(new_snis - old_snis),
+                removed=sorted(old_snis - new_snis),
+                n=len(routes),
+            )
+        if view.version != self._view.version or view != self._view:
+            self._view = view
+            for callback in list(self._subscribers):
+                try:
+                    callback(view)
+                except Exception:
+                    self.log.failure("catalog subscriber failed")
+        if self._listeners["tgw_routes_changed"]:
+            self.dispatch(
+                "tgw_routes_changed",
+                RoutesChanged(
+                    site=self.name, routes=tuple(sorted(new_snis)), version=routes.version
+                ),
+            )
+
+    def _certs_changed(self) -> None:
+        self._tls = self._build_tls(self._routes)
+        self.log.info("certificates changed; new handshakes use the new material")
+
+    def _policy_changed(self) -> None:
+        """Re-check open connections; close those the new policy denies."""
+        for conn in list(self.active):
+            if conn.state is not State.SPLICING or conn.identity is None:
+                continue
+            self.authorize(conn).addCallback(self._recheck_result, conn)
+
+    def _recheck_result(self, decision: Decision, conn: DownstreamProtocol) -> None:
+        if decision.verdict is Verdict.ALLOW or conn.state is State.CLOSED:
+            return
+        self.log.info(
+            "closing {source} -> {destination}: policy now denies ({reason})",
+            source=conn.identity,
+            destination=conn.destination.name if conn.destination else "?",
+            reason=decision.reason,
+        )
+        conn.decision = decision
+        self.metrics.rejected.labels(site=self.name, reason="policy_revoked").inc()
+        conn.close("policy_revoked")
+
+    # --- periodic sweep: byte metrics and idle timeouts ------------------------
+
+    def _sweep_interval(self) -> float:
+        idle = self.config.idle_timeout
+        return min(SWEEP_INTERVAL, idle / 4) if idle > 0 else SWEEP_INTERVAL
+
+    def _flush_bytes(self, conn: DownstreamProtocol) -> None:
+        if conn.destination is None:
+            return
+        up, down = conn.bytes_up - conn.reported_up, conn.bytes_down - conn.reported_down
+        if up:
+            self.metrics.bytes.labels(
+                site=self.name, service=conn.destination.name, direction="upstream"
+            ).inc(up)
+            conn.reported_up = conn.bytes_up
+        if down:
+            self.metrics.bytes.labels(
+                site=self.name, service=conn.destination.name, direction="downstream"
+            ).inc(down)
+            conn.reported_down = conn.bytes_down
+
+    def _sweep_connections(self) -> None:
+        now = self.reactor.seconds()
+        idle = self.config.idle_timeout
+        for conn in list(self.active):
+            self._flush_bytes(conn)
+            if idle <= 0 or conn.state is not State.SPLICING:
+                continue
+            moved = conn.bytes_up + conn.bytes_down
+            seen, since = conn.idle_mark
+            if moved != seen or since == 0.0:
+                conn.idle_mark = (moved, now)
+            elif now - since >= idle:
+                conn.close_idle()
+
+    # --- introspection (admin endpoint) -------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        sources = {s.name: _health(s) for s in self.sources}
+        certs = {c.name: _health(c) for c in self.certs}
+        ready = self.listening and all(h["ok"] for h in sources.values())
+        return {
+            "ready": ready,
+            "listening": self.listening,
+            "routes": len(self._routes),
+            "active_connections": len(self.active),
+            "catalog_sources": sources,
+            "certificate_providers": certs,
+            "engines": [e.name for e in self.engines],
+            "plugins": list(self.stack.plugin_names),
+        }
+
+    def describe_routes(self) -> dict[str, Any]:
+        return {
+            "site": self.name,
+            "gateway": self.config.name,
+            "datacenter": self.config.datacenter,
+            "trust_domain": self.config.trust_domain,
+            "version": self._routes.version,
+            "routes": self._routes.describe(),
+        }
+
+    def describe_certificates(self) -> dict[str, Any]:
+        tls = self._tls
+        return {
+            "site": self.name,
+            "roots": [_cert_info(r) for r in tls.roots],
+            "leaves": {
+                sni: _cert_info(leaf.certificate) for sni, leaf in sorted(tls.leaves.items())
+            },
+        }
+
+
+def _health(provider: Any) -> dict[str, Any]:
+    health = provider.health()
+    return {"ok": health.ok, "last_success": health.last_success, "last_error": health.last_error}
+
+
+def _cert_info(cert: Any) -> dict[str, Any]:
+    from cryptography import x509
+
+    try:
+        uris = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "uris": uris,
+    }
+
+
+def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
