@@ -37,10 +37,10 @@ class MeshClientTLS:
         self.sni = sni
         ctx = SSL.Context(SSL.TLS_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.use_certificate(crypto.X509.from_cryptography(leaf.certificate))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(leaf.key))  # type: ignore[arg-type]
+        ctx.use_certificate(leaf.certificate)
+        ctx.use_privatekey(leaf.key)  # type: ignore[arg-type]
         for extra in leaf.chain[1:]:
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+            ctx.add_extra_chain_cert(extra)
         store = ctx.get_cert_store()
         assert store is not None
         for root in roots:

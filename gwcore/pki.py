@@ -136,7 +136,10 @@ def issue_leaf(
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
     )
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_uri)]
+    # An empty spiffe_uri gives a leaf without one (tests of identity rejection need it).
+    sans: list[x509.GeneralName] = (
+        [x509.UniformResourceIdentifier(spiffe_uri)] if spiffe_uri else []
+    )
     sans += [x509.UniformResourceIdentifier(u) for u in extra_uris]
     sans += [x509.DNSName(d) for d in dns_names]
     builder = (

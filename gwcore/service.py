@@ -35,7 +35,11 @@ class GatewayService(Service):
     """Owns every site of one process (see the module docstring for reload)."""
 
     def __init__(
-        self, checked: CheckedConfig, config_path: str | Path, reactor: Any = None
+        self,
+        checked: CheckedConfig,
+        config_path: str | Path,
+        reactor: Any = None,
+        exit_on_failure: bool = False,
     ) -> None:
         assert checked.config is not None
         self.checked = checked
@@ -48,6 +52,8 @@ class GatewayService(Service):
         self._ports: list[Any] = []
         self.started: Deferred[None] | None = None
         self._reloading = False
+        self._exit_on_failure = exit_on_failure
+        self.failure: Any = None
 
     @property
     def reactor(self) -> Any:
@@ -102,8 +108,12 @@ class GatewayService(Service):
         return self.config.raw
 
     def _start_failed(self, failure: Any) -> None:
-        log.critical("tgw could not start: {error}", error=failure.getErrorMessage())
-        print(f"tgw: could not start: {failure.getErrorMessage()}", file=sys.stderr)
+        self.failure = failure
+        message = f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+        log.failure("tgw could not start: {message}", failure, message=message)
+        if not self._exit_on_failure:
+            return
+        print(f"tgw: could not start: {message}", file=sys.stderr)
 
         def leave() -> None:
             sys.stderr.flush()

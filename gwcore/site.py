@@ -350,6 +350,11 @@ class Site:
             await _sleep(self.reactor, 0.05)
         for conn in list(self.active):
             conn.close("shutdown")
+        # Closing flushes and then completes asynchronously; wait (bounded) for the
+        # access-log records before the caller closes the log.
+        deadline = self.reactor.seconds() + 2.0
+        while self.active and self.reactor.seconds() < deadline:
+            await _sleep(self.reactor, 0.01)
         if self._sweep.running:
             self._sweep.stop()
         for provider in [*self.sources, *self.engines, *self.certs]:

@@ -35,4 +35,4 @@ def makeService(options: Options) -> IService:
             file=sys.stderr,
         )
         raise SystemExit(1)
-    return GatewayService(checked, config_path=options["config"])
+    return GatewayService(checked, config_path=options["config"], exit_on_failure=True)

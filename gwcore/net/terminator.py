@@ -421,7 +421,7 @@ class DownstreamProtocol(TwistedProtocol):
         if self.state is State.HANDSHAKE:
             self.site.metrics.handshake_errors.labels(site=self.site.name, reason="timeout").inc()
             log.info("handshake timed out from {client}", client=self._client())
-            self._close("handshake:timeout", abort=True)
+            self._close("handshake:timeout")
 
     def _handshake_completed(self) -> None:
         tls = self.tls
@@ -449,6 +449,14 @@ class DownstreamProtocol(TwistedProtocol):
                 detail=e.detail,
             )
             self._close(f"identity:{e.reason}")
+            return
+        if self.identity.kind != "service":
+            # Only services are authorized here; a mesh gateway's identity never is.
+            self.site.metrics.handshake_errors.labels(
+                site=self.site.name, reason="not_a_service"
+            ).inc()
+            log.info("client identity refused: {uri} is not a service", uri=self.identity.uri)
+            self._close("identity:not_a_service")
             return
         self.site.metrics.connections.labels(site=self.site.name, service=destination.name).inc()
         self.state = State.AUTHORIZING

@@ -98,10 +98,10 @@ class ServerTLSBuilder:
         if leaf is None:
             ctx.set_tlsext_servername_callback(self._on_servername)
             return ctx
-        ctx.use_certificate(crypto.X509.from_cryptography(leaf.certificate))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(leaf.key))  # type: ignore[arg-type]
+        ctx.use_certificate(leaf.certificate)
+        ctx.use_privatekey(leaf.key)  # type: ignore[arg-type]
         for extra in leaf.chain[1:]:
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+            ctx.add_extra_chain_cert(extra)
         ctx.check_privatekey()
         return ctx
 

@@ -8,6 +8,7 @@ key and what is wrong; validation never stops at the first problem, so one run o
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -51,7 +52,7 @@ def parse_duration(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
+        return float(value) if 0 <= value < math.inf else None
     if not isinstance(value, str) or not value:
         return None
     pos, total = 0, 0.0
@@ -316,11 +317,16 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     problems: list[ConfigProblem] = []
     top = SectionReader(file, "", data)
     gw = SectionReader(file, "gateway", top.table_value("gateway"))
-    admin = gw.string(
-        "admin", "tcp:19000:interface=127.0.0.1", pattern=_ENDPOINT_RE, what="an endpoint string"
-    )
-    if admin == "":
-        admin = None
+    if gw.table.get("admin") == "":  # an empty string turns the admin endpoint off
+        gw.string("admin")
+        admin: str | None = None
+    else:
+        admin = gw.string(
+            "admin",
+            "tcp:19000:interface=127.0.0.1",
+            pattern=_ENDPOINT_RE,
+            what="an endpoint string",
+        )
     access_log = gw.string("access_log", "-") or ""
     state_dir = base_dir / (gw.string("state_dir", "state") or "state")
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))

@@ -1,0 +1,137 @@
+"""The route table: which destination a TLS server name reaches.
+
+Rules:
+
+1. Catalog snapshots are merged in stack order (:func:`merge_snapshots`): the first
+   snapshot that names a service defines it, later ones cannot override or extend it;
+   intentions from every snapshot that speaks about intentions are concatenated.
+2. Each destination is reachable under exactly one name, Consul's service SNI built
+   with the *gateway's* datacenter (a terminating gateway's filter chains use its own
+   DC, whatever DC the client addressed through mesh gateways).
+3. A :class:`RouteTable` never changes. A new catalog builds a new table and the site
+   swaps the reference; a connection keeps the table it started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from gwcore.policy.model import CatalogSnapshot, Destination, Intention, ServiceName
+from gwcore.policy.sni import service_sni
+
+
+def merge_snapshots(
+    snapshots: Sequence[CatalogSnapshot],
+) -> tuple[tuple[Destination, ...], tuple[Intention, ...], str]:
+    """Merge catalog snapshots given in stack order into (destinations, intentions, version).
+
+    A service (by :class:`ServiceName`) is taken from the first snapshot that has it,
+    including the first occurrence inside one snapshot. Intentions are concatenated in
+    stack order from every snapshot whose ``intentions`` is not ``None``. ``version`` is a
+    digest of each snapshot's source and version in order, so it changes when any input
+    does or when the stack is reordered.
+    """
+    destinations: list[Destination] = []
+    seen: set[ServiceName] = set()
+    intentions: list[Intention] = []
+    digest = hashlib.sha256()
+    for snapshot in snapshots:
+        digest.update(f"{len(snapshot.source)}:{snapshot.source}".encode())
+        digest.update(f"{len(snapshot.version)}:{snapshot.version}".encode())
+        for destination in snapshot.destinations:
+            if destination.service not in seen:
+                seen.add(destination.service)
+                destinations.append(destination)
+        if snapshot.intentions is not None:
+            intentions.extend(snapshot.intentions)
+    return tuple(destinations), tuple(intentions), digest.hexdigest()[:16]
+
+
+class RouteTable:
+    """An immutable map from normalised SNI to :class:`Destination`.
+
+    Build one with :meth:`build` (or :meth:`empty`). Iteration yields ``(sni,
+    destination)`` pairs sorted by SNI, like Consul's sorted filter chains.
+    """
+
+    __slots__ = ("_routes", "_version")
+
+    def __init__(self, routes: Mapping[str, Destination], version: str = "") -> None:
+        self._routes: Mapping[str, Destination] = MappingProxyType(
+            {sni: routes[sni] for sni in sorted(routes)}
+        )
+        self._version = version
+
+    @classmethod
+    def build(
+        cls,
+        destinations: Iterable[Destination],
+        datacenter: str,
+        trust_domain: str,
+        version: str = "",
+    ) -> RouteTable:
+        """A table with one route per destination, named by the gateway's DC and trust domain.
+
+        If two destinations produce the same SNI (the same service twice, or names that
+        differ only in case) the first one keeps the name, matching the merge rule.
+        """
+        routes: dict[str, Destination] = {}
+        for destination in destinations:
+            sni = service_sni(destination.service, datacenter, trust_domain)
+            routes.setdefault(sni, destination)
+        return cls(routes, version)
+
+    @classmethod
+    def empty(cls) -> RouteTable:
+        """A table with no routes: every name is unknown."""
+        return cls({})
+
+    @property
+    def version(self) -> str:
+        """The catalog version this table was built from."""
+        return self._version
+
+    def lookup(self, sni: str) -> Destination | None:
+        """The destination for an already normalised SNI, or ``None``."""
+        return self._routes.get(sni)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self) -> Iterator[tuple[str, Destination]]:
+        return iter(self._routes.items())
+
+    def __repr__(self) -> str:
+        return f"<RouteTable {len(self)} routes, version {self._version!r}>"
+
+    def services(self) -> frozenset[ServiceName]:
+        """Every service the table routes to."""
+        return frozenset(d.service for d in self._routes.values())
+
+    def describe(self) -> list[dict[str, Any]]:
+        """A JSON-ready listing for the admin ``/routes`` endpoint, sorted by SNI."""
+        return [
+            {
+                "sni": sni,
+                "service": d.service.name,
+                "namespace": d.service.namespace,
+                "partition": d.service.partition,
+                "datacenter": d.datacenter,
+                "protocol": d.protocol,
+                "tls": d.tls.mode.value,
+                "lb_policy": d.lb_policy,
+                "endpoints": [
+                    {
+                        "address": e.address,
+                        "port": e.port,
+                        "health": e.health.value,
+                        "weight": e.weight,
+                    }
+                    for e in d.endpoints
+                ],
+            }
+            for sni, d in self._routes.items()
+        ]

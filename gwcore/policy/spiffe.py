@@ -1,0 +1,145 @@
+"""SPIFFE identities: Consul's URI forms and the one URI SAN of a client certificate.
+
+Accepted forms (``agent/connect/uri_service.go`` and ``uri_mesh_gateway.go``):
+
+- ``spiffe://<td>/ns/<ns>/dc/<dc>/svc/<name>``
+- ``spiffe://<td>/ap/<partition>/ns/<ns>/dc/<dc>/svc/<name>``
+- ``spiffe://<td>/gateway/mesh/dc/<dc>`` (a mesh gateway; its ``name`` is empty)
+
+The certificate chain has already been verified by the time these functions run;
+what is checked here is that the identity in it is unambiguous and trusted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+from cryptography import x509
+
+from gwcore.policy.model import DEFAULT_NAMESPACE, DEFAULT_PARTITION, ServiceName, SpiffeID
+
+#: Every value :attr:`IdentityError.reason` takes; it is a metric label, so it stays closed.
+IDENTITY_ERROR_REASONS = frozenset(
+    {"no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"}
+)
+
+# From the SPIFFE ID spec: these bounds keep a hostile certificate from feeding
+# arbitrarily large or odd strings into logs and policy.
+_MAX_URI_LENGTH = 2048
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_SCHEME = "spiffe://"
+_DETAIL_VALUE_LIMIT = 200
+
+
+class IdentityError(Exception):
+    """A client certificate whose identity cannot be used.
+
+    ``reason`` is one of :data:`IDENTITY_ERROR_REASONS` (safe as a Prometheus label);
+    ``detail`` is for humans and logs. ``str(error)`` is one line: ``"reason: detail"``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in IDENTITY_ERROR_REASONS:
+            raise ValueError(f"unknown identity error reason {reason!r}")
+        self.reason = reason
+        self.detail = detail
+        super().__init__(reason, detail)
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {' '.join(self.detail.split())}"
+
+
+def _shown(value: str) -> str:
+    """A bounded, quoted rendering of attacker-supplied text for ``detail``."""
+    if len(value) > _DETAIL_VALUE_LIMIT:
+        return repr(value[:_DETAIL_VALUE_LIMIT]) + "..."
+    return repr(value)
+
+
+def parse_spiffe_id(uri: str) -> SpiffeID:
+    """Parse one of Consul's SPIFFE URIs; raise ``IdentityError("bad_spiffe_id")`` otherwise.
+
+    The scheme and trust domain are case-insensitive and the trust domain is returned
+    lower-cased; path segments keep their case. Every path segment must be non-empty and
+    made of ``[A-Za-z0-9._-]`` (the SPIFFE spec's set, which excludes ``%``, ``?`` and
+    ``#``), must not contain ``..`` and must not be ``.``. A round trip holds:
+    ``parse_spiffe_id(uri).uri == uri`` for every canonical (lower-case trust domain) URI.
+    """
+
+    def bad(why: str) -> IdentityError:
+        return IdentityError("bad_spiffe_id", f"{_shown(uri)} {why}")
+
+    if not isinstance(uri, str):
+        raise IdentityError("bad_spiffe_id", f"URI SAN is not text: {type(uri).__name__}")
+    if len(uri) > _MAX_URI_LENGTH:
+        raise bad(f"is longer than {_MAX_URI_LENGTH} characters")
+    if uri[: len(_SCHEME)].lower() != _SCHEME:
+        raise bad("is not a spiffe:// URI")
+    trust_domain, slash, path = uri[len(_SCHEME) :].partition("/")
+    trust_domain = trust_domain.lower()
+    if not trust_domain or not _TRUST_DOMAIN.match(trust_domain):
+        raise bad("has no valid trust domain")
+    if not slash:
+        raise bad("has no path")
+    segments = path.split("/")
+    for segment in segments:
+        if not segment:
+            raise bad("has an empty path segment")
+        if not _SEGMENT.match(segment):
+            raise bad("has a path segment with characters outside [A-Za-z0-9._-]")
+        if ".." in segment or segment == ".":
+            raise bad("has a dot path segment")
+
+    match segments:
+        case ["ns", namespace, "dc", datacenter, "svc", name]:
+            return SpiffeID(trust_domain, namespace, datacenter, name)
+        case ["ap", partition, "ns", namespace, "dc", datacenter, "svc", name]:
+            return SpiffeID(trust_domain, namespace, datacenter, name, partition=partition)
+        case ["gateway", "mesh", "dc", datacenter]:
+            return SpiffeID(trust_domain, DEFAULT_NAMESPACE, datacenter, "", kind="mesh-gateway")
+    raise bad("is not a Consul service or mesh gateway identity")
+
+
+def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collection[str]) -> SpiffeID:
+    """The identity in a verified certificate's single URI SAN.
+
+    Exactly one URI SAN is required: none gives ``no_uri_san`` and more than one gives
+    ``multiple_uri_sans`` (two identities in one certificate are ambiguous, so neither
+    is used; py-spiffe PR #428 made the same choice). The SAN must parse
+    (``bad_spiffe_id``) and its trust domain must be in ``trusted_domains``, compared
+    case-insensitively (``untrusted_domain``). Raises :class:`IdentityError`.
+    """
+    try:
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        raise IdentityError("no_uri_san", "certificate has no subjectAltName") from None
+    except x509.DuplicateExtension:
+        raise IdentityError(
+            "multiple_uri_sans", "certificate has more than one subjectAltName extension"
+        ) from None
+    except ValueError as e:
+        raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
+    uris = extension.value.get_values_for_type(x509.UniformResourceIdentifier)
+    if not uris:
+        raise IdentityError("no_uri_san", "certificate has no URI subjectAltName")
+    if len(uris) > 1:
+        raise IdentityError("multiple_uri_sans", f"certificate has {len(uris)} URI subjectAltNames")
+    identity = parse_spiffe_id(uris[0])
+    if identity.trust_domain not in {d.lower() for d in trusted_domains}:
+        raise IdentityError(
+            "untrusted_domain", f"trust domain {_shown(identity.trust_domain)} is not trusted"
+        )
+    return identity
+
+
+def service_spiffe_id(service: ServiceName, datacenter: str, trust_domain: str) -> SpiffeID:
+    """The identity Consul issues to ``service`` in ``datacenter`` (trust domain lower-cased)."""
+    return SpiffeID(
+        trust_domain=trust_domain.lower(),
+        namespace=service.namespace,
+        datacenter=datacenter,
+        name=service.name,
+        partition=service.partition or DEFAULT_PARTITION,
+    )

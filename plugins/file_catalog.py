@@ -1,0 +1,249 @@
+"""The ``file_catalog`` built-in plugin: a catalog read from Consul-shaped JSON files.
+
+Section ``[sites.NAME.file_catalog]``:
+
+- ``paths`` (required): files or directories (whose ``*.json`` files are read), relative
+  to the config file's directory;
+- ``poll_interval`` (default ``1s``, at least ``0.05s``): how often the files are checked.
+
+Each file holds Consul documents (see :mod:`gwcore.policy.consul_shapes`). The source is
+authoritative for intentions: its snapshots always carry an intentions tuple.
+
+Failure rules: a file that cannot be read, decoded or validated is reported once (one
+log line, ``tgw_catalog_errors_total``, :meth:`FileCatalogSource.health`) and its last
+good content stays in force, on the first start too; other files still apply. A deleted
+file's content is removed. ``tgw check-config`` reports every bad file, so there a bad
+file does block the start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gwcore.hookspecs import hookimpl
+from gwcore.net.filewatch import FileWatcher, expand
+from gwcore.policy.config import ConfigProblem, SiteConfig
+from gwcore.policy.consul_shapes import (
+    EMPTY_DOCUMENTS,
+    CatalogDocuments,
+    ShapeProblem,
+    build_destinations,
+    build_intentions,
+    decode_documents,
+    merge_documents,
+)
+from gwcore.policy.model import CatalogSnapshot, Destination, Intention
+from gwcore.providers import SourceHealth
+
+if TYPE_CHECKING:
+    from gwcore.providers import CatalogSource, SiteContext
+
+NAME = "file_catalog"
+PATTERN = "*.json"
+DEFAULT_POLL_INTERVAL = 1.0
+MIN_POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class FileCatalogSettings:
+    """The plugin's section, read. ``paths`` are as written (possibly relative)."""
+
+    paths: tuple[str, ...]
+    poll_interval: float
+
+
+def read_settings(site: SiteConfig) -> tuple[FileCatalogSettings, list[ConfigProblem]]:
+    """Read ``[sites.NAME.file_catalog]``; problems for bad or unknown keys (no file I/O)."""
+    reader = site.reader(NAME)
+    paths = reader.strings("paths", required=True)
+    if "paths" in reader.table and not paths and not reader.problems:
+        reader.problem("paths", "must name at least one file or directory")
+    interval = reader.duration("poll_interval", DEFAULT_POLL_INTERVAL, minimum=MIN_POLL_INTERVAL)
+    return FileCatalogSettings(paths, interval), reader.finish()
+
+
+def read_catalog_file(path: Path) -> tuple[CatalogDocuments, list[ShapeProblem]]:
+    """Read and parse one catalog file; an unreadable file is a problem, not an exception."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return EMPTY_DOCUMENTS, [
+            ShapeProblem(str(path), "(file)", f"cannot be read: {e.strerror or e}")
+        ]
+    return decode_documents(str(path), data)
+
+
+@hookimpl
+def tgw_validate_site_config(site: SiteConfig) -> list[ConfigProblem]:
+    """Check the section, that every path exists, and every catalog file in them."""
+    if NAME not in site.plugins:
+        return []
+    settings, problems = read_settings(site)
+    key = f"{site.prefix}.{NAME}.paths"
+    existing: list[Path] = []
+    for raw in settings.paths:
+        path = site.base_dir / raw
+        if path.exists():
+            existing.append(path)
+        else:
+            problems.append(ConfigProblem(site.file, key, f"{str(path)!r} does not exist"))
+    shape_problems: list[ShapeProblem] = []
+    parts: list[CatalogDocuments] = []
+    for path in expand(existing, PATTERN):
+        docs, found = read_catalog_file(path)
+        shape_problems += found
+        parts.append(docs)
+    merged, conflicts = merge_documents(parts)
+    _, unusable = build_destinations(merged, site.name, site.datacenter)
+    for problem in [*shape_problems, *conflicts, *unusable]:
+        problems.append(ConfigProblem(site.file, key, str(problem)))
+    return problems
+
+
+@hookimpl
+def tgw_catalog_sources(site: SiteContext) -> list[CatalogSource]:
+    """One :class:`FileCatalogSource` when the site's stack names ``file_catalog``."""
+    if NAME not in site.config.plugins:
+        return []
+    return [FileCatalogSource(site)]
+
+
+@dataclass(frozen=True, slots=True)
+class _FileState:
+    digest: str  # of the bytes last read, good or bad
+    documents: CatalogDocuments  # the last good content (empty if never good)
+    error: str | None  # why the current bytes were rejected
+
+
+def _content_version(
+    destinations: tuple[Destination, ...], intentions: tuple[Intention, ...]
+) -> str:
+    # Everything in a snapshot is a frozen dataclass whose repr is deterministic (meta
+    # mappings are sorted when read), so the repr is a faithful fingerprint of content.
+    return hashlib.sha256(repr((destinations, intentions)).encode()).hexdigest()[:16]
+
+
+class FileCatalogSource:
+    """A :class:`~gwcore.providers.CatalogSource` reading Consul-shaped JSON files.
+
+    :meth:`start` reads every file, publishes the first snapshot synchronously and
+    starts polling; after a change it re-reads and publishes only if the built content
+    changed. Per-file last-good semantics are described in the module docstring.
+    """
+
+    name = NAME
+
+    def __init__(self, site: SiteContext) -> None:
+        self._site = site
+        settings, _ = read_settings(site.config)  # validated before the site starts
+        self._paths = [site.resolve_path(p) for p in settings.paths]
+        self._gateway = site.config.name
+        self._datacenter = site.config.datacenter
+        self._files: dict[Path, _FileState] = {}
+        self._unresolved: dict[str, str] = {}  # problem key -> text, most recent last
+        self._version: str | None = None
+        self._last_success: float | None = None
+        self._publish: Callable[[CatalogSnapshot], None] | None = None
+        self._watcher = FileWatcher(
+            site.reactor, self._paths, self.reload, interval=settings.poll_interval, pattern=PATTERN
+        )
+        labels = {"site": site.name, "source": NAME}
+        self._errors = site.metrics.catalog_errors.labels(**labels)
+        self._last_success_gauge = site.metrics.catalog_last_success.labels(**labels)
+
+    def start(self, publish: Callable[[CatalogSnapshot], None]) -> None:
+        """Publish the first snapshot (synchronously), then watch the files."""
+        self._publish = publish
+        # Watch first: a change made while the files are being read is then seen later.
+        self._watcher.start()
+        try:
+            self.reload()
+        except Exception:
+            self._watcher.stop()
+            raise
+
+    def stop(self) -> None:
+        self._watcher.stop()
+
+    def health(self) -> SourceHealth:
+        """``last_error`` is the most recently reported problem that is still unresolved."""
+        last_error = next(reversed(self._unresolved.values()), None)
+        return SourceHealth(self._last_success, last_error)
+
+    def reload(self) -> None:
+        """Re-read changed files, rebuild, and publish if the content changed."""
+        self._read_files()
+        merged, conflicts = merge_documents(
+            self._files[path].documents for path in sorted(self._files)
+        )
+        destinations, unusable = build_destinations(merged, self._gateway, self._datacenter)
+        self._note_catalog_problems([*conflicts, *unusable])
+        intentions = build_intentions(merged)
+        version = _content_version(destinations, intentions)
+        if version != self._version and self._publish is not None:
+            self._publish(
+                CatalogSnapshot(
+                    source=NAME,
+                    destinations=destinations,
+                    intentions=intentions,
+                    version=version,
+                )
+            )
+            self._version = version
+        self._last_success = self._site.reactor.seconds()
+        self._last_success_gauge.set(self._last_success)
+
+    def _read_files(self) -> None:
+        present: set[Path] = set()
+        for path in expand(self._paths, PATTERN):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # gone (or never there): its content is dropped below
+            except OSError as e:
+                present.add(path)
+                self._reject(path, f"{path}: cannot be read: {e.strerror or e}", digest="")
+                continue
+            present.add(path)
+            digest = hashlib.sha256(data).hexdigest()
+            state = self._files.get(path)
+            if state is not None and state.digest == digest:
+                continue
+            docs, problems = decode_documents(str(path), data)
+            if problems:
+                self._reject(path, "; ".join(str(p) for p in problems), digest)
+                continue
+            if state is not None and state.error is not None:
+                self._site.log.info("catalog file {path} is valid again", path=str(path))
+            self._files[path] = _FileState(digest, docs, None)
+            self._unresolved.pop(f"file:{path}", None)
+        for path in set(self._files) - present:
+            del self._files[path]
+            self._unresolved.pop(f"file:{path}", None)
+
+    def _reject(self, path: Path, text: str, digest: str) -> None:
+        state = self._files.get(path)
+        if state is not None and state.error == text and state.digest == digest:
+            return  # already reported
+        kept = state.documents if state is not None else EMPTY_DOCUMENTS
+        self._files[path] = _FileState(digest, kept, text)
+        self._report(f"file:{path}", text, "catalog file rejected, its last good content stays")
+
+    def _note_catalog_problems(self, problems: Sequence[ShapeProblem]) -> None:
+        current = {f"catalog:{p}": str(p) for p in problems}
+        for key in [k for k in self._unresolved if k.startswith("catalog:")]:
+            if key not in current:
+                del self._unresolved[key]
+        for key, text in current.items():
+            if key not in self._unresolved:
+                self._report(key, text, "catalog documents left out")
+
+    def _report(self, key: str, text: str, what: str) -> None:
+        self._unresolved.pop(key, None)
+        self._unresolved[key] = text
+        self._errors.inc()
+        self._site.log.error("{what}: {problem}", what=what, problem=text)

@@ -1,0 +1,612 @@
+"""The terminating site end to end: real TLS (Python's ssl and pyOpenSSL clients) over
+real sockets on 127.0.0.1, through an in-process gateway, to threaded upstreams."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from OpenSSL import SSL
+
+from tests.harness import (
+    HandshakeRefusedError,
+    Upstream,
+    free_port,
+    gateway_entry,
+    hello,
+    in_thread,
+    intentions,
+    peer_uris,
+    read_all,
+    registration,
+    request,
+    sha256,
+    sleep,
+    sni_for,
+    tls_connect,
+    write_json,
+)
+
+MiB = 1 << 20
+
+
+def setup_catalog(
+    gateway, services: dict[str, list[int]], rules: list[dict] | None = None, extra=()
+) -> None:
+    write_json(gateway.catalog / "gateway.json", gateway_entry(*services, *extra))
+    regs = [registration(name, port) for name, ports in services.items() for port in ports]
+    write_json(gateway.catalog / "registrations.json", regs)
+    write_json(
+        gateway.catalog / "intentions.json",
+        rules if rules is not None else [intentions(s, ("*", "allow")) for s in services],
+    )
+
+
+def exchange(
+    sock: ssl.SSLSocket, outgoing: bytes, recv_limit: int | None = None, timeout: float = 60
+) -> bytes:
+    """Send ``outgoing`` while reading, on one thread (an SSLSocket is not thread-safe).
+
+    Reads until EOF, or until ``recv_limit`` bytes when given.
+    """
+    sock.setblocking(False)
+    sent, received, eof = 0, bytearray(), False
+    deadline = time.monotonic() + timeout
+    while (not eof and (recv_limit is None or len(received) < recv_limit)) or sent < len(outgoing):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sent {sent}, received {len(received)}")
+        wants_write = sent < len(outgoing)
+        wait = 0 if sock.pending() else 1.0
+        readable, writable, _ = select.select([sock], [sock] if wants_write else [], [], wait)
+        if writable:
+            with contextlib.suppress(ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent += sock.send(outgoing[sent : sent + 65536])
+        if (readable or sock.pending()) and not eof:
+            try:
+                chunk = sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+            except ssl.SSLZeroReturnError:
+                eof = True
+                continue
+            if not chunk:
+                eof = True
+            received += chunk
+    sock.setblocking(True)
+    return bytes(received)
+
+
+def bulk_upstream(data_down: bytes, expect_up: int, closes_first: bool):
+    """Upstream that sends ``data_down`` while reading; records the hash of what it read."""
+
+    def handle(sock: socket.socket, up: Upstream) -> None:
+        received = bytearray()
+
+        def reader() -> None:
+            while (closes_first and len(received) < expect_up) or not closes_first:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received.extend(chunk)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        sock.sendall(data_down)
+        t.join(60)
+        up.results.append((len(received), sha256(bytes(received))))
+        if closes_first:
+            sock.shutdown(socket.SHUT_WR)
+            sock.recv(1)  # wait for the gateway to close its side
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    "upstream_closes_first", [True, False], ids=["upstream-closes", "client-closes"]
+)
+@pytest_twisted.ensureDeferred
+async def test_ten_mib_each_way_arrive_byte_identical(gateway, upstreams, upstream_closes_first):
+    """10 MiB each way cross the gateway unchanged, whichever side closes first."""
+    rng = random.Random(7)
+    data_up, data_down = rng.randbytes(10 * MiB), rng.randbytes(10 * MiB)
+    up = upstreams(bulk_upstream(data_down, len(data_up), upstream_closes_first))
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    files = gateway.client_files("web")
+
+    def client() -> bytes:
+        cert, key, root = files
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        if upstream_closes_first:
+            got = exchange(sock, data_up)  # until the gateway passes the upstream's close
+        else:
+            got = exchange(sock, data_up, recv_limit=len(data_down))
+            raw = sock
+            raw.shutdown(socket.SHUT_WR)  # the client is done first (drops the TLS layer)
+            raw.settimeout(30)
+            while raw.recv(4096):  # only the gateway's close_notify record, then EOF
+                pass
+        sock.close()
+        return got
+
+    got = await in_thread(client)
+    assert sha256(got) == sha256(data_down)
+    await gateway.wait_for(lambda: bool(up.results))
+    assert up.results == [(len(data_up), sha256(data_up))]
+    assert not up.errors
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    record = gateway.access_records()[0]
+    assert record["bytes_upstream"] == len(data_up)
+    assert record["bytes_downstream"] == len(data_down)
+    assert record["decision"] == "allow"
+    assert gateway.metric("tgw_bytes_total", service="billing", direction="upstream") == len(
+        data_up
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_close_notify_half_closes_and_the_reply_still_arrives(gateway, upstreams):
+    """A TLS close_notify from the client half-closes the upstream; its reply still flows back."""
+    up = upstreams()  # echo until EOF, then close
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def client() -> bytes:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.use_certificate_chain_file(str(cert))
+        ctx.use_privatekey_file(str(key))
+        ctx.load_verify_locations(str(root))
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: a[-1])
+        raw = socket.create_connection(("127.0.0.1", gateway.port))
+        # Blocking for pyOpenSSL, with a kernel receive timeout so a bug cannot hang the test.
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 20, 0))
+        conn = SSL.Connection(ctx, raw)
+        conn.set_tlsext_host_name(sni_for("billing").encode())
+        conn.set_connect_state()
+        conn.do_handshake()
+        payload = b"x" * 200_000
+        conn.sendall(payload)
+        conn.shutdown()  # close_notify: "I am done writing", keep reading
+        got = bytearray()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                got += conn.recv(65536)
+            except SSL.WantReadError:  # a session ticket record or the receive timeout
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            except SSL.ZeroReturnError:
+                break
+        raw.close()
+        return bytes(got)
+
+    assert await in_thread(client) == b"x" * 200_000
+
+
+@pytest.mark.parametrize(
+    "sni", ["unknown.default.dc1.internal.11111111-2222-3333-4444-555555555555.consul", None]
+)
+@pytest_twisted.ensureDeferred
+async def test_unknown_or_missing_sni_gets_no_certificate(gateway, upstreams, sni):
+    """Unknown and missing SNI abort the handshake before any certificate is sent, counted."""
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    with pytest.raises(HandshakeRefusedError) as refused:
+        await in_thread(tls_connect, gateway.port, sni, cert, key, root)
+    assert refused.value.server_cert_seen is False
+    reason = "unknown_sni" if sni else "missing_sni"
+    await gateway.wait_for(lambda: gateway.metric("tgw_no_route_total", reason=reason) == 1)
+    assert gateway.metric("tgw_tls_handshake_errors_total", reason=reason) == 1
+    assert up.accepted == 0
+
+
+def _bad_client(gateway, kind: str):
+    from gwcore.testing import MeshCA
+
+    ca = gateway.ca
+    td = ca.trust_domain
+    web = f"spiffe://{td}/ns/default/dc/dc1/svc/web"
+    if kind == "no_client_cert":
+        _, _, root = gateway.client_files("web")
+        return None, None, root
+    if kind == "untrusted_ca":
+        return gateway.client_files("web", MeshCA(td).leaf("web"))
+    if kind == "expired_cert":
+        return gateway.client_files(
+            "web", ca.leaf("web", now=time.time() - 30 * 86400, valid_for=3600)
+        )
+    if kind == "multiple_uri_sans":
+        return gateway.client_files("web", ca.leaf_with_uris([web, web.replace("/web", "/api")]))
+    if kind == "no_uri_san":
+        return gateway.client_files("web", ca.leaf_with_uris([]))
+    if kind == "untrusted_domain":
+        return gateway.client_files("web", ca.leaf_with_uris([web.replace(td, "evil.consul")]))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "no_client_cert",
+        "untrusted_ca",
+        "expired_cert",
+        "multiple_uri_sans",
+        "no_uri_san",
+        "untrusted_domain",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_client_certificates_are_refused_and_counted(gateway, upstreams, kind):
+    """Each kind of bad client identity is refused, counted by reason, and never forwarded."""
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    cert, key, root = _bad_client(gateway, kind)
+
+    def attempt() -> bytes:
+        try:
+            return request(gateway.port, sni_for("billing"), (cert, key, root))
+        except (HandshakeRefusedError, ssl.SSLError, ConnectionError):
+            return b"refused"
+
+    assert await in_thread(attempt) in (b"refused", b"")
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_tls_handshake_errors_total", reason=kind) == 1
+    )
+    assert up.accepted == 0
+    assert gateway.metric("tgw_downstream_connections_active") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_intentions_exact_deny_beats_wildcard_allow(gateway, upstreams):
+    """web => billing deny beside * => billing allow: web refused (no upstream), api served."""
+    up = upstreams()
+    rules = [intentions("billing", ("web", "deny"), ("*", "allow"))]
+    setup_catalog(gateway, {"billing": [up.port]}, rules)
+    await gateway.start()
+    web, api = gateway.client_files("web"), gateway.client_files("api")
+
+    assert await in_thread(request, gateway.port, sni_for("billing"), web) == b""
+    assert up.accepted == 0
+
+    # The client verifies it reached the real destination's identity before sending.
+    def api_call() -> tuple[bytes, list[str]]:
+        cert, key, root = api
+        with tls_connect(gateway.port, sni_for("billing"), cert, key, root) as sock:
+            uris = peer_uris(sock)
+            sock.sendall(b"hello")
+            return sock.recv(100), uris
+
+    got, uris = await in_thread(api_call)
+    assert got == b"hello"
+    assert uris == [f"spiffe://{gateway.ca.trust_domain}/ns/default/dc/dc1/svc/billing"]
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 2)
+    denied = [r for r in gateway.access_records() if r["decision"] == "deny"]
+    assert len(denied) == 1 and denied[0]["source"].endswith("/svc/web")
+    assert "web" in denied[0]["reason"] and denied[0]["engine"] == "intentions"
+    assert denied[0]["close_cause"] == "denied" and denied[0]["endpoint"] is None
+    assert (
+        gateway.metric(
+            "tgw_authz_decisions_total", service="billing", engine="intentions", decision="deny"
+        )
+        == 1
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_default_policy_applies_when_no_intention_matches(gateway, upstreams):
+    """No matching intention: default_policy deny refuses, and the reason says so."""
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]}, [intentions("billing", ("api", "allow"))])
+    await gateway.start()
+    assert (
+        await in_thread(request, gateway.port, sni_for("billing"), gateway.client_files("web"))
+        == b""
+    )
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    record = gateway.access_records()[0]
+    assert record["decision"] == "deny" and record["engine"] == "default"
+    assert "default_policy=deny" in record["reason"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_endpoint_is_skipped_for_the_next(gateway, upstreams):
+    """One endpoint refuses, the other accepts: every client is served, failures counted."""
+    up = upstreams(hello(b"served"))
+    dead = free_port()
+    setup_catalog(gateway, {"billing": [dead, up.port]})
+    await gateway.start()
+    files = gateway.client_files("web")
+    for _ in range(4):
+        assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"served"
+    assert (
+        gateway.metric("tgw_upstream_connect_failures_total", service="billing", reason="refused")
+        >= 1
+    )
+    records = gateway.access_records()
+    assert any(r["connect_attempts"] == 2 for r in records)
+
+
+@pytest_twisted.ensureDeferred
+async def test_all_endpoints_down_closes_the_client_promptly(gateway):
+    """No endpoint reachable: the client is closed (not left hanging) and it is counted."""
+    setup_catalog(gateway, {"billing": [free_port(), free_port()]})
+    await gateway.start()
+    started = time.monotonic()
+    assert (
+        await in_thread(request, gateway.port, sni_for("billing"), gateway.client_files("web"))
+        == b""
+    )
+    assert time.monotonic() - started < 10  # well under the client's own timeout
+    assert gateway.metric("tgw_upstream_unavailable_total", service="billing") == 1
+    assert (
+        gateway.metric("tgw_upstream_connect_failures_total", service="billing", reason="refused")
+        == 2
+    )
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "upstream_unavailable"
+
+
+@pytest_twisted.ensureDeferred
+async def test_critical_instances_are_not_used(gateway, upstreams):
+    """An instance with a critical check receives nothing; the passing one serves."""
+    good, bad = upstreams(hello(b"good")), upstreams(hello(b"bad"))
+    write_json(gateway.catalog / "gateway.json", gateway_entry("billing"))
+    write_json(
+        gateway.catalog / "regs.json",
+        [registration("billing", good.port), registration("billing", bad.port, status="critical")],
+    )
+    write_json(gateway.catalog / "intentions.json", intentions("billing", ("*", "allow")))
+    await gateway.start()
+    files = gateway.client_files("web")
+    for _ in range(4):
+        assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"good"
+    assert bad.accepted == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_edit_adds_a_route_while_old_connections_keep_streaming(gateway, upstreams):
+    """A destination added by editing the catalog is reachable; an open connection is untouched."""
+    billing, payments = upstreams(), upstreams(hello(b"payments here"))
+    setup_catalog(gateway, {"billing": [billing.port]})
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+
+    def roundtrip(data: bytes) -> bytes:
+        sock.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            got += sock.recv(65536)
+        return got
+
+    assert await in_thread(roundtrip, b"before") == b"before"
+    setup_catalog(gateway, {"billing": [billing.port], "payments": [payments.port]})
+    await gateway.wait_for(
+        lambda: gateway.site.current()[0].lookup(sni_for("payments")) is not None
+    )
+    got = await in_thread(request, gateway.port, sni_for("payments"), (cert, key, root))
+    assert got == b"payments here"
+    assert await in_thread(roundtrip, b"after the edit") == b"after the edit"
+    sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_origination_destination_is_refused_not_sent_in_plaintext(gateway, upstreams):
+    """A destination with CAFile set is refused (clear log, counted) until a TLS strategy exists."""
+    up = upstreams()
+    setup_catalog(
+        gateway,
+        {},
+        [intentions("secure", ("*", "allow"))],
+        extra=[{"Name": "secure", "CAFile": "/etc/ca.pem"}],
+    )
+    write_json(gateway.catalog / "registrations.json", [registration("secure", up.port)])
+    await gateway.start()
+    await gateway.wait_for(lambda: gateway.site.current()[0].lookup(sni_for("secure")) is not None)
+    assert (
+        await in_thread(request, gateway.port, sni_for("secure"), gateway.client_files("web"))
+        == b""
+    )
+    assert up.accepted == 0
+    assert gateway.metric("tgw_downstream_rejected_total", reason="no_strategy") == 1
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert "plaintext" in gateway.access_records()[0]["close_detail"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_client_is_dropped_at_the_handshake_deadline(gateway, upstreams):
+    """A client that connects and says nothing is closed after handshake_timeout, counted."""
+    gateway.site_options["handshake_timeout"] = "0.3s"
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+
+    def silent() -> bytes:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
+            return s.recv(10)
+
+    assert await in_thread(silent) == b""
+    assert gateway.metric("tgw_tls_handshake_errors_total", reason="timeout") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_connection_is_closed_after_idle_timeout(gateway, upstreams):
+    """No byte in either direction for idle_timeout closes both sides, counted and logged."""
+    gateway.site_options["idle_timeout"] = "0.4s"
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def idle_client() -> bytes:
+        with tls_connect(gateway.port, sni_for("billing"), cert, key, root) as sock:
+            sock.sendall(b"one")
+            assert sock.recv(10) == b"one"
+            return read_all(sock)  # blocks until the gateway closes
+
+    assert await in_thread(idle_client) == b""
+    assert gateway.metric("tgw_idle_timeouts_total", service="billing") == 1
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "idle_timeout"
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_over_the_limit_are_closed_and_counted(gateway, upstreams):
+    """max_connections bounds open connections; the extra one is closed at once, counted."""
+    gateway.site_options["max_connections"] = 1
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    held = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+
+    def second() -> str:
+        try:
+            with tls_connect(gateway.port, sni_for("billing"), cert, key, root) as sock:
+                sock.sendall(b"x")
+                return "served" if sock.recv(1) else "closed"
+        except (HandshakeRefusedError, OSError):
+            return "closed"
+
+    assert await in_thread(second) == "closed"
+    assert gateway.metric("tgw_downstream_rejected_total", reason="overflow") == 1
+    held.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_intention_change_closes_open_connections_it_now_denies(gateway, upstreams):
+    """Re-authorization on policy change: a live connection that is now denied is closed."""
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    await in_thread(sock.sendall, b"hi")
+    assert await in_thread(sock.recv, 10) == b"hi"
+    write_json(gateway.catalog / "intentions.json", [intentions("billing", ("web", "deny"))])
+    assert await in_thread(read_all, sock) == b""
+    sock.close()
+    assert gateway.metric("tgw_downstream_rejected_total", reason="policy_revoked") == 1
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "policy_revoked"
+
+
+ADDON_VETO = """
+class VetoApi:
+    name = "veto-api"
+
+    def tgw_handshake_done(self, event):
+        if event.identity.name == "api":
+            event.veto("api may not use this gateway")
+
+addons = [VetoApi()]
+"""
+
+ADDON_COUNT = """
+from pathlib import Path
+
+LOG = Path(__file__).with_suffix(".events")
+
+def _note(name):
+    with LOG.open("a") as f:
+        f.write(name + "\\n")
+
+class Counter:
+    def tgw_client_connected(self, event):
+        _note("client_connected")
+
+    def tgw_tls_clienthello(self, event):
+        _note("tls_clienthello")
+
+    def tgw_handshake_done(self, event):
+        _note("handshake_done")
+
+    def tgw_authorized(self, event):
+        _note("authorized")
+
+    def tgw_upstream_connected(self, event):
+        _note("upstream_connected")
+
+    def tgw_connection_closed(self, event):
+        _note("closed:" + str(event.record["close_cause"]))
+
+    def tgw_upstream_failed(self, event):
+        raise RuntimeError("a broken addon must not break the gateway")
+
+addons = [Counter()]
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_dropin_addons_veto_and_observe_connections(gateway, upstreams, tmp_path: Path):
+    """Drop-in files (nothing installed) load by name: one vetoes api, one counts events."""
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "veto.py").write_text(ADDON_VETO)
+    (tmp_path / "addons" / "count.py").write_text(ADDON_COUNT)
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "veto", "count"]
+    up = upstreams(hello(b"ok"))
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    assert (
+        await in_thread(request, gateway.port, sni_for("billing"), gateway.client_files("web"))
+        == b"ok"
+    )
+    assert (
+        await in_thread(request, gateway.port, sni_for("billing"), gateway.client_files("api"))
+        == b""
+    )
+    assert gateway.metric("tgw_downstream_rejected_total", reason="addon_veto") == 1
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 2)
+    events = (tmp_path / "addons" / "count.events").read_text().split()
+    assert events.count("client_connected") == 2
+    assert events.count("handshake_done") == 2
+    assert events.count("upstream_connected") == 1
+    assert "closed:completed" in events and "closed:addon_veto" in events
+    assert up.accepted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_raising_addon_is_isolated_and_counted(gateway, upstreams, tmp_path: Path):
+    """An addon raising in a hook is logged and counted; the connection is still served."""
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "count.py").write_text(ADDON_COUNT)
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "count"]
+    up = upstreams(hello(b"ok"))
+    setup_catalog(gateway, {"billing": [free_port(), up.port]})
+    await gateway.start()
+    files = gateway.client_files("web")
+    for _ in range(2):
+        assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"ok"
+    assert gateway.metric("tgw_addon_errors_total", hook="tgw_upstream_failed") >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_drains_then_closes_connections(gateway, upstreams):
+    """Stopping the service stops accepting and closes what is left after the drain timeout."""
+    gateway.site_options["drain_timeout"] = "0.2s"
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    await in_thread(sock.sendall, b"x")
+    assert await in_thread(sock.recv, 1) == b"x"
+    await gateway.stop()
+    assert await in_thread(read_all, sock) == b""
+    sock.close()
+    await sleep(0)
+    assert gateway.access_records()[0]["close_cause"] == "shutdown"

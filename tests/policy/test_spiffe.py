@@ -1,0 +1,270 @@
+"""Tests for gwcore.policy.spiffe: Consul SPIFFE URIs and the URI SAN of a certificate."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gwcore.policy.model import ServiceName, SpiffeID
+from gwcore.policy.spiffe import (
+    IDENTITY_ERROR_REASONS,
+    IdentityError,
+    identity_from_certificate,
+    parse_spiffe_id,
+    service_spiffe_id,
+)
+
+TD = "11111111-2222-3333-4444-555555555555.consul"
+WEB_URI = f"spiffe://{TD}/ns/default/dc/dc1/svc/web"
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        pytest.param(WEB_URI, SpiffeID(TD, "default", "dc1", "web"), id="service"),
+        pytest.param(
+            f"spiffe://{TD}/ap/part1/ns/team/dc/dc2/svc/api",
+            SpiffeID(TD, "team", "dc2", "api", partition="part1"),
+            id="partition",
+        ),
+        pytest.param(
+            f"spiffe://{TD}/gateway/mesh/dc/dc2",
+            SpiffeID(TD, "default", "dc2", "", kind="mesh-gateway"),
+            id="mesh-gateway",
+        ),
+        pytest.param(
+            "SPIFFE://Example.CONSUL/ns/Default/dc/DC1/svc/Web",
+            SpiffeID("example.consul", "Default", "DC1", "Web"),
+            id="scheme-and-trust-domain-case-insensitive-path-kept",
+        ),
+        pytest.param(
+            f"spiffe://{TD}/ns/default/dc/dc1/svc/my_svc.v2-a",
+            SpiffeID(TD, "default", "dc1", "my_svc.v2-a"),
+            id="segment-charset",
+        ),
+    ],
+)
+def test_parse_spiffe_id_accepts_consul_forms(uri: str, expected: SpiffeID) -> None:
+    """Consul's service, partitioned service and mesh gateway URIs parse to SpiffeIDs."""
+    assert parse_spiffe_id(uri) == expected
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(f"https://{TD}/ns/default/dc/dc1/svc/web", id="wrong-scheme"),
+        pytest.param(f"spiffe:/{TD}/ns/default/dc/dc1/svc/web", id="one-slash"),
+        pytest.param("spiffe:///ns/default/dc/dc1/svc/web", id="no-trust-domain"),
+        pytest.param(f"spiffe://{TD}", id="no-path"),
+        pytest.param(f"spiffe://{TD}/", id="root-path"),
+        pytest.param(f"spiffe://{TD}:8443/ns/default/dc/dc1/svc/web", id="port"),
+        pytest.param(f"spiffe://user@{TD}/ns/default/dc/dc1/svc/web", id="userinfo"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/web/", id="trailing-slash"),
+        pytest.param(f"spiffe://{TD}/ns//dc/dc1/svc/web", id="empty-segment"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/w%65b", id="percent"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/web?x=1", id="query"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/web#frag", id="fragment"),
+        pytest.param(f"spiffe://{TD}/ns/../dc/dc1/svc/web", id="dot-dot"),
+        pytest.param(f"spiffe://{TD}/ns/a..b/dc/dc1/svc/web", id="contains-dot-dot"),
+        pytest.param(f"spiffe://{TD}/ns/./dc/dc1/svc/web", id="dot"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/we b", id="space"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/wéb", id="non-ascii"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1", id="missing-svc"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/web/extra", id="extra-segment"),
+        pytest.param(f"spiffe://{TD}/dc/dc1/svc/web", id="missing-ns"),
+        pytest.param(f"spiffe://{TD}/ns/default/svc/web/dc/dc1", id="wrong-order"),
+        pytest.param(f"spiffe://{TD}/gateway/mesh/dc", id="gateway-missing-dc"),
+        pytest.param(f"spiffe://{TD}/gateway/ingress/dc/dc1", id="other-gateway-kind"),
+        pytest.param(f"spiffe://{TD}/agent/client/dc/dc1/id/abc", id="agent-identity"),
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/" + "a" * 2100, id="too-long"),
+    ],
+)
+def test_parse_spiffe_id_rejects(uri: str) -> None:
+    """Anything but a well-formed Consul service or mesh gateway URI is bad_spiffe_id."""
+    with pytest.raises(IdentityError) as info:
+        parse_spiffe_id(uri)
+    assert info.value.reason == "bad_spiffe_id"
+
+
+def test_identity_error_message_is_one_bounded_line() -> None:
+    """str() of an error is 'reason: detail' on one line, even for a hostile URI."""
+    with pytest.raises(IdentityError) as info:
+        parse_spiffe_id("spiffe://td/ns/x\ny/" + "z" * 5000)
+    text = str(info.value)
+    assert text.startswith("bad_spiffe_id: ")
+    assert "\n" not in text
+    assert len(text) < 500
+
+
+def test_identity_error_reason_vocabulary_is_closed() -> None:
+    """A reason outside the metric-label vocabulary is a programming error."""
+    assert {"no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"} == set(
+        IDENTITY_ERROR_REASONS
+    )
+    with pytest.raises(ValueError):
+        IdentityError("something_else", "x")
+
+
+@pytest.mark.parametrize(
+    ("service", "expected_uri"),
+    [
+        pytest.param(ServiceName("billing"), f"spiffe://{TD}/ns/default/dc/dc1/svc/billing"),
+        pytest.param(
+            ServiceName("billing", "team", "ap1"),
+            f"spiffe://{TD}/ap/ap1/ns/team/dc/dc1/svc/billing",
+        ),
+    ],
+)
+def test_service_spiffe_id(service: ServiceName, expected_uri: str) -> None:
+    """service_spiffe_id is the identity Consul issues, and it survives a parse."""
+    identity = service_spiffe_id(service, "dc1", TD.upper())
+    assert identity.uri == expected_uri
+    assert identity.service == service
+    assert parse_spiffe_id(identity.uri) == identity
+
+
+_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _certificate(*general_names: x509.GeneralName) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(_KEY.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+    )
+    if general_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(list(general_names)), critical=False
+        )
+    return builder.sign(_KEY, hashes.SHA256())
+
+
+def _uri(value: str) -> x509.UniformResourceIdentifier:
+    return x509.UniformResourceIdentifier(value)
+
+
+@pytest.mark.parametrize(
+    ("names", "reason"),
+    [
+        pytest.param((), "no_uri_san", id="no-san-extension"),
+        pytest.param((x509.DNSName("web.example"),), "no_uri_san", id="dns-san-only"),
+        pytest.param(
+            (_uri(WEB_URI), _uri(f"spiffe://{TD}/ns/default/dc/dc1/svc/admin")),
+            "multiple_uri_sans",
+            id="two-uri-sans",
+        ),
+        pytest.param((_uri(WEB_URI), _uri(WEB_URI)), "multiple_uri_sans", id="same-uri-twice"),
+        pytest.param((_uri("https://web.example/"),), "bad_spiffe_id", id="not-spiffe"),
+        pytest.param(
+            (_uri("spiffe://evil.consul/ns/default/dc/dc1/svc/web"),),
+            "untrusted_domain",
+            id="untrusted",
+        ),
+    ],
+)
+def test_identity_from_certificate_rejects(
+    names: tuple[x509.GeneralName, ...], reason: str
+) -> None:
+    """Only a certificate with exactly one trusted Consul URI SAN yields an identity."""
+    cert = _certificate(*names)
+    with pytest.raises(IdentityError) as info:
+        identity_from_certificate(cert, {TD})
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("names", "trusted", "expected"),
+    [
+        pytest.param((_uri(WEB_URI),), {TD}, SpiffeID(TD, "default", "dc1", "web"), id="one-uri"),
+        pytest.param(
+            (x509.DNSName("web.example"), _uri(WEB_URI)),
+            {TD},
+            SpiffeID(TD, "default", "dc1", "web"),
+            id="uri-beside-dns",
+        ),
+        pytest.param(
+            (_uri(f"spiffe://{TD.upper()}/ns/default/dc/dc1/svc/web"),),
+            {TD},
+            SpiffeID(TD, "default", "dc1", "web"),
+            id="upper-case-trust-domain-in-cert",
+        ),
+        pytest.param(
+            (_uri(WEB_URI),),
+            [TD.upper(), "other.consul"],
+            SpiffeID(TD, "default", "dc1", "web"),
+            id="upper-case-trusted-list",
+        ),
+        pytest.param(
+            (_uri("spiffe://peer.consul/gateway/mesh/dc/dc2"),),
+            ("peer.consul", TD),
+            SpiffeID("peer.consul", "default", "dc2", "", kind="mesh-gateway"),
+            id="mesh-gateway-extra-domain",
+        ),
+    ],
+)
+def test_identity_from_certificate(
+    names: tuple[x509.GeneralName, ...], trusted: object, expected: SpiffeID
+) -> None:
+    """The single URI SAN is parsed and its trust domain checked case-insensitively."""
+    assert identity_from_certificate(_certificate(*names), trusted) == expected  # type: ignore[arg-type]
+
+
+def test_identity_from_certificate_with_no_trusted_domains_rejects() -> None:
+    """An empty trust list trusts nobody."""
+    with pytest.raises(IdentityError) as info:
+        identity_from_certificate(_certificate(_uri(WEB_URI)), ())
+    assert info.value.reason == "untrusted_domain"
+    assert TD in info.value.detail
+
+
+segment = st.from_regex(r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,15}\Z").filter(
+    lambda s: ".." not in s and s != "."
+)
+trust_domain = st.from_regex(r"\A[a-z0-9-]{1,12}(\.[a-z0-9-]{1,12}){0,2}\Z")
+
+
+@given(
+    td=trust_domain,
+    ns=segment,
+    dc=segment,
+    name=segment,
+    partition=st.just("default") | segment.filter(lambda s: s != "default"),
+)
+def test_service_uri_round_trips(td: str, ns: str, dc: str, name: str, partition: str) -> None:
+    """parse_spiffe_id(id.uri) == id for every service identity with valid segments."""
+    identity = SpiffeID(td, ns, dc, name, partition=partition)
+    parsed = parse_spiffe_id(identity.uri)
+    assert parsed == identity
+    assert parsed.uri == identity.uri
+
+
+@given(td=trust_domain, dc=segment)
+def test_mesh_gateway_uri_round_trips(td: str, dc: str) -> None:
+    """A mesh gateway identity survives uri -> parse -> uri."""
+    uri = f"spiffe://{td}/gateway/mesh/dc/{dc}"
+    assert parse_spiffe_id(uri).uri == uri
+
+
+@given(st.text(max_size=120))
+def test_parse_spiffe_id_only_raises_identity_error(text: str) -> None:
+    """Arbitrary input either parses to an identity that re-renders, or is bad_spiffe_id."""
+    try:
+        identity = parse_spiffe_id(text)
+    except IdentityError as e:
+        assert e.reason == "bad_spiffe_id"
+    else:
+        assert parse_spiffe_id(identity.uri) == identity
