@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from OpenSSL import SSL
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -477,8 +478,10 @@ class DownstreamProtocol(TwistedProtocol):
             if event.veto_reason is not None:
                 self._refuse("addon_veto", f"vetoed by {event.vetoed_by}: {event.veto_reason}")
                 return
-        self._pending = self.site.authorize(self)
-        self._pending.addCallback(self._authorized)
+        # The decision may come synchronously; _authorized then replaces _pending.
+        pending = self._pending = self.site.authorize(self)
+        pending.addCallback(self._authorized)
+        pending.addErrback(self._pending_failed)
 
     # --- authorization and upstream -------------------------------------------
 
@@ -508,8 +511,16 @@ class DownstreamProtocol(TwistedProtocol):
             self._refuse("denied", None)
             return
         self.state = State.CONNECTING
-        self._pending = self.site.connect_upstream(self)
-        self._pending.addCallbacks(self._upstream_ready, self._upstream_failed)
+        pending = self._pending = self.site.connect_upstream(self)
+        pending.addCallbacks(self._upstream_ready, self._upstream_failed)
+        pending.addErrback(self._pending_failed)
+
+    def _pending_failed(self, failure: Any) -> None:
+        """The client left while we were waiting (cancelled), or a bug: never unhandled."""
+        if failure.check(CancelledError):
+            return
+        log.failure("connection {id} failed", failure, id=self.connection_id)
+        self._close("internal_error", abort=True)
 
     def _upstream_failed(self, failure: Any) -> None:
         self._pending = None
