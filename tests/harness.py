@@ -177,6 +177,7 @@ class Gateway:
     gateway_table: str = ""
     site_options: dict[str, Any] = field(default_factory=dict)
     plugins: list[str] = field(default_factory=lambda: ["file_catalog", "builtin_ca", "intentions"])
+    plugin_paths: list[str] = field(default_factory=lambda: ["addons"])
 
     @property
     def catalog(self) -> Path:
@@ -190,7 +191,7 @@ class Gateway:
 admin = "tcp:0:interface=127.0.0.1"
 access_log = "access.log"
 state_dir = "state"
-plugin_paths = ["addons"]
+plugin_paths = {json.dumps(self.plugin_paths)}
 {self.gateway_table}
 
 [sites.main]
