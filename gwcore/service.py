@@ -168,8 +168,9 @@ class GatewayService(Service):
             old_sites = dict(self.sites)
             wanted = {s.key: s for s in new.sites}
             for key, site in old_sites.items():
-                if key not in wanted or wanted[key] != site.config:
-                    await maybeDeferred(site.port.stopListening) if site.port is not None else None
+                if (key not in wanted or wanted[key] != site.config) and site.port is not None:
+                    # Free the endpoint for the replacement; connections stay.
+                    await maybeDeferred(site.port.stopListening)
                     site.listening = False
             for key, site_config in wanted.items():
                 old = old_sites.get(key)

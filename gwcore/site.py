@@ -28,6 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
+from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol, State, UpstreamFactory
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
@@ -94,7 +95,8 @@ class Site:
         self.listening = False
         self._sweep = LoopingCall(self._sweep_connections)
         self._sweep.clock = reactor
-        self._listeners = {hook: bool(self.stack.listeners(hook)) for hook in self.stack._events}
+        self._listeners = {hook: bool(self.stack.listeners(hook)) for hook in EVENT_HOOKS}
+        self.trusted_domains = config.trusted_domains
 
     # --- SiteContext ----------------------------------------------------------
 
@@ -531,7 +533,11 @@ class Site:
     def readiness(self) -> dict[str, Any]:
         sources = {s.name: _health(s) for s in self.sources}
         certs = {c.name: _health(c) for c in self.certs}
-        ready = self.listening and all(h["ok"] for h in sources.values())
+        # Ready once listening with a first snapshot from every source; a source's
+        # later errors are reported here but do not fail readiness, because the
+        # site keeps serving its last good catalog (pulling every instance out of
+        # rotation over one bad file would turn it into an outage).
+        ready = self.listening and all(h["last_success"] is not None for h in sources.values())
         return {
             "ready": ready,
             "listening": self.listening,

@@ -87,6 +87,7 @@ class Dataplane(Protocol):
     config: SiteConfig
     metrics: GatewayMetrics
     reactor: Any
+    trusted_domains: frozenset[str]
 
     def current(self) -> tuple[RouteTable, ServerTLS]: ...
 
@@ -440,7 +441,7 @@ class DownstreamProtocol(TwistedProtocol):
             self._handshake_failed(None)
             return
         try:
-            self.identity = identity_from_certificate(cert, self.site.config.trusted_domains)
+            self.identity = identity_from_certificate(cert, self.site.trusted_domains)
         except IdentityError as e:
             self.site.metrics.handshake_errors.labels(site=self.site.name, reason=e.reason).inc()
             log.info(
