@@ -610,3 +610,78 @@ async def test_stop_drains_then_closes_connections(gateway, upstreams):
     sock.close()
     await sleep(0)
     assert gateway.access_records()[0]["close_cause"] == "shutdown"
+
+
+@pytest_twisted.ensureDeferred
+async def test_rotated_leaf_and_added_root_apply_to_new_handshakes_only(gateway, upstreams):
+    """file_certs rotation: new handshakes get the new leaf and trust the new root, while
+    a connection opened before keeps streaming on the old material."""
+    from gwcore.testing import MeshCA
+
+    up = upstreams()
+    setup_catalog(gateway, {"billing": [up.port]})
+    certs = gateway.root / "certs"
+    gateway.plugins = ["file_catalog", "file_certs", "intentions"]
+    gateway.extra_site = f"""
+[sites.main.file_certs]
+roots = ["{certs / "roots.pem"}"]
+poll_interval = "0.05s"
+[sites.main.file_certs.leaves]
+billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"}" }}
+"""
+    from gwcore import pki
+    from gwcore.plugins.builtin_ca import load_or_create_ca
+    from tests.harness import TRUST_DOMAIN
+
+    ca = MeshCA(TRUST_DOMAIN, *load_or_create_ca(gateway.root / "ca", TRUST_DOMAIN))
+    first = ca.leaf("billing")
+    ca.write(certs, "billing", first)
+    ca.write_root(certs / "roots.pem")
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def serial(sock: ssl.SSLSocket) -> int:
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(sock.getpeercert(binary_form=True)).serial_number
+
+    old = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    assert serial(old) == first.certificate.serial_number
+
+    second = ca.leaf("billing")
+    ca.write(certs / "next", "billing", second)
+    for name in ("billing.pem", "billing-key.pem"):  # atomic renames, as cert tooling does
+        (certs / "next" / name).replace(certs / name)
+    other = MeshCA(TRUST_DOMAIN)
+    (certs / "roots.pem").write_bytes(
+        pki.certificate_pem(ca.cert) + pki.certificate_pem(other.cert)
+    )
+    await gateway.wait_for(
+        lambda: (
+            gateway.site.current()[1].leaves[sni_for("billing")].certificate.serial_number
+            == second.certificate.serial_number
+            and len(gateway.site.current()[1].roots) == 2
+        )
+    )
+
+    def new_handshake(files) -> int:
+        c, k, r = files
+        with tls_connect(gateway.port, sni_for("billing"), c, k, r) as sock:
+            sock.sendall(b"new")
+            assert sock.recv(3) == b"new"
+            return serial(sock)
+
+    assert await in_thread(new_handshake, (cert, key, root)) == second.certificate.serial_number
+    # A client whose leaf comes from the newly added root is accepted too.
+    other_files = gateway.client_files("web", other.leaf("web"))
+    assert (
+        await in_thread(new_handshake, (other_files[0], other_files[1], root))
+        == second.certificate.serial_number
+    )
+
+    def still_streaming() -> bytes:
+        old.sendall(b"old connection")
+        return old.recv(100)
+
+    assert await in_thread(still_streaming) == b"old connection"
+    old.close()
