@@ -9,7 +9,12 @@ when a connection closes and by the site's periodic sweep.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 from gwcore import __version__
 
@@ -22,6 +27,7 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._families: dict[str, MetricWrapperBase] = {}
         r = self.registry
         self.build_info = Info("tgw_build", "tgw version.", registry=r)
         self.build_info.info({"version": __version__})
@@ -156,3 +162,19 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+
+    def family(self, kind: type[_M], name: str, documentation: str, labels: list[str], **kw: Any) -> _M:
+        """Get or create a plugin's own metric family on this registry.
+
+        Plugins call this from each site they serve; the first call creates the
+        family and later calls (other sites, reloads) get the same object, so a
+        name is never registered twice. Always include a ``site`` label.
+        """
+        existing = self._families.get(name)
+        if existing is not None:
+            if not isinstance(existing, kind):
+                raise TypeError(f"metric {name} exists as {type(existing).__name__}")
+            return existing
+        created = kind(name, documentation, labels, registry=self.registry, **kw)
+        self._families[name] = created
+        return created
