@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from zope.interface import implementer
 
+from gwcore.pki import uri_sans
 from gwcore.policy.config import ConfigError, GatewayConfig, SiteConfig, load_config
 from gwcore.policy.model import ServiceName, SpiffeID
 from gwcore.policy.sni import service_sni
@@ -53,14 +54,6 @@ class MeshClientTLS:
         conn.set_app_data(tlsProtocol)
         conn.set_tlsext_host_name(self.sni.encode("ascii"))
         return conn
-
-
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 @implementer(IHandshakeListener)
@@ -140,7 +133,8 @@ class ConnectFactory(Factory):
 
 def gateway_client_endpoint(listen: str) -> str:
     """Turn a site's server endpoint string into a client one for the same address."""
-    parts = listen.split(":")
+    # Endpoint strings escape colons inside values as "\\:" (IPv6 addresses).
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", listen)]
     kind = parts[0]
     if kind not in ("tcp", "tcp6"):
         raise ValueError(f"cannot derive a client endpoint from {listen!r}; pass --gateway")

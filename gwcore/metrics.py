@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
 
-_M = TypeVar("_M", bound=MetricWrapperBase)
-
 from gwcore import __version__
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 _CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
@@ -88,6 +88,31 @@ class GatewayMetrics:
             "tgw_upstream_connect_failures",
             "Failed upstream connect attempts, by reason (refused, timeout, tls, error).",
             ["site", "service", "reason"],
+            registry=r,
+        )
+        self.upstream_tls_errors = Counter(
+            "tgw_upstream_tls_errors",
+            "Upstream TLS failures by reason (tls_san_mismatch, tls_untrusted, tls_expired, "
+            "tls_handshake, tls_client_cert_rejected, tls_config, tls_error).",
+            ["site", "service", "reason"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "tgw_upstream_retries",
+            "Connect attempts after the first for one client connection.",
+            ["site", "service"],
+            registry=r,
+        )
+        self.upstream_ejections = Counter(
+            "tgw_upstream_ejections",
+            "Endpoints ejected by passive outlier detection.",
+            ["site", "service"],
+            registry=r,
+        )
+        self.upstream_endpoints = Gauge(
+            "tgw_upstream_endpoints",
+            "Endpoints of a destination by state (healthy: usable now; ejected; total).",
+            ["site", "service", "state"],
             registry=r,
         )
         self.upstream_unavailable = Counter(
@@ -163,7 +188,9 @@ class GatewayMetrics:
             registry=r,
         )
 
-    def family(self, kind: type[_M], name: str, documentation: str, labels: list[str], **kw: Any) -> _M:
+    def family(
+        self, kind: type[_M], name: str, documentation: str, labels: list[str], **kw: Any
+    ) -> _M:
         """Get or create a plugin's own metric family on this registry.
 
         Plugins call this from each site they serve; the first call creates the

@@ -49,9 +49,11 @@ DEFAULT_PLUGINS: dict[str, str] = {
 """Built-in plugins a stack may name."""
 
 ESSENTIAL_PLUGINS: dict[str, str] = {
+    "upstream_tls": "gwcore.plugins.upstream_tls",
     "plain_upstream": "gwcore.plugins.plain_upstream",
 }
-"""Always registered, after the stack: the plain-TCP upstream strategy."""
+"""Always registered, after the stack: TLS/mTLS origination and plain TCP upstreams.
+Their sections (``[sites.NAME.upstream_tls]``) may be present without naming them."""
 
 _UNMARKED_OPTS: dict[str, Any] = {
     "wrapper": False,
@@ -95,7 +97,7 @@ def _load_dropin(path: Path) -> object:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a drop-in must not end check-config
         sys.modules.pop(module_name, None)
         raise PluginLoadError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     return module
@@ -125,12 +127,15 @@ def resolve_plugin(name: str, gateway: GatewayConfig) -> object:
     if "." in name:
         try:
             return importlib.import_module(name)
-        except ImportError as e:
-            raise PluginLoadError(f"cannot import module {name!r}: {e}") from e
-    searched = ", ".join(str(p) for p in gateway.plugin_paths) or "no plugin_paths configured"
+        except Exception as e:
+            raise PluginLoadError(f"cannot import module {name!r}: {type(e).__name__}: {e}") from e
+    if gateway.plugin_paths:
+        dropin = f"no {name}.py in " + ", ".join(str(p) for p in gateway.plugin_paths)
+    else:
+        dropin = f"no {name}.py (no [gateway] plugin_paths configured)"
     raise PluginLoadError(
         f"unknown plugin {name!r}: not built-in ({', '.join(DEFAULT_PLUGINS)}), "
-        f"not an installed '{ENTRY_POINT_GROUP}' entry point, no {name}.py in {searched}"
+        f"not an installed '{ENTRY_POINT_GROUP}' entry point, {dropin}"
     )
 
 
@@ -186,10 +191,20 @@ class PluginStack:
         return tuple(_Impl(i.function, tuple(i.argnames), i.plugin_name) for i in impls)
 
     def validate(self) -> list[ConfigProblem]:
-        """Ask every plugin to check its own config section."""
+        """Ask every plugin to check its own config section; a raising one is a problem."""
         problems: list[ConfigProblem] = []
         for impl in self._ordered("tgw_validate_site_config"):
-            result = impl.function(**{a: self.site for a in impl.argnames})
+            try:
+                result = impl.function(**{a: self.site for a in impl.argnames})
+            except Exception as e:  # a validator bug must not hide other plugins' problems
+                problems.append(
+                    ConfigProblem(
+                        self.site.file,
+                        f"{self.site.prefix}.plugins",
+                        f"plugin {impl.plugin_name!r} raised while validating: {e!r}",
+                    )
+                )
+                continue
             problems.extend(result or ())
         return problems
 

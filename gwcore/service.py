@@ -10,6 +10,7 @@ never cut by a reload. The access log is reopened (for log rotation).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -53,6 +54,7 @@ class GatewayService(Service):
         self.started: Deferred[None] | None = None
         self._reloading = False
         self._exit_on_failure = exit_on_failure
+        self._retiring: set[Site] = set()
         self.failure: Any = None
 
     @property
@@ -88,6 +90,9 @@ class GatewayService(Service):
                 host=port.getHost().host,
                 port=port.getHost().port,
             )
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        started: dict[str, Site] = {}
         for site_config in config.sites:
             site = Site(
                 site_config,
@@ -98,9 +103,9 @@ class GatewayService(Service):
                 self.checked.stacks[site_config.key],
             )
             await site.start()
-            self.sites[site_config.key] = site
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+            started[site_config.key] = site
+        # Only now do the sites count for /ready (and for reload): all or nothing.
+        self.sites = started
 
     @property
     def raw(self) -> Any:
@@ -113,7 +118,8 @@ class GatewayService(Service):
         log.failure("tgw could not start: {message}", failure, message=message)
         if not self._exit_on_failure:
             return
-        print(f"tgw: could not start: {message}", file=sys.stderr)
+        # twistd has redirected sys.stderr into its log; the operator's terminal is fd 2.
+        os.write(2, f"tgw: could not start: {message}\n".encode())
 
         def leave() -> None:
             sys.stderr.flush()
@@ -129,7 +135,7 @@ class GatewayService(Service):
     async def _stop(self) -> None:
         for port in self._ports:
             await maybeDeferred(port.stopListening)
-        for site in list(self.sites.values()):
+        for site in [*self.sites.values(), *self._retiring]:
             await site.stop()
         if self.access_log is not None:
             self.access_log.close()
@@ -144,6 +150,9 @@ class GatewayService(Service):
         return d
 
     async def _reload(self) -> None:
+        if self.started is None or not self.started.called:
+            log.warn("reload ignored: still starting")
+            return
         if self._reloading:
             log.warn("reload already in progress; ignoring this one")
             return
@@ -189,7 +198,10 @@ class GatewayService(Service):
                 log.info("site {site} reloaded", site=key)
             for key, old in old_sites.items():
                 if self.sites.get(key) is not old:
-                    Deferred.fromCoroutine(old.stop())
+                    # Retire without a deadline: a reload never cuts a live connection.
+                    self._retiring.add(old)
+                    retired = Deferred.fromCoroutine(old.stop(drain_timeout=math.inf))
+                    retired.addBoth(lambda _, site=old: self._retiring.discard(site))
                     if key not in wanted:
                         del self.sites[key]
             self.config = new

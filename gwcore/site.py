@@ -23,6 +23,9 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
+from twisted.internet.defer import (
+    TimeoutError as DeferredTimeoutError,
+)
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -194,8 +197,10 @@ class Site:
             return succeed(combined([]))
         return DeferredList(pending, consumeErrors=True).addCallback(combined)
 
-    def _engine_failed(self, reason: Any, engine: AuthorizationEngine) -> Decision:
+    def _engine_failed(self, reason: Any, engine: AuthorizationEngine) -> Decision | Any:
         if reason.check(CancelledError):
+            return reason  # the client left; nothing to decide, nothing to count
+        if reason.check(DeferredTimeoutError):
             detail = f"timed out after {self.config.authz_timeout:g}s"
         else:
             detail = f"{type(reason.value).__name__}: {reason.value}"
@@ -342,14 +347,20 @@ class Site:
         if self._listeners["tgw_site_started"]:
             self.dispatch("tgw_site_started", SiteStarted(site=self.name, address=address))
 
-    async def stop(self) -> None:
-        """Stop accepting, let connections drain up to ``drain_timeout``, stop providers."""
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let connections drain, close what is left, stop providers.
+
+        ``drain_timeout`` defaults to the site's; a reload retires a replaced site
+        with ``math.inf``, so its live connections end on their own terms.
+        """
         self.listening = False
         if self.port is not None:
             await maybeDeferred(self.port.stopListening)
-        deadline = self.reactor.seconds() + self.config.drain_timeout
+        drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        deadline = self.reactor.seconds() + drain
+        poll = 0.05 if drain < 60 else 1.0
         while self.active and self.reactor.seconds() < deadline:
-            await _sleep(self.reactor, 0.05)
+            await _sleep(self.reactor, poll)
         for conn in list(self.active):
             conn.close("shutdown")
         # Closing flushes and then completes asynchronously; wait (bounded) for the
@@ -359,7 +370,8 @@ class Site:
             await _sleep(self.reactor, 0.01)
         if self._sweep.running:
             self._sweep.stop()
-        for provider in [*self.sources, *self.engines, *self.certs]:
+        stoppable = [p for p in self.strategies if hasattr(p, "stop")]
+        for provider in [*self.sources, *self.engines, *self.certs, *stoppable]:
             try:
                 await maybeDeferred(provider.stop)
             except Exception:

@@ -45,9 +45,13 @@ def check_config(path: str | Path) -> CheckedConfig:
     """Load ``path`` and run every check; never raises for bad input."""
     try:
         config = load_config(path)
+        result = CheckedConfig(config)
     except ConfigError as e:
-        return CheckedConfig(None, {}, list(e.problems))
-    result = CheckedConfig(config)
+        if e.partial is None:
+            return CheckedConfig(None, {}, list(e.problems))
+        # Keep going on what could be read, so one run reports plugin problems too.
+        config = e.partial
+        result = CheckedConfig(None, {}, list(e.problems))
     if config.admin:
         result.problems += _check_endpoint(config, "gateway.admin", config.admin)
     if config.sample_service:

@@ -186,7 +186,9 @@ class Gateway:
     def write_config(self) -> Path:
         settings = {"handshake_timeout": "5s", "connect_timeout": "2s", **self.site_options}
         options = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
-        builtin_ca = '[sites.main.builtin_ca]\nca_dir = "ca"' if "builtin_ca" in self.plugins else ""
+        builtin_ca = (
+            '[sites.main.builtin_ca]\nca_dir = "ca"' if "builtin_ca" in self.plugins else ""
+        )
         text = f"""
 [gateway]
 admin = "tcp:0:interface=127.0.0.1"

@@ -154,6 +154,18 @@ class UpstreamProtocol(TwistedProtocol):
     read_closed = False
     lost = False
 
+    def connectionMade(self) -> None:
+        # The splice calls send/send_eof; for plain TCP they are the transport's own.
+        self.send = self.transport.write
+
+    def send(self, data: bytes) -> None:
+        """Write client bytes to the service (replaced per connection for speed)."""
+        self.transport.write(data)
+
+    def send_eof(self) -> None:
+        """The client finished writing: half-close towards the service."""
+        self.transport.loseWriteConnection()
+
     def dataReceived(self, data: bytes) -> None:
         down = self.downstream
         if down is not None:
@@ -304,7 +316,7 @@ class DownstreamProtocol(TwistedProtocol):
         tls = self.tls
         upstream = self.upstream
         assert tls is not None and upstream is not None
-        write = upstream.transport.write
+        write = upstream.send
         while True:
             try:
                 chunk = tls.recv(RECV_CHUNK)
@@ -547,12 +559,13 @@ class DownstreamProtocol(TwistedProtocol):
         self.state = State.SPLICING
         for chunk in self._early:
             self.bytes_up += len(chunk)
-            upstream.transport.write(chunk)
+            upstream.send(chunk)
         self._early = []
         upstream.transport.registerProducer(_PauseOnly(self.transport), True)
         self.transport.registerProducer(_PauseOnly(upstream.transport), True)
         if self.client_eof:
-            upstream.transport.loseWriteConnection()
+            _release(upstream.transport)
+            upstream.send_eof()
         if self.lost:
             upstream.transport.loseConnection()
             return
@@ -567,7 +580,7 @@ class DownstreamProtocol(TwistedProtocol):
         upstream = self.upstream
         if upstream is not None and not upstream.lost:
             _release(upstream.transport)
-            upstream.transport.loseWriteConnection()
+            upstream.send_eof()
         self._maybe_done()
 
     def readConnectionLost(self) -> None:
@@ -624,6 +637,22 @@ class DownstreamProtocol(TwistedProtocol):
             if not self.lost:
                 _release(self.transport)
                 self.transport.loseConnection()
+
+    def upstream_tls_failed(self, reason: str, detail: str) -> None:
+        """The service's TLS failed after the handshake (e.g. it refused our client cert)."""
+        service = self.destination.name if self.destination else "?"
+        self.site.metrics.upstream_tls_errors.labels(
+            site=self.site.name, service=service, reason=reason
+        ).inc()
+        log.warn(
+            "upstream TLS of {service} failed: {reason}: {detail}",
+            service=service,
+            reason=reason,
+            detail=detail,
+        )
+        self.close_cause_detail = detail
+        if self.close_cause is None:
+            self.close_cause = f"upstream_{reason}"
 
     def close_idle(self) -> None:
         """Called by the site's sweep when no byte moved for ``idle_timeout``."""

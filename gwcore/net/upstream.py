@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 
 from gwcore.policy.model import Destination, Endpoint, TLSMode
@@ -39,10 +40,13 @@ def classify_connect_error(exc: BaseException) -> str:
         return exc.reason
     if isinstance(exc, neterror.ConnectionRefusedError):
         return "refused"
-    if (
-        isinstance(exc, neterror.TimeoutError | neterror.UserError)
-        or "timeout" in type(exc).__name__.lower()
-    ):
+    timeouts = (
+        neterror.TimeoutError,
+        neterror.TCPTimedOutError,
+        DeferredTimeoutError,
+        TimeoutError,
+    )
+    if isinstance(exc, timeouts):
         return "timeout"
     if isinstance(exc, neterror.DNSLookupError):
         return "dns"

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("terminating", "mesh")
+ESSENTIAL_SECTIONS = frozenset({"upstream_tls", "plain_upstream"})
+"""Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
 POLICIES = ("allow", "deny")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -39,8 +41,13 @@ class ConfigProblem:
 class ConfigError(Exception):
     """A configuration that must not be used, with every problem found."""
 
-    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+    def __init__(
+        self, problems: Iterable[ConfigProblem], partial: GatewayConfig | None = None
+    ) -> None:
         self.problems = tuple(problems)
+        # What could be read despite the problems (bad values replaced by defaults or
+        # placeholders), so plugin sections can still be checked in the same run.
+        self.partial = partial
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
@@ -351,10 +358,11 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
             continue
         site, site_problems = _parse_site(file, base_dir, key, table)
         problems += site_problems
-        if site is not None:
-            sites.append(site)
+        sites.append(site)
     listens: dict[str, str] = {}
     for site in sites:
+        if site.listen == "tcp:0":
+            continue  # a placeholder for a missing or bad listen, already reported
         if site.listen in listens:
             problems.append(
                 ConfigProblem(
@@ -363,9 +371,7 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
             )
         listens.setdefault(site.listen, site.key)
     problems += top.finish()
-    if problems:
-        raise ConfigError(problems)
-    return GatewayConfig(
+    config = GatewayConfig(
         file=file,
         base_dir=base_dir,
         admin=admin,
@@ -376,11 +382,14 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sample_service=sample,
         raw=data,
     )
+    if problems:
+        raise ConfigError(problems, partial=config)
+    return config
 
 
 def _parse_site(
     file: str, base_dir: Path, key: str, table: Mapping[str, Any]
-) -> tuple[SiteConfig | None, list[ConfigProblem]]:
+) -> tuple[SiteConfig, list[ConfigProblem]]:
     r = SectionReader(file, f"sites.{key}", table)
     listen = r.string(
         "listen",
@@ -422,22 +431,22 @@ def _parse_site(
     }
     sections = {k: v for k, v in table.items() if isinstance(v, Mapping)}
     for section in sections:
-        if section not in plugins:
+        if section not in plugins and section not in ESSENTIAL_SECTIONS:
             r.problem(
                 section, "is a plugin section, but the plugin is not in this site's plugins list"
             )
     problems = r.finish(allow_tables=True)
-    if problems or listen is None or name is None or trust_domain is None or datacenter is None:
-        return None, problems
+    # On problems the caller refuses the whole file; the site is still returned, with
+    # placeholders, so that its plugin sections can be checked in the same run.
     return (
         SiteConfig(
             key=key,
             file=file,
             base_dir=base_dir,
-            listen=listen,
-            name=name,
-            datacenter=datacenter,
-            trust_domain=trust_domain.lower(),
+            listen=listen or "tcp:0",
+            name=name or "invalid",
+            datacenter=datacenter or "dc1",
+            trust_domain=(trust_domain or "invalid.invalid").lower(),
             role=role,
             default_policy=default_policy,
             plugins=plugins,

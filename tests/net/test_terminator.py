@@ -405,24 +405,22 @@ async def test_catalog_edit_adds_a_route_while_old_connections_keep_streaming(ga
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_origination_destination_is_refused_not_sent_in_plaintext(gateway, upstreams):
-    """A destination with CAFile set is refused (clear log, counted) until a TLS strategy exists."""
+async def test_tls_destination_with_unloadable_ca_is_refused_not_sent_in_plaintext(
+    gateway, upstreams
+):
+    """CAFile set but unreadable: refused with a clear reason, never sent in plaintext."""
     up = upstreams()
-    setup_catalog(
-        gateway,
-        {},
-        [intentions("secure", ("*", "allow"))],
-        extra=[{"Name": "secure", "CAFile": "/etc/ca.pem"}],
-    )
+    extra = [{"Name": "secure", "CAFile": "/nonexistent/ca.pem"}]
+    setup_catalog(gateway, {}, [intentions("secure", ("*", "allow"))], extra=extra)
     write_json(gateway.catalog / "registrations.json", [registration("secure", up.port)])
     await gateway.start()
     await gateway.wait_for(lambda: gateway.site.current()[0].lookup(sni_for("secure")) is not None)
-    assert (
-        await in_thread(request, gateway.port, sni_for("secure"), gateway.client_files("web"))
-        == b""
-    )
+    files = gateway.client_files("web")
+    assert await in_thread(request, gateway.port, sni_for("secure"), files) == b""
     assert up.accepted == 0
-    assert gateway.metric("tgw_downstream_rejected_total", reason="no_strategy") == 1
+    assert (
+        gateway.metric("tgw_upstream_tls_errors_total", service="secure", reason="tls_config") == 1
+    )
     await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
     assert "plaintext" in gateway.access_records()[0]["close_detail"]
 
