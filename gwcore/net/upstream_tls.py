@@ -1,0 +1,286 @@
+"""TLS and mTLS origination: the gateway as a TLS client of the external service.
+
+:class:`TLSUpstreamProtocol` owns its OpenSSL connection and memory BIOs, like the
+downstream side, so the splice treats plain and TLS upstreams alike through
+``send``/``send_eof``: a client's half-close becomes a ``close_notify`` (then FIN)
+to the service, and the service's ``close_notify`` is passed on as end of stream.
+
+Verification, in order: the chain must verify against the destination's CA
+bundle (always); then, unless the destination says "chain only", the expected
+name must be among the certificate's SANs — DNS and IP names through
+service-identity, a URI (e.g. a SPIFFE ID) by exact match. The expected name is
+the ``SNI`` sent unless configured otherwise (Consul's rule, with the separate
+knobs its users asked for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL
+from service_identity import VerificationError
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
+from twisted.internet.defer import Deferred
+
+from gwcore.net.terminator import BIO_CHUNK, RECV_CHUNK, UpstreamProtocol
+from gwcore.net.upstream import UpstreamConnectError
+
+# OpenSSL X509_V_ERR_* codes seen while verifying the service's chain.
+_VERIFY_REASONS = {
+    2: "tls_untrusted",
+    9: "tls_not_yet_valid",
+    10: "tls_expired",
+    18: "tls_untrusted",
+    19: "tls_untrusted",
+    20: "tls_untrusted",
+    21: "tls_untrusted",
+}
+
+# Alerts a server sends when it does not accept our client certificate.
+_CLIENT_CERT_ALERTS = ("certificate", "unknown ca", "access denied")
+
+TLS_VERSIONS = {
+    "1.0": SSL.TLS1_VERSION,
+    "1.1": SSL.TLS1_1_VERSION,
+    "1.2": SSL.TLS1_2_VERSION,
+    "1.3": SSL.TLS1_3_VERSION,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What to check on the service's certificate beyond its chain."""
+
+    expect_san: str | None  # None: chain only
+
+    def check(self, cert: x509.Certificate) -> str | None:
+        """``None`` when the certificate matches, else a human-readable mismatch."""
+        expected = self.expect_san
+        if expected is None:
+            return None
+        try:
+            if "://" in expected:
+                try:
+                    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                except x509.ExtensionNotFound:
+                    return f"certificate has no SAN; expected URI {expected}"
+                uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+                return None if expected in uris else f"URI SANs {uris} do not include {expected}"
+            try:
+                ipaddress.ip_address(expected)
+            except ValueError:
+                verify_certificate_hostname(cert, expected)
+            else:
+                verify_certificate_ip_address(cert, expected)
+        except VerificationError as e:
+            return f"certificate does not match {expected!r}: {e.errors}"
+        except Exception as e:  # e.g. a certificate with no SAN extension at all
+            return f"certificate does not match {expected!r}: {type(e).__name__}: {e}"
+        return None
+
+
+def client_context(
+    ca_pem_path: str,
+    cert_path: str | None,
+    key_path: str | None,
+    min_version: str = "1.2",
+    max_version: str | None = None,
+    ciphers: str | None = None,
+) -> SSL.Context:
+    """A client context that verifies against ``ca_pem_path`` and, for mTLS, presents a leaf.
+
+    Raises ``SSL.Error``/``OSError``/``ValueError`` on unusable material; callers
+    keep their previous context in that case.
+    """
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(TLS_VERSIONS[min_version])
+    if max_version:
+        ctx.set_max_proto_version(TLS_VERSIONS[max_version])
+    if ciphers:
+        ctx.set_cipher_list(ciphers.encode())
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    ctx.load_verify_locations(ca_pem_path)
+    if cert_path and key_path:
+        ctx.use_certificate_chain_file(cert_path)
+        ctx.use_privatekey_file(key_path)
+        ctx.check_privatekey()
+    ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+    # Keep sessions for resumption (we hand them back with set_session).
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
+    return ctx
+
+
+def _record_verify_error(conn: SSL.Connection, cert: Any, errnum: int, depth: int, ok: int) -> bool:
+    proto = conn.get_app_data()
+    if not ok and proto is not None and proto.verify_error is None:
+        proto.verify_error = errnum
+    return bool(ok)
+
+
+class TLSUpstreamProtocol(UpstreamProtocol):
+    """An upstream connection that originates TLS; ``ready`` fires after verification."""
+
+    def __init__(
+        self,
+        context: SSL.Context,
+        sni: str | None,
+        verification: Verification,
+        session: SSL.Session | None = None,
+    ) -> None:
+        self.context = context
+        self.sni = sni
+        self.verification = verification
+        self.session = session
+        self.ready: Deferred[TLSUpstreamProtocol] = Deferred()
+        self.tls: SSL.Connection | None = None
+        self.verify_error: int | None = None
+        self.handshake_done = False
+        self.eof_sent = False
+        self.failure_reason: str | None = None
+        self.on_session: Callable[[SSL.Session], None] | None = None
+
+    # --- handshake ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        tls = SSL.Connection(self.context, None)
+        tls.set_connect_state()
+        tls.set_app_data(self)
+        if self.sni:
+            tls.set_tlsext_host_name(self.sni.encode("idna"))
+        if self.session is not None:
+            tls.set_session(self.session)
+        self.tls = tls
+        self._handshake()
+
+    def _handshake(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except SSL.WantReadError:
+            self._flush()
+            return
+        except SSL.Error as e:
+            self._flush()
+            reason = _VERIFY_REASONS.get(self.verify_error or 0, "tls_handshake")
+            self._fail(reason, f"TLS handshake with the service failed: {_ssl_text(e)}")
+            return
+        self._flush()
+        cert = tls.get_peer_certificate(as_cryptography=True)
+        mismatch = self.verification.check(cert) if cert is not None else "no certificate"
+        if mismatch is not None:
+            self._fail("tls_san_mismatch", mismatch)
+            return
+        self.handshake_done = True
+        self.ready.callback(self)
+
+    def _fail(self, reason: str, detail: str) -> None:
+        self.failure_reason = reason
+        if not self.ready.called:
+            self.ready.errback(UpstreamConnectError(reason, detail))
+        self.transport.abortConnection()
+
+    # --- bytes ------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        tls = self.tls
+        if tls is None:
+            return
+        tls.bio_write(data)
+        if not self.handshake_done:
+            self._handshake()
+            if not self.handshake_done:
+                return
+        down = self.downstream
+        while True:
+            try:
+                chunk = tls.recv(RECV_CHUNK)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:  # the service's close_notify: end of its stream
+                self.readConnectionLost()
+                break
+            except SSL.Error as e:
+                self._data_error(e)
+                return
+            if down is not None:
+                down.send_to_client(chunk)
+        self._flush()
+
+    def _data_error(self, error: SSL.Error) -> None:
+        text = _ssl_text(error)
+        # TLS 1.3 servers reject a client certificate only after our handshake ended.
+        rejected = "alert" in text and any(k in text for k in _CLIENT_CERT_ALERTS)
+        reason = "tls_client_cert_rejected" if rejected else "tls_error"
+        self.failure_reason = reason
+        if self.downstream is not None:
+            self.downstream.upstream_tls_failed(reason, text)
+        self.transport.abortConnection()
+
+    def send(self, data: bytes) -> None:
+        tls = self.tls
+        if tls is None:
+            return
+        tls.sendall(data)
+        self._flush()
+
+    def send_eof(self) -> None:
+        tls = self.tls
+        if tls is None or self.eof_sent:
+            return
+        self.eof_sent = True
+        with contextlib.suppress(SSL.Error):
+            tls.shutdown()
+        self._flush()
+        self.transport.loseWriteConnection()
+
+    def _flush(self) -> None:
+        tls = self.tls
+        if tls is None:
+            return
+        write = self.transport.write
+        while True:
+            try:
+                data = tls.bio_read(BIO_CHUNK)
+            except SSL.WantReadError:
+                return
+            write(data)
+            if len(data) < BIO_CHUNK:
+                return
+
+    def readConnectionLost(self) -> None:
+        if not self.handshake_done:
+            self._fail(
+                "tls_handshake", "the service closed the connection during the TLS handshake"
+            )
+            return
+        if not self.read_closed:
+            super().readConnectionLost()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.handshake_done and not self.ready.called:
+            why = reason.getErrorMessage() if reason is not None else "unknown"
+            self.ready.errback(
+                UpstreamConnectError(
+                    self.failure_reason or "tls_handshake",
+                    f"connection lost during the TLS handshake: {why}",
+                )
+            )
+        tls = self.tls
+        if tls is not None and self.handshake_done and self.on_session is not None:
+            session = tls.get_session()
+            if session is not None:
+                self.on_session(session)
+        super().connectionLost(reason)
+
+
+def _ssl_text(error: BaseException) -> str:
+    args = getattr(error, "args", ())
+    if args and isinstance(args[0], list):
+        return "; ".join(str(item[-1]) for item in args[0] if item) or repr(error)
+    return str(error) or repr(error)
