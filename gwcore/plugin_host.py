@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "builtin_ca": "gwcore.plugins.builtin_ca",
     "file_certs": "gwcore.plugins.file_certs",
     "intentions": "gwcore.plugins.intentions",
+    "opa": "gwcore.plugins.opa",
 }
 """Built-in plugins a stack may name."""
 

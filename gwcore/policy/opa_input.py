@@ -1,0 +1,272 @@
+"""What the OPA engine sends to Rego and how it reads the answer (sans-IO).
+
+The input document is shaped like the one Envoy's *network* ``ext_authz`` filter
+sends through the opa-envoy-plugin (Envoy's ``CheckRequest`` in protobuf JSON, so
+``lowerCamelCase`` keys), so a policy written for Envoy runs unchanged::
+
+    input.attributes.source.principal                       client SPIFFE ID (URI SAN)
+    input.attributes.source.service                         client service name
+    input.attributes.source.address.socketAddress           {address, portValue}
+    input.attributes.destination.principal                  destination SPIFFE ID
+    input.attributes.destination.service                    destination service name
+    input.attributes.destination.labels                     destination catalog metadata
+    input.attributes.destination.address.socketAddress      the gateway's listener
+    input.attributes.tlsSession.sni                         requested server name
+    input.tgw                                               gateway facts Envoy has no field for
+
+``docs/opa.md`` documents every key; :func:`build_input` is the one place that
+makes the document. A policy answers with a boolean, or an object with a boolean
+``allowed`` and an optional string ``reason``; anything else (including an
+undefined result) is an :class:`Evaluation` error, which the engine turns into a
+deny (or, with ``fail_open``, a counted allow).
+
+Also here: the OPA REST data API's request and response bodies, and reading a
+rego-cpp compile error into ``file:line:column: message``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gwcore.policy.model import Destination, SpiffeID
+
+MAX_REASON_CHARS = 500
+
+_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def valid_path(path: str) -> bool:
+    """``envoy/authz/allow``: a rule path under ``data``, slash-separated as in OPA's API."""
+    return bool(_PATH_RE.match(path))
+
+
+def rule_name(path: str) -> str:
+    """The Rego reference for a slash path (``data.envoy.authz.allow``), for reasons."""
+    return "data." + path.replace("/", ".")
+
+
+def destination_principal(destination: Destination, trust_domain: str) -> str:
+    """The SPIFFE ID the gateway presents for ``destination`` (its leaf's URI SAN)."""
+    service = destination.service
+    return SpiffeID(
+        trust_domain=trust_domain,
+        namespace=service.namespace,
+        datacenter=destination.datacenter,
+        name=service.name,
+        partition=service.partition,
+    ).uri
+
+
+def _socket_address(address: str, port: int) -> dict[str, Any]:
+    return {"socketAddress": {"address": address, "portValue": port}}
+
+
+def build_input(
+    *,
+    site: str,
+    gateway_name: str,
+    datacenter: str,
+    trust_domain: str,
+    source: SpiffeID,
+    destination: Destination,
+    sni: str,
+    client_address: str,
+    client_port: int,
+    gateway_address: str,
+    gateway_port: int,
+) -> dict[str, Any]:
+    """The input document for one connection (see the module docstring and docs/opa.md).
+
+    Only JSON types; the destination's metadata is copied (sorted) so the document
+    never aliases catalog state.
+    """
+    labels = {k: destination.meta[k] for k in sorted(destination.meta)}
+    return {
+        "attributes": {
+            "source": {
+                "address": _socket_address(client_address, client_port),
+                "principal": source.uri,
+                "service": source.name,
+            },
+            "destination": {
+                "address": _socket_address(gateway_address, gateway_port),
+                "principal": destination_principal(destination, trust_domain),
+                "service": destination.name,
+                "labels": labels,
+            },
+            "tlsSession": {"sni": sni},
+        },
+        "tgw": {
+            "site": site,
+            "gateway": gateway_name,
+            "datacenter": datacenter,
+            "trust_domain": trust_domain,
+            "source": {
+                "kind": source.kind,
+                "service": source.name,
+                "namespace": source.namespace,
+                "partition": source.partition,
+                "datacenter": source.datacenter,
+                "trust_domain": source.trust_domain,
+            },
+            "destination": {
+                "service": destination.name,
+                "namespace": destination.service.namespace,
+                "partition": destination.service.partition,
+                "datacenter": destination.datacenter,
+                "protocol": destination.protocol,
+                "meta": labels,
+            },
+        },
+    }
+
+
+# --- results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What a policy said: ``allowed`` with a ``reason``, or an ``error`` (then ``allowed``
+    is ``None``). ``error_kind`` is one of a fixed set (a metric label): ``undefined``,
+    ``bad_result``, ``evaluation``, ``no_policy``, ``timeout``, ``unavailable``,
+    ``http_status``, ``bad_response``."""
+
+    allowed: bool | None
+    reason: str
+    error_kind: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.allowed is None
+
+    @classmethod
+    def error(cls, kind: str, reason: str) -> Evaluation:
+        return cls(None, _clip(reason), kind)
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+def interpret(path: str, defined: bool, value: object) -> Evaluation:
+    """Read the value of the rule at ``path`` (``defined`` false: the rule had no value).
+
+    ``true``/``false`` decide with the rule name as the reason; ``{"allowed": bool,
+    "reason": str}`` decides with the policy's own reason (the rule name when it gave
+    none, or a reason that is not a non-empty string). Anything else is an error
+    naming what came back.
+    """
+    rule = rule_name(path)
+    if not defined:
+        return Evaluation.error("undefined", f"{rule} is undefined")
+    if isinstance(value, bool):
+        return Evaluation(value, f"{rule} = {'true' if value else 'false'}")
+    if isinstance(value, Mapping) and isinstance(value.get("allowed"), bool):
+        allowed = bool(value["allowed"])
+        given = value.get("reason")
+        if isinstance(given, str) and given:
+            return Evaluation(allowed, _clip(given))
+        return Evaluation(allowed, f"{rule}.allowed = {'true' if allowed else 'false'}")
+    shown = json.dumps(value, default=str)
+    return Evaluation.error(
+        "bad_result",
+        f"{rule} is neither a boolean nor an object with a boolean 'allowed': {shown}",
+    )
+
+
+# --- the OPA REST data API -----------------------------------------------------------
+
+
+def data_api_path(path: str) -> str:
+    """``POST`` target for the rule at ``path``: ``/v1/data/envoy/authz/allow``."""
+    return f"/v1/data/{path}"
+
+
+def data_api_body(input_document: Mapping[str, Any]) -> bytes:
+    return json.dumps({"input": input_document}, separators=(",", ":")).encode()
+
+
+def read_data_api_response(path: str, status: int, body: bytes) -> Evaluation:
+    """Interpret OPA's answer to ``POST /v1/data/<path>``.
+
+    200 with ``result`` is a value; 200 without it means undefined (OPA's
+    convention). Any other status is an ``http_status`` error carrying OPA's own
+    ``code``/``message`` when the body has them.
+    """
+    try:
+        document = json.loads(body) if body else None
+    except ValueError:
+        document = None
+    if status != 200:
+        detail = ""
+        if isinstance(document, Mapping):
+            detail = ": " + " ".join(str(document[k]) for k in ("code", "message") if k in document)
+        return Evaluation.error("http_status", f"OPA answered HTTP {status}{detail}")
+    if not isinstance(document, Mapping):
+        return Evaluation.error("bad_response", "OPA's answer is not a JSON object")
+    evaluation = interpret(path, "result" in document, document.get("result"))
+    decision_id = document.get("decision_id")
+    if isinstance(decision_id, str) and decision_id and not evaluation.failed:
+        return Evaluation(
+            evaluation.allowed, _clip(f"{evaluation.reason} (decision_id {decision_id})")
+        )
+    return evaluation
+
+
+# --- rego-cpp compile errors ---------------------------------------------------------
+
+_ERROR_RE = re.compile(r"\(error (\d+):")
+_MESSAGE_RE = re.compile(r"\(errormsg (\d+):")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    """One compile error: where (file, 1-based line and column) and what."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+def _length_prefixed(text: str, start: int, length: int) -> str:
+    return text[start : start + length]
+
+
+def parse_compile_errors(error_text: str, sources: Mapping[str, str]) -> list[PolicyProblem]:
+    """Problems from a rego-cpp error document, with byte offsets turned into lines.
+
+    rego-cpp reports ``(error <n>:<file>|<offset>|<length> (errormsg <n>:<text>) ...)``;
+    ``sources`` maps the module names given to rego-cpp to their text. An error
+    document in another shape yields one problem carrying its first line.
+    """
+    problems: list[PolicyProblem] = []
+    for match in _ERROR_RE.finditer(error_text):
+        name = _length_prefixed(error_text, match.end(), int(match.group(1)))
+        rest = error_text[match.end() + len(name) :]
+        offset_match = re.match(r"\|(\d+)\|(\d+)", rest)
+        message_match = _MESSAGE_RE.search(rest)
+        message = "compile error"
+        if message_match:
+            message = _length_prefixed(rest, message_match.end(), int(message_match.group(1)))
+        line = column = 0
+        source = sources.get(name)
+        if offset_match and source is not None:
+            offset = int(offset_match.group(1))  # in bytes, as is the column below
+            before = source.encode()[:offset]
+            line = before.count(b"\n") + 1
+            column = offset - (before.rfind(b"\n") + 1) + 1
+        problems.append(PolicyProblem(name, line, column, message))
+    if not problems:
+        first = next((ln for ln in error_text.splitlines() if ln.strip()), "compile error")
+        problems.append(PolicyProblem("(policy)", 0, 0, first.strip()))
+    return problems
