@@ -8,9 +8,11 @@ so it keeps the table it started with whatever happens later.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,18 @@ from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol, State, 
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
 from gwcore.plugin_host import PluginStack
-from gwcore.policy.balancing import EndpointPicker
+from gwcore.policy.balancing import EndpointPicker, OutlierDetector
 from gwcore.policy.config import GatewayConfig, SiteConfig
 from gwcore.policy.decision import combine, failure
-from gwcore.policy.model import CatalogSnapshot, Decision, Endpoint, ServiceName, Verdict
+from gwcore.policy.model import (
+    CatalogSnapshot,
+    Decision,
+    Destination,
+    Endpoint,
+    Health,
+    ServiceName,
+    Verdict,
+)
 from gwcore.policy.routes import RouteTable, merge_snapshots
 from gwcore.providers import (
     AuthorizationEngine,
@@ -53,6 +63,8 @@ from gwcore.providers import (
 )
 
 FIRST_SNAPSHOT_TIMEOUT = 30.0
+CONFIG_FAILURES = frozenset({"tls_config", "no_strategy", "no_endpoints"})
+"""Failure reasons that say nothing about an endpoint's health (never eject for them)."""
 SWEEP_INTERVAL = 5.0
 
 AccessLogWriter = Callable[[dict[str, Any]], None]
@@ -89,7 +101,13 @@ class Site:
         self._rebuild_again = False
         self._rebuild_scheduled = False
         self.active: set[DownstreamProtocol] = set()
-        self.picker = EndpointPicker()
+        self.picker = EndpointPicker(
+            OutlierDetector(
+                config.outlier_consecutive_failures,
+                config.outlier_base_ejection,
+                config.outlier_max_ejection,
+            )
+        )
         self.sources: list[CatalogSource] = []
         self.certs: list[CertificateProvider] = []
         self.engines: list[AuthorizationEngine] = []
@@ -137,6 +155,8 @@ class Site:
         return True
 
     def connection_closed(self, conn: DownstreamProtocol, record: dict[str, Any]) -> None:
+        if conn.upstream is not None and conn.endpoint is not None and conn.destination is not None:
+            self.picker.closed(conn.destination, conn.endpoint)
         if conn in self.active:
             self.active.discard(conn)
             self.metrics.active.labels(site=self.name).dec()
@@ -224,13 +244,27 @@ class Site:
                 detail=e.detail,
             )
             return fail(e)
-        endpoints = self.picker.candidates(destination)[: self.config.max_connect_attempts]
+        endpoints = self.picker.candidates(destination, self.reactor.seconds())
+        endpoints = endpoints[: self.config.max_connect_attempts]
         info = conn.info
+        timeout = destination.connect_timeout or self.config.connect_timeout
 
         def on_failure(endpoint: Endpoint, reason: str, detail: str, final: bool) -> None:
             self.metrics.upstream_connect_failures.labels(
                 site=self.name, service=service, reason=reason
             ).inc()
+            if reason not in CONFIG_FAILURES:
+                ejected = self.picker.failed(destination, endpoint, self.reactor.seconds())
+                if ejected is not None:
+                    self.metrics.upstream_ejections.labels(site=self.name, service=service).inc()
+                    self.log.warn(
+                        "endpoint {endpoint} of {service} ejected for {seconds:g}s "
+                        "after consecutive connect failures",
+                        endpoint=str(endpoint),
+                        service=service,
+                        seconds=ejected,
+                    )
+                    self._export_endpoints(destination)
             self.log.info(
                 "upstream {endpoint} of {service} failed: {reason} ({detail})",
                 endpoint=str(endpoint),
@@ -252,6 +286,12 @@ class Site:
 
         def connected(result: tuple[Any, Endpoint, int, float]) -> tuple[Any, Endpoint, int, float]:
             _, endpoint, attempts, seconds = result
+            self.picker.succeeded(destination, endpoint)
+            self.picker.opened(destination, endpoint)
+            if attempts > 1:
+                self.metrics.upstream_retries.labels(site=self.name, service=service).inc(
+                    attempts - 1
+                )
             self.metrics.upstream_connect_seconds.labels(site=self.name, service=service).observe(
                 seconds
             )
@@ -269,6 +309,10 @@ class Site:
             return result
 
         def unavailable(reason: Any) -> Any:
+            if len(endpoints) > 1:
+                self.metrics.upstream_retries.labels(site=self.name, service=service).inc(
+                    len(endpoints) - 1
+                )
             if not reason.check(CancelledError):
                 self.metrics.upstream_unavailable.labels(site=self.name, service=service).inc()
                 self.log.warn(
@@ -283,7 +327,7 @@ class Site:
             destination,
             endpoints,
             UpstreamFactory(conn),
-            self.config.connect_timeout,
+            timeout,
             on_failure,
         )
         return d.addCallbacks(connected, unavailable)
@@ -404,8 +448,13 @@ class Site:
                 self._rebuild_again = False
                 snapshots = [self._snapshots[i] for i in sorted(self._snapshots)]
                 destinations, intentions, version = merge_snapshots(snapshots)
+                # The route table carries effective settings; the view stays as published.
+                routed = tuple(
+                    d if d.lb_policy else replace(d, lb_policy=self.config.lb_policy)
+                    for d in destinations
+                )
                 routes = RouteTable.build(
-                    destinations, self.config.datacenter, self.config.trust_domain, version
+                    routed, self.config.datacenter, self.config.trust_domain, version
                 )
                 services = routes.services()
                 for provider in self.certs:
@@ -457,6 +506,14 @@ class Site:
         self._tls = self._build_tls(routes)
         self._routes = routes
         self.metrics.routes.labels(site=self.name).set(len(routes))
+        self.picker.prune(view.destinations)
+        gone = {d.name for _, d in old} - {d.name for _, d in routes}
+        for service in gone:
+            for state in ("healthy", "ejected", "total"):
+                with contextlib.suppress(KeyError):
+                    self.metrics.upstream_endpoints.remove(self.name, service, state)
+        for _, destination in routes:
+            self._export_endpoints(destination)
         old_snis = {sni for sni, _ in old}
         new_snis = {sni for sni, _ in routes}
         if old_snis != new_snis:
@@ -480,6 +537,18 @@ class Site:
                     site=self.name, routes=tuple(sorted(new_snis)), version=routes.version
                 ),
             )
+
+    def _export_endpoints(self, destination: Destination) -> None:
+        now = self.reactor.seconds()
+        live = [e for e in destination.endpoints if e.health is not Health.CRITICAL]
+        usable = self.picker.usable(destination, now)
+        ejected = len(live) - len(usable) if len(usable) < len(live) else 0
+        gauge = self.metrics.upstream_endpoints
+        gauge.labels(site=self.name, service=destination.name, state="total").set(
+            len(destination.endpoints)
+        )
+        gauge.labels(site=self.name, service=destination.name, state="healthy").set(len(usable))
+        gauge.labels(site=self.name, service=destination.name, state="ejected").set(ejected)
 
     def _certs_changed(self) -> None:
         self._tls = self._build_tls(self._routes)

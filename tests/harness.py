@@ -50,7 +50,7 @@ def sni_for(service: str, datacenter: str = DC, trust_domain: str = TRUST_DOMAIN
 class Upstream:
     """A threaded TCP server on 127.0.0.1 whose behaviour is a function of the socket."""
 
-    def __init__(self, handler: Callable[[socket.socket, Upstream], None]) -> None:
+    def __init__(self, handler: Callable[[socket.socket, Upstream], None], port: int = 0) -> None:
         self.accepted = 0
         self.results: list[Any] = []
         self.errors: list[BaseException] = []
@@ -71,7 +71,7 @@ class Upstream:
             allow_reuse_address = True
             daemon_threads = True
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

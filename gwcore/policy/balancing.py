@@ -1,24 +1,46 @@
 """Choosing the order in which to try a destination's endpoints for one connection.
 
-Rules:
+Rules, applied in this order:
 
 1. Critical endpoints are never tried.
-2. Passing endpoints come before warning ones: a warning instance still serves, but
-   only when no passing one accepts the connection.
-3. Within each health tier the order is rotated round robin: each call for a service
-   starts one place further on, so successive connections spread over the instances.
-   The net layer tries the list in order, moving on after a connect failure.
+2. Endpoints ejected by passive outlier detection are skipped — unless that would
+   leave nothing to try, in which case ejections are ignored (an ejection must never
+   turn a degraded service into an unreachable one).
+3. Passing endpoints come before warning ones: a warning instance serves only when
+   no passing one accepts the connection.
+4. Within each health tier the destination's ``lb_policy`` orders the endpoints,
+   respecting their weights (Consul's ``Weights.Passing``/``Warning``):
 
-Selection is split in two steps, :func:`health_tiers` and the per-tier ordering, so
-other ``lb_policy`` values (weights, least connections) replace only the ordering.
-Until then every policy orders round robin.
+   - ``round_robin`` (default): smooth weighted round robin; over any window the
+     first choices are proportional to the weights, with no bursts.
+   - ``least_request`` (Consul's name; ``least_connections`` is accepted): fewest
+     open connections per unit of weight first, round robin among equals.
+   - ``random``: weighted random order (each endpoint drawn with probability
+     proportional to its weight, without replacement).
+
+The net layer tries the returned list in order, moving on after a connect failure,
+and reports every outcome back (:meth:`EndpointPicker.failed`, :meth:`succeeded`,
+:meth:`opened`, :meth:`closed`) so outlier detection and least-request see it.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from gwcore.policy.model import Destination, Endpoint, Health, ServiceName
+
+POLICIES = ("round_robin", "least_request", "random")
+ALIASES = {"least_connections": "least_request", "": "round_robin"}
+
+EndpointKey = tuple[ServiceName, str, str, int]  # (service, datacenter, address, port)
+
+
+def policy_name(value: str) -> str | None:
+    """The canonical policy for a configured name, or ``None`` if unknown."""
+    value = ALIASES.get(value, value)
+    return value if value in POLICIES else None
 
 
 def health_tiers(endpoints: Iterable[Endpoint]) -> tuple[list[Endpoint], list[Endpoint]]:
@@ -33,32 +55,165 @@ def health_tiers(endpoints: Iterable[Endpoint]) -> tuple[list[Endpoint], list[En
     return passing, warning
 
 
-def _rotated(tier: list[Endpoint], turn: int) -> list[Endpoint]:
-    if not tier:
-        return tier
-    start = turn % len(tier)
-    return tier[start:] + tier[:start]
+def endpoint_key(destination: Destination, endpoint: Endpoint) -> EndpointKey:
+    return (destination.service, destination.datacenter, endpoint.address, endpoint.port)
+
+
+@dataclass(slots=True)
+class _Outlier:
+    failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+
+
+class OutlierDetector:
+    """Passive outlier detection: consecutive connect failures eject an endpoint.
+
+    After ``consecutive`` failures in a row an endpoint is ejected for
+    ``base * 2**(n-1)`` seconds (``n`` = how often it was ejected before and since its
+    last clean period), at most ``maximum``. A success resets the failure count; a
+    full ``maximum`` without ejection forgets earlier ejections.
+    """
+
+    def __init__(self, consecutive: int = 5, base: float = 30.0, maximum: float = 300.0) -> None:
+        self.consecutive = consecutive
+        self.base = base
+        self.maximum = maximum
+        self._state: dict[EndpointKey, _Outlier] = {}
+
+    def ejected(self, key: EndpointKey, now: float) -> bool:
+        state = self._state.get(key)
+        return state is not None and state.ejected_until > now
+
+    def failure(self, key: EndpointKey, now: float, may_eject: bool) -> float | None:
+        """Count a failure; return the ejection length if this one ejected the endpoint."""
+        state = self._state.setdefault(key, _Outlier())
+        if state.ejected_until and now - state.ejected_until > self.maximum:
+            state.ejections = 0  # clean for a long while: start over
+        state.failures += 1
+        if state.failures < self.consecutive or not may_eject or state.ejected_until > now:
+            return None
+        state.ejections += 1
+        length = min(self.base * 2 ** (state.ejections - 1), self.maximum)
+        state.ejected_until = now + length
+        state.failures = 0
+        return length
+
+    def success(self, key: EndpointKey) -> None:
+        state = self._state.get(key)
+        if state is not None:
+            state.failures = 0
+
+    def forget(self, keep: set[EndpointKey]) -> None:
+        """Drop state of endpoints no longer in any destination."""
+        self._state = {k: v for k, v in self._state.items() if k in keep}
 
 
 class EndpointPicker:
-    """Per-site endpoint ordering; one instance serves every connection of the site.
+    """Per-site endpoint ordering and bookkeeping; lives on the reactor thread."""
 
-    State is one counter per (service, datacenter), advanced once per :meth:`candidates`
-    call that returns endpoints, so the output depends only on the sequence of calls.
-    Not thread-safe; it lives on the reactor thread like the rest of a site.
-    """
-
-    __slots__ = ("_turns",)
-
-    def __init__(self) -> None:
+    def __init__(
+        self, outliers: OutlierDetector | None = None, rng: random.Random | None = None
+    ) -> None:
+        self.outliers = outliers or OutlierDetector()
+        self._rng = rng or random.Random()
+        self._current: dict[EndpointKey, float] = {}  # smooth weighted round robin state
+        self._active: dict[EndpointKey, int] = {}
         self._turns: dict[tuple[ServiceName, str], int] = {}
 
-    def candidates(self, destination: Destination) -> list[Endpoint]:
+    # --- ordering -----------------------------------------------------------------
+
+    def usable(self, destination: Destination, now: float) -> list[Endpoint]:
+        """Non-critical endpoints, without the ejected ones unless none would be left."""
+        live = [e for e in destination.endpoints if e.health is not Health.CRITICAL]
+        kept = [e for e in live if not self.outliers.ejected(endpoint_key(destination, e), now)]
+        return kept or live
+
+    def candidates(self, destination: Destination, now: float = 0.0) -> list[Endpoint]:
         """Endpoints to try for one new connection, in order; empty if none is usable."""
-        passing, warning = health_tiers(destination.endpoints)
+        passing, warning = health_tiers(self.usable(destination, now))
         if not passing and not warning:
             return []
+        policy = policy_name(destination.lb_policy) or "round_robin"
+        order = {
+            "round_robin": self._round_robin,
+            "least_request": self._least_request,
+            "random": self._random,
+        }[policy]
         key = (destination.service, destination.datacenter)
         turn = self._turns.get(key, 0)
         self._turns[key] = turn + 1
-        return _rotated(passing, turn) + _rotated(warning, turn)
+        return order(destination, passing, turn) + order(destination, warning, turn)
+
+    def _round_robin(
+        self, destination: Destination, tier: list[Endpoint], turn: int
+    ) -> list[Endpoint]:
+        if len(tier) <= 1:
+            return tier
+        keys = [endpoint_key(destination, e) for e in tier]
+        current = self._current
+        total = 0
+        for key, endpoint in zip(keys, tier, strict=True):
+            current[key] = current.get(key, 0.0) + endpoint.weight
+            total += endpoint.weight
+        # Ties go to catalog order (as nginx does): that keeps the schedule periodic,
+        # so every window of sum(weights) picks gives each endpoint exactly its weight.
+        ranked = sorted(range(len(tier)), key=lambda i: (-current[keys[i]], i))
+        current[keys[ranked[0]]] -= total
+        return [tier[i] for i in ranked]
+
+    def _least_request(
+        self, destination: Destination, tier: list[Endpoint], turn: int
+    ) -> list[Endpoint]:
+        if len(tier) <= 1:
+            return tier
+        n = len(tier)
+
+        def load(i: int) -> tuple[float, int]:
+            active = self._active.get(endpoint_key(destination, tier[i]), 0)
+            return (active / max(tier[i].weight, 1), (i - turn) % n)
+
+        return [tier[i] for i in sorted(range(n), key=load)]
+
+    def _random(self, destination: Destination, tier: list[Endpoint], turn: int) -> list[Endpoint]:
+        if len(tier) <= 1:
+            return tier
+        # Efraimidis-Spirakis: sort by u**(1/w) descending = weighted sampling without replacement.
+        rng = self._rng
+        return sorted(tier, key=lambda e: rng.random() ** (1.0 / max(e.weight, 1)), reverse=True)
+
+    # --- feedback from the net layer ----------------------------------------------
+
+    def failed(self, destination: Destination, endpoint: Endpoint, now: float) -> float | None:
+        """A connect attempt failed; returns the ejection length if it ejected the endpoint."""
+        key = endpoint_key(destination, endpoint)
+        others = [
+            e
+            for e in self.usable(destination, now)
+            if e != endpoint and not self.outliers.ejected(endpoint_key(destination, e), now)
+        ]
+        return self.outliers.failure(key, now, may_eject=bool(others))
+
+    def succeeded(self, destination: Destination, endpoint: Endpoint) -> None:
+        self.outliers.success(endpoint_key(destination, endpoint))
+
+    def opened(self, destination: Destination, endpoint: Endpoint) -> None:
+        key = endpoint_key(destination, endpoint)
+        self._active[key] = self._active.get(key, 0) + 1
+
+    def closed(self, destination: Destination, endpoint: Endpoint) -> None:
+        key = endpoint_key(destination, endpoint)
+        left = self._active.get(key, 0) - 1
+        if left > 0:
+            self._active[key] = left
+        else:
+            self._active.pop(key, None)
+
+    def active(self, destination: Destination, endpoint: Endpoint) -> int:
+        return self._active.get(endpoint_key(destination, endpoint), 0)
+
+    def prune(self, destinations: Iterable[Destination]) -> None:
+        """Forget state of endpoints that left the catalog (bounded memory)."""
+        keep = {endpoint_key(d, e) for d in destinations for e in d.endpoints}
+        self.outliers.forget(keep)
+        self._current = {k: v for k, v in self._current.items() if k in keep}

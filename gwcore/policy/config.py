@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gwcore.policy.balancing import POLICIES as LB_POLICIES
+from gwcore.policy.balancing import policy_name
+
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
@@ -255,6 +258,10 @@ class SiteConfig:
     drain_timeout: float = 10.0
     max_connections: int = 10000
     max_connect_attempts: int = 3
+    lb_policy: str = "round_robin"
+    outlier_consecutive_failures: int = 5
+    outlier_base_ejection: float = 30.0
+    outlier_max_ejection: float = 300.0
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -428,7 +435,13 @@ def _parse_site(
         "drain_timeout": r.duration("drain_timeout", 10.0),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
+        "outlier_consecutive_failures": r.integer("outlier_consecutive_failures", 5, minimum=1),
+        "outlier_base_ejection": r.duration("outlier_base_ejection", 30.0, minimum=0.001),
+        "outlier_max_ejection": r.duration("outlier_max_ejection", 300.0, minimum=0.001),
     }
+    choices = (*LB_POLICIES, "least_connections")
+    lb_policy = r.string("lb_policy", "round_robin", choices=choices) or "round_robin"
+    values["lb_policy"] = policy_name(lb_policy) or "round_robin"
     sections = {k: v for k, v in table.items() if isinstance(v, Mapping)}
     for section in sections:
         if section not in plugins and section not in ESSENTIAL_SECTIONS:

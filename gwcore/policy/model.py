@@ -114,7 +114,8 @@ class Destination:
     tls: UpstreamTLS = PLAIN_TLS
     protocol: str = "tcp"
     from_wildcard: bool = False
-    lb_policy: str = "round_robin"
+    lb_policy: str = ""  # "" = the site's lb_policy; else a gwcore.policy.balancing policy
+    connect_timeout: float | None = None  # seconds; None = the site's connect_timeout
     meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False, hash=False)
 
     @property

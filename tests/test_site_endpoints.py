@@ -1,0 +1,126 @@
+"""Endpoint choice through a real gateway: weights, least connections, outlier ejection.
+
+Complements tests/policy/test_balancing.py (the sans-IO rules) by checking that the
+site feeds connection outcomes back into them over real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest_twisted
+
+from tests.harness import (
+    Upstream,
+    free_port,
+    gateway_entry,
+    hello,
+    in_thread,
+    intentions,
+    registration,
+    request,
+    sleep,
+    sni_for,
+    tls_connect,
+    write_json,
+)
+
+
+def weighted(service: str, port: int, weight: int) -> dict:
+    reg = registration(service, port)
+    reg["Service"]["Weights"] = {"Passing": weight, "Warning": 1}
+    return reg
+
+
+def link(gateway, registrations: list[dict]) -> None:
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", registrations)
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("*", "allow")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_weights_steer_new_connections(gateway, upstreams):
+    """Weights 1:3 send about a quarter of the connections to the light instance."""
+    light, heavy = upstreams(hello(b"light")), upstreams(hello(b"heavy"))
+    link(gateway, [weighted("billing", light.port, 1), weighted("billing", heavy.port, 3)])
+    await gateway.start()
+    files = gateway.client_files("web")
+    answers = Counter()
+    for _ in range(40):
+        answers[await in_thread(request, gateway.port, sni_for("billing"), files)] += 1
+    assert answers[b"light"] + answers[b"heavy"] == 40
+    assert 6 <= answers[b"light"] <= 14
+
+
+@pytest_twisted.ensureDeferred
+async def test_least_request_spreads_long_lived_connections(gateway, upstreams):
+    """lb_policy = least_request: held connections go to the instance with fewer open."""
+    gateway.site_options["lb_policy"] = "least_request"
+    a, b = upstreams(), upstreams()  # echo servers that hold connections open
+    link(gateway, [weighted("billing", a.port, 1), weighted("billing", b.port, 1)])
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    held = []
+    for i in range(6):
+        sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+        await in_thread(sock.sendall, b"x")
+        assert await in_thread(sock.recv, 1) == b"x"
+        held.append(sock)
+        if i == 1:
+            held.pop(0).close()  # one of the first two leaves: its instance has fewer now
+            await gateway.wait_for(lambda: gateway.metric("tgw_downstream_connections_active") == 1)
+    assert a.accepted + b.accepted == 6
+    assert abs(a.accepted - b.accepted) <= 1
+    for sock in held:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusing_endpoint_is_ejected_then_readmitted_after_backoff(gateway, upstreams):
+    """After N refused connects an endpoint is skipped; after the back-off it is tried again."""
+    gateway.site_options.update(
+        outlier_consecutive_failures=2, outlier_base_ejection="0.6s", outlier_max_ejection="5s"
+    )
+    live = upstreams(hello(b"live"))
+    dead_port = free_port()
+    link(gateway, [weighted("billing", dead_port, 1), weighted("billing", live.port, 1)])
+    await gateway.start()
+    files = gateway.client_files("web")
+    failures = lambda: gateway.metric(  # noqa: E731
+        "tgw_upstream_connect_failures_total", service="billing", reason="refused"
+    )
+    while gateway.metric("tgw_upstream_ejections_total", service="billing") == 0:
+        assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"live"
+        assert failures() <= 2
+    assert gateway.metric("tgw_upstream_endpoints", service="billing", state="ejected") == 1
+    before = failures()
+    for _ in range(6):  # while ejected, the dead endpoint is not even tried
+        assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"live"
+    assert failures() == before
+
+    # The endpoint comes back to life; after the back-off it receives traffic again.
+    revived = Upstream(hello(b"revived"), port=dead_port)
+    try:
+        await sleep(0.7)
+        answers = set()
+        for _ in range(6):
+            answers.add(await in_thread(request, gateway.port, sni_for("billing"), files))
+        assert answers == {b"live", b"revived"}
+    finally:
+        revived.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_only_endpoint_is_never_ejected(gateway):
+    """A destination's last endpoint keeps being tried however often it fails."""
+    gateway.site_options.update(outlier_consecutive_failures=1, outlier_base_ejection="30s")
+    link(gateway, [weighted("billing", free_port(), 1)])
+    await gateway.start()
+    files = gateway.client_files("web")
+    for _ in range(3):
+        assert await in_thread(request, gateway.port, sni_for("billing"), files) == b""
+    assert (
+        gateway.metric("tgw_upstream_connect_failures_total", service="billing", reason="refused")
+        == 3
+    )
+    assert gateway.metric("tgw_upstream_ejections_total", service="billing") == 0
