@@ -147,6 +147,13 @@ class GatewayMetrics:
             ["site", "service"],
             registry=r,
         )
+        self.hostname_resolutions = Counter(
+            "tgw_hostname_resolutions",
+            "Lookups of hostname endpoints, by result (success, empty, nxdomain, servfail, "
+            "refused, timeout, cname_loop, error).",
+            ["site", "result"],
+            registry=r,
+        )
         # control plane
         self.routes = Gauge(
             "tgw_routes", "Destinations in the live route table.", ["site"], registry=r

@@ -46,6 +46,10 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "file_certs": "gwcore.plugins.file_certs",
     "intentions": "gwcore.plugins.intentions",
     "opa": "gwcore.plugins.opa",
+    "dns_catalog": "gwcore.plugins.dns_catalog",
+    "consul_catalog": "gwcore.plugins.consul_catalog",
+    "consul_certs": "gwcore.plugins.consul_certs",
+    "consul_intentions": "gwcore.plugins.consul_intentions",
 }
 """Built-in plugins a stack may name."""
 

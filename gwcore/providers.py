@@ -119,6 +119,10 @@ class SiteContext(Protocol):
 
     def subscribe_catalog(self, callback: Callable[[CatalogView], None]) -> None: ...
 
+    def listening_address(self) -> tuple[str, int] | None:
+        """The (host, port) the site listens on, once it does (``None`` before)."""
+        ...
+
 
 @runtime_checkable
 class CatalogSource(Protocol):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +34,8 @@ from twisted.logger import Logger
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
 from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics
+from gwcore.net.hostnames import HostnameEndpoints
+from gwcore.net.resolver import DNSResolver
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol, State, UpstreamFactory
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
@@ -42,6 +43,7 @@ from gwcore.plugin_host import PluginStack
 from gwcore.policy.balancing import EndpointPicker, OutlierDetector
 from gwcore.policy.config import GatewayConfig, SiteConfig
 from gwcore.policy.decision import combine, failure
+from gwcore.policy.dns_records import Family, RefreshPolicy, parse_nameserver
 from gwcore.policy.model import (
     CatalogSnapshot,
     Decision,
@@ -114,6 +116,7 @@ class Site:
         self.strategies: list[UpstreamStrategy] = []
         self.port: Any = None
         self.listening = False
+        self._hostnames: HostnameEndpoints | None = None
         self._sweep = LoopingCall(self._sweep_connections)
         self._sweep.clock = reactor
         self._listeners = {hook: bool(self.stack.listeners(hook)) for hook in EVENT_HOOKS}
@@ -414,6 +417,8 @@ class Site:
             await _sleep(self.reactor, 0.01)
         if self._sweep.running:
             self._sweep.stop()
+        if self._hostnames is not None:
+            self._hostnames.stop()
         stoppable = [p for p in self.strategies if hasattr(p, "stop")]
         for provider in [*self.sources, *self.engines, *self.certs, *stoppable]:
             try:
@@ -426,10 +431,13 @@ class Site:
         if previous is not None and previous.version == snapshot.version and snapshot.version:
             return
         self._snapshots[index] = snapshot
-        self.metrics.catalog_last_success.labels(site=self.name, source=snapshot.source).set(
-            time.time()
-        )
-        if self.listening and not self._rebuild_scheduled:
+        self._schedule_rebuild()
+
+    def _schedule_rebuild(self) -> None:
+        if self._rebuilding:
+            # A rebuild is waiting (e.g. on leaves): it will run again with this data.
+            self._rebuild_again = True
+        elif self.listening and not self._rebuild_scheduled:
             self._rebuild_scheduled = True
             self.reactor.callLater(0, self._scheduled_rebuild)
 
@@ -448,11 +456,14 @@ class Site:
                 self._rebuild_again = False
                 snapshots = [self._snapshots[i] for i in sorted(self._snapshots)]
                 destinations, intentions, version = merge_snapshots(snapshots)
-                # The route table carries effective settings; the view stays as published.
+                # The route table carries effective settings and resolved hostnames;
+                # the view stays as published.
                 routed = tuple(
                     d if d.lb_policy else replace(d, lb_policy=self.config.lb_policy)
                     for d in destinations
                 )
+                if self._hostnames is not None or HostnameEndpoints.hostnames(routed):
+                    routed = await self._hostname_endpoints().expand(routed)
                 routes = RouteTable.build(
                     routed, self.config.datacenter, self.config.trust_domain, version
                 )
@@ -472,6 +483,31 @@ class Site:
                     return
         finally:
             self._rebuilding = False
+
+    def _hostname_endpoints(self) -> HostnameEndpoints:
+        if self._hostnames is None:
+            c = self.config
+            results = self.metrics.hostname_resolutions
+            self._hostnames = HostnameEndpoints(
+                self.reactor,
+                DNSResolver(
+                    self.reactor,
+                    [parse_nameserver(n) for n in c.dns_nameservers] or None,
+                    timeout=c.dns_timeout,
+                ),
+                RefreshPolicy(c.dns_min_ttl, c.dns_max_ttl, c.dns_max_stale),
+                Family(c.dns_family),
+                self._schedule_rebuild,
+                lambda result: results.labels(site=self.name, result=result).inc(),
+            )
+        return self._hostnames
+
+    def listening_address(self) -> tuple[str, int] | None:
+        """The (host, port) the site listens on, once it does."""
+        if self.port is None:
+            return None
+        host = self.port.getHost()
+        return (host.host, host.port)
 
     def _leaf_for(self, service: ServiceName) -> LeafCertificate | None:
         for provider in self.certs:

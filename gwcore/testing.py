@@ -60,6 +60,7 @@ class FakeSite:
     log: Logger = field(default_factory=lambda: Logger(namespace="tgw.test"))
     view: CatalogView = field(default_factory=lambda: CatalogView((), (), ""))
     subscribers: list[Callable[[CatalogView], None]] = field(default_factory=list)
+    address: tuple[str, int] | None = None
 
     @property
     def name(self) -> str:
@@ -77,6 +78,9 @@ class FakeSite:
 
     def subscribe_catalog(self, callback: Callable[[CatalogView], None]) -> None:
         self.subscribers.append(callback)
+
+    def listening_address(self) -> tuple[str, int] | None:
+        return self.address
 
     def publish_view(self, view: CatalogView) -> None:
         """Replace the merged catalog and notify subscribers, as the site does."""

@@ -50,7 +50,12 @@ def sni_for(service: str, datacenter: str = DC, trust_domain: str = TRUST_DOMAIN
 class Upstream:
     """A threaded TCP server on 127.0.0.1 whose behaviour is a function of the socket."""
 
-    def __init__(self, handler: Callable[[socket.socket, Upstream], None], port: int = 0) -> None:
+    def __init__(
+        self,
+        handler: Callable[[socket.socket, Upstream], None],
+        port: int = 0,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.accepted = 0
         self.results: list[Any] = []
         self.errors: list[BaseException] = []
@@ -71,7 +76,7 @@ class Upstream:
             allow_reuse_address = True
             daemon_threads = True
 
-        self.server = Server(("127.0.0.1", port), Handler)
+        self.server = Server((host, port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -100,8 +105,12 @@ def hello(body: bytes) -> Callable[[socket.socket, Upstream], None]:
 def upstreams() -> Iterator[Callable[..., Upstream]]:
     made: list[Upstream] = []
 
-    def make(handler: Callable[[socket.socket, Upstream], None] = echo) -> Upstream:
-        up = Upstream(handler)
+    def make(
+        handler: Callable[[socket.socket, Upstream], None] = echo,
+        port: int = 0,
+        host: str = "127.0.0.1",
+    ) -> Upstream:
+        up = Upstream(handler, port, host)
         made.append(up)
         return up
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from gwcore.policy.balancing import POLICIES as LB_POLICIES
 from gwcore.policy.balancing import policy_name
+from gwcore.policy.dns_records import Family, parse_nameserver
 
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"upstream_tls", "plain_upstream"})
@@ -262,6 +263,12 @@ class SiteConfig:
     outlier_consecutive_failures: int = 5
     outlier_base_ejection: float = 30.0
     outlier_max_ejection: float = 300.0
+    dns_nameservers: tuple[str, ...] = ()
+    dns_timeout: float = 5.0
+    dns_min_ttl: float = 1.0
+    dns_max_ttl: float = 300.0
+    dns_max_stale: float = 3600.0
+    dns_family: str = "prefer_ipv4"
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -439,6 +446,22 @@ def _parse_site(
         "outlier_base_ejection": r.duration("outlier_base_ejection", 30.0, minimum=0.001),
         "outlier_max_ejection": r.duration("outlier_max_ejection", 300.0, minimum=0.001),
     }
+    nameservers = r.strings("dns_nameservers")
+    for text in nameservers:
+        try:
+            parse_nameserver(text)
+        except ValueError as e:
+            r.problem("dns_nameservers", str(e))
+    values["dns_nameservers"] = nameservers
+    values["dns_timeout"] = r.duration("dns_timeout", 5.0, minimum=0.05)
+    values["dns_min_ttl"] = r.duration("dns_min_ttl", 1.0, minimum=0.05)
+    values["dns_max_ttl"] = r.duration("dns_max_ttl", 300.0, minimum=0.05)
+    if values["dns_max_ttl"] < values["dns_min_ttl"]:
+        r.problem("dns_max_ttl", "must not be below dns_min_ttl")
+        values["dns_max_ttl"] = values["dns_min_ttl"]
+    values["dns_max_stale"] = r.duration("dns_max_stale", 3600.0)
+    families = tuple(f.value for f in Family)
+    values["dns_family"] = r.string("dns_family", "prefer_ipv4", choices=families) or "prefer_ipv4"
     choices = (*LB_POLICIES, "least_connections")
     lb_policy = r.string("lb_policy", "round_robin", choices=choices) or "round_robin"
     values["lb_policy"] = policy_name(lb_policy) or "round_robin"

@@ -1,0 +1,474 @@
+"""The ``consul_catalog`` plugin: linked services and their instances from a Consul agent.
+
+Section ``[sites.NAME.consul_catalog]`` (all optional):
+
+- the connection keys of :func:`gwcore.net.consul.read_consul_settings`: ``address``
+  (``http://127.0.0.1:8500``), ``token`` / ``token_file``, ``ca_file``, ``cert_file``,
+  ``key_file``, ``datacenter``, ``wait`` (``5m``), ``timeout`` (``10s``),
+  ``max_connections`` (16), ``rate`` (5 queries/s per watch), ``retry_min`` (``0.5s``),
+  ``retry_max`` (``60s``);
+- ``gateway``: the gateway's service name in Consul (default: the site's ``name``);
+- ``register`` (``true``): register this instance with the agent as a
+  ``terminating-gateway`` service with a TCP check once the site listens, and
+  deregister it when the site stops;
+- ``service_id`` (``<gateway>-<host>-<port>``), ``register_address`` (the listener's
+  host, or none for a wildcard bind so Consul uses the node's), ``check_interval``
+  (``10s``).
+
+What it reads (reference §3, §5), every watch a blocking query:
+
+- ``/v1/catalog/gateway-services/<gateway>``: the linked services, wildcard ones
+  included (``FromWildcard``), with their ``CAFile``/``CertFile``/``KeyFile``/``SNI``;
+- ``/v1/config/service-defaults``: every service's ``Protocol``;
+- ``/v1/catalog/services`` and ``/v1/health/state/any`` as change detectors: when either
+  moves, ``/v1/health/service/<svc>`` is read again (non-blocking) for each linked
+  service. That keeps the number of long polls constant (four) whatever the number of
+  linked services, instead of one socket per service; the price is one short request
+  per linked service after a catalog or check change, over the client's bounded pool.
+
+A service becomes a route once its instances were read; an unlinked one disappears
+with the next snapshot. Every answer goes through :mod:`gwcore.policy.consul_shapes`
+(the one parser of Consul's JSON); a linked service or instance it rejects is left out
+and reported. When Consul fails, the last good snapshot stays in force
+(``tgw_consul_staleness_seconds``, ``/ready`` detail); recovery is automatic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+
+from gwcore.hookspecs import hookimpl
+from gwcore.net.consul import (
+    BlockingWatch,
+    ConsulClient,
+    ConsulError,
+    ConsulFreshness,
+    ConsulResponse,
+    ConsulSettings,
+    acquire_client,
+    backoff_delay,
+    connection_problems,
+    read_consul_settings,
+    release_client,
+)
+from gwcore.policy.config import ConfigProblem, SiteConfig
+from gwcore.policy.consul_shapes import build_destinations, parse_documents
+from gwcore.policy.model import CatalogSnapshot, Destination
+from gwcore.providers import SourceHealth
+
+if TYPE_CHECKING:
+    from gwcore.events import SiteStarted
+    from gwcore.providers import CatalogSource, SiteContext
+
+NAME = "consul_catalog"
+MODULE = "gwcore.plugins.consul_catalog"
+DEFAULT_CHECK_INTERVAL = 10.0
+
+
+def stack_entry(plugins: Sequence[str]) -> str | None:
+    """The name this plugin has in a stack: ``consul_catalog`` or its module path."""
+    for name in (NAME, MODULE):
+        if name in plugins:
+            return name
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    consul: ConsulSettings
+    gateway: str
+    register: bool = True
+    service_id: str = ""
+    register_address: str = ""
+    check_interval: float = DEFAULT_CHECK_INTERVAL
+
+
+def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
+    reader = site.reader(entry)
+    consul = read_consul_settings(reader, site.base_dir)
+    gateway = reader.string("gateway", site.name) or site.name
+    register = reader.boolean("register", True)
+    service_id = reader.string("service_id", "") or ""
+    register_address = reader.string("register_address", "") or ""
+    interval = reader.duration("check_interval", DEFAULT_CHECK_INTERVAL, minimum=1.0)
+    connection_problems(reader, consul)
+    settings = Settings(consul, gateway, register, service_id, register_address, interval)
+    return settings, reader.finish()
+
+
+@hookimpl
+def tgw_validate_site_config(site: SiteConfig) -> Sequence[ConfigProblem]:
+    entry = stack_entry(site.plugins)
+    if entry is None:
+        return []
+    return read_settings(site, entry)[1]
+
+
+_sources: list[ConsulCatalogSource] = []  # started sources waiting for their listener
+
+
+@hookimpl
+def tgw_catalog_sources(site: SiteContext) -> Sequence[CatalogSource]:
+    entry = stack_entry(site.config.plugins)
+    if entry is None:
+        return []
+    return [ConsulCatalogSource(site, entry)]
+
+
+@hookimpl
+def tgw_site_started(event: SiteStarted) -> None:
+    """Register the instance whose listener just opened (self-registration)."""
+    for source in list(_sources):
+        if source.owns_listener(event.site, event.address):
+            _sources.remove(source)
+            source.register(event.address)
+            return
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+class ConsulCatalogSource:
+    """A :class:`~gwcore.providers.CatalogSource` fed by a Consul agent (module docstring)."""
+
+    name = NAME
+
+    def __init__(self, site: SiteContext, entry: str | None = None) -> None:
+        self._site = site
+        entry = entry or stack_entry(site.config.plugins) or NAME
+        self.settings, _ = read_settings(site.config, entry)
+        self.gateway = self.settings.gateway
+        self._datacenter = site.config.datacenter
+        self._rng = random.Random()
+        self.client: ConsulClient | None = None
+        self.freshness = ConsulFreshness(site, NAME)
+        self._linked: dict[str, dict[str, Any]] = {}
+        self._health: dict[str, list[Any]] = {}
+        self._defaults: list[Any] = []
+        self._gateway_loaded = False
+        self._defaults_loaded = False
+        self._version: str | None = None
+        self._publish: Callable[[CatalogSnapshot], None] | None = None
+        self._first: Deferred[None] | None = None
+        self._watches: list[BlockingWatch] = []
+        self._retry: Any = None
+        self._retry_failures = 0
+        self._refreshing = False
+        self._refresh_again = False
+        self._reported: set[str] = set()
+        self._detectors_seen: set[str] = set()
+        self._running = False
+        self.service_id: str | None = None
+        self._registered = False
+        self._register_call: Any = None
+        self._register_failures = 0
+        labels = {"site": site.name, "source": NAME}
+        self._errors = site.metrics.catalog_errors.labels(**labels)
+        self._last_success_gauge = site.metrics.catalog_last_success.labels(**labels)
+
+    # --- CatalogSource ------------------------------------------------------------
+
+    def start(self, publish: Callable[[CatalogSnapshot], None]) -> Deferred[None]:
+        self._publish = publish
+        self._running = True
+        self.client = acquire_client(self._site.reactor, self.settings.consul)
+        self._first = Deferred()
+        gw = self.gateway
+
+        def watch(endpoint: str, path: str, on_change: Callable[[ConsulResponse], Any]) -> None:
+            w = BlockingWatch(
+                self.client,
+                endpoint,
+                path,
+                on_change,
+                self._failed,
+                on_ok=self.freshness.ok,
+                rng=self._rng,
+            )
+            self._watches.append(w)
+
+        watch("gateway-services", f"/v1/catalog/gateway-services/{gw}", self._on_gateway)
+        watch("config", "/v1/config/service-defaults", self._on_defaults)
+        watch("catalog-services", "/v1/catalog/services", self._on_services)
+        watch("health-state", "/v1/health/state/any", self._on_checks)
+        for w in self._watches:
+            w.start()
+        if self.settings.register:
+            _sources.append(self)
+        return self._first
+
+    def stop(self) -> Deferred[None]:
+        self._running = False
+        for w in self._watches:
+            w.stop()
+        for call in (self._retry, self._register_call):
+            if call is not None and call.active():
+                call.cancel()
+        if self in _sources:
+            _sources.remove(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._registered and self.client is not None and self.service_id:
+            try:
+                await self.client.put(
+                    "agent-deregister", f"/v1/agent/service/deregister/{self.service_id}"
+                )
+                self._site.log.info("deregistered {id} from Consul", id=self.service_id)
+            except ConsulError as e:
+                self._site.log.warn("could not deregister from Consul: {e}", e=str(e))
+            self._registered = False
+        if self.client is not None:
+            client, self.client = self.client, None
+            await maybeDeferred(release_client, client)
+
+    def health(self) -> SourceHealth:
+        return SourceHealth(self.freshness.last_success, self.freshness.error)
+
+    # --- watch handlers -------------------------------------------------------------
+
+    def _failed(self, error: ConsulError) -> None:
+        self._errors.inc()
+        self.freshness.failed(error)
+        if self._first is not None and not self._first.called:
+            self._first.errback(error)
+
+    async def _on_gateway(self, response: ConsulResponse) -> None:
+        items = response.json() or []
+        if not isinstance(items, list):
+            raise ConsulError("gateway-services", "invalid", "expected a JSON list")
+        linked: dict[str, dict[str, Any]] = {}
+        for item in items:
+            service = (item.get("Service") or {}).get("Name")
+            if not service:
+                continue
+            if item.get("ServiceKind") == "destination" or item.get("IsEndpoint"):
+                self._report_once(
+                    f"destination:{service}",
+                    f"linked destination {service!r} is not supported (only catalog services)",
+                )
+                continue
+            linked[service] = item
+        self.freshness.ok("gateway-services")
+        added = [s for s in linked if s not in self._linked]
+        for gone in set(self._linked) - set(linked):
+            self._health.pop(gone, None)
+        self._linked = linked
+        if added:
+            await self._refresh(added)
+        # Only now: the first snapshot should hold the instances of what is linked.
+        self._gateway_loaded = True
+        self._rebuild()
+
+    def _on_defaults(self, response: ConsulResponse) -> None:
+        entries = response.json() or []
+        if not isinstance(entries, list):
+            raise ConsulError("config", "invalid", "expected a JSON list")
+        self._defaults = entries
+        self._defaults_loaded = True
+        self.freshness.ok("config")
+        self._rebuild()
+
+    async def _on_services(self, response: ConsulResponse) -> None:
+        await self._on_detector("catalog-services")
+
+    async def _on_checks(self, response: ConsulResponse) -> None:
+        await self._on_detector("health-state")
+
+    async def _on_detector(self, endpoint: str) -> None:
+        # A detector's first answer says nothing changed: the gateway-services handler
+        # reads the instances of every service it links.
+        if endpoint not in self._detectors_seen:
+            self._detectors_seen.add(endpoint)
+            return
+        if self._linked:
+            await self._refresh(list(self._linked))
+            self._rebuild()
+
+    async def _refresh(self, services: list[str]) -> None:
+        """Read the instances of ``services`` again (non-blocking, over the bounded pool)."""
+        if self.client is None:
+            return
+        client = self.client
+        pending = [
+            client.get("health-service", f"/v1/health/service/{s}").addCallback(
+                lambda r, s=s: (s, r)
+            )
+            for s in services
+        ]
+        results = await DeferredList(pending, consumeErrors=True)
+        failed = False
+        for ok, value in results:
+            if ok:
+                service, response = value
+                if service in self._linked:
+                    body = response.json()
+                    self._health[service] = body if isinstance(body, list) else []
+            else:
+                failed = True
+                error = value.value
+                if isinstance(error, ConsulError):
+                    self._failed(error)
+        if failed:
+            self._schedule_retry()
+        else:
+            self._retry_failures = 0
+            self.freshness.ok("health-service")
+
+    def _schedule_retry(self) -> None:
+        if not self._running or (self._retry is not None and self._retry.active()):
+            return
+        self._retry_failures += 1
+        consul = self.settings.consul
+        delay = backoff_delay(self._retry_failures, consul.retry_min, consul.retry_max, self._rng)
+
+        def again() -> None:
+            self._retry = None
+            if self._running and self._linked:
+                d = Deferred.fromCoroutine(self._refresh(list(self._linked)))
+                d.addCallback(lambda _: self._rebuild())
+                d.addErrback(lambda f: self._site.log.failure("consul_catalog retry failed", f))
+
+        self._retry = self._site.reactor.callLater(delay, again)
+
+    # --- building the snapshot ------------------------------------------------------
+
+    def _report_once(self, key: str, text: str) -> None:
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        self._errors.inc()
+        self._site.log.error("consul_catalog: {problem}", problem=text)
+
+    def _linked_document(self, service: str, item: dict[str, Any]) -> dict[str, Any] | None:
+        linked = {"Name": service}
+        for key in ("CAFile", "CertFile", "KeyFile", "SNI"):
+            if item.get(key):
+                linked[key] = item[key]
+        doc = {"Kind": "terminating-gateway", "Name": self.gateway, "Services": [linked]}
+        _, problems = parse_documents([(f"consul:gateway-services/{service}", doc)])
+        if problems:
+            self._report_once(
+                f"linked:{service}:{json.dumps(linked, sort_keys=True)}",
+                f"linked service {service!r} left out: " + "; ".join(str(p) for p in problems),
+            )
+            return None
+        return linked
+
+    def build(self) -> tuple[Destination, ...]:
+        """Destinations from the current answers (services whose instances are known)."""
+        ready = [s for s in sorted(self._linked) if s in self._health]
+        linked = [self._linked_document(s, self._linked[s]) for s in ready]
+        entry = {
+            "Kind": "terminating-gateway",
+            "Name": self.gateway,
+            "Services": [item for item in linked if item is not None],
+        }
+        items: list[tuple[str, Any]] = [("consul:gateway-services", entry)]
+        items += [(f"consul:health/service/{s}", self._health[s]) for s in ready]
+        items.append(("consul:config/service-defaults", self._defaults))
+        docs, problems = parse_documents(items)
+        destinations, unusable = build_destinations(docs, self.gateway, self._datacenter)
+        for problem in [*problems, *unusable]:
+            self._report_once(f"shape:{problem}", f"left out: {problem}")
+        wildcard = {s for s, item in self._linked.items() if item.get("FromWildcard")}
+        return tuple(
+            dataclasses.replace(d, from_wildcard=True) if d.service.name in wildcard else d
+            for d in destinations
+        )
+
+    def _rebuild(self) -> None:
+        if not (self._gateway_loaded and self._defaults_loaded) or self._publish is None:
+            return
+        destinations = self.build()
+        version = _digest(destinations)
+        if version != self._version:
+            self._version = version
+            self._publish(CatalogSnapshot(source=NAME, destinations=destinations, version=version))
+        now = self._site.reactor.seconds()
+        if self.freshness.error is None:
+            self._last_success_gauge.set(now)
+        if self._first is not None and not self._first.called:
+            self._first.callback(None)
+
+    # --- self-registration ------------------------------------------------------------
+
+    def owns_listener(self, site: str, address: str) -> bool:
+        """Whether the site that started at ``address`` is this source's site."""
+        if site != self._site.name or not self._running:
+            return False
+        # Compare listeners, so two gateways in one process never take each other's
+        # registration.
+        listening = self._site.listening_address()
+        if listening is None:
+            return True
+        return f"{listening[0]}:{listening[1]}" == address
+
+    def register(self, address: str) -> None:
+        host, _, port_text = address.rpartition(":")
+        host = host.strip("[]")
+        port = int(port_text)
+        wildcard = host in ("0.0.0.0", "::", "")
+        reg_address = self.settings.register_address or ("" if wildcard else host)
+        check_host = reg_address or "127.0.0.1"
+        self.service_id = self.settings.service_id or (
+            f"{self.gateway}-{reg_address or socket.gethostname()}-{port}"
+        )
+        target = f"[{check_host}]:{port}" if ":" in check_host else f"{check_host}:{port}"
+        body = {
+            "ID": self.service_id,
+            "Name": self.gateway,
+            "Kind": "terminating-gateway",
+            "Address": reg_address,
+            "Port": port,
+            "Meta": {"tgw-site": self._site.name},
+            "Check": {
+                "CheckID": f"{self.service_id}:tcp",
+                "Name": "tgw listener (TCP)",
+                "TCP": target,
+                "Interval": f"{int(self.settings.check_interval * 1000)}ms",
+                "Timeout": "5s",
+            },
+        }
+        self._register_body = body
+        self._try_register()
+
+    def _try_register(self) -> None:
+        self._register_call = None
+        if not self._running or self.client is None:
+            return
+        d = self.client.put("agent-register", "/v1/agent/service/register", self._register_body)
+
+        def done(_: Any) -> None:
+            self._registered = True
+            self._register_failures = 0
+            self.freshness.ok("agent-register")
+            self._site.log.info(
+                "registered {id} with Consul as {gateway}", id=self.service_id, gateway=self.gateway
+            )
+
+        def failed(f: Any) -> None:
+            if isinstance(f.value, ConsulError):
+                self.freshness.failed(f.value)
+            else:
+                self._site.log.failure("registering with Consul failed", f)
+            if not self._running:
+                return
+            self._register_failures += 1
+            consul = self.settings.consul
+            delay = backoff_delay(
+                self._register_failures, consul.retry_min, consul.retry_max, self._rng
+            )
+            self._register_call = self._site.reactor.callLater(delay, self._try_register)
+
+        d.addCallbacks(done, failed)

@@ -1,0 +1,293 @@
+"""The ``consul_intentions`` plugin: Consul's intentions, evaluated locally by the one engine.
+
+Section ``[sites.NAME.consul_intentions]``: the connection keys of
+:func:`gwcore.net.consul.read_consul_settings` (see ``docs/consul.md``).
+
+How the pieces fit (one precedence engine, two sources):
+
+- A **catalog source** that publishes no destinations, only intentions. It follows
+  the site's merged catalog (whatever source supplies the linked services) and keeps
+  *one* blocking query, ``/v1/connect/intentions/match?by=destination&name=<a>&name=<b>..``
+  (``name`` is repeatable, reference §5), re-opened when the set of services changes.
+  Each match item is turned back into a ``service-intentions`` source and read by
+  :mod:`gwcore.policy.consul_shapes`, so the intentions reach the ``intentions`` engine
+  exactly as file-based ones do. ``/v1/agent/connect/authorize`` is never called.
+- The **``intentions`` engine** (:mod:`gwcore.plugins.intentions`) decides, with
+  :class:`gwcore.policy.intentions.IntentionSet`. This plugin supplies one when the
+  stack does not name ``intentions`` itself, so ``[consul_catalog, consul_certs,
+  consul_intentions]`` is a complete stack.
+- A **guard engine** (``consul_intentions``) that denies a connection to a service whose
+  intentions have not been read from Consul yet (a service linked a moment ago, or
+  Consul unreachable since start) and abstains otherwise. Without it a freshly linked
+  service would fall through to ``default_policy`` before its deny intentions arrived.
+
+When Consul fails, the last intentions read stay in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from gwcore.hookspecs import hookimpl
+from gwcore.net.consul import (
+    BlockingWatch,
+    ConsulClient,
+    ConsulError,
+    ConsulFreshness,
+    ConsulResponse,
+    ConsulSettings,
+    acquire_client,
+    connection_problems,
+    read_consul_settings,
+    release_client,
+)
+from gwcore.policy.config import ConfigProblem, SiteConfig
+from gwcore.policy.consul_shapes import build_intentions, parse_documents
+from gwcore.policy.model import CatalogSnapshot, Decision, Intention, ServiceName, Verdict
+from gwcore.providers import AuthzRequest, CatalogView, SourceHealth
+
+if TYPE_CHECKING:
+    from gwcore.providers import AuthorizationEngine, CatalogSource, SiteContext
+
+NAME = "consul_intentions"
+MODULE = "gwcore.plugins.consul_intentions"
+ORIGIN = "consul intentions/match"
+
+
+def stack_entry(plugins: Sequence[str]) -> str | None:
+    for name in (NAME, MODULE):
+        if name in plugins:
+            return name
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    consul: ConsulSettings
+
+
+def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
+    reader = site.reader(entry)
+    consul = read_consul_settings(reader, site.base_dir)
+    connection_problems(reader, consul)
+    return Settings(consul), reader.finish()
+
+
+def intentions_from_match(
+    body: Any, origin: str = ORIGIN
+) -> tuple[tuple[Intention, ...], list[str]]:
+    """Intentions from an ``intentions/match`` answer, and problems with items left out.
+
+    Each item becomes a one-source ``service-intentions`` entry read by the shared
+    parser; an item it rejects (a peer source, say) is left out and reported. An item
+    listed under several queried names (a wildcard destination) counts once.
+    """
+    if not isinstance(body, dict):
+        raise ValueError("intentions/match: expected an object keyed by service name")
+    seen: set[str] = set()
+    intentions: list[Intention] = []
+    problems: list[str] = []
+    for name in sorted(body):
+        items = body[name]
+        if not isinstance(items, list):
+            raise ValueError(f"intentions/match: {name!r} is not a list")
+        for item in items:
+            if not isinstance(item, dict):
+                problems.append(f"{name}: an item is not an object")
+                continue
+            source: dict[str, Any] = {
+                "Name": item.get("SourceName"),
+                "Namespace": item.get("SourceNS"),
+                "Partition": item.get("SourcePartition"),
+                "Peer": item.get("SourcePeer"),
+                "Type": item.get("SourceType"),
+                "Description": item.get("Description"),
+                "Precedence": item.get("Precedence"),
+            }
+            if item.get("Permissions"):
+                source["Permissions"] = item["Permissions"]
+            else:
+                source["Action"] = item.get("Action")
+            entry = {
+                "Kind": "service-intentions",
+                "Name": item.get("DestinationName"),
+                "Namespace": item.get("DestinationNS"),
+                "Partition": item.get("DestinationPartition"),
+                "Sources": [{k: v for k, v in source.items() if v not in (None, "")}],
+            }
+            entry = {k: v for k, v in entry.items() if v not in (None, "")}
+            key = repr(sorted((k, repr(v)) for k, v in entry.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            docs, found = parse_documents([(origin, entry)])
+            if found:
+                problems += [str(p) for p in found]
+                continue
+            intentions.extend(build_intentions(docs))
+    return tuple(intentions), problems
+
+
+class ConsulIntentionsSource:
+    """Publishes the intentions of every routed service, read from Consul."""
+
+    name = NAME
+
+    def __init__(self, site: SiteContext, entry: str | None = None) -> None:
+        self._site = site
+        entry = entry or stack_entry(site.config.plugins) or NAME
+        self.settings, _ = read_settings(site.config, entry)
+        self.client: ConsulClient | None = None
+        self.freshness = ConsulFreshness(site, NAME)
+        self._rng = random.Random()
+        self._services: tuple[str, ...] | None = None
+        self.loaded: frozenset[ServiceName] = frozenset()
+        self._watch: BlockingWatch | None = None
+        self._publish: Callable[[CatalogSnapshot], None] | None = None
+        self._version = ""
+        self._reported: set[str] = set()
+        self._running = False
+        site.subscribe_catalog(self._on_catalog)
+
+    def start(self, publish: Callable[[CatalogSnapshot], None]) -> None:
+        """Nothing to read until the site's catalog names services (see ``_on_catalog``)."""
+        self._publish = publish
+        self._running = True
+        self.client = acquire_client(self._site.reactor, self.settings.consul)
+        self._on_catalog(self._site.catalog_view())
+
+    def stop(self) -> Deferred[None] | None:
+        self._running = False
+        if self._watch is not None:
+            self._watch.stop()
+        client, self.client = self.client, None
+        return maybeDeferred(release_client, client) if client is not None else None
+
+    def health(self) -> SourceHealth:
+        return SourceHealth(self.freshness.last_success, self.freshness.error)
+
+    def _on_catalog(self, view: CatalogView) -> None:
+        if not self._running or self.client is None:
+            return
+        services = tuple(sorted({d.service.name for d in view.destinations}))
+        if services == self._services:
+            return
+        self._services = services
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        if not services:
+            self.loaded = frozenset()
+            self._emit(())
+            self.freshness.ok("intentions-match")
+            return
+        query = [("by", "destination"), *(("name", s) for s in services)]
+        watch = BlockingWatch(
+            self.client,
+            "intentions-match",
+            "/v1/connect/intentions/match",
+            lambda r, names=services: self._on_match(r, names),
+            self.freshness.failed,
+            query=query,
+            on_ok=self.freshness.ok,
+            rng=self._rng,
+        )
+        self._watch = watch
+        watch.start()
+
+    def _on_match(self, response: ConsulResponse, names: tuple[str, ...]) -> None:
+        if names != self._services:
+            return  # an answer for a set of services we no longer route
+        try:
+            intentions, problems = intentions_from_match(response.json())
+        except ValueError as e:
+            raise ConsulError("intentions-match", "invalid", str(e)) from None
+        for problem in problems:
+            if problem not in self._reported:
+                self._reported.add(problem)
+                self._site.log.error(
+                    "consul_intentions: intention left out: {problem}", problem=problem
+                )
+        self.freshness.ok("intentions-match")
+        self.loaded = frozenset(ServiceName(n) for n in names)
+        self._emit(intentions)
+
+    def _emit(self, intentions: tuple[Intention, ...]) -> None:
+        version = hashlib.sha256(repr(intentions).encode()).hexdigest()[:16]
+        if version == self._version or self._publish is None:
+            return
+        self._version = version
+        self._publish(CatalogSnapshot(source=NAME, intentions=intentions, version=version))
+
+
+class IntentionsGuard:
+    """Denies until a destination's intentions were read from Consul; abstains after."""
+
+    name = NAME
+    policy_version = "guard"
+
+    def __init__(self, source: ConsulIntentionsSource) -> None:
+        self._source = source
+
+    def start(self, changed: Callable[[], None]) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def authorize(self, request: AuthzRequest) -> Decision:
+        service = request.destination.service
+        if service in self._source.loaded:
+            return Decision(Verdict.ABSTAIN, NAME, "intentions loaded from Consul")
+        return Decision(
+            Verdict.DENY,
+            NAME,
+            f"intentions of {service} have not been read from Consul yet "
+            f"({self._source.freshness.error or 'waiting for the first answer'})",
+        )
+
+
+_sources: dict[int, ConsulIntentionsSource] = {}
+
+
+def _source_for(site: SiteContext) -> ConsulIntentionsSource:
+    # Both provider hooks of one site must share the source; they are called in turn
+    # while the site starts, with the same site object.
+    source = _sources.get(id(site))
+    if source is None or source._site is not site:
+        entry = stack_entry(site.config.plugins) or NAME
+        source = _sources[id(site)] = ConsulIntentionsSource(site, entry)
+    return source
+
+
+@hookimpl
+def tgw_validate_site_config(site: SiteConfig) -> Sequence[ConfigProblem]:
+    entry = stack_entry(site.plugins)
+    return [] if entry is None else read_settings(site, entry)[1]
+
+
+@hookimpl
+def tgw_catalog_sources(site: SiteContext) -> Sequence[CatalogSource]:
+    if stack_entry(site.config.plugins) is None:
+        return []
+    return [_source_for(site)]
+
+
+@hookimpl
+def tgw_authorization_engines(site: SiteContext) -> Sequence[AuthorizationEngine]:
+    if stack_entry(site.config.plugins) is None:
+        return []
+    source = _source_for(site)
+    _sources.pop(id(site), None)
+    engines: list[Any] = [IntentionsGuard(source)]
+    if "intentions" not in site.config.plugins:
+        from gwcore.plugins.intentions import IntentionsEngine
+
+        engines.append(IntentionsEngine(site))
+    return engines

@@ -1,0 +1,96 @@
+"""Hostname endpoints end to end: instances registered by hostname, resolved through a
+real DNS server (Twisted Names, authoritative, on 127.0.0.1) to loopback addresses."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest_twisted
+
+from tests.dns_server import a, dns_server
+from tests.harness import (
+    gateway_entry,
+    hello,
+    in_thread,
+    intentions,
+    registration,
+    request,
+    sni_for,
+    write_json,
+)
+
+__all__ = ["dns_server"]
+
+
+def link_hostnames(gateway, instances: list[tuple[str, int]]) -> None:
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    regs = [registration("billing", port, address=host) for host, port in instances]
+    write_json(gateway.catalog / "regs.json", regs)
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("*", "allow")))
+
+
+def use_dns(gateway, server) -> None:
+    gateway.site_options.update(
+        dns_nameservers=[server.address], dns_min_ttl="0.1s", dns_max_stale="1h", dns_timeout="1s"
+    )
+
+
+async def answers(gateway, n: int) -> Counter:
+    files = gateway.client_files("web")
+    tally: Counter = Counter()
+    for _ in range(n):
+        tally[await in_thread(request, gateway.port, sni_for("billing"), files)] += 1
+    return tally
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_hostname_instance_receives_traffic(gateway, upstreams, dns_server):
+    """Two instances registered by hostname, on different loopback addresses, both serve
+    (Consul's issue #16040 used only the first)."""
+    one = upstreams(hello(b"one"), host="127.0.0.2")
+    two = upstreams(hello(b"two"), host="127.0.0.3")
+    dns_server.set("one.example.test", [a("127.0.0.2")], ttl=30)
+    dns_server.set("two.example.test", [a("127.0.0.3")], ttl=30)
+    link_hostnames(gateway, [("one.example.test", one.port), ("two.example.test", two.port)])
+    use_dns(gateway, dns_server)
+    await gateway.start()
+    route = gateway.site.current()[0].lookup(sni_for("billing"))
+    assert {(e.address, e.port) for e in route.endpoints} == {
+        ("127.0.0.2", one.port),
+        ("127.0.0.3", two.port),
+    }
+    tally = await answers(gateway, 6)
+    assert tally[b"one"] == 3 and tally[b"two"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_changed_record_is_followed_after_its_ttl(gateway, upstreams, dns_server):
+    """When the name moves to another address, new connections follow once the TTL ran out."""
+    old = upstreams(hello(b"old"), host="127.0.0.2")
+    new = upstreams(hello(b"new"), port=old.port, host="127.0.0.4")
+    dns_server.set("db.example.test", [a("127.0.0.2")], ttl=0)
+    link_hostnames(gateway, [("db.example.test", old.port)])
+    use_dns(gateway, dns_server)
+    await gateway.start()
+    assert await answers(gateway, 1) == {b"old": 1}
+    dns_server.set("db.example.test", [a("127.0.0.4")], ttl=0)
+    route = lambda: gateway.site.current()[0].lookup(sni_for("billing"))  # noqa: E731
+    await gateway.wait_for(lambda: [e.address for e in route().endpoints] == ["127.0.0.4"])
+    assert await answers(gateway, 2) == {b"new": 2}
+    assert new.accepted == 2 and old.accepted == 1
+    assert gateway.metric("tgw_hostname_resolutions_total", result="success") >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_last_answer_keeps_serving_while_dns_is_down(gateway, upstreams, dns_server):
+    """The DNS server going away keeps the last good addresses in force (serve stale)."""
+    up = upstreams(hello(b"still"), host="127.0.0.2")
+    dns_server.set("db.example.test", [a("127.0.0.2")], ttl=0)
+    link_hostnames(gateway, [("db.example.test", up.port)])
+    use_dns(gateway, dns_server)
+    await gateway.start()
+    await dns_server.stop()
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_hostname_resolutions_total", result="timeout") >= 1, timeout=10
+    )
+    assert await answers(gateway, 2) == {b"still": 2}
