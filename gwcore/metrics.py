@@ -53,8 +53,9 @@ class GatewayMetrics:
         )
         self.rejected = Counter(
             "tgw_downstream_rejected",
-            "Downstream connections refused before forwarding, by reason "
-            "(overflow, addon_veto, handshake, denied, upstream_unavailable, no_strategy).",
+            "Downstream connections refused or closed by the gateway, by reason (overflow, "
+            "addon_veto, denied, early_data_overflow, upstream_unavailable, no_strategy, "
+            "policy_revoked).",
             ["site", "reason"],
             registry=r,
         )
@@ -66,7 +67,8 @@ class GatewayMetrics:
         )
         self.no_route = Counter(
             "tgw_no_route",
-            "Connections whose SNI named no destination (reason unknown_sni or missing_sni).",
+            "Connections whose SNI selected no usable route (unknown_sni, missing_sni, "
+            "invalid_sni, no_certificate).",
             ["site", "reason"],
             registry=r,
         )
@@ -86,14 +88,15 @@ class GatewayMetrics:
         # upstream
         self.upstream_connect_failures = Counter(
             "tgw_upstream_connect_failures",
-            "Failed upstream connect attempts, by reason (refused, timeout, tls, error).",
+            "Failed upstream connect attempts, by reason (refused, timeout, dns, error, or a "
+            "tls_* reason of tgw_upstream_tls_errors).",
             ["site", "service", "reason"],
             registry=r,
         )
         self.upstream_tls_errors = Counter(
             "tgw_upstream_tls_errors",
             "Upstream TLS failures by reason (tls_san_mismatch, tls_untrusted, tls_expired, "
-            "tls_handshake, tls_client_cert_rejected, tls_config, tls_error).",
+            "tls_not_yet_valid, tls_handshake, tls_client_cert_rejected, tls_config, tls_error).",
             ["site", "service", "reason"],
             registry=r,
         )
@@ -172,7 +175,7 @@ class GatewayMetrics:
         )
         self.certificate_expiry = Gauge(
             "tgw_certificate_expiry_timestamp_seconds",
-            "notAfter of certificates in use (kind=leaf|root|upstream).",
+            "notAfter of certificates in use (kind=leaf|root|upstream_ca|upstream_cert).",
             ["site", "kind", "name"],
             registry=r,
         )

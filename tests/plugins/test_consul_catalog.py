@@ -21,7 +21,7 @@ from gwcore.plugins.consul_intentions import intentions_from_match
 from gwcore.policy.intentions import IntentionSet
 from gwcore.policy.model import Health, ServiceName, TLSMode, Verdict
 from gwcore.testing import TRUST_DOMAIN, FakeSite, MeshCA, site_config
-from tests.consul_double import ConsulDouble
+from gwcore.testing_consul import ConsulDouble
 
 CATALOG = "gwcore.plugins.consul_catalog"
 

@@ -20,8 +20,8 @@ from twisted.internet.defer import Deferred
 from gwcore import pki
 from gwcore.service import GatewayService
 from gwcore.testing import TRUST_DOMAIN, MeshCA
+from gwcore.testing_consul import ConsulDouble
 from gwcore.validation import check_config
-from tests.consul_double import ConsulDouble
 from tests.harness import (
     DC,
     GATEWAY,
