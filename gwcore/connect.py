@@ -193,7 +193,14 @@ def run_connect(args: argparse.Namespace, reactor: Any = None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    site = config.site(args.site) if args.site else config.sites[0]
+    try:
+        site = config.site(args.site) if args.site else config.sites[0]
+    except KeyError:
+        names = ", ".join(s.key for s in config.sites)
+        print(
+            f"tgw connect: no site {args.site!r} in {args.config} (sites: {names})", file=sys.stderr
+        )
+        return 1
     datacenter = args.datacenter or site.datacenter
     trust_domain = (args.trust_domain or site.trust_domain).lower()
     try:

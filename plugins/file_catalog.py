@@ -194,8 +194,11 @@ class FileCatalogSource:
                 )
             )
             self._version = version
-        self._last_success = self._site.reactor.seconds()
-        self._last_success_gauge.set(self._last_success)
+        # "Last success" means every file is in force as written: while one is
+        # rejected the catalog is partly stale, and the gauge shows since when.
+        if not self._unresolved:
+            self._last_success = self._site.reactor.seconds()
+            self._last_success_gauge.set(self._last_success)
 
     def _read_files(self) -> None:
         present: set[Path] = set()

@@ -7,10 +7,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from gwcore.metrics import GatewayMetrics
+
+ENDPOINTS = ("/metrics", "/ready", "/routes", "/certs", "/config")
 
 
 def _json(request: Request, body: Any, code: int = 200) -> bytes:
@@ -55,8 +58,13 @@ class AdminResource(Resource):
         )
         self.putChild(b"config", _Leaf(lambda r: _json(r, self.config.raw)))
 
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"":  # "/" itself
+            return self
+        return notFound("No such resource", "The admin endpoint serves " + ", ".join(ENDPOINTS))
+
     def render_GET(self, request: Request) -> bytes:
-        return _json(request, {"endpoints": ["/metrics", "/ready", "/routes", "/certs", "/config"]})
+        return _json(request, {"endpoints": list(ENDPOINTS)})
 
     def _metrics(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())

@@ -1,0 +1,61 @@
+"""The admin endpoint over real HTTP on 127.0.0.1: index, metrics, readiness, routes,
+certificates and config of a running gateway."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest_twisted
+
+from tests.harness import gateway_entry, in_thread, intentions, registration, sni_for, write_json
+
+
+def get(port: int, path: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.headers["content-type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["content-type"], e.read()
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_endpoints_describe_the_running_gateway(gateway, upstreams):
+    """/ lists the endpoints; /metrics is Prometheus text; /ready, /routes, /certs and
+    /config are JSON describing the live site."""
+    up = upstreams()
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    await gateway.start()
+    port = gateway.admin_port
+
+    status, _, body = await in_thread(get, port, "/")
+    assert status == 200 and "/metrics" in json.loads(body)["endpoints"]
+
+    status, ctype, body = await in_thread(get, port, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    assert b'tgw_routes{site="main"} 1.0' in body
+
+    status, _, body = await in_thread(get, port, "/ready")
+    ready = json.loads(body)
+    assert status == 200 and ready["ready"] is True
+    assert ready["sites"]["main"]["catalog_sources"]["file_catalog"]["ok"] is True
+
+    status, _, body = await in_thread(get, port, "/routes")
+    (site,) = json.loads(body)
+    assert [r["sni"] for r in site["routes"]] == [sni_for("billing")]
+    assert site["routes"][0]["endpoints"][0]["port"] == up.port
+
+    status, _, body = await in_thread(get, port, "/certs")
+    (certs,) = json.loads(body)
+    assert certs["leaves"][sni_for("billing")]["uris"] == [
+        f"spiffe://{gateway.ca.trust_domain}/ns/default/dc/dc1/svc/billing"
+    ]
+    assert len(certs["roots"]) == 1
+
+    status, _, body = await in_thread(get, port, "/config")
+    assert status == 200 and json.loads(body)["sites"]["main"]["name"] == "legacy-gw"
+
+    status, _, _ = await in_thread(get, port, "/nope")
+    assert status == 404
