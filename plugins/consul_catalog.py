@@ -75,11 +75,8 @@ DEFAULT_CHECK_INTERVAL = 10.0
 
 
 def stack_entry(plugins: Sequence[str]) -> str | None:
-    """The name this plugin has in a stack: ``consul_catalog`` or its module path."""
-    for name in (NAME, MODULE):
-        if name in plugins:
-            return name
-    return None
+    """The name this plugin has in a stack: its built-in name or its module path."""
+    return next((entry for entry in (NAME, MODULE) if entry in plugins), None)
 
 
 @dataclass(frozen=True, slots=True)

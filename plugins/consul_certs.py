@@ -57,10 +57,8 @@ _MIN_RENEW_DELAY = 1.0
 
 
 def stack_entry(plugins: Sequence[str]) -> str | None:
-    for name in (NAME, MODULE):
-        if name in plugins:
-            return name
-    return None
+    """The name this plugin has in a stack: its built-in name or its module path."""
+    return next((entry for entry in (NAME, MODULE) if entry in plugins), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,10 +130,7 @@ class DNSCatalogSettings:
 
 def stack_name(site: SiteConfig) -> str | None:
     """The name this plugin has in the site's stack (its section is named the same)."""
-    for name in (NAME, MODULE):
-        if name in site.plugins:
-            return name
-    return None
+    return site.stack_name(NAME, MODULE)
 
 
 def read_settings(site: SiteConfig) -> tuple[DNSCatalogSettings, list[ConfigProblem]]:

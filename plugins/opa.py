@@ -90,15 +90,8 @@ _EVALUATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05
 
 
 def stack_entry(site: SiteConfig) -> str | None:
-    """The name this plugin has in the site's stack (its section's name), if any.
-
-    ``opa`` once built in; the module path works too, for stacks that load the
-    plugin by ``gwcore.plugins.opa``.
-    """
-    for entry in (NAME, __name__):
-        if entry in site.plugins:
-            return entry
-    return None
+    """The name this plugin has in the site's stack (its section's name), if any."""
+    return site.stack_name(NAME, __name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -279,6 +279,14 @@ class SiteConfig:
     def trusted_domains(self) -> frozenset[str]:
         return frozenset((self.trust_domain, *self.extra_trust_domains))
 
+    def stack_name(self, name: str, module: str) -> str | None:
+        """How this site's stack names a plugin: by ``name`` or by its ``module`` path
+        (``None`` if not at all). The plugin's section carries the same name."""
+        for entry in (name, module):
+            if entry in self.plugins:
+                return entry
+        return None
+
     def plugin_section(self, plugin: str) -> Mapping[str, Any]:
         return self.sections.get(plugin, {})
 
