@@ -37,6 +37,52 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from gwcore.connect import endpoint_address
+    from gwcore.policy.config import ConfigError, load_config
+
+    admin = args.admin
+    if not admin:
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 1
+        if not config.admin:
+            print(f"tgw explain: {args.config} has no [gateway] admin endpoint", file=sys.stderr)
+            return 1
+        host, port = endpoint_address(config.admin)
+        admin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    query = {"source": args.source, "destination": args.destination}
+    if args.site:
+        query["site"] = args.site
+    url = f"{admin.rstrip('/')}/explain?{urllib.parse.urlencode(query)}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as e:
+        print(f"tgw explain: {json.load(e).get('error', e)}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(
+            f"tgw explain: cannot reach the gateway's admin endpoint {admin}: {e}", file=sys.stderr
+        )
+        return 1
+    final = answer["decision"]
+    print(
+        f"{answer['source']} -> {answer['destination']} (site {answer['site']}): {final['verdict']}"
+    )
+    for engine in answer["engines"]:
+        print(f"  {engine['engine']}: {engine['verdict']} - {engine['reason']}")
+    print(f"  decided by {final['engine']}: {final['reason']}")
+    return 0 if final["verdict"] == "allow" else 2
+
+
 def _connect(args: argparse.Namespace) -> int:
     from gwcore.connect import run_connect
 
@@ -79,6 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--key", help="PEM private key for --cert")
     connect.add_argument("--ca", help="PEM trust roots to verify the gateway with (with --cert)")
     connect.set_defaults(func=_connect)
+
+    explain = sub.add_parser(
+        "explain",
+        help="ask the running gateway which engine decides source -> destination, and why",
+        description=(
+            "Asks the running gateway's admin endpoint what every authorization engine of a "
+            "site would decide for SOURCE -> DESTINATION, and the combined decision. "
+            "Exit status: 0 allow, 2 deny, 1 error."
+        ),
+    )
+    explain.add_argument("--source", required=True, help="source service name (e.g. web)")
+    explain.add_argument("--destination", required=True, help="destination service (e.g. billing)")
+    explain.add_argument("--site", help="site in the config (default: the first)")
+    explain.add_argument(
+        "--config", default="etc/tgw.toml", help="config naming the admin endpoint"
+    )
+    explain.add_argument(
+        "--admin", help="admin URL, e.g. http://127.0.0.1:19000 (overrides --config)"
+    )
+    explain.set_defaults(func=_explain)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda args: print(__version__) or 0)

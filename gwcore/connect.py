@@ -131,8 +131,8 @@ class ConnectFactory(Factory):
         self.expected_uri = expected_uri
 
 
-def gateway_client_endpoint(listen: str) -> str:
-    """Turn a site's server endpoint string into a client one for the same address."""
+def endpoint_address(listen: str) -> tuple[str, int]:
+    """The (host, port) a client reaches a ``tcp:``/``tcp6:`` server endpoint string at."""
     # Endpoint strings escape colons inside values as "\\:" (IPv6 addresses).
     parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", listen)]
     kind = parts[0]
@@ -151,8 +151,14 @@ def gateway_client_endpoint(listen: str) -> str:
             port = part
     if port is None or not re.fullmatch(r"\d+", port):
         raise ValueError(f"no port in {listen!r}; pass --gateway")
-    host = host.replace(":", r"\:")
-    return f"tcp:host={host}:port={port}"
+    return host, int(port)
+
+
+def gateway_client_endpoint(listen: str) -> str:
+    """Turn a site's server endpoint string into a client one for the same address."""
+    host, port = endpoint_address(listen)
+    escaped = host.replace(":", r"\:")
+    return f"tcp:host={escaped}:port={port}"
 
 
 def _material(

@@ -7,13 +7,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from gwcore.metrics import GatewayMetrics
+from gwcore.policy.decision import combine, failure
+from gwcore.policy.model import DEFAULT_NAMESPACE, SpiffeID
+from gwcore.policy.sni import service_sni
+from gwcore.providers import AuthzRequest
 
-ENDPOINTS = ("/metrics", "/ready", "/routes", "/certs", "/config")
+ENDPOINTS = ("/metrics", "/ready", "/routes", "/certs", "/config", "/explain")
 
 
 def _json(request: Request, body: Any, code: int = 200) -> bytes:
@@ -57,6 +62,7 @@ class AdminResource(Resource):
             b"certs", _Leaf(lambda r: _json(r, [s.describe_certificates() for s in self.sites()]))
         )
         self.putChild(b"config", _Leaf(lambda r: _json(r, self.config.raw)))
+        self.putChild(b"explain", _Explain(sites))
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":  # "/" itself
@@ -74,3 +80,82 @@ class AdminResource(Resource):
         sites = {s.name: s.readiness() for s in self.sites()}
         ready = bool(sites) and all(s["ready"] for s in sites.values())
         return _json(request, {"ready": ready, "sites": sites}, 200 if ready else 503)
+
+
+class _Explain(Resource):
+    """``/explain?source=web&destination=billing[&site=main][&namespace=..][&datacenter=..]``
+
+    Asks every engine of the live site what it would decide for that pair, and how
+    the site combines the answers — without counting the decision in the metrics.
+    """
+
+    isLeaf = True
+
+    def __init__(self, sites: Callable[[], Sequence[Any]]) -> None:
+        super().__init__()
+        self.sites = sites
+
+    def render_GET(self, request: Request) -> bytes | int:
+        def arg(name: str, default: str = "") -> str:
+            values = request.args.get(name.encode(), [])
+            return values[0].decode() if values else default
+
+        source, wanted = arg("source"), arg("destination")
+        if not source or not wanted:
+            return _json(request, {"error": "give source= and destination="}, 400)
+        sites = {s.name: s for s in self.sites()}
+        site = sites.get(arg("site")) if arg("site") else next(iter(sites.values()), None)
+        if site is None:
+            return _json(request, {"error": f"no site {arg('site')!r}", "sites": list(sites)}, 404)
+        routes, _ = site.current()
+        destination = next((d for _, d in routes if d.name == wanted), None)
+        if destination is None:
+            return _json(request, {"error": f"{wanted!r} is not routed by site {site.name}"}, 404)
+        config = site.config
+        identity = SpiffeID(
+            config.trust_domain,
+            arg("namespace", DEFAULT_NAMESPACE),
+            arg("datacenter", config.datacenter),
+            source,
+        )
+        authz = AuthzRequest(
+            site=site.name,
+            gateway_name=config.name,
+            datacenter=config.datacenter,
+            source=identity,
+            destination=destination,
+            sni=service_sni(destination.service, config.datacenter, config.trust_domain),
+            client_address="",
+            client_port=0,
+            gateway_address="",
+            gateway_port=0,
+        )
+        answers = []
+        for engine in site.engines:
+            d = maybeDeferred(engine.authorize, authz)
+            d.addErrback(lambda f, e=engine: failure(e.name, f.getErrorMessage()))
+            answers.append(d)
+
+        def respond(results: list[tuple[bool, Any]]) -> None:
+            decisions = [r for _, r in results]
+            final = combine(decisions, config.default_policy)
+            body = {
+                "site": site.name,
+                "source": identity.uri,
+                "destination": destination.name,
+                "default_policy": config.default_policy,
+                "engines": [
+                    {"engine": d.engine, "verdict": d.verdict.value, "reason": d.reason}
+                    for d in decisions
+                ],
+                "decision": {
+                    "verdict": final.verdict.value,
+                    "engine": final.engine,
+                    "reason": final.reason,
+                },
+            }
+            request.write(_json(request, body))
+            request.finish()
+
+        DeferredList(answers, consumeErrors=True).addCallback(respond)
+        return NOT_DONE_YET

@@ -59,3 +59,44 @@ async def test_admin_endpoints_describe_the_running_gateway(gateway, upstreams):
 
     status, _, _ = await in_thread(get, port, "/nope")
     assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_explain_names_the_deciding_engine_without_counting_a_decision(
+    gateway, upstreams, capsys
+):
+    """/explain (and `tgw explain`) answer from the live site which engine decides and why;
+    asking does not move tgw_authz_decisions_total."""
+    from gwcore.cli import main
+
+    up = upstreams()
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "deny"), ("*", "allow")))
+    await gateway.start()
+    admin = f"http://127.0.0.1:{gateway.admin_port}"
+
+    status, _, body = await in_thread(
+        get, gateway.admin_port, "/explain?source=web&destination=billing"
+    )
+    answer = json.loads(body)
+    assert status == 200 and answer["decision"]["verdict"] == "deny"
+    assert answer["decision"]["engine"] == "intentions" and "web" in answer["decision"]["reason"]
+    assert answer["engines"] == [
+        {"engine": "intentions", "verdict": "deny", "reason": answer["decision"]["reason"]}
+    ]
+
+    args = ["explain", "--admin", admin, "--source", "api", "--destination", "billing"]
+    assert await in_thread(main, args) == 0
+    out = capsys.readouterr().out
+    assert "/svc/api -> billing (site main): allow" in out and "decided by intentions" in out
+
+    missing = ["explain", "--admin", admin, "--source", "web", "--destination", "nowhere"]
+    assert await in_thread(main, missing) == 1
+    assert "not routed" in capsys.readouterr().err
+    assert (
+        gateway.metric(
+            "tgw_authz_decisions_total", service="billing", engine="intentions", decision="deny"
+        )
+        == 0
+    )
