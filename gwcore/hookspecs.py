@@ -118,7 +118,9 @@ def tgw_site_started(event: SiteStarted) -> None:
 
 @hookspec
 def tgw_routes_changed(event: RoutesChanged) -> None:
-    """A new route table went live for a site (catalog or certificate change)."""
+    """A new route table went live for a site: after every catalog rebuild, including
+    the first one at start (before ``tgw_site_started``). Certificate rotations keep
+    the routes and do not call it."""
 
 
 @hookspec
