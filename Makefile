@@ -9,7 +9,7 @@ CONFIG ?= etc/tgw.toml
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=70.1' wheel
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77' wheel
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# An editable install cannot place twisted/plugins/tgw.py in Twisted's plugin
 	# namespace, so expose just that file (not the repo root) on sys.path.

@@ -54,8 +54,10 @@ from urllib.parse import unquote
 from cryptography import x509
 from twisted.internet import endpoints, protocol
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
+from zope.interface import implementer
 
 from gwcore import pki
 from gwcore.policy.model import ServiceName
@@ -223,13 +225,10 @@ class ConsulDouble:
         if self.tls is None:
             ep = endpoints.TCP4ServerEndpoint(self.reactor, port, interface="127.0.0.1")
         else:
-            from twisted.internet import ssl
-
             cert, key = self.tls
-            options = ssl.CertificateOptions(
-                privateKey=_pyopenssl_key(key), certificate=_pyopenssl_cert(cert)
+            ep = endpoints.SSL4ServerEndpoint(
+                self.reactor, port, _ServerContext(cert, key), interface="127.0.0.1"
             )
-            ep = endpoints.SSL4ServerEndpoint(self.reactor, port, options, interface="127.0.0.1")
         self._wrapper = WrappingFactory(site)
         self.port = await ep.listen(self._wrapper)
         self.port_number = self.port.getHost().port
@@ -905,16 +904,23 @@ def _rfc3339(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _pyopenssl_key(key: Any) -> Any:
-    from OpenSSL import crypto
+@implementer(IOpenSSLServerConnectionCreator)
+class _ServerContext:
+    """A server TLS context from cryptography objects (Twisted's CertificateOptions
+    still wants deprecated pyOpenSSL ones)."""
 
-    return crypto.PKey.from_cryptography_key(key)
+    def __init__(self, cert: x509.Certificate, key: Any) -> None:
+        from OpenSSL import SSL
 
+        self._context = SSL.Context(SSL.TLS_METHOD)
+        self._context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        self._context.use_certificate(cert)
+        self._context.use_privatekey(key)
 
-def _pyopenssl_cert(cert: x509.Certificate) -> Any:
-    from OpenSSL import crypto
+    def serverConnectionForTLS(self, tls_protocol: Any) -> Any:
+        from OpenSSL import SSL
 
-    return crypto.X509.from_cryptography(cert)
+        return SSL.Connection(self._context, None)
 
 
 def server_certificate(ca_cert: x509.Certificate, ca_key: Any) -> tuple[x509.Certificate, Any]:
