@@ -32,6 +32,20 @@ def _check_config(args: argparse.Namespace) -> int:
             f"default_policy {site.default_policy}"
         )
         print(f"    plugins: {', '.join(stack.plugin_names)}")
+        hop = site.plugin_section("mesh_hop")
+        configured = ", ".join(sorted(hop.get("gateways", {}))) or "none"
+        if site.role == "mesh":
+            print(
+                f"    mesh: SNI pass-through, never terminates TLS and holds no key; names in "
+                f"{site.datacenter} go to the service's Connect endpoints from the catalog, "
+                f"names in another datacenter to that datacenter's mesh gateways (catalog "
+                f"mesh-gateway services; configured for: {configured})"
+            )
+        elif hop:
+            print(
+                f"    destinations in other datacenters: mesh-gateway hop as {site.name!r}, "
+                f"mode {hop.get('mode', 'local')} (configured mesh gateways for: {configured})"
+            )
     if config.admin:
         print(f"  admin: {config.admin}")
     return 0

@@ -9,6 +9,7 @@ when a connection closes and by the site's periodic sweep.
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -27,9 +28,17 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.exposition = self.registry
+        """What ``/metrics`` serves: with workers, every worker's values added up."""
         self._families: dict[str, MetricWrapperBase] = {}
         r = self.registry
-        self.build_info = Info("tgw_build", "tgw version.", registry=r)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker (gwcore.workers)
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition)
+        # Info is per process (not in the multiprocess files): served directly.
+        self.build_info = Info("tgw_build", "tgw version.", registry=self.exposition)
         self.build_info.info({"version": __version__})
 
         # downstream
@@ -50,6 +59,7 @@ class GatewayMetrics:
             "Downstream connections open now.",
             ["site"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "tgw_downstream_rejected",
@@ -117,6 +127,7 @@ class GatewayMetrics:
             "Endpoints of a destination by state (healthy: usable now; ejected; total).",
             ["site", "service", "state"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.upstream_unavailable = Counter(
             "tgw_upstream_unavailable",
@@ -159,13 +170,18 @@ class GatewayMetrics:
         )
         # control plane
         self.routes = Gauge(
-            "tgw_routes", "Destinations in the live route table.", ["site"], registry=r
+            "tgw_routes",
+            "Destinations in the live route table.",
+            ["site"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.catalog_last_success = Gauge(
             "tgw_catalog_last_success_timestamp_seconds",
             "When a catalog source last produced a good snapshot.",
             ["site", "source"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.catalog_errors = Counter(
             "tgw_catalog_errors",
@@ -178,6 +194,7 @@ class GatewayMetrics:
             "notAfter of certificates in use (kind=leaf|root|upstream_ca|upstream_cert).",
             ["site", "kind", "name"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.certificate_errors = Counter(
             "tgw_certificate_errors",

@@ -54,11 +54,14 @@ DEFAULT_PLUGINS: dict[str, str] = {
 """Built-in plugins a stack may name."""
 
 ESSENTIAL_PLUGINS: dict[str, str] = {
+    "mesh_hop": "gwcore.plugins.mesh_hop",
     "upstream_tls": "gwcore.plugins.upstream_tls",
     "plain_upstream": "gwcore.plugins.plain_upstream",
 }
-"""Always registered, after the stack: TLS/mTLS origination and plain TCP upstreams.
-Their sections (``[sites.NAME.upstream_tls]``) may be present without naming them."""
+"""Always registered, after the stack: the mesh-gateway hop (first, so a destination in
+another datacenter is never dialled directly), TLS/mTLS origination and plain TCP
+upstreams. Their sections (``[sites.NAME.upstream_tls]``) may be present without
+naming them."""
 
 _UNMARKED_OPTS: dict[str, Any] = {
     "wrapper": False,

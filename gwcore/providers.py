@@ -10,7 +10,7 @@ is fine. Nothing here is called per chunk of data; ``leaf``, ``trust_roots`` and
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -78,6 +78,8 @@ class CatalogView:
     destinations: tuple[Destination, ...]
     intentions: tuple[Intention, ...]
     version: str
+    mesh_gateways: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    """Mesh gateway endpoints per datacenter (catalog first, then configured ones)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,16 @@ class SiteContext(Protocol):
 
     def listening_address(self) -> tuple[str, int] | None:
         """The (host, port) the site listens on, once it does (``None`` before)."""
+        ...
+
+    def gateway_leaf(self) -> LeafCertificate | None:
+        """The gateway's own leaf: its certificate providers' leaf for the service named
+        like the gateway (``config.name``), i.e. ``spiffe://<td>/ns/default/dc/<dc>/svc/<name>``.
+        Used when the gateway itself is a client of the mesh (the mesh-gateway hop)."""
+        ...
+
+    def trust_roots(self) -> Sequence[x509.Certificate]:
+        """Every trust root of the site's certificate providers (deduplicated)."""
         ...
 
 
@@ -198,6 +210,11 @@ class UpstreamStrategy(Protocol):
     ``connect`` fires with the connected protocol built by ``factory`` (after any
     TLS handshake the strategy performs), or fails with
     :class:`gwcore.net.upstream.UpstreamConnectError` naming a reason.
+
+    Optional: ``endpoints_for(destination) -> Sequence[Endpoint]``. A strategy that
+    dials other addresses than the destination's endpoints (the mesh-gateway hop dials
+    mesh gateways) returns them here; the site balances, retries and ejects over
+    those, and passes each to ``connect``.
     """
 
     name: str

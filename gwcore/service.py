@@ -22,14 +22,22 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from gwcore.mesh_site import MeshSite
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
 from gwcore.net.sample import QuietSite, sample_site
+from gwcore.policy.config import SiteConfig
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
+from gwcore.workers import WorkerRole
 
 log = Logger(namespace="tgw")
+
+
+def site_class(config: SiteConfig) -> type[Site]:
+    """The runtime class for a site's role: ``mesh`` sites pass bytes through untouched."""
+    return MeshSite if config.role == "mesh" else Site
 
 
 class GatewayService(Service):
@@ -41,8 +49,10 @@ class GatewayService(Service):
         config_path: str | Path,
         reactor: Any = None,
         exit_on_failure: bool = False,
+        worker: WorkerRole | None = None,
     ) -> None:
         assert checked.config is not None
+        self.worker = worker
         self.checked = checked
         self.config = checked.config
         self.config_path = Path(config_path)
@@ -74,13 +84,14 @@ class GatewayService(Service):
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.access_log = AccessLog(config.access_log, config.base_dir)
-        if config.admin:
+        shared = self.worker is None or self.worker.index == 0  # one admin, one sample
+        if config.admin and shared:
             admin = QuietSite(AdminResource(self.metrics, lambda: list(self.sites.values()), self))
             port = await serverFromString(self.reactor, config.admin).listen(admin)
             self._ports.append(port)
             host = port.getHost()
             log.info("admin endpoint on http://{host}:{port}/", host=host.host, port=host.port)
-        if config.sample_service:
+        if config.sample_service and shared:
             port = await serverFromString(self.reactor, config.sample_service.listen).listen(
                 sample_site(config.sample_service.body)
             )
@@ -94,7 +105,7 @@ class GatewayService(Service):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         started: dict[str, Site] = {}
         for site_config in config.sites:
-            site = Site(
+            site = site_class(site_config)(
                 site_config,
                 config,
                 self.reactor,
@@ -102,6 +113,8 @@ class GatewayService(Service):
                 self.access_log,
                 self.checked.stacks[site_config.key],
             )
+            if self.worker is not None:
+                site.inherited_listener = self.worker.listener_for(site.config.listen)
             await site.start()
             started[site_config.key] = site
         # Only now do the sites count for /ready (and for reload): all or nothing.
@@ -185,7 +198,7 @@ class GatewayService(Service):
                 old = old_sites.get(key)
                 if old is not None and old.config == site_config:
                     continue
-                site = Site(
+                site = site_class(site_config)(
                     site_config,
                     new,
                     self.reactor,
@@ -193,6 +206,8 @@ class GatewayService(Service):
                     self.access_log,
                     checked.stacks[key],
                 )
+                if self.worker is not None:
+                    site.inherited_listener = self.worker.listener_for(site.config.listen)
                 await site.start()
                 self.sites[key] = site
                 log.info("site {site} reloaded", site=key)

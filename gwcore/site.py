@@ -36,7 +36,8 @@ from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.hostnames import HostnameEndpoints
 from gwcore.net.resolver import DNSResolver
-from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol, State, UpstreamFactory
+from gwcore.net.splice import State, UpstreamFactory
+from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
 from gwcore.plugin_host import PluginStack
@@ -53,7 +54,7 @@ from gwcore.policy.model import (
     ServiceName,
     Verdict,
 )
-from gwcore.policy.routes import RouteTable, merge_snapshots
+from gwcore.policy.routes import RouteTable, merge_mesh_gateways, merge_snapshots
 from gwcore.providers import (
     AuthorizationEngine,
     AuthzRequest,
@@ -121,6 +122,8 @@ class Site:
         self._sweep.clock = reactor
         self._listeners = {hook: bool(self.stack.listeners(hook)) for hook in EVENT_HOOKS}
         self.trusted_domains = config.trusted_domains
+        self.inherited_listener: tuple[int, int] | None = None
+        """(fd, address family) of a listening socket a worker inherited (gwcore.workers)."""
 
     # --- SiteContext ----------------------------------------------------------
 
@@ -247,6 +250,11 @@ class Site:
                 detail=e.detail,
             )
             return fail(e)
+        # A strategy may dial other addresses than the destination's own (the mesh-gateway
+        # hop dials mesh gateways): balancing and ejection then apply to those.
+        dialled = getattr(strategy, "endpoints_for", None)
+        if dialled is not None:
+            destination = replace(destination, endpoints=tuple(dialled(destination)))
         endpoints = self.picker.candidates(destination, self.reactor.seconds())
         endpoints = endpoints[: self.config.max_connect_attempts]
         info = conn.info
@@ -355,7 +363,9 @@ class Site:
     async def start(self) -> None:
         """Build providers, wait for first snapshots, then listen."""
         self.sources = self.stack.collect("tgw_catalog_sources", site=self)
-        self.certs = self.stack.collect("tgw_certificate_providers", site=self)
+        # A mesh site never terminates TLS: no provider is built, so no key is ever held.
+        if self.config.role != "mesh":
+            self.certs = self.stack.collect("tgw_certificate_providers", site=self)
         self.engines = self.stack.collect("tgw_authorization_engines", site=self)
         self.strategies = self.stack.collect("tgw_upstream_strategies", site=self)
         if self.config.role == "terminating" and not self.certs:
@@ -376,9 +386,15 @@ class Site:
                     e=e,
                 )
         await self._rebuild()
-        self.port = await serverFromString(self.reactor, self.config.listen).listen(
-            DownstreamFactory(self)
-        )
+        if self.inherited_listener is not None:
+            # adoptStreamPort duplicates the descriptor: the worker keeps its own.
+            self.port = self.reactor.adoptStreamPort(
+                *self.inherited_listener, self.listener_factory()
+            )
+        else:
+            self.port = await serverFromString(self.reactor, self.config.listen).listen(
+                self.listener_factory()
+            )
         self.listening = True
         self._sweep.start(self._sweep_interval(), now=False)
         host = self.port.getHost()
@@ -468,6 +484,8 @@ class Site:
                     routed, self.config.datacenter, self.config.trust_domain, version
                 )
                 services = routes.services()
+                if any(d.datacenter != self.config.datacenter for d in destinations):
+                    services |= {ServiceName(self.config.name)}  # the hop's own leaf
                 for provider in self.certs:
                     try:
                         await maybeDeferred(provider.prepare, services)
@@ -478,7 +496,8 @@ class Site:
                         self.log.error(
                             "{provider} could not prepare leaves: {e}", provider=provider.name, e=e
                         )
-                self._install(routes, CatalogView(destinations, intentions, version))
+                gateways = merge_mesh_gateways(snapshots)
+                self._install(routes, CatalogView(destinations, intentions, version, gateways))
                 if not self._rebuild_again:
                     return
         finally:
@@ -508,6 +527,18 @@ class Site:
             return None
         host = self.port.getHost()
         return (host.host, host.port)
+
+    def listener_factory(self) -> Any:
+        """The protocol factory of the site's listener (one driver per role)."""
+        return DownstreamFactory(self)
+
+    def gateway_leaf(self) -> LeafCertificate | None:
+        """The gateway's own leaf (the service named ``config.name``; see SiteContext)."""
+        return self._leaf_for(ServiceName(self.config.name))
+
+    def trust_roots(self) -> list[Any]:
+        """Every current trust root of the site's certificate providers."""
+        return self._roots()
 
     def _leaf_for(self, service: ServiceName) -> LeafCertificate | None:
         for provider in self.certs:

@@ -35,4 +35,9 @@ def makeService(options: Options) -> IService:
             file=sys.stderr,
         )
         raise SystemExit(1)
+    assert checked.config is not None
+    if checked.config.workers > 1:
+        from gwcore.workers import WorkerSupervisor
+
+        return WorkerSupervisor(options["config"], checked.config)
     return GatewayService(checked, config_path=options["config"], exit_on_failure=True)

@@ -61,6 +61,8 @@ class FakeSite:
     view: CatalogView = field(default_factory=lambda: CatalogView((), (), ""))
     subscribers: list[Callable[[CatalogView], None]] = field(default_factory=list)
     address: tuple[str, int] | None = None
+    own_leaf: LeafCertificate | None = None
+    roots: list[x509.Certificate] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -81,6 +83,12 @@ class FakeSite:
 
     def listening_address(self) -> tuple[str, int] | None:
         return self.address
+
+    def gateway_leaf(self) -> LeafCertificate | None:
+        return self.own_leaf
+
+    def trust_roots(self) -> list[x509.Certificate]:
+        return list(self.roots)
 
     def publish_view(self, view: CatalogView) -> None:
         """Replace the merged catalog and notify subscribers, as the site does."""

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from twisted.internet.endpoints import serverFromString
 
-from gwcore.plugin_host import PluginLoadError, PluginStack
-from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, load_config
+from gwcore.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
+from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
 
 
 @dataclass
@@ -60,12 +60,6 @@ def check_config(path: str | Path) -> CheckedConfig:
         )
     for site in config.sites:
         result.problems += _check_endpoint(config, f"{site.prefix}.listen", site.listen)
-        if site.role != "terminating":
-            result.problems.append(
-                ConfigProblem(
-                    config.file, f"{site.prefix}.role", f"role {site.role!r} is not available yet"
-                )
-            )
         try:
             stack = PluginStack(site, config)
         except PluginLoadError as e:
@@ -79,5 +73,34 @@ def check_config(path: str | Path) -> CheckedConfig:
                     config.file, f"{site.prefix}.plugins", f"a plugin's validation raised {e!r}"
                 )
             )
+        if site.role == "mesh":
+            result.problems += _mesh_problems(config, site, stack)
         result.stacks[site.key] = stack
     return result
+
+
+_NOT_FOR_MESH = {
+    "tgw_certificate_providers": "holds no key and presents no certificate",
+    "tgw_authorization_engines": "never sees a client identity, so authorizes nothing",
+}
+
+
+def _mesh_problems(
+    config: GatewayConfig, site: SiteConfig, stack: PluginStack
+) -> list[ConfigProblem]:
+    """A mesh site forwards TLS untouched: certificate and authorization plugins are mistakes."""
+    problems = []
+    for hook, why in _NOT_FOR_MESH.items():
+        named = sorted(
+            {i.plugin_name for i in getattr(stack.pm.hook, hook).get_hookimpls()}
+            - set(ESSENTIAL_PLUGINS)
+        )
+        for name in named:
+            problems.append(
+                ConfigProblem(
+                    config.file,
+                    f"{site.prefix}.plugins",
+                    f"{name!r} has nothing to do on a mesh site: a mesh site {why}",
+                )
+            )
+    return problems

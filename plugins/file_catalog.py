@@ -9,6 +9,14 @@ Section ``[sites.NAME.file_catalog]``:
 Each file holds Consul documents (see :mod:`gwcore.policy.consul_shapes`). The source is
 authoritative for intentions: its snapshots always carry an intentions tuple.
 
+Multi-datacenter: registrations may carry ``Datacenter`` (as Consul's ``?dc=`` answers
+do). For a terminating site the destinations are the linked services of the
+``terminating-gateway`` entry named like the site; one registered only in another
+datacenter is a destination there (reached by the mesh-gateway hop). For a mesh site
+(``role = "mesh"``) the destinations are every service of the site's datacenter with
+Connect endpoints (terminating gateway instances linking it, sidecar proxies). Both
+roles publish the mesh gateways of every datacenter (``Kind: "mesh-gateway"``).
+
 Failure rules: a file that cannot be read, decoded or validated is reported once (one
 log line, ``tgw_catalog_errors_total``, :meth:`FileCatalogSource.health`) and its last
 good content stays in force, on the first start too; other files still apply. A deleted
@@ -33,10 +41,12 @@ from gwcore.policy.consul_shapes import (
     ShapeProblem,
     build_destinations,
     build_intentions,
+    build_mesh_destinations,
+    build_mesh_gateways,
     decode_documents,
     merge_documents,
 )
-from gwcore.policy.model import CatalogSnapshot, Destination, Intention
+from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGateways
 from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
@@ -98,7 +108,9 @@ def tgw_validate_site_config(site: SiteConfig) -> list[ConfigProblem]:
         shape_problems += found
         parts.append(docs)
     merged, conflicts = merge_documents(parts)
-    _, unusable = build_destinations(merged, site.name, site.datacenter)
+    unusable: list[ShapeProblem] = []
+    if site.role != "mesh":
+        _, unusable = build_destinations(merged, site.name, site.datacenter)
     for problem in [*shape_problems, *conflicts, *unusable]:
         problems.append(ConfigProblem(site.file, key, str(problem)))
     return problems
@@ -120,11 +132,14 @@ class _FileState:
 
 
 def _content_version(
-    destinations: tuple[Destination, ...], intentions: tuple[Intention, ...]
+    destinations: tuple[Destination, ...],
+    intentions: tuple[Intention, ...],
+    gateways: tuple[MeshGateways, ...] = (),
 ) -> str:
     # Everything in a snapshot is a frozen dataclass whose repr is deterministic (meta
     # mappings are sorted when read), so the repr is a faithful fingerprint of content.
-    return hashlib.sha256(repr((destinations, intentions)).encode()).hexdigest()[:16]
+    content = (destinations, intentions, gateways) if gateways else (destinations, intentions)
+    return hashlib.sha256(repr(content).encode()).hexdigest()[:16]
 
 
 class FileCatalogSource:
@@ -143,6 +158,7 @@ class FileCatalogSource:
         self._paths = [site.resolve_path(p) for p in settings.paths]
         self._gateway = site.config.name
         self._datacenter = site.config.datacenter
+        self._mesh_role = site.config.role == "mesh"
         self._files: dict[Path, _FileState] = {}
         self._unresolved: dict[str, str] = {}  # problem key -> text, most recent last
         self._version: str | None = None
@@ -180,10 +196,14 @@ class FileCatalogSource:
         merged, conflicts = merge_documents(
             self._files[path].documents for path in sorted(self._files)
         )
-        destinations, unusable = build_destinations(merged, self._gateway, self._datacenter)
+        if self._mesh_role:
+            destinations, unusable = build_mesh_destinations(merged, self._datacenter), []
+        else:
+            destinations, unusable = build_destinations(merged, self._gateway, self._datacenter)
         self._note_catalog_problems([*conflicts, *unusable])
         intentions = build_intentions(merged)
-        version = _content_version(destinations, intentions)
+        gateways = build_mesh_gateways(merged, self._datacenter)
+        version = _content_version(destinations, intentions, gateways)
         if version != self._version and self._publish is not None:
             self._publish(
                 CatalogSnapshot(
@@ -191,6 +211,7 @@ class FileCatalogSource:
                     destinations=destinations,
                     intentions=intentions,
                     version=version,
+                    mesh_gateways=gateways,
                 )
             )
             self._version = version

@@ -25,12 +25,17 @@ from typing import Any
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 
 from gwcore.hookspecs import hookimpl
 from gwcore.net.filewatch import FileWatcher
-from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
-from gwcore.net.upstream_tls import TLS_VERSIONS, TLSUpstreamProtocol, Verification, client_context
+from gwcore.net.upstream import UpstreamConnectError
+from gwcore.net.upstream_tls import (
+    TLS_VERSIONS,
+    TLSUpstreamProtocol,
+    Verification,
+    client_context,
+    connect_tls,
+)
 from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig
 from gwcore.policy.model import Destination, Endpoint, TLSMode
 from gwcore.providers import CatalogView, SiteContext, UpstreamStrategy
@@ -119,16 +124,6 @@ def _digest(paths: Sequence[str]) -> str:
     for path in paths:
         h.update(path.encode() + b"\0" + Path(path).read_bytes())
     return h.hexdigest()
-
-
-class _ProtocolFactory(Factory):
-    noisy = False
-
-    def __init__(self, build: Any) -> None:
-        self._build = build
-
-    def buildProtocol(self, addr: Any) -> TLSUpstreamProtocol:
-        return self._build()
 
 
 class TLSOriginationStrategy:
@@ -333,19 +328,15 @@ class TLSOriginationStrategy:
         key: tuple[str, str],
         timeout: float,
     ) -> TLSUpstreamProtocol:
-        factory = _ProtocolFactory(lambda: TLSUpstreamProtocol(context, sni, verification, session))
-        proto: TLSUpstreamProtocol = await tcp_endpoint(self.reactor, endpoint, timeout).connect(
-            factory
-        )
-        ready = proto.ready
-        ready.addTimeout(timeout, self.reactor)
         try:
-            await ready
+            proto = await connect_tls(
+                self.reactor,
+                endpoint,
+                timeout,
+                lambda: TLSUpstreamProtocol(context, sni, verification, session),
+            )
         except UpstreamConnectError as e:
             self._count(e.reason, destination)
-            raise
-        except BaseException:
-            proto.transport.abortConnection()
             raise
         if self.settings.session_resumption:
             proto.on_session = lambda s: self._sessions.__setitem__(key, s)

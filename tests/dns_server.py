@@ -158,8 +158,9 @@ class AuthoritativeServer:
 
     def start(self) -> AuthoritativeServer:
         """Listen on UDP and TCP, on the same port (a free one the first time)."""
-        protocol = dns.DNSDatagramProtocol(self._factory)
         for _ in range(20):
+            # A fresh protocol per try: a stopped port does not release its protocol at once.
+            protocol = dns.DNSDatagramProtocol(self._factory)
             udp = reactor.listenUDP(self.port, protocol, interface="127.0.0.1")
             port = udp.getHost().port
             try:

@@ -138,3 +138,18 @@ def test_no_command_is_a_usage_error(capsys) -> None:
         main([])
     assert exit_info.value.code == 2
     assert "usage: tgw" in capsys.readouterr().err
+
+
+def test_check_config_explains_a_mesh_site(tmp_path: Path, capsys) -> None:
+    """A mesh site is described as pass-through, with where each kind of name goes."""
+    path = config_file(
+        tmp_path,
+        plugins=["file_catalog"],
+        site_options={"role": "mesh"},
+        extra_site='[sites.main.mesh_hop.gateways]\ndc2 = ["127.0.0.1:9443"]',
+    )
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(f"  site main: mesh gateway {GATEWAY!r} in dc1, ")
+    assert out[3].startswith("    mesh: SNI pass-through, never terminates TLS and holds no key")
+    assert "configured for: dc2" in out[3]

@@ -99,7 +99,6 @@ def test_every_kind_of_problem_is_reported_in_one_run(tmp_path: Path) -> None:
         ("gateway.admin", "'bogus:thing' is not a valid endpoint"),
         ("sample_service.listen", "'nope:1' is not a valid endpoint"),
         ("sites.broken.plugins", "unknown plugin 'no_such_plugin'"),
-        ("sites.mesh.role", "role 'mesh' is not available yet"),
         ("sites.mesh.file_catalog.paths", "missing-dir"),
         ("sites.buggy.plugins", "raised while validating: KeyError('validator bug')"),
         ("sites.badlisten.listen", "'tcp:notaport' is not a valid endpoint"),
@@ -121,3 +120,24 @@ def test_toml_syntax_error_and_missing_file_are_problems(tmp_path: Path) -> None
     missing = tmp_path / "absent.toml"
     [unreadable] = check_config(missing).problems
     assert unreadable.key == "(file)" and unreadable.file == str(missing)
+
+
+def test_a_mesh_site_is_valid_but_refuses_key_and_authorization_plugins(tmp_path: Path) -> None:
+    """``role = "mesh"`` is available; a certificate provider or an authorization engine in
+    its stack is a mistake (it would hold a key, or authorize identities it never sees)."""
+    (tmp_path / "catalog").mkdir()
+    catalog = '\n    [sites.{k}.file_catalog]\n    paths = ["catalog"]\n'
+    good = write_config(
+        tmp_path,
+        site("edge", 8443, ["file_catalog"], 'role = "mesh"') + catalog.format(k="edge"),
+    )
+    assert check_config(good).problems == []
+    bad = write_config(
+        tmp_path,
+        site("edge", 8443, ["file_catalog", "builtin_ca", "intentions"], 'role = "mesh"')
+        + catalog.format(k="edge"),
+    )
+    found = [(p.key, p.message) for p in check_config(bad).problems]
+    assert [k for k, _ in found] == ["sites.edge.plugins", "sites.edge.plugins"]
+    assert "'builtin_ca' has nothing to do on a mesh site" in found[0][1]
+    assert "'intentions' has nothing to do on a mesh site" in found[1][1]

@@ -74,7 +74,7 @@ class AdminResource(Resource):
 
     def _metrics(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.metrics.registry)
+        return generate_latest(self.metrics.exposition)
 
     def _ready(self, request: Request) -> bytes:
         sites = {s.name: s.readiness() for s in self.sites()}

@@ -16,7 +16,8 @@ States and the rules between them::
   so OpenSSL aborts without sending a certificate.
 - AUTHORIZING / CONNECTING: the client socket is not read (paused); plaintext that
   already arrived is kept, at most :data:`MAX_EARLY_BYTES`, and sent first.
-- SPLICING: each transport is the other's producer (backpressure both ways).
+- SPLICING: the rules of :mod:`gwcore.net.splice` (shared with the pass-through
+  driver): each transport is the other's producer (backpressure both ways).
   A close_notify or FIN from the client half-closes the upstream write side; a
   FIN from upstream sends close_notify (and FIN) to the client; reading the other
   way goes on until both directions are done. No byte is dropped or reordered:
@@ -27,7 +28,6 @@ States and the rules between them::
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import time
 from collections.abc import Callable
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from OpenSSL import SSL
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -49,6 +49,7 @@ from gwcore.events import (
     ConnectionInfo,
     HandshakeDone,
 )
+from gwcore.net.splice import SplicedClient, State, UpstreamProtocol
 from gwcore.net.tls import VERIFY_ERROR_REASONS, ServerTLS
 from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdict
 from gwcore.policy.routes import RouteTable
@@ -70,14 +71,6 @@ RECV_CHUNK = 1 << 16
 
 log = Logger(namespace="tgw.connection")
 _ids = itertools.count(1)
-
-
-class State(enum.Enum):
-    HANDSHAKE = "handshake"
-    AUTHORIZING = "authorizing"
-    CONNECTING = "connecting"
-    SPLICING = "splicing"
-    CLOSED = "closed"
 
 
 class Dataplane(Protocol):
@@ -106,100 +99,8 @@ class Dataplane(Protocol):
     def connection_closed(self, conn: DownstreamProtocol, record: dict[str, Any]) -> None: ...
 
 
-@implementer(IPushProducer)
-class _PauseOnly:
-    """Registers a transport as its peer's producer for flow control only.
-
-    ``stopProducing`` is deliberately inert: closing is decided by the splice
-    (which must send close_notify and flush first), not by Twisted tearing down
-    the peer when one side disconnects.
-    """
-
-    __slots__ = ("transport",)
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        return None
-
-
-def _release(transport: Any) -> None:
-    """Unregister ``transport``'s producer before (half-)closing it.
-
-    Twisted will not finish closing a transport whose producer is registered and
-    paused, and a paused peer would never notice its own close; so the peer is
-    resumed as it is released.
-    """
-    producer = getattr(transport, "producer", None)
-    if producer is None:
-        return
-    transport.unregisterProducer()
-    if isinstance(producer, _PauseOnly):
-        producer.transport.resumeProducing()
-
-
 @implementer(IHalfCloseableProtocol)
-class UpstreamProtocol(TwistedProtocol):
-    """The gateway's connection to the external service, spliced to one client."""
-
-    downstream: DownstreamProtocol | None = None
-    connected_at: float = 0.0
-    read_closed = False
-    lost = False
-
-    def connectionMade(self) -> None:
-        # The splice calls send/send_eof; for plain TCP they are the transport's own.
-        self.send = self.transport.write
-
-    def send(self, data: bytes) -> None:
-        """Write client bytes to the service (replaced per connection for speed)."""
-        self.transport.write(data)
-
-    def send_eof(self) -> None:
-        """The client finished writing: half-close towards the service."""
-        self.transport.loseWriteConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        down = self.downstream
-        if down is not None:
-            down.send_to_client(data)
-
-    def readConnectionLost(self) -> None:
-        self.read_closed = True
-        if self.downstream is not None:
-            self.downstream.upstream_eof()
-
-    def writeConnectionLost(self) -> None:
-        return None
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = True
-        if self.downstream is not None:
-            self.downstream.upstream_lost()
-
-
-class UpstreamFactory(Factory):
-    protocol = UpstreamProtocol
-    noisy = False
-
-    def __init__(self, downstream: DownstreamProtocol) -> None:
-        self.downstream = downstream
-
-    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
-        # The downstream is attached only once the connection is chosen, so a
-        # losing attempt can never write to the client.
-        return UpstreamProtocol()
-
-
-@implementer(IHalfCloseableProtocol)
-class DownstreamProtocol(TwistedProtocol):
+class DownstreamProtocol(SplicedClient, TwistedProtocol):
     """One mesh client's connection: handshake, identity, authorization, splice."""
 
     def __init__(self, site: Dataplane) -> None:
@@ -557,31 +458,10 @@ class DownstreamProtocol(TwistedProtocol):
         )
         upstream.downstream = self
         self.state = State.SPLICING
-        for chunk in self._early:
-            self.bytes_up += len(chunk)
-            upstream.send(chunk)
-        self._early = []
-        upstream.transport.registerProducer(_PauseOnly(self.transport), True)
-        self.transport.registerProducer(_PauseOnly(upstream.transport), True)
-        if self.client_eof:
-            _release(upstream.transport)
-            upstream.send_eof()
-        if self.lost:
-            upstream.transport.loseConnection()
-            return
-        self.transport.resumeProducing()
+        early, self._early = self._early, []
+        self._splice(upstream, early)
 
     # --- closing --------------------------------------------------------------
-
-    def _client_finished_writing(self) -> None:
-        if self.client_eof:
-            return
-        self.client_eof = True
-        upstream = self.upstream
-        if upstream is not None and not upstream.lost:
-            _release(upstream.transport)
-            upstream.send_eof()
-        self._maybe_done()
 
     def readConnectionLost(self) -> None:
         """TCP FIN from the client (with or without close_notify before it)."""
@@ -590,9 +470,6 @@ class DownstreamProtocol(TwistedProtocol):
             return
         self._client_finished_writing()
 
-    def writeConnectionLost(self) -> None:
-        return None
-
     def _send_close_notify(self) -> None:
         tls = self.tls
         if tls is None or self.state is State.HANDSHAKE:
@@ -600,43 +477,6 @@ class DownstreamProtocol(TwistedProtocol):
         with contextlib.suppress(SSL.Error):
             tls.shutdown()
         self._flush_tls()
-
-    def upstream_eof(self) -> None:
-        """The service finished sending: pass close_notify and FIN to the client."""
-        if self.upstream_done:
-            return
-        self.upstream_done = True
-        if not self.lost:
-            self._send_close_notify()
-            _release(self.transport)
-            self.transport.loseWriteConnection()
-        self._maybe_done()
-
-    def upstream_lost(self) -> None:
-        upstream = self.upstream
-        if upstream is not None:
-            upstream.downstream = None
-        if not self.upstream_done:
-            self.upstream_done = True
-            if not self.lost:
-                self._send_close_notify()
-        if self.close_cause is None:
-            self.close_cause = "upstream_closed"
-        if not self.lost:
-            _release(self.transport)
-            self.transport.loseConnection()
-        self._maybe_finish()
-
-    def _maybe_done(self) -> None:
-        if self.client_eof and self.upstream_done:
-            if self.close_cause is None:
-                self.close_cause = "completed"
-            if self.upstream is not None and not self.upstream.lost:
-                _release(self.upstream.transport)
-                self.upstream.transport.loseConnection()
-            if not self.lost:
-                _release(self.transport)
-                self.transport.loseConnection()
 
     def upstream_tls_failed(self, reason: str, detail: str) -> None:
         """The service's TLS failed after the handshake (e.g. it refused our client cert)."""
@@ -662,14 +502,6 @@ class DownstreamProtocol(TwistedProtocol):
             ).inc()
         self.close(cause="idle_timeout")
 
-    def close(self, cause: str) -> None:
-        """Close both sides, flushing what was already written (used for shutdown/policy)."""
-        if self.close_cause is None:
-            self.close_cause = cause
-        if not self.lost:
-            self._send_close_notify()
-        self._close(cause)
-
     def _refuse(self, reason: str, detail: str | None) -> None:
         self.site.metrics.rejected.labels(site=self.site.name, reason=reason).inc()
         if detail:
@@ -680,62 +512,17 @@ class DownstreamProtocol(TwistedProtocol):
         log.info("TLS error from {client}: {error}", client=self._client(), error=error)
         self._close("tls_error", abort=True)
 
-    def _close(self, cause: str, abort: bool = False) -> None:
-        if self.close_cause is None:
-            self.close_cause = cause
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
-        if self.upstream is not None and not self.upstream.lost:
-            _release(self.upstream.transport)
-            if abort:
-                self.upstream.transport.abortConnection()
-            else:
-                self.upstream.transport.loseConnection()
-        if not self.lost:
-            _release(self.transport)
-            if abort:
-                self.transport.abortConnection()
-            else:
-                self.transport.loseConnection()
-
     def connectionLost(self, reason: Any = None) -> None:
-        self.lost = True
         if self.state is State.HANDSHAKE and self.close_cause is None:
             # The client went away mid-handshake (or a scanner connected and left).
             self.site.metrics.handshake_errors.labels(
                 site=self.site.name, reason="client_closed"
             ).inc()
             self.close_cause = "handshake:client_closed"
-        if self.close_cause is None:
-            self.close_cause = "client_closed"
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.cancel()
-        upstream = self.upstream
-        if upstream is not None and not upstream.lost:
-            _release(upstream.transport)
-            upstream.transport.loseConnection()
-        self.state = State.CLOSED
-        self._maybe_finish()
+        super().connectionLost(reason)
 
-    def _maybe_finish(self) -> None:
-        if self._finished or not self.lost:
-            return
-        if self.upstream is not None and not self.upstream.lost:
-            return
-        self._finished = True
-        if self.upstream is not None:
-            self.upstream.downstream = None
+    def _finishing(self) -> None:
         self.tls = None
-        self.site.connection_closed(self, self.access_record())
 
     # --- reporting ------------------------------------------------------------
 

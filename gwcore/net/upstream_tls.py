@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,14 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
 
-from gwcore.net.terminator import BIO_CHUNK, RECV_CHUNK, UpstreamProtocol
-from gwcore.net.upstream import UpstreamConnectError
+from gwcore.net.splice import UpstreamProtocol
+from gwcore.net.terminator import BIO_CHUNK, RECV_CHUNK
+from gwcore.net.tls import _add_roots
+from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
+from gwcore.policy.model import Endpoint
+from gwcore.providers import LeafCertificate
 
 # OpenSSL X509_V_ERR_* codes seen while verifying the service's chain.
 _VERIFY_REASONS = {
@@ -113,6 +118,58 @@ def client_context(
     # Keep sessions for resumption (we hand them back with set_session).
     ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
     return ctx
+
+
+def mesh_client_context(leaf: LeafCertificate, roots: Sequence[x509.Certificate]) -> SSL.Context:
+    """A client context presenting a mesh leaf and verifying against mesh ``roots``.
+
+    For the gateway's own mesh identity (the mesh-gateway hop): the material is in
+    memory, from a certificate provider, never read from files. TLS 1.2 at least.
+    """
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    ctx.use_certificate(leaf.certificate)
+    ctx.use_privatekey(leaf.key)  # type: ignore[arg-type]
+    for extra in leaf.chain[1:]:
+        ctx.add_extra_chain_cert(extra)  # type: ignore[arg-type]
+    ctx.check_privatekey()
+    _add_roots(ctx, roots)
+    ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+    return ctx
+
+
+async def connect_tls(
+    reactor: Any, endpoint: Endpoint, timeout: float, build: Callable[[], TLSUpstreamProtocol]
+) -> TLSUpstreamProtocol:
+    """Connect to ``endpoint`` and wait (``timeout`` each) for the TLS handshake and checks.
+
+    Fails with :class:`UpstreamConnectError` when TLS or verification fails; any other
+    failure (a timeout, the client leaving) aborts the half-open connection first.
+    """
+    proto: TLSUpstreamProtocol = await tcp_endpoint(reactor, endpoint, timeout).connect(
+        _BuildOne(build)
+    )
+    ready = proto.ready
+    ready.addTimeout(timeout, reactor)
+    try:
+        await ready
+    except UpstreamConnectError:
+        raise
+    except BaseException:
+        proto.transport.abortConnection()
+        raise
+    return proto
+
+
+class _BuildOne(Factory):
+    noisy = False
+
+    def __init__(self, build: Callable[[], TLSUpstreamProtocol]) -> None:
+        self._build = build
+
+    def buildProtocol(self, addr: Any) -> TLSUpstreamProtocol:
+        return self._build()
 
 
 def _record_verify_error(conn: SSL.Connection, cert: Any, errnum: int, depth: int, ok: int) -> bool:

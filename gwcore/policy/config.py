@@ -21,7 +21,7 @@ from gwcore.policy.balancing import policy_name
 from gwcore.policy.dns_records import Family, parse_nameserver
 
 ROLES = ("terminating", "mesh")
-ESSENTIAL_SECTIONS = frozenset({"upstream_tls", "plain_upstream"})
+ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
 POLICIES = ("allow", "deny")
 
@@ -295,6 +295,9 @@ class SiteConfig:
         return SectionReader(self.file, f"{self.prefix}.{plugin}", self.plugin_section(plugin))
 
 
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class SampleServiceConfig:
     """The demo external service started beside the gateway (``[sample_service]``)."""
@@ -316,6 +319,8 @@ class GatewayConfig:
     sites: tuple[SiteConfig, ...]
     sample_service: SampleServiceConfig | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    workers: int = 1
+    """Processes serving the same listening sockets (``gwcore.workers``)."""
 
     def site(self, key: str) -> SiteConfig:
         for site in self.sites:
@@ -359,6 +364,7 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     access_log = gw.string("access_log", "-") or ""
     state_dir = base_dir / (gw.string("state_dir", "state") or "state")
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
+    workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
     problems += gw.finish()
 
     sample = None
@@ -403,6 +409,7 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sites=tuple(sites),
         sample_service=sample,
         raw=data,
+        workers=workers,
     )
     if problems:
         raise ConfigError(problems, partial=config)

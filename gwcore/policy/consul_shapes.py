@@ -47,6 +47,7 @@ from gwcore.policy.model import (
     Endpoint,
     Health,
     Intention,
+    MeshGateways,
     ServiceName,
     UpstreamTLS,
 )
@@ -817,9 +818,14 @@ def build_destinations(
 ) -> tuple[tuple[Destination, ...], list[ShapeProblem]]:
     """The linked services of the ``terminating-gateway`` entry named ``gateway_name``.
 
-    Entries for other gateways are ignored; no entry means no destinations. Only
-    registrations in ``datacenter`` (or naming none) count; others are skipped. A linked
-    service with no instances is still a destination, with no endpoints. Destinations
+    Entries for other gateways are ignored; no entry means no destinations. Registrations
+    in ``datacenter`` (or naming none) are the endpoints. A linked service with no
+    instance there but with instances registered in another datacenter (``Datacenter``
+    on the registration, as ``/v1/health/service/<svc>?dc=<dc>`` reports them) is a
+    destination *in that datacenter*, reached through mesh gateways (the mesh-gateway
+    hop); if several other datacenters have it, the first by name is used and the
+    choice is reported. A linked service with no instances anywhere is still a
+    destination of ``datacenter``, with no endpoints. Destinations
     are sorted by (partition, namespace, name), endpoints by (node, instance ID, address,
     port), so equal content gives equal results whatever the document order. Problems
     are instances of a linked service that cannot be used (no port); they are left out.
@@ -831,13 +837,18 @@ def build_destinations(
     partition = entry.partition or DEFAULT_PARTITION
 
     instances: dict[ServiceName, list[tuple[Registration, ServiceRecord]]] = {}
-    node_checks: dict[str, list[CheckRecord]] = {}
     connect_capable: set[ServiceName] = set()
     plain: set[ServiceName] = set()
+    remote: dict[ServiceName, dict[str, list[tuple[Registration, ServiceRecord]]]] = {}
+    checks_by_node: dict[tuple[str, str], list[CheckRecord]] = {}
     for reg in docs.registrations:
         if reg.datacenter and reg.datacenter != datacenter:
+            checks_by_node.setdefault((reg.datacenter, reg.node), []).extend(reg.checks)
+            if reg.service is not None and reg.service.typical:
+                by_dc = remote.setdefault(reg.service.service, {})
+                by_dc.setdefault(reg.datacenter, []).append((reg, reg.service))
             continue
-        node_checks.setdefault(reg.node, []).extend(reg.checks)
+        checks_by_node.setdefault((datacenter, reg.node), []).extend(reg.checks)
         svc = reg.service
         if svc is None:
             continue
@@ -869,7 +880,22 @@ def build_destinations(
     for name in sorted(linked, key=_service_order):
         tls, from_wildcard = linked[name]
         endpoints = []
-        for reg, svc in instances.get(name, ()):
+        located = datacenter
+        found = instances.get(name, [])
+        if not found and name in remote:
+            located = min(remote[name])
+            found = remote[name][located]
+            if len(remote[name]) > 1:
+                first = found[0][0]
+                problems.append(
+                    ShapeProblem(
+                        first.origin,
+                        first.where or "(document)",
+                        f"linked service {str(name)!r} has no instance in {datacenter} and "
+                        f"instances in {', '.join(sorted(remote[name]))}; using {located}",
+                    )
+                )
+        for reg, svc in found:
             if svc.port == 0:
                 problems.append(
                     ShapeProblem(
@@ -880,12 +906,13 @@ def build_destinations(
                     )
                 )
                 continue
-            endpoints.append(_endpoint(reg, svc, node_checks.get(reg.node, ())))
+            checks = checks_by_node.get((reg.datacenter or datacenter, reg.node), ())
+            endpoints.append(_endpoint(reg, svc, checks))
         endpoints.sort(key=lambda e: (e.node, e.instance_id, e.address, e.port))
         destinations.append(
             Destination(
                 service=name,
-                datacenter=datacenter,
+                datacenter=located,
                 endpoints=tuple(endpoints),
                 tls=tls,
                 protocol=protocols.get(name, "tcp"),
@@ -921,3 +948,80 @@ def build_intentions(docs: CatalogDocuments) -> tuple[Intention, ...]:
     """
     entries = sorted(docs.intentions, key=lambda e: _service_order(e.destination))
     return tuple(intention for entry in entries for intention in entry.intentions)
+
+
+MESH_GATEWAY_KIND = "mesh-gateway"
+TERMINATING_GATEWAY_KIND = "terminating-gateway"
+CONNECT_PROXY_KIND = "connect-proxy"
+
+
+def build_mesh_gateways(docs: CatalogDocuments, datacenter: str) -> tuple[MeshGateways, ...]:
+    """Every datacenter's mesh gateways: registrations of ``Kind: "mesh-gateway"``.
+
+    A registration without ``Datacenter`` is in ``datacenter``. The address is Consul's
+    BestAddress (``Service.Address``, else the node's); health and weight as for any
+    instance. Sorted by datacenter, endpoints as in :func:`build_destinations`.
+    """
+    checks: dict[tuple[str, str], list[CheckRecord]] = {}
+    for reg in docs.registrations:
+        checks.setdefault((reg.datacenter or datacenter, reg.node), []).extend(reg.checks)
+    found: dict[str, list[Endpoint]] = {}
+    for reg in docs.registrations:
+        svc = reg.service
+        if svc is None or svc.kind != MESH_GATEWAY_KIND or svc.port == 0:
+            continue
+        dc = reg.datacenter or datacenter
+        found.setdefault(dc, []).append(_endpoint(reg, svc, checks.get((dc, reg.node), ())))
+    return tuple(
+        MeshGateways(dc, tuple(sorted(eps, key=lambda e: (e.node, e.instance_id, e.address))))
+        for dc, eps in sorted(found.items())
+    )
+
+
+def build_mesh_destinations(docs: CatalogDocuments, datacenter: str) -> tuple[Destination, ...]:
+    """The services a mesh gateway of ``datacenter`` routes to, with their Connect endpoints.
+
+    Consul's ``/v1/health/connect/<svc>`` in that datacenter: the instances of every
+    terminating gateway (``Kind: "terminating-gateway"``, named like a
+    ``terminating-gateway`` entry) that links the service, and the service's sidecar
+    proxies (``Kind: "connect-proxy"`` with ``Proxy.DestinationServiceName``). Only
+    registrations in ``datacenter`` count. Sorted like :func:`build_destinations`.
+    """
+    local = [r for r in docs.registrations if not r.datacenter or r.datacenter == datacenter]
+    node_checks: dict[str, list[CheckRecord]] = {}
+    for reg in local:
+        node_checks.setdefault(reg.node, []).extend(reg.checks)
+    endpoints: dict[ServiceName, list[Endpoint]] = {}
+    gateway_instances: dict[str, list[Endpoint]] = {}
+    for reg in local:
+        svc = reg.service
+        if svc is None or svc.port == 0:
+            continue
+        endpoint = _endpoint(reg, svc, node_checks.get(reg.node, ()))
+        if svc.kind == TERMINATING_GATEWAY_KIND:
+            gateway_instances.setdefault(svc.service.name, []).append(endpoint)
+        elif svc.kind == CONNECT_PROXY_KIND and svc.proxy_destination:
+            target = ServiceName(
+                svc.proxy_destination, svc.service.namespace, svc.service.partition
+            )
+            endpoints.setdefault(target, []).append(endpoint)
+    for entry in docs.gateways:
+        instances = gateway_instances.get(entry.name)
+        if not instances:
+            continue
+        linked, _ = build_destinations(docs, entry.name, datacenter)
+        for destination in linked:
+            if destination.datacenter == datacenter:
+                endpoints.setdefault(destination.service, []).extend(instances)
+    protocols = {sd.service: sd.protocol for sd in docs.service_defaults}
+    return tuple(
+        Destination(
+            service=name,
+            datacenter=datacenter,
+            endpoints=tuple(
+                sorted(set(endpoints[name]), key=lambda e: (e.node, e.instance_id, e.address))
+            ),
+            protocol=protocols.get(name, "tcp"),
+        )
+        for name in sorted(endpoints, key=_service_order)
+    )

@@ -145,11 +145,20 @@ class Intention:
 
 
 @dataclass(frozen=True, slots=True)
+class MeshGateways:
+    """The mesh gateways of one datacenter (Consul: ``mesh-gateway`` kind services)."""
+
+    datacenter: str
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
     """What one catalog source knows right now.
 
     ``intentions`` is ``None`` when the source says nothing about intentions (so it
     does not erase what another source supplied); an empty tuple means "none".
+    ``mesh_gateways`` lists the datacenters whose mesh gateways the source knows.
     ``version`` changes whenever the content does.
     """
 
@@ -157,6 +166,7 @@ class CatalogSnapshot:
     destinations: tuple[Destination, ...] = ()
     intentions: tuple[Intention, ...] | None = None
     version: str = ""
+    mesh_gateways: tuple[MeshGateways, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from gwcore.policy.model import CatalogSnapshot, Destination, Intention, ServiceName
+from gwcore.policy.model import CatalogSnapshot, Destination, Endpoint, Intention, ServiceName
 from gwcore.policy.sni import service_sni
 
 
@@ -48,6 +48,18 @@ def merge_snapshots(
         if snapshot.intentions is not None:
             intentions.extend(snapshot.intentions)
     return tuple(destinations), tuple(intentions), digest.hexdigest()[:16]
+
+
+def merge_mesh_gateways(snapshots: Sequence[CatalogSnapshot]) -> Mapping[str, tuple[Endpoint, ...]]:
+    """Mesh gateways per datacenter from snapshots in stack order.
+
+    Same rule as services: the first snapshot naming a datacenter defines its gateways.
+    """
+    gateways: dict[str, tuple[Endpoint, ...]] = {}
+    for snapshot in snapshots:
+        for entry in snapshot.mesh_gateways:
+            gateways.setdefault(entry.datacenter, entry.endpoints)
+    return MappingProxyType(gateways)
 
 
 class RouteTable:

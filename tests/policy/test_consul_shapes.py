@@ -14,6 +14,8 @@ from gwcore.policy.consul_shapes import (
     ShapeProblem,
     build_destinations,
     build_intentions,
+    build_mesh_destinations,
+    build_mesh_gateways,
     classify,
     decode_documents,
     merge_documents,
@@ -890,3 +892,76 @@ def test_destinations_do_not_depend_on_document_order(documents, linked, rnd):
     assert build_destinations(first, "legacy-gw", "dc1") == build_destinations(
         second, "legacy-gw", "dc1"
     )
+
+
+# --- multi-datacenter ---------------------------------------------------------------------
+
+
+def test_a_linked_service_registered_only_in_another_datacenter_lives_there():
+    """Its datacenter comes from the registrations (Consul's ``?dc=`` answers carry it):
+    the destination is in dc2, with dc2's instances, and the hop reaches it."""
+    remote = registration("n2", sid="b2", checks=[{"CheckID": "c", "Status": "warning"}])
+    (dest,) = destinations(remote | {"Datacenter": "dc2"}, gateway({"Name": "billing"}))
+    assert dest.datacenter == "dc2"
+    assert [(e.node, e.health.value) for e in dest.endpoints] == [("n2", "warning")]
+
+
+def test_a_service_in_several_other_datacenters_takes_the_first_and_says_so():
+    docs, _ = parse(
+        registration("n3", sid="b3") | {"Datacenter": "dc3"},
+        registration("n2", sid="b2") | {"Datacenter": "dc2"},
+        gateway({"Name": "billing"}),
+    )
+    (dest,), problems = build_destinations(docs, "legacy-gw", "dc1")
+    assert dest.datacenter == "dc2"
+    assert len(problems) == 1 and "instances in dc2, dc3; using dc2" in problems[0].message
+
+
+def test_remote_instances_do_not_join_the_wildcard():
+    """A wildcard links the gateway's own datacenter only, as in Consul."""
+    remote = registration("n2", "ledger") | {"Datacenter": "dc2"}
+    assert destinations(remote, gateway({"Name": "*"})) == ()
+
+
+def mesh_gateway_reg(node: str, port: int, dc: str | None = None) -> dict[str, Any]:
+    reg = registration(node, "mesh-gateway", sid=f"mgw-{node}", port=port, Kind="mesh-gateway")
+    return reg | ({"Datacenter": dc} if dc else {})
+
+
+def test_mesh_gateways_are_grouped_by_datacenter():
+    docs, problems = parse(
+        mesh_gateway_reg("m2", 8443, "dc2"),
+        mesh_gateway_reg("m1", 9443),  # no Datacenter: the gateway's own
+        mesh_gateway_reg("m3", 7443, "dc2"),
+        registration("n1"),
+    )
+    assert problems == []
+    built = {g.datacenter: [str(e) for e in g.endpoints] for g in build_mesh_gateways(docs, "dc1")}
+    assert built == {"dc1": ["10.0.0.1:9443"], "dc2": ["10.0.0.1:8443", "10.0.0.1:7443"]}
+
+
+def test_mesh_destinations_are_the_connect_endpoints_of_this_datacenter():
+    """Terminating gateway instances front what their entry links; sidecars front their
+    service; plain instances, other datacenters and unregistered gateways do not count."""
+    docs, problems = parse(
+        gateway({"Name": "billing"}, {"Name": "ldap"}, name="tgw"),
+        gateway({"Name": "ghost"}, name="not-running"),
+        registration("g1", "tgw", sid="tgw-1", port=8443, Kind="terminating-gateway"),
+        registration("g2", "tgw", sid="tgw-2", port=8443, Kind="terminating-gateway")
+        | {"Datacenter": "dc2"},
+        registration("n1", "billing"),
+        registration(
+            "n2",
+            "web-sidecar-proxy",
+            port=21000,
+            Kind="connect-proxy",
+            Proxy={"DestinationServiceName": "web"},
+        ),
+        registration("n3", "plain-only"),
+    )
+    assert problems == []
+    built = {d.name: d for d in build_mesh_destinations(docs, "dc1")}
+    assert set(built) == {"billing", "ldap", "web"}
+    assert [e.node for e in built["billing"].endpoints] == ["g1"]
+    assert [str(e) for e in built["web"].endpoints] == ["10.0.0.1:21000"]
+    assert all(d.datacenter == "dc1" for d in built.values())

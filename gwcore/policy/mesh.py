@@ -1,0 +1,72 @@
+"""Where a mesh gateway sends a connection, decided from its SNI alone (sans-IO).
+
+Consul's mesh gateways never decrypt; they read the service SNI
+(``<svc>.<ns>.<dc>.internal.<td>``, see :mod:`gwcore.policy.sni`) and:
+
+1. a name in the gateway's own datacenter goes to that service's Connect endpoints
+   (the terminating gateways that link it, its sidecars), found in the site's route
+   table, which a mesh site builds from those endpoints;
+2. a name in another datacenter goes to that datacenter's mesh gateways;
+3. anything else — another trust domain, not a service SNI, an unknown service, a
+   datacenter without known mesh gateways — has no route, with a reason.
+
+The subset label of a name is not looked at: the subset is the business of the
+terminating gateway (or sidecar) that terminates the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gwcore.policy.model import Destination, Endpoint, ServiceName
+from gwcore.policy.routes import RouteTable
+from gwcore.policy.sni import parse_service_sni, service_sni
+
+MESH_GATEWAY_SERVICE = ServiceName("mesh-gateway")
+"""The name under which another datacenter's mesh gateways are dialled (and counted)."""
+
+#: Every reason :func:`route_by_sni` gives for no route (a metric label).
+NO_ROUTE_REASONS = frozenset({"not_a_service_sni", "unknown_service", "unknown_datacenter"})
+
+
+@dataclass(frozen=True, slots=True)
+class MeshRoute:
+    """Where to forward: ``target`` is dialled (its endpoints), bytes untouched."""
+
+    sni: str
+    service: ServiceName
+    datacenter: str  # the datacenter the client addressed
+    remote: bool  # True: through that datacenter's mesh gateways
+    target: Destination
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    reason: str  # one of NO_ROUTE_REASONS
+    detail: str
+
+
+def route_by_sni(
+    sni: str,
+    datacenter: str,
+    trust_domain: str,
+    routes: RouteTable,
+    mesh_gateways: Mapping[str, tuple[Endpoint, ...]],
+) -> MeshRoute | NoRoute:
+    """Route a normalised SNI for a mesh gateway of ``datacenter`` (module docstring)."""
+    parsed = parse_service_sni(sni, trust_domain)
+    if parsed is None:
+        return NoRoute("not_a_service_sni", f"{sni!r} is not a service name in {trust_domain}")
+    if parsed.datacenter == datacenter:
+        local = routes.lookup(service_sni(parsed.service, datacenter, trust_domain))
+        if local is None:
+            return NoRoute(
+                "unknown_service", f"no Connect endpoints for {parsed.service} in {datacenter}"
+            )
+        return MeshRoute(sni, parsed.service, datacenter, False, local)
+    gateways = mesh_gateways.get(parsed.datacenter)
+    if not gateways:
+        return NoRoute("unknown_datacenter", f"no mesh gateways known for {parsed.datacenter}")
+    target = Destination(MESH_GATEWAY_SERVICE, parsed.datacenter, gateways)
+    return MeshRoute(sni, parsed.service, parsed.datacenter, True, target)

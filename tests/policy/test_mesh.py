@@ -1,0 +1,76 @@
+"""Routing by SNI on a mesh gateway: own datacenter to Connect endpoints, another to its
+mesh gateways, everything else no route with a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from gwcore.policy.mesh import (
+    MESH_GATEWAY_SERVICE,
+    NO_ROUTE_REASONS,
+    MeshRoute,
+    NoRoute,
+    route_by_sni,
+)
+from gwcore.policy.model import CatalogSnapshot, Destination, Endpoint, MeshGateways, ServiceName
+from gwcore.policy.routes import RouteTable, merge_mesh_gateways
+from gwcore.policy.sni import service_sni
+
+TD = "td.consul"
+BILLING = Destination(ServiceName("billing"), "dc1", (Endpoint("10.0.0.5", 8443),))
+ROUTES = RouteTable.build([BILLING], "dc1", TD)
+GATEWAYS = {"dc2": (Endpoint("192.0.2.2", 8443),)}
+
+
+def route(sni: str) -> MeshRoute | NoRoute:
+    return route_by_sni(sni, "dc1", TD, ROUTES, GATEWAYS)
+
+
+def test_own_datacenter_goes_to_the_services_connect_endpoints():
+    found = route(service_sni(ServiceName("billing"), "dc1", TD))
+    assert isinstance(found, MeshRoute)
+    assert (found.remote, found.datacenter, found.target) == (False, "dc1", BILLING)
+
+
+def test_subset_names_route_like_their_service():
+    found = route(service_sni(ServiceName("billing"), "dc1", TD, subset="v2"))
+    assert isinstance(found, MeshRoute) and found.target is BILLING
+    assert found.sni.startswith("v2.")
+
+
+def test_another_datacenter_goes_to_its_mesh_gateways_whatever_the_service():
+    found = route(service_sni(ServiceName("anything", "ops"), "dc2", TD))
+    assert isinstance(found, MeshRoute) and found.remote
+    assert found.service == ServiceName("anything", "ops")
+    assert found.target == Destination(MESH_GATEWAY_SERVICE, "dc2", GATEWAYS["dc2"])
+
+
+@pytest.mark.parametrize(
+    ("sni", "reason"),
+    [
+        ("example.com", "not_a_service_sni"),
+        (service_sni(ServiceName("billing"), "dc1", "other.consul"), "not_a_service_sni"),
+        (service_sni(ServiceName("ledger"), "dc1", TD), "unknown_service"),
+        (service_sni(ServiceName("billing"), "dc9", TD), "unknown_datacenter"),
+    ],
+)
+def test_no_route_has_a_bounded_reason(sni, reason):
+    found = route(sni)
+    assert isinstance(found, NoRoute) and found.reason == reason
+    assert found.reason in NO_ROUTE_REASONS
+
+
+def test_mesh_gateways_merge_first_source_wins_per_datacenter():
+    first = CatalogSnapshot("a", mesh_gateways=(MeshGateways("dc2", (Endpoint("1.1.1.1", 1),)),))
+    second = CatalogSnapshot(
+        "b",
+        mesh_gateways=(
+            MeshGateways("dc2", (Endpoint("2.2.2.2", 2),)),
+            MeshGateways("dc3", (Endpoint("3.3.3.3", 3),)),
+        ),
+    )
+    merged = merge_mesh_gateways([first, second])
+    assert {dc: [str(e) for e in eps] for dc, eps in merged.items()} == {
+        "dc2": ["1.1.1.1:1"],
+        "dc3": ["3.3.3.3:3"],
+    }

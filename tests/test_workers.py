@@ -1,0 +1,164 @@
+"""``workers = 2`` with the real twistd: one listening socket served by two processes.
+
+Which worker accepts a connection is the kernel's choice, so each test freezes one
+worker (SIGSTOP) to force the other to serve, then checks that worker 0's
+``/metrics`` counts what the other worker did (aggregation), that SIGHUP reloads
+every worker, and that SIGTERM ends them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gwcore.workers import bind_listener
+from tests.harness import Upstream, hello
+from tests.integration.test_twistd import (
+    STOP_TIMEOUT,
+    Ports,
+    Program,
+    http_through,
+    metric,
+    spawn,  # noqa: F401  (the fixture)
+    start_connect,
+    start_gateway,
+    wait_for,
+    write_catalog,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def workers_of(twistd: Program) -> dict[int, int]:
+    """worker index -> pid, from the supervisor's children's command lines."""
+    pid = twistd.popen.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = {}
+    for child in children:
+        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if b"gwcore.workers" in argv:
+            found[int(argv[argv.index(b"--index") + 1])] = int(child)
+    return found
+
+
+def two_workers(twistd: Program) -> dict[int, int] | None:
+    found = workers_of(twistd)
+    return found if len(found) == 2 else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+
+
+def test_two_workers_serve_one_socket_aggregate_metrics_reload_and_stop_together(
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+    request: pytest.FixtureRequest,
+) -> None:
+    # The upstream is not the sample service: that lives in worker 0, which gets frozen.
+    ports = Ports.pick()
+    upstream = Upstream(hello(b"HTTP/1.0 200 OK\r\n\r\nfrom billing"))
+    request.addfinalizer(upstream.close)
+    write_catalog(tmp_path, {"billing": upstream.port})
+    config = write_config(tmp_path, ports)
+    config.write_text(config.read_text().replace("[gateway]\n", "[gateway]\nworkers = 2\n", 1))
+    twistd = start_gateway(spawn, config, ports)
+    start_connect(spawn, config, ports, "billing")
+    wait_for(lambda: "2 workers serving" in twistd.output(), "both workers serving", twistd)
+    pids = wait_for(lambda: two_workers(twistd), "2 workers", twistd)
+
+    # Worker 0 (admin, sample service) frozen: worker 1 must accept from the shared queue.
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        second = http_through(ports.connect)
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    assert b" 200 " in second.split(b"\r\n", 1)[0], second
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        first = http_through(ports.connect)
+    finally:
+        os.kill(pids[1], signal.SIGCONT)
+    assert b" 200 " in first.split(b"\r\n", 1)[0], first
+    allowed = wait_for(
+        lambda: (
+            v
+            if (v := metric(ports.admin, "tgw_authz_decisions_total", decision="allow")) == 2.0
+            else None
+        ),
+        "both workers' decisions in worker 0's /metrics",
+        twistd,
+    )
+    assert allowed == 2.0
+    assert metric(ports.admin, "tgw_downstream_connections_active", site="main") == 0.0
+
+    twistd.popen.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: metric(ports.admin, "tgw_config_reloads_total", result="applied") == 2.0,
+        "both workers to reload",
+        twistd,
+    )
+
+    twistd.popen.send_signal(signal.SIGTERM)
+    twistd.popen.wait(STOP_TIMEOUT)
+    assert "tgw workers stopped" in twistd.output(), twistd.describe()
+    assert not any(alive(pid) for pid in pids.values())
+
+
+def test_a_worker_that_dies_is_restarted_on_the_same_socket(
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+    request: pytest.FixtureRequest,
+) -> None:
+    # The upstream is not the sample service: that lives in worker 0, which gets frozen.
+    ports = Ports.pick()
+    upstream = Upstream(hello(b"HTTP/1.0 200 OK\r\n\r\nfrom billing"))
+    request.addfinalizer(upstream.close)
+    write_catalog(tmp_path, {"billing": upstream.port})
+    config = write_config(tmp_path, ports)
+    config.write_text(config.read_text().replace("[gateway]\n", "[gateway]\nworkers = 2\n", 1))
+    twistd = start_gateway(spawn, config, ports)
+    start_connect(spawn, config, ports, "billing")
+    wait_for(lambda: "2 workers serving" in twistd.output(), "both workers serving", twistd)
+    pids = wait_for(lambda: two_workers(twistd), "2 workers", twistd)
+    os.kill(pids[1], signal.SIGKILL)
+    restarted = wait_for(
+        lambda: w if (w := two_workers(twistd)) and w[1] != pids[1] else None,
+        "worker 1 to be restarted",
+        twistd,
+    )
+    # With worker 0 frozen, the connection waits in the shared accept queue until the
+    # new worker 1 has started and adopted the socket.
+    os.kill(restarted[0], signal.SIGSTOP)
+    try:
+        response = http_through(ports.connect)
+    finally:
+        os.kill(restarted[0], signal.SIGCONT)
+    assert b" 200 " in response.split(b"\r\n", 1)[0], response
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [("unix:/tmp/x.sock", "tcp: or tcp6:"), ("tcp:notaport", "tcp: or tcp6:")],
+)
+def test_only_tcp_endpoints_can_be_shared_by_workers(listen: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bind_listener(listen)
+
+
+def test_bound_listener_is_inheritable_and_honours_interface_and_backlog() -> None:
+    sock = bind_listener("tcp:0:interface=127.0.0.1:backlog=7")
+    try:
+        assert sock.get_inheritable()
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
