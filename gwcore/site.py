@@ -27,13 +27,13 @@ from twisted.internet.defer import (
 from twisted.internet.defer import (
     TimeoutError as DeferredTimeoutError,
 )
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
 from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics
+from gwcore.net import fasttcp
 from gwcore.net.hostnames import HostnameEndpoints
 from gwcore.net.resolver import DNSResolver
 from gwcore.net.splice import State, UpstreamFactory
@@ -386,14 +386,15 @@ class Site:
                     e=e,
                 )
         await self._rebuild()
+        # The data-path transports (gwcore.net.fasttcp) for tcp/tcp6 listeners.
         if self.inherited_listener is not None:
-            # adoptStreamPort duplicates the descriptor: the worker keeps its own.
-            self.port = self.reactor.adoptStreamPort(
-                *self.inherited_listener, self.listener_factory()
+            # Adopting duplicates the descriptor: the worker keeps its own.
+            self.port = fasttcp.adopt(
+                self.reactor, *self.inherited_listener, self.listener_factory()
             )
         else:
-            self.port = await serverFromString(self.reactor, self.config.listen).listen(
-                self.listener_factory()
+            self.port = await fasttcp.listen(
+                self.reactor, self.config.listen, self.listener_factory()
             )
         self.listening = True
         self._sweep.start(self._sweep_interval(), now=False)

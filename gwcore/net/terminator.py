@@ -217,20 +217,27 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         tls = self.tls
         upstream = self.upstream
         assert tls is not None and upstream is not None
-        write = upstream.send
+        # OpenSSL hands out one record (<= 16 KiB) per recv; gather them so the
+        # service gets one write (one send syscall) per read from the client.
+        chunks = []
+        finished = False
         while True:
             try:
-                chunk = tls.recv(RECV_CHUNK)
+                chunks.append(tls.recv(RECV_CHUNK))
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
-                self._client_finished_writing()
+                finished = True
                 break
             except SSL.Error as e:
                 self._protocol_error(e)
                 return
-            self.bytes_up += len(chunk)
-            write(chunk)
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.bytes_up += len(data)
+            upstream.send(data)
+        if finished:
+            self._client_finished_writing()
         self._flush_tls()
 
     def _pump_early(self) -> None:

@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 
+from gwcore.net.fasttcp import TCPClientEndpoint, native
 from gwcore.policy.model import Destination, Endpoint, TLSMode
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ def tcp_endpoint(reactor: Any, endpoint: Endpoint, timeout: float) -> IStreamCli
         return HostnameEndpoint(
             reactor, endpoint.address.encode("idna"), endpoint.port, timeout=timeout
         )
+    if native(reactor):
+        return TCPClientEndpoint(reactor, str(ip), endpoint.port, timeout=timeout)
     if ip.version == 6:
         return TCP6ClientEndpoint(reactor, endpoint.address, endpoint.port, timeout=timeout)
     return TCP4ClientEndpoint(reactor, endpoint.address, endpoint.port, timeout=timeout)

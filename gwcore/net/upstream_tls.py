@@ -253,20 +253,29 @@ class TLSUpstreamProtocol(UpstreamProtocol):
             self._handshake()
             if not self.handshake_done:
                 return
-        down = self.downstream
+        # One record per recv: gather them so the client gets one write per read.
+        chunks = []
+        finished = failed = False
+        error: SSL.Error | None = None
         while True:
             try:
-                chunk = tls.recv(RECV_CHUNK)
+                chunks.append(tls.recv(RECV_CHUNK))
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:  # the service's close_notify: end of its stream
-                self.readConnectionLost()
+                finished = True
                 break
             except SSL.Error as e:
-                self._data_error(e)
-                return
-            if down is not None:
-                down.send_to_client(chunk)
+                failed, error = True, e
+                break
+        down = self.downstream
+        if chunks and down is not None:
+            down.send_to_client(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if failed and error is not None:
+            self._data_error(error)
+            return
+        if finished:
+            self.readConnectionLost()
         self._flush()
 
     def _data_error(self, error: SSL.Error) -> None:

@@ -267,7 +267,7 @@ async def test_bad_client_certificates_are_refused_and_counted(gateway, upstream
         lambda: gateway.metric("tgw_tls_handshake_errors_total", reason=kind) == 1
     )
     assert up.accepted == 0
-    assert gateway.metric("tgw_downstream_connections_active") == 0
+    await gateway.wait_for(lambda: gateway.metric("tgw_downstream_connections_active") == 0)
 
 
 @pytest_twisted.ensureDeferred

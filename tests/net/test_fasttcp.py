@@ -1,0 +1,119 @@
+"""gwcore.net.fasttcp: immediate writes and big reads over real loopback sockets, with
+Twisted's buffering, flow control and errors still in charge when the kernel is full."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+import pytest_twisted
+from twisted.internet import error, reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+
+from gwcore.net import fasttcp
+from tests.harness import free_port, sleep
+
+
+class Collect(Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
+
+
+async def pair() -> tuple[Collect, Collect, object]:
+    servers: list[Collect] = []
+
+    def build(addr: object) -> Collect:
+        proto = Collect()
+        servers.append(proto)
+        return proto
+
+    factory = Factory()
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    port = await fasttcp.listen(reactor, "tcp:0:interface=127.0.0.1", factory)
+    client = await fasttcp.TCPClientEndpoint(reactor, "127.0.0.1", port.getHost().port, 5).connect(
+        Factory.forProtocol(Collect)
+    )
+    while not servers:
+        await sleep(0.01)
+    return client, servers[0], port
+
+
+@pytest.mark.parametrize(
+    ("description", "parsed"),
+    [
+        ("tcp:8443:interface=127.0.0.1", (8443, "127.0.0.1", 50)),
+        ("tcp:port=8443:interface=127.0.0.1:backlog=128", (8443, "127.0.0.1", 128)),
+        ("tcp6:8443:interface=\\:\\:1", (8443, "::1", 50)),
+        ("tcp6:8443", (8443, "::", 50)),
+        ("tcp:8443", (8443, "", 50)),
+        ("unix:/tmp/x.sock", None),
+        ("tcp:8443:interface=127.0.0.1:unknown=1", None),
+        ("systemd:domain=INET:index=0", None),
+    ],
+)
+def test_endpoint_strings_we_handle_and_those_left_to_twisted(description, parsed):
+    """tcp/tcp6 strings get our transports; anything else (or unknown) goes to Twisted."""
+    assert fasttcp.parse_tcp(description) == parsed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_with_nothing_queued_goes_out_at_once():
+    """Both sides use our transports, and a small write leaves nothing queued in Python."""
+    client, server, port = await pair()
+    assert isinstance(client.transport, fasttcp.Client)
+    assert isinstance(server.transport, fasttcp.Server)
+    client.transport.write(b"hello")
+    assert client.transport.dataBuffer == b"" and client.transport._tempDataLen == 0
+    while bytes(server.data) != b"hello":
+        await sleep(0.01)
+    client.transport.loseConnection()
+    await server.lost
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_the_kernel_refuses_is_queued_and_arrives_in_order():
+    """With the reader paused, a big write fills the kernel buffers; the rest is queued
+    by Twisted and every byte arrives, in order, once the reader resumes."""
+    client, server, port = await pair()
+    server.transport.pauseProducing()
+    payload = random.Random(3).randbytes(16 * 1024 * 1024)
+    client.transport.write(payload)
+    queued = len(client.transport.dataBuffer) + client.transport._tempDataLen
+    assert 0 < queued < len(payload)
+    server.transport.resumeProducing()
+    for _ in range(2000):
+        if len(server.data) == len(payload):
+            break
+        await sleep(0.01)
+    assert hashlib.sha256(server.data).digest() == hashlib.sha256(payload).digest()
+    client.transport.loseConnection()
+    await server.lost
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_connect_fails_the_deferred():
+    """A refused connect errbacks with Twisted's ConnectionRefusedError."""
+    endpoint = fasttcp.TCPClientEndpoint(reactor, "127.0.0.1", free_port(), 5)
+    with pytest.raises(error.ConnectionRefusedError):
+        await endpoint.connect(Factory.forProtocol(Collect))
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_tcp_endpoints_fall_back_to_twisted(tmp_path):
+    """A unix: listener is Twisted's own, so every endpoint type keeps working."""
+    port = await fasttcp.listen(
+        reactor, f"unix:{tmp_path / 's.sock'}", Factory.forProtocol(Collect)
+    )
+    assert not isinstance(port, fasttcp.Port)
+    await port.stopListening()
