@@ -6,7 +6,8 @@ unregister once flushed) and a trip through the reactor. A gateway's splice writ
 right after it reads, when the socket's send buffer is almost always free, so these
 transports try ``send`` immediately when nothing is queued and fall back to
 Twisted's buffering only for what the kernel did not take. Reads use a 256 KiB
-buffer (Twisted reads 64 KiB), so a bulk transfer crosses Python a quarter as often.
+buffer (Twisted reads 64 KiB), so a bulk transfer crosses Python a quarter as often,
+and TCP_NODELAY is set: a relay forwards what it has at once.
 
 Everything else — flow control, half-close, producers, connection loss — is
 Twisted's own code path: the subclasses only override ``write`` (and the client's
@@ -17,7 +18,9 @@ endpoint type other than ``tcp``/``tcp6``.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 from typing import Any
 
 from twisted.internet import tcp
@@ -35,6 +38,13 @@ def native(reactor: Any) -> bool:
     """Whether ``reactor`` runs real sockets (our transports need one; an in-memory
     test reactor gets Twisted's own endpoints instead)."""
     return isinstance(reactor, PosixReactorBase)
+
+
+def _no_delay(sock: Any) -> None:
+    # A relay forwards what it has at once; Nagle would hold a short tail (the end of
+    # a response) until the peer's delayed ACK, some 40 ms later.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _WriteNow:
@@ -75,6 +85,10 @@ class _WriteNow:
 class Server(_WriteNow, tcp.Server):
     """An accepted connection with immediate writes."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _no_delay(self.socket)
+
 
 class Port(tcp.Port):
     """A listening port whose connections are :class:`Server`."""
@@ -86,6 +100,7 @@ class Client(_WriteNow, tcp.Client):
     """An outgoing connection with immediate writes; tells its factory when connected."""
 
     def _connectDone(self) -> None:
+        _no_delay(self.socket)
         super()._connectDone()
         ready = getattr(self.connector.factory, "connection_made", None)
         if ready is not None and self.protocol is not None and self.connected:
