@@ -141,7 +141,8 @@ def tgw_handshake_done(event: HandshakeDone) -> None:
 
 @hookspec
 def tgw_authorized(event: AuthorizationDone) -> None:
-    """The engines decided. A veto turns an allow into a deny (never the reverse)."""
+    """The engines decided (allow or deny; ``event.decision`` says which). A veto turns
+    an allow into a deny; on a deny it changes nothing."""
 
 
 @hookspec

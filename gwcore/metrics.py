@@ -210,7 +210,8 @@ class GatewayMetrics:
         )
         self.reloads = Counter(
             "tgw_config_reloads",
-            "Configuration reloads, by result (applied, rejected).",
+            "Configuration reloads, by result (applied; rejected: invalid file; failed: a site "
+            "could not start, the running config stays).",
             ["result"],
             registry=r,
         )

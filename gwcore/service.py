@@ -162,6 +162,26 @@ class GatewayService(Service):
         d.addErrback(lambda f: log.failure("reload failed; the running config stays", f))
         return d
 
+    async def _roll_back(
+        self, fresh: dict[str, Site], paused: list[Site], error: Exception
+    ) -> None:
+        """A replacement site failed to start: undo the reload, keep serving the old config."""
+        log.error(
+            "reload failed, the running config stays: {error}",
+            error=f"{type(error).__name__}: {error}",
+        )
+        for site in fresh.values():
+            try:
+                await site.stop(drain_timeout=0)
+            except Exception:
+                log.failure("stopping a half-started site failed")
+        for site in paused:
+            try:
+                await site.resume_listening()
+            except Exception:
+                log.failure("site {site} could not listen again", site=site.name)
+        self.metrics.reloads.labels(result="failed").inc()
+
     async def _reload(self) -> None:
         if self.started is None or not self.started.called:
             log.warn("reload ignored: still starting")
@@ -189,26 +209,35 @@ class GatewayService(Service):
                 )
             old_sites = dict(self.sites)
             wanted = {s.key: s for s in new.sites}
+            paused = []
             for key, site in old_sites.items():
                 if (key not in wanted or wanted[key] != site.config) and site.port is not None:
                     # Free the endpoint for the replacement; connections stay.
                     await maybeDeferred(site.port.stopListening)
                     site.listening = False
-            for key, site_config in wanted.items():
-                old = old_sites.get(key)
-                if old is not None and old.config == site_config:
-                    continue
-                site = site_class(site_config)(
-                    site_config,
-                    new,
-                    self.reactor,
-                    self.metrics,
-                    self.access_log,
-                    checked.stacks[key],
-                )
-                if self.worker is not None:
-                    site.inherited_listener = self.worker.listener_for(site.config.listen)
-                await site.start()
+                    paused.append(site)
+            fresh: dict[str, Site] = {}
+            try:
+                for key, site_config in wanted.items():
+                    old = old_sites.get(key)
+                    if old is not None and old.config == site_config:
+                        continue
+                    site = site_class(site_config)(
+                        site_config,
+                        new,
+                        self.reactor,
+                        self.metrics,
+                        self.access_log,
+                        checked.stacks[key],
+                    )
+                    if self.worker is not None:
+                        site.inherited_listener = self.worker.listener_for(site.config.listen)
+                    fresh[key] = site
+                    await site.start()
+            except Exception as e:
+                await self._roll_back(fresh, paused, e)
+                return
+            for key, site in fresh.items():
                 self.sites[key] = site
                 log.info("site {site} reloaded", site=key)
             for key, old in old_sites.items():

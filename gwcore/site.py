@@ -386,17 +386,7 @@ class Site:
                     e=e,
                 )
         await self._rebuild()
-        # The data-path transports (gwcore.net.fasttcp) for tcp/tcp6 listeners.
-        if self.inherited_listener is not None:
-            # Adopting duplicates the descriptor: the worker keeps its own.
-            self.port = fasttcp.adopt(
-                self.reactor, *self.inherited_listener, self.listener_factory()
-            )
-        else:
-            self.port = await fasttcp.listen(
-                self.reactor, self.config.listen, self.listener_factory()
-            )
-        self.listening = True
+        await self.resume_listening()
         self._sweep.start(self._sweep_interval(), now=False)
         host = self.port.getHost()
         address = f"{host.host}:{host.port}"
@@ -410,6 +400,20 @@ class Site:
         )
         if self._listeners["tgw_site_started"]:
             self.dispatch("tgw_site_started", SiteStarted(site=self.name, address=address))
+
+    async def resume_listening(self) -> None:
+        """Listen on the site's endpoint (at start, or again after a failed reload)."""
+        # The data-path transports (gwcore.net.fasttcp) for tcp/tcp6 listeners.
+        if self.inherited_listener is not None:
+            # Adopting duplicates the descriptor: the worker keeps its own.
+            self.port = fasttcp.adopt(
+                self.reactor, *self.inherited_listener, self.listener_factory()
+            )
+        else:
+            self.port = await fasttcp.listen(
+                self.reactor, self.config.listen, self.listener_factory()
+            )
+        self.listening = True
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let connections drain, close what is left, stop providers.
@@ -625,7 +629,8 @@ class Site:
     def _policy_changed(self) -> None:
         """Re-check open connections; close those the new policy denies."""
         for conn in list(self.active):
-            if conn.state is not State.SPLICING or conn.identity is None:
+            # Connecting ones too: they were allowed under the policy that just changed.
+            if conn.state not in (State.CONNECTING, State.SPLICING) or conn.identity is None:
                 continue
             self.authorize(conn).addCallback(self._recheck_result, conn)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from twisted.internet.endpoints import serverFromString
 
+from gwcore.net.fasttcp import parse_tcp
 from gwcore.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
 
@@ -75,8 +76,41 @@ def check_config(path: str | Path) -> CheckedConfig:
             )
         if site.role == "mesh":
             result.problems += _mesh_problems(config, site, stack)
+        elif not _implements(stack, "tgw_certificate_providers"):
+            result.problems.append(
+                ConfigProblem(
+                    config.file,
+                    f"{site.prefix}.plugins",
+                    "a terminating site needs a certificate provider "
+                    "(builtin_ca, file_certs or consul_certs)",
+                )
+            )
         result.stacks[site.key] = stack
+    result.problems += _shared_endpoints(config)
     return result
+
+
+def _implements(stack: PluginStack, hook: str) -> set[str]:
+    """Names of the stack's own (non-essential) plugins implementing ``hook``."""
+    impls = getattr(stack.pm.hook, hook).get_hookimpls()
+    return {i.plugin_name for i in impls} - set(ESSENTIAL_PLUGINS)
+
+
+def _shared_endpoints(config: GatewayConfig) -> list[ConfigProblem]:
+    """A site may not listen where the admin endpoint or the sample service does."""
+    others = {"gateway.admin": config.admin}
+    if config.sample_service:
+        others["sample_service.listen"] = config.sample_service.listen
+    problems = []
+    for site in config.sites:
+        if (parse_tcp(site.listen) or (None,))[0] == 0:
+            continue  # port 0: the kernel picks a free port, nothing to clash with
+        for key, endpoint in others.items():
+            if endpoint and endpoint == site.listen:
+                problems.append(
+                    ConfigProblem(config.file, f"{site.prefix}.listen", f"same endpoint as {key}")
+                )
+    return problems
 
 
 _NOT_FOR_MESH = {
@@ -91,11 +125,7 @@ def _mesh_problems(
     """A mesh site forwards TLS untouched: certificate and authorization plugins are mistakes."""
     problems = []
     for hook, why in _NOT_FOR_MESH.items():
-        named = sorted(
-            {i.plugin_name for i in getattr(stack.pm.hook, hook).get_hookimpls()}
-            - set(ESSENTIAL_PLUGINS)
-        )
-        for name in named:
+        for name in sorted(_implements(stack, hook)):
             problems.append(
                 ConfigProblem(
                     config.file,

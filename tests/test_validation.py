@@ -44,20 +44,28 @@ def test_a_good_config_is_ok_and_has_a_loaded_stack_per_site(tmp_path: Path) -> 
         [sample_service]
         listen = "tcp:0:interface=127.0.0.1"
         """
-        + site("a", 8443, ["file_catalog", "intentions"])
+        + site("a", 8443, ["file_catalog", "builtin_ca", "intentions"])
         + """
         [sites.a.file_catalog]
         paths = ["catalog"]
         """
-        + site("b", 8444, []),
+        + site("b", 8444, ["file_certs"])
+        + """
+        [sites.b.file_certs]
+        """,
     )
     checked = check_config(path)
     assert checked.problems == []
     assert checked.ok
     assert checked.config is not None and checked.config.file == str(path)
     assert list(checked.stacks) == ["a", "b"]
-    assert checked.stacks["a"].plugin_names == ["file_catalog", "intentions", *ESSENTIAL_PLUGINS]
-    assert checked.stacks["b"].plugin_names == list(ESSENTIAL_PLUGINS)
+    assert checked.stacks["a"].plugin_names == [
+        "file_catalog",
+        "builtin_ca",
+        "intentions",
+        *ESSENTIAL_PLUGINS,
+    ]
+    assert checked.stacks["b"].plugin_names == ["file_certs", *ESSENTIAL_PLUGINS]
 
 
 def test_every_kind_of_problem_is_reported_in_one_run(tmp_path: Path) -> None:
@@ -102,6 +110,8 @@ def test_every_kind_of_problem_is_reported_in_one_run(tmp_path: Path) -> None:
         ("sites.mesh.file_catalog.paths", "missing-dir"),
         ("sites.buggy.plugins", "raised while validating: KeyError('validator bug')"),
         ("sites.badlisten.listen", "'tcp:notaport' is not a valid endpoint"),
+        ("sites.buggy.plugins", "needs a certificate provider"),
+        ("sites.badlisten.plugins", "needs a certificate provider"),
     ]
     for key, fragment in expected:
         assert any(k == key and fragment in m for k, m in found), (key, fragment, found)
@@ -141,3 +151,38 @@ def test_a_mesh_site_is_valid_but_refuses_key_and_authorization_plugins(tmp_path
     assert [k for k, _ in found] == ["sites.edge.plugins", "sites.edge.plugins"]
     assert "'builtin_ca' has nothing to do on a mesh site" in found[0][1]
     assert "'intentions' has nothing to do on a mesh site" in found[1][1]
+
+
+def test_a_terminating_site_without_a_certificate_provider_is_a_problem(tmp_path: Path) -> None:
+    """check-config catches what would otherwise fail only at start: no leaf source."""
+    (tmp_path / "catalog").mkdir()
+    path = write_config(
+        tmp_path,
+        '[gateway]\nadmin = ""\n'
+        + site(
+            "main",
+            8443,
+            ["file_catalog", "intentions"],
+            '[sites.main.file_catalog]\npaths = ["catalog"]',
+        ),
+    )
+    checked = check_config(path)
+    assert [(p.key, p.message) for p in checked.problems] == [
+        (
+            "sites.main.plugins",
+            "a terminating site needs a certificate provider "
+            "(builtin_ca, file_certs or consul_certs)",
+        )
+    ]
+
+
+def test_a_site_may_not_listen_on_the_admin_endpoint(tmp_path: Path) -> None:
+    """Endpoint clashes between a site and [gateway] admin are caught before start."""
+    path = write_config(
+        tmp_path,
+        '[gateway]\nadmin = "tcp:8443:interface=127.0.0.1"\n' + site("main", 8443, ["builtin_ca"]),
+    )
+    checked = check_config(path)
+    assert [(p.key, p.message) for p in checked.problems] == [
+        ("sites.main.listen", "same endpoint as gateway.admin")
+    ]

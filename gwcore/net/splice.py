@@ -20,10 +20,29 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from zope.interface import implementer
+
+BIO_CHUNK = 1 << 17
+
+
+def flush_bio(tls: Any, write: Any) -> None:
+    """Move everything OpenSSL wrote into its memory BIO to ``write`` (the socket).
+
+    A read shorter than the chunk means the BIO is empty, which saves the call that
+    would only raise ``WantReadError``.
+    """
+    while True:
+        try:
+            data = tls.bio_read(BIO_CHUNK)
+        except SSL.WantReadError:
+            return
+        write(data)
+        if len(data) < BIO_CHUNK:
+            return
 
 
 class State(enum.Enum):

@@ -49,7 +49,7 @@ from gwcore.events import (
     ConnectionInfo,
     HandshakeDone,
 )
-from gwcore.net.splice import SplicedClient, State, UpstreamProtocol
+from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
 from gwcore.net.tls import VERIFY_ERROR_REASONS, ServerTLS
 from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdict
 from gwcore.policy.routes import RouteTable
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 MAX_EARLY_BYTES = 256 * 1024
 """Plaintext a client may send before its upstream is connected; more is abuse."""
 
-BIO_CHUNK = 1 << 17
 RECV_CHUNK = 1 << 16
 
 log = Logger(namespace="tgw.connection")
@@ -264,18 +263,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self._flush_tls()
 
     def _flush_tls(self) -> None:
-        tls = self.tls
-        if tls is None:
-            return
-        write = self.transport.write
-        while True:
-            try:
-                data = tls.bio_read(BIO_CHUNK)
-            except SSL.WantReadError:
-                return
-            write(data)
-            if len(data) < BIO_CHUNK:
-                return
+        if self.tls is not None:
+            flush_bio(self.tls, self.transport.write)
 
     def send_to_client(self, data: bytes) -> None:
         """Encrypt upstream bytes to the client (called by :class:`UpstreamProtocol`)."""
@@ -410,7 +399,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self._pending = None
         if self.state is State.CLOSED:
             return
-        if decision.allowed and self.site.has_listeners("tgw_authorized"):
+        if self.site.has_listeners("tgw_authorized"):
+            # Every decision is reported; a veto can only turn an allow into a deny.
             event = AuthorizationDone(
                 conn=self.info,
                 identity=self.identity,
@@ -418,7 +408,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
                 decision=decision,
             )
             self.site.dispatch("tgw_authorized", event)
-            if event.veto_reason is not None:
+            if decision.allowed and event.veto_reason is not None:
                 decision = Decision(Verdict.DENY, f"addon:{event.vetoed_by}", event.veto_reason)
         self.decision = decision
         if not decision.allowed:

@@ -28,8 +28,8 @@ from service_identity.cryptography import verify_certificate_hostname, verify_ce
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 
-from gwcore.net.splice import UpstreamProtocol
-from gwcore.net.terminator import BIO_CHUNK, RECV_CHUNK
+from gwcore.net.splice import UpstreamProtocol, flush_bio
+from gwcore.net.terminator import RECV_CHUNK
 from gwcore.net.tls import _add_roots
 from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
 from gwcore.policy.model import Endpoint
@@ -306,18 +306,8 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         self.transport.loseWriteConnection()
 
     def _flush(self) -> None:
-        tls = self.tls
-        if tls is None:
-            return
-        write = self.transport.write
-        while True:
-            try:
-                data = tls.bio_read(BIO_CHUNK)
-            except SSL.WantReadError:
-                return
-            write(data)
-            if len(data) < BIO_CHUNK:
-                return
+        if self.tls is not None:
+            flush_bio(self.tls, self.transport.write)
 
     def readConnectionLost(self) -> None:
         if not self.handshake_done:

@@ -1,0 +1,54 @@
+"""gwcore.service: reload keeps serving when a replacement site cannot start."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest_twisted
+
+from tests.harness import (
+    gateway_entry,
+    hello,
+    in_thread,
+    intentions,
+    registration,
+    request,
+    sni_for,
+    write_json,
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_whose_site_cannot_listen_is_rolled_back(gateway, upstreams):
+    """The new listen endpoint is taken: the reload fails, is counted, and the old site
+    listens again and serves."""
+    up = upstreams(hello(b"ok"))
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    await gateway.start()
+    old_port = gateway.port
+    files = gateway.client_files("web")
+    assert await in_thread(request, old_port, sni_for("billing"), files) == b"ok"
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        config = gateway.root / "tgw.toml"
+        text = config.read_text().replace(
+            'listen = "tcp:0:interface=127.0.0.1"',
+            f'listen = "tcp:{taken.getsockname()[1]}:interface=127.0.0.1"',
+        )
+        config.write_text(text)
+        await gateway.service.reload()
+    finally:
+        taken.close()
+    assert (
+        gateway.service.metrics.registry.get_sample_value(
+            "tgw_config_reloads_total", {"result": "failed"}
+        )
+        == 1
+    )
+    assert gateway.site.listening and gateway.port != 0
+    assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"ok"
