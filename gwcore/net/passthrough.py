@@ -88,17 +88,7 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
     # --- accept -------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.info = ConnectionInfo(
-            site=self.site.name,
-            connection_id=self.connection_id,
-            client_address=getattr(peer, "host", str(peer)),
-            client_port=getattr(peer, "port", 0),
-            started=self.started,
-        )
-        if not self.site.connection_opened(self):
-            self.close_cause = "overflow"
-            self.transport.abortConnection()
+        if not self.accept():
             return
         self._deadline = self.site.reactor.callLater(
             self.site.config.handshake_timeout, self._hello_expired
@@ -146,7 +136,7 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
             log.info(
                 "no route for {sni} from {client}: {detail}",
                 sni=sni,
-                client=self._client(),
+                client=self.client_label(),
                 detail=route.detail,
             )
             self._close(f"no_route:{route.reason}")
@@ -165,7 +155,7 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
         self.site.mesh_bad_hello(reason)
         log.info(
             "dropped {client}: bad ClientHello ({reason}): {detail}",
-            client=self._client(),
+            client=self.client_label(),
             reason=reason,
             detail=detail,
         )
@@ -239,41 +229,16 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
 
     # --- reporting --------------------------------------------------------------------
 
-    def _client(self) -> str:
-        if self.info is None:
-            return "?"
-        return f"{self.info.client_address}:{self.info.client_port}"
-
-    def access_record(self) -> dict[str, Any]:
-        """The JSON access-log record (the same keys as a terminating site's, plus the
-        route: the datacenter addressed and whether it was reached through its mesh
-        gateways). ``source`` is always null: a mesh site never sees the identity."""
-        now = time.time()
+    def record_fields(self) -> dict[str, Any]:
+        """The route: the datacenter addressed and whether it was reached through its
+        mesh gateways. ``source`` is always null: a mesh site never sees the identity."""
         route = self.route
-        record: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started))
-            + f".{int(self.started % 1 * 1000):03d}Z",
-            "site": self.site.name,
-            "connection_id": self.connection_id,
-            "client": self._client(),
-            "sni": self.sni,
+        return {
             "source": None,
             "destination": route.service.name if route else None,
             "datacenter": route.datacenter if route else None,
             "via": ("mesh_gateways" if route.remote else "local") if route else None,
-            "endpoint": str(self.endpoint) if self.endpoint else None,
-            "bytes_upstream": self.bytes_up,
-            "bytes_downstream": self.bytes_down,
-            "duration_seconds": round(now - self.started, 6),
-            "connect_seconds": round(self.connect_seconds, 6) if self.connect_seconds else None,
-            "connect_attempts": self.attempts,
-            "close_cause": self.close_cause,
         }
-        if self.close_cause_detail:
-            record["close_detail"] = self.close_cause_detail
-        if self.info is not None and self.info.annotations:
-            record["annotations"] = dict(self.info.annotations)
-        return record
 
     def closed_event(self, record: dict[str, Any]) -> ConnectionClosed | None:
         return ConnectionClosed(conn=self.info, record=record) if self.info is not None else None

@@ -18,6 +18,7 @@ untouched). Rules:
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any
 
 from OpenSSL import SSL
@@ -170,6 +171,15 @@ class SplicedClient:
     _deadline: Any
     _pending: Any
     _finished: bool
+    info: Any
+    connection_id: int
+    started: float
+    sni: str | None
+    endpoint: Any
+    bytes_down: int
+    connect_seconds: float | None
+    attempts: int
+    close_cause_detail: str | None
 
     def _init_splice(self) -> None:
         self.upstream = None
@@ -318,5 +328,59 @@ class SplicedClient:
         self._finishing()
         self.site.connection_closed(self, self.access_record())
 
-    def access_record(self) -> dict[str, Any]:  # pragma: no cover - provided by the driver
-        raise NotImplementedError
+    def accept(self) -> bool:
+        """At ``connectionMade``: describe the connection and ask the site to admit it.
+
+        Returns ``False`` (after aborting the socket, cause ``overflow``) when the
+        site is at ``max_connections``.
+        """
+        from gwcore.events import ConnectionInfo
+
+        peer = self.transport.getPeer()
+        self.info = ConnectionInfo(
+            site=self.site.name,
+            connection_id=self.connection_id,
+            client_address=getattr(peer, "host", str(peer)),
+            client_port=getattr(peer, "port", 0),
+            started=self.started,
+        )
+        if not self.site.connection_opened(self):
+            self.close_cause = "overflow"
+            self.transport.abortConnection()
+            return False
+        return True
+
+    def client_label(self) -> str:
+        if self.info is None:
+            return "?"
+        return f"{self.info.client_address}:{self.info.client_port}"
+
+    def access_record(self) -> dict[str, Any]:
+        """The JSON access-log record (also the ``tgw_connection_closed`` payload): the
+        fields every driver has, then the driver's own (:meth:`record_fields`)."""
+        started = self.started
+        record: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
+            + f".{int(started % 1 * 1000):03d}Z",
+            "site": self.site.name,
+            "connection_id": self.connection_id,
+            "client": self.client_label(),
+            "sni": self.sni,
+            **self.record_fields(),
+            "endpoint": str(self.endpoint) if self.endpoint else None,
+            "bytes_upstream": self.bytes_up,
+            "bytes_downstream": self.bytes_down,
+            "duration_seconds": round(time.time() - started, 6),
+            "connect_seconds": round(self.connect_seconds, 6) if self.connect_seconds else None,
+            "connect_attempts": self.attempts,
+            "close_cause": self.close_cause,
+        }
+        if self.close_cause_detail:
+            record["close_detail"] = self.close_cause_detail
+        if self.info is not None and self.info.annotations:
+            record["annotations"] = dict(self.info.annotations)
+        return record
+
+    def record_fields(self) -> dict[str, Any]:
+        """Driver-specific access-log fields (who, what was decided, where to)."""
+        return {}

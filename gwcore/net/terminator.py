@@ -141,17 +141,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     # --- accept -------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.info = ConnectionInfo(
-            site=self.site.name,
-            connection_id=self.connection_id,
-            client_address=getattr(peer, "host", str(peer)),
-            client_port=getattr(peer, "port", 0),
-            started=self.started,
-        )
-        if not self.site.connection_opened(self):
-            self.close_cause = "overflow"
-            self.transport.abortConnection()
+        if not self.accept():
             return
         if self.site.has_listeners("tgw_client_connected"):
             event = ClientConnected(conn=self.info)
@@ -322,7 +312,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         log.info(
             "handshake refused: {reason} from {client} {detail}",
             reason=reason,
-            client=self._client(),
+            client=self.client_label(),
             detail=detail,
         )
         self._close(f"handshake:{reason}", abort=False)
@@ -331,7 +321,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self._deadline = None
         if self.state is State.HANDSHAKE:
             self.site.metrics.handshake_errors.labels(site=self.site.name, reason="timeout").inc()
-            log.info("handshake timed out from {client}", client=self._client())
+            log.info("handshake timed out from {client}", client=self.client_label())
             self._close("handshake:timeout")
 
     def _handshake_completed(self) -> None:
@@ -356,7 +346,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             log.info(
                 "client identity refused: {reason} from {client}: {detail}",
                 reason=e.reason,
-                client=self._client(),
+                client=self.client_label(),
                 detail=e.detail,
             )
             self._close(f"identity:{e.reason}")
@@ -502,11 +492,11 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def _refuse(self, reason: str, detail: str | None) -> None:
         self.site.metrics.rejected.labels(site=self.site.name, reason=reason).inc()
         if detail:
-            log.info("refused {client}: {detail}", client=self._client(), detail=detail)
+            log.info("refused {client}: {detail}", client=self.client_label(), detail=detail)
         self.close(reason)
 
     def _protocol_error(self, error: Exception) -> None:
-        log.info("TLS error from {client}: {error}", client=self._client(), error=error)
+        log.info("TLS error from {client}: {error}", client=self.client_label(), error=error)
         self._close("tls_error", abort=True)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -523,44 +513,18 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
 
     # --- reporting ------------------------------------------------------------
 
-    def _client(self) -> str:
-        if self.info is None:
-            return "?"
-        return f"{self.info.client_address}:{self.info.client_port}"
-
-    def access_record(self) -> dict[str, Any]:
-        """The JSON access-log record for this connection (also the close event payload)."""
-        now = time.time()
+    def record_fields(self) -> dict[str, Any]:
         decision = self.decision
-        record: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started))
-            + f".{int(self.started % 1 * 1000):03d}Z",
-            "site": self.site.name,
-            "connection_id": self.connection_id,
-            "client": self._client(),
-            "sni": self.sni,
+        return {
             "source": self.identity.uri if self.identity else None,
             "destination": self.destination.name if self.destination else None,
-            "endpoint": str(self.endpoint) if self.endpoint else None,
             "decision": decision.verdict.value if decision else None,
             "engine": decision.engine if decision else None,
             "reason": decision.reason if decision else None,
-            "bytes_upstream": self.bytes_up,
-            "bytes_downstream": self.bytes_down,
-            "duration_seconds": round(now - self.started, 6),
             "handshake_seconds": round(self.handshake_seconds, 6)
             if self.handshake_seconds
             else None,
-            "connect_seconds": round(self.connect_seconds, 6) if self.connect_seconds else None,
-            "connect_attempts": self.attempts,
-            "close_cause": self.close_cause,
         }
-        detail = getattr(self, "close_cause_detail", None)
-        if detail:
-            record["close_detail"] = detail
-        if self.info is not None and self.info.annotations:
-            record["annotations"] = dict(self.info.annotations)
-        return record
 
     def closed_event(self, record: dict[str, Any]) -> ConnectionClosed | None:
         return ConnectionClosed(conn=self.info, record=record) if self.info is not None else None
