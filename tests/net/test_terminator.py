@@ -683,3 +683,38 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
 
     assert await in_thread(still_streaming) == b"old connection"
     old.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_resumed_sessions_keep_the_client_identity_and_are_authorized_again(
+    gateway, upstreams
+):
+    """TLS session resumption on the listener: a resumed session still carries the
+    client's certificate (the access log names web), and every connection is authorized
+    afresh — a billing session resumed towards payments is still denied."""
+    billing, payments = upstreams(hello(b"billing")), upstreams(hello(b"payments"))
+    rules = [intentions("billing", ("web", "allow")), intentions("payments", ("web", "deny"))]
+    setup_catalog(gateway, {"billing": [billing.port], "payments": [payments.port]}, rules)
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(root))
+    ctx.load_cert_chain(str(cert), str(key))
+
+    def call(sni: str, session: ssl.SSLSession | None) -> tuple[bytes, bool, ssl.SSLSession]:
+        raw = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname=sni, session=session) as sock:
+            sock.sendall(b"x")
+            return read_all(sock), sock.session_reused, sock.session
+
+    first, reused, session = await in_thread(call, sni_for("billing"), None)
+    assert (first, reused) == (b"billing", False)
+    again, reused, _ = await in_thread(call, sni_for("billing"), session)
+    assert (again, reused) == (b"billing", True)
+    denied, _, _ = await in_thread(call, sni_for("payments"), session)
+    assert denied == b"" and payments.accepted == 0
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 3)
+    records = gateway.access_records()
+    assert all(r["source"].endswith("/svc/web") for r in records)
+    assert [r["decision"] for r in records] == ["allow", "allow", "deny"]
