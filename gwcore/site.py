@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
+from OpenSSL import SSL
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -94,7 +95,7 @@ class Site:
         self.state_dir: Path = gateway.state_dir
         self.stack = stack or PluginStack(config, gateway)
         self._access_log = access_log
-        self._tls_builder = ServerTLSBuilder(self._on_servername, self._on_verify)
+        self._tls_builder = ServerTLSBuilder(self._on_servername, self._on_verify, self._on_alpn)
         self._routes = RouteTable.empty()
         self._tls, _ = self._tls_builder.build((), lambda s: None, ())
         self._snapshots: dict[int, CatalogSnapshot] = {}
@@ -353,6 +354,14 @@ class Site:
             # Never let an exception reach OpenSSL: the connection keeps the
             # certificate-less context and the handshake fails cleanly.
             self.log.failure("servername callback failed")
+
+    def _on_alpn(self, conn: Any, offered: list[bytes]) -> Any:
+        proto = conn.get_app_data()
+        try:
+            return proto.on_alpn(offered)
+        except Exception:
+            self.log.failure("ALPN callback failed")
+            return SSL.NO_OVERLAPPING_PROTOCOLS
 
     def _on_verify(self, conn: Any, cert: Any, errnum: int, depth: int, ok: int) -> bool:
         proto = conn.get_app_data()

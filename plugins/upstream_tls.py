@@ -311,9 +311,19 @@ class TLSOriginationStrategy:
                 )
         key = (destination.name, str(endpoint))
         session = self._sessions.get(key) if self.settings.session_resumption else None
+        # Offer the service the protocol the client agreed to with us (see ALPN_BY_PROTOCOL).
+        alpn = getattr(getattr(factory, "downstream", None), "alpn", None)
         return Deferred.fromCoroutine(
             self._connect(
-                destination, endpoint, context, sni, Verification(expect), session, key, timeout
+                destination,
+                endpoint,
+                context,
+                sni,
+                Verification(expect),
+                session,
+                key,
+                timeout,
+                alpn,
             )
         )
 
@@ -327,13 +337,14 @@ class TLSOriginationStrategy:
         session: SSL.Session | None,
         key: tuple[str, str],
         timeout: float,
+        alpn: bytes | None = None,
     ) -> TLSUpstreamProtocol:
         try:
             proto = await connect_tls(
                 self.reactor,
                 endpoint,
                 timeout,
-                lambda: TLSUpstreamProtocol(context, sni, verification, session),
+                lambda: TLSUpstreamProtocol(context, sni, verification, session, alpn),
             )
         except UpstreamConnectError as e:
             self._count(e.reason, destination)

@@ -50,7 +50,7 @@ from gwcore.events import (
     HandshakeDone,
 )
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
-from gwcore.net.tls import VERIFY_ERROR_REASONS, ServerTLS
+from gwcore.net.tls import ALPN_BY_PROTOCOL, VERIFY_ERROR_REASONS, ServerTLS
 from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdict
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import normalize_sni
@@ -137,6 +137,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self._pending: Deferred[Any] | None = None
         self._finished = False
         self.close_cause_detail: str | None = None
+        self.alpn: bytes | None = None  # what the client and we agreed to, if anything
 
     # --- accept -------------------------------------------------------------------
 
@@ -182,6 +183,15 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             return
         conn.set_context(ctx)
         self.destination = destination
+
+    def on_alpn(self, offered: list[bytes]) -> Any:
+        """Pick the ALPN protocol to agree to, by the route's protocol (ALPN_BY_PROTOCOL)."""
+        protocol = self.destination.protocol if self.destination is not None else "tcp"
+        for candidate in ALPN_BY_PROTOCOL.get(protocol, ()):
+            if candidate in offered:
+                self.alpn = candidate
+                return candidate
+        return SSL.NO_OVERLAPPING_PROTOCOLS
 
     def on_verify(self, errnum: int, ok: int) -> bool:
         if not ok and self.verify_error is None:
@@ -521,6 +531,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             "decision": decision.verdict.value if decision else None,
             "engine": decision.engine if decision else None,
             "reason": decision.reason if decision else None,
+            "alpn": self.alpn.decode("ascii", "replace") if self.alpn else None,
             "handshake_seconds": round(self.handshake_seconds, 6)
             if self.handshake_seconds
             else None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +43,16 @@ VERIFY_ERROR_REASONS: dict[int, str] = {
 
 ServernameCallback = Callable[[SSL.Connection], None]
 VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+AlpnCallback = Callable[[SSL.Connection, list[bytes]], Any]
+
+# What a terminating gateway may agree to with the client, by destination protocol.
+# A TCP destination agrees to nothing (the client carries on without ALPN, as with
+# Consul's TCP filter chains); HTTP-like ones agree to what the service will speak.
+ALPN_BY_PROTOCOL: dict[str, tuple[bytes, ...]] = {
+    "http": (b"http/1.1",),
+    "http2": (b"h2",),
+    "grpc": (b"h2",),
+}
 
 
 def roots_digest(roots: Sequence[x509.Certificate]) -> bytes:
@@ -85,9 +96,15 @@ class ServerTLS:
 class ServerTLSBuilder:
     """Builds :class:`ServerTLS` snapshots for one site, reusing unchanged contexts."""
 
-    def __init__(self, on_servername: ServernameCallback, on_verify: VerifyCallback) -> None:
+    def __init__(
+        self,
+        on_servername: ServernameCallback,
+        on_verify: VerifyCallback,
+        on_alpn: AlpnCallback | None = None,
+    ) -> None:
         self._on_servername = on_servername
         self._on_verify = on_verify
+        self._on_alpn = on_alpn
 
     def _context(
         self, leaf: LeafCertificate | None, roots: Sequence[x509.Certificate]
@@ -95,6 +112,9 @@ class ServerTLSBuilder:
         ctx = SSL.Context(SSL.TLS_METHOD)
         _base_settings(ctx, self._on_verify)
         _add_roots(ctx, roots)
+        if self._on_alpn is not None:
+            # Called after the servername callback, on the route's context.
+            ctx.set_alpn_select_callback(self._on_alpn)
         if leaf is None:
             ctx.set_tlsext_servername_callback(self._on_servername)
             return ctx

@@ -188,11 +188,13 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         sni: str | None,
         verification: Verification,
         session: SSL.Session | None = None,
+        alpn: bytes | None = None,
     ) -> None:
         self.context = context
         self.sni = sni
         self.verification = verification
         self.session = session
+        self.alpn = alpn  # offered to the service: what the client agreed to with us
         self.ready: Deferred[TLSUpstreamProtocol] = Deferred()
         self.tls: SSL.Connection | None = None
         self.verify_error: int | None = None
@@ -211,6 +213,8 @@ class TLSUpstreamProtocol(UpstreamProtocol):
             tls.set_tlsext_host_name(self.sni.encode("idna"))
         if self.session is not None:
             tls.set_session(self.session)
+        if self.alpn:
+            tls.set_alpn_protos([self.alpn])
         self.tls = tls
         self._handshake()
 

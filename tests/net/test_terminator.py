@@ -718,3 +718,35 @@ async def test_resumed_sessions_keep_the_client_identity_and_are_authorized_agai
     records = gateway.access_records()
     assert all(r["source"].endswith("/svc/web") for r in records)
     assert [r["decision"] for r in records] == ["allow", "allow", "deny"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_alpn_is_agreed_by_the_destination_protocol(gateway, upstreams):
+    """A client offering h2 gets h2 from an http2 destination, and no ALPN at all from a
+    TCP one (as Consul's TCP filter chains); the access log records what was agreed."""
+    h2, raw = upstreams(hello(b"h2 here")), upstreams(hello(b"tcp here"))
+    setup_catalog(gateway, {"grpcsvc": [h2.port], "billing": [raw.port]})
+    write_json(
+        gateway.catalog / "defaults.json",
+        {"Kind": "service-defaults", "Name": "grpcsvc", "Protocol": "http2"},
+    )
+    await gateway.start()
+    await gateway.wait_for(
+        lambda: gateway.site.current()[0].lookup(sni_for("grpcsvc")).protocol == "http2"
+    )
+    cert, key, root = gateway.client_files("web")
+
+    def call(service: str) -> tuple[bytes, str | None]:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(str(root))
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        raw_sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        with ctx.wrap_socket(raw_sock, server_hostname=sni_for(service)) as sock:
+            return read_all(sock), sock.selected_alpn_protocol()
+
+    assert await in_thread(call, "grpcsvc") == (b"h2 here", "h2")
+    assert await in_thread(call, "billing") == (b"tcp here", None)
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 2)
+    assert [r["alpn"] for r in gateway.access_records()] == ["h2", None]

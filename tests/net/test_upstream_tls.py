@@ -296,3 +296,44 @@ async def test_verify_chain_only_knob_accepts_a_certificate_without_the_name(
     gateway.extra_site = '[sites.main.upstream_tls.services.billing]\nverify = "chain"\n'
     await gateway.start()
     assert await in_thread(attempt, gateway) == b"ping"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_agreed_alpn_is_offered_to_the_service(gateway, upstreams, tmp_path):
+    """For an http2 destination the client's h2 is offered on the originated TLS, so the
+    service speaks the protocol the client expects."""
+    ext = ExternalPKI(tmp_path / "ext")
+    cert, key = ext.leaf("billing", [SERVICE_NAME])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+
+    def handle(sock: socket.socket, up: Upstream) -> None:
+        with ctx.wrap_socket(sock, server_side=True) as tls:
+            up.results.append(tls.selected_alpn_protocol())
+            tls.sendall(tls.recv(100))
+
+    up = upstreams(handle)
+    link(gateway, up, CAFile=str(ext.ca_file), SNI=SERVICE_NAME)
+    write_json(
+        gateway.catalog / "defaults.json",
+        {"Kind": "service-defaults", "Name": "billing", "Protocol": "http2"},
+    )
+    await gateway.start()
+    client_cert, client_key, root = gateway.client_files("web")
+
+    def call() -> bytes:
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname = False
+        client.load_verify_locations(str(root))
+        client.load_cert_chain(str(client_cert), str(client_key))
+        client.set_alpn_protocols(["h2"])
+        with client.wrap_socket(
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=10),
+            server_hostname=sni_for("billing"),
+        ) as sock:
+            sock.sendall(b"ping")
+            return sock.recv(100)
+
+    assert await in_thread(call) == b"ping"
+    assert up.results == ["h2"]
