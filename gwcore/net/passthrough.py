@@ -26,7 +26,6 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -189,12 +188,6 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
         self.close_cause_detail = str(failure.value)
         self.site.metrics.rejected.labels(site=self.site.name, reason="upstream_unavailable").inc()
         self._close("upstream_unavailable")
-
-    def _pending_failed(self, failure: Any) -> None:
-        if failure.check(CancelledError):
-            return
-        log.failure("connection {id} failed", failure, id=self.connection_id)
-        self._close("internal_error", abort=True)
 
     def send_to_client(self, data: bytes) -> None:
         """Upstream bytes to the client, untouched (called by :class:`UpstreamProtocol`)."""

@@ -22,10 +22,14 @@ import time
 from typing import Any
 
 from OpenSSL import SSL
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
 from zope.interface import implementer
+
+_log = Logger(namespace="tgw.connection")
 
 BIO_CHUNK = 1 << 17
 
@@ -349,6 +353,13 @@ class SplicedClient:
             self.transport.abortConnection()
             return False
         return True
+
+    def _pending_failed(self, failure: Any) -> None:
+        """The client left while we were waiting (cancelled), or a bug: never unhandled."""
+        if failure.check(CancelledError):
+            return
+        _log.failure("connection {id} failed", failure, id=self.connection_id)
+        self._close("internal_error", abort=True)
 
     def client_label(self) -> str:
         if self.info is None:

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from OpenSSL import SSL
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -425,13 +424,6 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         pending = self._pending = self.site.connect_upstream(self)
         pending.addCallbacks(self._upstream_ready, self._upstream_failed)
         pending.addErrback(self._pending_failed)
-
-    def _pending_failed(self, failure: Any) -> None:
-        """The client left while we were waiting (cancelled), or a bug: never unhandled."""
-        if failure.check(CancelledError):
-            return
-        log.failure("connection {id} failed", failure, id=self.connection_id)
-        self._close("internal_error", abort=True)
 
     def _upstream_failed(self, failure: Any) -> None:
         self._pending = None
