@@ -73,14 +73,16 @@ class _BytesBody:
         consumer.write(self._body)
         return succeed(None)
 
+    # The whole body was written in startProducing: there is nothing to pause,
+    # resume or stop.
     def pauseProducing(self) -> None:
-        pass
+        return None
 
     def resumeProducing(self) -> None:
-        pass
+        return None
 
     def stopProducing(self) -> None:
-        pass
+        return None
 
 
 class _BoundedBody(Protocol):
