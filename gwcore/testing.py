@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography import x509
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 
 from gwcore import pki
 from gwcore.metrics import GatewayMetrics
@@ -51,18 +51,33 @@ def site_config(
 
 @dataclass
 class FakeSite:
-    """A ``SiteContext`` for unit tests: a fake clock, real metrics, a settable catalog."""
+    """A ``SiteContext`` for unit tests: a fake clock, real metrics, a settable catalog.
+
+    Unless a ``log`` is given, what the plugin logs is kept in ``events`` (one dict per
+    log call; also sent on to the global log), so a test can assert "one line, no
+    traceback".
+    """
 
     config: SiteConfig
     state_dir: Path
     reactor: Clock = field(default_factory=Clock)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    log: Logger = field(default_factory=lambda: Logger(namespace="tgw.test"))
+    log: Logger | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
     view: CatalogView = field(default_factory=lambda: CatalogView((), (), ""))
     subscribers: list[Callable[[CatalogView], None]] = field(default_factory=list)
     address: tuple[str, int] | None = None
     own_leaf: LeafCertificate | None = None
     roots: list[x509.Certificate] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+
+            def record(event: dict[str, Any]) -> None:
+                self.events.append(event)
+                globalLogPublisher(event)  # still seen by whoever observes the global log
+
+            self.log = Logger(namespace="tgw.test", observer=record)
 
     @property
     def name(self) -> str:

@@ -3,48 +3,21 @@
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pluggy
 import pytest
-from twisted.internet.task import Clock
-from twisted.logger import Logger
 
 from gwcore import hookspecs, pki
-from gwcore.metrics import GatewayMetrics
 from gwcore.plugins import builtin_ca
 from gwcore.policy.config import SiteConfig, parse_config
 from gwcore.policy.model import ServiceName, SpiffeID
 from gwcore.providers import CertificateProvider
+from gwcore.testing import FakeSite
 
 TD = "example.consul"
 START = 1_800_000_000.0  # the fake clock's epoch time; certificates are dated from it
-
-
-@dataclass
-class FakeSite:
-    """Just enough of a SiteContext for a certificate provider."""
-
-    config: SiteConfig
-    state_dir: Path
-    reactor: Clock = field(default_factory=Clock)
-    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    log: Logger = field(default_factory=Logger)
-    name: str = "main"
-
-    def plugin_config(self, plugin: str) -> Any:
-        return self.config.plugin_section(plugin)
-
-    def resolve_path(self, path: str) -> Path:
-        return self.config.base_dir / path
-
-    def catalog_view(self) -> Any:
-        raise NotImplementedError
-
-    def subscribe_catalog(self, callback: Any) -> None:
-        raise NotImplementedError
 
 
 def site_config(tmp_path: Path, section: dict | None = None, **site: Any) -> SiteConfig:
@@ -54,7 +27,6 @@ def site_config(tmp_path: Path, section: dict | None = None, **site: Any) -> Sit
         "datacenter": "dc1",
         "trust_domain": TD,
         "plugins": [builtin_ca.NAME],
-        # explicit: SectionReader.strings() rejects its own tuple default when the key is absent
         "extra_trust_domains": [],
         **site,
     }

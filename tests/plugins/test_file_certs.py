@@ -3,52 +3,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pluggy
 import pytest
-from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent
+from twisted.logger import formatEvent
 
 from gwcore import hookspecs, pki
-from gwcore.metrics import GatewayMetrics
 from gwcore.plugins import file_certs
 from gwcore.policy.config import SiteConfig, parse_config
 from gwcore.policy.model import ServiceName
 from gwcore.providers import CertificateProvider, LeafCertificate
+from gwcore.testing import FakeSite
 
 TD = "example.consul"
 START = 1_800_000_000.0
 BILLING = ServiceName("billing")
-
-
-@dataclass
-class FakeSite:
-    """Just enough of a SiteContext for a certificate provider; log events are kept."""
-
-    config: SiteConfig
-    state_dir: Path
-    reactor: Clock = field(default_factory=Clock)
-    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    events: list[dict] = field(default_factory=list)
-    name: str = "main"
-
-    def __post_init__(self) -> None:
-        self.log = Logger(observer=self.events.append)
-
-    def plugin_config(self, plugin: str) -> Any:
-        return self.config.plugin_section(plugin)
-
-    def resolve_path(self, path: str) -> Path:
-        return self.config.base_dir / path
-
-    def catalog_view(self) -> Any:
-        raise NotImplementedError
-
-    def subscribe_catalog(self, callback: Any) -> None:
-        raise NotImplementedError
 
 
 def site_config(tmp_path: Path, section: dict | None, **site: Any) -> SiteConfig:
@@ -57,7 +28,6 @@ def site_config(tmp_path: Path, section: dict | None, **site: Any) -> SiteConfig
         "name": "tgw",
         "trust_domain": TD,
         "plugins": [file_certs.NAME],
-        # explicit: SectionReader.strings() rejects its own tuple default when the key is absent
         "extra_trust_domains": [],
         **site,
     }
