@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from pathlib import Path
@@ -69,11 +70,9 @@ def tls_server(
                 else None,
             }
         )
-        try:
+        with contextlib.suppress(ssl.SSLError, OSError):  # the gateway may cut it short
             while data := tls.recv(65536):
                 tls.sendall(data)
-        except (ssl.SSLError, OSError):
-            pass
         tls.close()
 
     return handle
