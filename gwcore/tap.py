@@ -22,6 +22,13 @@ class Options(usage.Options):
     )
     optParameters = [["config", "c", "etc/tgw.toml", "Path to the TOML configuration file."]]
 
+    def postOptions(self) -> None:
+        # Runs before twistd first imports the reactor: choose the gateway's own
+        # (gwcore.net.reactor) unless `twistd --reactor NAME` already installed one.
+        from gwcore.net.reactor import install_if_unset
+
+        self["reactor"] = install_if_unset()
+
 
 def makeService(options: Options) -> IService:
     from gwcore.service import GatewayService
@@ -36,8 +43,25 @@ def makeService(options: Options) -> IService:
         )
         raise SystemExit(1)
     assert checked.config is not None
+    _log_reactor(options.get("reactor", "kept"))
     if checked.config.workers > 1:
         from gwcore.workers import WorkerSupervisor
 
         return WorkerSupervisor(options["config"], checked.config)
     return GatewayService(checked, config_path=options["config"], exit_on_failure=True)
+
+
+def _log_reactor(choice: str) -> None:
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    how = {
+        "tgw": "the gateway's epoll reactor",
+        "kept": "chosen by --reactor",
+        "unavailable": "no epoll on this platform",
+    }.get(choice, choice)
+    Logger().info(
+        "reactor: {cls} ({how})",
+        cls=f"{type(reactor).__module__}.{type(reactor).__name__}",
+        how=how,
+    )

@@ -45,6 +45,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from gwcore.net.reactor import is_gateway_reactor
+
 log = Logger(namespace="tgw.workers")
 
 RESTART_DELAY = 1.0
@@ -184,6 +186,8 @@ class WorkerSupervisor(Service):
             str(index),
             "--listeners",
             json.dumps(listeners),
+            "--reactor",
+            "tgw" if is_gateway_reactor(self.reactor) else "default",
         ]
         self.reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=child_fds)
         self.workers[index] = worker
@@ -250,8 +254,13 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listeners", default="{}")
+    parser.add_argument("--reactor", choices=("tgw", "default"), default="tgw")
     args = parser.parse_args(argv)
     listeners = {k: (int(v[0]), int(v[1])) for k, v in json.loads(args.listeners).items()}
+    if args.reactor == "tgw":  # what the supervisor runs, unless twistd --reactor chose
+        from gwcore.net.reactor import install_if_unset
+
+        install_if_unset()
 
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -260,6 +269,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     from gwcore.validation import check_config
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    log.info("worker {index}: reactor {cls}", index=args.index, cls=type(reactor).__qualname__)
     checked = check_config(args.config)
     if not checked.ok:
         for problem in checked.problems:

@@ -74,6 +74,8 @@ def test_two_workers_serve_one_socket_aggregate_metrics_reload_and_stop_together
     twistd = start_gateway(spawn, config, ports)
     start_connect(spawn, config, ports, "billing")
     wait_for(lambda: "2 workers serving" in twistd.output(), "both workers serving", twistd)
+    # The workers run the reactor the supervisor runs: the gateway's own.
+    assert twistd.output().count(": reactor GatewayReactor") == 2, twistd.describe()
     pids = wait_for(lambda: two_workers(twistd), "2 workers", twistd)
 
     # Worker 0 (admin, sample service) frozen: worker 1 must accept from the shared queue.

@@ -268,9 +268,12 @@ def metric(port: int, name: str, **labels: str) -> float | None:
     return None
 
 
-def start_gateway(spawn: Callable[..., Program], config: Path, ports: Ports) -> Program:
-    """``twistd --pidfile= -n tgw --config FILE``, returned once ``/ready`` answers 200."""
-    twistd = spawn("twistd", "--pidfile=", "-n", "tgw", "--config", str(config))
+def start_gateway(
+    spawn: Callable[..., Program], config: Path, ports: Ports, *twistd_args: str
+) -> Program:
+    """``twistd --pidfile= [twistd_args] -n tgw --config FILE``, returned once ``/ready``
+    answers 200."""
+    twistd = spawn("twistd", "--pidfile=", *twistd_args, "-n", "tgw", "--config", str(config))
     wait_for(lambda: status(ports.admin, "/ready") == 200, "GET /ready to answer 200", twistd)
     return twistd
 
@@ -349,15 +352,29 @@ def test_twistd_lists_the_tgw_plugin_and_its_config_option(tmp_path: Path) -> No
     assert "--config=" in out, out
 
 
+@pytest.mark.parametrize(
+    ("reactor_args", "reactor_class"),
+    [
+        ((), "gwcore.net.reactor.GatewayReactor (the gateway's epoll reactor)"),
+        (("--reactor", "poll"), "twisted.internet.pollreactor.PollReactor (chosen by --reactor)"),
+    ],
+    ids=["gateway-reactor", "twistd-reactor-poll"],
+)
 def test_request_flows_through_tgw_connect_and_twistd_then_sigterm_stops_cleanly(
-    tmp_path: Path, spawn: Callable[..., Program]
+    tmp_path: Path,
+    spawn: Callable[..., Program],
+    reactor_args: tuple[str, ...],
+    reactor_class: str,
 ) -> None:
     """A plain GET to ``tgw connect`` reaches the sample service through the real gateway;
-    metrics, routes and the access log record it; SIGTERM shuts down cleanly within 15 s."""
+    metrics, routes and the access log record it; SIGTERM shuts down cleanly within 15 s.
+    Run on the gateway's own reactor (the default) and on one chosen with
+    ``twistd --reactor``, which tgw keeps."""
     ports = Ports.pick()
     write_catalog(tmp_path, {"billing": ports.sample})
     config = write_config(tmp_path, ports)
-    twistd = start_gateway(spawn, config, ports)
+    twistd = start_gateway(spawn, config, ports, *reactor_args)
+    assert f"reactor: {reactor_class}" in twistd.output(), twistd.describe()
     start_connect(spawn, config, ports, "billing")
 
     response = http_through(ports.connect)
