@@ -233,3 +233,61 @@ class GatewayMetrics:
         created = kind(name, documentation, labels, registry=self.registry, **kw)
         self._families[name] = created
         return created
+
+
+class SiteChildren:
+    """The labelled children one site updates on every connection, resolved once.
+
+    Each ``family.labels(...)`` call takes a lock and builds a key tuple; a
+    connection's happy path touches nine of them. A :class:`Site` holds one of these
+    and asks it for each (service, ...) combination, which is resolved on first use
+    and then served from a dict. Bounded: services come from the catalog, engines
+    and verdicts from fixed sets. Children are never removed from these families, so
+    a cached child always belongs to its family.
+    """
+
+    def __init__(self, metrics: GatewayMetrics, site: str) -> None:
+        self.metrics = metrics
+        self.site = site
+        self.accepted = metrics.accepted.labels(site=site)
+        self.active = metrics.active.labels(site=site)
+        self._services: dict[str, ServiceChildren] = {}
+        self._decisions: dict[tuple[str, str, str], Any] = {}
+
+    def service(self, service: str) -> ServiceChildren:
+        children = self._services.get(service)
+        if children is None:
+            children = self._services[service] = ServiceChildren(self.metrics, self.site, service)
+        return children
+
+    def decision(self, service: str, engine: str, verdict: str) -> Any:
+        key = (service, engine, verdict)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.metrics.authz_decisions.labels(
+                site=self.site, service=service, engine=engine, decision=verdict
+            )
+        return child
+
+
+class ServiceChildren:
+    """The per-(site, service) children of a connection's happy path."""
+
+    __slots__ = (
+        "bytes_downstream",
+        "bytes_upstream",
+        "connection_seconds",
+        "connections",
+        "upstream_connect_seconds",
+    )
+
+    def __init__(self, metrics: GatewayMetrics, site: str, service: str) -> None:
+        self.connections = metrics.connections.labels(site=site, service=service)
+        self.connection_seconds = metrics.connection_seconds.labels(site=site, service=service)
+        self.upstream_connect_seconds = metrics.upstream_connect_seconds.labels(
+            site=site, service=service
+        )
+        self.bytes_upstream = metrics.bytes.labels(site=site, service=service, direction="upstream")
+        self.bytes_downstream = metrics.bytes.labels(
+            site=site, service=service, direction="downstream"
+        )

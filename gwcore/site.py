@@ -12,6 +12,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from inspect import iscoroutine
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,11 @@ from twisted.internet.defer import (
 )
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
 from gwcore.hookspecs import EVENT_HOOKS
-from gwcore.metrics import GatewayMetrics
+from gwcore.metrics import GatewayMetrics, SiteChildren
 from gwcore.net import fasttcp
 from gwcore.net.hostnames import HostnameEndpoints
 from gwcore.net.resolver import DNSResolver
@@ -91,6 +93,7 @@ class Site:
         self.gateway = gateway
         self.reactor = reactor
         self.metrics = metrics
+        self.children = SiteChildren(metrics, config.key)
         self.log = Logger(namespace=f"tgw.site.{config.key}")
         self.state_dir: Path = gateway.state_dir
         self.stack = stack or PluginStack(config, gateway)
@@ -153,12 +156,12 @@ class Site:
         self.stack.dispatch(hook, event, self.log, self.metrics)
 
     def connection_opened(self, conn: DownstreamProtocol) -> bool:
-        self.metrics.accepted.labels(site=self.name).inc()
+        self.children.accepted.inc()
         if len(self.active) >= self.config.max_connections:
             self.metrics.rejected.labels(site=self.name, reason="overflow").inc()
             return False
         self.active.add(conn)
-        self.metrics.active.labels(site=self.name).inc()
+        self.children.active.inc()
         return True
 
     def connection_closed(self, conn: DownstreamProtocol, record: dict[str, Any]) -> None:
@@ -166,12 +169,12 @@ class Site:
             self.picker.closed(conn.destination, conn.endpoint)
         if conn in self.active:
             self.active.discard(conn)
-            self.metrics.active.labels(site=self.name).dec()
+            self.children.active.dec()
         self._flush_bytes(conn)
         if conn.destination is not None and conn.endpoint is not None:
-            self.metrics.connection_seconds.labels(
-                site=self.name, service=conn.destination.name
-            ).observe(record["duration_seconds"])
+            self.children.service(conn.destination.name).connection_seconds.observe(
+                record["duration_seconds"]
+            )
         if self._access_log is not None:
             try:
                 self._access_log(record)
@@ -200,29 +203,43 @@ class Site:
         return self.decide(request)
 
     def decide(self, request: AuthzRequest) -> Deferred[Decision]:
-        """Ask every engine; deny-overrides; any engine failure or timeout is a deny."""
-        pending: list[Deferred[Decision]] = []
+        """Ask every engine; deny-overrides; any engine failure or timeout is a deny.
+
+        Engines that answer at once (intentions, a cached OPA decision) are combined
+        without a Deferred per engine: the usual handshake pays for one ``succeed``.
+        """
+        answers: list[Decision | Deferred[Decision]] = []
+        waiting = False
         for engine in self.engines:
-            d = maybeDeferred(engine.authorize, request)
-            if not d.called:
-                d.addTimeout(self.config.authz_timeout, self.reactor)
-            d.addErrback(self._engine_failed, engine)
-            pending.append(d)
+            try:
+                answer = engine.authorize(request)
+            except Exception:
+                failed = self._engine_failed(Failure(), engine)
+                answers.append(
+                    failed if isinstance(failed, Decision) else failure(engine.name, "cancelled")
+                )
+                continue
+            if iscoroutine(answer):
+                answer = Deferred.fromCoroutine(answer)
+            if isinstance(answer, Deferred):
+                if not answer.called:
+                    answer.addTimeout(self.config.authz_timeout, self.reactor)
+                answer.addErrback(self._engine_failed, engine)
+                waiting = True
+            answers.append(answer)
         service = request.destination.name
 
-        def combined(results: list[tuple[bool, Decision]]) -> Decision:
-            decision = combine([r for _, r in results], self.config.default_policy)
-            self.metrics.authz_decisions.labels(
-                site=self.name,
-                service=service,
-                engine=decision.engine,
-                decision=decision.verdict.value,
-            ).inc()
+        def combined(decisions: list[Decision]) -> Decision:
+            decision = combine(decisions, self.config.default_policy)
+            self.children.decision(service, decision.engine, decision.verdict.value).inc()
             return decision
 
-        if not pending:
-            return succeed(combined([]))
-        return DeferredList(pending, consumeErrors=True).addCallback(combined)
+        if not waiting:
+            return succeed(combined(answers))  # type: ignore[arg-type]
+        pending = [a if isinstance(a, Deferred) else succeed(a) for a in answers]
+        return DeferredList(pending, consumeErrors=True).addCallback(
+            lambda results: combined([r for _, r in results])
+        )
 
     def _engine_failed(self, reason: Any, engine: AuthorizationEngine) -> Decision | Any:
         if reason.check(CancelledError):
@@ -304,9 +321,7 @@ class Site:
                 self.metrics.upstream_retries.labels(site=self.name, service=service).inc(
                     attempts - 1
                 )
-            self.metrics.upstream_connect_seconds.labels(site=self.name, service=service).observe(
-                seconds
-            )
+            self.children.service(service).upstream_connect_seconds.observe(seconds)
             if self._listeners["tgw_upstream_connected"]:
                 self.dispatch(
                     "tgw_upstream_connected",
@@ -666,16 +681,14 @@ class Site:
         if conn.destination is None:
             return
         up, down = conn.bytes_up - conn.reported_up, conn.bytes_down - conn.reported_down
-        if up:
-            self.metrics.bytes.labels(
-                site=self.name, service=conn.destination.name, direction="upstream"
-            ).inc(up)
-            conn.reported_up = conn.bytes_up
-        if down:
-            self.metrics.bytes.labels(
-                site=self.name, service=conn.destination.name, direction="downstream"
-            ).inc(down)
-            conn.reported_down = conn.bytes_down
+        if up or down:
+            children = self.children.service(conn.destination.name)
+            if up:
+                children.bytes_upstream.inc(up)
+                conn.reported_up = conn.bytes_up
+            if down:
+                children.bytes_downstream.inc(down)
+                conn.reported_down = conn.bytes_down
 
     def _sweep_connections(self) -> None:
         now = self.reactor.seconds()

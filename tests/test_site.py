@@ -64,6 +64,7 @@ class Engine:
         self.mode = mode
         self.by_source = {}  # per source service name, overrides mode
         self.requests = []
+        self.later = []
         self.changed = None
 
     def start(self, changed):
@@ -79,6 +80,21 @@ class Engine:
             raise RuntimeError(self.name + " exploded")
         if mode == "hang":
             return Deferred()
+        if mode.startswith("later-"):  # answered when the test fires self.later
+            self.later.append(Deferred())
+            verdict = mode.removeprefix("later-")
+            if verdict == "raise":
+                return self.later[-1].addCallback(lambda _: 1 / 0)
+            return self.later[-1].addCallback(
+                lambda _: Decision(Verdict(verdict), self.name, self.name + " says " + verdict)
+            )
+        if mode.startswith("coroutine-"):
+            verdict = mode.removeprefix("coroutine-")
+
+            async def decide():
+                return Decision(Verdict(verdict), self.name, self.name + " says " + verdict)
+
+            return decide()
         return Decision(Verdict(mode), self.name, self.name + " says " + mode)
 
 
@@ -304,6 +320,58 @@ def test_decide_is_deny_overrides_and_an_engine_error_is_a_deny(
         assert metric(site, "tgw_authz_errors_total", engine=engine) == 1
     labels = {"service": "billing", "engine": engine, "decision": verdict.value}
     assert metric(site, "tgw_authz_decisions_total", **labels) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "verdict", "engine"),
+    [
+        ("allow", "later-deny", Verdict.DENY, "e2"),
+        ("later-allow", "deny", Verdict.DENY, "e2"),
+        ("later-allow", "abstain", Verdict.ALLOW, "e1"),
+        ("abstain", "later-raise", Verdict.DENY, "e2"),
+        ("coroutine-allow", "later-allow", Verdict.ALLOW, "e1"),
+    ],
+)
+def test_decide_waits_for_every_engine_that_answers_later(
+    tmp_path: Path, first: str, second: str, verdict: Verdict, engine: str
+) -> None:
+    """Synchronous and asynchronous engines mix: nothing is decided until the last
+    one answers, and deny-overrides and engine order hold as in the synchronous case
+    (an asynchronous failure is a deny by that engine)."""
+    engines = [{"name": "e1", "mode": first}, {"name": "e2", "mode": second}]
+    site = started(
+        tmp_path,
+        ["fake", "fake_certs"],
+        {"fake": {"engines": engines}, "fake_certs": {"certs": True}},
+    )
+    decisions: list[Decision] = []
+    site.decide(authz_request(site)).addCallback(decisions.append)
+    assert decisions == []
+    for stack_engine in site.engines:
+        for d in stack_engine.later:
+            d.callback(None)
+    [decision] = decisions
+    assert (decision.verdict, decision.engine) == (verdict, engine)
+    labels = {"service": "billing", "engine": engine, "decision": verdict.value}
+    assert metric(site, "tgw_authz_decisions_total", **labels) == 1
+
+
+def test_engines_that_answer_at_once_are_decided_at_once(tmp_path: Path) -> None:
+    """The handshake's usual path: when every engine answers synchronously the
+    decision is already there when ``decide`` returns (no reactor turn, no timeout
+    left scheduled)."""
+    engines = [{"name": "e1", "mode": "abstain"}, {"name": "e2", "mode": "allow"}]
+    site = started(
+        tmp_path,
+        ["fake", "fake_certs"],
+        {"fake": {"engines": engines}, "fake_certs": {"certs": True}},
+    )
+    timers = len(site.reactor.getDelayedCalls())
+    pending = site.decide(authz_request(site))
+    assert pending.called
+    decision = result_of(pending)
+    assert (decision.verdict, decision.engine) == (Verdict.ALLOW, "e2")
+    assert len(site.reactor.getDelayedCalls()) == timers
 
 
 def test_an_engine_that_never_answers_is_a_deny_after_authz_timeout(tmp_path: Path) -> None:
