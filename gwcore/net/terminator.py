@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -53,7 +53,7 @@ from gwcore.net.tls import ALPN_BY_PROTOCOL, VERIFY_ERROR_REASONS, ServerTLS
 from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdict
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import normalize_sni
-from gwcore.policy.spiffe import IdentityError, identity_from_certificate
+from gwcore.policy.spiffe import IdentityError, identity_from_der
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -344,12 +344,14 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if destination is None:  # cannot happen: the base context has no certificate
             self._handshake_failed(None)
             return
-        cert = tls.get_peer_certificate(as_cryptography=True)
+        cert = tls.get_peer_certificate()
         if cert is None:
             self._handshake_failed(None)
             return
         try:
-            self.identity = identity_from_certificate(cert, self.site.trusted_domains)
+            self.identity = identity_from_der(
+                crypto.dump_certificate(crypto.FILETYPE_ASN1, cert), self.site.trusted_domains
+            )
         except IdentityError as e:
             self.site.metrics.handshake_errors.labels(site=self.site.name, reason=e.reason).inc()
             log.info(
@@ -368,7 +370,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             log.info("client identity refused: {uri} is not a service", uri=self.identity.uri)
             self._close("identity:not_a_service")
             return
-        self.site.metrics.connections.labels(site=self.site.name, service=destination.name).inc()
+        self.site.children.service(destination.name).connections.inc()
         self.state = State.AUTHORIZING
         self.transport.pauseProducing()
         self._pump_early()  # plaintext that came with the client's Finished

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from functools import lru_cache
 
 from cryptography import x509
 
@@ -23,6 +24,9 @@ from gwcore.policy.model import DEFAULT_NAMESPACE, DEFAULT_PARTITION, ServiceNam
 IDENTITY_ERROR_REASONS = frozenset(
     {"no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"}
 )
+
+#: Distinct client certificates whose identity :func:`identity_from_der` remembers.
+IDENTITY_CACHE_SIZE = 1024
 
 # From the SPIFFE ID spec: these bounds keep a hostile certificate from feeding
 # arbitrarily large or odd strings into logs and policy.
@@ -132,6 +136,23 @@ def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collectio
             "untrusted_domain", f"trust domain {_shown(identity.trust_domain)} is not trusted"
         )
     return identity
+
+
+@lru_cache(maxsize=IDENTITY_CACHE_SIZE)
+def identity_from_der(der: bytes, trusted_domains: frozenset[str]) -> SpiffeID:
+    """:func:`identity_from_certificate` for a DER-encoded certificate, remembered.
+
+    A mesh's clients present the same few leaves on every connection, so the
+    parse (certificate, extensions, URI) is done once per distinct certificate and
+    trust-domain set; the last :data:`IDENTITY_CACHE_SIZE` are kept. A refused
+    certificate raises :class:`IdentityError` each time (failures are not cached),
+    and one that does not parse raises it with reason ``bad_spiffe_id``.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as e:
+        raise IdentityError("bad_spiffe_id", f"certificate does not parse: {e}") from e
+    return identity_from_certificate(cert, trusted_domains)
 
 
 def service_spiffe_id(service: ServiceName, datacenter: str, trust_domain: str) -> SpiffeID:

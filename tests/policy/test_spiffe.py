@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import given
@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from gwcore.policy.model import ServiceName, SpiffeID
 from gwcore.policy.spiffe import (
+    IDENTITY_CACHE_SIZE,
     IDENTITY_ERROR_REASONS,
     IdentityError,
     identity_from_certificate,
+    identity_from_der,
     parse_spiffe_id,
     service_spiffe_id,
 )
@@ -229,6 +231,40 @@ def test_identity_from_certificate_with_no_trusted_domains_rejects() -> None:
         identity_from_certificate(_certificate(_uri(WEB_URI)), ())
     assert info.value.reason == "untrusted_domain"
     assert TD in info.value.detail
+
+
+def _der(*names: x509.GeneralName) -> bytes:
+    return _certificate(*names).public_bytes(serialization.Encoding.DER)
+
+
+def test_identity_from_der_parses_once_per_certificate_and_trust_set() -> None:
+    """The handshake path's cache: the same DER and trust set give the very same
+    identity object without parsing again; another trust set is decided afresh."""
+    identity_from_der.cache_clear()
+    der = _der(_uri(WEB_URI))
+    first = identity_from_der(der, frozenset({TD}))
+    assert first == SpiffeID(TD, "default", "dc1", "web")
+    assert identity_from_der(bytes(der), frozenset({TD})) is first
+    info = identity_from_der.cache_info()
+    assert (info.hits, info.misses, info.maxsize) == (1, 1, IDENTITY_CACHE_SIZE)
+    with pytest.raises(IdentityError) as refused:
+        identity_from_der(der, frozenset({"other.consul"}))
+    assert refused.value.reason == "untrusted_domain"
+
+
+def test_identity_from_der_refuses_every_time_and_caches_no_refusal() -> None:
+    """A refused certificate is refused on every connection (nothing cached for it),
+    and bytes that are not a certificate are ``bad_spiffe_id``, not an exception."""
+    identity_from_der.cache_clear()
+    der = _der(_uri(WEB_URI), _uri(f"spiffe://{TD}/ns/default/dc/dc1/svc/admin"))
+    for _ in range(2):
+        with pytest.raises(IdentityError) as refused:
+            identity_from_der(der, frozenset({TD}))
+        assert refused.value.reason == "multiple_uri_sans"
+    assert identity_from_der.cache_info().currsize == 0
+    with pytest.raises(IdentityError) as garbage:
+        identity_from_der(b"\x30\x03\x02\x01\x00", frozenset({TD}))
+    assert garbage.value.reason == "bad_spiffe_id"
 
 
 segment = st.from_regex(r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,15}\Z").filter(
