@@ -54,6 +54,7 @@ from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdi
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import normalize_sni
 from gwcore.policy.spiffe import IdentityError, identity_from_der
+from gwcore.policy.tlsrecords import RecordCounter
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -132,6 +133,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self.idle_mark = (0, 0.0)  # (bytes seen at last sweep, when they last changed)
         self._early: list[bytes] = []
         self._early_size = 0
+        # Whole records fed to OpenSSL and not yet read back (tlsrecords module doc).
+        self._records = RecordCounter()
         self._deadline: IDelayedCall | None = None
         self._pending: Deferred[Any] | None = None
         self._finished = False
@@ -204,6 +207,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if tls is None:
             return
         tls.bio_write(data)
+        self._records.feed(data)
         if self.state is State.SPLICING:
             self._pump_to_upstream()
         elif self.state is State.HANDSHAKE:
@@ -216,16 +220,24 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         upstream = self.upstream
         assert tls is not None and upstream is not None
         # OpenSSL hands out one record (<= 16 KiB) per recv; gather them so the
-        # service gets one write (one send syscall) per read from the client.
+        # service gets one write (one send syscall) per read from the client. One
+        # recv per whole record that arrived: no last call just to hear WantReadError.
+        records = self._records
+        ready, records.complete = records.complete, 0
         chunks = []
         finished = False
-        while True:
+        # Reading records that all carried application data makes OpenSSL write
+        # nothing; anything else (a KeyUpdate, an alert) may have, so then flush.
+        quiet = True
+        for _ in range(ready):
             try:
                 chunks.append(tls.recv(RECV_CHUNK))
             except SSL.WantReadError:
+                quiet = False
                 break
             except SSL.ZeroReturnError:
                 finished = True
+                quiet = False
                 break
             except SSL.Error as e:
                 self._protocol_error(e)
@@ -236,7 +248,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             upstream.send(data)
         if finished:
             self._client_finished_writing()
-        self._flush_tls()
+        if not quiet:
+            self._flush_tls()
 
     def _pump_early(self) -> None:
         tls = self.tls
@@ -259,6 +272,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
                     "early_data_overflow", "client sent too much before the upstream was ready"
                 )
                 return
+        self._records.complete = 0  # everything whole has been read
         self._flush_tls()
 
     def _flush_tls(self) -> None:

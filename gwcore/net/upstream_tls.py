@@ -33,6 +33,7 @@ from gwcore.net.terminator import RECV_CHUNK
 from gwcore.net.tls import _add_roots
 from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
 from gwcore.policy.model import Endpoint
+from gwcore.policy.tlsrecords import RecordCounter
 from gwcore.providers import LeafCertificate
 
 # OpenSSL X509_V_ERR_* codes seen while verifying the service's chain.
@@ -202,6 +203,8 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         self.eof_sent = False
         self.failure_reason: str | None = None
         self.on_session: Callable[[SSL.Session], None] | None = None
+        # Whole records fed to OpenSSL and not yet read back (tlsrecords module doc).
+        self._records = RecordCounter()
 
     # --- handshake ------------------------------------------------------------
 
@@ -253,21 +256,33 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         if tls is None:
             return
         tls.bio_write(data)
-        if not self.handshake_done:
+        records = self._records
+        records.feed(data)
+        if self.handshake_done:
+            # One recv per whole record: no last call just to hear WantReadError.
+            ready, records.complete = records.complete, 0
+        else:
             self._handshake()
             if not self.handshake_done:
                 return
+            # Records that came with the end of the handshake: read until OpenSSL
+            # says it has no more (the count includes the handshake's own).
+            ready, records.complete = -1, 0
         # One record per recv: gather them so the client gets one write per read.
         chunks = []
         finished = failed = False
+        quiet = ready >= 0  # records with application data only: OpenSSL wrote nothing
         error: SSL.Error | None = None
-        while True:
+        while ready:
+            ready -= 1
             try:
                 chunks.append(tls.recv(RECV_CHUNK))
-            except SSL.WantReadError:
+            except SSL.WantReadError:  # a record without data (a ticket, a KeyUpdate)
+                quiet = False
                 break
             except SSL.ZeroReturnError:  # the service's close_notify: end of its stream
                 finished = True
+                quiet = False
                 break
             except SSL.Error as e:
                 failed, error = True, e
@@ -280,7 +295,8 @@ class TLSUpstreamProtocol(UpstreamProtocol):
             return
         if finished:
             self.readConnectionLost()
-        self._flush()
+        if not quiet:
+            self._flush()
 
     def _data_error(self, error: SSL.Error) -> None:
         text = _ssl_text(error)

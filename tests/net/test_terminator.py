@@ -20,6 +20,7 @@ from OpenSSL import SSL
 from tests.harness import (
     HandshakeRefusedError,
     Upstream,
+    echo,
     free_port,
     gateway_entry,
     hello,
@@ -750,3 +751,126 @@ async def test_alpn_is_agreed_by_the_destination_protocol(gateway, upstreams):
     assert await in_thread(call, "billing") == (b"tcp here", None)
     await gateway.wait_for(lambda: len(gateway.access_records()) == 2)
     assert [r["alpn"] for r in gateway.access_records()] == ["h2", None]
+
+
+class MemoryClient:
+    """A pyOpenSSL client on memory BIOs over a blocking socket, so a test decides
+    exactly how the ciphertext is cut into TCP writes."""
+
+    def __init__(self, port: int, sni: str, files, max_version: int = 0) -> None:
+        cert, key, root = files
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.use_certificate_chain_file(str(cert))
+        ctx.use_privatekey_file(str(key))
+        ctx.load_verify_locations(str(root))
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *args: bool(args[-1]))
+        if max_version:
+            ctx.set_max_proto_version(max_version)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.tls = SSL.Connection(ctx, None)
+        self.tls.set_connect_state()
+        self.tls.set_tlsext_host_name(sni.encode())
+        self.drive(self.tls.do_handshake)
+
+    def outgoing(self) -> bytes:
+        out = b""
+        while True:
+            try:
+                out += self.tls.bio_read(65536)
+            except SSL.WantReadError:
+                return out
+
+    def drive(self, step, deadline: float = 10.0):
+        """Call ``step`` until it stops wanting bytes from the network."""
+        end = time.monotonic() + deadline
+        while True:
+            try:
+                result = step()
+            except SSL.WantReadError:
+                self.sock.sendall(self.outgoing())
+                self.sock.settimeout(max(0.01, end - time.monotonic()))
+                data = self.sock.recv(65536)  # socket.timeout if the gateway stays silent
+                if not data:
+                    raise ConnectionError("gateway closed the connection") from None
+                self.tls.bio_write(data)
+                continue
+            self.sock.sendall(self.outgoing())
+            return result
+
+    def read_exactly(self, size: int) -> bytes:
+        got = bytearray()
+        while len(got) < size:
+            got += self.drive(lambda: self.tls.recv(65536))
+        return bytes(got)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_cut_anywhere_by_tcp_arrive_whole_and_in_order(gateway, upstreams):
+    """The gateway reads records fed in arbitrary pieces (a header split over two
+    reads, a body over many, several records in one read): every byte reaches the
+    service in order and comes back through the echo."""
+    echo_up = upstreams(echo)
+    setup_catalog(gateway, {"billing": [echo_up.port]})
+    await gateway.start()
+    files = gateway.client_files("web")
+    rng = random.Random(7)
+    messages = [rng.randbytes(rng.choice([1, 5, 300, 4096, 16384, 40000])) for _ in range(40)]
+
+    def run() -> bytes:
+        client = MemoryClient(gateway.port, sni_for("billing"), files)
+        try:
+            for message in messages:
+                client.tls.sendall(message)
+            wire = client.outgoing()
+            at = 0
+            while at < len(wire):
+                piece = rng.choice([1, 2, 3, 4, 5, 6, 7, 200, 1500, 20000])
+                client.sock.sendall(wire[at : at + piece])
+                at += piece
+                if piece < 8 or rng.random() < 0.2:
+                    time.sleep(0.005)  # let the gateway read what is there so far
+            return client.read_exactly(sum(map(len, messages)))
+        finally:
+            client.close()
+
+    assert await in_thread(run) == b"".join(messages)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_renegotiation_attempt_is_refused_at_once_mid_stream(gateway, upstreams):
+    """A record without application data (a TLS 1.2 renegotiation ClientHello) makes
+    OpenSSL answer (a no_renegotiation alert): the answer reaches the client at once,
+    though the service has nothing to send, and the data before it was relayed."""
+    quiet = threading.Event()
+
+    def silent_after_hello(sock: socket.socket, up: Upstream) -> None:
+        sock.sendall(sock.recv(100))  # echo the first message, then only listen
+        quiet.wait(15)
+
+    upstream = upstreams(silent_after_hello)
+    setup_catalog(gateway, {"billing": [upstream.port]})
+    await gateway.start()
+    files = gateway.client_files("web")
+
+    def run() -> tuple[bytes, str]:
+        client = MemoryClient(gateway.port, sni_for("billing"), files, SSL.TLS1_2_VERSION)
+        try:
+            client.drive(lambda: client.tls.sendall(b"ping"))
+            echoed = client.read_exactly(4)
+            assert client.tls.renegotiate()
+            try:
+                client.drive(client.tls.do_handshake, deadline=5.0)
+            except SSL.Error as e:
+                return echoed, str(e)
+            return echoed, "renegotiated"
+        finally:
+            quiet.set()
+            client.close()
+
+    echoed, outcome = await in_thread(run)
+    assert echoed == b"ping"
+    assert "no renegotiation" in outcome
