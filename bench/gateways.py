@@ -348,8 +348,12 @@ class Gateway:
         return process_tree(self.proc.pid) if self.proc is not None else []
 
 
-def start_tgw(procs: Processes, m: Material, up: Upstream, workers: int | None) -> Gateway:
-    name = f"tgw-w{workers or 1}"
+def start_tgw(
+    procs: Processes, m: Material, up: Upstream, workers: int | None, policy: str = "intentions"
+) -> Gateway:
+    """tgw with ``workers``; ``policy="allow"`` runs no authorization engine at all
+    (``default_policy = "allow"``), to price the intentions engine on handshakes."""
+    name = f"tgw-w{workers or 1}" + ("-allow" if policy == "allow" else "")
     root = m.dir / name
     catalog = root / "catalog"
     catalog.mkdir(parents=True, exist_ok=True)
@@ -405,8 +409,8 @@ name = "bench-gw"
 datacenter = "{DC}"
 trust_domain = "{TRUST_DOMAIN}"
 role = "terminating"
-default_policy = "deny"
-plugins = ["file_catalog", "file_certs", "intentions"]
+default_policy = "{"allow" if policy == "allow" else "deny"}"
+plugins = ["file_catalog", "file_certs"{', "intentions"' if policy != "allow" else ""}]
 max_connections = 100000
 idle_timeout = "1h"
 
@@ -425,7 +429,10 @@ roots = ["{m.ca}"]
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     wait_port(port, timeout=30, proc=proc)
-    return Gateway(name, "tgw", proc, port, port, admin, {"workers": workers or 1})
+    info: dict[str, Any] = {"workers": workers or 1, "policy": policy}
+    if policy == "allow":
+        info["scenarios"] = ("new_conn",)  # only the handshake depends on the engine
+    return Gateway(name, "tgw", proc, port, port, admin, info)
 
 
 def tgw_metric(gw: Gateway, prefix: str) -> float:
@@ -746,8 +753,11 @@ def measure(
             ("bulk_1m", target.plain, "", "/1m", 4, False),
             ("originate_1k", target.originate, "", "/1k", s.conns, False),
         ]
+    only = gw.info.get("scenarios")
     for key, port, server_name, path, conns, close in plan:
         if key == "originate_1k" and gw.kind == "baseline":
+            continue
+        if only is not None and key not in only:
             continue
         runs = []
         for _ in range(s.reps):
@@ -799,7 +809,7 @@ def measure(
             "errors": sum(r["errors"] for r in runs),
             "runs": runs,
         }
-    if gw.proc is not None and s.idle:
+    if gw.proc is not None and s.idle and only is None:
         per_conn = []
         for _ in range(1 if s.quick else s.reps):
             pids = gw.pids()
@@ -948,6 +958,7 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: Gateway("sidecar-only", "baseline", None, up.mtls, up.mtls),
                 ),
                 *starters,
+                ("tgw-w1-allow", lambda: start_tgw(procs, m, up, None, policy="allow")),
                 *[(f"haproxy-t{t}", lambda t=t: start_haproxy(procs, m, up, t)) for t in (1, 2)],
                 *[(f"nginx-w{w}", lambda w=w: start_nginx(procs, m, up, w)) for w in (1, 2)],
             ]
