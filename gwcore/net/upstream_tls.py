@@ -118,6 +118,7 @@ def client_context(
     ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
     # Keep sessions for resumption (we hand them back with set_session).
     ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no record buffers
     return ctx
 
 
@@ -137,6 +138,7 @@ def mesh_client_context(leaf: LeafCertificate, roots: Sequence[x509.Certificate]
     ctx.check_privatekey()
     _add_roots(ctx, roots)
     ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no record buffers
     return ctx
 
 

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest_twisted
 from cryptography import x509
+from OpenSSL import SSL
 
 from gwcore import pki
+from gwcore.net.upstream_tls import client_context, mesh_client_context
+from gwcore.testing import MeshCA
 from tests.harness import (
     Upstream,
     in_thread,
@@ -336,3 +339,16 @@ async def test_the_agreed_alpn_is_offered_to_the_service(gateway, upstreams, tmp
 
     assert await in_thread(call) == b"ping"
     assert up.results == ["h2"]
+
+
+def test_origination_contexts_release_idle_record_buffers(tmp_path) -> None:
+    """Memory per idle connection: both client contexts (a service's CA file, and the
+    mesh hop's in-memory leaf) set SSL_MODE_RELEASE_BUFFERS."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.certificate_pem(pki.new_ca("svc.test")[0]))
+    mesh = MeshCA()
+    for ctx in (
+        client_context(str(ca), None, None),
+        mesh_client_context(mesh.leaf("gw"), [mesh.cert]),
+    ):
+        assert ctx.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
