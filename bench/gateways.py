@@ -810,31 +810,22 @@ def measure(
             "runs": runs,
         }
     if gw.proc is not None and s.idle and only is None:
-        per_conn = []
-        for _ in range(1 if s.quick else s.reps):
-            pids = gw.pids()
-            rss0, pss0 = memory_kib(pids)
-            held = hold_idle(m, gw.plain, sni(PLAIN), s.idle)
-            time.sleep(0.5)
-            rss1, pss1 = memory_kib(gw.pids())
-            for sock in held:
-                with contextlib.suppress(OSError):
-                    sock.close()
-            per_conn.append(
-                {
-                    "rss_kib_per_conn": (rss1 - rss0) / s.idle,
-                    "pss_kib_per_conn": (pss1 - pss0) / s.idle,
-                    "rss_total_kib_per_conn": rss1 / s.idle,
-                }
-            )
-            time.sleep(1.0)  # let the gateway settle before the next round
+        # Once: a second hold of the same count reuses the memory the first one grew
+        # and freed (the allocator keeps it), so only the first says what idle
+        # connections cost. PSS and RSS increase per connection, and total RSS per
+        # connection for reference.
+        pids = gw.pids()
+        rss0, pss0 = memory_kib(pids)
+        held = hold_idle(m, gw.plain, sni(PLAIN), s.idle)
+        time.sleep(0.5)
+        rss1, pss1 = memory_kib(gw.pids())
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
         results["idle"] = {
-            "value": statistics.median(p["pss_kib_per_conn"] for p in per_conn),
-            "rss_kib_per_conn": statistics.median(p["rss_kib_per_conn"] for p in per_conn),
-            "rss_total_kib_per_conn": statistics.median(
-                p["rss_total_kib_per_conn"] for p in per_conn
-            ),
-            "runs": per_conn,
+            "value": (pss1 - pss0) / s.idle,
+            "rss_kib_per_conn": (rss1 - rss0) / s.idle,
+            "rss_total_kib_per_conn": rss1 / s.idle,
         }
     return results
 
