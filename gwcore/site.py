@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from inspect import iscoroutine
@@ -164,7 +165,7 @@ class Site:
         self.children.active.inc()
         return True
 
-    def connection_closed(self, conn: DownstreamProtocol, record: dict[str, Any]) -> None:
+    def connection_closed(self, conn: DownstreamProtocol) -> None:
         if conn.upstream is not None and conn.endpoint is not None and conn.destination is not None:
             self.picker.closed(conn.destination, conn.endpoint)
         if conn in self.active:
@@ -173,14 +174,18 @@ class Site:
         self._flush_bytes(conn)
         if conn.destination is not None and conn.endpoint is not None:
             self.children.service(conn.destination.name).connection_seconds.observe(
-                record["duration_seconds"]
+                time.time() - conn.started
             )
+        listeners = self._listeners["tgw_connection_closed"]
+        if self._access_log is None and not listeners:
+            return  # nobody reads the record: do not build it
+        record = conn.access_record()
         if self._access_log is not None:
             try:
                 self._access_log(record)
             except Exception:
                 self.log.failure("writing the access log failed")
-        if self._listeners["tgw_connection_closed"]:
+        if listeners:
             event = conn.closed_event(record)
             if event is not None:
                 self.dispatch("tgw_connection_closed", event)

@@ -187,6 +187,7 @@ class Gateway:
     site_options: dict[str, Any] = field(default_factory=dict)
     plugins: list[str] = field(default_factory=lambda: ["file_catalog", "builtin_ca", "intentions"])
     plugin_paths: list[str] = field(default_factory=lambda: ["addons"])
+    access_log: str = "access.log"
 
     @property
     def catalog(self) -> Path:
@@ -201,7 +202,7 @@ class Gateway:
         text = f"""
 [gateway]
 admin = "tcp:0:interface=127.0.0.1"
-access_log = "access.log"
+access_log = "{self.access_log}"
 state_dir = "state"
 plugin_paths = {json.dumps(self.plugin_paths)}
 {self.gateway_table}

@@ -330,7 +330,7 @@ class SplicedClient:
         if self.upstream is not None:
             self.upstream.downstream = None
         self._finishing()
-        self.site.connection_closed(self, self.access_record())
+        self.site.connection_closed(self)
 
     def accept(self) -> bool:
         """At ``connectionMade``: describe the connection and ask the site to admit it.

@@ -95,7 +95,9 @@ class Dataplane(Protocol):
 
     def connection_opened(self, conn: DownstreamProtocol) -> bool: ...
 
-    def connection_closed(self, conn: DownstreamProtocol, record: dict[str, Any]) -> None: ...
+    def connection_closed(self, conn: DownstreamProtocol) -> None:
+        """``conn`` has finished; ``conn.access_record()`` describes it (built only by a
+        site that logs or reports it)."""
 
 
 @implementer(IHalfCloseableProtocol)

@@ -195,6 +195,25 @@ async def test_client_close_notify_half_closes_and_the_reply_still_arrives(gatew
     assert await in_thread(client) == b"x" * 200_000
 
 
+@pytest_twisted.ensureDeferred
+async def test_without_an_access_log_connections_are_still_measured(gateway, upstreams):
+    """With ``access_log = ""`` no record is built or written, yet a finished connection
+    is still counted: its duration, its bytes and its destination in /metrics."""
+    gateway.access_log = ""
+    up = upstreams(hello(b"measured"))
+    setup_catalog(gateway, {"billing": [up.port]})
+    await gateway.start()
+    files = gateway.client_files("web")
+    assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"measured"
+    labels = {"site": "main", "service": "billing"}
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_connection_duration_seconds_count", **labels) == 1
+    )
+    assert gateway.metric("tgw_downstream_connections_total", **labels) == 1
+    assert gateway.metric("tgw_bytes_total", direction="downstream", **labels) == len(b"measured")
+    assert not (gateway.root / "access.log").exists()
+
+
 @pytest.mark.parametrize(
     "sni", ["unknown.default.dc1.internal.11111111-2222-3333-4444-555555555555.consul", None]
 )
