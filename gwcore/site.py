@@ -127,6 +127,7 @@ class Site:
         self._sweep.clock = reactor
         self._listeners = {hook: bool(self.stack.listeners(hook)) for hook in EVENT_HOOKS}
         self.trusted_domains = config.trusted_domains
+        self._listening: tuple[Any, str, int] | None = None
         self.inherited_listener: tuple[int, int] | None = None
         """(fd, address family) of a listening socket a worker inherited (gwcore.workers)."""
 
@@ -177,12 +178,15 @@ class Site:
                 time.time() - conn.started
             )
         listeners = self._listeners["tgw_connection_closed"]
-        if self._access_log is None and not listeners:
+        writer = self._access_log
+        if writer is not None and not getattr(writer, "enabled", True):
+            writer = None
+        if writer is None and not listeners:
             return  # nobody reads the record: do not build it
         record = conn.access_record()
-        if self._access_log is not None:
+        if writer is not None:
             try:
-                self._access_log(record)
+                writer(record)
             except Exception:
                 self.log.failure("writing the access log failed")
         if listeners:
@@ -192,7 +196,7 @@ class Site:
 
     def authorize(self, conn: DownstreamProtocol) -> Deferred[Decision]:
         assert conn.identity is not None and conn.destination is not None and conn.info is not None
-        host = self.port.getHost() if self.port is not None else None
+        gateway_address, gateway_port = self._listening_address()
         request = AuthzRequest(
             site=self.name,
             gateway_name=self.config.name,
@@ -202,10 +206,21 @@ class Site:
             sni=conn.sni or "",
             client_address=conn.info.client_address,
             client_port=conn.info.client_port,
-            gateway_address=getattr(host, "host", ""),
-            gateway_port=getattr(host, "port", 0),
+            gateway_address=gateway_address,
+            gateway_port=gateway_port,
         )
         return self.decide(request)
+
+    def _listening_address(self) -> tuple[str, int]:
+        """The listener's (host, port), asked of the socket once per listening port."""
+        port = self.port
+        if port is None:
+            return "", 0
+        cached = self._listening
+        if cached is None or cached[0] is not port:
+            host = port.getHost()
+            cached = self._listening = (port, getattr(host, "host", ""), getattr(host, "port", 0))
+        return cached[1], cached[2]
 
     def decide(self, request: AuthzRequest) -> Deferred[Decision]:
         """Ask every engine; deny-overrides; any engine failure or timeout is a deny.

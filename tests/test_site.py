@@ -12,6 +12,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -372,6 +373,37 @@ def test_engines_that_answer_at_once_are_decided_at_once(tmp_path: Path) -> None
     decision = result_of(pending)
     assert (decision.verdict, decision.engine) == (Verdict.ALLOW, "e2")
     assert len(site.reactor.getDelayedCalls()) == timers
+
+
+def test_authorization_requests_describe_the_connection_and_the_listener(
+    tmp_path: Path,
+) -> None:
+    """What an engine is asked about a connection: its identity, destination, SNI and
+    client, and the listener's own address (read from the socket once, then reused)."""
+    site = started(
+        tmp_path,
+        ["fake", "fake_certs"],
+        {"fake": {"engines": [{"name": "e1", "mode": "allow"}]}, "fake_certs": {"certs": True}},
+    )
+    conn = SimpleNamespace(
+        identity=identity("web"),
+        destination=destination(BILLING),
+        sni=sni(BILLING),
+        info=ConnectionInfo("main", 1, "127.0.0.9", 40000, 0.0),
+    )
+    for _ in range(2):
+        assert result_of(site.authorize(conn)).allowed  # type: ignore[arg-type]
+    [engine] = site.engines
+    listener = site.port.getHost()
+    for request in engine.requests:
+        assert (request.source, request.destination.service, request.sni) == (
+            identity("web"),
+            BILLING,
+            sni(BILLING),
+        )
+        assert (request.client_address, request.client_port) == ("127.0.0.9", 40000)
+        assert (request.gateway_address, request.gateway_port) == (listener.host, listener.port)
+        assert request.gateway_port == 8443
 
 
 def test_an_engine_that_never_answers_is_a_deny_after_authz_timeout(tmp_path: Path) -> None:

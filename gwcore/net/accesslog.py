@@ -34,6 +34,11 @@ class AccessLog:
         if old is not None:
             old.close()
 
+    @property
+    def enabled(self) -> bool:
+        """Whether records go anywhere (``access_log = ""`` writes none)."""
+        return self.target != ""
+
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")

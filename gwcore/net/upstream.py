@@ -8,6 +8,7 @@ client left) cancels the attempt in flight.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
@@ -54,17 +55,31 @@ def classify_connect_error(exc: BaseException) -> str:
     return "error"
 
 
+@functools.lru_cache(maxsize=4096)
+def _literal(address: str) -> tuple[str, int] | None:
+    """``(normalised address, IP version)`` of an IP literal, ``None`` for a host name.
+
+    Remembered: every connection to an endpoint asks, and parsing costs more than the
+    rest of building the endpoint.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return str(ip), ip.version
+
+
 def tcp_endpoint(reactor: Any, endpoint: Endpoint, timeout: float) -> IStreamClientEndpoint:
     """A client endpoint for an address that is an IPv4/IPv6 literal or a hostname."""
-    try:
-        ip = ipaddress.ip_address(endpoint.address)
-    except ValueError:
+    literal = _literal(endpoint.address)
+    if literal is None:
         return HostnameEndpoint(
             reactor, endpoint.address.encode("idna"), endpoint.port, timeout=timeout
         )
+    address, version = literal
     if native(reactor):
-        return TCPClientEndpoint(reactor, str(ip), endpoint.port, timeout=timeout)
-    if ip.version == 6:
+        return TCPClientEndpoint(reactor, address, endpoint.port, timeout=timeout)
+    if version == 6:
         return TCP6ClientEndpoint(reactor, endpoint.address, endpoint.port, timeout=timeout)
     return TCP4ClientEndpoint(reactor, endpoint.address, endpoint.port, timeout=timeout)
 

@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 from OpenSSL import SSL
 
+from gwcore.net.splice import SplicedClient
 from tests.harness import (
     HandshakeRefusedError,
     Upstream,
@@ -196,9 +197,16 @@ async def test_client_close_notify_half_closes_and_the_reply_still_arrives(gatew
 
 
 @pytest_twisted.ensureDeferred
-async def test_without_an_access_log_connections_are_still_measured(gateway, upstreams):
+async def test_without_an_access_log_connections_are_still_measured(
+    gateway, upstreams, monkeypatch
+):
     """With ``access_log = ""`` no record is built or written, yet a finished connection
     is still counted: its duration, its bytes and its destination in /metrics."""
+    built = []
+    original = SplicedClient.access_record
+    monkeypatch.setattr(
+        SplicedClient, "access_record", lambda self: built.append(1) or original(self)
+    )
     gateway.access_log = ""
     up = upstreams(hello(b"measured"))
     setup_catalog(gateway, {"billing": [up.port]})
@@ -212,6 +220,7 @@ async def test_without_an_access_log_connections_are_still_measured(gateway, ups
     assert gateway.metric("tgw_downstream_connections_total", **labels) == 1
     assert gateway.metric("tgw_bytes_total", direction="downstream", **labels) == len(b"measured")
     assert not (gateway.root / "access.log").exists()
+    assert built == []  # nobody would read it
 
 
 @pytest.mark.parametrize(
