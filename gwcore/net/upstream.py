@@ -12,12 +12,14 @@ import functools
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
+from inspect import iscoroutine
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.python.failure import Failure
 
 from gwcore.net.fasttcp import TCPClientEndpoint, native
 from gwcore.policy.model import Destination, Endpoint, TLSMode
@@ -119,29 +121,97 @@ def choose_strategy(
     )
 
 
-async def _attempts(
-    strategy: UpstreamStrategy,
-    destination: Destination,
-    endpoints: Sequence[Endpoint],
-    factory: IProtocolFactory,
-    timeout: float,
-    clock: Callable[[], float],
-    on_failure: Callable[[Endpoint, str, str, bool], None],
-) -> tuple[Any, Endpoint, int, float]:
-    last = "no endpoints"
-    for attempt, endpoint in enumerate(endpoints, start=1):
-        started = clock()
+class _Attempts:
+    """The retry loop of :func:`connect_first_available` as plain callbacks.
+
+    One of these per connection (a coroutine would cost a generator, an
+    ``inlineCallbacks`` driver and two more Deferreds on every handshake).
+    """
+
+    __slots__ = (
+        "clock",
+        "current",
+        "destination",
+        "endpoints",
+        "factory",
+        "index",
+        "last",
+        "on_failure",
+        "result",
+        "started",
+        "strategy",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        strategy: UpstreamStrategy,
+        destination: Destination,
+        endpoints: Sequence[Endpoint],
+        factory: IProtocolFactory,
+        timeout: float,
+        clock: Callable[[], float],
+        on_failure: Callable[[Endpoint, str, str, bool], None],
+    ) -> None:
+        self.strategy = strategy
+        self.destination = destination
+        self.endpoints = endpoints
+        self.factory = factory
+        self.timeout = timeout
+        self.clock = clock
+        self.on_failure = on_failure
+        self.index = 0
+        self.started = 0.0
+        self.last = "no endpoints"
+        self.current: Deferred[Any] | None = None
+        self.result: Deferred[tuple[Any, Endpoint, int, float]] = Deferred(self._cancel)
+
+    def _cancel(self, _: Deferred[Any]) -> None:
+        # The client left: cancel the attempt in flight; its CancelledError ends the loop.
+        current = self.current
+        if current is not None:
+            current.cancel()
+
+    def next(self) -> None:
+        endpoint = self.endpoints[self.index]
+        self.started = self.clock()
         try:
-            protocol = await strategy.connect(destination, endpoint, factory, timeout)
-        except CancelledError:
-            raise
-        except Exception as e:
-            reason = classify_connect_error(e)
-            last = f"{endpoint}: {reason}: {e}"
-            on_failure(endpoint, reason, str(e), attempt == len(endpoints))
-            continue
-        return protocol, endpoint, attempt, clock() - started
-    raise UpstreamConnectError("unavailable", f"all {len(endpoints)} attempts failed, last: {last}")
+            attempt = self.strategy.connect(self.destination, endpoint, self.factory, self.timeout)
+            if iscoroutine(attempt):
+                attempt = Deferred.fromCoroutine(attempt)
+        except Exception as e:  # a strategy that raises instead of failing its Deferred
+            self._failed(e, endpoint)
+            return
+        self.current = attempt
+        attempt.addCallbacks(self._connected, self._failed, (endpoint,), None, (endpoint,), None)
+
+    def _connected(self, protocol: Any, endpoint: Endpoint) -> None:
+        self.current = None
+        if not self.result.called:
+            self.result.callback((protocol, endpoint, self.index + 1, self.clock() - self.started))
+
+    def _failed(self, reason: Any, endpoint: Endpoint) -> None:
+        self.current = None
+        error = reason.value if isinstance(reason, Failure) else reason
+        if isinstance(error, CancelledError):
+            if not self.result.called:
+                self.result.errback(reason if isinstance(reason, Failure) else Failure(error))
+            return
+        if self.result.called:
+            return
+        attempt = self.index + 1
+        kind = classify_connect_error(error)
+        self.last = f"{endpoint}: {kind}: {error}"
+        self.on_failure(endpoint, kind, str(error), attempt == len(self.endpoints))
+        self.index = attempt
+        if attempt < len(self.endpoints):
+            self.next()
+            return
+        self.result.errback(
+            UpstreamConnectError(
+                "unavailable", f"all {len(self.endpoints)} attempts failed, last: {self.last}"
+            )
+        )
 
 
 def connect_first_available(
@@ -160,9 +230,9 @@ def connect_first_available(
     """
     if not endpoints:
         return Deferred.fromCoroutine(_no_endpoints(destination))
-    return Deferred.fromCoroutine(
-        _attempts(strategy, destination, endpoints, factory, timeout, clock, on_failure)
-    )
+    attempts = _Attempts(strategy, destination, endpoints, factory, timeout, clock, on_failure)
+    attempts.next()
+    return attempts.result
 
 
 async def _no_endpoints(destination: Destination) -> Any:

@@ -199,6 +199,28 @@ def test_cancelling_cancels_the_attempt_in_flight_and_tries_no_other() -> None:
     assert len(run.failures) == 1
 
 
+def test_a_strategy_written_as_a_coroutine_is_awaited_like_a_deferred() -> None:
+    """``async def connect`` strategies work: failures move on to the next endpoint,
+    and the first success is the result (attempt count and elapsed time included)."""
+    pending: list[Deferred[Any]] = []
+
+    class AsyncStrategy(HandFiredStrategy):
+        async def connect(self, destination, endpoint, factory, timeout):  # type: ignore[override]
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            return await d
+
+    run = Run(strategy=AsyncStrategy())
+    run.start()
+    pending[0].errback(Failure(neterror.ConnectionRefusedError()))
+    run.clock.advance(0.25)
+    protocol = Protocol()
+    pending[1].callback(protocol)
+    [(got, endpoint, attempts, seconds)] = run.outcome
+    assert (got, endpoint, attempts, seconds) == (protocol, ENDPOINTS[1], 2, 0.25)
+    assert [f[1] for f in run.failures] == ["refused"]
+
+
 # --- classifying errors ---------------------------------------------------------------
 
 
