@@ -123,7 +123,7 @@ class IntentionSet:
     to the destination, most specific first.
     """
 
-    __slots__ = ("_by_name", "_by_namespace", "_global", "_intentions", "_version")
+    __slots__ = ("_by_name", "_by_namespace", "_decisions", "_global", "_intentions", "_version")
 
     def __init__(self, intentions: Iterable[Intention] = ()) -> None:
         ordered = tuple(sorted(intentions, key=_order_key))
@@ -147,6 +147,8 @@ class IntentionSet:
                 by_ns.setdefault((dst.partition, dst.namespace), []).append(i)
             else:
                 exact.setdefault((dst.partition, dst.namespace, dst.name), []).append(i)
+        # The decision an intention makes never changes: built once, on first match.
+        self._decisions: dict[int, Decision] = {}
         self._global = tuple(anywhere)
         self._by_namespace = {k: _merge(v, anywhere) for k, v in by_ns.items()}
         self._by_name = {k: _merge(v, by_ns.get(k[:2], ()), anywhere) for k, v in exact.items()}
@@ -182,7 +184,10 @@ class IntentionSet:
         """
         for intention in self._candidates(destination):
             if _matches(intention.source, source) and _matches(intention.destination, destination):
-                return _decision_for(intention)
+                decision = self._decisions.get(id(intention))
+                if decision is None:
+                    decision = self._decisions[id(intention)] = _decision_for(intention)
+                return decision
         return Decision(
             Verdict.ABSTAIN,
             ENGINE,

@@ -283,6 +283,17 @@ def test_decide_reason_names_intention_precedence_and_origin() -> None:
     )
 
 
+def test_each_intention_builds_its_decision_once() -> None:
+    """Every connection matching the same intention gets the same Decision object (its
+    reason is formatted once per IntentionSet), and another intention its own."""
+    rules = IntentionSet([intention("web", "billing", "allow"), intention("*", "billing", "deny")])
+    first = rules.decide(svc("web"), svc("billing"))
+    assert rules.decide(svc("web"), svc("billing")) is first
+    other = rules.decide(svc("api"), svc("billing"))
+    assert other.verdict is Verdict.DENY and other is not first
+    assert rules.decide(svc("api"), svc("billing")) is other
+
+
 def test_decide_reason_without_origin() -> None:
     """An intention with no recorded origin gives a reason without a 'from' clause."""
     decision = IntentionSet([intention("web", "billing", origin="")]).decide(
