@@ -10,6 +10,7 @@ never cut by a reload. The access log is reopened (for log rotation).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -50,6 +51,7 @@ class GatewayService(Service):
         reactor: Any = None,
         exit_on_failure: bool = False,
         worker: WorkerRole | None = None,
+        freeze_heap: bool = False,
     ) -> None:
         assert checked.config is not None
         self.worker = worker
@@ -66,6 +68,10 @@ class GatewayService(Service):
         self._exit_on_failure = exit_on_failure
         self._retiring: set[Site] = set()
         self.failure: Any = None
+        # The process's own service (twistd, a worker) exempts what start-up built from
+        # the cyclic garbage collector: a full collection otherwise walks every module
+        # and route object (~15 ms) in the middle of the data path.
+        self._freeze_heap = freeze_heap
 
     @property
     def reactor(self) -> Any:
@@ -119,6 +125,20 @@ class GatewayService(Service):
             started[site_config.key] = site
         # Only now do the sites count for /ready (and for reload): all or nothing.
         self.sites = started
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """``gc.freeze()`` what is alive now, unless retiring sites are still draining
+        (they would never be collected once they end)."""
+        if not self._freeze_heap or self._retiring:
+            return
+        gc.collect()
+        gc.freeze()
+        log.info("heap frozen: {n} start-up objects exempt from cyclic GC", n=gc.get_freeze_count())
+
+    def _retired(self, site: Site) -> None:
+        self._retiring.discard(site)
+        self._freeze()
 
     @property
     def raw(self) -> Any:
@@ -245,7 +265,7 @@ class GatewayService(Service):
                     # Retire without a deadline: a reload never cuts a live connection.
                     self._retiring.add(old)
                     retired = Deferred.fromCoroutine(old.stop(drain_timeout=math.inf))
-                    retired.addBoth(lambda _, site=old: self._retiring.discard(site))
+                    retired.addBoth(lambda _, site=old: self._retired(site))
                     if key not in wanted:
                         del self.sites[key]
             self.config = new
@@ -254,5 +274,8 @@ class GatewayService(Service):
                 self.access_log.reopen()
             self.metrics.reloads.labels(result="applied").inc()
             log.info("configuration reloaded from {path}", path=str(self.config_path))
+            if self._freeze_heap:
+                gc.unfreeze()  # the old sites' objects must be collectable once they end
+                self._freeze()
         finally:
             self._reloading = False

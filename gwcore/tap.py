@@ -48,7 +48,9 @@ def makeService(options: Options) -> IService:
         from gwcore.workers import WorkerSupervisor
 
         return WorkerSupervisor(options["config"], checked.config)
-    return GatewayService(checked, config_path=options["config"], exit_on_failure=True)
+    return GatewayService(
+        checked, config_path=options["config"], exit_on_failure=True, freeze_heap=True
+    )
 
 
 def _log_reactor(choice: str) -> None:

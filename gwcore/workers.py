@@ -281,6 +281,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         reactor,
         exit_on_failure=True,
         worker=WorkerRole(args.index, listeners),
+        freeze_heap=True,
     )
 
     def serving(_: Any) -> None:

@@ -188,6 +188,7 @@ class Gateway:
     plugins: list[str] = field(default_factory=lambda: ["file_catalog", "builtin_ca", "intentions"])
     plugin_paths: list[str] = field(default_factory=lambda: ["addons"])
     access_log: str = "access.log"
+    freeze_heap: bool = False
 
     @property
     def catalog(self) -> Path:
@@ -233,7 +234,7 @@ poll_interval = "0.1s"
         path = self.write_config()
         checked = check_config(path)
         assert checked.ok, [str(p) for p in checked.problems]
-        self.service = GatewayService(checked, path, reactor)
+        self.service = GatewayService(checked, path, reactor, freeze_heap=self.freeze_heap)
         self.service.startService()
         assert self.service.started is not None
         await self.service.started

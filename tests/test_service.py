@@ -1,7 +1,9 @@
-"""gwcore.service: reload keeps serving when a replacement site cannot start."""
+"""gwcore.service: reload keeps serving when a replacement site cannot start; the heap
+is frozen after start-up and after each reload once the old sites have ended."""
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import pytest_twisted
@@ -52,3 +54,29 @@ async def test_a_reload_whose_site_cannot_listen_is_rolled_back(gateway, upstrea
     )
     assert gateway.site.listening and gateway.port != 0
     assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_heap_is_frozen_after_start_and_again_once_replaced_sites_end(gateway, upstreams):
+    """Start-up objects are exempt from cyclic GC; a reload unfreezes (so the replaced
+    site can be collected once it ends) and freezes again after it has retired."""
+    up = upstreams(hello(b"ok"))
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    gateway.freeze_heap = True
+    gc.unfreeze()
+    try:
+        await gateway.start()
+        assert gc.get_freeze_count() > 0
+        old_site = gateway.site
+        gc.unfreeze()
+        config = gateway.root / "tgw.toml"
+        config.write_text(
+            config.read_text().replace('handshake_timeout = "5s"', 'handshake_timeout = "6s"')
+        )
+        await gateway.service.reload()
+        assert gateway.site is not old_site  # replaced, and the old one retires
+        await gateway.wait_for(lambda: not gateway.service._retiring)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -375,6 +375,8 @@ def test_request_flows_through_tgw_connect_and_twistd_then_sigterm_stops_cleanly
     config = write_config(tmp_path, ports)
     twistd = start_gateway(spawn, config, ports, *reactor_args)
     assert f"reactor: {reactor_class}" in twistd.output(), twistd.describe()
+    # What start-up built is exempt from the cyclic GC (no full-heap pauses under load).
+    assert "start-up objects exempt from cyclic GC" in twistd.output(), twistd.describe()
     start_connect(spawn, config, ports, "billing")
 
     response = http_through(ports.connect)
