@@ -11,7 +11,11 @@ The files are watched: an in-place write or an atomic rename of a CA, certificat
 or key takes effect for the next connection (Consul needs a restart: its issue
 #8198); connections already open keep their TLS state. A file that does not load
 keeps the previous material in force. Contexts are built once per destination
-and material version, and TLS sessions are resumed per endpoint.
+and material version. A TLS session is resumed only by a connection that would
+verify the service exactly as the session's full handshake did: sessions are kept
+per endpoint *and* verification material (the digest of the CA, certificate and key
+files' paths and contents), SNI and expected name, so a changed ``CAFile`` (its
+content, or a catalog change of its path) always means a full, verified handshake.
 """
 
 from __future__ import annotations
@@ -136,7 +140,8 @@ class TLSOriginationStrategy:
         self.settings = settings
         self.reactor = site.reactor
         self._materials: dict[tuple[str, ...], _Material] = {}
-        self._sessions: dict[tuple[str, str], SSL.Session] = {}
+        # (service, endpoint, material digest, SNI, expected name) -> session (_connect).
+        self._sessions: dict[tuple[str, ...], SSL.Session] = {}
         self._warned: set[str] = set()
         self._watcher: FileWatcher | None = None
         self._watched: frozenset[str] = frozenset()
@@ -180,7 +185,7 @@ class TLSOriginationStrategy:
         self._export_expiry(destination, files)
         return _Material(ctx, digest, files)
 
-    def _material(self, destination: Destination) -> SSL.Context:
+    def _material(self, destination: Destination) -> _Material:
         knobs = self.settings.for_service(destination.name)
         key = self._key(destination, knobs)
         material = self._materials.get(key)
@@ -195,7 +200,7 @@ class TLSOriginationStrategy:
                     f"rather than sending plaintext",
                 ) from e
             self._materials[key] = material
-        return material.context
+        return material
 
     def _reload(self) -> None:
         """Files changed: rebuild what changed; keep the old context if the new files are bad."""
@@ -292,7 +297,7 @@ class TLSOriginationStrategy:
         self, destination: Destination, endpoint: Endpoint, factory: Any, timeout: float
     ) -> Deferred[TLSUpstreamProtocol]:
         try:
-            context = self._material(destination)
+            material = self._material(destination)
         except UpstreamConnectError as e:
             return Deferred.fromCoroutine(_raise(e))
         knobs = self.settings.for_service(destination.name)
@@ -309,7 +314,8 @@ class TLSOriginationStrategy:
                     "when using TLS.",
                     service=destination.name,
                 )
-        key = (destination.name, str(endpoint))
+        # What the session's handshake verified: never resume under other material or names.
+        key = (destination.name, str(endpoint), material.digest, sni or "", expect or "")
         session = self._sessions.get(key) if self.settings.session_resumption else None
         # Offer the service the protocol the client agreed to with us (see ALPN_BY_PROTOCOL).
         alpn = getattr(getattr(factory, "downstream", None), "alpn", None)
@@ -317,7 +323,7 @@ class TLSOriginationStrategy:
             self._connect(
                 destination,
                 endpoint,
-                context,
+                material.context,
                 sni,
                 Verification(expect),
                 session,
@@ -335,7 +341,7 @@ class TLSOriginationStrategy:
         sni: str | None,
         verification: Verification,
         session: SSL.Session | None,
-        key: tuple[str, str],
+        key: tuple[str, ...],
         timeout: float,
         alpn: bytes | None = None,
     ) -> TLSUpstreamProtocol:
@@ -350,8 +356,15 @@ class TLSOriginationStrategy:
             self._count(e.reason, destination)
             raise
         if self.settings.session_resumption:
-            proto.on_session = lambda s: self._sessions.__setitem__(key, s)
+            proto.on_session = lambda s: self._keep_session(key, s)
         return proto
+
+    def _keep_session(self, key: tuple[str, ...], session: SSL.Session) -> None:
+        """One session per endpoint: one kept under other material is never resumable."""
+        endpoint = key[:2]
+        for old in [k for k in self._sessions if k[:2] == endpoint and k != key]:
+            del self._sessions[old]
+        self._sessions[key] = session
 
 
 async def _raise(error: Exception) -> Any:

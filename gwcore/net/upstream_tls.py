@@ -28,6 +28,7 @@ from service_identity.cryptography import verify_certificate_hostname, verify_ce
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 
+from gwcore.net.peer_verify import verify_peer_in_handshake
 from gwcore.net.splice import UpstreamProtocol, flush_bio
 from gwcore.net.terminator import RECV_CHUNK
 from gwcore.net.tls import _add_roots
@@ -115,7 +116,7 @@ def client_context(
         ctx.use_certificate_chain_file(cert_path)
         ctx.use_privatekey_file(key_path)
         ctx.check_privatekey()
-    ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+    verify_peer_in_handshake(ctx)  # the chain, then the name (TLSUpstreamProtocol.verification)
     # Keep sessions for resumption (we hand them back with set_session).
     ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no record buffers
@@ -137,7 +138,7 @@ def mesh_client_context(leaf: LeafCertificate, roots: Sequence[x509.Certificate]
         ctx.add_extra_chain_cert(extra)  # type: ignore[arg-type]
     ctx.check_privatekey()
     _add_roots(ctx, roots)
-    ctx.set_verify(SSL.VERIFY_PEER, _record_verify_error)
+    verify_peer_in_handshake(ctx)  # the chain, then the SPIFFE ID (the connection's verification)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # idle connections hold no record buffers
     return ctx
 
@@ -175,13 +176,6 @@ class _BuildOne(Factory):
         return self._build()
 
 
-def _record_verify_error(conn: SSL.Connection, cert: Any, errnum: int, depth: int, ok: int) -> bool:
-    proto = conn.get_app_data()
-    if not ok and proto is not None and proto.verify_error is None:
-        proto.verify_error = errnum
-    return bool(ok)
-
-
 class TLSUpstreamProtocol(UpstreamProtocol):
     """An upstream connection that originates TLS; ``ready`` fires after verification."""
 
@@ -200,7 +194,8 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         self.alpn = alpn  # offered to the service: what the client agreed to with us
         self.ready: Deferred[TLSUpstreamProtocol] = Deferred()
         self.tls: SSL.Connection | None = None
-        self.verify_error: int | None = None
+        self.verify_error: int | None = None  # the first chain error (peer_verify)
+        self.name_mismatch: str | None = None  # the name check's refusal (peer_verify)
         self.handshake_done = False
         self.eof_sent = False
         self.failure_reason: str | None = None
@@ -232,11 +227,15 @@ class TLSUpstreamProtocol(UpstreamProtocol):
             self._flush()
             return
         except SSL.Error as e:
-            self._flush()
+            self._flush()  # our alert (bad_certificate for a wrong name) goes out
+            if self.name_mismatch is not None:
+                self._fail("tls_san_mismatch", self.name_mismatch)
+                return
             reason = _VERIFY_REASONS.get(self.verify_error or 0, "tls_handshake")
             self._fail(reason, f"TLS handshake with the service failed: {_ssl_text(e)}")
             return
         self._flush()
+        # A resumed session skips verification: check the name it was verified for again.
         cert = tls.get_peer_certificate(as_cryptography=True)
         mismatch = self.verification.check(cert) if cert is not None else "no certificate"
         if mismatch is not None:

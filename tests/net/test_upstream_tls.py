@@ -148,6 +148,40 @@ async def test_certificate_for_another_name_fails_as_san_mismatch(gateway, upstr
 
 
 @pytest_twisted.ensureDeferred
+async def test_wrong_name_fails_inside_the_handshake_before_the_client_certificate_is_sent(
+    gateway, upstreams, tmp_path
+):
+    """mTLS origination to a server whose chain is trusted but whose certificate names
+    another host: the name is checked during certificate verification, so the server gets
+    a bad_certificate alert and never receives the gateway's client certificate (TLS 1.3
+    sends it after the server's Finished); counted as tls_san_mismatch."""
+    ext = ExternalPKI(tmp_path / "ext")
+    cert, key = ext.leaf("other", ["other.corp.example"])
+    client_cert, client_key = ext.leaf("gateway-client", ["gw.corp.example"])
+    up = upstreams(tls_server(cert, key, client_ca=ext.ca_file))
+    link(
+        gateway,
+        up,
+        CAFile=str(ext.ca_file),
+        SNI=SERVICE_NAME,
+        CertFile=str(client_cert),
+        KeyFile=str(client_key),
+    )
+    await gateway.start()
+    assert await in_thread(attempt, gateway) == b""
+    await gateway.wait_for(lambda: len(up.results) == 1)
+    (result,) = up.results
+    assert "client_cn" not in result, result  # the handshake never completed on its side
+    assert "ALERT_BAD_CERTIFICATE" in result["error"], result
+    assert (
+        gateway.metric(
+            "tgw_upstream_tls_errors_total", service="billing", reason="tls_san_mismatch"
+        )
+        == 1
+    )
+
+
+@pytest_twisted.ensureDeferred
 async def test_certificate_from_another_ca_fails_as_untrusted(gateway, upstreams, tmp_path):
     """A certificate not issued by CAFile's CA is refused (tls_untrusted)."""
     trusted, rogue = ExternalPKI(tmp_path / "ext"), ExternalPKI(tmp_path / "rogue", "rogue")
@@ -259,6 +293,37 @@ async def test_rotated_ca_and_client_cert_apply_to_the_next_connection(
     await in_thread(held.sendall, b"still here")
     assert await in_thread(held.recv, 100) == b"still here"
     held.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_catalog_change_of_cafile_is_verified_in_full_never_resumed(
+    gateway, upstreams, tmp_path
+):
+    """Sessions are kept per verification material: after the catalog points CAFile at
+    another CA's file, the next connection makes a full handshake against the new CA
+    (which does not sign the service: tls_untrusted), instead of resuming the session
+    the old CA verified."""
+    ext, other = ExternalPKI(tmp_path / "ext"), ExternalPKI(tmp_path / "other", "other")
+    cert, key = ext.leaf("billing", [SERVICE_NAME])
+    up = upstreams(tls_server(cert, key))
+    link(gateway, up, CAFile=str(ext.ca_file), SNI=SERVICE_NAME)
+    await gateway.start()
+    assert await in_thread(attempt, gateway, b"first") == b"first"
+    assert await in_thread(attempt, gateway, b"second") == b"second"
+    assert up.results[1]["reused"] is True  # resumption works under unchanged material
+
+    link(gateway, up, CAFile=str(other.ca_file), SNI=SERVICE_NAME)
+    await gateway.wait_for(
+        lambda: (
+            [d.tls.ca_file for d in gateway.site.catalog_view().destinations]
+            == [str(other.ca_file)]
+        )
+    )
+    assert await in_thread(attempt, gateway, b"third") == b""
+    assert (
+        gateway.metric("tgw_upstream_tls_errors_total", service="billing", reason="tls_untrusted")
+        == 1
+    )
 
 
 @pytest_twisted.ensureDeferred
