@@ -3,10 +3,16 @@
 The twistd process becomes a supervisor (:class:`WorkerSupervisor`). It binds
 every site's listening socket itself, once, and starts N workers that inherit
 them (one accept queue per site shared by all workers: no connection is lost
-when one worker stops listening, and ``tcp:0`` works). Each worker
-(``python -m gwcore.workers``) is a full gateway: its own reactor, its own plugin
-stacks, its own :class:`~gwcore.service.GatewayService`; it adopts the inherited
-socket instead of binding (:attr:`gwcore.site.Site.inherited_listener`).
+when one worker stops listening, and ``tcp:0`` works). Each worker is a full
+gateway: its own reactor, its own plugin stacks, its own
+:class:`~gwcore.service.GatewayService`; it adopts the inherited socket instead of
+binding (:attr:`gwcore.site.Site.inherited_listener`).
+
+A worker imports exactly what the supervisor imported: it runs the supervisor's
+interpreter with the supervisor's ``sys.path`` (:data:`WORKER_BOOT`), never
+``python -m``, which would put the working directory first and, started from a
+source checkout, import the tree's ``gwcore/`` (where ``plugins/`` is not
+``gwcore.plugins``) instead of the installed package.
 
 - Start: worker 0 first, the others once it is serving, so first-run state (the
   built-in CA's keys) is created by exactly one process. A worker that fails
@@ -53,6 +59,11 @@ RESTART_DELAY = 1.0
 STOP_GRACE = 10.0
 """Seconds past the longest drain_timeout before a worker that has not exited is killed."""
 READY_FD = 3
+WORKER_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from gwcore.workers import worker_main; raise SystemExit(worker_main(sys.argv[2:]))"
+)
+"""``python -c`` program of a worker: argv[1] is the supervisor's sys.path (JSON)."""
 _TCP = re.compile(r"^(tcp6?):(\d+)((?::[a-zA-Z]+=[^:]*)*)$")
 
 
@@ -176,10 +187,13 @@ class WorkerSupervisor(Service):
         for fd, _ in listeners.values():
             child_fds[fd] = fd
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
+        # Absolute entries: "" (the working directory) means the supervisor's, not the worker's.
+        path = json.dumps([os.path.abspath(entry) for entry in sys.path])
         argv = [
             sys.executable,
-            "-m",
-            "gwcore.workers",
+            "-c",
+            WORKER_BOOT,
+            path,
             "--config",
             str(self.config_path),
             "--index",
@@ -250,7 +264,7 @@ class WorkerSupervisor(Service):
 
 def worker_main(argv: list[str] | None = None) -> int:
     """Entry point of one worker: a gateway on inherited sockets, until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m gwcore.workers")
+    parser = argparse.ArgumentParser(prog="tgw worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listeners", default="{}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gwcore.workers import bind_listener
+from gwcore.workers import WORKER_BOOT, bind_listener
 from tests.harness import Upstream, hello
 from tests.integration.test_twistd import (
     STOP_TIMEOUT,
@@ -41,7 +41,7 @@ def workers_of(twistd: Program) -> dict[int, int]:
     found = {}
     for child in children:
         argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        if b"gwcore.workers" in argv:
+        if argv[1:3] == [b"-c", WORKER_BOOT.encode()]:
             found[int(argv[argv.index(b"--index") + 1])] = int(child)
     return found
 
