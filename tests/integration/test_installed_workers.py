@@ -67,9 +67,9 @@ def installed_tgw(root: Path) -> tuple[Path, Path]:
     )
     # The dependencies (Twisted, pyOpenSSL, ...) come from the test venv.
     (purelib / "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-        + ["--no-index", "--target", str(purelib), str(source)],
+        [*pip, "--no-build-isolation", "--target", str(purelib), str(source)],
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT,
