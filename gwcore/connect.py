@@ -2,8 +2,19 @@
 
 Plain TCP in on ``--listen``; for each connection, mTLS out to the gateway with
 the upstream's Consul SNI, presenting a leaf for ``--service``. The gateway must
-present the upstream's SPIFFE identity (checked after the chain verifies), as a
-mesh sidecar would check it.
+present the upstream's SPIFFE identity, checked during certificate verification
+as the gateway's own mesh-gateway hop checks it (a wrong identity gets a
+``bad_certificate`` alert and never our certificate).
+
+The two sides are spliced as the gateway splices (:class:`~gwcore.net.splice.SplicedClient`):
+flow control both ways, and half-closes passed through — the client's FIN becomes
+``close_notify`` then FIN towards the gateway; the gateway's ``close_notify`` becomes
+a FIN to the client — while the other direction goes on.
+
+The leaf comes from a certificate provider (:class:`LeafSource`): the built-in CA,
+which mints it, or ``--cert``/``--key``/``--ca`` files, which are read again. It is
+renewed from that same provider once half its lifetime has passed, so a proxy that
+runs longer than the leaf's validity keeps connecting.
 """
 
 from __future__ import annotations
@@ -11,105 +22,177 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from OpenSSL import SSL
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from zope.interface import implementer
 
+from gwcore.net.splice import SplicedClient, State
+from gwcore.net.upstream import UpstreamConnectError
+from gwcore.net.upstream_tls import TLSUpstreamProtocol, Verification, mesh_client_context
 from gwcore.pki import uri_sans
 from gwcore.policy.config import ConfigError, GatewayConfig, SiteConfig, load_config
 from gwcore.policy.model import ServiceName, SpiffeID
 from gwcore.policy.sni import service_sni
 from gwcore.providers import LeafCertificate
 
+__all__ = ["ConnectFactory", "LeafSource", "endpoint_address", "run_connect", "uri_sans"]
+
 log = Logger(namespace="tgw.connect")
 
+RENEW_AFTER = 0.5
+"""Fraction of the leaf's lifetime after which it is renewed (at the next connection)."""
+RETRY_AFTER = 60.0
+"""Seconds before asking again a provider whose renewed leaf was not fresher."""
+CONNECT_TIMEOUT = 10.0
+"""Seconds for the TCP connection and, again, for the TLS handshake with the gateway."""
 
-@implementer(IOpenSSLClientConnectionCreator)
-class MeshClientTLS:
-    """Client-side TLS for one upstream: our leaf, the mesh roots, the Consul SNI."""
-
-    def __init__(self, leaf: LeafCertificate, roots: list[x509.Certificate], sni: str) -> None:
-        self.sni = sni
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.use_certificate(leaf.certificate)
-        ctx.use_privatekey(leaf.key)  # type: ignore[arg-type]
-        for extra in leaf.chain[1:]:
-            ctx.add_extra_chain_cert(extra)
-        store = ctx.get_cert_store()
-        assert store is not None
-        for root in roots:
-            store.add_cert(crypto.X509.from_cryptography(root))
-        ctx.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errnum, depth, ok: bool(ok))
-        self.context = ctx
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        conn = SSL.Connection(self.context, None)
-        conn.set_app_data(tlsProtocol)
-        conn.set_tlsext_host_name(self.sni.encode("ascii"))
-        return conn
+Material = tuple[LeafCertificate, list[x509.Certificate]]
 
 
-@implementer(IHandshakeListener)
-class _GatewaySide(Protocol):
-    def __init__(self, client: _ClientSide, expected_uri: str) -> None:
-        self.client = client
-        self.expected_uri = expected_uri
+class LeafSource:
+    """The proxy's client TLS context, from ``load`` (its certificate provider), renewed.
 
-    def handshakeCompleted(self) -> None:
-        cert = self.transport.getPeerCertificate()
-        uris = uri_sans(cert.to_cryptography()) if cert is not None else []
-        if uris != [self.expected_uri]:
-            log.error(
-                "gateway presented {uris}, expected {expected}; closing",
-                uris=uris,
-                expected=self.expected_uri,
-            )
-            self.transport.abortConnection()
-            self.client.transport.loseConnection()
-            return
-        self.client.attach(self)
+    ``load`` returns a leaf and the trust roots; it is called at the first connection
+    and again at the first connection after :data:`RENEW_AFTER` of the leaf's lifetime
+    (``clock`` says when: the reactor's ``seconds``). A provider that fails, or gives no
+    fresher leaf, is asked again :data:`RETRY_AFTER` seconds later; meanwhile the
+    current leaf is used (it is still valid: renewal starts half-way).
+    """
 
-    def dataReceived(self, data: bytes) -> None:
-        self.client.transport.write(data)
+    def __init__(self, load: Callable[[], Material], clock: Callable[[], float]) -> None:
+        self._load = load
+        self._clock = clock
+        self._leaf: LeafCertificate | None = None
+        self._context: SSL.Context | None = None
+        self._renew_at = 0.0
+        self.renewals = 0  # leaves loaded after the first (for tests and the log)
 
-    def connectionLost(self, reason: Any = None) -> None:
-        self.client.gateway = None
-        self.client.transport.loseConnection()
+    @property
+    def leaf(self) -> LeafCertificate | None:
+        return self._leaf
+
+    def context(self) -> SSL.Context:
+        """The context to use now (renewing the leaf first when it is due)."""
+        now = self._clock()
+        if self._context is not None and now < self._renew_at:
+            return self._context
+        try:
+            leaf, roots = self._load()
+            context = mesh_client_context(leaf, roots)
+        except (OSError, ValueError, SSL.Error) as e:
+            if self._context is None:
+                raise
+            log.error("cannot renew the leaf ({e}); keeping the current one", e=e)
+            self._renew_at = now + RETRY_AFTER
+            return self._context
+        current = self._leaf
+        # Another certificate valid at least as long (re-read files may be unchanged).
+        fresher = current is None or (
+            leaf.fingerprint != current.fingerprint and leaf.not_after >= current.not_after
+        )
+        if self._leaf is not None and fresher:
+            self.renewals += 1
+            log.info("leaf renewed; valid until {t:.0f}", t=leaf.not_after)
+        if fresher:
+            self._leaf, self._context = leaf, context
+        not_before = self._leaf.certificate.not_valid_before_utc.timestamp()
+        renew_at = not_before + RENEW_AFTER * (self._leaf.not_after - not_before)
+        self._renew_at = renew_at if renew_at > now else now + RETRY_AFTER
+        assert self._context is not None
+        return self._context
 
 
-class _ClientSide(Protocol):
-    gateway: _GatewaySide | None = None
+class _NoSite:
+    """The splice reports a finished connection to its site; the proxy has none."""
+
+    name = "connect"
+
+    def connection_closed(self, connection: Any) -> None:
+        return None
+
+
+_NO_SITE = _NoSite()
+
+
+@implementer(IHalfCloseableProtocol)
+class _ClientSide(SplicedClient, Protocol):
+    """One local client, spliced to its own mTLS connection to the gateway."""
+
+    factory: ConnectFactory
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()
-        factory: ConnectFactory = self.factory
-        d = factory.gateway_endpoint.connect(_OneShot(_GatewaySide(self, factory.expected_uri)))
-        d.addErrback(self._failed)
+        self._init_splice()
+        self.site = _NO_SITE
+        self.state = State.CONNECTING
+        self.bytes_up = self.bytes_down = 0
+        self.transport.pauseProducing()  # nothing is read until the gateway is verified
+        pending = Deferred.fromCoroutine(self._connect())
+        self._pending = pending
+        pending.addErrback(self._failed)
+
+    async def _connect(self) -> None:
+        factory = self.factory
+        gateway = TLSUpstreamProtocol(
+            factory.leaf_source.context(), factory.sni, Verification(factory.expected_uri)
+        )
+        connecting = factory.gateway_endpoint.connect(_OneShot(gateway))
+        connecting.addTimeout(CONNECT_TIMEOUT, factory.reactor)
+        await connecting
+        ready = gateway.ready
+        ready.addTimeout(CONNECT_TIMEOUT, factory.reactor)
+        try:
+            await ready
+        except UpstreamConnectError:
+            raise  # the protocol closed it (after sending its alert)
+        except BaseException:
+            gateway.transport.abortConnection()
+            raise
+        self._pending = None
+        if self.lost:
+            gateway.transport.loseConnection()
+            return
+        self.upstream = gateway
+        gateway.downstream = self
+        self.state = State.SPLICING
+        self._splice(gateway, [])
 
     def _failed(self, failure: Any) -> None:
-        log.error("cannot reach the gateway: {e}", e=failure.getErrorMessage())
-        self.transport.loseConnection()
+        self._pending = None
+        if failure.check(CancelledError):
+            return  # the client left while we were connecting
+        reason = getattr(failure.value, "reason", None)
+        why = f"{reason}: " if reason else ""
+        log.error("cannot reach the gateway: {why}{e}", why=why, e=failure.getErrorMessage())
+        if not self.lost:
+            self.transport.loseConnection()
 
-    def attach(self, gateway: _GatewaySide) -> None:
-        self.gateway = gateway
-        gateway.transport.registerProducer(self.transport, True)
-        self.transport.registerProducer(gateway.transport, True)
-        self.transport.resumeProducing()
+    # the client's bytes and end of stream ----------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.gateway is not None:
-            self.gateway.transport.write(data)
+        upstream = self.upstream
+        if upstream is not None and not upstream.lost:
+            self.bytes_up += len(data)
+            upstream.send(data)
 
-    def connectionLost(self, reason: Any = None) -> None:
-        if self.gateway is not None:
-            self.gateway.transport.loseConnection()
+    def readConnectionLost(self) -> None:
+        self._client_finished_writing()
+
+    # the gateway side (TLSUpstreamProtocol's downstream) -------------------------
+
+    def send_to_client(self, data: bytes) -> None:
+        self.bytes_down += len(data)
+        self.transport.write(data)
+
+    def upstream_tls_failed(self, reason: str, detail: str) -> None:
+        log.error("TLS with the gateway failed ({reason}): {detail}", reason=reason, detail=detail)
 
 
 class _OneShot(Factory):
@@ -123,12 +206,25 @@ class _OneShot(Factory):
 
 
 class ConnectFactory(Factory):
+    """Local clients in; per client, mTLS to ``gateway_endpoint`` (a Twisted client
+    endpoint for the gateway's TCP address) with ``sni``, expecting ``expected_uri``."""
+
     protocol = _ClientSide
     noisy = False
 
-    def __init__(self, gateway_endpoint: Any, expected_uri: str) -> None:
+    def __init__(
+        self,
+        gateway_endpoint: Any,
+        leaf_source: LeafSource,
+        sni: str,
+        expected_uri: str,
+        reactor: Any,
+    ) -> None:
         self.gateway_endpoint = gateway_endpoint
+        self.leaf_source = leaf_source
+        self.sni = sni
         self.expected_uri = expected_uri
+        self.reactor = reactor
 
 
 def endpoint_address(listen: str) -> tuple[str, int]:
@@ -161,20 +257,28 @@ def gateway_client_endpoint(listen: str) -> str:
     return f"tcp:host={escaped}:port={port}"
 
 
-def _material(
+def certificate_provider(
     args: argparse.Namespace,
     config: GatewayConfig,
     site: SiteConfig,
     datacenter: str,
     trust_domain: str,
-) -> tuple[LeafCertificate, list[x509.Certificate]]:
+) -> Callable[[], Material]:
+    """What :class:`LeafSource` loads from: ``--cert``/``--key``/``--ca`` read again each
+    time (rotated by whoever writes them), else a fresh leaf for ``--service`` from the
+    built-in CA the gateway uses."""
     from gwcore import pki
 
     if args.cert or args.key or args.ca:
         if not (args.cert and args.key and args.ca):
             raise ValueError("--cert, --key and --ca go together")
-        leaf = pki.load_leaf(Path(args.cert).read_bytes(), Path(args.key).read_bytes())
-        return leaf, pki.load_certificates(Path(args.ca).read_bytes())
+        cert, key, ca = Path(args.cert), Path(args.key), Path(args.ca)
+
+        def from_files() -> Material:
+            leaf = pki.load_leaf(cert.read_bytes(), key.read_bytes())
+            return leaf, pki.load_certificates(ca.read_bytes())
+
+        return from_files
     from gwcore.plugins.builtin_ca import default_ca_dir, load_or_create_ca
 
     section = site.plugin_section("builtin_ca")
@@ -182,13 +286,18 @@ def _material(
     if ca_dir is not None and not ca_dir.is_absolute():
         ca_dir = site.base_dir / ca_dir
     ca_dir = ca_dir or default_ca_dir(config.state_dir, trust_domain)
-    ca_cert, ca_key = load_or_create_ca(ca_dir, trust_domain)
-    leaf = pki.service_leaf(ca_cert, ca_key, ServiceName(args.service), datacenter, trust_domain)
-    return leaf, [ca_cert]
+    service = ServiceName(args.service)
+
+    def from_builtin_ca() -> Material:
+        ca_cert, ca_key = load_or_create_ca(ca_dir, trust_domain)
+        leaf = pki.service_leaf(ca_cert, ca_key, service, datacenter, trust_domain)
+        return leaf, [ca_cert]
+
+    return from_builtin_ca
 
 
 def run_connect(args: argparse.Namespace, reactor: Any = None) -> int:
-    from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
+    from twisted.internet.endpoints import clientFromString, serverFromString
 
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -210,15 +319,18 @@ def run_connect(args: argparse.Namespace, reactor: Any = None) -> int:
     datacenter = args.datacenter or site.datacenter
     trust_domain = (args.trust_domain or site.trust_domain).lower()
     try:
-        leaf, roots = _material(args, config, site, datacenter, trust_domain)
+        leaf_source = LeafSource(
+            certificate_provider(args, config, site, datacenter, trust_domain), reactor.seconds
+        )
+        leaf_source.context()  # unusable material is reported now, not per connection
         gateway = args.gateway or gateway_client_endpoint(site.listen)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, SSL.Error) as e:
         print(f"tgw connect: {e}", file=sys.stderr)
         return 1
     upstream = ServiceName(args.upstream)
     sni = service_sni(upstream, datacenter, trust_domain)
     expected = SpiffeID(trust_domain, upstream.namespace, datacenter, upstream.name).uri
-    endpoint = wrapClientTLS(MeshClientTLS(leaf, roots, sni), clientFromString(reactor, gateway))
+    endpoint = clientFromString(reactor, gateway)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
 
     def listening(port: Any) -> None:
@@ -239,7 +351,8 @@ def run_connect(args: argparse.Namespace, reactor: Any = None) -> int:
         status[0] = 1
         reactor.stop()
 
-    d = serverFromString(reactor, args.listen).listen(ConnectFactory(endpoint, expected))
+    factory = ConnectFactory(endpoint, leaf_source, sni, expected, reactor)
+    d = serverFromString(reactor, args.listen).listen(factory)
     d.addCallbacks(listening, failed)
     reactor.run()
     return status[0]

@@ -229,10 +229,10 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         except SSL.Error as e:
             self._flush()  # our alert (bad_certificate for a wrong name) goes out
             if self.name_mismatch is not None:
-                self._fail("tls_san_mismatch", self.name_mismatch)
+                self._fail("tls_san_mismatch", self.name_mismatch, alert=True)
                 return
             reason = _VERIFY_REASONS.get(self.verify_error or 0, "tls_handshake")
-            self._fail(reason, f"TLS handshake with the service failed: {_ssl_text(e)}")
+            self._fail(reason, f"TLS handshake with the service failed: {_ssl_text(e)}", alert=True)
             return
         self._flush()
         # A resumed session skips verification: check the name it was verified for again.
@@ -244,11 +244,16 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         self.handshake_done = True
         self.ready.callback(self)
 
-    def _fail(self, reason: str, detail: str) -> None:
+    def _fail(self, reason: str, detail: str, alert: bool = False) -> None:
         self.failure_reason = reason
         if not self.ready.called:
             self.ready.errback(UpstreamConnectError(reason, detail))
-        self.transport.abortConnection()
+        if alert:
+            # Our alert (a few bytes, written just now) must reach the service: an abort
+            # would drop it with the write buffer. The close is not delayed by the peer.
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
 
     # --- bytes ------------------------------------------------------------------
 
