@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/twistd --pidfile= -n tgw --config $(CONFIG)
 
+# The Debian servers the tests start (dnsmasq, haproxy, nginx + stream module, wrk),
+# installed when missing: see scripts/test-deps.sh.
 test: $(STAMP)
+	sh scripts/test-deps.sh
 	$(BIN)/pytest
 
 lint: $(STAMP)
