@@ -35,7 +35,7 @@ def test_quick_mode_with_python_stand_ins_measures_tgw(tmp_path: Path) -> None:
 
 def test_quick_mode_runs_the_real_topology_when_the_tools_are_installed(tmp_path: Path) -> None:
     if not gateways.ensure_tools(install=False):
-        # make test installs them (scripts/test-deps.sh); run otherwise, the stand-ins above still ran.
+        # make test installs them (scripts/test-deps.sh); else the stand-ins above still ran.
         results = run(tmp_path, "--only", "tgw-w1")
         assert results["tgw-w1"]["keepalive_1k"]["value"] > 0
         return
