@@ -10,10 +10,14 @@ its own ``X509_VERIFY_PARAM_set1_host`` check; the client certificate is never s
 
 pyOpenSSL's ``set_verify`` callback cannot set the verification error (a ``False``
 from it becomes ``internal_error``), so the callback is registered through the same
-cffi binding pyOpenSSL uses. What to expect comes from the connection's app data
-(:class:`PeerCheck`): its ``verification.check(cert)`` (service-identity semantics for
-DNS and IP names, exact match for a URI such as a SPIFFE ID) decides; the first
-chain error and the mismatch text are recorded on it for the failure's reason.
+cffi binding pyOpenSSL uses, with three of its internals (``Context._context``,
+``Connection._reverse_mapping``, ``X509._from_raw_x509_ptr``); should a pyOpenSSL
+release change them, this fails closed (no context is built, or every verification
+fails; the origination tests say so at once). What to expect comes from the
+connection's app data (:class:`PeerCheck`): its ``verification.check(cert)``
+(service-identity semantics for DNS and IP names, exact match for a URI such as a
+SPIFFE ID) decides; the first chain error and the mismatch text are recorded on it
+for the failure's reason.
 """
 
 from __future__ import annotations
