@@ -29,6 +29,7 @@ from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.policy.config import SiteConfig
+from gwcore.reload_diff import describe_changes
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
 from gwcore.workers import WorkerRole
@@ -169,10 +170,31 @@ class GatewayService(Service):
         for port in self._ports:
             await maybeDeferred(port.stopListening)
         for site in [*self.sites.values(), *self._retiring]:
-            await site.stop()
+            await self._drain(site)
         if self.access_log is not None:
             self.access_log.close()
         log.info("tgw stopped")
+
+    async def _drain(self, site: Site) -> None:
+        """Stop one site, saying how many connections it drains and how that ended."""
+        open_now = len(site.active)
+        if not open_now:
+            await site.stop()
+            return
+        timeout = site.config.drain_timeout
+        log.info(
+            "site {site}: draining {n} connection(s) (up to {timeout:g} s)",
+            site=site.config.key,
+            n=open_now,
+            timeout=timeout,
+        )
+        began = self.reactor.seconds()
+        await site.stop()
+        log.info(
+            "site {site}: drained in {elapsed:.1f} s",
+            site=site.config.key,
+            elapsed=self.reactor.seconds() - began,
+        )
 
     # --- reload -------------------------------------------------------------------
 
@@ -268,6 +290,8 @@ class GatewayService(Service):
                     retired.addBoth(lambda _, site=old: self._retired(site))
                     if key not in wanted:
                         del self.sites[key]
+            for change in describe_changes(self.checked, checked):
+                log.info("reload: {change}", change=change)
             self.config = new
             self.checked = checked
             if self.access_log is not None:

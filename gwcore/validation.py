@@ -12,6 +12,7 @@ from pathlib import Path
 
 from twisted.internet.endpoints import serverFromString
 
+from gwcore.crosscheck import SiteFindings, check_site
 from gwcore.net.fasttcp import parse_tcp
 from gwcore.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
@@ -24,6 +25,10 @@ class CheckedConfig:
     config: GatewayConfig | None
     stacks: dict[str, PluginStack] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
+    warnings: list[ConfigProblem] = field(default_factory=list)
+    """Cross-checks between config, catalog and certificates (gwcore.crosscheck): they do
+    not stop a start; ``tgw check-config --strict`` counts them as problems."""
+    findings: dict[str, SiteFindings] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -86,6 +91,14 @@ def check_config(path: str | Path) -> CheckedConfig:
                 )
             )
         result.stacks[site.key] = stack
+        try:
+            findings = check_site(site)
+        except Exception as e:  # a cross-check must never take check-config down
+            findings = SiteFindings(
+                [ConfigProblem(config.file, site.prefix, f"cross-checks failed: {e!r}")]
+            )
+        result.findings[site.key] = findings
+        result.warnings += findings.warnings
     result.problems += _shared_endpoints(config)
     return result
 

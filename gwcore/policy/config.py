@@ -8,6 +8,7 @@ key and what is wrong; validation never stops at the first problem, so one run o
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -24,6 +25,8 @@ ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
 POLICIES = ("allow", "deny")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
@@ -222,8 +225,14 @@ class SectionReader:
                 continue
             if allow_tables and isinstance(value, Mapping):
                 continue
-            self.problem(name, "unknown key")
+            self.problem(name, "unknown key" + did_you_mean(name, self._seen))
         return self.problems
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` when a known name is close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _type_name(value: object) -> str:
@@ -321,6 +330,8 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
+    log_level: str = "info"
+    log_format: str = "text"
 
     def site(self, key: str) -> SiteConfig:
         for site in self.sites:
@@ -365,6 +376,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     state_dir = base_dir / (gw.string("state_dir", "state") or "state")
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
+    log_level = gw.string("log_level", "info", choices=LOG_LEVELS) or "info"
+    log_format = gw.string("log_format", "text", choices=LOG_FORMATS) or "text"
     problems += gw.finish()
 
     sample = None
@@ -410,6 +423,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sample_service=sample,
         raw=data,
         workers=workers,
+        log_level=log_level,
+        log_format=log_format,
     )
     if problems:
         raise ConfigError(problems, partial=config)

@@ -376,18 +376,29 @@ def test_full_file(tmp_path: Path) -> None:
         pytest.param("", [("sites", "at least one [sites.NAME] table is required")], id="no-sites"),
         pytest.param(
             MINIMAL_SITE + "\n[gatway]\nadmin = 'tcp:1'\n",
-            [("gatway", "unknown key")],
+            [("gatway", "unknown key; did you mean 'gateway'?")],
             id="unknown-top-level-table",
         ),
         pytest.param(
             MINIMAL_SITE + "\n[gateway]\nadmn = 'tcp:1'\n",
-            [("gateway.admn", "unknown key")],
+            [("gateway.admn", "unknown key; did you mean 'admin'?")],
             id="unknown-gateway-key",
         ),
         pytest.param(
             MINIMAL_SITE + "listn = 'tcp:1'\n",
-            [("sites.edge.listn", "unknown key")],
+            [("sites.edge.listn", "unknown key; did you mean 'listen'?")],
             id="unknown-site-key",
+        ),
+        pytest.param(
+            MINIMAL_SITE + "\n[gateway]\nlog_level = 'verbose'\nlog_format = 'xml'\n",
+            [
+                (
+                    "gateway.log_level",
+                    "must be one of debug, info, warn, error, critical, not 'verbose'",
+                ),
+                ("gateway.log_format", "must be one of text, json, not 'xml'"),
+            ],
+            id="log-settings",
         ),
         pytest.param(
             "[sites.edge]\nname = 'tgw'\n",
