@@ -1,0 +1,169 @@
+"""``tgw run`` as an operator sees it: the start line, a quiet log, JSON logs, drain and
+reload lines, no pidfile, the version in ``/ready``. Real processes over 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gwcore import __version__
+from tests.harness import free_port
+from tests.integration.test_twistd import (
+    STOP_TIMEOUT,
+    Ports,
+    Program,
+    http_get,
+    reload,
+    spawn,  # noqa: F401 - the fixture, used by name below
+    status,
+    wait_for,
+    write_catalog,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+CHATTER = ("Starting factory", "Stopping factory", " starting on ", " Closed)")
+
+
+def start_run(run: Callable[..., Program], config: Path, ports: Ports, *args: str) -> Program:
+    """``tgw run --config FILE [args]``, returned once ``/ready`` answers 200."""
+    gateway = run("tgw", "run", "--config", str(config), *args)
+    wait_for(lambda: status(ports.admin, "/ready") == 200, "GET /ready to answer 200", gateway)
+    return gateway
+
+
+def consul_errors(admin: int) -> float:
+    """The sum of ``tgw_consul_errors_total`` over its labels (0 until it answers)."""
+    answer = http_get(admin, "/metrics")
+    if answer is None:
+        return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(answer[1])
+        for sample in family.samples
+        if sample.name == "tgw_consul_errors_total"
+    )
+
+
+def stop(gateway: Program) -> None:
+    gateway.popen.send_signal(signal.SIGTERM)
+    assert gateway.popen.wait(STOP_TIMEOUT) == -signal.SIGTERM, gateway.describe()
+
+
+def test_tgw_run_logs_one_start_line_and_no_twisted_chatter_with_consul_unreachable(
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+) -> None:
+    """With Consul unreachable the HTTP client retries over and over; at the default level
+    none of Twisted's per-factory or per-port lines reach the log, the start line says
+    version, config, site and listener once, and no twistd.pid is written."""
+    admin, consul = free_port(), free_port()
+    config = tmp_path / "tgw.toml"
+    config.write_text(
+        f"""
+[gateway]
+admin = "tcp:{admin}:interface=127.0.0.1"
+access_log = ""
+state_dir = "state"
+
+[sites.main]
+listen = "tcp:0:interface=127.0.0.1"
+name = "legacy-gw"
+trust_domain = "example.consul"
+plugins = ["consul_catalog", "builtin_ca", "intentions"]
+
+[sites.main.consul_catalog]
+address = "http://127.0.0.1:{consul}"
+retry_min = "0.02s"
+retry_max = "0.05s"
+"""
+    )
+    gateway = spawn("tgw", "run", "--config", str(config))
+    wait_for(lambda: consul_errors(admin) >= 20, "20 failed Consul requests", gateway)
+    assert status(admin, "/ready") == 503
+    stop(gateway)
+    lines = gateway.output().splitlines()
+    assert [line for line in lines if any(c in line for c in CHATTER)] == []
+    starts = [line for line in lines if f"tgw {__version__} starting from" in line]
+    assert len(starts) == 1, gateway.describe()
+    assert f"starting from {config}: site main (terminating 'legacy-gw', dc1) " in starts[0]
+    assert "listen tcp:0:interface=127.0.0.1" in starts[0]
+    assert not (tmp_path / "twistd.pid").exists()
+
+
+def test_log_level_debug_brings_the_chatter_back(
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+) -> None:
+    """``--log-level debug`` shows what the default level hides (here the ports' lines)."""
+    ports = Ports.pick()
+    write_catalog(tmp_path, {"billing": ports.sample})
+    config = write_config(tmp_path, ports)
+    gateway = start_run(spawn, config, ports, "--log-level", "debug")
+    stop(gateway)
+    assert " starting on " in gateway.output(), gateway.describe()
+
+
+def test_json_log_format_version_in_ready_and_drain_lines(
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+) -> None:
+    """``log_format = "json"``: every line of the application log is one JSON object;
+    /ready carries the version; SIGTERM with a connection open logs how many connections
+    are drained and for how long at most, then one line when done."""
+    ports = Ports.pick()
+    write_catalog(tmp_path, {"billing": ports.sample})
+    config = write_config(tmp_path, ports, site_extra='drain_timeout = "0.3s"')
+    config.write_text(config.read_text().replace("[gateway]", '[gateway]\nlog_format = "json"'))
+    gateway = start_run(spawn, config, ports)
+    answer = http_get(ports.admin, "/ready")
+    assert answer is not None and json.loads(answer[1])["version"] == __version__
+    with socket.create_connection(("127.0.0.1", ports.site), timeout=5):
+        wait_for(
+            lambda: "connections_active" in (http_get(ports.admin, "/metrics") or (0, ""))[1],
+            "the connection to be counted",
+            gateway,
+        )
+        stop(gateway)
+    records = [json.loads(line) for line in gateway.stdout().splitlines() if line.strip()]
+    messages = [r["message"] for r in records]
+    assert all({"time", "level", "namespace", "message"} <= r.keys() for r in records)
+    assert any(m.startswith(f"tgw {__version__} starting from ") for m in messages)
+    assert "site main: draining 1 connection(s) (up to 0.3 s)" in messages, messages
+    assert any(m.startswith("site main: drained in ") for m in messages), messages
+
+
+def test_reload_logs_what_changed(
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+) -> None:
+    """SIGHUP with a new site and a new destination: the log says what was added."""
+    ports = Ports.pick()
+    write_catalog(tmp_path, {"billing": ports.sample})
+    config = write_config(tmp_path, ports)
+    gateway = start_run(spawn, config, ports)
+    write_catalog(tmp_path, {"billing": ports.sample, "ledger": ports.sample})
+    extra = f"""
+[sites.extra]
+listen = "tcp:{ports.spare}:interface=127.0.0.1"
+name = "legacy-gw"
+trust_domain = "example.consul"
+plugins = ["file_catalog", "builtin_ca"]
+
+[sites.extra.file_catalog]
+paths = ["catalog"]
+"""
+    write_config(tmp_path, ports, more_sites=extra, site_extra='idle_timeout = "5m"')
+    reload(gateway, ports, "applied")
+    stop(gateway)
+    out = gateway.output()
+    assert f"reload: site extra added (listen tcp:{ports.spare}:interface=127.0.0.1)" in out
+    assert "reload: site main changed: idle_timeout" in out, gateway.describe()
+    assert "reload: site main: destinations added: ledger; removed: none" in out
