@@ -110,6 +110,14 @@ def makeService(options: Options) -> IService:
         )
         raise SystemExit(1)
     assert checked.config is not None
+    from gwcore.preflight import busy_ports
+
+    busy = busy_ports(checked.config)
+    if busy:
+        for problem in busy:
+            print(f"tgw: {problem}", file=sys.stderr)
+        print(f"tgw: refusing to start: {len(busy)} port(s) in use ({path})", file=sys.stderr)
+        raise SystemExit(1)
     _log_start(path, checked.config)
     _log_reactor(options.get("reactor", "kept"))
     root = _Root(options, checked.config)
