@@ -34,6 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from zope.interface import implementer
 
+from gwcore.connect_errors import explain_failure
 from gwcore.net.splice import SplicedClient, State
 from gwcore.net.upstream import UpstreamConnectError
 from gwcore.net.upstream_tls import TLSUpstreamProtocol, Verification, mesh_client_context
@@ -170,7 +171,11 @@ class _ClientSide(SplicedClient, Protocol):
             return  # the client left while we were connecting
         reason = getattr(failure.value, "reason", None)
         why = f"{reason}: " if reason else ""
-        log.error("cannot reach the gateway: {why}{e}", why=why, e=failure.getErrorMessage())
+        factory = self.factory
+        text = explain_failure(
+            failure.getErrorMessage(), sni=factory.sni, gateway=str(factory.gateway_endpoint)
+        )
+        log.error("cannot reach the gateway: {why}{e}", why=why, e=text)
         if not self.lost:
             self.transport.loseConnection()
 
