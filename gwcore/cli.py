@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     connect.add_argument("--datacenter", help="override the site's datacenter")
     connect.add_argument("--trust-domain", help="override the site's trust domain")
+    connect.add_argument(
+        "--create-ca",
+        action="store_true",
+        help="create the built-in CA when it does not exist, even for another trust domain "
+        "or a site without builtin_ca (refused otherwise)",
+    )
     connect.add_argument("--cert", help="PEM client certificate (chain) instead of the built-in CA")
     connect.add_argument("--key", help="PEM private key for --cert")
     connect.add_argument("--ca", help="PEM trust roots to verify the gateway with (with --cert)")

@@ -22,8 +22,7 @@ _ALERTS: tuple[tuple[str, str], ...] = (
     ),
     (
         "certificate required",
-        "the gateway refused the handshake: it requires a client certificate — see its "
-        "access log",
+        "the gateway refused the handshake: it requires a client certificate — see its access log",
     ),
     (
         "unknown ca",

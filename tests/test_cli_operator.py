@@ -77,3 +77,30 @@ def test_check_config_uses_tgw_config(tmp_path: Path, monkeypatch, capsys) -> No
     monkeypatch.setenv("TGW_CONFIG", str(path))
     assert main(["check-config"]) == 0
     assert capsys.readouterr().out.startswith(f"{path}: OK")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--trust-domain", "typo.consul"],
+            "tgw connect: no built-in CA for trust domain typo.consul ",
+        ),
+        ([], "tgw connect: site main does not use builtin_ca and "),
+    ],
+    ids=["other-trust-domain", "site-without-builtin-ca"],
+)
+def test_connect_refuses_to_create_a_ca_the_gateway_would_not_trust(
+    tmp_path: Path, capsys, argv: list[str], expected: str
+) -> None:
+    """``tgw connect --trust-domain X`` (or for a site without builtin_ca) exits 1 without
+    creating a CA, unless ``--create-ca`` asks for one."""
+    (tmp_path / "catalog").mkdir()
+    plugins = ["file_catalog", "builtin_ca"] if argv else ["file_catalog", "intentions"]
+    path = Gateway(tmp_path, plugins=plugins).write_config()
+    base = ["connect", "--service", "web", "--upstream", "billing", "--listen", "tcp:0"]
+    assert main([*base, "--config", str(path), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(expected), err
+    assert "--create-ca" in err
+    assert not list(tmp_path.rglob("ca-key.pem"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -340,6 +341,25 @@ class GatewayConfig:
         raise KeyError(key)
 
 
+SYSTEM_STATE_DIR = Path("/var/lib/tgw")
+
+
+def default_state_dir(base_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the built-in CA keeps its keys when ``state_dir`` is not set.
+
+    Never next to a config in ``/etc``: systemd's ``$STATE_DIRECTORY`` (set by
+    ``StateDirectory=tgw``) if present, else ``/var/lib/tgw`` for a config under
+    ``/etc``, else ``state/`` beside the config (a development checkout).
+    """
+    env = os.environ if environ is None else environ
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if base_dir == Path("/etc") or Path("/etc") in base_dir.parents:
+        return SYSTEM_STATE_DIR
+    return base_dir / "state"
+
+
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
     path = Path(path)
@@ -373,7 +393,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
             what="an endpoint string",
         )
     access_log = gw.string("access_log", "-") or ""
-    state_dir = base_dir / (gw.string("state_dir", "state") or "state")
+    state = gw.string("state_dir")
+    state_dir = base_dir / state if state else default_state_dir(base_dir)
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
     log_level = gw.string("log_level", "info", choices=LOG_LEVELS) or "info"
