@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gwcore import pki
 from gwcore.net.filewatch import expand
@@ -25,6 +24,7 @@ from gwcore.policy.consul_shapes import (
 )
 from gwcore.policy.model import Destination
 from gwcore.policy.spiffe import IdentityError, parse_spiffe_id
+from gwcore.upstream_files import destination_file_problems
 
 
 @dataclass
@@ -145,40 +145,12 @@ def _upstream_file_warnings(
 ) -> list[ConfigProblem]:
     """Linked services' CAFile/CertFile/KeyFile: readable, parsed, the key matching."""
     key = f"{site.prefix}.file_catalog.paths"
-    warnings: list[ConfigProblem] = []
-    for dest in destinations:
-        tls = dest.tls
-        where = f"linked service {dest.name!r}"
-        certs = {}
-        for field_, path in (("CAFile", tls.ca_file), ("CertFile", tls.cert_file)):
-            if not path:
-                continue
-            try:
-                certs[field_] = pki.load_certificates(Path(path).read_bytes())
-            except (OSError, ValueError) as e:
-                why = e.strerror if isinstance(e, OSError) else str(e)
-                warnings.append(ConfigProblem(site.file, key, f"{where}: {field_} {path}: {why}"))
-        if not tls.key_file:
-            continue
-        try:
-            private = pki.load_private_key(Path(tls.key_file).read_bytes())
-        except (OSError, ValueError) as e:
-            why = e.strerror if isinstance(e, OSError) else str(e)
-            problem = f"{where}: KeyFile {tls.key_file}: {why}"
-            warnings.append(ConfigProblem(site.file, key, problem))
-            continue
-        if "CertFile" in certs:
-            try:
-                pki.leaf_from_parts(certs["CertFile"], private)
-            except ValueError:
-                warnings.append(
-                    ConfigProblem(
-                        site.file,
-                        key,
-                        f"{where}: KeyFile {tls.key_file} does not match CertFile {tls.cert_file}",
-                    )
-                )
-    return warnings
+    report = destination_file_problems(destinations, site.base_dir)
+    return [
+        ConfigProblem(site.file, key, f"linked service {name!r}: {problem}")
+        for name, problems in report.items()
+        for problem in problems
+    ]
 
 
 def _file_certs_warnings(site: SiteConfig) -> list[ConfigProblem]:
