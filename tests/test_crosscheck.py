@@ -208,3 +208,33 @@ def test_strict_turns_warnings_into_problems_and_json_reports_both(tmp_path: Pat
     ]
     code, out, _ = check(path, capsys, "--json", "--strict")
     assert code == 1 and json.loads(out)["ok"] is False
+
+
+def test_a_missing_file_certs_key_is_reported_with_the_other_problems(
+    tmp_path: Path, capsys
+) -> None:
+    """A leaf's certificate present but its key missing is reported under
+    leaves.SERVICE.key, in the same run as an unrelated core-key problem."""
+    ca_cert, ca_key = pki.new_ca(TRUST_DOMAIN)
+    leaf = pki.service_leaf(ca_cert, ca_key, ServiceName("billing"), DC, TRUST_DOMAIN)
+    (tmp_path / "leaf.pem").write_bytes(pki.certificate_pem(leaf.certificate))
+    (tmp_path / "roots.pem").write_bytes(pki.certificate_pem(ca_cert))
+    path = write(
+        tmp_path,
+        {"gw.json": gateway_entry("billing"), "regs.json": [registration("billing", 9001)]},
+        plugins=["file_catalog", "file_certs", "intentions"],
+        site_options={"max_conections": 5},
+        extra_site=(
+            '[sites.main.file_certs]\nroots = ["roots.pem"]\n'
+            '[sites.main.file_certs.leaves]\nbilling = { cert = "leaf.pem", key = "leaf-key.pem" }'
+        ),
+    )
+    code, _, err = check(path, capsys)
+    assert code == 1
+    problems = [line for line in err.splitlines() if ": warning: " not in line]
+    assert problems == [
+        f"{path}: sites.main.max_conections: unknown key; did you mean 'max_connections'?",
+        f"{path}: sites.main.file_certs.leaves.billing.key: {tmp_path}/leaf-key.pem: cannot be "
+        "read: No such file or directory",
+        f"{path}: 2 problem(s)",
+    ]
