@@ -124,7 +124,9 @@ def makeService(options: Options) -> IService:
     if checked.config.workers > 1:
         from gwcore.workers import WorkerSupervisor
 
-        WorkerSupervisor(path, checked.config).setServiceParent(root)
+        WorkerSupervisor(
+            path, checked.config, log_level=options["log-level"] or ""
+        ).setServiceParent(root)
     else:
         GatewayService(
             checked, config_path=path, exit_on_failure=True, freeze_heap=True

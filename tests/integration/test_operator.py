@@ -167,3 +167,26 @@ paths = ["catalog"]
     assert f"reload: site extra added (listen tcp:{ports.spare}:interface=127.0.0.1)" in out
     assert "reload: site main changed: idle_timeout" in out, gateway.describe()
     assert "reload: site main: destinations added: ledger; removed: none" in out
+
+
+def test_workers_log_in_the_same_format_and_level(
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+) -> None:
+    """With ``workers = 2`` and ``log_format = "json"``, the workers' lines are JSON too,
+    without Twisted's chatter at the default level; ``--log-level debug`` reaches them."""
+    ports = Ports.pick()
+    write_catalog(tmp_path, {"billing": ports.sample})
+    config = write_config(tmp_path, ports)
+    text = config.read_text().replace("[gateway]", '[gateway]\nworkers = 2\nlog_format = "json"')
+    config.write_text(text)
+    for level, chatter in (("info", 0), ("debug", 2)):
+        gateway = start_run(spawn, config, ports, "--log-level", level)
+        wait_for(lambda g=gateway: "2 workers serving" in g.stdout(), "both workers", gateway)
+        stop(gateway)
+        records = [json.loads(line) for line in gateway.stdout().splitlines() if line.strip()]
+        messages = [r["message"] for r in records]
+        assert any(m.startswith("worker 1: reactor") for m in messages), messages
+        # Each worker listens on the inherited socket: one port line each, at debug only.
+        listening = [m for m in messages if m.startswith("DownstreamFactory starting on")]
+        assert len(listening) == chatter, messages
