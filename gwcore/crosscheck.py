@@ -33,6 +33,9 @@ class SiteFindings:
 
     warnings: list[ConfigProblem] = field(default_factory=list)
     destinations: tuple[Destination, ...] | None = None  # None: only known at run time
+    unrouted: list[tuple[str, ConfigProblem]] = field(default_factory=list)
+    """Intentions for a destination this site does not route; a warning only if no other
+    site routes it either (see :func:`unrouted_warnings`)."""
 
 
 def closest(name: str, known: Iterable[str]) -> str:
@@ -59,15 +62,14 @@ def check_site(site: SiteConfig) -> SiteFindings:
     docs = file_catalog_documents(site)
     if docs is not None and site.role != "mesh":
         findings.destinations = build_destinations(docs, site.name, site.datacenter)[0]
-        findings.warnings += _catalog_warnings(site, docs, findings.destinations)
+        findings.warnings += _catalog_warnings(site, docs)
+        findings.unrouted = _unrouted_intentions(site, docs, findings.destinations)
         findings.warnings += _upstream_file_warnings(site, findings.destinations)
     findings.warnings += _file_certs_warnings(site)
     return findings
 
 
-def _catalog_warnings(
-    site: SiteConfig, docs: CatalogDocuments, destinations: tuple[Destination, ...]
-) -> list[ConfigProblem]:
+def _catalog_warnings(site: SiteConfig, docs: CatalogDocuments) -> list[ConfigProblem]:
     key = f"{site.prefix}.file_catalog.paths"
     warnings: list[ConfigProblem] = []
     registered = {r.service.service.name for r in docs.registrations if r.service is not None}
@@ -107,7 +109,6 @@ def _catalog_warnings(
                     f"terminating gateway",
                 )
             )
-    routed = {d.name for d in destinations}
     # Sources are mesh services; check them only when the catalog registers mesh services
     # at all (sidecars, Connect-native), else every source would look unknown.
     mesh = {
@@ -117,15 +118,6 @@ def _catalog_warnings(
     }
     for entry_ in docs.intentions:
         destination = entry_.destination.name
-        if destination != "*" and destination not in routed:
-            warnings.append(
-                ConfigProblem(
-                    site.file,
-                    key,
-                    f"{entry_.origin}: intentions for {destination!r}, which this site does not "
-                    f"route{closest(destination, routed)}",
-                )
-            )
         for intention in entry_.intentions:
             source = intention.source.name
             if mesh and source != "*" and source not in mesh | registered:
@@ -138,6 +130,30 @@ def _catalog_warnings(
                     )
                 )
     return warnings
+
+
+def _unrouted_intentions(
+    site: SiteConfig, docs: CatalogDocuments, destinations: tuple[Destination, ...]
+) -> list[tuple[str, ConfigProblem]]:
+    key = f"{site.prefix}.file_catalog.paths"
+    routed = {d.name for d in destinations}
+    found = []
+    for entry in docs.intentions:
+        name = entry.destination.name
+        if name != "*" and name not in routed:
+            message = (
+                f"{entry.origin}: intentions for {name!r}, which this site does not route"
+                f"{closest(name, routed)}"
+            )
+            found.append((name, ConfigProblem(site.file, key, message)))
+    return found
+
+
+def unrouted_warnings(findings: Iterable[SiteFindings]) -> list[ConfigProblem]:
+    """Intentions whose destination no site of the file routes."""
+    every = list(findings)
+    routed = {d.name for f in every for d in (f.destinations or ())}
+    return [p for f in every for name, p in f.unrouted if name not in routed]
 
 
 def _upstream_file_warnings(

@@ -292,6 +292,8 @@ class GatewayService(Service):
                         del self.sites[key]
             for change in describe_changes(self.checked, checked):
                 log.info("reload: {change}", change=change)
+            for warning in checked.warnings:
+                log.warn("reload: warning: {warning}", warning=str(warning))
             self.config = new
             self.checked = checked
             if self.access_log is not None:

@@ -119,6 +119,7 @@ def makeService(options: Options) -> IService:
         print(f"tgw: refusing to start: {len(busy)} port(s) in use ({path})", file=sys.stderr)
         raise SystemExit(1)
     _log_start(path, checked.config)
+    _log_warnings(checked.warnings)
     _log_reactor(options.get("reactor", "kept"))
     root = _Root(options, checked.config)
     if checked.config.workers > 1:
@@ -151,6 +152,14 @@ def _log_start(path: str, config: GatewayConfig) -> None:
     from twisted.logger import Logger
 
     Logger(namespace="tgw").info("{line}", line=start_line(path, config))
+
+
+def _log_warnings(warnings: list[Any]) -> None:
+    """check-config's cross-check warnings, once at start (they do not stop it)."""
+    from twisted.logger import Logger
+
+    for warning in warnings:
+        Logger(namespace="tgw").warn("warning: {warning}", warning=str(warning))
 
 
 def _log_reactor(choice: str) -> None:

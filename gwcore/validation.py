@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.internet.endpoints import serverFromString
 
-from gwcore.crosscheck import SiteFindings, check_site
+from gwcore.crosscheck import SiteFindings, check_site, unrouted_warnings
 from gwcore.net.fasttcp import parse_tcp
 from gwcore.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
@@ -99,6 +99,7 @@ def check_config(path: str | Path) -> CheckedConfig:
             )
         result.findings[site.key] = findings
         result.warnings += findings.warnings
+    result.warnings += unrouted_warnings(result.findings.values())
     result.problems += _shared_endpoints(config)
     return result
 

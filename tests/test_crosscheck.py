@@ -238,3 +238,29 @@ def test_a_missing_file_certs_key_is_reported_with_the_other_problems(
         "read: No such file or directory",
         f"{path}: 2 problem(s)",
     ]
+
+
+def test_intentions_routed_by_another_site_are_not_a_warning(tmp_path: Path, capsys) -> None:
+    """Two sites share a catalog: intentions for the other site's destination are fine; only a
+    destination no site routes is reported (by each site that reads it)."""
+    path = write(
+        tmp_path,
+        {
+            "gw.json": [gateway_entry("billing"), gateway_entry("ledger", name="other-gw")],
+            "regs.json": [registration("billing", 9001), registration("ledger", 9002)],
+            "intentions.json": [
+                intentions("ledger", ("web", "allow")),
+                intentions("nowhere", ("web", "allow")),
+            ],
+        },
+        extra_site=(
+            '[sites.other]\nlisten = "tcp:0:interface=127.0.0.2"\nname = "other-gw"\n'
+            f'trust_domain = "{TRUST_DOMAIN}"\nplugins = ["file_catalog", "builtin_ca"]\n'
+            '[sites.other.file_catalog]\npaths = ["catalog"]'
+        ),
+    )
+    _, _, err = check(path, capsys)
+    found = warnings_of(err, path)
+    unrouted = [(k, m) for k, m in found if "which this site does not route" in m]
+    assert len(unrouted) == 2, found  # 'nowhere', from each site
+    assert all("'nowhere'" in m for _, m in unrouted), unrouted

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gwcore import __version__
-from tests.harness import free_port
+from tests.harness import free_port, intentions, write_json
 from tests.integration.test_twistd import (
     STOP_TIMEOUT,
     Ports,
@@ -116,12 +116,14 @@ def test_json_log_format_version_in_ready_and_drain_lines(
     spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
 ) -> None:
     """``log_format = "json"``: every line of the application log is one JSON object;
-    /ready carries the version; SIGTERM with a connection open logs how many connections
-    are drained and for how long at most, then one line when done."""
+    check-config's warnings are logged at start; /ready carries the version; SIGTERM with
+    a connection open logs how many connections are drained and for how long at most, then
+    one line when done."""
     ports = Ports.pick()
     write_catalog(tmp_path, {"billing": ports.sample})
     config = write_config(tmp_path, ports, site_extra='drain_timeout = "0.3s"')
     config.write_text(config.read_text().replace("[gateway]", '[gateway]\nlog_format = "json"'))
+    write_json(tmp_path / "catalog" / "stray.json", intentions("nowhere", ("web", "allow")))
     gateway = start_run(spawn, config, ports)
     answer = http_get(ports.admin, "/ready")
     assert answer is not None and json.loads(answer[1])["version"] == __version__
@@ -136,6 +138,11 @@ def test_json_log_format_version_in_ready_and_drain_lines(
     messages = [r["message"] for r in records]
     assert all({"time", "level", "namespace", "message"} <= r.keys() for r in records)
     assert any(m.startswith(f"tgw {__version__} starting from ") for m in messages)
+    # check-config's warnings are logged once at start, and do not stop it.
+    warned = [r for r in records if r["message"].startswith("warning: ")]
+    assert len(warned) == 1 and warned[0]["level"] == "warn", warned
+    assert "sites.main.file_catalog.paths: " in warned[0]["message"]
+    assert "intentions for 'nowhere', which this site does not route" in warned[0]["message"]
     assert "site main: draining 1 connection(s) (up to 0.3 s)" in messages, messages
     assert any(m.startswith("site main: drained in ") for m in messages), messages
 
