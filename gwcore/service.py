@@ -240,12 +240,11 @@ class GatewayService(Service):
                 self.metrics.reloads.labels(result="rejected").inc()
                 return
             new = checked.config
-            if (new.admin, new.sample_service, new.access_log, new.state_dir) != (
-                self.config.admin,
-                self.config.sample_service,
-                self.config.access_log,
-                self.config.state_dir,
-            ):
+            restart_only = (
+                *("admin", "sample_service", "access_log", "state_dir"),
+                *("log_level", "log_format"),
+            )
+            if any(getattr(new, k) != getattr(self.config, k) for k in restart_only):
                 log.warn(
                     "[gateway] and [sample_service] changes need a restart; applying sites only"
                 )
