@@ -196,6 +196,24 @@ class _ClientSide(SplicedClient, Protocol):
         self.bytes_down += len(data)
         self.transport.write(data)
 
+    def upstream_eof(self) -> None:
+        self._note_silent_close()
+        super().upstream_eof()
+
+    def upstream_lost(self) -> None:
+        self._note_silent_close()
+        super().upstream_lost()
+
+    def _note_silent_close(self) -> None:
+        """The gateway ended the connection without a byte: say what that usually means."""
+        if self.bytes_down == 0 and not self.upstream_done and self.upstream is not None:
+            log.warn(
+                "the gateway closed the connection to {upstream} before sending anything "
+                "(denied by its authorization, no healthy endpoint, or the service closed at "
+                "once) — see its access log",
+                upstream=self.factory.sni,
+            )
+
     def upstream_tls_failed(self, reason: str, detail: str) -> None:
         log.error("TLS with the gateway failed ({reason}): {detail}", reason=reason, detail=detail)
 
