@@ -98,17 +98,21 @@ retry_max = "0.05s"
     assert not (tmp_path / "twistd.pid").exists()
 
 
-def test_log_level_debug_brings_the_chatter_back(
+def test_log_level_debug_brings_the_chatter_back_and_logfile_takes_the_log(
     tmp_path: Path,
     spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
 ) -> None:
-    """``--log-level debug`` shows what the default level hides (here the ports' lines)."""
+    """``--log-level debug`` shows what the default level hides (here the ports' lines);
+    ``--logfile`` puts the application log in that file instead of standard output."""
     ports = Ports.pick()
     write_catalog(tmp_path, {"billing": ports.sample})
     config = write_config(tmp_path, ports)
-    gateway = start_run(spawn, config, ports, "--log-level", "debug")
+    gateway = start_run(spawn, config, ports, "--log-level", "debug", "--logfile", "app.log")
     stop(gateway)
-    assert " starting on " in gateway.output(), gateway.describe()
+    log = (tmp_path / "app.log").read_text()
+    assert " starting on " in log, log
+    assert f"tgw {__version__} starting from" in log
+    assert "starting from" not in gateway.stdout()
 
 
 def test_json_log_format_version_in_ready_and_drain_lines(
