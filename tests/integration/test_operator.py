@@ -20,6 +20,7 @@ from tests.integration.test_twistd import (
     Program,
     http_get,
     reload,
+    run,
     spawn,  # noqa: F401 - the fixture, used by name below
     status,
     wait_for,
@@ -32,9 +33,9 @@ pytestmark = pytest.mark.integration
 CHATTER = ("Starting factory", "Stopping factory", " starting on ", " Closed)")
 
 
-def start_run(run: Callable[..., Program], config: Path, ports: Ports, *args: str) -> Program:
+def start_run(launch: Callable[..., Program], config: Path, ports: Ports, *args: str) -> Program:
     """``tgw run --config FILE [args]``, returned once ``/ready`` answers 200."""
-    gateway = run("tgw", "run", "--config", str(config), *args)
+    gateway = launch("tgw", "run", "--config", str(config), *args)
     wait_for(lambda: status(ports.admin, "/ready") == 200, "GET /ready to answer 200", gateway)
     return gateway
 
@@ -201,3 +202,15 @@ def test_workers_log_in_the_same_format_and_level(
         # Each worker listens on the inherited socket: one port line each, at debug only.
         listening = [m for m in messages if m.startswith("DownstreamFactory starting on")]
         assert len(listening) == chatter, messages
+
+
+def test_twistd_tgw_finds_the_config_like_tgw_does(tmp_path: Path) -> None:
+    """``twistd -n tgw`` without --config in a directory without etc/tgw.toml: the same
+    hint as tgw's subcommands, exit status 1, no traceback."""
+    code, out, err = run("twistd", "--pidfile=", "-n", "tgw", cwd=tmp_path)
+    assert code == 1
+    assert (
+        f"no config file given and etc/tgw.toml does not exist in {tmp_path}; "
+        "pass --config FILE or set TGW_CONFIG=FILE"
+    ) in out + err
+    assert "Traceback" not in out + err
