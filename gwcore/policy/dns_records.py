@@ -23,11 +23,12 @@ Rules of :class:`ServeStale`, the per-name state machine:
    retried with the same back-off.
 
 SRV to endpoints (:func:`srv_endpoints`): RFC 2782 says to use the lowest priority
-that answers, and to spread load by weight within it. The route model has two
-usable tiers (passing, then warning, see :mod:`gwcore.policy.balancing`), so the
-lowest priority's targets are ``PASSING`` and every higher priority's are ``WARNING``
-(tried only when no lowest-priority endpoint accepts); SRV weights become endpoint
-weights, scaled into Consul's 1..128 range per priority. Endpoints are sorted
+that answers, and to spread load by weight within it. Each endpoint carries its
+record's ``priority``, which :mod:`gwcore.policy.balancing` orders strictly: priority
+30 is tried only when no priority-10 or priority-20 endpoint accepts. The lowest
+priority's targets are ``PASSING`` and every higher priority's ``WARNING`` (so a
+higher priority also ranks below passing endpoints of another source); SRV weights
+become endpoint weights, scaled into Consul's 1..128 range per priority. Endpoints are sorted
 deterministically, so an unchanged answer builds an identical destination.
 :func:`weighted_order` is RFC 2782's randomised selection for callers that pick a
 target per connection.
@@ -337,6 +338,7 @@ def srv_endpoints(targets: Iterable[ResolvedTarget]) -> tuple[Endpoint, ...]:
                         weight=weight,
                         instance_id=f"{record.target}:{record.port}",
                         node=record.target,
+                        priority=record.priority,
                         meta=_meta(
                             hostname=record.target,
                             srv_priority=str(record.priority),
