@@ -31,7 +31,6 @@ Two layers, both reusable by any plugin:
 from __future__ import annotations
 
 import math
-import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,10 +44,11 @@ from twisted.internet.defer import (
     ensureDeferred,
     succeed,
 )
-from twisted.names import client, dns
+from twisted.names import dns
 from twisted.names import error as dns_error
 from twisted.python.failure import Failure
 
+from gwcore.net.dns_transport import FileReader, ServerClient
 from gwcore.policy.dns_records import (
     Family,
     RefreshPolicy,
@@ -172,68 +172,6 @@ def _address(record: dns.RRHeader) -> str | None:
     return None
 
 
-class _EDNSDatagramProtocol(dns.DNSDatagramProtocol):
-    """Twisted Names' UDP query protocol, adding an OPT record (RFC 6891) to each query."""
-
-    payload = 0
-
-    def writeMessage(self, message: dns.Message, address: tuple[str, int]) -> None:
-        if self.payload:
-            message.additional = [*message.additional, dns._OPTHeader(udpPayloadSize=self.payload)]
-        super().writeMessage(message, address)
-
-
-class _ServerClient(client.Resolver):
-    """Twisted Names' client for one nameserver, whose UDP queries carry EDNS0 ``payload``
-    (0: none). Failover between nameservers is :class:`DNSResolver`'s."""
-
-    def __init__(self, server: tuple[str, int], payload: int, reactor: Any) -> None:
-        super().__init__(servers=[server], reactor=reactor)
-        self._payload = payload
-
-    def _connectedProtocol(self, interface: str = "") -> dns.DNSDatagramProtocol:
-        proto = _EDNSDatagramProtocol(self, reactor=self._reactor)
-        proto.payload = self._payload
-        size = max(8192, self._payload)
-        for _ in range(100):
-            try:
-                # A random source port, as Twisted Names does (spoofed answers must guess it).
-                self._reactor.listenUDP(
-                    dns.randomSource(), proto, interface=interface, maxPacketSize=size
-                )
-            except Exception:  # a port in use: draw another
-                continue
-            return proto
-        return super()._connectedProtocol(interface)
-
-
-class _FileReader:
-    """A small file parsed again only when its (inode, size, mtime) changed."""
-
-    def __init__(self, path: str, parse: Callable[[str], Any], empty: Any) -> None:
-        self.path = path
-        self._parse = parse
-        self._empty = empty
-        self._stamp: tuple[int, int, int] | None = None
-        self._value = empty
-
-    def current(self) -> Any:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            self._stamp, self._value = None, self._empty
-            return self._value
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if stamp != self._stamp:
-            try:
-                with open(self.path, encoding="utf-8", errors="replace") as f:
-                    self._value = self._parse(f.read(1 << 20))
-            except OSError:
-                self._value = self._empty
-            self._stamp = stamp
-        return self._value
-
-
 class DNSResolver:
     """Resolves names with Twisted Names, never blocking the reactor.
 
@@ -267,9 +205,9 @@ class DNSResolver:
         self._nameservers = tuple(nameservers) if nameservers else None
         self._search = tuple(search) if search is not None else None
         self._ndots = ndots
-        self._resolv = _FileReader(resolv_conf, parse_resolv_conf, ResolvConf())
-        self._hosts = _FileReader(hosts_file, parse_hosts, HostsFile()) if hosts_file else None
-        self._clients: dict[tuple[tuple[str, int], int], _ServerClient] = {}
+        self._resolv = FileReader(resolv_conf, parse_resolv_conf, ResolvConf())
+        self._hosts = FileReader(hosts_file, parse_hosts, HostsFile()) if hosts_file else None
+        self._clients: dict[tuple[tuple[str, int], int], ServerClient] = {}
 
     def close(self) -> None:
         """Drop the TCP connections that are open."""
@@ -348,10 +286,10 @@ class DNSResolver:
 
         return d.addErrback(translate)
 
-    def _client(self, server: tuple[str, int], payload: int) -> _ServerClient:
+    def _client(self, server: tuple[str, int], payload: int) -> ServerClient:
         key = (server, payload)
         if key not in self._clients:
-            self._clients[key] = _ServerClient(server, payload, self._reactor)
+            self._clients[key] = ServerClient(server, payload, self._reactor)
         return self._clients[key]
 
     async def _query(self, name: str, qtype: int) -> tuple[list[Any], list[Any], list[Any]]:
