@@ -259,6 +259,7 @@ class DNSResolver:
         search, ndots = self.search_list()
         empty: Any = None
         missing: DNSLookupError | None = None
+        negatives: list[DNSLookupError] = []
         for candidate in search_names(name, search, ndots):
             try:
                 answer = await attempt(candidate)
@@ -266,6 +267,7 @@ class DNSResolver:
                 if e.reason != "nxdomain":
                     raise
                 missing = missing or e
+                negatives.append(e)
                 continue
             if not answer.empty:
                 return answer
@@ -273,7 +275,10 @@ class DNSResolver:
         if empty is not None:
             return empty
         assert missing is not None
-        raise missing
+        # Reported under the name asked for, cacheable for the shortest negative TTL seen.
+        raise DNSLookupError(
+            "nxdomain", name, missing.detail, negative_ttl=min(e.negative_ttl for e in negatives)
+        )
 
     def _bounded(self, coroutine: Any, name: str) -> Deferred[Any]:
         d = ensureDeferred(coroutine)

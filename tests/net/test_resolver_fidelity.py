@@ -12,10 +12,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.names import dns
 
-from gwcore.net.resolver import DNSLookupError, DNSResolver
-from gwcore.policy.dns_records import Family, parse_nameserver
+from gwcore.net.resolver import DNSLookupError, DNSResolver, DNSWatch, WatchUpdate
+from gwcore.policy.dns_records import Family, RefreshPolicy, Status, parse_nameserver
 from tests.dns_dnsmasq import dnsmasq
 from tests.dns_server import AuthoritativeServer, a, dns_server, srv
+from tests.net.test_resolver import until
 
 __all__ = ["dns_server", "dnsmasq"]
 
@@ -226,3 +227,42 @@ async def test_hosts_file_answers_first_and_is_reread_when_it_changes(dns_server
     r.close()
     assert (web.addresses, web.source) == (("127.0.0.3",), "dns")
     assert (gone.addresses, gone.source) == (("10.9.9.9",), "dns")
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_list_nxdomain_names_the_name_asked_with_the_shortest_negative_ttl(
+    dns_server,
+):
+    """When every candidate is NXDOMAIN, the failure names the name asked for (not the
+    last expansion) and carries the SOA negative TTL (RFC 2308)."""
+    dns_server.soa = (30, 7)
+    r = resolver(dns_server, search=["a.test", "b.test"], ndots=1)
+    with pytest.raises(DNSLookupError) as nx:
+        await r.resolve_addresses("ghost", Family.IPV4)
+    r.close()
+    assert (nx.value.reason, nx.value.name, nx.value.negative_ttl) == ("nxdomain", "ghost", 7.0)
+    assert [q.name for q in dns_server.queries] == ["ghost.a.test", "ghost.b.test", "ghost"]
+
+
+@pytest.mark.parametrize("mode", ["servfail", "refused", "drop"])
+@pytest_twisted.ensureDeferred
+async def test_no_authority_answering_is_served_stale_not_removed(dns_server, mode):
+    """RFC 8767: SERVFAIL, REFUSED or silence from every nameserver keeps the last answer
+    (stale, for max_stale) even with hold_nx 0, which would remove it on NXDOMAIN."""
+    dns_server.set("db.example.test", [a("127.0.0.2")], ttl=0)
+    r = resolver(dns_server, timeout=0.3)
+    updates: list[WatchUpdate] = []
+    w = DNSWatch(
+        reactor,
+        "db.example.test",
+        lambda: r.resolve_addresses("db.example.test", Family.IPV4),
+        RefreshPolicy(0.1, 1, max_stale=3600, hold_nx=0),
+        updates.append,
+    )
+    await w.start()
+    dns_server.mode = mode
+    reason = {"drop": "timeout"}.get(mode, mode)
+    await until(lambda: any(u.result == reason for u in updates))
+    w.stop()
+    r.close()
+    assert w.status is Status.STALE and w.answer.addresses == ("127.0.0.2",)
