@@ -142,3 +142,36 @@ async def test_hosts_file_entry_is_used_before_dns_and_followed_when_edited(
     assert gateway.metric("tgw_hostname_answers_total", source="hosts") >= 2
     await gateway.wait_for(lambda: len(gateway.access_records()) >= 2)
     assert gateway.access_records()[-1]["endpoint_source"] == "hosts"
+
+
+@pytest_twisted.ensureDeferred
+async def test_short_name_found_through_the_site_search_list(gateway, upstreams, dns_server):
+    """Issue 18 item 7 at a site: an instance registered as ``db`` (a Kubernetes short
+    name) is found as ``db.svc.cluster.test`` through ``dns_search`` / ``dns_ndots``."""
+    up = upstreams(hello(b"short"), host="127.0.0.2")
+    dns_server.set("db.svc.cluster.test", [a("127.0.0.2")], ttl=30)
+    link_hostnames(gateway, [("db", up.port)])
+    use_dns(gateway, dns_server)
+    gateway.site_options.update(
+        dns_search=["ns1.svc.cluster.test", "svc.cluster.test"], dns_ndots=5
+    )
+    await gateway.start()
+    assert await answers(gateway, 1) == {b"short": 1}
+    assert dns_server.count("db.ns1.svc.cluster.test") >= 1  # asked first, NXDOMAIN
+
+
+@pytest_twisted.ensureDeferred
+async def test_removed_name_loses_its_endpoints_after_dns_hold_nx(gateway, upstreams, dns_server):
+    """Issue 18 item 4 at a site: a host name that becomes NXDOMAIN keeps its address
+    for ``dns_hold_nx`` only, although ``dns_max_stale`` is an hour."""
+    up = upstreams(hello(b"gone"), host="127.0.0.2")
+    dns_server.set("db.example.test", [a("127.0.0.2")], ttl=0)
+    link_hostnames(gateway, [("db.example.test", up.port)])
+    use_dns(gateway, dns_server)
+    gateway.site_options["dns_hold_nx"] = "0.5s"
+    await gateway.start()
+    assert await answers(gateway, 1) == {b"gone": 1}
+    dns_server.remove("db.example.test")
+    route = lambda: gateway.site.current()[0].lookup(sni_for("billing"))  # noqa: E731
+    await gateway.wait_for(lambda: route().endpoints == (), timeout=5)
+    assert gateway.metric("tgw_hostname_resolutions_total", result="nxdomain") >= 1
