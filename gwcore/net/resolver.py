@@ -221,7 +221,9 @@ class DNSResolver:
 
     def search_list(self) -> tuple[tuple[str, ...], int]:
         """(search domains, ndots) in use now."""
-        conf = self._resolv.current() if self._search is None or self._ndots is None else None
+        if self._search is not None and self._ndots is not None:
+            return self._search, self._ndots
+        conf: ResolvConf = self._resolv.current()
         search = self._search if self._search is not None else conf.search
         ndots = self._ndots if self._ndots is not None else conf.ndots
         return search, ndots
@@ -258,7 +260,6 @@ class DNSResolver:
         and empty answers move on, anything else ends the search."""
         search, ndots = self.search_list()
         empty: Any = None
-        missing: DNSLookupError | None = None
         negatives: list[DNSLookupError] = []
         for candidate in search_names(name, search, ndots):
             try:
@@ -266,7 +267,6 @@ class DNSResolver:
             except DNSLookupError as e:
                 if e.reason != "nxdomain":
                     raise
-                missing = missing or e
                 negatives.append(e)
                 continue
             if not answer.empty:
@@ -274,10 +274,12 @@ class DNSResolver:
             empty = empty or answer
         if empty is not None:
             return empty
-        assert missing is not None
         # Reported under the name asked for, cacheable for the shortest negative TTL seen.
         raise DNSLookupError(
-            "nxdomain", name, missing.detail, negative_ttl=min(e.negative_ttl for e in negatives)
+            "nxdomain",
+            name,
+            negatives[0].detail,
+            negative_ttl=min(e.negative_ttl for e in negatives),
         )
 
     def _bounded(self, coroutine: Any, name: str) -> Deferred[Any]:
