@@ -5,6 +5,7 @@ DNS servers on 127.0.0.1: the Twisted Names authoritative server the test contro
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import pytest_twisted
@@ -12,6 +13,7 @@ import pytest_twisted
 from gwcore.plugins import dns_catalog
 from gwcore.plugins.dns_catalog import DNSCatalogSource, read_settings
 from gwcore.policy.balancing import EndpointPicker
+from gwcore.policy.model import Health
 from gwcore.validation import check_config
 from tests.dns_dnsmasq import dnsmasq
 from tests.dns_server import a, dns_server, srv
@@ -141,3 +143,27 @@ def test_site_dns_keys_are_validated(tmp_path, options, expected):
     checked = check_config(path)
     found = [str(p) for p in checked.problems]
     assert not checked.ok and any(expected in p and "tgw.toml" in p for p in found), found
+
+
+@pytest_twisted.ensureDeferred
+async def test_name_removed_from_dnsmasq_loses_its_endpoints_after_hold_nx(tmp_path, dnsmasq):
+    """Issue 18 item 4 against dnsmasq: when the name leaves dnsmasq's hosts file (SIGHUP
+    re-reads it) dnsmasq answers NXDOMAIN; the destination keeps its endpoint for
+    hold_nx, then has none, although max_stale is an hour."""
+    hosts = tmp_path / "dnsmasq.hosts"
+    hosts.write_text("127.0.0.2 db.example.test\n")
+    server = dnsmasq([f"--addn-hosts={hosts}"])
+    services = {"db": {"hostname": "db.example.test", "port": 5432}}
+    site = fake_site(tmp_path, section(server, services, max_stale="1h", hold_nx="0.5s"))
+    source = DNSCatalogSource(site)
+    published = Published()
+    await source.start(published)
+    assert published.endpoints("db") == [("127.0.0.2", 5432, Health.PASSING, 1)]
+    hosts.write_text("")
+    server.process.send_signal(signal.SIGHUP)
+    await until(lambda: metric(site, "tgw_dns_held", service="db") == 1, timeout=3)
+    assert published.endpoints("db") == [("127.0.0.2", 5432, Health.PASSING, 1)]
+    await until(lambda: published.endpoints("db") == [], timeout=3)
+    source.stop()
+    assert metric(site, "tgw_dns_resolutions_total", service="db", result="nxdomain") >= 1
+    assert metric(site, "tgw_dns_stale_served_total", service="db") == 0
