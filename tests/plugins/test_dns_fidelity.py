@@ -167,3 +167,23 @@ async def test_name_removed_from_dnsmasq_loses_its_endpoints_after_hold_nx(tmp_p
     source.stop()
     assert metric(site, "tgw_dns_resolutions_total", service="db", result="nxdomain") >= 1
     assert metric(site, "tgw_dns_stale_served_total", service="db") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_srv_target_dot_removes_endpoints_after_hold_nx(tmp_path, dns_server):
+    """RFC 2782: a lone SRV record with target "." says the service is decidedly not
+    available here; it is a negative answer (held for hold_nx, then no endpoints), not
+    an outage served stale for max_stale."""
+    dns_server.set("_pg._tcp.example.test", [srv(10, 1, 7001, "a.example.test")], ttl=0)
+    dns_server.set("a.example.test", [a("127.0.0.2")])
+    services = {"pg": {"srv": "_pg._tcp.example.test"}}
+    site = fake_site(tmp_path, section(dns_server, services, max_stale="1h", hold_nx="0.4s"))
+    source = DNSCatalogSource(site)
+    published = Published()
+    await source.start(published)
+    assert [p for _, p, _, _ in published.endpoints("pg")] == [7001]
+    dns_server.set("_pg._tcp.example.test", [srv(0, 0, 0, ".")], ttl=0)
+    await until(lambda: metric(site, "tgw_dns_held", service="pg") == 1, timeout=3)
+    await until(lambda: published.endpoints("pg") == [], timeout=3)
+    source.stop()
+    assert metric(site, "tgw_dns_stale_served_total", service="pg") == 0
