@@ -39,7 +39,7 @@ class Query:
     edns: int = 0  # the UDP payload size of the query's OPT record; 0: none
 
 
-def srv(priority: int, weight: int, port: int, target: str) -> dns.Record_SRV:
+def srv(priority: int, weight: int, port: int, target: str | bytes) -> dns.Record_SRV:
     return dns.Record_SRV(priority, weight, port, target)
 
 

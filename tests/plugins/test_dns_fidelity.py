@@ -182,7 +182,7 @@ async def test_srv_target_dot_removes_endpoints_after_hold_nx(tmp_path, dns_serv
     published = Published()
     await source.start(published)
     assert [p for _, p, _, _ in published.endpoints("pg")] == [7001]
-    dns_server.set("_pg._tcp.example.test", [srv(0, 0, 0, ".")], ttl=0)
+    dns_server.set("_pg._tcp.example.test", [srv(0, 0, 0, b"")], ttl=0)  # target "."
     await until(lambda: metric(site, "tgw_dns_held", service="pg") == 1, timeout=3)
     await until(lambda: published.endpoints("pg") == [], timeout=3)
     source.stop()
