@@ -168,6 +168,13 @@ class GatewayMetrics:
             ["site", "result"],
             registry=r,
         )
+        self.hostname_answers = Counter(
+            "tgw_hostname_answers",
+            "Answers for hostname endpoints, by the source that answered: localhost "
+            "(RFC 6761, no lookup), hosts (the hosts file) or dns.",
+            ["site", "source"],
+            registry=r,
+        )
         # control plane
         self.routes = Gauge(
             "tgw_routes",

@@ -555,18 +555,23 @@ class Site:
     def _hostname_endpoints(self) -> HostnameEndpoints:
         if self._hostnames is None:
             c = self.config
-            results = self.metrics.hostname_resolutions
+            results, sources = self.metrics.hostname_resolutions, self.metrics.hostname_answers
             self._hostnames = HostnameEndpoints(
                 self.reactor,
                 DNSResolver(
                     self.reactor,
                     [parse_nameserver(n) for n in c.dns_nameservers] or None,
                     timeout=c.dns_timeout,
+                    edns_payload=c.dns_edns_payload,
+                    search=c.dns_search,
+                    ndots=c.dns_ndots,
+                    hosts_file=c.hosts_file or None,
                 ),
-                RefreshPolicy(c.dns_min_ttl, c.dns_max_ttl, c.dns_max_stale),
+                RefreshPolicy(c.dns_min_ttl, c.dns_max_ttl, c.dns_max_stale, c.dns_hold_nx),
                 Family(c.dns_family),
                 self._schedule_rebuild,
                 lambda result: results.labels(site=self.name, result=result).inc(),
+                lambda source: sources.labels(site=self.name, source=source).inc(),
             )
         return self._hostnames
 

@@ -18,7 +18,14 @@ from typing import Any
 
 from gwcore.policy.balancing import POLICIES as LB_POLICIES
 from gwcore.policy.balancing import policy_name
-from gwcore.policy.dns_records import Family, parse_nameserver
+from gwcore.policy.dns_records import DEFAULT_HOLD_NX, Family, parse_nameserver, valid_hostname
+from gwcore.policy.resolv import (
+    DEFAULT_EDNS_PAYLOAD,
+    MAX_EDNS_PAYLOAD,
+    MAX_NDOTS,
+    MIN_EDNS_PAYLOAD,
+    SYSTEM_HOSTS,
+)
 
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
@@ -226,6 +233,32 @@ class SectionReader:
         return self.problems
 
 
+def read_stub_options(
+    reader: SectionReader, prefix: str
+) -> tuple[int, tuple[str, ...] | None, int | None]:
+    """``<prefix>edns_payload``, ``<prefix>search``, ``<prefix>ndots`` of a section (a
+    site's ``dns_`` keys or ``dns_catalog``'s): (payload, search or None, ndots or None;
+    ``None`` means resolv.conf's)."""
+    key = f"{prefix}edns_payload"
+    payload = reader.integer(key, DEFAULT_EDNS_PAYLOAD, minimum=0, maximum=MAX_EDNS_PAYLOAD)
+    if 0 < payload < MIN_EDNS_PAYLOAD:
+        reader.problem(key, f"must be 0 (no EDNS0) or at least {MIN_EDNS_PAYLOAD}, not {payload}")
+        payload = DEFAULT_EDNS_PAYLOAD
+    search: tuple[str, ...] | None = None
+    if f"{prefix}search" in reader.table:
+        names = []
+        for name in reader.strings(f"{prefix}search"):
+            if valid_hostname(name):
+                names.append(name.rstrip(".").lower())
+            else:
+                reader.problem(f"{prefix}search", f"{name!r} is not a DNS name")
+        search = tuple(names)
+    ndots = None
+    if f"{prefix}ndots" in reader.table:
+        ndots = reader.integer(f"{prefix}ndots", 1, minimum=0, maximum=MAX_NDOTS)
+    return payload, search, ndots
+
+
 def _type_name(value: object) -> str:
     return {
         str: "a string",
@@ -269,6 +302,11 @@ class SiteConfig:
     dns_max_ttl: float = 300.0
     dns_max_stale: float = 3600.0
     dns_family: str = "prefer_ipv4"
+    dns_hold_nx: float = DEFAULT_HOLD_NX
+    dns_edns_payload: int = DEFAULT_EDNS_PAYLOAD
+    dns_search: tuple[str, ...] | None = None  # None: resolv.conf's
+    dns_ndots: int | None = None
+    hosts_file: str = SYSTEM_HOSTS  # "": none
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -475,6 +513,11 @@ def _parse_site(
         r.problem("dns_max_ttl", "must not be below dns_min_ttl")
         values["dns_max_ttl"] = values["dns_min_ttl"]
     values["dns_max_stale"] = r.duration("dns_max_stale", 3600.0)
+    values["dns_hold_nx"] = r.duration("dns_hold_nx", DEFAULT_HOLD_NX)
+    stub = read_stub_options(r, "dns_")
+    values["dns_edns_payload"], values["dns_search"], values["dns_ndots"] = stub
+    hosts = r.string("hosts_file", SYSTEM_HOSTS)
+    values["hosts_file"] = str(base_dir / hosts) if hosts else ""
     families = tuple(f.value for f in Family)
     values["dns_family"] = r.string("dns_family", "prefer_ipv4", choices=families) or "prefer_ipv4"
     choices = (*LB_POLICIES, "least_connections")

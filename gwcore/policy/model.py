@@ -68,6 +68,9 @@ class Endpoint:
     instance_id: str = ""
     node: str = ""
     meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False, hash=False)
+    # Strict preference inside a health tier, lowest first (an SRV record's priority,
+    # RFC 2782): a higher value is tried only when no lower one accepts. 0 for catalogs.
+    priority: int = 0
 
     def __str__(self) -> str:
         if ":" in self.address:
