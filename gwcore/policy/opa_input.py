@@ -125,6 +125,11 @@ def build_input(
     }
 
 
+def cache_key(document: Mapping[str, Any]) -> str:
+    """The decision cache's key for ``document``: all of it, canonically serialised."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
 # --- results -------------------------------------------------------------------------
 
 
