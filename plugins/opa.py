@@ -27,11 +27,11 @@ Failure rules:
 
 Decisions are cached per (policy version, whole input document) for ``cache_ttl``
 (default ``5s``; ``0`` turns the cache off), at most ``cache_size`` entries: a policy
-may read any field, the client port included, so nothing less is a safe key. A policy change bumps ``policy_version``, empties the cache and calls the
-site's ``changed`` callback (open connections are re-checked); a catalog change
-empties it too, because destination metadata is part of the input. Errors are never
-cached. In remote mode the policy lives on the server, so only the TTL bounds how
-long a cached answer outlives a server-side change.
+may read any field, the client port included, so nothing less is a safe key. A
+policy change bumps ``policy_version``, empties the cache and calls the site's
+``changed`` callback (open connections are re-checked); a catalog change empties it
+too. Errors are never cached. In remote mode the policy lives on the server, so only
+the TTL bounds how long a cached answer outlives a server-side change.
 
 Embedded evaluation runs in the reactor thread: a regopy ``Interpreter`` holds the
 input as state (``set_input`` then ``query``) and its calls release the GIL, so it
