@@ -95,7 +95,14 @@ class AuthzRequest:
     client_address: str
     client_port: int
     gateway_address: str
+    """The connection's local address (the address the client reached, never the
+    wildcard ``0.0.0.0`` a listener may be bound to)."""
     gateway_port: int
+    requested_server_name: str = ""
+    """The SNI exactly as the client sent it (``sni`` is normalised: lower case, no
+    trailing dot); empty when not known (``tgw explain``)."""
+    peer_certificate: bytes = b""
+    """The client's certificate (its leaf), DER; empty when not known."""
 
 
 class SiteContext(Protocol):

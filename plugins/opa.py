@@ -99,6 +99,7 @@ class OpaSettings:
     path: str
     fail_open: bool
     shadow: bool
+    include_peer_certificate: bool
     cache_ttl: float
     cache_size: int
     poll_interval: float
@@ -147,6 +148,7 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[OpaSettings, list[Confi
         path=path,
         fail_open=reader.boolean("fail_open", False),
         shadow=reader.boolean("shadow", False),
+        include_peer_certificate=reader.boolean("include_peer_certificate", False),
         cache_ttl=reader.duration("cache_ttl", DEFAULT_CACHE_TTL),
         cache_size=reader.integer("cache_size", DEFAULT_CACHE_SIZE, minimum=1),
         poll_interval=reader.duration("poll_interval", DEFAULT_POLL_INTERVAL, minimum=0.05),
@@ -368,7 +370,18 @@ class OpaEngine:
             client_port=request.client_port,
             gateway_address=request.gateway_address,
             gateway_port=request.gateway_port,
+            requested_server_name=request.requested_server_name,
+            peer_certificate_pem=self._peer_pem(request),
         )
+
+    def _peer_pem(self, request: AuthzRequest) -> str | None:
+        if not (self._settings.include_peer_certificate and request.peer_certificate):
+            return None
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        certificate = x509.load_der_x509_certificate(request.peer_certificate)
+        return certificate.public_bytes(Encoding.PEM).decode("ascii")
 
     def _evaluate_embedded(self, document: Mapping[str, Any]) -> Evaluation:
         if self._policy is None:
