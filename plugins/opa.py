@@ -24,6 +24,9 @@ Failure rules:
 - ``shadow = true``: the policy is evaluated and counted
   (``tgw_opa_shadow_decisions_total``) but the engine abstains, so the other engines
   and the site's ``default_policy`` decide as if OPA were absent.
+- ``dry_run = true`` (opa-envoy-plugin's ``dry-run``): a deny is logged and counted
+  (``tgw_opa_dry_run_allowed_total``) and the engine allows instead; errors stay
+  errors. At most one of ``shadow`` and ``dry_run``.
 
 Decisions are cached per (policy version, whole input document) for ``cache_ttl``
 (default ``5s``; ``0`` turns the cache off), at most ``cache_size`` entries: a policy
@@ -99,6 +102,7 @@ class OpaSettings:
     path: str
     fail_open: bool
     shadow: bool
+    dry_run: bool
     include_peer_certificate: bool
     cache_ttl: float
     cache_size: int
@@ -142,12 +146,18 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[OpaSettings, list[Confi
             f"must be below the site's authz_timeout ({site.authz_timeout:g}s), or the site "
             "times the engine out first and fail_open never applies",
         )
+    if table.get("shadow") is True and table.get("dry_run") is True:
+        reader.problem(
+            "dry_run",
+            "give at most one of shadow (abstain) and dry_run (allow what the policy denies)",
+        )
     settings = OpaSettings(
         policies=policies,
         url=url if "url" in table else None,
         path=path,
         fail_open=reader.boolean("fail_open", False),
         shadow=reader.boolean("shadow", False),
+        dry_run=reader.boolean("dry_run", False),
         include_peer_certificate=reader.boolean("include_peer_certificate", False),
         cache_ttl=reader.duration("cache_ttl", DEFAULT_CACHE_TTL),
         cache_size=reader.integer("cache_size", DEFAULT_CACHE_SIZE, minimum=1),
@@ -209,6 +219,12 @@ class _Metrics:
             Counter,
             "tgw_opa_fail_open",
             "Connections allowed only because OPA failed and fail_open is set.",
+            ["site"],
+        ).labels(site=s)
+        self.dry_run = m.family(
+            Counter,
+            "tgw_opa_dry_run_allowed",
+            "Connections an OPA policy denied that dry_run allowed (would-deny).",
             ["site"],
         ).labels(site=s)
         self.cache = m.family(
@@ -412,6 +428,17 @@ class OpaEngine:
                 Verdict.ABSTAIN, NAME, f"shadow mode, would {outcome}: {evaluation.reason}"
             )
         self._metrics.decisions.labels(site=site, decision=outcome).inc()
+        if self._settings.dry_run and outcome == "deny":
+            # opa-envoy-plugin's dry-run: the deny is logged and counted, the connection
+            # allowed. Errors stay errors (the plugin answers Envoy with an error).
+            self._metrics.dry_run.inc()
+            self._log.info(
+                "OPA dry-run: would deny {source} -> {destination}: {reason}",
+                source=request.source.uri,
+                destination=request.destination.name,
+                reason=evaluation.reason,
+            )
+            return Decision(Verdict.ALLOW, NAME, f"dry-run, would deny: {evaluation.reason}")
         if not evaluation.failed:
             verdict = Verdict.ALLOW if evaluation.allowed else Verdict.DENY
             return Decision(verdict, NAME, evaluation.reason)

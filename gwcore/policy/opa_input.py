@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gwcore.policy.model import Destination, SpiffeID
+from gwcore.policy.opa_result import result_object_problem
 
 MAX_REASON_CHARS = 500
 
@@ -195,8 +196,9 @@ def interpret(path: str, defined: bool, value: object) -> Evaluation:
 
     ``true``/``false`` decide with the rule name as the reason; ``{"allowed": bool,
     "reason": str}`` decides with the policy's own reason (the rule name when it gave
-    none, or a reason that is not a non-empty string). Anything else is an error
-    naming what came back.
+    none, or a reason that is not a non-empty string), once its other fields passed
+    opa-envoy-plugin's checks (:mod:`gwcore.policy.opa_result`). Anything else is an
+    error naming what came back.
     """
     rule = rule_name(path)
     if not defined:
@@ -205,6 +207,9 @@ def interpret(path: str, defined: bool, value: object) -> Evaluation:
         return Evaluation(value, f"{rule} = {'true' if value else 'false'}")
     if isinstance(value, Mapping) and isinstance(value.get("allowed"), bool):
         allowed = bool(value["allowed"])
+        problem = result_object_problem(value, allowed)
+        if problem is not None:
+            return Evaluation.error("bad_result", f"{rule}: {problem} (as opa-envoy-plugin)")
         given = value.get("reason")
         if isinstance(given, str) and given:
             return Evaluation(allowed, _clip(given))
