@@ -88,3 +88,21 @@ allow if glob.match("billing.**", ["."], input.attributes.tlsSession.sni)
     engine, _, _ = embedded(tmp_path, policy)
     assert engine.authorize(authz_request(destination="billing")).verdict is Verdict.ALLOW
     assert engine.authorize(authz_request(destination="payroll")).verdict is Verdict.DENY
+
+
+def test_tgw_check_config_command_prints_the_refusal(tmp_path, capsys):
+    """The `tgw check-config` command itself: exit 1, the built-in and file:line named."""
+    from gwcore.cli import main
+    from tests.harness import Gateway
+
+    (tmp_path / "catalog").mkdir()
+    write(tmp_path / "policy" / "authz.rego", BLOCK_LOOPBACK)
+    gateway = Gateway(
+        tmp_path,
+        plugins=["file_catalog", "builtin_ca", "intentions", ENTRY],
+        extra_site=f'[sites.main."{ENTRY}"]\npolicies = ["policy"]\npath = "tgw/authz/allow"',
+    )
+    path = gateway.write_config()
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "authz.rego:4:12: built-in net.cidr_contains is not implemented" in err
