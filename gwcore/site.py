@@ -209,7 +209,9 @@ class Site:
             gateway_address=gateway_address,
             gateway_port=gateway_port,
             requested_server_name=requested_server_name(getattr(conn, "tls", None)),
-            peer_certificate=peer_certificate_der(getattr(conn, "tls", None)),
+            peer_certificate=peer_certificate_der(getattr(conn, "tls", None))
+            if any(getattr(e, "wants_peer_certificate", False) for e in self.engines)
+            else b"",
         )
         return self.decide(request)
 

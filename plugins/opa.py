@@ -257,6 +257,8 @@ class OpaEngine:
     def __init__(self, site: SiteContext, settings: OpaSettings) -> None:
         self._site = site
         self._settings = settings
+        # The site copies the client's certificate into requests only when asked.
+        self.wants_peer_certificate = settings.include_peer_certificate
         self._log = site.log
         self._metrics = _Metrics(site)
         self._mode = "remote" if settings.remote else "embedded"

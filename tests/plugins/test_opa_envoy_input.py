@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.harness import hello, in_thread, intentions, request, sni_for
 from tests.opa_server import opa_servers_fixture  # noqa: F401  (provides opa_servers)
-from tests.plugins.test_opa_gateway import setup
+from tests.plugins.test_opa_gateway import call, setup
 
 ALLOW_ALL = "package envoy.authz\n\nallow := true\n"
 
@@ -59,3 +59,16 @@ async def test_the_document_is_opa_envoy_plugins_for_a_tcp_check(gateway, upstre
     assert document["tgw"]["sni"] == sni_for("billing")
     assert document["tgw"]["source"]["service"] == "web"
     assert document["tgw"]["destination"]["service"] == "billing"
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_certificate_unless_asked(gateway, upstreams, opa_servers):
+    """Without include_peer_certificate the client's certificate is not sent (Envoy's
+    default), and the site does not copy it into the request at all."""
+    up = upstreams(hello(b"served"))
+    server = opa_servers.start(ALLOW_ALL)
+    setup(gateway, up.port, [intentions("billing", ("*", "allow"))], f'url = "{server.url}"')
+    await gateway.start()
+    assert await call(gateway, "web") == b"served"
+    source = server.requests[0]["body"]["input"]["attributes"]["source"]
+    assert "certificate" not in source and source["principal"].endswith("/svc/web")
