@@ -38,6 +38,7 @@ from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, Upstrea
 from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics, SiteChildren
 from gwcore.net import fasttcp
+from gwcore.net.connection_facts import local_address, peer_certificate_der, requested_server_name
 from gwcore.net.hostnames import HostnameEndpoints
 from gwcore.net.resolver import DNSResolver
 from gwcore.net.splice import State, UpstreamFactory
@@ -127,7 +128,6 @@ class Site:
         self._sweep.clock = reactor
         self._listeners = {hook: bool(self.stack.listeners(hook)) for hook in EVENT_HOOKS}
         self.trusted_domains = config.trusted_domains
-        self._listening: tuple[Any, str, int] | None = None
         self.inherited_listener: tuple[int, int] | None = None
         """(fd, address family) of a listening socket a worker inherited (gwcore.workers)."""
 
@@ -196,7 +196,7 @@ class Site:
 
     def authorize(self, conn: DownstreamProtocol) -> Deferred[Decision]:
         assert conn.identity is not None and conn.destination is not None and conn.info is not None
-        gateway_address, gateway_port = self._listening_address()
+        gateway_address, gateway_port = local_address(getattr(conn, "transport", None))
         request = AuthzRequest(
             site=self.name,
             gateway_name=self.config.name,
@@ -208,19 +208,12 @@ class Site:
             client_port=conn.info.client_port,
             gateway_address=gateway_address,
             gateway_port=gateway_port,
+            requested_server_name=requested_server_name(getattr(conn, "tls", None)),
+            peer_certificate=peer_certificate_der(getattr(conn, "tls", None))
+            if any(getattr(e, "wants_peer_certificate", False) for e in self.engines)
+            else b"",
         )
         return self.decide(request)
-
-    def _listening_address(self) -> tuple[str, int]:
-        """The listener's (host, port), asked of the socket once per listening port."""
-        port = self.port
-        if port is None:
-            return "", 0
-        cached = self._listening
-        if cached is None or cached[0] is not port:
-            host = port.getHost()
-            cached = self._listening = (port, getattr(host, "host", ""), getattr(host, "port", 0))
-        return cached[1], cached[2]
 
     def decide(self, request: AuthzRequest) -> Deferred[Decision]:
         """Ask every engine; deny-overrides; any engine failure or timeout is a deny.
