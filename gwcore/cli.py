@@ -44,7 +44,7 @@ def _check_config(args: argparse.Namespace) -> int:
         elif hop:
             print(
                 f"    destinations in other datacenters: mesh-gateway hop as {site.name!r}, "
-                f"mode {hop.get('mode', 'local')} (configured mesh gateways for: {configured})"
+                f"mode {hop.get('mode', 'none')} (configured mesh gateways for: {configured})"
             )
     if config.admin:
         print(f"  admin: {config.admin}")
