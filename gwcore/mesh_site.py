@@ -18,7 +18,7 @@ Metrics (besides the site's ``tgw_downstream_*`` and ``tgw_upstream_*``):
   datacenter addressed, ``via`` = ``local`` or ``mesh_gateways``;
 - ``tgw_mesh_bytes_total{site,datacenter,direction}``;
 - ``tgw_mesh_no_route_total{site,reason}`` (``not_a_service_sni``, ``unknown_service``,
-  ``unknown_datacenter``);
+  ``unknown_subset``, ``unknown_datacenter``);
 - ``tgw_mesh_bad_clienthello_total{site,reason}`` (``not_tls``, ``not_client_hello``,
   ``malformed``, ``too_large``, ``truncated``, ``timeout``, ``no_sni``, ``invalid_sni``).
 """
@@ -63,7 +63,7 @@ class MeshSite(Site):
             Counter,
             "tgw_mesh_no_route",
             "Connections a mesh site closed for want of a route (not_a_service_sni, "
-            "unknown_service, unknown_datacenter).",
+            "unknown_service, unknown_subset, unknown_datacenter).",
             ["site", "reason"],
         )
         self._bad_hello = family(

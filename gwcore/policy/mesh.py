@@ -10,14 +10,17 @@ Consul's mesh gateways never decrypt; they read the service SNI
 3. anything else — another trust domain, not a service SNI, an unknown service, a
    datacenter without known mesh gateways — has no route, with a reason.
 
-The subset label of a name is not looked at: the subset is the business of the
-terminating gateway (or sidecar) that terminates the session.
+A subset name (``<subset>.<svc>.<ns>.<own dc>.internal.<td>``) goes to that subset's
+endpoints (the service-resolver's ``Filter``/``OnlyPassing``, see
+:mod:`gwcore.policy.subsets`); a subset the resolver does not define has no route,
+as Consul's mesh gateway has no cluster for it. A name of another datacenter is
+forwarded whatever its subset label: that datacenter resolves it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gwcore.policy.model import Destination, Endpoint, ServiceName
 from gwcore.policy.routes import RouteTable
@@ -27,7 +30,9 @@ MESH_GATEWAY_SERVICE = ServiceName("mesh-gateway")
 """The name under which another datacenter's mesh gateways are dialled (and counted)."""
 
 #: Every reason :func:`route_by_sni` gives for no route (a metric label).
-NO_ROUTE_REASONS = frozenset({"not_a_service_sni", "unknown_service", "unknown_datacenter"})
+NO_ROUTE_REASONS = frozenset(
+    {"not_a_service_sni", "unknown_service", "unknown_subset", "unknown_datacenter"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,13 @@ def route_by_sni(
             return NoRoute(
                 "unknown_service", f"no Connect endpoints for {parsed.service} in {datacenter}"
             )
+        if parsed.subset is not None:
+            subsets = dict(local.subsets)
+            if parsed.subset not in subsets:
+                return NoRoute(
+                    "unknown_subset", f"no subset {parsed.subset!r} of {parsed.service} defined"
+                )
+            local = replace(local, endpoints=subsets[parsed.subset], subsets=())
         return MeshRoute(sni, parsed.service, datacenter, False, local)
     gateways = mesh_gateways.get(parsed.datacenter)
     if not gateways:
