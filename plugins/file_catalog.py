@@ -48,6 +48,7 @@ from gwcore.policy.consul_shapes import (
 from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGateways
 from gwcore.policy.resolver_entry import ResolverEntry, decode_with_resolvers, merge_resolvers
 from gwcore.policy.subsets import apply_subsets
+from gwcore.policy.wanfed import build_consul_servers
 from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
@@ -210,6 +211,8 @@ class FileCatalogSource:
                 self._datacenter,
             )
             unusable += bad_subsets
+            servers = build_consul_servers(merged, self._datacenter)  # WAN federation
+            destinations += (servers,) if servers is not None else ()
         else:
             destinations, unusable = build_destinations(merged, self._gateway, self._datacenter)
         self._note_catalog_problems([*conflicts, *unusable])

@@ -83,6 +83,7 @@ class Settings:
     mode: str = DEFAULT_MODE
     gateways: tuple[MeshGateways, ...] = field(default_factory=tuple)
     destinations: Mapping[str, str] = field(default_factory=dict)  # service -> mode
+    wan_federation: bool = False  # mesh sites: route Consul servers' names
 
     def mode_for(self, destination: Destination) -> str:
         """The destination's own mode if configured, else the site's. Keys are services as
@@ -108,6 +109,9 @@ def read_settings(site: SiteConfig) -> tuple[Settings, list[ConfigProblem]]:
         if site.role == "mesh" and key in r.table:
             r.problem(key, "applies to terminating sites (a mesh site forwards, it never hops)")
     mode = r.string("mode", DEFAULT_MODE, choices=MODES) or DEFAULT_MODE
+    wan_federation = bool(r.boolean("wan_federation", False))
+    if site.role != "mesh" and "wan_federation" in r.table:
+        r.problem("wan_federation", "applies to mesh sites (WAN federation through mesh gateways)")
     per_destination: dict[str, str] = {}
     modes = r.table_value("destinations")
     dr = SectionReader(site.file, f"{r.prefix}.destinations", modes)
@@ -130,7 +134,7 @@ def read_settings(site: SiteConfig) -> tuple[Settings, list[ConfigProblem]]:
         r.problems += sr.problems
         if endpoints:
             gateways.append(MeshGateways(dc, tuple(endpoints)))
-    return Settings(mode, tuple(gateways), per_destination), r.finish()
+    return Settings(mode, tuple(gateways), per_destination, wan_federation), r.finish()
 
 
 class ConfiguredMeshGateways:

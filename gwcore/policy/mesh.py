@@ -7,7 +7,9 @@ Consul's mesh gateways never decrypt; they read the service SNI
    (the terminating gateways that link it, its sidecars), found in the site's route
    table, which a mesh site builds from those endpoints;
 2. a name in another datacenter goes to that datacenter's mesh gateways;
-3. anything else — another trust domain, not a service SNI, an unknown service, a
+3. with WAN federation on, Consul servers' names (``server.<dc>.consul``,
+   ``<node>.server.<dc>.consul``): see :mod:`gwcore.policy.wanfed`;
+4. anything else — another trust domain, not a service SNI, an unknown service, a
    datacenter without known mesh gateways — has no route, with a reason.
 
 A subset name (``<subset>.<svc>.<ns>.<own dc>.internal.<td>``) goes to that subset's
@@ -25,13 +27,20 @@ from dataclasses import dataclass, replace
 from gwcore.policy.model import Destination, Endpoint, ServiceName
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import parse_service_sni, service_sni
+from gwcore.policy.wanfed import CONSUL_SERVICE, parse_server_sni, server_target
 
 MESH_GATEWAY_SERVICE = ServiceName("mesh-gateway")
 """The name under which another datacenter's mesh gateways are dialled (and counted)."""
 
 #: Every reason :func:`route_by_sni` gives for no route (a metric label).
 NO_ROUTE_REASONS = frozenset(
-    {"not_a_service_sni", "unknown_service", "unknown_subset", "unknown_datacenter"}
+    {
+        "not_a_service_sni",
+        "unknown_service",
+        "unknown_subset",
+        "unknown_server",
+        "unknown_datacenter",
+    }
 )
 
 
@@ -58,13 +67,24 @@ def route_by_sni(
     trust_domain: str,
     routes: RouteTable,
     mesh_gateways: Mapping[str, tuple[Endpoint, ...]],
+    wan_federation: bool = False,
 ) -> MeshRoute | NoRoute:
-    """Route a normalised SNI for a mesh gateway of ``datacenter`` (module docstring)."""
+    """Route a normalised SNI for a mesh gateway of ``datacenter`` (module docstring);
+    with ``wan_federation`` Consul servers' names too (:mod:`gwcore.policy.wanfed`)."""
     parsed = parse_service_sni(sni, trust_domain)
     if parsed is None:
+        server = parse_server_sni(sni) if wan_federation else None
+        if server is not None:
+            servers = routes.lookup(service_sni(CONSUL_SERVICE, datacenter, trust_domain))
+            target, remote, reason = server_target(server, datacenter, servers, mesh_gateways)
+            if target is None:
+                return NoRoute(reason, f"no Consul server for {sni!r}")
+            return MeshRoute(sni, CONSUL_SERVICE, server.datacenter, remote, target)
         return NoRoute("not_a_service_sni", f"{sni!r} is not a service name in {trust_domain}")
     if parsed.datacenter == datacenter:
         local = routes.lookup(service_sni(parsed.service, datacenter, trust_domain))
+        if parsed.service == CONSUL_SERVICE:
+            local = None  # the servers' RPC port is reached by their own names only
         if local is None:
             return NoRoute(
                 "unknown_service", f"no Connect endpoints for {parsed.service} in {datacenter}"
