@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import re2
@@ -93,7 +93,7 @@ class Match:
     selector: tuple[str, ...]
     operator: str
     value: str | None = None  # the raw value text; None for is (not) empty
-    regex: Any = None  # compiled for (not) matches
+    regex: Any = field(default=None, compare=False)  # compiled for (not) matches
 
     def __str__(self) -> str:
         sel = ".".join(self.selector)

@@ -200,3 +200,21 @@ def test_a_filter_that_cannot_be_evaluated_empties_its_subset(expression, proble
     else:
         assert endpoints == () and problem in problems[0].message
         assert problems[0].where == "[0].Subsets.s.Filter"
+
+
+def test_check_config_reports_a_bad_resolver_by_file_and_key(tmp_path):
+    """``tgw check-config`` (the file catalog's validation hook) names the file, the
+    entry's position and the key of a resolver problem; a good resolver passes."""
+    from tests.plugins.test_file_catalog import problems_for, site_config, write
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    bad = dict(RESOLVER, DefaultSubset="v7")
+    write(catalog / "resolvers.json", [sidecar(1, "v1"), bad])
+    found = problems_for(site_config(tmp_path, {"paths": ["catalog"]}, role="mesh"))
+    assert found == [
+        f"{tmp_path}/tgw.toml: sites.main.file_catalog.paths: {catalog}/resolvers.json: "
+        "[1].DefaultSubset: DefaultSubset 'v7' is not a valid subset"
+    ]
+    write(catalog / "resolvers.json", [sidecar(1, "v1"), RESOLVER])
+    assert problems_for(site_config(tmp_path, {"paths": ["catalog"]}, role="mesh")) == []
