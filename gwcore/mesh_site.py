@@ -114,6 +114,12 @@ class MeshSite(Site):
     def describe_routes(self) -> dict[str, Any]:
         described = super().describe_routes()
         described["role"] = "mesh"
+        described["subsets"] = {
+            sni: {name: [str(e) for e in endpoints] for name, endpoints in d.subsets}
+            for sni, d in self._routes
+            if d.subsets
+        }
+        described["wan_federation"] = self.wan_federation
         described["mesh_gateways"] = {
             dc: [str(e) for e in endpoints]
             for dc, endpoints in sorted(self.catalog_view().mesh_gateways.items())

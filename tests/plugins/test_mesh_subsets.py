@@ -84,6 +84,12 @@ async def test_subset_snis_reach_the_subsets_endpoints(federation: Federation, u
     await settle(mesh)
     assert mesh.metric("tgw_mesh_no_route_total", reason="unknown_subset") == 1
     assert (one.accepted, two.accepted) == (5, 1)
+    described = mesh.site.describe_routes()["subsets"][sni()]
+    assert described == {
+        "v1": [f"127.0.0.1:{one.port}"],
+        "v2": [],
+        "v2-any": [f"127.0.0.1:{two.port}"],
+    }
 
     write_json(mesh.root / "catalog" / "catalog.json", catalog)
     for _ in range(250):
