@@ -40,6 +40,7 @@ def _check_config(args: argparse.Namespace) -> int:
                 f"{site.datacenter} go to the service's Connect endpoints from the catalog, "
                 f"names in another datacenter to that datacenter's mesh gateways (catalog "
                 f"mesh-gateway services; configured for: {configured})"
+                + ("; Consul server names (WAN federation)" if hop.get("wan_federation") else "")
             )
         elif hop:
             print(
