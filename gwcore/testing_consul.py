@@ -340,6 +340,12 @@ class ConsulDouble:
                 "Weights": svc.get("Weights") or {"Passing": 1, "Warning": 1},
                 "EnableTagOverride": False,
                 "Kind": svc.get("Kind", ""),
+                # Service-level tagged addresses ({"wan": {"Address", "Port"}}), as stored.
+                **(
+                    {"TaggedAddresses": svc["TaggedAddresses"]}
+                    if svc.get("TaggedAddresses")
+                    else {}
+                ),
                 **({"Connect": svc["Connect"]} if svc.get("Connect") else {}),
                 **({"Proxy": svc["Proxy"]} if svc.get("Proxy") else {}),
                 "CreateIndex": old["CreateIndex"] if old else index,

@@ -197,6 +197,7 @@ class ServiceRecord:
     connect: bool = False  # Connect-native, or registered with a sidecar
     proxy_destination: str = ""  # for a connect-proxy: the service it fronts
     tags: tuple[str, ...] = ()
+    wan: tuple[str, int] | None = None  # TaggedAddresses.wan (Address, Port), if tagged
 
     @property
     def typical(self) -> bool:
@@ -216,6 +217,7 @@ class Registration:
     origin: str
     where: str
     node_meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY_META, hash=False)
+    wan_address: str | None = None  # the node's TaggedAddresses.wan, if tagged
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,12 +589,14 @@ def _parse_registration(sink: _Sink, doc: _Object) -> Registration:
         address = node_obj.string("Address", required=True)
         datacenter = node_obj.string("Datacenter")
         node_meta = node_obj.string_map("Meta")
+        tagged = node_obj.string_map("TaggedAddresses")
     else:
         # The body of PUT /v1/catalog/register.
         node = doc.string("Node", required=True)
         address = doc.string("Address", required=True)
         datacenter = doc.string("Datacenter")
         node_meta = doc.string_map("NodeMeta")
+        tagged = doc.string_map("TaggedAddresses")
     service_obj = doc.child("Service")
     service = _parse_service(service_obj) if service_obj is not None else None
     checks: list[CheckRecord] = []
@@ -619,6 +623,7 @@ def _parse_registration(sink: _Sink, doc: _Object) -> Registration:
         origin=sink.origin,
         where=doc.where,
         node_meta=node_meta,
+        wan_address=tagged.get("wan"),
     )
 
 
@@ -641,6 +646,11 @@ def _parse_service(svc: _Object) -> ServiceRecord:
     proxy = svc.child("Proxy")
     if proxy is not None and kind == "connect-proxy":
         proxy_destination = proxy.string("DestinationServiceName")
+    tagged = svc.child("TaggedAddresses")
+    wan_obj = tagged.child("wan") if tagged is not None else None
+    wan = None
+    if wan_obj is not None:
+        wan = (wan_obj.string("Address"), wan_obj.integer("Port", 0, minimum=0, maximum=65535))
     return ServiceRecord(
         service=ServiceName(
             name,
@@ -657,6 +667,7 @@ def _parse_service(svc: _Object) -> ServiceRecord:
         connect=connect,
         proxy_destination=proxy_destination,
         tags=svc.strings("Tags"),
+        wan=wan,
     )
 
 
@@ -907,7 +918,7 @@ def build_destinations(
                 )
                 continue
             checks = checks_by_node.get((reg.datacenter or datacenter, reg.node), ())
-            endpoints.append(_endpoint(reg, svc, checks))
+            endpoints.append(_endpoint(reg, svc, checks, wan=located != datacenter))
         endpoints.sort(key=lambda e: (e.node, e.instance_id, e.address, e.port))
         destinations.append(
             Destination(
@@ -922,16 +933,31 @@ def build_destinations(
     return tuple(destinations), problems
 
 
-def _endpoint(reg: Registration, svc: ServiceRecord, checks: Iterable[CheckRecord]) -> Endpoint:
+def best_address(reg: Registration, svc: ServiceRecord, wan: bool) -> tuple[str, int]:
+    """Consul's ``CheckServiceNode.BestAddress``: with ``wan`` (an instance of another
+    datacenter) the service's ``TaggedAddresses.wan`` (its port when non-zero), then the
+    service address, then the node's ``TaggedAddresses.wan``, then the node address."""
+    address, port = svc.address, svc.port
+    if wan and svc.wan is not None:
+        address, port = svc.wan[0], svc.wan[1] or svc.port
+    if not address:
+        address = reg.wan_address if wan and reg.wan_address is not None else reg.address
+    return address, port
+
+
+def _endpoint(
+    reg: Registration, svc: ServiceRecord, checks: Iterable[CheckRecord], wan: bool = False
+) -> Endpoint:
     """Consul's calculateEndpointHealthAndWeight, with BestAddress for the address."""
     statuses = [c.status for c in checks if c.service_id in ("", svc.instance_id)]
     health = Health.worst(statuses)
     weight = svc.weight_warning if health is Health.WARNING else svc.weight_passing
     if weight < 1:
         health, weight = Health.CRITICAL, 1
+    address, port = best_address(reg, svc, wan)
     return Endpoint(
-        address=svc.address or reg.address,
-        port=svc.port,
+        address=address,
+        port=port,
         health=health,
         weight=min(weight, MAX_WEIGHT),
         instance_id=svc.instance_id,
@@ -959,8 +985,9 @@ def build_mesh_gateways(docs: CatalogDocuments, datacenter: str) -> tuple[MeshGa
     """Every datacenter's mesh gateways: registrations of ``Kind: "mesh-gateway"``.
 
     A registration without ``Datacenter`` is in ``datacenter``. The address is Consul's
-    BestAddress (``Service.Address``, else the node's); health and weight as for any
-    instance. Sorted by datacenter, endpoints as in :func:`build_destinations`.
+    BestAddress: the LAN form in ``datacenter``, the WAN form (:func:`best_address`) for
+    other datacenters' gateways; health and weight as for any instance. Sorted by
+    datacenter, endpoints as in :func:`build_destinations`.
     """
     checks: dict[tuple[str, str], list[CheckRecord]] = {}
     for reg in docs.registrations:
@@ -971,7 +998,8 @@ def build_mesh_gateways(docs: CatalogDocuments, datacenter: str) -> tuple[MeshGa
         if svc is None or svc.kind != MESH_GATEWAY_KIND or svc.port == 0:
             continue
         dc = reg.datacenter or datacenter
-        found.setdefault(dc, []).append(_endpoint(reg, svc, checks.get((dc, reg.node), ())))
+        wan = dc != datacenter
+        found.setdefault(dc, []).append(_endpoint(reg, svc, checks.get((dc, reg.node), ()), wan))
     return tuple(
         MeshGateways(dc, tuple(sorted(eps, key=lambda e: (e.node, e.instance_id, e.address))))
         for dc, eps in sorted(found.items())

@@ -120,6 +120,8 @@ class Destination:
     lb_policy: str = ""  # "" = the site's lb_policy; else a gwcore.policy.balancing policy
     connect_timeout: float | None = None  # seconds; None = the site's connect_timeout
     meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False, hash=False)
+    # service-resolver subsets at a mesh site: (subset name, its endpoints), sorted by name
+    subsets: tuple[tuple[str, tuple[Endpoint, ...]], ...] = ()
 
     @property
     def name(self) -> str:
