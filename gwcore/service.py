@@ -4,8 +4,11 @@
 running one stays (each problem is logged, ``tgw_config_reloads_total{result=
 "rejected"}`` rises). A good one is applied site by site: an unchanged site is
 left alone; a changed site's replacement is started and the old one stops
-accepting and drains its connections in the background; live connections are
-never cut by a reload. The access log is reopened (for log rotation).
+accepting and drains its connections in the background. A live connection is
+cut by a reload only when the new config denies it (``gwcore.recheck``: changed
+default policy, engines, routes or trust roots; a removed site); changes that
+cannot deny (listener tuning, timeouts) let it drain. The access log is reopened
+(for log rotation).
 """
 
 from __future__ import annotations
@@ -261,8 +264,14 @@ class GatewayService(Service):
                 self.sites[key] = site
                 log.info("site {site} reloaded", site=key)
             for key, old in old_sites.items():
-                if self.sites.get(key) is not old:
-                    # Retire without a deadline: a reload never cuts a live connection.
+                # (A removed site is still in self.sites: it was never replaced.)
+                if self.sites.get(key) is not old or key not in wanted:
+                    # Policy that tightened closes what it now denies (gwcore.recheck) ...
+                    if key in wanted:
+                        self.sites[key].recheck.adopt(old)
+                    else:
+                        old.recheck.retire("its site was removed by a reload")
+                    # ... and the rest is retired without a deadline.
                     self._retiring.add(old)
                     retired = Deferred.fromCoroutine(old.stop(drain_timeout=math.inf))
                     retired.addBoth(lambda _, site=old: self._retired(site))

@@ -56,7 +56,6 @@ from gwcore.policy.model import (
     Endpoint,
     Health,
     ServiceName,
-    Verdict,
 )
 from gwcore.policy.routes import RouteTable, merge_mesh_gateways, merge_snapshots
 from gwcore.providers import (
@@ -68,6 +67,7 @@ from gwcore.providers import (
     LeafCertificate,
     UpstreamStrategy,
 )
+from gwcore.recheck import LiveRecheck
 
 FIRST_SNAPSHOT_TIMEOUT = 30.0
 CONFIG_FAILURES = frozenset({"tls_config", "no_strategy", "no_endpoints"})
@@ -130,6 +130,7 @@ class Site:
         self._listening: tuple[Any, str, int] | None = None
         self.inherited_listener: tuple[int, int] | None = None
         """(fd, address family) of a listening socket a worker inherited (gwcore.workers)."""
+        self.recheck = LiveRecheck(self)
 
     # --- SiteContext ----------------------------------------------------------
 
@@ -209,7 +210,8 @@ class Site:
             gateway_address=gateway_address,
             gateway_port=gateway_port,
         )
-        return self.decide(request)
+        # A decision in flight when the policy changes is asked again (gwcore.recheck).
+        return self.recheck.decide(conn, lambda: self.decide(request))
 
     def _listening_address(self) -> tuple[str, int]:
         """The listener's (host, port), asked of the socket once per listening port."""
@@ -416,6 +418,7 @@ class Site:
             raise RuntimeError(f"site {self.name}: no certificate provider in the plugin stack")
         for provider in self.certs:
             await maybeDeferred(provider.start, self._certs_changed)
+        self.recheck.roots_changed()  # the roots later removals are measured against
         for engine in self.engines:
             await maybeDeferred(engine.start, self._policy_changed)
         for index, source in enumerate(self.sources):
@@ -630,6 +633,7 @@ class Site:
                     self.metrics.upstream_endpoints.remove(self.name, service, state)
         for _, destination in routes:
             self._export_endpoints(destination)
+        self.recheck.routes_changed()
         old_snis = {sni for sni, _ in old}
         new_snis = {sni for sni, _ in routes}
         if old_snis != new_snis:
@@ -669,27 +673,11 @@ class Site:
     def _certs_changed(self) -> None:
         self._tls = self._build_tls(self._routes)
         self.log.info("certificates changed; new handshakes use the new material")
+        self.recheck.roots_changed()
 
     def _policy_changed(self) -> None:
         """Re-check open connections; close those the new policy denies."""
-        for conn in list(self.active):
-            # Connecting ones too: they were allowed under the policy that just changed.
-            if conn.state not in (State.CONNECTING, State.SPLICING) or conn.identity is None:
-                continue
-            self.authorize(conn).addCallback(self._recheck_result, conn)
-
-    def _recheck_result(self, decision: Decision, conn: DownstreamProtocol) -> None:
-        if decision.verdict is Verdict.ALLOW or conn.state is State.CLOSED:
-            return
-        self.log.info(
-            "closing {source} -> {destination}: policy now denies ({reason})",
-            source=conn.identity,
-            destination=conn.destination.name if conn.destination else "?",
-            reason=decision.reason,
-        )
-        conn.decision = decision
-        self.metrics.rejected.labels(site=self.name, reason="policy_revoked").inc()
-        conn.close("policy_revoked")
+        self.recheck.policy_changed()
 
     # --- periodic sweep: byte metrics and idle timeouts ------------------------
 

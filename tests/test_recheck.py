@@ -1,0 +1,289 @@
+"""gwcore.recheck: every change that can deny closes the live connections it denies
+within a second, naming the change in ``close_cause``; a change that cannot deny
+lets them drain; a decision in flight when the policy changes is asked again.
+
+Real TLS clients on loopback against the in-process gateway; catalogs are files.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from gwcore.policy.config import SiteConfig
+from gwcore.recheck import CANNOT_DENY, can_deny
+from tests.harness import (
+    Gateway,
+    gateway_entry,
+    in_thread,
+    intentions,
+    registration,
+    sni_for,
+    tls_connect,
+    write_json,
+)
+
+CLOSE_WITHIN = 1.0
+
+
+def catalog(directory: Path, up_port: int, *rules: tuple[str, str], linked=("billing",)) -> None:
+    write_json(directory / "gateway.json", gateway_entry(*linked))
+    write_json(directory / "registrations.json", [registration("billing", up_port)])
+    write_json(directory / "intentions.json", [intentions("billing", *rules)] if rules else [])
+
+
+async def open_echo(gateway: Gateway) -> ssl.SSLSocket:
+    """A live, spliced connection web -> billing (proved by one echo)."""
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    await in_thread(sock.sendall, b"hi")
+    assert await in_thread(sock.recv, 10) == b"hi"
+    return sock
+
+
+def closed_after(sock: ssl.SSLSocket, started: float, limit: float = 3.0) -> float | None:
+    """Seconds from ``started`` until the gateway closed ``sock`` (None: still open)."""
+    sock.settimeout(limit)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return None
+    except (ssl.SSLError, OSError):
+        pass  # a reset is a close too
+    return time.monotonic() - started
+
+
+async def reload_and_expect_close(gateway: Gateway, sock: ssl.SSLSocket, cause: str) -> None:
+    started = time.monotonic()
+    closing = in_thread(closed_after, sock, started)
+    await gateway.service.reload()
+    elapsed = await closing
+    sock.close()
+    assert elapsed is not None, "the live connection was left open"
+    assert elapsed < CLOSE_WITHIN
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == cause
+    assert gateway.metric("tgw_downstream_rejected_total", reason=cause) == 1
+
+
+def _default_policy(gateway: Gateway, up_port: int) -> None:
+    gateway.site_options["default_policy"] = "deny"
+
+
+def _engine_stack(gateway: Gateway, up_port: int) -> None:
+    catalog(gateway.catalog, up_port, ("web", "deny"))  # read once intentions is stacked
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions"]
+
+
+def _route(gateway: Gateway, up_port: int) -> None:
+    catalog(gateway.root / "other", up_port, linked=("payments",))
+    gateway.write_config()
+    path = gateway.root / "tgw.toml"
+    path.write_text(path.read_text().replace('paths = ["catalog"]', 'paths = ["other"]'))
+
+
+def _trust_root(gateway: Gateway, up_port: int) -> None:
+    gateway.write_config()
+    path = gateway.root / "tgw.toml"
+    path.write_text(path.read_text().replace('ca_dir = "ca"', 'ca_dir = "ca-rotated"'))
+
+
+@pytest.mark.parametrize(
+    ("change", "cause"),
+    [
+        (_default_policy, "policy_revoked"),
+        (_engine_stack, "policy_revoked"),
+        (_route, "route_removed"),
+        (_trust_root, "trust_root_removed"),
+    ],
+    ids=["default_policy", "engine_stack", "removed_route", "removed_trust_root"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_reload_that_tightens_policy_closes_live_connections_within_a_second(
+    gateway, upstreams, change, cause
+):
+    """SIGHUP's reload with a stricter default policy, an engine stack that now denies,
+    a catalog without the route or another CA: the connection opened before it is
+    closed within 1 s, and ``close_cause`` (and the rejected counter) names the change."""
+    up = upstreams()
+    gateway.site_options["default_policy"] = "allow"
+    gateway.plugins = ["file_catalog", "builtin_ca"]
+    catalog(gateway.catalog, up.port)
+    await gateway.start()
+    sock = await open_echo(gateway)
+    change(gateway, up.port)
+    if change in (_default_policy, _engine_stack):
+        gateway.write_config()
+    await reload_and_expect_close(gateway, sock, cause)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_that_cannot_deny_lets_live_connections_drain_and_still_rechecks_them(
+    gateway, upstreams
+):
+    """Listener tuning (handshake and idle timeouts) replaces the site but leaves the old
+    connection open; a later intention edit still closes it (the new site adopted it)."""
+    up = upstreams()
+    catalog(gateway.catalog, up.port, ("web", "allow"))
+    await gateway.start()
+    old_site = gateway.site
+    sock = await open_echo(gateway)
+    gateway.site_options.update(handshake_timeout="6s", idle_timeout="2h")
+    gateway.write_config()
+    await gateway.service.reload()
+    assert gateway.site is not old_site
+    await in_thread(sock.sendall, b"still")
+    assert await in_thread(sock.recv, 10) == b"still"
+    assert gateway.access_records() == []
+
+    started = time.monotonic()
+    closing = in_thread(closed_after, sock, started)
+    write_json(gateway.catalog / "intentions.json", [intentions("billing", ("web", "deny"))])
+    elapsed = await closing
+    sock.close()
+    assert elapsed is not None and elapsed < 2.0  # the file is polled every 0.1 s
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "policy_revoked"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unlinking_a_service_closes_its_live_connections_within_a_second(gateway, upstreams):
+    """The terminating-gateway entry stops linking billing: its open connection is closed
+    (``route_removed``) within a second of the catalog change going live."""
+    up = upstreams()
+    catalog(gateway.catalog, up.port, ("web", "allow"))
+    await gateway.start()
+    sock = await open_echo(gateway)
+    write_json(gateway.catalog / "gateway.json", gateway_entry("payments"))
+    billing = sni_for("billing")
+    await gateway.wait_for(lambda: gateway.site.current()[0].lookup(billing) is None)
+    started = time.monotonic()
+    elapsed = await in_thread(closed_after, sock, started)
+    sock.close()
+    assert elapsed is not None and elapsed < CLOSE_WITHIN
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "route_removed"
+    assert gateway.metric("tgw_downstream_rejected_total", reason="route_removed") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_removing_a_site_by_reload_closes_its_live_connections(gateway, upstreams):
+    """A reload without the site takes its routes away: the connection is closed at once."""
+    up = upstreams()
+    catalog(gateway.catalog, up.port, ("web", "allow"))
+    await gateway.start()
+    sock = await open_echo(gateway)
+    path = gateway.root / "tgw.toml"
+    text = path.read_text().replace("[sites.main", "[sites.renamed")
+    path.write_text(text)
+    started = time.monotonic()
+    closing = in_thread(closed_after, sock, started)
+    await gateway.service.reload()
+    elapsed = await closing
+    sock.close()
+    assert elapsed is not None and elapsed < CLOSE_WITHIN
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "route_removed"
+
+
+SLOW_ENGINE = """
+from twisted.internet.defer import Deferred
+
+from gwcore.policy.model import Decision, Verdict
+
+
+class Slow:
+    name = "slow"
+    policy_version = "1"
+
+    def __init__(self):
+        self.held = []
+
+    def start(self, changed):
+        return None
+
+    def stop(self):
+        for d in self.held:
+            if not d.called:
+                d.callback(Decision(Verdict.ABSTAIN, "slow", "stopping"))
+
+    def authorize(self, request):
+        if self.held:  # only the first decision is held
+            return Decision(Verdict.ABSTAIN, "slow", "at once")
+        d = Deferred()
+        self.held.append(d)
+        return d
+
+
+def tgw_authorization_engines(site):
+    return [Slow()]
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_decision_in_flight_when_the_policy_changes_is_asked_again(
+    gateway, upstreams, tmp_path: Path
+):
+    """An engine is still deciding when an intention edit denies web -> billing: when
+    it answers, the connection is decided under the new policy (denied), not let
+    through on the answers given under the old one."""
+    from gwcore.policy.model import Decision, Verdict
+
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "slow.py").write_text(SLOW_ENGINE)
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "slow"]
+    up = upstreams()
+    catalog(gateway.catalog, up.port, ("web", "allow"))
+    await gateway.start()
+    intentions_engine, slow = gateway.site.engines
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    await gateway.wait_for(lambda: bool(slow.held))
+    version = intentions_engine.policy_version
+    write_json(gateway.catalog / "intentions.json", [intentions("billing", ("web", "deny"))])
+    await gateway.wait_for(lambda: intentions_engine.policy_version != version)
+    slow.held[0].callback(Decision(Verdict.ABSTAIN, "slow", "late"))
+
+    def exchange() -> bytes | None:
+        try:
+            sock.sendall(b"hi")
+            return sock.recv(10)
+        except (ssl.SSLError, OSError):
+            return None
+
+    assert await in_thread(exchange) in (b"", None)
+    sock.close()
+    assert up.accepted == 0
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "denied"
+
+
+def _site_config(**changes: Any) -> tuple[SiteConfig, SiteConfig]:
+    base = SiteConfig("main", "tgw.toml", Path("."), "tcp:0", "gw", "dc1", "example.consul")
+    return base, replace(base, **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "denies"),
+    [
+        ({"handshake_timeout": 1.0, "idle_timeout": 5.0, "listen": "tcp:1"}, False),
+        ({"lb_policy": "random", "drain_timeout": 0.0, "dns_timeout": 1.0}, False),
+        ({"default_policy": "allow"}, True),
+        ({"plugins": ("intentions",)}, True),
+        ({"trust_domain": "other.consul"}, True),
+        ({"extra_trust_domains": ("peer.consul",)}, True),
+        ({"sections": {"intentions": {"x": 1}}}, True),
+    ],
+)
+def test_only_listener_tuning_cannot_deny(changes: dict[str, Any], denies: bool) -> None:
+    """The reload classifier: a field not known to be harmless counts as able to deny."""
+    old, new = _site_config(**changes)
+    assert can_deny(old, new) is denies
+    assert "default_policy" not in CANNOT_DENY and "sections" not in CANNOT_DENY
