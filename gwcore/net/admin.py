@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -17,6 +19,11 @@ from gwcore.policy.decision import combine, failure
 from gwcore.policy.model import DEFAULT_NAMESPACE, SpiffeID
 from gwcore.policy.sni import service_sni
 from gwcore.providers import AuthzRequest
+
+log = Logger(namespace="tgw.admin")
+
+_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.*")
+"""What /explain accepts in a service, namespace, datacenter or site name."""
 
 ENDPOINTS = ("/metrics", "/ready", "/routes", "/certs", "/config", "/explain")
 
@@ -82,6 +89,10 @@ class AdminResource(Resource):
         return _json(request, {"ready": ready, "sites": sites}, 200 if ready else 503)
 
 
+class _BadArgument(ValueError):
+    """A query argument the admin endpoint refuses (answered with 400)."""
+
+
 class _Explain(Resource):
     """``/explain?source=web&destination=billing[&site=main][&namespace=..][&datacenter=..]``
 
@@ -96,9 +107,25 @@ class _Explain(Resource):
         self.sites = sites
 
     def render_GET(self, request: Request) -> bytes | int:
+        try:
+            return self._explain(request)
+        except _BadArgument as e:
+            # Bad input from the client: one line, no traceback, and a 400.
+            log.info("admin: bad request for /explain: {detail}", detail=str(e))
+            return _json(request, {"error": str(e)}, 400)
+
+    def _explain(self, request: Request) -> bytes | int:
         def arg(name: str, default: str = "") -> str:
             values = request.args.get(name.encode(), [])
-            return values[0].decode() if values else default
+            if not values:
+                return default
+            try:
+                value = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _BadArgument(f"{name}= is not UTF-8") from None
+            if len(value) > 253 or not _NAME_CHARS.issuperset(value):
+                raise _BadArgument(f"{name}= is not a name (letters, digits, '-', '_', '.')")
+            return value
 
         source, wanted = arg("source"), arg("destination")
         if not source or not wanted:
