@@ -89,7 +89,7 @@ class AdminResource(Resource):
         return _json(request, {"ready": ready, "sites": sites}, 200 if ready else 503)
 
 
-class _BadArgument(ValueError):
+class _BadArgumentError(ValueError):
     """A query argument the admin endpoint refuses (answered with 400)."""
 
 
@@ -109,7 +109,7 @@ class _Explain(Resource):
     def render_GET(self, request: Request) -> bytes | int:
         try:
             return self._explain(request)
-        except _BadArgument as e:
+        except _BadArgumentError as e:
             # Bad input from the client: one line, no traceback, and a 400.
             log.info("admin: bad request for /explain: {detail}", detail=str(e))
             return _json(request, {"error": str(e)}, 400)
@@ -122,9 +122,9 @@ class _Explain(Resource):
             try:
                 value = values[0].decode("utf-8")
             except UnicodeDecodeError:
-                raise _BadArgument(f"{name}= is not UTF-8") from None
+                raise _BadArgumentError(f"{name}= is not UTF-8") from None
             if len(value) > 253 or not _NAME_CHARS.issuperset(value):
-                raise _BadArgument(f"{name}= is not a name (letters, digits, '-', '_', '.')")
+                raise _BadArgumentError(f"{name}= is not a name (letters, digits, '-', '_', '.')")
             return value
 
         source, wanted = arg("source"), arg("destination")
