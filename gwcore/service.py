@@ -30,8 +30,10 @@ from gwcore.mesh_site import MeshSite
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
+from gwcore.net.admin_guard import AdminGuard, admin_token, config_secrets
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.policy.config import SiteConfig
+from gwcore.policy.redact import redact, scrub
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
 from gwcore.workers import WorkerRole
@@ -95,11 +97,17 @@ class GatewayService(Service):
         self.access_log = AccessLog(config.access_log, config.base_dir)
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
         if config.admin and shared:
-            admin = QuietSite(AdminResource(self.metrics, lambda: list(self.sites.values()), self))
-            port = await serverFromString(self.reactor, config.admin).listen(admin)
+            guard = AdminGuard(admin_token(config), config.admin_hosts, self.metrics)
+            resource = AdminResource(self.metrics, lambda: list(self.sites.values()), self, guard)
+            port = await serverFromString(self.reactor, config.admin).listen(QuietSite(resource))
             self._ports.append(port)
             host = port.getHost()
-            log.info("admin endpoint on http://{host}:{port}/", host=host.host, port=host.port)
+            where = f"http://{host.host}:{host.port}/" if hasattr(host, "port") else host.name
+            log.info(
+                "admin endpoint on {where}{auth}",
+                where=where if isinstance(where, str) else where.decode(errors="replace"),
+                auth=" (bearer token required)" if guard.requires_token else "",
+            )
         if config.sample_service and shared:
             port = await serverFromString(self.reactor, config.sample_service.listen).listen(
                 sample_site(config.sample_service.body)
@@ -145,8 +153,11 @@ class GatewayService(Service):
 
     @property
     def raw(self) -> Any:
-        """The config as loaded (served at ``/config``)."""
-        return self.config.raw
+        """The config as loaded, every secret redacted (served at ``/config``)."""
+        declared: dict[str, frozenset[str]] = {}
+        for stack in self.checked.stacks.values():
+            declared.update(stack.secret_keys())
+        return redact(self.config.raw, declared, config_secrets(self.config))
 
     def _start_failed(self, failure: Any) -> None:
         self.failure = failure
@@ -217,12 +228,17 @@ class GatewayService(Service):
             checked = check_config(self.config_path)
             if not checked.ok or checked.config is None:
                 for problem in checked.problems:
-                    log.error("reload rejected: {problem}", problem=str(problem))
+                    text = scrub(str(problem), config_secrets(self.config))
+                    log.error("reload rejected: {problem}", problem=text)
                 self.metrics.reloads.labels(result="rejected").inc()
                 return
             new = checked.config
-            if (new.admin, new.sample_service, new.access_log, new.state_dir) != (
+            admin = (new.admin, new.admin_token, new.admin_token_file, new.admin_hosts)
+            if (*admin, new.sample_service, new.access_log, new.state_dir) != (
                 self.config.admin,
+                self.config.admin_token,
+                self.config.admin_token_file,
+                self.config.admin_hosts,
                 self.config.sample_service,
                 self.config.access_log,
                 self.config.state_dir,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from twisted.internet.endpoints import serverFromString
 
+from gwcore.net.admin_guard import admin_token
 from gwcore.net.fasttcp import parse_tcp
 from gwcore.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
@@ -55,6 +56,11 @@ def check_config(path: str | Path) -> CheckedConfig:
         result = CheckedConfig(None, {}, list(e.problems))
     if config.admin:
         result.problems += _check_endpoint(config, "gateway.admin", config.admin)
+    try:
+        admin_token(config)
+    except ValueError as e:
+        key, _, message = str(e).partition(": ")
+        result.problems.append(ConfigProblem(config.file, key, message))
     if config.sample_service:
         result.problems += _check_endpoint(
             config, "sample_service.listen", config.sample_service.listen

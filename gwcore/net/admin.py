@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gwcore.metrics import GatewayMetrics
+from gwcore.net.admin_guard import AdminGuard
 from gwcore.policy.decision import combine, failure
 from gwcore.policy.model import DEFAULT_NAMESPACE, SpiffeID
 from gwcore.policy.sni import service_sni
@@ -49,14 +50,23 @@ class _Leaf(Resource):
 class AdminResource(Resource):
     """``/metrics`` (Prometheus text), ``/ready``, ``/routes``, ``/certs``, ``/config``.
 
+    ``/config`` is the file as loaded with every secret redacted (``config.raw`` is
+    the redacted copy, see :mod:`gwcore.policy.redact`); ``guard`` checks each
+    request's ``Host`` and bearer token (:mod:`gwcore.net.admin_guard`).
+
     ``/ready`` answers 200 only while every site listens and every catalog source
     has produced a snapshot without a current error; otherwise 503 with details.
     """
 
     def __init__(
-        self, metrics: GatewayMetrics, sites: Callable[[], Sequence[Any]], config: Any
+        self,
+        metrics: GatewayMetrics,
+        sites: Callable[[], Sequence[Any]],
+        config: Any,
+        guard: AdminGuard | None = None,
     ) -> None:
         super().__init__()
+        self.guard = guard
         self.metrics = metrics
         self.sites = sites
         self.config = config
@@ -70,6 +80,14 @@ class AdminResource(Resource):
         )
         self.putChild(b"config", _Leaf(lambda r: _json(r, self.config.raw)))
         self.putChild(b"explain", _Explain(sites))
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        # Every request passes here first (the root is never a leaf): Host and token.
+        if self.guard is not None:
+            refused = self.guard.refusal(request)
+            if refused is not None:
+                return refused
+        return super().getChildWithDefault(path, request)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":  # "/" itself
