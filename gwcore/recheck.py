@@ -116,7 +116,8 @@ class LiveRecheck:
         for site in (self.site, *self._adopted):
             own = site is self.site
             for conn in list(site.active) if own else site.recheck.live():
-                if conn.state in _LIVE and conn.identity is not None:
+                # A mesh site's pass-through connections have no identity: never checked.
+                if conn.state in _LIVE and getattr(conn, "identity", None) is not None:
                     yield conn
 
     def authority(self) -> Site:
@@ -174,7 +175,7 @@ class LiveRecheck:
             destination = routes.lookup(conn.sni) if conn.sni else None
             if destination is None:
                 self.close(conn, "route_removed", f"{conn.sni} is not routed any more")
-            elif conn.destination is not None and destination.name != conn.destination.name:
+            elif conn.destination is not None and destination.service != conn.destination.service:
                 self.close(
                     conn,
                     "route_changed",

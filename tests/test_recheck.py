@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 
+from gwcore.net.splice import State
 from gwcore.policy.config import SiteConfig
-from gwcore.recheck import CANNOT_DENY, can_deny
+from gwcore.recheck import CANNOT_DENY, LiveRecheck, can_deny
+from gwcore.testing import TRUST_DOMAIN
 from tests.harness import (
     Gateway,
     gateway_entry,
@@ -287,3 +289,96 @@ def test_only_listener_tuning_cannot_deny(changes: dict[str, Any], denies: bool)
     old, new = _site_config(**changes)
     assert can_deny(old, new) is denies
     assert "default_policy" not in CANNOT_DENY and "sections" not in CANNOT_DENY
+
+
+class _RoutedSite:
+    """What LiveRecheck reads of a site: its connections, routes, metrics and name."""
+
+    def __init__(self, *destinations: Any) -> None:
+        from gwcore.metrics import GatewayMetrics
+        from gwcore.policy.routes import RouteTable
+
+        self.name = "main"
+        self.active: set[Any] = set()
+        self.metrics = GatewayMetrics()
+        self.routes = RouteTable.build(destinations, "dc1", TRUST_DOMAIN, "v1")
+        self.recheck = LiveRecheck(self)  # type: ignore[arg-type]
+
+    def current(self) -> tuple[Any, None]:
+        return self.routes, None
+
+
+class _PassThrough:
+    """A mesh site's connection: spliced, but it has no client identity at all."""
+
+    state = State.SPLICING
+
+    def close(self, cause: str) -> None:
+        raise AssertionError("a pass-through connection is never re-checked")
+
+
+def test_an_sni_now_routing_to_another_service_closes_its_connections() -> None:
+    """The SNI a connection arrived with now leads to payments, not billing: closed as
+    route_changed; a connection still routed as before, and a pass-through connection
+    without identity, are left alone."""
+    from tests.test_site import BILLING, PAYMENTS, StubConnection, destination, identity, sni
+
+    site = _RoutedSite(destination(BILLING, "10.0.0.1"), destination(PAYMENTS, "10.0.0.2"))
+    moved = StubConnection(identity("web"), sni=sni(PAYMENTS))  # was routed to billing
+    kept = StubConnection(identity("web"))
+    site.active |= {moved, kept, _PassThrough()}
+    site.recheck.routes_changed()
+    assert moved.closed == ["route_changed"] and kept.closed == []
+    value = site.metrics.registry.get_sample_value(
+        "tgw_downstream_rejected_total", {"site": "main", "reason": "route_changed"}
+    )
+    assert value == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trust_root_removed_by_rotation_closes_the_connections_it_issued(
+    gateway, upstreams
+):
+    """file_certs drops a root from roots.pem: the connection whose client certificate
+    chains only to that root is closed (trust_root_removed) within a second of the new
+    roots going live; a connection from the remaining root keeps streaming."""
+    from gwcore import pki
+    from gwcore.plugins.builtin_ca import load_or_create_ca
+    from gwcore.testing import MeshCA
+
+    up = upstreams()
+    catalog(gateway.catalog, up.port, ("*", "allow"))
+    certs = gateway.root / "certs"
+    gateway.plugins = ["file_catalog", "file_certs", "intentions"]
+    gateway.extra_site = f"""
+[sites.main.file_certs]
+roots = ["{certs / "roots.pem"}"]
+poll_interval = "0.05s"
+[sites.main.file_certs.leaves]
+billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"}" }}
+"""
+    ca = MeshCA(TRUST_DOMAIN, *load_or_create_ca(gateway.root / "ca", TRUST_DOMAIN))
+    retired = MeshCA(TRUST_DOMAIN)
+    ca.write(certs, "billing", ca.leaf("billing"))
+    (certs / "roots.pem").write_bytes(
+        pki.certificate_pem(ca.cert) + pki.certificate_pem(retired.cert)
+    )
+    await gateway.start()
+    kept = await open_echo(gateway)
+    cert, key = retired.write(gateway.root / "retired", "web", retired.leaf("web"))
+    server_root = ca.write_root(gateway.root / "retired" / "root.pem")
+    doomed = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, server_root)
+    await in_thread(doomed.sendall, b"hi")
+    assert await in_thread(doomed.recv, 10) == b"hi"
+
+    (certs / "roots.pem").write_bytes(pki.certificate_pem(ca.cert))
+    await gateway.wait_for(lambda: len(gateway.site.current()[1].roots) == 1)
+    elapsed = await in_thread(closed_after, doomed, time.monotonic())
+    doomed.close()
+    assert elapsed is not None and elapsed < CLOSE_WITHIN
+    await in_thread(kept.sendall, b"still")
+    assert await in_thread(kept.recv, 10) == b"still"
+    kept.close()
+    await gateway.wait_for(lambda: len(gateway.access_records()) >= 1)
+    assert gateway.access_records()[0]["close_cause"] == "trust_root_removed"
+    assert gateway.metric("tgw_downstream_rejected_total", reason="trust_root_removed") == 1
