@@ -106,7 +106,7 @@ class LiveRecheck:
         """Rises on every change that can deny; a decision asked before it rose is stale."""
         self.successor: Site | None = None
         self._adopted: list[Site] = []
-        self._roots: frozenset[bytes] | None = None
+        self._root_certs: list[Any] | None = None
 
     # --- which connections ---------------------------------------------------------
 
@@ -182,21 +182,28 @@ class LiveRecheck:
                     f"{conn.sni} now routes to {destination.name}, not {conn.destination.name}",
                 )
 
-    def roots_changed(self, force: bool = False) -> None:
-        """Certificates changed: if a trust root went, close clients that chained to it."""
+    def roots_changed(self, before: list[Any] | None = None) -> None:
+        """Certificates changed: if a trust root went, close the clients it vouched for.
+
+        A connection is closed when its client chain verifies against the roots
+        ``before`` (default: those of the last call) and not against the current ones;
+        one whose chain cannot be rebuilt either way (a resumed session keeps no
+        intermediates) is not this change's business.
+        """
         roots = self.site.trust_roots()
-        prints = frozenset(r.fingerprint(hashes.SHA256()) for r in roots)
-        previous, self._roots = self._roots, prints
-        if self.successor is not None or (not force and (previous is None or previous <= prints)):
+        if before is None:
+            before = self._root_certs
+        self._root_certs = roots
+        if (
+            self.successor is not None
+            or before is None
+            or not _fingerprints(before) - _fingerprints(roots)
+        ):
             return  # first material, or roots only added: nobody can be refused
         self.epoch += 1
-        store = crypto.X509Store()
-        for root in roots:
-            store.add_cert(crypto.X509.from_cryptography(root))
-        # Expiry during a connection is not what this check is about.
-        store.set_flags(NO_CHECK_TIME)
+        old, new = _store(before), _store(roots)
         for conn in list(self.live()):
-            if not _chains(conn.tls, store):
+            if _chains(conn.tls, old) and not _chains(conn.tls, new):
                 self.close(conn, "trust_root_removed", "its issuing root is no longer trusted")
 
     def adopt(self, old: Site) -> None:
@@ -208,8 +215,7 @@ class LiveRecheck:
             return  # listener tuning only: the old connections drain
         old.recheck.epoch += 1  # decisions in flight on the old site are stale
         self._check_routes(old.recheck.live())
-        self._roots = None
-        self.roots_changed(force=True)
+        self.roots_changed(before=old.trust_roots())
         self.policy_changed()
 
     def retire(self, reason: str) -> None:
@@ -240,6 +246,19 @@ class LiveRecheck:
         site.metrics.rejected.labels(site=site.name, reason=cause).inc()
         conn.close_cause_detail = detail
         conn.close(cause)
+
+
+def _fingerprints(roots: list[Any]) -> frozenset[bytes]:
+    return frozenset(r.fingerprint(hashes.SHA256()) for r in roots)
+
+
+def _store(roots: list[Any]) -> crypto.X509Store:
+    store = crypto.X509Store()
+    for root in roots:
+        store.add_cert(crypto.X509.from_cryptography(root))
+    # Expiry during a connection is not what this check is about.
+    store.set_flags(NO_CHECK_TIME)
+    return store
 
 
 def _chains(tls: SSL.Connection | None, store: crypto.X509Store) -> bool:
