@@ -382,3 +382,43 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
     await gateway.wait_for(lambda: len(gateway.access_records()) >= 1)
     assert gateway.access_records()[0]["close_cause"] == "trust_root_removed"
     assert gateway.metric("tgw_downstream_rejected_total", reason="trust_root_removed") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_decision_in_flight_across_a_reload_is_asked_of_the_new_site(
+    gateway, upstreams, tmp_path: Path
+):
+    """A reload replaces the site (default_policy allow -> deny, the slow engine dropped)
+    while an engine of the old site is still deciding: the connection is decided by the
+    new site's policy (denied) when the old answer arrives."""
+    from gwcore.policy.model import Decision, Verdict
+
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "slow.py").write_text(SLOW_ENGINE)
+    gateway.plugins = ["file_catalog", "builtin_ca", "slow"]
+    gateway.site_options["default_policy"] = "allow"
+    up = upstreams()
+    catalog(gateway.catalog, up.port)
+    await gateway.start()
+    [slow] = gateway.site.engines
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    await gateway.wait_for(lambda: bool(slow.held))
+    gateway.plugins = ["file_catalog", "builtin_ca"]
+    gateway.site_options["default_policy"] = "deny"
+    gateway.write_config()
+    await gateway.service.reload()
+    slow.held[0].callback(Decision(Verdict.ABSTAIN, "slow", "late"))
+
+    def exchange() -> bytes | None:
+        try:
+            sock.sendall(b"hi")
+            return sock.recv(10)
+        except (ssl.SSLError, OSError):
+            return None
+
+    assert await in_thread(exchange) in (b"", None)
+    sock.close()
+    assert up.accepted == 0
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "denied"
