@@ -253,3 +253,12 @@ plugins = ["builtin_ca"]
 def test_host_header_parsing(header: bytes | None, allowed: bool) -> None:
     """Loopback (any port) and configured names pass; anything else, or malformed, fails."""
     assert host_allowed(host_name(header), {"admin.internal"}) is allowed
+
+
+def test_consul_settings_never_print_the_acl_token() -> None:
+    """A ConsulSettings in a log line or an exception message shows no token."""
+    from gwcore.net.consul import ConsulSettings
+
+    settings = ConsulSettings(token="consul-acl-secret-1234")
+    assert "consul-acl-secret-1234" not in repr(settings)
+    assert settings.token == "consul-acl-secret-1234"
