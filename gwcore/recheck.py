@@ -131,26 +131,40 @@ class LiveRecheck:
 
     # --- in-flight decisions -----------------------------------------------------------
 
-    def decide(self, conn: DownstreamProtocol, ask: Callable[[], Deferred[Decision]]) -> Any:
+    def decide(
+        self, conn: DownstreamProtocol, ask: Callable[[], Deferred[Decision]]
+    ) -> Deferred[Decision]:
         """``ask()``'s decision, asked again while the policy changed under it."""
-        rounds = 0
+        if self.successor is None:
+            epoch = self.epoch
+            d = ask()
+            if d.called:
+                return d  # answered at once: nothing could change meanwhile
+            return d.addCallback(self._arrived, conn, ask, epoch, self.site, 1)
+        return self._ask(conn, ask, self.authority(), 1)
 
-        def arrived(decision: Decision, epoch: int, site: Site) -> Any:
-            nonlocal rounds
-            authority = self.authority()
-            if authority is site and authority.recheck.epoch == epoch:
-                return decision
-            rounds += 1
-            if rounds >= MAX_ROUNDS:
-                return Decision(Verdict.DENY, "recheck", "the policy kept changing")
-            return start(authority)
+    def _ask(
+        self, conn: DownstreamProtocol, ask: Callable[[], Any], site: Site, rounds: int
+    ) -> Deferred[Decision]:
+        epoch = site.recheck.epoch
+        d = ask() if site is self.site else site.authorize(conn)
+        return d.addCallback(self._arrived, conn, ask, epoch, site, rounds)
 
-        def start(site: Site) -> Deferred[Decision]:
-            epoch = site.recheck.epoch
-            d = ask() if site is self.site else site.authorize(conn)
-            return d.addCallback(arrived, epoch, site)
-
-        return start(self.authority())
+    def _arrived(
+        self,
+        decision: Decision,
+        conn: DownstreamProtocol,
+        ask: Callable[[], Any],
+        epoch: int,
+        site: Site,
+        rounds: int,
+    ) -> Any:
+        authority = self.authority()
+        if authority is site and authority.recheck.epoch == epoch:
+            return decision
+        if rounds >= MAX_ROUNDS:
+            return Decision(Verdict.DENY, "recheck", "the policy kept changing")
+        return self._ask(conn, ask, authority, rounds + 1)
 
     # --- triggers --------------------------------------------------------------------
 

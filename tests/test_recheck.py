@@ -422,3 +422,28 @@ async def test_a_decision_in_flight_across_a_reload_is_asked_of_the_new_site(
     assert up.accepted == 0
     await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
     assert gateway.access_records()[0]["close_cause"] == "denied"
+
+
+def test_a_decision_outrun_by_policy_changes_every_time_is_a_deny(tmp_path: Path) -> None:
+    """Each answer arrives after yet another policy change: the site asks again, at most
+    MAX_ROUNDS times, then denies rather than allow on a superseded policy (in memory)."""
+    from gwcore.policy.model import Verdict
+    from gwcore.recheck import MAX_ROUNDS
+    from tests.test_site import StubConnection, identity, started
+
+    site = started(
+        tmp_path,
+        ["fake"],
+        {"fake": {"engines": [{"name": "e1", "mode": "later-allow"}], "certs": True}},
+    )
+    [engine] = site.engines
+    conn = StubConnection(identity("web"), state=State.AUTHORIZING)
+    answers: list[Any] = []
+    site.authorize(conn).addCallback(answers.append)  # type: ignore[arg-type]
+    for _ in range(MAX_ROUNDS):
+        assert answers == []
+        engine.changed()  # the policy changes while the engine is deciding ...
+        engine.later[-1].callback(None)  # ... and then it answers allow
+    [final] = answers
+    assert final.verdict is Verdict.DENY and final.engine == "recheck"
+    assert len(engine.requests) == MAX_ROUNDS
