@@ -466,7 +466,8 @@ class Site:
         """Stop accepting, let connections drain, close what is left, stop providers.
 
         ``drain_timeout`` defaults to the site's; a reload retires a replaced site
-        with ``math.inf``, so its live connections end on their own terms.
+        with ``math.inf``: its live connections that the new policy still allows
+        (``gwcore.recheck``) end on their own terms.
         """
         self.listening = False
         if self.port is not None:
