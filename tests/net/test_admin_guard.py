@@ -71,7 +71,8 @@ def tgw_secret_keys(site):
 async def test_config_redacts_every_secret_and_logs_none(gateway, upstreams, tmp_path: Path):
     """/config shows secret keys (token, admin token, an addon-declared api_key), PEM key
     material and a token file's contents pasted elsewhere as <redacted>, keeps other
-    values, and no log line of start-up or of a rejected reload holds a secret."""
+    values, and no log line of start-up or of a rejected reload holds a secret (even a
+    rejection that quotes the bad value)."""
     file_token = "file-token-abcdef-987654"
     (tmp_path / "consul.token").write_text(file_token + "\n")
     (tmp_path / "addons").mkdir()
@@ -100,8 +101,10 @@ region = "eu-1"
         await gateway.start()
         status, _, body = await in_thread(fetch, gateway.admin_port, "/config", token=TOKEN)
         config = gateway.root / "tgw.toml"
-        config.write_text(config.read_text().replace('region = "eu-1"', "region = ["))
-        await gateway.service.reload()  # rejected: a syntax error
+        # A token pasted into the wrong key: the rejection would echo it.
+        text = config.read_text().replace('"5s"', f'"{file_token}"', 1)
+        config.write_text(text)
+        await gateway.service.reload()
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert status == 200
@@ -120,7 +123,8 @@ region = "eu-1"
     for secret in secrets:
         assert secret not in body.decode()
     logged = "\n".join(formatEvent(e) for e in events)
-    assert "reload rejected" in logged  # the log was captured
+    assert "reload rejected" in logged and "handshake_timeout" in logged
+    assert "not '<redacted>'" in logged
     for secret in secrets:
         assert secret not in logged
 
