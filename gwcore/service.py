@@ -33,7 +33,7 @@ from gwcore.net.admin import AdminResource
 from gwcore.net.admin_guard import AdminGuard, admin_token, config_secrets
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.policy.config import SiteConfig
-from gwcore.policy.redact import redact, scrub
+from gwcore.policy.redact import redact
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
 from gwcore.workers import WorkerRole
@@ -228,8 +228,7 @@ class GatewayService(Service):
             checked = check_config(self.config_path)
             if not checked.ok or checked.config is None:
                 for problem in checked.problems:
-                    text = scrub(str(problem), config_secrets(self.config))
-                    log.error("reload rejected: {problem}", problem=text)
+                    log.error("reload rejected: {problem}", problem=str(problem))
                 self.metrics.reloads.labels(result="rejected").inc()
                 return
             new = checked.config

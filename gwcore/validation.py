@@ -7,15 +7,16 @@ plugin accepts its own section, and every endpoint string parses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from twisted.internet.endpoints import serverFromString
 
-from gwcore.net.admin_guard import admin_token
+from gwcore.net.admin_guard import admin_token, config_secrets
 from gwcore.net.fasttcp import parse_tcp
 from gwcore.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
+from gwcore.policy.redact import scrub
 
 
 @dataclass
@@ -93,6 +94,10 @@ def check_config(path: str | Path) -> CheckedConfig:
             )
         result.stacks[site.key] = stack
     result.problems += _shared_endpoints(config)
+    # A message may quote a bad value, and a bad value may be a pasted secret.
+    secrets = config_secrets(config) if result.problems else set()
+    if secrets:
+        result.problems = [replace(p, message=scrub(p.message, secrets)) for p in result.problems]
     return result
 
 
