@@ -16,7 +16,7 @@ from gwcore.net.admin_guard import admin_token, config_secrets
 from gwcore.net.fasttcp import parse_tcp
 from gwcore.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
-from gwcore.policy.redact import scrub
+from gwcore.policy.redact import declared_values, scrub
 
 
 @dataclass
@@ -95,7 +95,11 @@ def check_config(path: str | Path) -> CheckedConfig:
         result.stacks[site.key] = stack
     result.problems += _shared_endpoints(config)
     # A message may quote a bad value, and a bad value may be a pasted secret.
-    secrets = config_secrets(config) if result.problems else set()
+    secrets: set[str] = set()
+    if result.problems:
+        secrets = config_secrets(config)
+        for stack in result.stacks.values():
+            secrets |= declared_values(config.raw, stack.secret_keys())
     if secrets:
         result.problems = [replace(p, message=scrub(p.message, secrets)) for p in result.problems]
     return result

@@ -98,3 +98,16 @@ def secret_files(value: Any) -> set[str]:
         for item in value:
             found |= secret_files(item)
     return found
+
+
+def declared_values(raw: Mapping[str, Any], declared: Mapping[str, frozenset[str]]) -> set[str]:
+    """The string values of the keys plugins declared secret (``declared`` as in
+    :func:`redact`)."""
+    found: set[str] = set()
+    for path, keys in declared.items():
+        table: Any = raw
+        for part in path.split("."):
+            table = table.get(part) if isinstance(table, Mapping) else None
+        if isinstance(table, Mapping):
+            found |= {v for k, v in table.items() if k in keys and isinstance(v, str)}
+    return found

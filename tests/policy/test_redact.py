@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gwcore.policy.redact import REDACTED, redact, scrub, secret_files, secret_values
+from gwcore.policy.redact import (
+    REDACTED,
+    declared_values,
+    redact,
+    scrub,
+    secret_files,
+    secret_values,
+)
 
 PEM = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI\n-----END EC PRIVATE KEY-----\n"
 
@@ -53,3 +60,13 @@ def test_secret_values_and_files_are_collected_from_every_table() -> None:
     }
     assert secret_values(raw) == {"t-1"}
     assert secret_files(raw) == {"a.tok", "/b"}
+
+
+def test_declared_values_are_read_from_their_tables() -> None:
+    raw = {"sites": {"a": {"vault": {"api_key": "k1", "region": "eu"}}, "b": "not a table"}}
+    declared = {
+        "sites.a.vault": frozenset({"api_key"}),
+        "sites.b.vault": frozenset({"api_key"}),
+        "sites.c.x": frozenset({"k"}),
+    }
+    assert declared_values(raw, declared) == {"k1"}
