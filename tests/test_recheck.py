@@ -49,8 +49,8 @@ async def open_echo(gateway: Gateway) -> ssl.SSLSocket:
     return sock
 
 
-def closed_after(sock: ssl.SSLSocket, started: float, limit: float = 3.0) -> float | None:
-    """Seconds from ``started`` until the gateway closed ``sock`` (None: still open)."""
+def closed_at(sock: ssl.SSLSocket, limit: float = 5.0) -> float | None:
+    """When (``time.monotonic()``) the gateway closed ``sock``; None: still open."""
     sock.settimeout(limit)
     try:
         while sock.recv(4096):
@@ -59,17 +59,17 @@ def closed_after(sock: ssl.SSLSocket, started: float, limit: float = 3.0) -> flo
         return None
     except (ssl.SSLError, OSError):
         pass  # a reset is a close too
-    return time.monotonic() - started
+    return time.monotonic()
 
 
 async def reload_and_expect_close(gateway: Gateway, sock: ssl.SSLSocket, cause: str) -> None:
-    started = time.monotonic()
-    closing = in_thread(closed_after, sock, started)
+    closing = in_thread(closed_at, sock)
     await gateway.service.reload()
-    elapsed = await closing
+    applied = time.monotonic()  # starting the new site may take a while on a busy machine
+    closed = await closing
     sock.close()
-    assert elapsed is not None, "the live connection was left open"
-    assert elapsed < CLOSE_WITHIN
+    assert closed is not None, "the live connection was left open"
+    assert closed - applied < CLOSE_WITHIN
     await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
     assert gateway.access_records()[0]["close_cause"] == cause
     assert gateway.metric("tgw_downstream_rejected_total", reason=cause) == 1
@@ -145,12 +145,12 @@ async def test_a_reload_that_cannot_deny_lets_live_connections_drain_and_still_r
     assert await in_thread(sock.recv, 10) == b"still"
     assert gateway.access_records() == []
 
-    started = time.monotonic()
-    closing = in_thread(closed_after, sock, started)
+    closing = in_thread(closed_at, sock)
     write_json(gateway.catalog / "intentions.json", [intentions("billing", ("web", "deny"))])
-    elapsed = await closing
+    written = time.monotonic()
+    closed = await closing
     sock.close()
-    assert elapsed is not None and elapsed < 2.0  # the file is polled every 0.1 s
+    assert closed is not None and closed - written < 2.0  # the file is polled every 0.1 s
     await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
     assert gateway.access_records()[0]["close_cause"] == "policy_revoked"
 
@@ -166,10 +166,10 @@ async def test_unlinking_a_service_closes_its_live_connections_within_a_second(g
     write_json(gateway.catalog / "gateway.json", gateway_entry("payments"))
     billing = sni_for("billing")
     await gateway.wait_for(lambda: gateway.site.current()[0].lookup(billing) is None)
-    started = time.monotonic()
-    elapsed = await in_thread(closed_after, sock, started)
+    live = time.monotonic()
+    closed = await in_thread(closed_at, sock)
     sock.close()
-    assert elapsed is not None and elapsed < CLOSE_WITHIN
+    assert closed is not None and closed - live < CLOSE_WITHIN
     await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
     assert gateway.access_records()[0]["close_cause"] == "route_removed"
     assert gateway.metric("tgw_downstream_rejected_total", reason="route_removed") == 1
@@ -185,12 +185,12 @@ async def test_removing_a_site_by_reload_closes_its_live_connections(gateway, up
     path = gateway.root / "tgw.toml"
     text = path.read_text().replace("[sites.main", "[sites.renamed")
     path.write_text(text)
-    started = time.monotonic()
-    closing = in_thread(closed_after, sock, started)
+    closing = in_thread(closed_at, sock)
     await gateway.service.reload()
-    elapsed = await closing
+    applied = time.monotonic()
+    closed = await closing
     sock.close()
-    assert elapsed is not None and elapsed < CLOSE_WITHIN
+    assert closed is not None and closed - applied < CLOSE_WITHIN
     await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
     assert gateway.access_records()[0]["close_cause"] == "route_removed"
 
@@ -373,9 +373,10 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
 
     (certs / "roots.pem").write_bytes(pki.certificate_pem(ca.cert))
     await gateway.wait_for(lambda: len(gateway.site.current()[1].roots) == 1)
-    elapsed = await in_thread(closed_after, doomed, time.monotonic())
+    live = time.monotonic()
+    closed = await in_thread(closed_at, doomed)
     doomed.close()
-    assert elapsed is not None and elapsed < CLOSE_WITHIN
+    assert closed is not None and closed - live < CLOSE_WITHIN
     await in_thread(kept.sendall, b"still")
     assert await in_thread(kept.recv, 10) == b"still"
     kept.close()
