@@ -57,7 +57,6 @@ from gwcore.policy.model import (
     Endpoint,
     Health,
     ServiceName,
-    Verdict,
 )
 from gwcore.policy.routes import RouteTable, merge_mesh_gateways, merge_snapshots
 from gwcore.providers import (
@@ -69,6 +68,7 @@ from gwcore.providers import (
     LeafCertificate,
     UpstreamStrategy,
 )
+from gwcore.recheck import LiveRecheck
 
 FIRST_SNAPSHOT_TIMEOUT = 30.0
 CONFIG_FAILURES = frozenset({"tls_config", "no_strategy", "no_endpoints"})
@@ -130,6 +130,7 @@ class Site:
         self.trusted_domains = config.trusted_domains
         self.inherited_listener: tuple[int, int] | None = None
         """(fd, address family) of a listening socket a worker inherited (gwcore.workers)."""
+        self.recheck = LiveRecheck(self)
 
     # --- SiteContext ----------------------------------------------------------
 
@@ -213,7 +214,8 @@ class Site:
             if any(getattr(e, "wants_peer_certificate", False) for e in self.engines)
             else b"",
         )
-        return self.decide(request)
+        # A decision in flight when the policy changes is asked again (gwcore.recheck).
+        return self.recheck.decide(conn, lambda: self.decide(request))
 
     def decide(self, request: AuthzRequest) -> Deferred[Decision]:
         """Ask every engine; deny-overrides; any engine failure or timeout is a deny.
@@ -409,6 +411,7 @@ class Site:
             raise RuntimeError(f"site {self.name}: no certificate provider in the plugin stack")
         for provider in self.certs:
             await maybeDeferred(provider.start, self._certs_changed)
+        self.recheck.roots_changed()  # the roots later removals are measured against
         for engine in self.engines:
             await maybeDeferred(engine.start, self._policy_changed)
         for index, source in enumerate(self.sources):
@@ -456,7 +459,8 @@ class Site:
         """Stop accepting, let connections drain, close what is left, stop providers.
 
         ``drain_timeout`` defaults to the site's; a reload retires a replaced site
-        with ``math.inf``, so its live connections end on their own terms.
+        with ``math.inf``: its live connections that the new policy still allows
+        (``gwcore.recheck``) end on their own terms.
         """
         self.listening = False
         if self.port is not None:
@@ -628,6 +632,7 @@ class Site:
                     self.metrics.upstream_endpoints.remove(self.name, service, state)
         for _, destination in routes:
             self._export_endpoints(destination)
+        self.recheck.routes_changed()
         old_snis = {sni for sni, _ in old}
         new_snis = {sni for sni, _ in routes}
         if old_snis != new_snis:
@@ -667,27 +672,11 @@ class Site:
     def _certs_changed(self) -> None:
         self._tls = self._build_tls(self._routes)
         self.log.info("certificates changed; new handshakes use the new material")
+        self.recheck.roots_changed()
 
     def _policy_changed(self) -> None:
         """Re-check open connections; close those the new policy denies."""
-        for conn in list(self.active):
-            # Connecting ones too: they were allowed under the policy that just changed.
-            if conn.state not in (State.CONNECTING, State.SPLICING) or conn.identity is None:
-                continue
-            self.authorize(conn).addCallback(self._recheck_result, conn)
-
-    def _recheck_result(self, decision: Decision, conn: DownstreamProtocol) -> None:
-        if decision.verdict is Verdict.ALLOW or conn.state is State.CLOSED:
-            return
-        self.log.info(
-            "closing {source} -> {destination}: policy now denies ({reason})",
-            source=conn.identity,
-            destination=conn.destination.name if conn.destination else "?",
-            reason=decision.reason,
-        )
-        conn.decision = decision
-        self.metrics.rejected.labels(site=self.name, reason="policy_revoked").inc()
-        conn.close("policy_revoked")
+        self.recheck.policy_changed()
 
     # --- periodic sweep: byte metrics and idle timeouts ------------------------
 

@@ -112,7 +112,7 @@ class ConsulSettings:
     """
 
     address: str = DEFAULT_ADDRESS
-    token: str = ""
+    token: str = field(default="", repr=False)  # never in a log line or an error
     token_file: str = ""
     ca_file: str = ""
     cert_file: str = ""

@@ -334,6 +334,8 @@ class SiteConfig:
 
 
 MAX_WORKERS = 64
+MIN_ADMIN_TOKEN = 16
+_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]|[0-9a-f:.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +361,10 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
+    admin_token: str = field(default="", repr=False)
+    admin_token_file: Path | None = None
+    admin_hosts: tuple[str, ...] = ()
+    """Host header values the admin endpoint accepts besides loopback ones."""
 
     def site(self, key: str) -> SiteConfig:
         for site in self.sites:
@@ -403,6 +409,16 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     state_dir = base_dir / (gw.string("state_dir", "state") or "state")
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
+    admin_token = gw.string("admin_token", "") or ""
+    token_file = gw.string("admin_token_file", "") or ""
+    if admin_token and token_file:
+        gw.problem("admin_token_file", "set admin_token or admin_token_file, not both")
+    elif admin_token and len(admin_token) < MIN_ADMIN_TOKEN:
+        gw.problem("admin_token", f"must be at least {MIN_ADMIN_TOKEN} characters")
+    admin_hosts = tuple(h.lower() for h in gw.strings("admin_hosts"))
+    for host in admin_hosts:
+        if not _HOST_RE.fullmatch(host):
+            gw.problem("admin_hosts", f"{host!r} is not a host name or IP address (no port)")
     problems += gw.finish()
 
     sample = None
@@ -448,6 +464,9 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sample_service=sample,
         raw=data,
         workers=workers,
+        admin_token=admin_token,
+        admin_token_file=base_dir / token_file if token_file else None,
+        admin_hosts=admin_hosts,
     )
     if problems:
         raise ConfigError(problems, partial=config)
