@@ -25,8 +25,10 @@ ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
 POLICIES = ("allow", "deny")
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
+# Patterns given to ``string(pattern=...)`` must match the whole value (fullmatch):
+# a "$" anchor would let a trailing newline through.
+_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_ENDPOINT_RE = re.compile(r"[a-zA-Z0-9]+:.*", re.DOTALL)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -127,7 +129,7 @@ class SectionReader:
         if choices is not None and value not in choices:
             self.problem(name, f"must be one of {', '.join(choices)}, not {value!r}")
             return default
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.problem(name, f"{value!r} is not {what or 'valid'}")
             return default
         return value
@@ -509,8 +511,8 @@ def _parse_site(
     )
 
 
-_TD_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_TD_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _valid_trust_domain(value: str) -> bool:
-    return len(value) <= 255 and bool(_TD_RE.match(value.lower()))
+    return len(value) <= 255 and bool(_TD_RE.fullmatch(value.lower()))

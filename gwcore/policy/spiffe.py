@@ -31,8 +31,10 @@ IDENTITY_CACHE_SIZE = 1024
 # From the SPIFFE ID spec: these bounds keep a hostile certificate from feeding
 # arbitrarily large or odd strings into logs and policy.
 _MAX_URI_LENGTH = 2048
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+# Always used with fullmatch: "$" would also match before a trailing newline, so
+# ".../svc/web\n" would parse as a second spelling of web.
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _SCHEME = "spiffe://"
 _DETAIL_VALUE_LIMIT = 200
 
@@ -83,7 +85,7 @@ def parse_spiffe_id(uri: str) -> SpiffeID:
         raise bad("is not a spiffe:// URI")
     trust_domain, slash, path = uri[len(_SCHEME) :].partition("/")
     trust_domain = trust_domain.lower()
-    if not trust_domain or not _TRUST_DOMAIN.match(trust_domain):
+    if not trust_domain or not _TRUST_DOMAIN.fullmatch(trust_domain):
         raise bad("has no valid trust domain")
     if not slash:
         raise bad("has no path")
@@ -91,7 +93,7 @@ def parse_spiffe_id(uri: str) -> SpiffeID:
     for segment in segments:
         if not segment:
             raise bad("has an empty path segment")
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             raise bad("has a path segment with characters outside [A-Za-z0-9._-]")
         if ".." in segment or segment == ".":
             raise bad("has a dot path segment")

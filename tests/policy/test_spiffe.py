@@ -304,3 +304,36 @@ def test_parse_spiffe_id_only_raises_identity_error(text: str) -> None:
         assert e.reason == "bad_spiffe_id"
     else:
         assert parse_spiffe_id(identity.uri) == identity
+
+
+control_char = st.sampled_from([chr(c) for c in (*range(0x20), 0x7F)])
+
+
+@given(td=trust_domain, ns=segment, dc=segment, name=segment, data=st.data())
+def test_parse_spiffe_id_refuses_any_control_character(
+    td: str, ns: str, dc: str, name: str, data: st.DataObject
+) -> None:
+    """A control character anywhere in a SPIFFE URI — a trailing newline after the
+    name or the trust domain included — is ``bad_spiffe_id``, never a distinct identity."""
+    uri = SpiffeID(td, ns, dc, name).uri
+    assert parse_spiffe_id(uri).uri == uri
+    control = data.draw(control_char)
+    at = data.draw(st.just(len(uri)) | st.integers(len("spiffe://"), len(uri)))
+    with pytest.raises(IdentityError) as info:
+        parse_spiffe_id(uri[:at] + control + uri[at:])
+    assert info.value.reason == "bad_spiffe_id"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/web\n", id="name"),
+        pytest.param(f"spiffe://{TD}\n/ns/default/dc/dc1/svc/web", id="trust-domain"),
+        pytest.param(f"spiffe://{TD}/ns/default\n/dc/dc1/svc/web", id="namespace"),
+    ],
+)
+def test_parse_spiffe_id_refuses_a_trailing_newline_in_a_segment(uri: str) -> None:
+    """The example from issue 16: ``.../svc/web\\n`` does not parse as an identity."""
+    with pytest.raises(IdentityError) as info:
+        parse_spiffe_id(uri)
+    assert info.value.reason == "bad_spiffe_id"
