@@ -8,7 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -108,9 +108,15 @@ def test_identity_error_message_is_one_bounded_line() -> None:
 
 def test_identity_error_reason_vocabulary_is_closed() -> None:
     """A reason outside the metric-label vocabulary is a programming error."""
-    assert {"no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"} == set(
-        IDENTITY_ERROR_REASONS
-    )
+    assert {
+        "no_uri_san",
+        "multiple_uri_sans",
+        "bad_spiffe_id",
+        "untrusted_domain",
+        "ca_certificate",
+        "bad_key_usage",
+        "wrong_trust_bundle",
+    } == set(IDENTITY_ERROR_REASONS)
     with pytest.raises(ValueError):
         IdentityError("something_else", "x")
 
@@ -136,7 +142,13 @@ def test_service_spiffe_id(service: ServiceName, expected_uri: str) -> None:
 _KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def _certificate(*general_names: x509.GeneralName) -> x509.Certificate:
+def _certificate(
+    *general_names: x509.GeneralName,
+    ca: bool | None = False,
+    digital_signature: bool | None = True,
+    purposes: list[x509.ObjectIdentifier] | None = None,
+) -> x509.Certificate:
+    """A self-signed certificate; ``None`` leaves basicConstraints / keyUsage out."""
     now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
     builder = (
@@ -152,7 +164,70 @@ def _certificate(*general_names: x509.GeneralName) -> x509.Certificate:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(list(general_names)), critical=False
         )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca, None), critical=True)
+    if digital_signature is not None:
+        usage = dict.fromkeys(KEY_USAGE_FLAGS, False)
+        usage["digital_signature"] = digital_signature
+        usage["key_agreement"] = not digital_signature
+        builder = builder.add_extension(x509.KeyUsage(**usage), critical=True)
+    if purposes is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
     return builder.sign(_KEY, hashes.SHA256())
+
+
+KEY_USAGE_FLAGS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        pytest.param({"ca": True}, "ca_certificate", id="ca-true"),
+        pytest.param({"digital_signature": None}, "bad_key_usage", id="no-key-usage"),
+        pytest.param({"digital_signature": False}, "bad_key_usage", id="no-digital-signature"),
+        pytest.param(
+            {"purposes": [ExtendedKeyUsageOID.SERVER_AUTH]}, "bad_key_usage", id="server-only"
+        ),
+    ],
+)
+def test_identity_from_certificate_requires_an_end_entity_client_leaf(
+    options: dict, reason: str
+) -> None:
+    """A certificate with a valid trusted SPIFFE ID is still no service identity when it
+    is a CA (basicConstraints CA:TRUE), lacks keyUsage digitalSignature, or has an
+    extendedKeyUsage without clientAuth."""
+    with pytest.raises(IdentityError) as info:
+        identity_from_certificate(_certificate(_uri(WEB_URI), **options), {TD})
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="ca-false"),
+        pytest.param({"ca": None}, id="no-basic-constraints"),
+        pytest.param({"purposes": [ExtendedKeyUsageOID.CLIENT_AUTH]}, id="client-auth"),
+        pytest.param(
+            {"purposes": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]},
+            id="both-purposes",
+        ),
+    ],
+)
+def test_identity_from_certificate_accepts_end_entity_leaves(options: dict) -> None:
+    """CA:FALSE or no basicConstraints, digitalSignature, and no EKU or one with
+    clientAuth: what Consul's CA issues."""
+    identity = identity_from_certificate(_certificate(_uri(WEB_URI), **options), {TD})
+    assert identity == SpiffeID(TD, "default", "dc1", "web")
 
 
 def _uri(value: str) -> x509.UniformResourceIdentifier:
