@@ -48,8 +48,9 @@ from gwcore.events import (
     ConnectionInfo,
     HandshakeDone,
 )
+from gwcore.net.client_trust import VERIFY_ERROR_REASONS
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
-from gwcore.net.tls import ALPN_BY_PROTOCOL, VERIFY_ERROR_REASONS, ServerTLS
+from gwcore.net.tls import ALPN_BY_PROTOCOL, ServerTLS
 from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdict
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import normalize_sni
@@ -369,14 +370,13 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
                 crypto.dump_certificate(crypto.FILETYPE_ASN1, cert), self.site.trusted_domains
             )
         except IdentityError as e:
-            self.site.metrics.handshake_errors.labels(site=self.site.name, reason=e.reason).inc()
-            log.info(
-                "client identity refused: {reason} from {client}: {detail}",
-                reason=e.reason,
-                client=self.client_label(),
-                detail=e.detail,
-            )
-            self._close(f"identity:{e.reason}")
+            self._identity_refused(e.reason, e.detail)
+            return
+        # Its chain must end in its own trust domain's bundle; a resumption is
+        # verified again now (expiry, roots removed since): gwcore.net.client_trust.
+        refused = self.material.trust.check(tls, self.identity.trust_domain)
+        if refused is not None:
+            self._identity_refused(refused, f"certificate of {self.identity.uri}")
             return
         if self.identity.kind != "service":
             # Only services are authorized here; a mesh gateway's identity never is.
@@ -409,6 +409,16 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         pending = self._pending = self.site.authorize(self)
         pending.addCallback(self._authorized)
         pending.addErrback(self._pending_failed)
+
+    def _identity_refused(self, reason: str, detail: str) -> None:
+        self.site.metrics.handshake_errors.labels(site=self.site.name, reason=reason).inc()
+        log.info(
+            "client identity refused: {reason} from {client}: {detail}",
+            reason=reason,
+            client=self.client_label(),
+            detail=detail,
+        )
+        self._close(f"identity:{reason}")
 
     # --- authorization and upstream -------------------------------------------
 

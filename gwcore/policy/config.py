@@ -255,6 +255,7 @@ class SiteConfig:
     plugins: tuple[str, ...] = ()
     extra_trust_domains: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
+    session_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
@@ -453,6 +454,7 @@ def _parse_site(
         r.problem("plugins", "names a plugin more than once")
     values = {
         "handshake_timeout": r.duration("handshake_timeout", 10.0, minimum=0.001),
+        "session_lifetime": r.duration("session_lifetime", 3600.0, minimum=1.0),
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
