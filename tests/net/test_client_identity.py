@@ -3,7 +3,9 @@ clients (Python's ssl) over loopback against an in-process gateway."""
 
 from __future__ import annotations
 
+import socket
 import ssl
+import time
 
 import pytest
 import pytest_twisted
@@ -15,8 +17,10 @@ from tests.harness import (
     hello,
     in_thread,
     intentions,
+    read_all,
     registration,
     request,
+    sleep,
     sni_for,
     write_json,
 )
@@ -139,3 +143,81 @@ async def test_a_peer_identity_never_matches_a_local_intention(gateway, upstream
     assert denied["source"] == f"spiffe://{PEER_TD}/ns/default/dc/dc1/svc/web"
     assert denied["decision"] == "deny" and denied["close_cause"] == "denied"
     assert allowed["decision"] == "allow" and allowed["engine"] == "intentions"
+
+
+def resuming_client(files, max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    cert, key, root = files
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(root))
+    ctx.load_cert_chain(str(cert), str(key))
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+def call(
+    ctx: ssl.SSLContext, port: int, sni: str, session: ssl.SSLSession | None = None
+) -> tuple[bytes, bool, ssl.SSLSession | None]:
+    """Handshake (offering ``session``), send, read to the end: (data, reused, session)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname=sni, session=session) as sock:
+        try:
+            sock.sendall(b"x")
+            data = read_all(sock)
+        except (ssl.SSLError, ConnectionError):
+            data = b""
+        return data, sock.session_reused, sock.session
+
+
+TLS_VERSIONS = [
+    pytest.param(None, id="tls1.3"),
+    pytest.param(ssl.TLSVersion.TLSv1_2, id="tls1.2"),
+]
+
+
+@pytest.mark.parametrize("max_version", TLS_VERSIONS)
+@pytest_twisted.ensureDeferred
+async def test_an_expired_leaf_cannot_resume_its_session(gateway, upstreams, max_version):
+    """Issue 16 §2: a client whose leaf expired after its first connection offers that
+    connection's real session (ticket) again: the session is resumed by OpenSSL, but
+    the gateway verifies the certificate again and refuses it as ``expired_cert`` (as
+    a full handshake would), never forwarding. Resuming before expiry is served."""
+    up = upstreams(hello(b"billing"))
+    setup_catalog(gateway, {"billing": up.port})
+    await gateway.start()
+    leaf = gateway.ca.leaf("web", valid_for=2)
+    not_after = leaf.certificate.not_valid_after_utc.timestamp()
+    ctx = resuming_client(gateway.client_files("web", leaf), max_version)
+    sni = sni_for("billing")
+    first, reused, session = await in_thread(call, ctx, gateway.port, sni)
+    assert (first, reused) == (b"billing", False)
+    again, reused, _ = await in_thread(call, ctx, gateway.port, sni, session)
+    assert (again, reused) == (b"billing", True)
+    await sleep(max(0.0, not_after + 1.05 - time.time()))  # OpenSSL compares whole seconds
+    late, reused, _ = await in_thread(call, ctx, gateway.port, sni, session)
+    assert (late, reused) == (b"", True)
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_tls_handshake_errors_total", reason="expired_cert") == 1
+    )
+    assert up.accepted == 2
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 3)
+    assert gateway.access_records()[-1]["close_cause"] == "identity:expired_cert"
+
+
+@pytest.mark.parametrize(
+    ("options", "lifetime"),
+    [pytest.param({}, 3600, id="default"), pytest.param({"session_lifetime": "5m"}, 300, id="5m")],
+)
+@pytest_twisted.ensureDeferred
+async def test_sessions_live_at_most_session_lifetime(gateway, upstreams, options, lifetime):
+    """The lifetime of the session a client is given (TLS 1.3 ticket_lifetime hint) is
+    ``session_lifetime``: one hour by default (OpenSSL's own default is two)."""
+    up = upstreams(hello(b"billing"))
+    setup_catalog(gateway, {"billing": up.port})
+    gateway.site_options = options
+    await gateway.start()
+    ctx = resuming_client(gateway.client_files("web"))
+    data, _, session = await in_thread(call, ctx, gateway.port, sni_for("billing"))
+    assert data == b"billing" and session is not None
+    assert session.ticket_lifetime_hint == lifetime
