@@ -11,8 +11,9 @@ Client certificates are required and verified against every current trust root
 hitless); :mod:`gwcore.net.client_trust` then requires the chain to end in
 the bundle of the client's own trust domain. New material means a new
 snapshot; connections keep the one they started with. Contexts are cached per
-(leaf fingerprint, roots digest), so a route-table change rebuilds only what
-changed.
+(SNI, leaf fingerprint, roots digest), so a route-table change rebuilds only what
+changed. Each SNI has its own context, session ID context and ticket keys, so a
+session resumes only under the name it was made for (gwcore.net.first_hello).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class ServerTLS:
     roots: tuple[x509.Certificate, ...]
     roots_key: bytes
     trust: TrustBundles
-    _cache: dict[tuple[bytes, bytes], SSL.Context] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[str, bytes, bytes], SSL.Context] = field(default_factory=dict, repr=False)
 
     def context_for(self, sni: str) -> SSL.Context | None:
         return self.by_sni.get(sni)
@@ -114,7 +115,7 @@ class ServerTLSBuilder:
         self._chains = VerifiedChains()
 
     def _context(
-        self, leaf: LeafCertificate | None, roots: Sequence[x509.Certificate]
+        self, leaf: LeafCertificate | None, roots: Sequence[x509.Certificate], sni: str = ""
     ) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_METHOD)
         _base_settings(ctx, self._on_verify, self._session_lifetime)
@@ -122,9 +123,12 @@ class ServerTLSBuilder:
         if self._on_alpn is not None:
             # Called after the servername callback, on the route's context.
             ctx.set_alpn_select_callback(self._on_alpn)
+        # A connection starts on its first hello's route context (gwcore.net.first_hello),
+        # so every context routes; and a session made for one SNI resumes only there.
+        ctx.set_tlsext_servername_callback(self._on_servername)
         if leaf is None:
-            ctx.set_tlsext_servername_callback(self._on_servername)
             return ctx
+        ctx.set_session_id(SESSION_ID_CONTEXT + b":" + hashlib.sha256(sni.encode()).digest()[:24])
         ctx.use_certificate(leaf.certificate)
         ctx.use_privatekey(leaf.key)  # type: ignore[arg-type]
         for extra in leaf.chain[1:]:
@@ -143,7 +147,7 @@ class ServerTLSBuilder:
         left out because no leaf was available (those routes cannot handshake)."""
         key = roots_digest(roots)
         reuse = previous is not None and previous.roots_key == key
-        cache: dict[tuple[bytes, bytes], SSL.Context] = (
+        cache: dict[tuple[str, bytes, bytes], SSL.Context] = (
             dict(previous._cache) if reuse and previous else {}
         )
         base = previous.base if reuse and previous else self._context(None, roots)
@@ -155,16 +159,16 @@ class ServerTLSBuilder:
         by_sni: dict[str, SSL.Context] = {}
         leaves: dict[str, LeafCertificate] = {}
         missing: list[str] = []
-        used: set[tuple[bytes, bytes]] = set()
+        used: set[tuple[str, bytes, bytes]] = set()
         for sni, service in routes:
             leaf = leaf_for(service)
             if leaf is None:
                 missing.append(sni)
                 continue
-            ck = (leaf.fingerprint, key)
+            ck = (sni, leaf.fingerprint, key)
             ctx = cache.get(ck)
             if ctx is None:
-                ctx = self._context(leaf, roots)
+                ctx = self._context(leaf, roots, sni)
                 cache[ck] = ctx
             used.add(ck)
             by_sni[sni] = ctx

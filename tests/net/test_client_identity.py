@@ -221,3 +221,69 @@ async def test_sessions_live_at_most_session_lifetime(gateway, upstreams, option
     data, _, session = await in_thread(call, ctx, gateway.port, sni_for("billing"))
     assert data == b"billing" and session is not None
     assert session.ticket_lifetime_hint == lifetime
+
+
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [
+        pytest.param("same", b"billing", id="same-sni"),
+        pytest.param(None, b"", id="second-without-sni"),
+        pytest.param("payments", b"payments", id="second-names-payments"),
+        pytest.param("nowhere.example", b"", id="second-unknown-sni"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:The asyncore module is deprecated:DeprecationWarning")
+@pytest_twisted.ensureDeferred
+async def test_after_hello_retry_the_second_client_hello_decides(
+    gateway, upstreams, second, expected
+):
+    """Issue 16 §6: a TLS 1.3 client whose only key share the server cannot use gets a
+    HelloRetryRequest and sends a second ClientHello. Its server name — not the
+    first's — decides: the same name is served, another route is served as that
+    route, and none or an unknown one is refused (no route left from the first)."""
+    from tests.hrr_client import HrrClient
+
+    billing, payments = upstreams(hello(b"billing")), upstreams(hello(b"payments"))
+    setup_catalog(gateway, {"billing": billing.port, "payments": payments.port})
+    await gateway.start()
+    client = HrrClient(gateway.client_files("web"))
+    second_sni = sni_for("billing") if second == "same" else second
+    if second == "payments":
+        second_sni = sni_for("payments")
+    got = await in_thread(client.call, gateway.port, sni_for("billing"), second_sni)
+    assert len(client.hellos) == 2  # there was a HelloRetryRequest
+    await sleep(0.3)
+    assert got == expected, (
+        client.error,
+        [(r["close_cause"], r.get("sni")) for r in gateway.access_records()],
+    )
+    if not expected:
+        assert billing.accepted == 0 and payments.accepted == 0
+
+
+@pytest.mark.parametrize("max_version", TLS_VERSIONS)
+@pytest_twisted.ensureDeferred
+async def test_a_session_resumes_only_under_the_sni_it_was_made_for(
+    gateway, upstreams, max_version
+):
+    """Issue 16 §6: a client offers its billing session (TLS 1.2 session ticket, or
+    TLS 1.3 ticket) in a ClientHello naming payments. It gets a full handshake routed
+    and logged by the name it sends now (payments) — in TLS 1.2 OpenSSL would have
+    resumed and reported the session's old name. Offered to billing, it resumes."""
+    billing, payments = upstreams(hello(b"billing")), upstreams(hello(b"payments"))
+    setup_catalog(gateway, {"billing": billing.port, "payments": payments.port})
+    await gateway.start()
+    ctx = resuming_client(gateway.client_files("web"), max_version)
+    first, reused, session = await in_thread(call, ctx, gateway.port, sni_for("billing"))
+    assert (first, reused) == (b"billing", False)
+    other, reused, _ = await in_thread(call, ctx, gateway.port, sni_for("payments"), session)
+    assert (other, reused) == (b"payments", False)
+    same, reused, _ = await in_thread(call, ctx, gateway.port, sni_for("billing"), session)
+    assert (same, reused) == (b"billing", True)
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 3)
+    records = gateway.access_records()
+    assert [(r["sni"], r["destination"]) for r in records] == [
+        (sni_for("billing"), "billing"),
+        (sni_for("payments"), "payments"),
+        (sni_for("billing"), "billing"),
+    ]
