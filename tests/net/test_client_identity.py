@@ -3,13 +3,18 @@ clients (Python's ssl) over loopback against an in-process gateway."""
 
 from __future__ import annotations
 
+import datetime
 import socket
 import ssl
 import time
 
 import pytest
 import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 
+from gwcore import pki
 from gwcore.testing import MeshCA
 from tests.harness import (
     HandshakeRefusedError,
@@ -287,3 +292,54 @@ async def test_a_session_resumes_only_under_the_sni_it_was_made_for(
         (sni_for("payments"), "payments"),
         (sni_for("billing"), "billing"),
     ]
+
+
+def intermediate_ca(root: MeshCA) -> MeshCA:
+    """A CA signed by ``root`` (as a Consul secondary datacenter's, or Vault's, is)."""
+    key = pki.new_key()
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermediate")]))
+        .issuer_name(root.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.cert.public_key()), False
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{root.trust_domain}")]
+            ),
+            critical=False,
+        )
+        .sign(root.key, hashes.SHA256())
+    )
+    return MeshCA(root.trust_domain, cert, key)
+
+
+@pytest.mark.parametrize("max_version", TLS_VERSIONS)
+@pytest_twisted.ensureDeferred
+async def test_a_leaf_from_an_intermediate_resumes(gateway, upstreams, max_version):
+    """A resumed session carries only the client's leaf, not the intermediate it sent
+    in the full handshake; the gateway remembers the verified path, so the leaf is
+    verified again on resumption and served (not refused for a missing issuer)."""
+    up = upstreams(hello(b"billing"))
+    setup_catalog(gateway, {"billing": up.port})
+    await gateway.start()
+    leaf = intermediate_ca(gateway.ca).leaf("web")
+    assert len(leaf.chain) == 2  # the client sends leaf and intermediate
+    ctx = resuming_client(gateway.client_files("web", leaf), max_version)
+    first, reused, session = await in_thread(call, ctx, gateway.port, sni_for("billing"))
+    assert (first, reused) == (b"billing", False)
+    again, reused, _ = await in_thread(call, ctx, gateway.port, sni_for("billing"), session)
+    assert (again, reused) == (b"billing", True)
+    assert up.accepted == 2
