@@ -343,3 +343,37 @@ async def test_a_leaf_from_an_intermediate_resumes(gateway, upstreams, max_versi
     again, reused, _ = await in_thread(call, ctx, gateway.port, sni_for("billing"), session)
     assert (again, reused) == (b"billing", True)
     assert up.accepted == 2
+
+
+ADDON_VETO_PAYMENTS = """
+class VetoPayments:
+    name = "veto-payments"
+
+    def tgw_tls_clienthello(self, event):
+        if event.sni and event.sni.startswith("payments."):
+            event.veto("payments is closed")
+
+addons = [VetoPayments()]
+"""
+
+
+@pytest.mark.filterwarnings("ignore:The asyncore module is deprecated:DeprecationWarning")
+@pytest_twisted.ensureDeferred
+async def test_an_addon_veto_of_the_second_client_hello_refuses(gateway, upstreams):
+    """After a HelloRetryRequest, an addon's veto of the second ClientHello refuses the
+    handshake (``addon_veto``), even though the first hello named an allowed route."""
+    from tests.hrr_client import HrrClient
+
+    (gateway.root / "addons").mkdir(parents=True)
+    (gateway.root / "addons" / "vetopay.py").write_text(ADDON_VETO_PAYMENTS)
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "vetopay"]
+    billing, payments = upstreams(hello(b"billing")), upstreams(hello(b"payments"))
+    setup_catalog(gateway, {"billing": billing.port, "payments": payments.port})
+    await gateway.start()
+    client = HrrClient(gateway.client_files("web"))
+    got = await in_thread(client.call, gateway.port, sni_for("billing"), sni_for("payments"))
+    assert len(client.hellos) == 2 and got == b""
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_tls_handshake_errors_total", reason="addon_veto") == 1
+    )
+    assert billing.accepted == 0 and payments.accepted == 0
