@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from gwcore import pki
@@ -82,7 +82,7 @@ class TrustBundles:
     """The roots of one :class:`~gwcore.net.tls.ServerTLS` snapshot, by trust domain."""
 
     roots: Mapping[str, tuple[x509.Certificate, ...]]
-    fingerprints: Mapping[str, frozenset[bytes]]
+    ders: Mapping[str, frozenset[bytes]]  # each domain's roots, DER-encoded
     chains: VerifiedChains = field(default_factory=VerifiedChains)
     _stores: dict[str, crypto.X509Store] = field(default_factory=dict, repr=False)
 
@@ -98,8 +98,8 @@ class TrustBundles:
             grouped.setdefault(bundle_domain(root, local_domain), []).append(root)
         return cls(
             roots={td: tuple(certs) for td, certs in grouped.items()},
-            fingerprints={
-                td: frozenset(c.fingerprint(hashes.SHA256()) for c in certs)
+            ders={
+                td: frozenset(c.public_bytes(serialization.Encoding.DER) for c in certs)
                 for td, certs in grouped.items()
             },
             chains=chains if chains is not None else VerifiedChains(),
@@ -128,22 +128,21 @@ class TrustBundles:
             return VERIFY_ERROR_REASONS.get(code, "bad_client_cert")
         return None
 
-    def check(self, tls: SSL.Connection, domain: str) -> str | None:
-        """Whether the client certificate of a finished handshake chains to the bundle
-        of ``domain`` (its identity's trust domain): ``None`` if so, else the reason
-        (see the module docstring). Resumed sessions are verified again."""
-        leaf = tls.get_peer_certificate()
-        if leaf is None:
-            return "no_client_cert"
-        leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)
+    def check(
+        self, tls: SSL.Connection, domain: str, leaf: crypto.X509, leaf_der: bytes
+    ) -> str | None:
+        """Whether the client certificate ``leaf`` (DER ``leaf_der``) of a finished
+        handshake chains to the bundle of ``domain`` (its identity's trust domain):
+        ``None`` if so, else the reason (see the module docstring). Resumed sessions
+        are verified again."""
         verified = tls.get_verified_chain()
         if not verified:
             # A resumption: OpenSSL verified nothing this time.
             return self._verify(domain, leaf, self.chains.get(leaf_der))
         intermediates = verified[1:-1]
-        anchor = verified[-1].to_cryptography().fingerprint(hashes.SHA256())
+        anchor = crypto.dump_certificate(crypto.FILETYPE_ASN1, verified[-1])
         # A path through another domain's root; one to our domain's may still exist.
-        if anchor not in self.fingerprints.get(domain, frozenset()) and (
+        if anchor not in self.ders.get(domain, frozenset()) and (
             self._verify(domain, leaf, [*verified[1:]]) is not None
         ):
             return "wrong_trust_bundle"

@@ -375,16 +375,15 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if cert is None:
             self._handshake_failed(None)
             return
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
         try:
-            self.identity = identity_from_der(
-                crypto.dump_certificate(crypto.FILETYPE_ASN1, cert), self.site.trusted_domains
-            )
+            self.identity = identity_from_der(der, self.site.trusted_domains)
         except IdentityError as e:
             self._identity_refused(e.reason, e.detail)
             return
         # Its chain must end in its own trust domain's bundle; a resumption is
         # verified again now (expiry, roots removed since): gwcore.net.client_trust.
-        refused = self.material.trust.check(tls, self.identity.trust_domain)
+        refused = self.material.trust.check(tls, self.identity.trust_domain, cert, der)
         if refused is not None:
             self._identity_refused(refused, f"certificate of {self.identity.uri}")
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
@@ -39,7 +39,7 @@ def test_roots_are_grouped_by_their_spiffe_trust_domain() -> None:
     local, peer, other = MeshCA(LOCAL), MeshCA("peer.consul"), root_without_spiffe_uri()
     bundles = TrustBundles.build([local.cert, peer.cert, other], LOCAL.upper())
     assert bundles.roots == {LOCAL: (local.cert, other), "peer.consul": (peer.cert,)}
-    assert bundles.fingerprints["peer.consul"] == {peer.cert.fingerprint(hashes.SHA256())}
+    assert bundles.ders["peer.consul"] == {peer.cert.public_bytes(serialization.Encoding.DER)}
     assert bundle_domain(other, "Mine.Consul") == "mine.consul"
 
 
