@@ -86,7 +86,7 @@ def with_peer_bundle(gateway) -> MeshCA:
     peer = MeshCA(PEER_TD)
     peer.write_root(gateway.root / "peer-root.pem")
     gateway.plugins = ["file_catalog", "builtin_ca", "file_certs", "intentions"]
-    gateway.extra_site = '[sites.main.file_certs]\nroots = ["peer-root.pem"]\n'
+    gateway.extra_site = '[sites.main.file_certs]\nroots = ["peer-root.pem"]\npoll_interval = "0.05s"\n'
     gateway.site_options = {"extra_trust_domains": [PEER_TD]}
     return peer
 
@@ -377,3 +377,30 @@ async def test_an_addon_veto_of_the_second_client_hello_refuses(gateway, upstrea
         lambda: gateway.metric("tgw_tls_handshake_errors_total", reason="addon_veto") == 1
     )
     assert billing.accepted == 0 and payments.accepted == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_does_not_outlive_the_removal_of_its_root(gateway, upstreams):
+    """After the peer's root is replaced (a root rotation that drops the old root), a
+    client of the old root offering its session is not served: the site's contexts,
+    ticket keys included, are replaced with the roots, and a resumption would be
+    verified against the current bundle anyway. Refused as ``untrusted_ca``."""
+    up = upstreams(hello(b"billing"))
+    peer = with_peer_bundle(gateway)
+    gateway.site_options = {**gateway.site_options, "default_policy": "allow"}
+    setup_catalog(gateway, {"billing": up.port}, [])
+    await gateway.start()
+    ctx = resuming_client(gateway.client_files("peer-web", peer.leaf("web")))
+    sni = sni_for("billing")
+    first, _, session = await in_thread(call, ctx, gateway.port, sni)
+    again, reused, _ = await in_thread(call, ctx, gateway.port, sni, session)
+    assert (first, again, reused) == (b"billing", b"billing", True)
+    old_root = peer.cert
+    MeshCA(PEER_TD).write_root(gateway.root / "peer-root.pem")
+    await gateway.wait_for(lambda: old_root not in gateway.site.trust_roots())
+    late, _, _ = await in_thread(call, ctx, gateway.port, sni, session)
+    assert late == b""
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_tls_handshake_errors_total", reason="untrusted_ca") == 1
+    )
+    assert up.accepted == 2
