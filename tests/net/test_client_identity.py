@@ -86,7 +86,9 @@ def with_peer_bundle(gateway) -> MeshCA:
     peer = MeshCA(PEER_TD)
     peer.write_root(gateway.root / "peer-root.pem")
     gateway.plugins = ["file_catalog", "builtin_ca", "file_certs", "intentions"]
-    gateway.extra_site = '[sites.main.file_certs]\nroots = ["peer-root.pem"]\npoll_interval = "0.05s"\n'
+    gateway.extra_site = (
+        '[sites.main.file_certs]\nroots = ["peer-root.pem"]\npoll_interval = "0.05s"\n'
+    )
     gateway.site_options = {"extra_trust_domains": [PEER_TD]}
     return peer
 
