@@ -100,7 +100,13 @@ class Site:
         self.state_dir: Path = gateway.state_dir
         self.stack = stack or PluginStack(config, gateway)
         self._access_log = access_log
-        self._tls_builder = ServerTLSBuilder(self._on_servername, self._on_verify, self._on_alpn)
+        self._tls_builder = ServerTLSBuilder(
+            self._on_servername,
+            self._on_verify,
+            self._on_alpn,
+            trust_domain=config.trust_domain,
+            session_lifetime=config.session_lifetime,
+        )
         self._routes = RouteTable.empty()
         self._tls, _ = self._tls_builder.build((), lambda s: None, ())
         self._snapshots: dict[int, CatalogSnapshot] = {}

@@ -32,8 +32,10 @@ ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
 POLICIES = ("allow", "deny")
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
+# Patterns given to ``string(pattern=...)`` must match the whole value (fullmatch):
+# a "$" anchor would let a trailing newline through.
+_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_ENDPOINT_RE = re.compile(r"[a-zA-Z0-9]+:.*", re.DOTALL)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -134,7 +136,7 @@ class SectionReader:
         if choices is not None and value not in choices:
             self.problem(name, f"must be one of {', '.join(choices)}, not {value!r}")
             return default
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.problem(name, f"{value!r} is not {what or 'valid'}")
             return default
         return value
@@ -286,6 +288,7 @@ class SiteConfig:
     plugins: tuple[str, ...] = ()
     extra_trust_domains: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
+    session_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
@@ -508,6 +511,7 @@ def _parse_site(
         r.problem("plugins", "names a plugin more than once")
     values = {
         "handshake_timeout": r.duration("handshake_timeout", 10.0, minimum=0.001),
+        "session_lifetime": r.duration("session_lifetime", 3600.0, minimum=1.0),
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
@@ -571,8 +575,8 @@ def _parse_site(
     )
 
 
-_TD_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_TD_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _valid_trust_domain(value: str) -> bool:
-    return len(value) <= 255 and bool(_TD_RE.match(value.lower()))
+    return len(value) <= 255 and bool(_TD_RE.fullmatch(value.lower()))
