@@ -62,6 +62,7 @@ from zope.interface import implementer
 from gwcore import pki
 from gwcore.policy.model import ServiceName
 from gwcore.testing import TRUST_DOMAIN
+from gwcore.testing_consul_state import CatalogStore, Indexes
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
@@ -192,12 +193,12 @@ class ConsulDouble:
         self.leaf_ttl = leaf_ttl
         self.tls = tls
         self.jitter = jitter
-        self.index = 10
-        self._topics: dict[str, int] = {}
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self.services: dict[tuple[str, str], dict[str, Any]] = {}
-        self.checks: dict[tuple[str, str], dict[str, Any]] = {}
-        self.config: dict[tuple[str, str], dict[str, Any]] = {}
+        self.indexes = Indexes()
+        self.store = CatalogStore(datacenter, self.indexes)
+        self.nodes = self.store.nodes
+        self.services = self.store.services
+        self.checks = self.store.checks
+        self.config = self.store.config
         self.roots: list[_Root] = []
         self.active_root_id = ""
         self.leaves: dict[str, _Leaf] = {}
@@ -275,8 +276,7 @@ class ConsulDouble:
     def restart(self, index: int = 2) -> None:
         """A restart with a lower index: connections drop, every index falls to ``index``."""
         self._drop_connections()
-        self.index = index
-        self._topics = {k: min(v, index) for k, v in self._topics.items()}
+        self.indexes.lower_to(index)
 
     # --- faults ---------------------------------------------------------------
 
@@ -300,127 +300,44 @@ class ConsulDouble:
 
     # --- writes (also reachable over HTTP) --------------------------------------
 
+    @property
+    def index(self) -> int:
+        """The raft counter: the number of the last write."""
+        return self.indexes.raft
+
     def _bump(self, *topics: str) -> int:
-        self.index += 1
-        for topic in topics:
-            self._topics[topic] = self.index
+        index = self.indexes.next()
+        self.indexes.touch(index, *topics)
+        self._changed()
+        return index
+
+    def _changed(self) -> None:
         self.reactor.callLater(0, self._wake)
-        return self.index
 
     def _topic(self, *topics: str) -> int:
-        return max([self._topics.get(t, 0) for t in topics] + [1])
+        return self.indexes.get(*topics)
 
     def register(self, body: dict[str, Any]) -> None:
-        """``PUT /v1/catalog/register``: a node, optionally a service and checks."""
-        node = body["Node"]
-        index = self._bump("nodes", "services", "checks")
-        existing = self.nodes.get(node)
-        self.nodes[node] = {
-            "ID": body.get("ID", ""),
-            "Node": node,
-            "Address": body.get("Address", ""),
-            "Datacenter": self.datacenter,
-            "TaggedAddresses": body.get("TaggedAddresses"),
-            "Meta": body.get("NodeMeta") or {},
-            "CreateIndex": existing["CreateIndex"] if existing else index,
-            "ModifyIndex": index,
-        }
-        touched = set(self._services_on(node))
-        svc = body.get("Service")
-        if svc:
-            sid = svc.get("ID") or svc["Service"]
-            old = self.services.get((node, sid))
-            self.services[(node, sid)] = {
-                "ID": sid,
-                "Service": svc["Service"],
-                "Tags": svc.get("Tags") or [],
-                "Address": svc.get("Address", ""),
-                "Port": svc.get("Port", 0),
-                "Meta": svc.get("Meta") or {},
-                "Weights": svc.get("Weights") or {"Passing": 1, "Warning": 1},
-                "EnableTagOverride": False,
-                "Kind": svc.get("Kind", ""),
-                **({"Connect": svc["Connect"]} if svc.get("Connect") else {}),
-                **({"Proxy": svc["Proxy"]} if svc.get("Proxy") else {}),
-                "CreateIndex": old["CreateIndex"] if old else index,
-                "ModifyIndex": index,
-            }
-            touched.add(svc["Service"])
-        checks = ([body["Check"]] if body.get("Check") else []) + list(body.get("Checks") or [])
-        for check in checks:
-            self._put_check(node, check, index)
-            touched.update(self._check_services(node, check.get("ServiceID", "")))
-        for name in touched:
-            self._topics[f"svc:{name}"] = index
-
-    def _put_check(self, node: str, check: dict[str, Any], index: int) -> None:
-        cid = check.get("CheckID") or check.get("Name")
-        sid = check.get("ServiceID", "")
-        service = self.services.get((node, sid))
-        old = self.checks.get((node, cid))
-        self.checks[(node, cid)] = {
-            "Node": node,
-            "CheckID": cid,
-            "Name": check.get("Name", cid),
-            "Status": check.get("Status", "critical"),
-            "Notes": "",
-            "Output": check.get("Output", ""),
-            "ServiceID": sid,
-            "ServiceName": service["Service"] if service else "",
-            "ServiceTags": [],
-            "Type": check.get("Type", "tcp" if check.get("TCP") else ""),
-            "CreateIndex": old["CreateIndex"] if old else index,
-            "ModifyIndex": index,
-        }
-
-    def _services_on(self, node: str) -> list[str]:
-        return [s["Service"] for (n, _), s in self.services.items() if n == node]
-
-    def _check_services(self, node: str, service_id: str) -> list[str]:
-        if not service_id:
-            return self._services_on(node)
-        svc = self.services.get((node, service_id))
-        return [svc["Service"]] if svc else []
+        """``PUT /v1/catalog/register`` with Consul's index rules (:mod:`.testing_consul_state`)."""
+        self.store.register(body)
+        self._changed()
 
     def deregister(self, node: str, service_id: str | None = None) -> None:
         """``PUT /v1/catalog/deregister``: a service instance, or the whole node."""
-        names = self._services_on(node) if service_id is None else []
-        if service_id is not None:
-            svc = self.services.pop((node, service_id), None)
-            names = [svc["Service"]] if svc else []
-            for key in [
-                k for k, c in self.checks.items() if k[0] == node and c["ServiceID"] == service_id
-            ]:
-                del self.checks[key]
-        else:
-            self.nodes.pop(node, None)
-            for key in [k for k in self.services if k[0] == node]:
-                del self.services[key]
-            for key in [k for k in self.checks if k[0] == node]:
-                del self.checks[key]
-        self._bump("nodes", "services", "checks", *(f"svc:{n}" for n in names))
+        self.store.deregister(node, service_id)
+        self._changed()
 
     def set_check(self, node: str, check_id: str, status: str, output: str = "") -> None:
-        check = self.checks[(node, check_id)]
-        if check["Status"] == status:
-            return
-        names = self._check_services(node, check["ServiceID"])
-        index = self._bump("checks", *(f"svc:{n}" for n in names))
-        check.update(Status=status, Output=output, ModifyIndex=index)
+        self.store.set_check(node, check_id, status, output)
+        self._changed()
 
     def put_config(self, entry: dict[str, Any]) -> None:
-        kind, name = entry["Kind"], entry["Name"]
-        index = self._bump(f"config:{kind}")
-        old = self.config.get((kind, name))
-        self.config[(kind, name)] = {
-            **entry,
-            "CreateIndex": old["CreateIndex"] if old else index,
-            "ModifyIndex": index,
-        }
+        self.store.put_config(entry)
+        self._changed()
 
     def delete_config(self, kind: str, name: str) -> None:
-        if self.config.pop((kind, name), None) is not None:
-            self._bump(f"config:{kind}")
+        self.store.delete_config(kind, name)
+        self._changed()
 
     def link(self, gateway: str, *services: str | dict[str, Any]) -> None:
         """Write the gateway's ``terminating-gateway`` entry linking ``services``."""
@@ -492,6 +409,10 @@ class ConsulDouble:
         if any(path.startswith(p) for p in self._denied):
             request.setResponseCode(403)
             return b"Permission denied"
+        dc = (args.get("dc") or [self.datacenter])[0]
+        if dc != self.datacenter:
+            request.setResponseCode(500)  # what an agent without a WAN path answers
+            return f"No path to datacenter {dc!r}".encode()
         try:
             return self._route(request, method, path, args)
         except _HTTPError as e:
@@ -513,31 +434,33 @@ class ConsulDouble:
                 )
             if rest == ["catalog", "services"]:
                 return self._blocking(
-                    request, lambda: self._topic("services"), self._catalog_services
+                    request, lambda: self._topic("services"), self.store.catalog_services
+                )
+            if rest == ["catalog", "nodes"]:
+                return self._blocking(
+                    request,
+                    lambda: self._topic("nodes"),
+                    lambda: [n for _, n in sorted(self.nodes.items())],
                 )
             if rest[:2] == ["health", "service"] and len(rest) == 3:
                 svc = rest[2]
                 passing = "passing" in args
                 return self._blocking(
                     request,
-                    lambda: (
-                        self._topic(f"svc:{svc}")
-                        if f"svc:{svc}" in self._topics
-                        else self._topic("services")
-                    ),
-                    lambda: self._health_service(svc, passing),
+                    lambda: self.store.service_index(svc),
+                    lambda: self.store.health_service(svc, passing, *_scope(args)),
                 )
             if rest[:2] == ["health", "state"] and len(rest) == 3:
                 state = rest[2]
                 return self._blocking(
-                    request, lambda: self._topic("checks"), lambda: self._health_state(state)
+                    request, lambda: self._topic("checks"), lambda: self.store.health_state(state)
                 )
             if rest[0] == "config" and len(rest) == 2:
                 kind = rest[1]
                 return self._blocking(
                     request,
                     lambda: self._topic(f"config:{kind}"),
-                    lambda: [e for (k, _), e in sorted(self.config.items()) if k == kind],
+                    lambda: self.store.entries(kind),
                 )
             if rest[0] == "config" and len(rest) == 3:
                 kind, name = rest[1], rest[2]
@@ -563,10 +486,11 @@ class ConsulDouble:
                 if args.get("by") != ["destination"] or not args.get("name"):
                     raise _HTTPError(400, "required query parameters: by=destination, name")
                 names = args["name"]
+                ns = _scope(args)[0]
                 return self._blocking(
                     request,
                     lambda: self._topic("config:service-intentions"),
-                    lambda: {n: self._match(n) for n in names},
+                    lambda: {n: self._match(n, ns) for n in names},
                 )
         if method == "PUT":
             body = json.loads(request.content.read() or b"null")
@@ -695,32 +619,6 @@ class ConsulDouble:
         item["ModifyIndex"] = entry["ModifyIndex"]
         return item
 
-    def _catalog_services(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for svc in self.services.values():
-            out.setdefault(svc["Service"], [])
-            out[svc["Service"]] = sorted(set(out[svc["Service"]]) | set(svc["Tags"]))
-        return out
-
-    def _health_service(self, name: str, passing: bool) -> list[dict[str, Any]]:
-        out = []
-        for (node, sid), svc in sorted(self.services.items()):
-            if svc["Service"] != name:
-                continue
-            checks = [
-                {k: v for k, v in c.items() if k not in ("CreateIndex", "ModifyIndex")}
-                for (n, _), c in sorted(self.checks.items())
-                if n == node and c["ServiceID"] in ("", sid)
-            ]
-            if passing and any(c["Status"] != "passing" for c in checks):
-                continue
-            service = {k: v for k, v in svc.items() if k not in ("Connect", "Proxy")}
-            out.append({"Node": self.nodes[node], "Service": service, "Checks": checks})
-        return out
-
-    def _health_state(self, state: str) -> list[dict[str, Any]]:
-        return [c for _, c in sorted(self.checks.items()) if state == "any" or c["Status"] == state]
-
     def _roots_body(self) -> dict[str, Any]:
         return {
             "ActiveRootID": self.active_root_id,
@@ -763,8 +661,7 @@ class ConsulDouble:
                 self.trust_domain,
                 valid_for=self.leaf_ttl,
             )
-            self.index += 1
-            cached = self.leaves[service] = _Leaf(leaf, root.id, self.index, now)
+            cached = self.leaves[service] = _Leaf(leaf, root.id, self.indexes.next(), now)
         return cached
 
     def _leaf_body(self, service: str) -> dict[str, Any]:
@@ -783,22 +680,27 @@ class ConsulDouble:
             "ModifyIndex": issued.create_index,
         }
 
-    def _match(self, name: str) -> list[dict[str, Any]]:
+    def _match(self, name: str, namespace: str = "default") -> list[dict[str, Any]]:
         found = []
         for (kind, dest), entry in self.config.items():
+            dst_ns = entry.get("Namespace") or "default"
+            dst_ap = entry.get("Partition") or "default"
             if kind != "service-intentions" or dest not in (name, "*"):
                 continue
-            dst_ns = entry.get("Namespace") or "default"
+            if dst_ns not in (namespace, "*"):
+                continue
             for src in entry.get("Sources") or []:
-                src_ns = src.get("Namespace") or "default"
+                # normalize(): a source without a namespace/partition has the destination's.
+                src_ns = src.get("Namespace") or dst_ns
                 item: dict[str, Any] = {
                     "ID": "",
                     "Description": src.get("Description", ""),
                     "SourcePeer": src.get("Peer", ""),
-                    "SourcePartition": "default",
+                    "SourceSamenessGroup": src.get("SamenessGroup", ""),
+                    "SourcePartition": src.get("Partition") or dst_ap,
                     "SourceNS": src_ns,
                     "SourceName": src["Name"],
-                    "DestinationPartition": "default",
+                    "DestinationPartition": dst_ap,
                     "DestinationNS": dst_ns,
                     "DestinationName": dest,
                     "SourceType": "consul",
@@ -890,7 +792,7 @@ class ConsulDouble:
 
     def health_of(self, service: str) -> list[dict[str, Any]]:
         """What ``GET /v1/health/service/<service>`` answers now (for assertions)."""
-        return self._health_service(service, False)
+        return self.store.health_service(service, False)
 
 
 class _HTTPError(Exception):
@@ -898,6 +800,11 @@ class _HTTPError(Exception):
         super().__init__(text)
         self.status = status
         self.text = text
+
+
+def _scope(args: dict[str, list[str]]) -> tuple[str, str]:
+    """The ``ns`` and ``partition`` a request names (Consul's defaults otherwise)."""
+    return (args.get("ns") or ["default"])[0], (args.get("partition") or ["default"])[0]
 
 
 def _rfc3339(seconds: float) -> str:

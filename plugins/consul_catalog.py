@@ -20,11 +20,14 @@ What it reads (reference §3, §5), every watch a blocking query:
 - ``/v1/catalog/gateway-services/<gateway>``: the linked services, wildcard ones
   included (``FromWildcard``), with their ``CAFile``/``CertFile``/``KeyFile``/``SNI``;
 - ``/v1/config/service-defaults``: every service's ``Protocol``;
-- ``/v1/catalog/services`` and ``/v1/health/state/any`` as change detectors: when either
-  moves, ``/v1/health/service/<svc>`` is read again (non-blocking) for each linked
-  service. That keeps the number of long polls constant (four) whatever the number of
-  linked services, instead of one socket per service; the price is one short request
-  per linked service after a catalog or check change, over the client's bounded pool.
+- ``/v1/health/service/<svc>``, one blocking query per linked service, as Consul's own
+  gateway does (:mod:`gwcore.net.consul_watch`): Consul moves a service's index on any
+  change of its answer, a node that moved included. At most ``health_watches`` (128)
+  services are watched so, each holding a socket of a pool of that size;
+- for linked services beyond ``health_watches``: ``/v1/catalog/services``,
+  ``/v1/catalog/nodes`` and ``/v1/health/state/any`` as change detectors. Every change
+  of a health answer moves one of those three tables (``services``, ``nodes``,
+  ``checks``), and then those services are read again (non-blocking).
 
 A service becomes a route once its instances were read; an unlinked one disappears
 with the next snapshot. Every answer goes through :mod:`gwcore.policy.consul_shapes`
@@ -60,6 +63,7 @@ from gwcore.net.consul import (
     read_consul_settings,
     release_client,
 )
+from gwcore.net.consul_watch import DEFAULT_HEALTH_WATCHES, ServiceHealthWatches, health_path
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import build_destinations, parse_documents
 from gwcore.policy.model import CatalogSnapshot, Destination
@@ -87,6 +91,7 @@ class Settings:
     service_id: str = ""
     register_address: str = ""
     check_interval: float = DEFAULT_CHECK_INTERVAL
+    health_watches: int = DEFAULT_HEALTH_WATCHES
 
 
 def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
@@ -97,8 +102,13 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
     service_id = reader.string("service_id", "") or ""
     register_address = reader.string("register_address", "") or ""
     interval = reader.duration("check_interval", DEFAULT_CHECK_INTERVAL, minimum=1.0)
+    health_watches = reader.integer(
+        "health_watches", DEFAULT_HEALTH_WATCHES, minimum=0, maximum=1024
+    )
     connection_problems(reader, consul)
-    settings = Settings(consul, gateway, register, service_id, register_address, interval)
+    settings = Settings(
+        consul, gateway, register, service_id, register_address, interval, health_watches
+    )
     return settings, reader.finish()
 
 
@@ -151,6 +161,7 @@ class ConsulCatalogSource:
         self.freshness = ConsulFreshness(site, NAME)
         self._linked: dict[str, dict[str, Any]] = {}
         self._health: dict[str, list[Any]] = {}
+        self._watch_pool_stopped: Any = None
         self._defaults: list[Any] = []
         self._gateway_loaded = False
         self._defaults_loaded = False
@@ -158,6 +169,7 @@ class ConsulCatalogSource:
         self._publish: Callable[[CatalogSnapshot], None] | None = None
         self._first: Deferred[None] | None = None
         self._watches: list[BlockingWatch] = []
+        self._health_watches: ServiceHealthWatches | None = None
         self._retry: Any = None
         self._retry_failures = 0
         self._refreshing = False
@@ -197,7 +209,17 @@ class ConsulCatalogSource:
         watch("gateway-services", f"/v1/catalog/gateway-services/{gw}", self._on_gateway)
         watch("config", "/v1/config/service-defaults", self._on_defaults)
         watch("catalog-services", "/v1/catalog/services", self._on_services)
+        watch("catalog-nodes", "/v1/catalog/nodes", self._on_nodes)
         watch("health-state", "/v1/health/state/any", self._on_checks)
+        self._health_watches = ServiceHealthWatches(
+            self._site.reactor,
+            self.settings.consul,
+            self.settings.health_watches,
+            self._on_health,
+            self._failed,
+            on_ok=self.freshness.ok,
+            rng=self._rng,
+        )
         for w in self._watches:
             w.start()
         if self.settings.register:
@@ -208,6 +230,8 @@ class ConsulCatalogSource:
         self._running = False
         for w in self._watches:
             w.stop()
+        watches, self._health_watches = self._health_watches, None
+        self._watch_pool_stopped = watches.stop() if watches is not None else None
         for call in (self._retry, self._register_call):
             if call is not None and call.active():
                 call.cancel()
@@ -216,6 +240,8 @@ class ConsulCatalogSource:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._watch_pool_stopped is not None:
+            await self._watch_pool_stopped
         if self._registered and self.client is not None and self.service_id:
             try:
                 await self.client.put(
@@ -261,8 +287,9 @@ class ConsulCatalogSource:
         for gone in set(self._linked) - set(linked):
             self._health.pop(gone, None)
         self._linked = linked
-        if added:
-            await self._refresh(added)
+        known = await self._refresh(added) if added else {}
+        if self._health_watches is not None:
+            self._health_watches.update(linked, known)
         # Only now: the first snapshot should hold the instances of what is linked.
         self._gateway_loaded = True
         self._rebuild()
@@ -282,35 +309,48 @@ class ConsulCatalogSource:
     async def _on_checks(self, response: ConsulResponse) -> None:
         await self._on_detector("health-state")
 
+    async def _on_nodes(self, response: ConsulResponse) -> None:
+        await self._on_detector("catalog-nodes")
+
+    def _on_health(self, service: str, response: ConsulResponse) -> None:
+        """A watched service's answer changed (its own blocking query)."""
+        body = response.json()
+        if service in self._linked:
+            self._health[service] = body if isinstance(body, list) else []
+            self._rebuild()
+
     async def _on_detector(self, endpoint: str) -> None:
         # A detector's first answer says nothing changed: the gateway-services handler
         # reads the instances of every service it links.
         if endpoint not in self._detectors_seen:
             self._detectors_seen.add(endpoint)
             return
-        if self._linked:
-            await self._refresh(list(self._linked))
+        # Watched services see their own changes; only the overflow needs reading.
+        overflow = self._health_watches.overflow if self._health_watches is not None else ()
+        if overflow:
+            await self._refresh(list(overflow))
             self._rebuild()
 
-    async def _refresh(self, services: list[str]) -> None:
-        """Read the instances of ``services`` again (non-blocking, over the bounded pool)."""
+    async def _refresh(self, services: list[str]) -> dict[str, int]:
+        """Read the instances of ``services`` (non-blocking, over the bounded pool);
+        returns the index of each answer."""
         if self.client is None:
-            return
+            return {}
         client = self.client
         pending = [
-            client.get("health-service", f"/v1/health/service/{s}").addCallback(
-                lambda r, s=s: (s, r)
-            )
+            client.get("health-service", health_path(s)).addCallback(lambda r, s=s: (s, r))
             for s in services
         ]
         results = await DeferredList(pending, consumeErrors=True)
         failed = False
+        indexes: dict[str, int] = {}
         for ok, value in results:
             if ok:
                 service, response = value
                 if service in self._linked:
                     body = response.json()
                     self._health[service] = body if isinstance(body, list) else []
+                    indexes[service] = response.index
             else:
                 failed = True
                 error = value.value
@@ -321,6 +361,7 @@ class ConsulCatalogSource:
         else:
             self._retry_failures = 0
             self.freshness.ok("health-service")
+        return indexes
 
     def _schedule_retry(self) -> None:
         if not self._running or (self._retry is not None and self._retry.active()):
