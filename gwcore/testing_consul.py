@@ -184,6 +184,10 @@ class ConsulDouble:
         leaf_ttl: float = 72 * 3600.0,
         tls: tuple[x509.Certificate, Any] | None = None,
         jitter: bool = True,
+        acls_enabled: bool | None = None,
+        acl_default_policy: str = "deny",
+        default_intention_policy: str = "",
+        intermediate: bool = False,
     ) -> None:
         self.reactor = reactor
         self.trust_domain = trust_domain
@@ -193,6 +197,11 @@ class ConsulDouble:
         self.leaf_ttl = leaf_ttl
         self.tls = tls
         self.jitter = jitter
+        # /v1/agent/self: ACLs are on when a token is required, unless said otherwise.
+        self.acls_enabled = acl_token is not None if acls_enabled is None else acls_enabled
+        self.acl_default_policy = acl_default_policy
+        self.default_intention_policy = default_intention_policy
+        self.intermediate = intermediate
         self.indexes = Indexes()
         self.store = CatalogStore(datacenter, self.indexes)
         self.nodes = self.store.nodes
@@ -436,6 +445,8 @@ class ConsulDouble:
                 return self._blocking(
                     request, lambda: self._topic("services"), self.store.catalog_services
                 )
+            if rest == ["agent", "self"]:
+                return json.dumps(self._agent_self()).encode()
             if rest == ["catalog", "nodes"]:
                 return self._blocking(
                     request,
@@ -618,6 +629,19 @@ class ConsulDouble:
         item["CreateIndex"] = entry["CreateIndex"]
         item["ModifyIndex"] = entry["ModifyIndex"]
         return item
+
+    def _agent_self(self) -> dict[str, Any]:
+        """The parts of ``GET /v1/agent/self`` tgw reads (``Config``, ``DebugConfig``)."""
+        debug: dict[str, Any] = {
+            "ACLsEnabled": self.acls_enabled,
+            "ACLResolverSettings": {"ACLDefaultPolicy": self.acl_default_policy},
+            "Datacenter": self.datacenter,
+            "NodeName": self.node,
+        }
+        if self.default_intention_policy:
+            debug["DefaultIntentionPolicy"] = self.default_intention_policy
+        config = {"Datacenter": self.datacenter, "NodeName": self.node, "Server": False}
+        return {"Config": config, "DebugConfig": debug, "Member": {}, "Meta": {}}
 
     def _roots_body(self) -> dict[str, Any]:
         return {

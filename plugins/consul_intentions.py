@@ -21,6 +21,14 @@ How the pieces fit (one precedence engine, two sources):
   Consul unreachable since start) and abstains otherwise. Without it a freshly linked
   service would fall through to ``default_policy`` before its deny intentions arrived.
 
+- **The default decision** (no intention matches) follows the agent, as Consul's
+  authorize endpoint does (:mod:`gwcore.policy.consul_default`): read once from
+  ``/v1/agent/self`` at start (``default_intention_policy``, else the ACL default,
+  allow when ACLs are off) and logged. Until it is read, and when it cannot be read,
+  the guard denies. The section key ``default_policy`` overrides it: ``"consul"``
+  (the default), ``"allow"`` or ``"deny"`` (fixed, the agent is not asked), or
+  ``"site"`` (the guard abstains and the site's ``default_policy`` decides).
+
 When Consul fails, the last intentions read stay in force.
 """
 
@@ -43,12 +51,15 @@ from gwcore.net.consul import (
     ConsulResponse,
     ConsulSettings,
     acquire_client,
+    backoff_delay,
     connection_problems,
     read_consul_settings,
     release_client,
 )
 from gwcore.policy.config import ConfigProblem, SiteConfig
+from gwcore.policy.consul_default import UNREAD, AgentDefault, agent_default
 from gwcore.policy.consul_shapes import build_intentions, parse_documents
+from gwcore.policy.intentions import IntentionSet
 from gwcore.policy.model import CatalogSnapshot, Decision, Intention, ServiceName, Verdict
 from gwcore.providers import AuthzRequest, CatalogView, SourceHealth
 
@@ -65,16 +76,21 @@ def stack_entry(plugins: Sequence[str]) -> str | None:
     return next((entry for entry in (NAME, MODULE) if entry in plugins), None)
 
 
+DEFAULT_MODES = ("consul", "allow", "deny", "site")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     consul: ConsulSettings
+    default_policy: str = "consul"
 
 
 def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
     reader = site.reader(entry)
     consul = read_consul_settings(reader, site.base_dir)
+    mode = reader.string("default_policy", "consul", choices=DEFAULT_MODES) or "consul"
     connection_problems(reader, consul)
-    return Settings(consul), reader.finish()
+    return Settings(consul, mode), reader.finish()
 
 
 def intentions_from_match(
@@ -151,6 +167,15 @@ class ConsulIntentionsSource:
         self._version = ""
         self._reported: set[str] = set()
         self._running = False
+        mode = self.settings.default_policy
+        self.default = (
+            AgentDefault(mode, "default_policy in the consul_intentions section")
+            if mode in ("allow", "deny")
+            else UNREAD
+        )
+        self._default_changed: Callable[[], None] | None = None
+        self._self_call: Any = None
+        self._self_failures = 0
         site.subscribe_catalog(self._on_catalog)
 
     def start(self, publish: Callable[[CatalogSnapshot], None]) -> None:
@@ -158,12 +183,51 @@ class ConsulIntentionsSource:
         self._publish = publish
         self._running = True
         self.client = acquire_client(self._site.reactor, self.settings.consul)
+        if self.settings.default_policy == "consul":
+            self._read_default()
+        elif self.settings.default_policy != "site":
+            self._log_default()
         self._on_catalog(self._site.catalog_view())
+
+    def _log_default(self) -> None:
+        self._site.log.info(
+            "consul_intentions: when no intention matches, the decision is {default}",
+            default=str(self.default),
+        )
+
+    def _read_default(self) -> None:
+        """Read the agent's default decision (retried with back-off until it answers)."""
+        self._self_call = None
+        if not self._running or self.client is None:
+            return
+
+        def done(response: ConsulResponse) -> None:
+            self.default = agent_default(response.json())
+            self.freshness.ok("agent-self")
+            self._log_default()
+            if self._default_changed is not None:
+                self._default_changed()
+
+        def failed(f: Any) -> None:
+            if isinstance(f.value, ConsulError):
+                self.freshness.failed(f.value)
+            if not self._running:
+                return
+            self._self_failures += 1
+            consul = self.settings.consul
+            delay = backoff_delay(
+                self._self_failures, consul.retry_min, consul.retry_max, self._rng
+            )
+            self._self_call = self._site.reactor.callLater(delay, self._read_default)
+
+        self.client.get("agent-self", "/v1/agent/self").addCallbacks(done, failed)
 
     def stop(self) -> Deferred[None] | None:
         self._running = False
         if self._watch is not None:
             self._watch.stop()
+        if self._self_call is not None and self._self_call.active():
+            self._self_call.cancel()
         client, self.client = self.client, None
         return maybeDeferred(release_client, client) if client is not None else None
 
@@ -225,24 +289,41 @@ class ConsulIntentionsSource:
 
 
 class IntentionsGuard:
-    """Denies until a destination's intentions were read from Consul; abstains after."""
+    """Denies until a destination's intentions were read from Consul; then, when no
+    intention matches, decides as the agent would (module docstring); abstains when one
+    matches, leaving the match to the ``intentions`` engine."""
 
     name = NAME
-    policy_version = "guard"
 
-    def __init__(self, source: ConsulIntentionsSource) -> None:
+    def __init__(self, source: ConsulIntentionsSource, site: SiteContext) -> None:
         self._source = source
+        self._set = IntentionSet(site.catalog_view().intentions)
+        site.subscribe_catalog(self._on_catalog)
+
+    def _on_catalog(self, view: CatalogView) -> None:
+        self._set = IntentionSet(view.intentions)
+
+    @property
+    def policy_version(self) -> str:
+        return f"guard:{self._source.settings.default_policy}:{self._source.default.policy}"
 
     def start(self, changed: Callable[[], None]) -> None:
-        return None
+        self._source._default_changed = changed
 
     def stop(self) -> None:
-        return None
+        self._source._default_changed = None
 
     def authorize(self, request: AuthzRequest) -> Decision:
         service = request.destination.service
         if service in self._source.loaded:
-            return Decision(Verdict.ABSTAIN, NAME, "intentions loaded from Consul")
+            if self._source.settings.default_policy == "site":
+                return Decision(Verdict.ABSTAIN, NAME, "intentions loaded from Consul")
+            matched = self._set.decide(request.source.service, service)
+            if matched.verdict is not Verdict.ABSTAIN:
+                return Decision(Verdict.ABSTAIN, NAME, "an intention matches")
+            default = self._source.default
+            verdict = Verdict.ALLOW if default.policy == "allow" else Verdict.DENY
+            return Decision(verdict, NAME, f"{matched.reason}; Consul default: {default}")
         return Decision(
             Verdict.DENY,
             NAME,
@@ -283,7 +364,7 @@ def tgw_authorization_engines(site: SiteContext) -> Sequence[AuthorizationEngine
         return []
     source = _source_for(site)
     _sources.pop(id(site), None)
-    engines: list[Any] = [IntentionsGuard(source)]
+    engines: list[Any] = [IntentionsGuard(source, site)]
     if "intentions" not in site.config.plugins:
         from gwcore.plugins.intentions import IntentionsEngine
 

@@ -72,6 +72,7 @@ PERMISSIONS: Mapping[str, str] = {
     "catalog-services": "service:read",
     "health-state": "node:read and service:read",
     "catalog-nodes": "node:read",
+    "agent-self": "agent:read",
     "health-service": "service:read and node:read on the service and its nodes",
     "config": "service:read on the service (config entries)",
     "ca-roots": "none (agent endpoint)",

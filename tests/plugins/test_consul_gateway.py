@@ -56,6 +56,7 @@ class ConsulGateway(Gateway):
 
     double: Any = None
     catalog_options: dict[str, Any] | None = None
+    intentions_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.plugins = list(STACK)
@@ -69,7 +70,7 @@ class ConsulGateway(Gateway):
         sections = [
             section(STACK[0], {"register": False, **(self.catalog_options or {})}),
             section(STACK[1]),
-            section(STACK[2]),
+            section(STACK[2], self.intentions_options),
         ]
         settings = {"handshake_timeout": "5s", "connect_timeout": "2s", **self.site_options}
         options = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
