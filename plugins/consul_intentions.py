@@ -120,6 +120,7 @@ def intentions_from_match(
                 "Namespace": item.get("SourceNS"),
                 "Partition": item.get("SourcePartition"),
                 "Peer": item.get("SourcePeer"),
+                "SamenessGroup": item.get("SourceSamenessGroup"),
                 "Type": item.get("SourceType"),
                 "Description": item.get("Description"),
                 "Precedence": item.get("Precedence"),

@@ -347,13 +347,16 @@ def _parse_intentions(sink: _Sink, doc: _Object) -> IntentionsEntry:
     doc.integer("Hash", 0, minimum=0, maximum=MAX_HASH)
     destination = ServiceName(name, namespace, partition)
     intentions: list[Intention] = []
-    seen: dict[tuple[str, str, str], str] = {}
+    seen: dict[tuple[str, ...], str] = {}
     for src in doc.children("Sources", _SOURCE_FIELDS):
         intention = _parse_source(sink, src, destination)
+        # Consul's duplicate key: name, namespace, partition, peer and sameness group.
         key = (
             intention.source.partition,
             intention.source.namespace,
             intention.source.name,
+            intention.source_peer,
+            intention.source_sameness_group,
         )
         if intention.source.name and key in seen:
             src.problem("Name", f"names the same source as {seen[key]}")
@@ -367,17 +370,26 @@ def _parse_source(sink: _Sink, src: _Object, destination: ServiceName) -> Intent
     name = src.string("Name", required=True)
     if problem := _wildcard_problem(name):
         src.problem("Name", problem)
-    namespace = src.string("Namespace") or DEFAULT_NAMESPACE
+    peer, sameness = src.string("Peer"), src.string("SamenessGroup")
+    local = not (peer or sameness)
+    # normalize(): a local source without Namespace/Partition has the destination's
+    # (never a wildcard one); a peer's source is in its own cluster.
+    inherit = lambda v: v if local and v != WILDCARD else DEFAULT_NAMESPACE  # noqa: E731
+    namespace = src.string("Namespace") or inherit(destination.namespace)
     if problem := _wildcard_problem(namespace):
         src.problem("Namespace", problem)
     elif namespace == WILDCARD and name != WILDCARD:
         src.problem("Namespace", "a wildcard namespace requires a wildcard Name")
-    partition = src.string("Partition") or DEFAULT_PARTITION
+    explicit_partition = src.string("Partition")
+    partition = explicit_partition or (
+        destination.partition if local and destination.partition != WILDCARD else DEFAULT_PARTITION
+    )
     if problem := _wildcard_problem(partition):
         src.problem("Partition", problem)
-    for unsupported in ("Peer", "SamenessGroup"):
-        if src.string(unsupported):
-            src.problem(unsupported, f"{unsupported} sources are not supported by tgw")
+    if peer and sameness:
+        src.problem("Peer", "Peer and SamenessGroup cannot both be set")
+    elif (peer or sameness) and explicit_partition:
+        src.problem("Partition", f"cannot be set with {'Peer' if peer else 'SamenessGroup'}")
     source_type = src.string("Type", "consul")
     if source_type not in ("", "consul"):
         src.problem("Type", f'must be "consul", not {source_type!r}')
@@ -415,6 +427,8 @@ def _parse_source(sink: _Sink, src: _Object, destination: ServiceName) -> Intent
         permissions=permissions,
         description=description,
         origin=sink.origin,
+        source_peer=peer,
+        source_sameness_group=sameness,
     )
 
 

@@ -441,10 +441,10 @@ INVALID = [
         "names the same source as Sources[0]",
     ),
     (
-        "a peer source",
-        intentions({"Name": "web", "Peer": "other", "Action": "allow"}),
+        "a source with both Peer and SamenessGroup",
+        intentions({"Name": "web", "Peer": "other", "SamenessGroup": "g", "Action": "allow"}),
         "Sources[0].Peer",
-        "not supported",
+        "cannot both be set",
     ),
     (
         "a JWT requirement",
