@@ -188,6 +188,7 @@ class ConsulDouble:
         acl_default_policy: str = "deny",
         default_intention_policy: str = "",
         intermediate: bool = False,
+        node_address: str = "127.0.0.1",
     ) -> None:
         self.reactor = reactor
         self.trust_domain = trust_domain
@@ -202,6 +203,8 @@ class ConsulDouble:
         self.acl_default_policy = acl_default_policy
         self.default_intention_policy = default_intention_policy
         self.intermediate = intermediate
+        self.node_address = node_address
+        self.agent_services: dict[str, dict[str, Any]] = {}  # bodies of agent registrations
         self.indexes = Indexes()
         self.store = CatalogStore(datacenter, self.indexes)
         self.nodes = self.store.nodes
@@ -641,7 +644,8 @@ class ConsulDouble:
         if self.default_intention_policy:
             debug["DefaultIntentionPolicy"] = self.default_intention_policy
         config = {"Datacenter": self.datacenter, "NodeName": self.node, "Server": False}
-        return {"Config": config, "DebugConfig": debug, "Member": {}, "Meta": {}}
+        member = {"Name": self.node, "Addr": self.node_address, "Port": 8301}
+        return {"Config": config, "DebugConfig": debug, "Member": member, "Meta": {}}
 
     def _roots_body(self) -> dict[str, Any]:
         return {
@@ -744,6 +748,7 @@ class ConsulDouble:
 
     def _agent_register(self, body: dict[str, Any]) -> None:
         sid = body.get("ID") or body["Name"]
+        self.agent_services[sid] = body
         check = body.get("Check")
         checks = []
         if check:
@@ -759,7 +764,7 @@ class ConsulDouble:
         self.register(
             {
                 "Node": self.node,
-                "Address": "127.0.0.1",
+                "Address": self.node_address,
                 "Service": {
                     "ID": sid,
                     "Service": body["Name"],

@@ -92,6 +92,7 @@ class Settings:
     register_address: str = ""
     check_interval: float = DEFAULT_CHECK_INTERVAL
     health_watches: int = DEFAULT_HEALTH_WATCHES
+    check_address: str = ""
 
 
 def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
@@ -105,9 +106,17 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
     health_watches = reader.integer(
         "health_watches", DEFAULT_HEALTH_WATCHES, minimum=0, maximum=1024
     )
+    check_address = reader.string("check_address", "") or ""
     connection_problems(reader, consul)
     settings = Settings(
-        consul, gateway, register, service_id, register_address, interval, health_watches
+        consul,
+        gateway,
+        register,
+        service_id,
+        register_address,
+        interval,
+        health_watches,
+        check_address,
     )
     return settings, reader.finish()
 
@@ -458,10 +467,14 @@ class ConsulCatalogSource:
         port = int(port_text)
         wildcard = host in ("0.0.0.0", "::", "")
         reg_address = self.settings.register_address or ("" if wildcard else host)
-        check_host = reg_address or "127.0.0.1"
+        # The agent dials the check, maybe from another network namespace (a sidecar
+        # container, consul-dataplane): so the address the service is registered with,
+        # or for a wildcard bind the node's (the agent's), never a loopback guess.
+        check_host = self.settings.check_address or reg_address
         self.service_id = self.settings.service_id or (
             f"{self.gateway}-{reg_address or socket.gethostname()}-{port}"
         )
+        self._check_port = port
         target = f"[{check_host}]:{port}" if ":" in check_host else f"{check_host}:{port}"
         body = {
             "ID": self.service_id,
@@ -479,13 +492,32 @@ class ConsulCatalogSource:
             },
         }
         self._register_body = body
+        self._check_host = check_host
         self._try_register()
+
+    async def _put_registration(self) -> Any:
+        assert self.client is not None
+        body = self._register_body
+        if not self._check_host:
+            # A wildcard bind registered without an address: Consul uses the node's
+            # address, which is the agent's (Member.Addr in /v1/agent/self).
+            response = await self.client.get("agent-self", "/v1/agent/self")
+            member = (response.json() or {}).get("Member") or {}
+            host = member.get("Addr") or ""
+            if not host:
+                raise ConsulError("agent-self", "invalid", "no Member.Addr in /v1/agent/self")
+            port = self._check_port
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            body = {**body, "Check": {**body["Check"], "TCP": target}}
+            self._register_body = body
+            self._check_host = host
+        return await self.client.put("agent-register", "/v1/agent/service/register", body)
 
     def _try_register(self) -> None:
         self._register_call = None
         if not self._running or self.client is None:
             return
-        d = self.client.put("agent-register", "/v1/agent/service/register", self._register_body)
+        d = Deferred.fromCoroutine(self._put_registration())
 
         def done(_: Any) -> None:
             self._registered = True
