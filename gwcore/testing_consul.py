@@ -62,6 +62,7 @@ from zope.interface import implementer
 from gwcore import pki
 from gwcore.policy.model import ServiceName
 from gwcore.testing import TRUST_DOMAIN
+from gwcore.testing_consul_ca import intermediate_ca
 from gwcore.testing_consul_state import CatalogStore, Indexes
 
 DEFAULT_WAIT = 300.0
@@ -110,10 +111,15 @@ class _Root:
     serial: int
     create_index: int
     modify_index: int
+    intermediate: tuple[x509.Certificate, Any] | None = None  # signs leaves when set
 
     @property
     def id(self) -> str:
         return pki.fingerprint_hex(self.cert)
+
+    @property
+    def signer(self) -> tuple[x509.Certificate, Any]:
+        return self.intermediate or (self.cert, self.key)
 
 
 @dataclass
@@ -374,6 +380,8 @@ class ConsulDouble:
         cert, key = pki.new_ca(self.trust_domain, common_name=name)
         index = self._bump("roots")
         root = _Root(cert, key, name, cert.serial_number, index, index)
+        if self.intermediate:
+            root.intermediate = intermediate_ca(cert, key, self.trust_domain)
         self.roots.append(root)
         self.active_root_id = root.id
         return root
@@ -389,9 +397,7 @@ class ConsulDouble:
     def client_leaf(self, service: str, root: _Root | None = None, datacenter: str = "dc1") -> Any:
         """A leaf for a *client* service signed by ``root`` (default the active one)."""
         root = root or self.active_root
-        return pki.service_leaf(
-            root.cert, root.key, ServiceName(service), datacenter, self.trust_domain
-        )
+        return pki.service_leaf(*root.signer, ServiceName(service), datacenter, self.trust_domain)
 
     # --- HTTP -----------------------------------------------------------------
 
@@ -490,11 +496,12 @@ class ConsulDouble:
                 return self._blocking(request, lambda: self._topic("roots"), self._roots_body)
             if rest[:4] == ["agent", "connect", "ca", "leaf"] and len(rest) == 5:
                 svc = rest[4]
-                self._leaf_for(svc)
+                scope = _scope(args)
+                self._leaf_for(svc, *scope)
                 return self._blocking(
                     request,
-                    lambda: self._leaf_for(svc).create_index,
-                    lambda: self._leaf_body(svc),
+                    lambda: self._leaf_for(svc, *scope).create_index,
+                    lambda: self._leaf_body(svc, *scope),
                 )
             if rest == ["connect", "intentions", "match"]:
                 if args.get("by") != ["destination"] or not args.get("name"):
@@ -661,7 +668,11 @@ class ConsulDouble:
                     "NotBefore": _rfc3339(r.cert.not_valid_before_utc.timestamp()),
                     "NotAfter": _rfc3339(r.cert.not_valid_after_utc.timestamp()),
                     "RootCert": pki.certificate_pem(r.cert).decode(),
-                    "IntermediateCerts": None,
+                    "IntermediateCerts": (
+                        [pki.certificate_pem(r.intermediate[0]).decode()]
+                        if r.intermediate
+                        else None
+                    ),
                     "Active": r.id == self.active_root_id,
                     "PrivateKeyType": "ec",
                     "PrivateKeyBits": 256,
@@ -672,8 +683,11 @@ class ConsulDouble:
             ],
         }
 
-    def _leaf_for(self, service: str) -> _Leaf:
-        cached = self.leaves.get(service)
+    def _leaf_for(self, service: str, ns: str = "default", partition: str = "default") -> _Leaf:
+        key = (
+            service if (ns, partition) == ("default", "default") else f"{partition}/{ns}/{service}"
+        )
+        cached = self.leaves.get(key)
         now = time.time()
         if (
             cached is None
@@ -682,28 +696,30 @@ class ConsulDouble:
         ):
             root = self.active_root
             leaf = pki.service_leaf(
-                root.cert,
-                root.key,
-                ServiceName(service),
+                *root.signer,
+                ServiceName(service, ns, partition),
                 self.datacenter,
                 self.trust_domain,
                 valid_for=self.leaf_ttl,
             )
-            cached = self.leaves[service] = _Leaf(leaf, root.id, self.indexes.next(), now)
+            cached = self.leaves[key] = _Leaf(leaf, root.id, self.indexes.next(), now)
         return cached
 
-    def _leaf_body(self, service: str) -> dict[str, Any]:
-        issued = self._leaf_for(service)
+    def _leaf_body(self, service: str, ns: str = "default", ap: str = "default") -> dict[str, Any]:
+        issued = self._leaf_for(service, ns, ap)
         cert = issued.leaf.certificate
         chain, key = pki.leaf_pem(issued.leaf)
+        serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 7) // 8, "big")
+        enterprise = {"Namespace": ns, "Partition": ap} if (ns, ap) != ("default",) * 2 else {}
         return {
-            "SerialNumber": format(cert.serial_number, "x").zfill(2),
+            "SerialNumber": ":".join(f"{b:02x}" for b in serial),  # connect.HexString
             "CertPEM": chain.decode(),
             "PrivateKeyPEM": key.decode(),
             "Service": service,
             "ServiceURI": pki.uri_sans(cert)[0],
             "ValidAfter": _rfc3339(cert.not_valid_before_utc.timestamp()),
             "ValidBefore": _rfc3339(cert.not_valid_after_utc.timestamp()),
+            **enterprise,
             "CreateIndex": issued.create_index,
             "ModifyIndex": issued.create_index,
         }

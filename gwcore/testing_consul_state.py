@@ -123,7 +123,7 @@ class CatalogStore:
             "Service": svc["Service"],
             "Tags": svc.get("Tags") or [],
             "Address": svc.get("Address", ""),
-            "TaggedAddresses": svc.get("TaggedAddresses"),
+            **({"TaggedAddresses": svc["TaggedAddresses"]} if svc.get("TaggedAddresses") else {}),
             "Port": svc.get("Port", 0),
             "Meta": svc.get("Meta") or {},
             "Weights": svc.get("Weights") or {"Passing": 1, "Warning": 1},
