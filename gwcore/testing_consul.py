@@ -394,10 +394,17 @@ class ConsulDouble:
     def active_root(self) -> _Root:
         return next(r for r in self.roots if r.id == self.active_root_id)
 
-    def client_leaf(self, service: str, root: _Root | None = None, datacenter: str = "dc1") -> Any:
+    def client_leaf(
+        self,
+        service: str,
+        root: _Root | None = None,
+        datacenter: str = "dc1",
+        namespace: str = "default",
+    ) -> Any:
         """A leaf for a *client* service signed by ``root`` (default the active one)."""
         root = root or self.active_root
-        return pki.service_leaf(*root.signer, ServiceName(service), datacenter, self.trust_domain)
+        name = ServiceName(service, namespace)
+        return pki.service_leaf(*root.signer, name, datacenter, self.trust_domain)
 
     # --- HTTP -----------------------------------------------------------------
 
@@ -625,9 +632,14 @@ class ConsulDouble:
     def _gateway_service(
         self, gateway: str, linked: dict[str, Any], entry: dict[str, Any], wildcard: bool
     ) -> dict[str, Any]:
+        # Enterprise: Namespace/Partition appear when the entry or the link names them.
+        scope = {k: entry[k] for k in ("Namespace", "Partition") if entry.get(k)}
+        service = {"Name": linked["Name"], **scope}
+        if linked.get("Namespace"):
+            service["Namespace"] = linked["Namespace"]
         item: dict[str, Any] = {
-            "Gateway": {"Name": gateway},
-            "Service": {"Name": linked["Name"]},
+            "Gateway": {"Name": gateway, **scope},
+            "Service": service,
             "GatewayKind": "terminating-gateway",
         }
         for key in ("CAFile", "CertFile", "KeyFile", "SNI"):

@@ -63,10 +63,21 @@ from gwcore.net.consul import (
     read_consul_settings,
     release_client,
 )
-from gwcore.net.consul_watch import DEFAULT_HEALTH_WATCHES, ServiceHealthWatches, health_path
+from gwcore.net.consul_watch import (
+    DEFAULT_HEALTH_WATCHES,
+    ServiceHealthWatches,
+    health_path,
+    scope_query,
+)
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import build_destinations, parse_documents
-from gwcore.policy.model import CatalogSnapshot, Destination
+from gwcore.policy.model import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_PARTITION,
+    CatalogSnapshot,
+    Destination,
+    ServiceName,
+)
 from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
@@ -170,6 +181,7 @@ class ConsulCatalogSource:
         self.freshness = ConsulFreshness(site, NAME)
         self._linked: dict[str, dict[str, Any]] = {}
         self._health: dict[str, list[Any]] = {}
+        self._names: dict[str, ServiceName] = {}  # linked key -> its full name
         self._watch_pool_stopped: Any = None
         self._defaults: list[Any] = []
         self._gateway_loaded = False
@@ -228,6 +240,8 @@ class ConsulCatalogSource:
             self._failed,
             on_ok=self.freshness.ok,
             rng=self._rng,
+            path=self._health_path,
+            query=self._scope,
         )
         for w in self._watches:
             w.start()
@@ -281,9 +295,17 @@ class ConsulCatalogSource:
             raise ConsulError("gateway-services", "invalid", "expected a JSON list")
         linked: dict[str, dict[str, Any]] = {}
         for item in items:
-            service = (item.get("Service") or {}).get("Name")
-            if not service:
+            named = item.get("Service") or {}
+            if not named.get("Name"):
                 continue
+            # Enterprise: the namespace and partition travel with the name, end to end.
+            scoped = ServiceName(
+                named["Name"],
+                named.get("Namespace") or DEFAULT_NAMESPACE,
+                named.get("Partition") or DEFAULT_PARTITION,
+            )
+            service = str(scoped)  # the plain name in the default namespace and partition
+            self._names[service] = scoped
             if item.get("ServiceKind") == "destination" or item.get("IsEndpoint"):
                 self._report_once(
                     f"destination:{service}",
@@ -347,7 +369,9 @@ class ConsulCatalogSource:
             return {}
         client = self.client
         pending = [
-            client.get("health-service", health_path(s)).addCallback(lambda r, s=s: (s, r))
+            client.get("health-service", self._health_path(s), self._scope(s)).addCallback(
+                lambda r, s=s: (s, r)
+            )
             for s in services
         ]
         results = await DeferredList(pending, consumeErrors=True)
@@ -397,12 +421,28 @@ class ConsulCatalogSource:
         self._errors.inc()
         self._site.log.error("consul_catalog: {problem}", problem=text)
 
+    def _name(self, service: str) -> ServiceName:
+        return self._names.get(service) or ServiceName(service)
+
+    def _health_path(self, service: str) -> str:
+        return health_path(self._name(service).name)
+
+    def _scope(self, service: str) -> list[tuple[str, str]]:
+        name = self._name(service)
+        return scope_query(name.namespace, name.partition)
+
     def _linked_document(self, service: str, item: dict[str, Any]) -> dict[str, Any] | None:
-        linked = {"Name": service}
+        name = self._name(service)
+        linked = {"Name": name.name, "Namespace": name.namespace}
         for key in ("CAFile", "CertFile", "KeyFile", "SNI"):
             if item.get(key):
                 linked[key] = item[key]
-        doc = {"Kind": "terminating-gateway", "Name": self.gateway, "Services": [linked]}
+        doc = {
+            "Kind": "terminating-gateway",
+            "Name": self.gateway,
+            "Partition": name.partition,
+            "Services": [linked],
+        }
         _, problems = parse_documents([(f"consul:gateway-services/{service}", doc)])
         if problems:
             self._report_once(
@@ -416,9 +456,12 @@ class ConsulCatalogSource:
         """Destinations from the current answers (services whose instances are known)."""
         ready = [s for s in sorted(self._linked) if s in self._health]
         linked = [self._linked_document(s, self._linked[s]) for s in ready]
+        # Linked services share the gateway's partition (Consul refuses others).
+        partition = next((self._name(s).partition for s in ready), DEFAULT_PARTITION)
         entry = {
             "Kind": "terminating-gateway",
             "Name": self.gateway,
+            "Partition": partition,
             "Services": [item for item in linked if item is not None],
         }
         items: list[tuple[str, Any]] = [("consul:gateway-services", entry)]
@@ -430,7 +473,7 @@ class ConsulCatalogSource:
             self._report_once(f"shape:{problem}", f"left out: {problem}")
         wildcard = {s for s, item in self._linked.items() if item.get("FromWildcard")}
         return tuple(
-            dataclasses.replace(d, from_wildcard=True) if d.service.name in wildcard else d
+            dataclasses.replace(d, from_wildcard=True) if str(d.service) in wildcard else d
             for d in destinations
         )
 

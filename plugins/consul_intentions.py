@@ -7,7 +7,8 @@ How the pieces fit (one precedence engine, two sources):
 
 - A **catalog source** that publishes no destinations, only intentions. It follows
   the site's merged catalog (whatever source supplies the linked services) and keeps
-  *one* blocking query, ``/v1/connect/intentions/match?by=destination&name=<a>&name=<b>..``
+  one blocking query per namespace and partition of the routed services,
+  ``/v1/connect/intentions/match?by=destination&name=<a>&name=<b>..[&ns=..&partition=..]``
   (``name`` is repeatable, reference §5), re-opened when the set of services changes.
   Each match item is turned back into a ``service-intentions`` source and read by
   :mod:`gwcore.policy.consul_shapes`, so the intentions reach the ``intentions`` engine
@@ -56,6 +57,7 @@ from gwcore.net.consul import (
     read_consul_settings,
     release_client,
 )
+from gwcore.net.consul_watch import scope_query
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_default import UNREAD, AgentDefault, agent_default
 from gwcore.policy.consul_shapes import build_intentions, parse_documents
@@ -149,6 +151,10 @@ def intentions_from_match(
     return tuple(intentions), problems
 
 
+def _order(service: ServiceName) -> tuple[str, str, str]:
+    return (service.partition, service.namespace, service.name)
+
+
 class ConsulIntentionsSource:
     """Publishes the intentions of every routed service, read from Consul."""
 
@@ -161,9 +167,10 @@ class ConsulIntentionsSource:
         self.client: ConsulClient | None = None
         self.freshness = ConsulFreshness(site, NAME)
         self._rng = random.Random()
-        self._services: tuple[str, ...] | None = None
+        self._services: tuple[ServiceName, ...] | None = None
         self.loaded: frozenset[ServiceName] = frozenset()
-        self._watch: BlockingWatch | None = None
+        self._watches: dict[tuple[str, str], BlockingWatch] = {}
+        self._results: dict[tuple[str, str], tuple[Intention, ...]] = {}
         self._publish: Callable[[CatalogSnapshot], None] | None = None
         self._version = ""
         self._reported: set[str] = set()
@@ -225,8 +232,8 @@ class ConsulIntentionsSource:
 
     def stop(self) -> Deferred[None] | None:
         self._running = False
-        if self._watch is not None:
-            self._watch.stop()
+        for watch in self._watches.values():
+            watch.stop()
         if self._self_call is not None and self._self_call.active():
             self._self_call.cancel()
         client, self.client = self.client, None
@@ -238,34 +245,49 @@ class ConsulIntentionsSource:
     def _on_catalog(self, view: CatalogView) -> None:
         if not self._running or self.client is None:
             return
-        services = tuple(sorted({d.service.name for d in view.destinations}))
+        services = tuple(sorted({d.service for d in view.destinations}, key=_order))
         if services == self._services:
             return
         self._services = services
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
+        for watch in self._watches.values():
+            watch.stop()
+        self._watches = {}
+        self.loaded = self.loaded & frozenset(services)
         if not services:
-            self.loaded = frozenset()
+            self._results = {}
             self._emit(())
             self.freshness.ok("intentions-match")
             return
-        query = [("by", "destination"), *(("name", s) for s in services)]
-        watch = BlockingWatch(
-            self.client,
-            "intentions-match",
-            "/v1/connect/intentions/match",
-            lambda r, names=services: self._on_match(r, names),
-            self.freshness.failed,
-            query=query,
-            on_ok=self.freshness.ok,
-            rng=self._rng,
-        )
-        self._watch = watch
-        watch.start()
+        # One query per namespace and partition: ?ns= and ?partition= scope a query.
+        groups: dict[tuple[str, str], list[str]] = {}
+        for service in services:
+            groups.setdefault((service.namespace, service.partition), []).append(service.name)
+        self._results = {k: v for k, v in self._results.items() if k in groups}
+        for scope, names in sorted(groups.items()):
+            query = [("by", "destination"), *(("name", n) for n in names), *scope_query(*scope)]
+            watch = BlockingWatch(
+                self.client,
+                "intentions-match",
+                "/v1/connect/intentions/match",
+                lambda r, scope=scope, names=tuple(names), current=services: self._on_match(
+                    r, scope, names, current
+                ),
+                self.freshness.failed,
+                query=query,
+                on_ok=self.freshness.ok,
+                rng=self._rng,
+            )
+            self._watches[scope] = watch
+            watch.start()
 
-    def _on_match(self, response: ConsulResponse, names: tuple[str, ...]) -> None:
-        if names != self._services:
+    def _on_match(
+        self,
+        response: ConsulResponse,
+        scope: tuple[str, str],
+        names: tuple[str, ...],
+        services: tuple[ServiceName, ...],
+    ) -> None:
+        if services != self._services:
             return  # an answer for a set of services we no longer route
         try:
             intentions, problems = intentions_from_match(response.json())
@@ -278,8 +300,9 @@ class ConsulIntentionsSource:
                     "consul_intentions: intention left out: {problem}", problem=problem
                 )
         self.freshness.ok("intentions-match")
-        self.loaded = frozenset(ServiceName(n) for n in names)
-        self._emit(intentions)
+        self._results[scope] = intentions
+        self.loaded = self.loaded | {ServiceName(n, *scope) for n in names}
+        self._emit(tuple(i for key in sorted(self._results) for i in self._results[key]))
 
     def _emit(self, intentions: tuple[Intention, ...]) -> None:
         version = hashlib.sha256(repr(intentions).encode()).hexdigest()[:16]

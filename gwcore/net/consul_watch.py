@@ -47,6 +47,20 @@ def health_path(service: str) -> str:
     return f"/v1/health/service/{quote(service, safe='')}"
 
 
+def scope_query(namespace: str, partition: str) -> list[tuple[str, str]]:
+    """``?ns=`` and ``?partition=`` for a non-default namespace or partition (Enterprise).
+
+    Left out for ``default``, so a CE agent, which knows neither, gets the same
+    requests as before.
+    """
+    query = []
+    if namespace and namespace != "default":
+        query.append(("ns", namespace))
+    if partition and partition != "default":
+        query.append(("partition", partition))
+    return query
+
+
 class ServiceHealthWatches:
     """Per-service blocking health queries, at most ``limit`` at once (module rules)."""
 
@@ -61,7 +75,9 @@ class ServiceHealthWatches:
         on_ok: Callable[[str], None] | None = None,
         query: Callable[[str], list[tuple[str, str]]] = lambda _: [],
         rng: random.Random | None = None,
+        path: Callable[[str], str] = health_path,
     ) -> None:
+        self._path = path
         self.limit = limit
         self._reactor = reactor
         self._settings = dataclasses.replace(settings, max_connections=max(1, limit))
@@ -97,7 +113,7 @@ class ServiceHealthWatches:
         watch = BlockingWatch(
             self._client,
             ENDPOINT,
-            health_path(service),
+            self._path(service),
             lambda response, s=service: self._on_change(s, response),
             self._on_error,
             query=self._query(service),

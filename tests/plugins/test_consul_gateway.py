@@ -57,6 +57,7 @@ class ConsulGateway(Gateway):
     double: Any = None
     catalog_options: dict[str, Any] | None = None
     intentions_options: dict[str, Any] | None = None
+    certs_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.plugins = list(STACK)
@@ -69,7 +70,7 @@ class ConsulGateway(Gateway):
 
         sections = [
             section(STACK[0], {"register": False, **(self.catalog_options or {})}),
-            section(STACK[1]),
+            section(STACK[1], self.certs_options),
             section(STACK[2], self.intentions_options),
         ]
         settings = {"handshake_timeout": "5s", "connect_timeout": "2s", **self.site_options}
@@ -450,6 +451,10 @@ async def test_a_thousand_linked_services_use_a_bounded_number_of_sockets(cgw, c
         {"Kind": "service-intentions", "Name": "*", "Sources": [{"Name": "*", "Action": "allow"}]}
     )
     consul.link(GATEWAY, *(f"svc{i:04d}" for i in range(count)))
+    # No request may time out on a loaded machine: a timeout reconnects, and this test
+    # counts every connection the agent accepts.
+    slow = {"timeout": "30s"}
+    cgw.catalog_options, cgw.certs_options, cgw.intentions_options = slow, slow, slow
     began = time.monotonic()
     await cgw.start()
     await cgw.wait_for(lambda: len(cgw.routes()) == count, timeout=60)
