@@ -10,19 +10,30 @@ What it emulates:
 - blocking queries with real waiting: ``?index=N&wait=D`` holds the request until the
   endpoint's index exceeds N or D (default 5m, at most 10m, plus up to D/16 jitter)
   passes; every answer carries ``X-Consul-Index`` (plus ``X-Consul-KnownLeader``);
-- per-endpoint indexes from one raft-like counter, so an unrelated write does not
-  wake a watch (health per service, config per kind, roots, intentions);
+- Consul's indexes (:mod:`gwcore.testing_consul_state`, after ``catalog.go``): one
+  raft-like counter, an index per table, per service and per node; a write that
+  changes nothing moves nothing; a node update moves the node's and its services'
+  indexes, not the ``services``/``checks`` tables; config entries read back carry
+  ``Hash`` (uint64), ``CreateIndex`` and ``ModifyIndex``, and intention sources inherit
+  the destination's namespace and partition (``normalize()``);
 - ``GET /v1/catalog/gateway-services/:gw`` from the ``terminating-gateway`` entry,
   wildcards expanded to non-Connect services with ``FromWildcard: true``;
-- ``GET /v1/health/service/:svc`` (``{Node, Service, Checks}``, ``?passing``),
-  ``GET /v1/health/state/any``, ``GET /v1/catalog/services``;
+- ``GET /v1/health/service/:svc`` (``{Node, Service, Checks}``, ``?passing``, ``?ns=``,
+  ``?partition=``), ``GET /v1/health/state/any``, ``GET /v1/catalog/services``,
+  ``GET /v1/catalog/nodes``; ``GET /v1/agent/self`` (``DebugConfig`` with the ACL and
+  default-intention settings given to the constructor, ``Member.Addr``);
+- ``?dc=`` naming another datacenter: a 500, as an agent without a WAN path answers;
 - ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one);
 - ``GET /v1/agent/connect/ca/roots`` with every root listed and one active, root
   rotation (:meth:`ConsulDouble.rotate_root`) and removal;
-- ``GET /v1/agent/connect/ca/leaf/:svc``: leaves signed by the active root with
-  Consul's SPIFFE URI (via :mod:`gwcore.pki`), cached and re-signed after a rotation;
+- ``GET /v1/agent/connect/ca/leaf/:svc`` (``?ns=``, ``?partition=``): leaves signed by
+  the active root, or by its intermediate with ``intermediate=True`` (listed in the
+  root's ``IntermediateCerts``, appended to ``CertPEM``), with Consul's SPIFFE URI (via
+  :mod:`gwcore.pki`) and a colon-hex ``SerialNumber``, cached and re-signed after a
+  rotation;
 - ``GET /v1/connect/intentions/match?by=destination&name=..`` in precedence order
-  (the §6 table) from ``service-intentions`` entries;
+  (the §6 table) from ``service-intentions`` entries, ``SourcePeer`` and
+  ``SourceSamenessGroup`` included, scoped by ``?ns=``;
 - ``PUT /v1/catalog/register``, ``/v1/catalog/deregister``, ``/v1/agent/service/register``
   (the agent runs the registration's TCP check against the address it names, as an
   agent does) and ``/v1/agent/service/deregister/:id``;
@@ -32,8 +43,8 @@ What it emulates:
   port closes and reopens), and :meth:`restart` with a lower index (connections
   dropped, every index reset, data kept as after a snapshot restore).
 
-What it does not emulate: Enterprise namespaces and partitions (always ``default``),
-multiple datacenters, ``?filter=``/``?near=``/``?tag=``, hash-based blocking,
+What it does not emulate: namespace/partition scoping of config entries (entries are
+keyed by kind and name), multiple datacenters, ``?filter=``/``?near=``/``?tag=``, hash-based blocking,
 ``X-Cache``/``Age``, the legacy intentions CRUD API, ``/v1/agent/connect/authorize``,
 ``service-resolver`` subsets, anti-entropy, ACL policies (one token grants
 everything except what :meth:`deny` refuses), check types other than TCP, and
