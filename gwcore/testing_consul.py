@@ -46,9 +46,9 @@ What it emulates:
 What it does not emulate: namespace/partition scoping of config entries (entries are
 keyed by kind and name), multiple datacenters, ``?filter=``/``?near=``/``?tag=``,
 hash-based blocking, ``X-Cache``/``Age``, the legacy intentions CRUD API,
-``/v1/agent/connect/authorize``, ``service-resolver`` subsets, anti-entropy, ACL policies (one token grants
-everything except what :meth:`deny` refuses), check types other than TCP, and
-Consul's server-side rate limits.
+``/v1/agent/connect/authorize``, ``service-resolver`` subsets, anti-entropy, ACL
+policies (one token grants everything except what :meth:`deny` refuses), check types
+other than TCP, and Consul's server-side rate limits.
 """
 
 from __future__ import annotations
