@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gwcore.testing_consul_state import CatalogStore, Indexes, content_hash
 
 
@@ -129,3 +132,65 @@ def test_health_service_honours_namespace_and_partition():
     assert [i["Node"]["Node"] for i in finance] == ["n3"]
     assert finance[0]["Service"]["Namespace"] == "finance"
     assert "Namespace" not in default[0]["Service"]
+
+
+def _content(store: CatalogStore) -> Any:
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("CreateIndex", "ModifyIndex")}  # noqa: E731
+    return [
+        {k: strip(v) for k, v in table.items()}
+        for table in (store.nodes, store.services, store.checks)
+    ]
+
+
+_WRITES = st.one_of(
+    st.tuples(
+        st.just("register"),
+        st.sampled_from(["n1", "n2"]),
+        st.sampled_from(["10.0.0.1", "10.0.0.2"]),
+        st.sampled_from(["billing", "ldap"]),
+        st.sampled_from(["passing", "critical"]),
+    ),
+    st.tuples(
+        st.just("node"), st.sampled_from(["n1", "n2"]), st.sampled_from(["10.0.0.1", "10.0.0.3"])
+    ),
+    st.tuples(st.just("deregister"), st.sampled_from(["n1", "n2"])),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_WRITES, min_size=1, max_size=12))
+def test_every_change_of_a_health_answer_moves_its_service_index_and_a_table(writes):
+    """For any sequence of registers, node-only updates and deregisters: whenever
+    /v1/health/service/<name> would answer differently, the service's index moved
+    (what a per-service watch relies on) and so did one of the services, nodes or
+    checks tables (what consul_catalog's detectors rely on); a write that changes no
+    content moves no index."""
+    store = CatalogStore("dc1", Indexes())
+    for write in writes:
+        before = {n: store.health_service(n, False) for n in ("billing", "ldap")}
+        indexes = {n: store.service_index(n) for n in ("billing", "ldap")}
+        tables = [store.indexes.get(t) for t in ("services", "nodes", "checks")]
+        all_before = dict(store.indexes.values)
+        content_before = _content(store)
+        if write[0] == "register":
+            _, node, address, service, status = write
+            store.register(
+                {"Node": node, "Address": address,
+                 "Service": {"ID": f"{service}-{node}", "Service": service, "Port": 1},
+                 "Checks": [{"CheckID": f"c-{service}-{node}", "Status": status,
+                             "ServiceID": f"{service}-{node}"}]}
+            )  # fmt: skip
+        elif write[0] == "node":
+            store.register({"Node": write[1], "Address": write[2]})
+        else:
+            store.deregister(write[1])
+        changed_any = False
+        for name in ("billing", "ldap"):
+            if store.health_service(name, False) != before[name]:
+                changed_any = True
+                assert store.service_index(name) > indexes[name], (write, name)
+        if changed_any:
+            after = [store.indexes.get(t) for t in ("services", "nodes", "checks")]
+            assert any(a > b for a, b in zip(after, tables, strict=True)), write
+        if _content(store) == content_before:
+            assert store.indexes.values == all_before, write
