@@ -23,7 +23,8 @@ What it emulates:
   ``GET /v1/catalog/nodes``; ``GET /v1/agent/self`` (``DebugConfig`` with the ACL and
   default-intention settings given to the constructor, ``Member.Addr``);
 - ``?dc=`` naming another datacenter: a 500, as an agent without a WAN path answers;
-- ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one);
+- ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one), one
+  entry per kind, name, namespace and partition (``?ns=``, ``?partition=``);
 - ``GET /v1/agent/connect/ca/roots`` with every root listed and one active, root
   rotation (:meth:`ConsulDouble.rotate_root`) and removal;
 - ``GET /v1/agent/connect/ca/leaf/:svc`` (``?ns=``, ``?partition=``): leaves signed by
@@ -43,12 +44,11 @@ What it emulates:
   port closes and reopens), and :meth:`restart` with a lower index (connections
   dropped, every index reset, data kept as after a snapshot restore).
 
-What it does not emulate: namespace/partition scoping of config entries (entries are
-keyed by kind and name), multiple datacenters, ``?filter=``/``?near=``/``?tag=``,
-hash-based blocking, ``X-Cache``/``Age``, the legacy intentions CRUD API,
-``/v1/agent/connect/authorize``, ``service-resolver`` subsets, anti-entropy, ACL
-policies (one token grants everything except what :meth:`deny` refuses), check types
-other than TCP, and Consul's server-side rate limits.
+What it does not emulate: ``ns=*`` listings, multiple datacenters,
+``?filter=``/``?near=``/``?tag=``, hash-based blocking, ``X-Cache``/``Age``, the legacy
+intentions CRUD API, ``/v1/agent/connect/authorize``, ``service-resolver`` subsets,
+anti-entropy, ACL policies (one token grants everything except what :meth:`deny`
+refuses), check types other than TCP, and Consul's server-side rate limits.
 """
 
 from __future__ import annotations
@@ -364,8 +364,10 @@ class ConsulDouble:
         self.store.put_config(entry)
         self._changed()
 
-    def delete_config(self, kind: str, name: str) -> None:
-        self.store.delete_config(kind, name)
+    def delete_config(
+        self, kind: str, name: str, namespace: str = "default", partition: str = "default"
+    ) -> None:
+        self.store.delete_config(kind, name, namespace, partition)
         self._changed()
 
     def link(self, gateway: str, *services: str | dict[str, Any]) -> None:
@@ -466,7 +468,7 @@ class ConsulDouble:
                 return self._blocking(
                     request,
                     lambda: self._topic("config:terminating-gateway", "services"),
-                    lambda: self._gateway_services(gw),
+                    lambda: self._gateway_services(gw, *_scope(args)),
                 )
             if rest == ["catalog", "services"]:
                 return self._blocking(
@@ -498,17 +500,18 @@ class ConsulDouble:
                 return self._blocking(
                     request,
                     lambda: self._topic(f"config:{kind}"),
-                    lambda: self.store.entries(kind),
+                    lambda: self.store.entries(kind, *_scope(args)),
                 )
             if rest[0] == "config" and len(rest) == 3:
                 kind, name = rest[1], rest[2]
-                if (kind, name) not in self.config:
+                scope = _scope(args)
+                if self.store.entry(kind, name, *scope) is None:
                     request.setHeader("X-Consul-Index", str(self._topic(f"config:{kind}")))
                     raise _HTTPError(404, f'Config entry not found for "{kind}" / "{name}"')
                 return self._blocking(
                     request,
-                    lambda: self.config.get((kind, name), {}).get("ModifyIndex", 1),
-                    lambda: self.config.get((kind, name)),
+                    lambda: (self.store.entry(kind, name, *scope) or {}).get("ModifyIndex", 1),
+                    lambda: self.store.entry(kind, name, *scope),
                 )
             if rest in (["agent", "connect", "ca", "roots"], ["connect", "ca", "roots"]):
                 return self._blocking(request, lambda: self._topic("roots"), self._roots_body)
@@ -549,7 +552,7 @@ class ConsulDouble:
                 self._agent_deregister(rest[3])
                 return b""
         if method == "DELETE" and rest[0] == "config" and len(rest) == 3:
-            self.delete_config(rest[1], rest[2])
+            self.delete_config(rest[1], rest[2], *_scope(args))
             return b"true"
         raise _HTTPError(404 if method == "GET" else 405, f"no such endpoint: {method} {path}")
 
@@ -619,8 +622,8 @@ class ConsulDouble:
                 capable.add((svc.get("Proxy") or {}).get("DestinationServiceName", ""))
         return capable
 
-    def _gateway_services(self, gateway: str) -> list[dict[str, Any]]:
-        entry = self.config.get(("terminating-gateway", gateway))
+    def _gateway_services(self, gateway: str, *scope: str) -> list[dict[str, Any]]:
+        entry = self.store.entry("terminating-gateway", gateway, *scope)
         if entry is None:
             return []
         out: dict[str, dict[str, Any]] = {}
@@ -749,7 +752,8 @@ class ConsulDouble:
 
     def _match(self, name: str, namespace: str = "default") -> list[dict[str, Any]]:
         found = []
-        for (kind, dest), entry in self.config.items():
+        for (kind, _), entry in self.config.items():
+            dest = entry["Name"]
             dst_ns = entry.get("Namespace") or "default"
             dst_ap = entry.get("Partition") or "default"
             if kind != "service-intentions" or dest not in (name, "*"):

@@ -254,7 +254,8 @@ class CatalogStore:
     def put_config(self, entry: dict[str, Any]) -> int:
         """``PUT /v1/config``: stored normalised, with indexes and ``Hash`` (rule 6)."""
         stored = _normalise(copy.deepcopy(entry))
-        kind, name = stored["Kind"], stored["Name"]
+        kind = stored["Kind"]
+        name = scoped(stored["Name"], stored.get("Namespace"), stored.get("Partition"))
         old = self.config.get((kind, name))
         stored["Hash"] = content_hash(stored)
         if old is not None and old.get("Hash") == stored["Hash"]:
@@ -266,12 +267,35 @@ class CatalogStore:
         self.indexes.touch(index, f"config:{kind}")
         return index
 
-    def delete_config(self, kind: str, name: str) -> None:
-        if self.config.pop((kind, name), None) is not None:
+    def delete_config(
+        self, kind: str, name: str, namespace: str = DEFAULT, partition: str = DEFAULT
+    ) -> None:
+        if self.config.pop((kind, scoped(name, namespace, partition)), None) is not None:
             self.indexes.touch(self.indexes.next(), f"config:{kind}")
 
-    def entries(self, kind: str) -> list[dict[str, Any]]:
-        return [e for (k, _), e in sorted(self.config.items()) if k == kind]
+    def entry(
+        self, kind: str, name: str, namespace: str = DEFAULT, partition: str = DEFAULT
+    ) -> dict[str, Any] | None:
+        """``GET /v1/config/<kind>/<name>?ns=&partition=``: one entry, or None."""
+        return self.config.get((kind, scoped(name, namespace, partition)))
+
+    def entries(
+        self, kind: str, namespace: str = DEFAULT, partition: str = DEFAULT
+    ) -> list[dict[str, Any]]:
+        """``GET /v1/config/<kind>?ns=&partition=``: the kind's entries of one namespace."""
+        return [
+            e
+            for (k, _), e in sorted(self.config.items())
+            if k == kind
+            and (e.get("Namespace") or DEFAULT, e.get("Partition") or DEFAULT)
+            == (namespace, partition)
+        ]
+
+
+def scoped(name: str, namespace: str | None, partition: str | None) -> str:
+    """An entry's key: its name, prefixed by partition/namespace when not default."""
+    ns, ap = namespace or DEFAULT, partition or DEFAULT
+    return name if (ns, ap) == (DEFAULT, DEFAULT) else f"{ap}/{ns}/{name}"
 
 
 def _normalise(entry: dict[str, Any]) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def test_intention_sources_inherit_the_destination_namespace_and_partition():
             ],
         }
     )
-    sources = store.config[("service-intentions", "billing")]["Sources"]
+    sources = store.entry("service-intentions", "billing", "finance", "eu")["Sources"]
     assert (sources[0]["Namespace"], sources[0]["Partition"]) == ("finance", "eu")
     assert (sources[1]["Namespace"], sources[1]["Partition"]) == ("ops", "eu")
     assert "Namespace" not in sources[2] and "Partition" not in sources[2]
@@ -194,3 +194,19 @@ def test_every_change_of_a_health_answer_moves_its_service_index_and_a_table(wri
             assert any(a > b for a, b in zip(after, tables, strict=True)), write
         if _content(store) == content_before:
             assert store.indexes.values == all_before, write
+
+
+def test_config_entries_of_another_namespace_are_distinct():
+    """The same kind and name in two namespaces are two entries; reads and deletes name
+    the namespace (?ns=), as in Consul Enterprise."""
+    store = _store()
+    store.put_config({"Kind": "service-defaults", "Name": "billing", "Protocol": "http"})
+    store.put_config(
+        {"Kind": "service-defaults", "Name": "billing", "Namespace": "finance", "Protocol": "grpc"}
+    )
+    assert store.entry("service-defaults", "billing")["Protocol"] == "http"
+    assert store.entry("service-defaults", "billing", "finance")["Protocol"] == "grpc"
+    assert [e["Protocol"] for e in store.entries("service-defaults", "finance")] == ["grpc"]
+    store.delete_config("service-defaults", "billing", "finance")
+    assert store.entry("service-defaults", "billing", "finance") is None
+    assert store.entry("service-defaults", "billing") is not None
