@@ -91,6 +91,8 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
     reader = site.reader(entry)
     consul = read_consul_settings(reader, site.base_dir)
     mode = reader.string("default_policy", "consul", choices=DEFAULT_MODES) or "consul"
+    if mode == "site" and site.default_policy == "consul":
+        reader.problem("default_policy", '"site" while the site\'s default_policy is "consul"')
     connection_problems(reader, consul)
     return Settings(consul, mode), reader.finish()
 

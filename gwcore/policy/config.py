@@ -23,7 +23,9 @@ from gwcore.policy.dns_records import Family, parse_nameserver
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
-POLICIES = ("allow", "deny")
+# "consul": the agent's default, decided by the consul_intentions plugin (docs/consul.md).
+POLICIES = ("allow", "deny", "consul")
+_CONSUL_INTENTIONS = ("consul_intentions", "gwcore.plugins.consul_intentions")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
@@ -447,6 +449,8 @@ def _parse_site(
     role = r.string("role", "terminating", choices=ROLES) or "terminating"
     default_policy = r.string("default_policy", "deny", choices=POLICIES) or "deny"
     plugins = r.strings("plugins")
+    if default_policy == "consul" and not any(p in _CONSUL_INTENTIONS for p in plugins):
+        r.problem("default_policy", '"consul" needs consul_intentions in plugins')
     if len(set(plugins)) != len(plugins):
         r.problem("plugins", "names a plugin more than once")
     values = {

@@ -13,6 +13,8 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from gwcore.policy.consul_default import agent_default
+from gwcore.policy.decision import combine
+from gwcore.policy.model import Decision, Verdict
 from gwcore.testing_consul import ConsulDouble
 from tests.harness import hello, in_thread, request, sni_for
 from tests.plugins.test_consul_gateway import ConsulGateway, external
@@ -94,3 +96,35 @@ async def test_no_matching_intention_is_decided_as_the_agent_decides(
     finally:
         await gw.stop()
         await consul.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_site_default_policy_consul_follows_the_agent(tmp_path, upstreams):
+    """Uses the Consul double. default_policy = "consul" on the site: with ACLs off the
+    agent allows, and so does the gateway (engine consul_intentions)."""
+    consul = ConsulDouble(reactor, jitter=False)
+    await consul.start()
+    up = upstreams(hello(b"billing"))
+    external(consul, "billing", up.port)
+    consul.link("legacy-gw", "billing")
+    gw = ConsulGateway(tmp_path / "gw", double=consul)
+    gw.site_options = {"default_policy": "consul"}
+    try:
+        await gw.start()
+        guard = next(e for e in gw.site.engines if e.name == "consul_intentions")
+        await gw.wait_for(lambda: guard._source.default.readable)
+        assert await in_thread(request, gw.port, sni_for("billing"), gw.client("web")) == (
+            b"billing"
+        )
+        await gw.wait_for(lambda: len(gw.access_records()) == 1)
+        assert gw.access_records()[0]["engine"] == "consul_intentions"
+    finally:
+        await gw.stop()
+        await consul.stop()
+
+
+def test_combine_with_consul_default_fails_closed():
+    """If every engine abstained under default_policy = "consul" (the consul_intentions
+    engine never does for a loaded service), the result is a deny."""
+    decision = combine([Decision(Verdict.ABSTAIN, "x", "no opinion")], "consul")
+    assert decision.verdict is Verdict.DENY and "default_policy=consul" in decision.reason
