@@ -13,7 +13,10 @@ Section ``[sites.NAME.consul_catalog]`` (all optional):
   deregister it when the site stops;
 - ``service_id`` (``<gateway>-<host>-<port>``), ``register_address`` (the listener's
   host, or none for a wildcard bind so Consul uses the node's), ``check_interval``
-  (``10s``).
+  (``10s``), ``check_address`` (the address the TCP check dials: default the
+  registered one, for a wildcard bind the agent's node address from
+  ``/v1/agent/self``);
+- ``health_watches`` (128): linked services with their own blocking health query.
 
 What it reads (reference §3, §5), every watch a blocking query:
 
