@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge
+
 from gwcore.hookspecs import hookimpl
 from gwcore.net.filewatch import FileWatcher, expand
 from gwcore.policy.config import ConfigProblem, SiteConfig
@@ -172,6 +174,15 @@ class FileCatalogSource:
             site.reactor, self._paths, self.reload, interval=settings.poll_interval, pattern=PATTERN
         )
         labels = {"site": site.name, "source": NAME}
+        self._skipped_seen: set[str] = set()
+        self._skipped = site.metrics.family(
+            Gauge,
+            "tgw_catalog_skipped_entries",
+            "Config entries of kinds tgw does not use (proxy-defaults, mesh, ...), "
+            "left out on purpose, by kind.",
+            ["site", "source", "kind"],
+        )
+        self._skipped_kinds: set[str] = set()
         self._errors = site.metrics.catalog_errors.labels(**labels)
         self._last_success_gauge = site.metrics.catalog_last_success.labels(**labels)
 
@@ -216,6 +227,7 @@ class FileCatalogSource:
         else:
             destinations, unusable = build_destinations(merged, self._gateway, self._datacenter)
         self._note_catalog_problems([*conflicts, *unusable])
+        self._note_skipped(merged)
         intentions = build_intentions(merged)
         gateways = build_mesh_gateways(merged, self._datacenter)
         version = _content_version(destinations, intentions, gateways)
@@ -263,6 +275,20 @@ class FileCatalogSource:
         for path in set(self._files) - present:
             del self._files[path]
             self._unresolved.pop(f"file:{path}", None)
+
+    def _note_skipped(self, merged: CatalogDocuments) -> None:
+        """One info line per skipped entry (once), and the count in force by kind."""
+        counts: dict[str, int] = {}
+        for entry in merged.skipped:
+            counts[entry.kind] = counts.get(entry.kind, 0) + 1
+            if str(entry) not in self._skipped_seen:
+                self._skipped_seen.add(str(entry))
+                self._site.log.info("{entry}", entry=str(entry))
+        for kind in self._skipped_kinds | set(counts):
+            self._skipped.labels(site=self._site.name, source=NAME, kind=kind).set(
+                counts.get(kind, 0)
+            )
+        self._skipped_kinds |= set(counts)
 
     def _reject(self, path: Path, text: str, digest: str) -> None:
         state = self._files.get(path)

@@ -30,7 +30,9 @@ from gwcore.policy.resolv import (
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
-POLICIES = ("allow", "deny")
+# "consul": the agent's default, decided by the consul_intentions plugin (docs/consul.md).
+POLICIES = ("allow", "deny", "consul")
+_CONSUL_INTENTIONS = ("consul_intentions", "gwcore.plugins.consul_intentions")
 
 # Patterns given to ``string(pattern=...)`` must match the whole value (fullmatch):
 # a "$" anchor would let a trailing newline through.
@@ -507,6 +509,8 @@ def _parse_site(
     role = r.string("role", "terminating", choices=ROLES) or "terminating"
     default_policy = r.string("default_policy", "deny", choices=POLICIES) or "deny"
     plugins = r.strings("plugins")
+    if default_policy == "consul" and not any(p in _CONSUL_INTENTIONS for p in plugins):
+        r.problem("default_policy", '"consul" needs consul_intentions in plugins')
     if len(set(plugins)) != len(plugins):
         r.problem("plugins", "names a plugin more than once")
     values = {

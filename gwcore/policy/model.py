@@ -142,9 +142,17 @@ class Intention:
     permissions: tuple[Mapping[str, object], ...] = ()
     description: str = ""
     origin: str = ""  # where it came from: a file path or an API index, for the decision reason
+    # A source in a cluster peer, or any member of a sameness group: an identity tgw
+    # cannot verify, so such an intention never matches a caller (intentions.py rule 6).
+    source_peer: str = ""
+    source_sameness_group: str = ""
 
     def __str__(self) -> str:
         src = f"{self.source.namespace}/{self.source.name}"
+        if self.source_peer:
+            src = f"peer {self.source_peer}: {src}"
+        elif self.source_sameness_group:
+            src = f"sameness group {self.source_sameness_group}: {src}"
         dst = f"{self.destination.namespace}/{self.destination.name}"
         return f"{src} => {dst} ({self.action or 'L7'})"
 

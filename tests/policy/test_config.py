@@ -421,8 +421,13 @@ def test_full_file(tmp_path: Path) -> None:
         ),
         pytest.param(
             MINIMAL_SITE + "default_policy = 'permit'\n",
-            [("sites.edge.default_policy", "must be one of allow, deny, not 'permit'")],
+            [("sites.edge.default_policy", "must be one of allow, deny, consul, not 'permit'")],
             id="bad-default-policy",
+        ),
+        pytest.param(
+            MINIMAL_SITE + "default_policy = 'consul'\n",
+            [("sites.edge.default_policy", '"consul" needs consul_intentions in plugins')],
+            id="consul-default-policy-without-consul-intentions",
         ),
         pytest.param(
             MINIMAL_SITE.replace('"tgw"', '"TGW_1"'),
