@@ -60,16 +60,19 @@ def _explain(args: argparse.Namespace) -> int:
     import urllib.request
 
     from gwcore.connect import endpoint_address
+    from gwcore.net.admin_guard import admin_token
     from gwcore.policy.config import ConfigError, load_config
 
     admin = args.admin
+    token = ""
     if not admin:
         args.config = _config_path(args.config)
         if args.config is None:
             return 1
         try:
             config = load_config(args.config)
-        except ConfigError as e:
+            token = admin_token(config)
+        except (ConfigError, ValueError) as e:
             print(e, file=sys.stderr)
             return 1
         if not config.admin:
@@ -81,8 +84,11 @@ def _explain(args: argparse.Namespace) -> int:
     if args.site:
         query["site"] = args.site
     url = f"{admin.rstrip('/')}/explain?{urllib.parse.urlencode(query)}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=10
+        ) as response:
             answer = json.load(response)
     except urllib.error.HTTPError as e:
         print(f"tgw explain: {json.load(e).get('error', e)}", file=sys.stderr)
@@ -176,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Asks the running gateway's admin endpoint what every authorization engine of a "
             "site would decide for SOURCE -> DESTINATION, and the combined decision. "
+            "With --config, the admin bearer token (admin_token[_file]) is sent. "
             "Exit status: 0 allow, 2 deny, 1 error."
         ),
     )

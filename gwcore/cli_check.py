@@ -112,6 +112,7 @@ def _explain(checked: CheckedConfig, path: str) -> None:
                 f"{site.datacenter} go to the service's Connect endpoints from the catalog, "
                 f"names in another datacenter to that datacenter's mesh gateways (catalog "
                 f"mesh-gateway services; configured for: {configured})"
+                + ("; Consul server names (WAN federation)" if hop.get("wan_federation") else "")
             )
             continue
         engines = ", ".join(summary["engines"]) or "none"
@@ -128,7 +129,7 @@ def _explain(checked: CheckedConfig, path: str) -> None:
         if hop:
             print(
                 f"    destinations in other datacenters: mesh-gateway hop as {site.name!r}, "
-                f"mode {hop.get('mode', 'local')} (configured mesh gateways for: {configured})"
+                f"mode {hop.get('mode', 'none')} (configured mesh gateways for: {configured})"
             )
     if config.admin:
         print(f"  admin: {config.admin}")

@@ -4,8 +4,11 @@
 running one stays (each problem is logged, ``tgw_config_reloads_total{result=
 "rejected"}`` rises). A good one is applied site by site: an unchanged site is
 left alone; a changed site's replacement is started and the old one stops
-accepting and drains its connections in the background; live connections are
-never cut by a reload. The access log is reopened (for log rotation).
+accepting and drains its connections in the background. A live connection is
+cut by a reload only when the new config denies it (``gwcore.recheck``: changed
+default policy, engines, routes or trust roots; a removed site); changes that
+cannot deny (listener tuning, timeouts) let it drain. The access log is reopened
+(for log rotation).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from gwcore.mesh_site import MeshSite
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
+from gwcore.net.admin_guard import AdminGuard, admin_token, config_secrets
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.policy.config import SiteConfig
+from gwcore.policy.redact import redact
 from gwcore.reload_diff import describe_changes
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
@@ -93,11 +98,17 @@ class GatewayService(Service):
         self.access_log = AccessLog(config.access_log, config.base_dir)
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
         if config.admin and shared:
-            admin = QuietSite(AdminResource(self.metrics, lambda: list(self.sites.values()), self))
-            port = await serverFromString(self.reactor, config.admin).listen(admin)
+            guard = AdminGuard(admin_token(config), config.admin_hosts, self.metrics)
+            resource = AdminResource(self.metrics, lambda: list(self.sites.values()), self, guard)
+            port = await serverFromString(self.reactor, config.admin).listen(QuietSite(resource))
             self._ports.append(port)
             host = port.getHost()
-            log.info("admin endpoint on http://{host}:{port}/", host=host.host, port=host.port)
+            where = f"http://{host.host}:{host.port}/" if hasattr(host, "port") else host.name
+            log.info(
+                "admin endpoint on {where}{auth}",
+                where=where if isinstance(where, str) else where.decode(errors="replace"),
+                auth=" (bearer token required)" if guard.requires_token else "",
+            )
         if config.sample_service and shared:
             port = await serverFromString(self.reactor, config.sample_service.listen).listen(
                 sample_site(config.sample_service.body)
@@ -143,8 +154,11 @@ class GatewayService(Service):
 
     @property
     def raw(self) -> Any:
-        """The config as loaded (served at ``/config``)."""
-        return self.config.raw
+        """The config as loaded, every secret redacted (served at ``/config``)."""
+        declared: dict[str, frozenset[str]] = {}
+        for stack in self.checked.stacks.values():
+            declared.update(stack.secret_keys())
+        return redact(self.config.raw, declared, config_secrets(self.config))
 
     def _start_failed(self, failure: Any) -> None:
         self.failure = failure
@@ -241,8 +255,8 @@ class GatewayService(Service):
                 return
             new = checked.config
             restart_only = (
-                *("admin", "sample_service", "access_log", "state_dir"),
-                *("log_level", "log_format"),
+                *("admin", "admin_token", "admin_token_file", "admin_hosts"),
+                *("sample_service", "access_log", "state_dir", "log_level", "log_format"),
             )
             if any(getattr(new, k) != getattr(self.config, k) for k in restart_only):
                 log.warn(
@@ -282,8 +296,14 @@ class GatewayService(Service):
                 self.sites[key] = site
                 log.info("site {site} reloaded", site=key)
             for key, old in old_sites.items():
-                if self.sites.get(key) is not old:
-                    # Retire without a deadline: a reload never cuts a live connection.
+                # (A removed site is still in self.sites: it was never replaced.)
+                if self.sites.get(key) is not old or key not in wanted:
+                    # Policy that tightened closes what it now denies (gwcore.recheck) ...
+                    if key in wanted:
+                        self.sites[key].recheck.adopt(old)
+                    else:
+                        old.recheck.retire("its site was removed by a reload")
+                    # ... and the rest is retired without a deadline.
                     self._retiring.add(old)
                     retired = Deferred.fromCoroutine(old.stop(drain_timeout=math.inf))
                     retired.addBoth(lambda _, site=old: self._retired(site))

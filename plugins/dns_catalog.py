@@ -8,8 +8,15 @@ Section ``[sites.NAME.dns_catalog]`` (all optional):
 - ``min_ttl`` (default ``1s``, at least ``0.05s``) and ``max_ttl`` (default ``5m``): a
   record's TTL is clamped to these before it sets the next lookup;
 - ``max_stale`` (default ``1h``): how long past its TTL the last good answer is served
-  while lookups fail or come back empty;
+  while no authority answers (timeouts, SERVFAIL, REFUSED; RFC 8767);
+- ``hold_nx`` (default ``30s``): how long the last good answer is kept after an
+  authoritative negative answer (NXDOMAIN, NODATA, SRV targets all ".") before the
+  endpoints are removed (HAProxy's ``hold nx``);
 - ``timeout`` (default ``5s``): one lookup, every query and CNAME step included;
+- ``edns_payload`` (default ``4096``; ``0`` sends no OPT record): the EDNS0 UDP
+  payload size queries advertise;
+- ``search`` and ``ndots`` (default: ``/etc/resolv.conf``'s): the search list for
+  names with fewer than ``ndots`` dots;
 - ``family`` (default ``"prefer_ipv4"``): ``ipv4``, ``ipv6``, ``both``, ``prefer_ipv4`` or
   ``prefer_ipv6`` (see :class:`gwcore.policy.dns_records.Family`).
 
@@ -28,10 +35,11 @@ upstream TLS fields of a Consul linked service: ``ca_file``, ``cert_file``, ``ke
 
 The destination is routed under the Consul SNI of its service name, like any other.
 Refresh and serve-stale rules are :class:`gwcore.policy.dns_records.ServeStale`'s:
-a destination whose lookups fail (or answer empty) keeps its last good endpoints for
-``max_stale``, counted in ``tgw_dns_stale_served_total``; after that it stays routed with
-zero endpoints (connections are refused with "no healthy endpoints") and one error is
-logged. A destination that never resolved is routed with zero endpoints. The source
+a destination whose lookups fail keeps its last good endpoints for ``max_stale``,
+counted in ``tgw_dns_stale_served_total``; after that it stays routed with zero
+endpoints (connections are refused with "no healthy endpoints") and one error is
+logged. A negative answer keeps them ``hold_nx`` only (``tgw_dns_held``). A
+destination that never resolved is routed with zero endpoints. The source
 never says anything about intentions.
 """
 
@@ -58,8 +66,9 @@ from gwcore.net.resolver import (
     ServiceAnswer,
     WatchUpdate,
 )
-from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig
+from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig, read_stub_options
 from gwcore.policy.dns_records import (
+    DEFAULT_HOLD_NX,
     FAMILIES,
     Family,
     RefreshPolicy,
@@ -78,6 +87,7 @@ from gwcore.policy.model import (
     ServiceName,
     UpstreamTLS,
 )
+from gwcore.policy.resolv import DEFAULT_EDNS_PAYLOAD
 from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
@@ -126,6 +136,9 @@ class DNSCatalogSettings:
     timeout: float
     family: Family
     services: tuple[DNSService, ...]
+    edns_payload: int = DEFAULT_EDNS_PAYLOAD
+    search: tuple[str, ...] | None = None  # None: resolv.conf's
+    ndots: int | None = None
 
 
 def stack_name(site: SiteConfig) -> str | None:
@@ -149,7 +162,10 @@ def read_settings(site: SiteConfig) -> tuple[DNSCatalogSettings, list[ConfigProb
         reader.problem("max_ttl", f"must not be below min_ttl ({max_ttl:g}s < {min_ttl:g}s)")
         max_ttl = min_ttl
     max_stale = reader.duration("max_stale", DEFAULT_MAX_STALE)
+    hold_nx = reader.duration("hold_nx", DEFAULT_HOLD_NX)
     timeout = reader.duration("timeout", DEFAULT_TIMEOUT, minimum=0.01)
+    edns_payload, search, ndots = read_stub_options(reader, "")
+    # (the site's own dns_* keys are read the same way, for host-name endpoints)
     family = Family(reader.string("family", DEFAULT_FAMILY.value, choices=FAMILIES))
     services: list[DNSService] = []
     table = reader.table_value("services")
@@ -164,10 +180,18 @@ def read_settings(site: SiteConfig) -> tuple[DNSCatalogSettings, list[ConfigProb
         if service is not None:
             services.append(service)
     problems = reader.finish()
-    policy = RefreshPolicy(min_ttl, max_ttl, max_stale)
-    return DNSCatalogSettings(
-        tuple(nameservers), policy, timeout, family, tuple(services)
-    ), problems
+    policy = RefreshPolicy(min_ttl, max_ttl, max_stale, hold_nx)
+    settings = DNSCatalogSettings(
+        tuple(nameservers),
+        policy,
+        timeout,
+        family,
+        tuple(services),
+        edns_payload,
+        search,
+        ndots,
+    )
+    return settings, problems
 
 
 def _read_service(
@@ -277,6 +301,13 @@ class _Metrics:
             "1 while a DNS destination serves an older answer because lookups fail.",
             labels,
         )
+        self.held = family(
+            Gauge,
+            "tgw_dns_held",
+            "1 while a DNS destination keeps its endpoints for hold_nx after a negative "
+            "answer (NXDOMAIN, NODATA).",
+            labels,
+        )
         self.stale_served = family(
             Counter,
             "tgw_dns_stale_served",
@@ -337,7 +368,12 @@ class DNSCatalogSource:
         settings, _ = read_settings(site.config)  # validated before the site starts
         self.settings = settings
         self._resolver = DNSResolver(
-            site.reactor, settings.nameservers or None, timeout=settings.timeout
+            site.reactor,
+            settings.nameservers or None,
+            timeout=settings.timeout,
+            edns_payload=settings.edns_payload,
+            search=settings.search,
+            ndots=settings.ndots,
         )
         self._metrics = _Metrics(site)
         self._catalog_errors = site.metrics.catalog_errors.labels(site=site.name, source=NAME)
@@ -442,8 +478,10 @@ class DNSCatalogSource:
         endpoints = self._endpoints(service, update.answer)
         m.endpoints.labels(**labels).set(len(endpoints))
         m.stale.labels(**labels).set(1 if step.status is Status.STALE else 0)
+        m.held.labels(**labels).set(1 if step.status is Status.HELD else 0)
         now = self._site.reactor.seconds()
-        if update.result == "success" or (update.result == "empty" and step.status is Status.FRESH):
+        answered = step.status in (Status.FRESH, Status.NEGATIVE, Status.HELD)
+        if update.result == "success" or (update.result in ("empty", "nxdomain") and answered):
             self._last_success = now
             self._errors.pop(name, None)
             m.last_success.labels(**labels).set(now)
@@ -454,7 +492,7 @@ class DNSCatalogSource:
         else:
             self._errors.pop(name, None)
             self._errors[name] = update.error or update.result
-            if update.result != "empty":
+            if update.result not in ("empty", "nxdomain"):
                 self._catalog_errors.inc()
             if step.status is Status.STALE:
                 m.stale_served.labels(**labels).inc()
@@ -494,6 +532,21 @@ class DNSCatalogSource:
             log.error(
                 "DNS {kind} lookup of {dns_name} for {service} failed ({error}); {service} "
                 "has no endpoints until it resolves",
+                **common,
+            )
+        elif step.event == "held":
+            log.warn(
+                "DNS {kind} lookup of {dns_name} for {service}: the name has no records now "
+                "({error}); its last {n} endpoints are kept for {hold:g}s (hold_nx), then "
+                "removed",
+                n=endpoints,
+                hold=self.settings.policy.hold_nx,
+                **common,
+            )
+        elif step.event in ("removed", "negative"):
+            log.warn(
+                "DNS {kind} lookup of {dns_name} for {service}: the name has no records "
+                "({error}); {service} has no endpoints until it has",
                 **common,
             )
         elif step.event == "recovered":

@@ -5,10 +5,15 @@ The zone lives in memory and the test changes it while the server runs
 answers like an authoritative one: CNAME chains inside the zone are followed in one
 answer, a name it does not know is NXDOMAIN, a known name without the asked type is
 NODATA (``chase = False`` answers a CNAME alone, as for a target in another
-zone). Over UDP, an answer longer than 512 bytes is sent truncated (TC set, no
-records), as RFC 1035 servers do, so clients must retry over TCP. ``mode`` can make
-it answer SERVFAIL or drop queries, and :meth:`stop`/:meth:`start` take it off the
-network and back on the same port. Every query is logged in ``queries``.
+zone); with ``soa`` set, negative answers carry an SOA in the authority section
+(RFC 2308), as Consul's DNS does. Over UDP, an answer longer than 512 bytes — or
+than the payload the query's EDNS0 OPT record advertises (RFC 6891) — is sent
+truncated (TC set, no records), as RFC 1035 servers do, so clients must retry over
+TCP. ``udp_answer_limit`` answers like Consul's DNS: a UDP query without an OPT
+record gets at most that many answer records, *without* TC. ``mode`` can make it
+answer SERVFAIL or REFUSED or drop queries, and :meth:`stop`/:meth:`start` take it
+off the network and back on the same port. Every query is logged in ``queries``
+(with the EDNS payload it advertised, 0 for none).
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ class Query:
     name: str
     type: int
     transport: str  # "udp" | "tcp"
+    edns: int = 0  # the UDP payload size of the query's OPT record; 0: none
 
 
-def srv(priority: int, weight: int, port: int, target: str) -> dns.Record_SRV:
+def srv(priority: int, weight: int, port: int, target: str | bytes) -> dns.Record_SRV:
     return dns.Record_SRV(priority, weight, port, target)
 
 
@@ -66,7 +72,7 @@ class _Factory(server.DNSServerFactory):
         self.owner._answer(self, message, protocol, address)
 
     def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
-        if address is not None and len(message.toStr()) > UDP_LIMIT:
+        if address is not None and len(message.toStr()) > self.owner.udp_limit:
             message.answers, message.authority, message.additional = [], [], []
             message.trunc = 1
         super().sendReply(protocol, message, address)
@@ -81,6 +87,9 @@ class AuthoritativeServer:
         self.mode = "answer"  # "answer" | "servfail" | "drop"
         self.additional = False  # put SRV targets' addresses in the additional section
         self.chase = True  # follow CNAMEs inside the zone (False: answer the CNAME alone)
+        self.soa: tuple[int, int] | None = None  # (record TTL, MINIMUM) for negative answers
+        self.udp_answer_limit: int | None = None  # Consul's: cut UDP answers without OPT
+        self.udp_limit = UDP_LIMIT  # of the reply being sent
         self.port = 0
         self._factory = _Factory(self)
         self._udp: Any = None
@@ -133,11 +142,16 @@ class AuthoritativeServer:
     def _answer(self, factory: _Factory, message: dns.Message, protocol: Any, address: Any) -> None:
         query = message.queries[0]
         name = query.name.name.decode().lower().rstrip(".")
-        self.queries.append(Query(name, query.type, "udp" if address is not None else "tcp"))
+        opt = [r for r in message.additional if r.type == dns.OPT]
+        edns = opt[0].cls if opt else 0  # an OPT record's CLASS is its UDP payload size
+        transport = "udp" if address is not None else "tcp"
+        self.queries.append(Query(name, query.type, transport, edns))
+        self.udp_limit = max(UDP_LIMIT, edns)
         if self.mode == "drop":
             return
-        if self.mode == "servfail":
-            reply = factory._responseFromMessage(message=message, rCode=dns.ESERVER)
+        if self.mode in ("servfail", "refused"):
+            code = dns.ESERVER if self.mode == "servfail" else dns.EREFUSED
+            reply = factory._responseFromMessage(message=message, rCode=code)
             factory.sendReply(protocol, reply, address)
             return
         answers, known = self._lookup(name, query.type)
@@ -148,8 +162,21 @@ class AuthoritativeServer:
                 for rtype in (dns.A, dns.AAAA):
                     additional += self.records.get((target, rtype), [])
         rcode = dns.OK if known else dns.ENAME
+        if transport == "udp" and not edns and self.udp_answer_limit is not None:
+            answers = answers[: self.udp_answer_limit]  # Consul: no TC bit
+        authority: list[dns.RRHeader] = []
+        if self.soa is not None and not answers:
+            ttl, minimum = self.soa
+            record = dns.Record_SOA(
+                mname="ns.example.test", rname="hostmaster.example.test", minimum=minimum
+            )
+            authority = [dns.RRHeader("example.test", dns.SOA, dns.IN, ttl, record, auth=True)]
         reply = factory._responseFromMessage(
-            message=message, rCode=rcode, answers=answers, additional=additional
+            message=message,
+            rCode=rcode,
+            answers=answers,
+            authority=authority,
+            additional=additional,
         )
         reply.auth = 1
         factory.sendReply(protocol, reply, address)

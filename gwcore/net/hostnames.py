@@ -3,13 +3,19 @@
 A catalog instance whose address is a hostname (``billing.corp.example``) becomes
 one endpoint per address the name resolves to, with the instance's health and
 weight — for *every* such instance, not only the first (Consul's issue #16040
-uses one hostname per cluster). Each name is resolved asynchronously with Twisted
+uses one hostname per cluster). ``localhost`` and ``*.localhost`` are the loopback
+addresses without any lookup (RFC 6761); a name the hosts file lists is answered
+from it (re-read when it changes), as getaddrinfo and Envoy do; any other name is
+resolved asynchronously with Twisted
 Names through a :class:`~gwcore.net.resolver.DNSWatch`: asked again when its TTL
 (clamped to ``dns_min_ttl``..``dns_max_ttl``) runs out, and its last good answer
 served for up to ``dns_max_stale`` while the resolver fails. A name with nothing
 in force contributes no endpoint (the destination then answers "no healthy
 endpoints" if it has no other). When an answer changes, the site rebuilds its
-route table; connections in flight keep the endpoint they have.
+route table; connections in flight keep the endpoint they have. Each address
+endpoint's meta says which name it came from (``hostname``) and which source
+answered (``address_source``: ``localhost``, ``hosts`` or ``dns``); the access log
+shows both.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class HostnameEndpoints:
         family: Family,
         on_change: Callable[[], None],
         on_result: Callable[[str], None] | None = None,
+        on_source: Callable[[str], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self._resolver = resolver
@@ -46,6 +53,7 @@ class HostnameEndpoints:
         self._family = family
         self._on_change = on_change
         self._on_result = on_result
+        self._on_source = on_source
         self._watches: dict[str, DNSWatch[AddressAnswer]] = {}
 
     @staticmethod
@@ -98,7 +106,11 @@ class HostnameEndpoints:
                     replace(
                         endpoint,
                         address=address,
-                        meta={**endpoint.meta, "hostname": endpoint.address},
+                        meta={
+                            **endpoint.meta,
+                            "hostname": endpoint.address,
+                            "address_source": answer.source,
+                        },
                     )
                 )
         return replace(destination, endpoints=tuple(endpoints))
@@ -106,6 +118,8 @@ class HostnameEndpoints:
     def _updated(self, update: WatchUpdate[AddressAnswer]) -> None:
         if self._on_result is not None:
             self._on_result(update.result)
+        if self._on_source is not None and update.result == "success" and update.answer:
+            self._on_source(update.answer.source)
         if update.step.event:
             log.info(
                 "hostname {name}: {event} ({result}{error})",

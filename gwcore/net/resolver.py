@@ -6,18 +6,26 @@ Two layers, both reusable by any plugin:
   :meth:`~DNSResolver.resolve_addresses` (A and/or AAAA, following CNAME chains) and
   :meth:`~DNSResolver.resolve_service` (SRV, then each target's addresses). Answers
   carry the TTL to cache them for (the smallest TTL of every record used, CNAMEs
-  included). Queries go over UDP to the configured nameservers (or those of
-  ``/etc/resolv.conf``), each tried in turn; a truncated UDP answer is asked again
-  over TCP (Twisted Names' ``client.Resolver`` does this). Failures are
+  included). Queries go over UDP with an EDNS0 OPT record advertising a 4,096-byte
+  payload (RFC 6891; Consul's DNS otherwise cuts SRV answers to ``udp_answer_limit``
+  without setting TC) to the configured nameservers (or those of
+  ``/etc/resolv.conf``, re-read when it changes), in order: a timeout, SERVFAIL or
+  REFUSED moves to the next, as glibc and c-ares do. A truncated UDP answer is asked
+  again over TCP (Twisted Names' ``client.Resolver`` does this); FORMERR to the OPT
+  record is asked again without it. Host names with fewer than ``ndots`` dots go
+  through the search list (:func:`gwcore.policy.resolv.search_names`). Failures are
   :class:`DNSLookupError` with a short ``reason`` (``nxdomain``, ``servfail``,
-  ``refused``, ``timeout``, ``cname_loop``, ``error``).
+  ``refused``, ``timeout``, ``cname_loop``, ``error``); NXDOMAIN carries the SOA's
+  negative TTL.
+- :meth:`~DNSResolver.resolve_addresses` answers ``localhost`` and ``*.localhost``
+  with the loopback addresses without any lookup (RFC 6761), and, when a hosts file
+  is given, names it lists from it before DNS (re-read when it changes). The
+  answer's ``source`` says which answered.
 - :class:`DNSWatch` keeps one lookup fresh: it asks again when the answer's TTL
   (clamped to a floor and a ceiling) runs out, serves the last good answer for up to
-  ``max_stale`` while lookups fail or come back empty, and calls back on every
-  outcome. The rules live in :class:`gwcore.policy.dns_records.ServeStale`.
-
-``/etc/hosts`` is not consulted: a hosts entry has no TTL and no SRV form; IP
-literals are answered directly.
+  ``max_stale`` while lookups fail, holds it for ``hold_nx`` on a negative answer,
+  and calls back on every outcome. The rules live in
+  :class:`gwcore.policy.dns_records.ServeStale`.
 """
 
 from __future__ import annotations
@@ -34,11 +42,13 @@ from twisted.internet.defer import (
     DeferredList,
     TimeoutError,
     ensureDeferred,
+    succeed,
 )
-from twisted.names import client, dns
+from twisted.names import dns
 from twisted.names import error as dns_error
 from twisted.python.failure import Failure
 
+from gwcore.net.dns_transport import FileReader, ServerClient
 from gwcore.policy.dns_records import (
     Family,
     RefreshPolicy,
@@ -49,20 +59,37 @@ from gwcore.policy.dns_records import (
     Step,
     is_ip_literal,
 )
+from gwcore.policy.resolv import (
+    DEFAULT_EDNS_PAYLOAD,
+    SYSTEM_RESOLV_CONF,
+    HostsFile,
+    ResolvConf,
+    localhost_addresses,
+    parse_hosts,
+    parse_resolv_conf,
+    search_names,
+    split_families,
+)
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_PORT = 53
 MAX_CNAME_DEPTH = 8
-SYSTEM_RESOLV_CONF = "/etc/resolv.conf"
+# A hosts-file answer has no TTL: ask again at the policy's floor, which re-reads the
+# file only when it changed (a stat per lookup).
+HOSTS_TTL = 0.0
 
 
 class DNSLookupError(Exception):
     """A lookup that produced no answer; ``reason`` is a short, bounded label for metrics."""
 
-    def __init__(self, reason: str, name: str, detail: str = "") -> None:
+    def __init__(
+        self, reason: str, name: str, detail: str = "", *, negative_ttl: float = 0.0
+    ) -> None:
         self.reason = reason
         self.name = name
         self.detail = detail
+        # NXDOMAIN: how long the authority says "no such name" holds (RFC 2308).
+        self.negative_ttl = negative_ttl
         super().__init__(f"{name}: {reason}" + (f" ({detail})" if detail else ""))
 
 
@@ -98,12 +125,15 @@ class AddressAnswer:
 
     An empty ``addresses`` is a successful "no such records" answer (NODATA); its
     ``ttl`` is the zone's negative-caching TTL when the server sent one, else 0.
+    ``source`` says what answered: ``dns``, ``hosts`` (the hosts file), ``localhost``
+    (RFC 6761, no lookup) or ``literal`` (an IP address).
     """
 
     name: str
     addresses: tuple[str, ...]
     ttl: float
     canonical: str = ""
+    source: str = "dns"
 
     @property
     def empty(self) -> bool:
@@ -146,10 +176,13 @@ class DNSResolver:
     """Resolves names with Twisted Names, never blocking the reactor.
 
     ``nameservers`` are ``(ip, port)`` pairs tried in order; ``None`` means the
-    system's (``/etc/resolv.conf``, re-read when it changes). ``timeout`` bounds each
+    system's (``resolv_conf``, re-read when it changes). ``timeout`` bounds each
     lookup as a whole (the query is sent twice per nameserver within it, in case a
     UDP datagram was lost); CNAME chains are followed for up to ``max_cname_depth``
-    names. Call :meth:`close` when done (it stops the resolv.conf re-reading timer).
+    names. ``edns_payload`` is the UDP payload size advertised in an OPT record (0:
+    send none). ``search`` and ``ndots`` default to ``resolv_conf``'s. ``hosts_file``
+    (``None``: none) is consulted before DNS by :meth:`resolve_addresses`. Call
+    :meth:`close` when done (it drops open TCP connections).
     """
 
     def __init__(
@@ -160,44 +193,94 @@ class DNSResolver:
         timeout: float = DEFAULT_TIMEOUT,
         max_cname_depth: int = MAX_CNAME_DEPTH,
         resolv_conf: str = SYSTEM_RESOLV_CONF,
+        edns_payload: int = DEFAULT_EDNS_PAYLOAD,
+        search: Sequence[str] | None = None,
+        ndots: int | None = None,
+        hosts_file: str | None = None,
     ) -> None:
         self._reactor = reactor
         self.timeout = timeout
         self.max_cname_depth = max_cname_depth
-        servers = list(nameservers) if nameservers else None
-        count = len(servers) if servers else 1
-        # Per nameserver, a first try and one retransmission; the whole lookup is
-        # bounded by ``timeout`` separately, so this only spreads the attempts.
-        per_try = max(timeout / (2 * count), 0.05)
-        self._timeouts = (per_try / 2, per_try * 1.5)
-        self._client = client.Resolver(
-            resolv=None if servers else resolv_conf,
-            servers=servers,
-            timeout=self._timeouts,
-            reactor=reactor,
-        )
+        self.edns_payload = edns_payload
+        self._nameservers = tuple(nameservers) if nameservers else None
+        self._search = tuple(search) if search is not None else None
+        self._ndots = ndots
+        self._resolv = FileReader(resolv_conf, parse_resolv_conf, ResolvConf())
+        self._hosts = FileReader(hosts_file, parse_hosts, HostsFile()) if hosts_file else None
+        self._clients: dict[tuple[tuple[str, int], int], ServerClient] = {}
 
     def close(self) -> None:
-        """Stop background timers and drop the TCP connection if one is open."""
-        call = getattr(self._client, "_parseCall", None)
-        if call is not None and call.active():
-            call.cancel()
-        for connection in list(self._client.connections):
-            connection.transport.loseConnection()
+        """Drop the TCP connections that are open."""
+        for resolver in self._clients.values():
+            for connection in list(resolver.connections):
+                connection.transport.loseConnection()
+
+    def nameservers(self) -> tuple[tuple[str, int], ...]:
+        """The nameservers in use now, in the order they are tried."""
+        return self._nameservers or self._resolv.current().nameservers
+
+    def search_list(self) -> tuple[tuple[str, ...], int]:
+        """(search domains, ndots) in use now."""
+        if self._search is not None and self._ndots is not None:
+            return self._search, self._ndots
+        conf: ResolvConf = self._resolv.current()
+        search = self._search if self._search is not None else conf.search
+        ndots = self._ndots if self._ndots is not None else conf.ndots
+        return search, ndots
 
     def resolve_addresses(
         self, name: str, family: Family = Family.PREFER_IPV4
     ) -> Deferred[AddressAnswer]:
-        """The A/AAAA addresses of ``name`` chosen by ``family``; fails with
+        """The A/AAAA addresses of ``name`` chosen by ``family``: from the loopback for
+        localhost names, the hosts file, else DNS through the search list; fails with
         :class:`DNSLookupError`."""
-        return self._bounded(self._addresses(name, family, {}), name)
+        if is_ip_literal(name):
+            return succeed(AddressAnswer(name, (name,), math.inf, name, "literal"))
+        local = localhost_addresses(name)
+        if local is not None:
+            addresses = family.select(*split_families(local))
+            return succeed(
+                AddressAnswer(_text(name), addresses, math.inf, _text(name), "localhost")
+            )
+        if self._hosts is not None:
+            listed = family.select(*split_families(self._hosts.current().addresses(name)))
+            if listed:
+                return succeed(AddressAnswer(_text(name), listed, HOSTS_TTL, _text(name), "hosts"))
+        return self._bounded(self._searched(name, lambda n: self._addresses(n, family, {})), name)
 
     def resolve_service(
         self, name: str, family: Family = Family.PREFER_IPV4
     ) -> Deferred[ServiceAnswer]:
         """The SRV records of ``name`` and their targets' addresses (additional-section
         records are used when present; the rest are queried, concurrently)."""
-        return self._bounded(self._service(name, family), name)
+        return self._bounded(self._searched(name, lambda n: self._service(n, family)), name)
+
+    async def _searched(self, name: str, attempt: Callable[[str], Any]) -> Any:
+        """``attempt`` for each name of the search list until one has records; NXDOMAIN
+        and empty answers move on, anything else ends the search."""
+        search, ndots = self.search_list()
+        empty: Any = None
+        negatives: list[DNSLookupError] = []
+        for candidate in search_names(name, search, ndots):
+            try:
+                answer = await attempt(candidate)
+            except DNSLookupError as e:
+                if e.reason != "nxdomain":
+                    raise
+                negatives.append(e)
+                continue
+            if not answer.empty:
+                return answer
+            empty = empty or answer
+        if empty is not None:
+            return empty
+        # Reported under the name asked for, cacheable for the shortest negative TTL seen.
+        raise DNSLookupError(
+            "nxdomain",
+            name,
+            negatives[0].detail,
+            negative_ttl=min(e.negative_ttl for e in negatives),
+        )
 
     def _bounded(self, coroutine: Any, name: str) -> Deferred[Any]:
         d = ensureDeferred(coroutine)
@@ -210,8 +293,52 @@ class DNSResolver:
 
         return d.addErrback(translate)
 
+    def _client(self, server: tuple[str, int], payload: int) -> ServerClient:
+        key = (server, payload)
+        if key not in self._clients:
+            self._clients[key] = ServerClient(server, payload, self._reactor)
+        return self._clients[key]
+
     async def _query(self, name: str, qtype: int) -> tuple[list[Any], list[Any], list[Any]]:
-        return await self._client.query(dns.Query(name, qtype, dns.IN), timeout=self._timeouts)
+        """Ask each nameserver in order until one answers (NOERROR or NXDOMAIN)."""
+        servers = self.nameservers()
+        # Per nameserver, a first try and one retransmission; the whole lookup is
+        # bounded by ``timeout`` separately, so this only spreads the attempts.
+        per_try = max(self.timeout / (2 * len(servers)), 0.05)
+        timeouts = (per_try / 2, per_try * 1.5)
+        error: DNSLookupError | None = None
+        for server in servers:
+            try:
+                return await self._ask(server, name, qtype, timeouts)
+            except DNSLookupError as e:
+                if e.reason == "nxdomain":
+                    raise  # an authority answered: no other server is asked
+                error = e  # timeout, SERVFAIL, REFUSED, a network error: the next one
+        assert error is not None
+        raise error
+
+    async def _ask(
+        self, server: tuple[str, int], name: str, qtype: int, timeouts: tuple[float, ...]
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        query = dns.Query(name, qtype, dns.IN)
+        try:
+            try:
+                return await self._client(server, self.edns_payload).query(query, timeouts)
+            except dns_error.DNSFormatError:
+                if not self.edns_payload:
+                    raise
+                # RFC 6891 6.2.2: a server that does not know EDNS answers FORMERR.
+                return await self._client(server, 0).query(query, timeouts)
+        except DNSLookupError:
+            raise
+        except dns_error.DNSNameError as e:
+            message = e.args[0] if e.args and isinstance(e.args[0], dns.Message) else None
+            ttl = _negative_ttl(message.authority) if message is not None else 0.0
+            raise DNSLookupError("nxdomain", name, "DNSNameError", negative_ttl=ttl) from None
+        except (CancelledError, GeneratorExit):
+            raise
+        except Exception as e:
+            raise DNSLookupError(lookup_reason(e), name, _detail(e)) from None
 
     async def _follow(
         self, name: str, qtype: int, additional: dict[tuple[str, int], list[Any]]
@@ -255,7 +382,7 @@ class DNSResolver:
         self, name: str, family: Family, additional: dict[tuple[str, int], list[Any]]
     ) -> AddressAnswer:
         if is_ip_literal(name):
-            return AddressAnswer(name, (name,), math.inf, name)
+            return AddressAnswer(name, (name,), math.inf, name, "literal")
         wanted = ((dns.A, family.wants_ipv4), (dns.AAAA, family.wants_ipv6))
         qtypes = [qtype for qtype, wants in wanted if wants]
         pending = [ensureDeferred(self._follow(name, qtype, additional)) for qtype in qtypes]
@@ -273,7 +400,9 @@ class DNSResolver:
             found[qtype] = [a for a in (_address(r) for r in records) if a is not None]
             (ttls if found[qtype] else negative).append(ttl)
         if errors and (len(errors) == len(qtypes) or not any(found.values())):
-            # Nothing usable: report the failure (a half answer would look like NODATA).
+            # Nothing usable: report the failure (a half answer would look like NODATA),
+            # one that says no authority answered before an NXDOMAIN (serve stale).
+            errors.sort(key=lambda f: lookup_reason(f) == "nxdomain")
             errors[0].raiseException()
         addresses = family.select(found[dns.A], found[dns.AAAA])
         ttl = min(ttls or negative or [0.0])
@@ -445,7 +574,14 @@ class DNSWatch(Generic[A]):
             return
         reason = lookup_reason(failure)
         detail = str(failure.value)
-        step = self.state.failed(self._reactor.seconds(), detail)
+        now = self._reactor.seconds()
+        if reason == "nxdomain":
+            # An authoritative "no such name" is a negative answer, not an outage (RFC 8767).
+            ttl = getattr(failure.value, "negative_ttl", 0.0)
+            step = self.state.negative(now, None, ttl)
+            self._finish(WatchUpdate(self.name, step.value, reason, step, detail))
+            return
+        step = self.state.failed(now, detail)
         self._finish(WatchUpdate(self.name, step.value, reason, step, detail))
 
     def _finish(self, update: WatchUpdate[A]) -> None:

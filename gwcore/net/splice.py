@@ -386,6 +386,10 @@ class SplicedClient:
             "connect_attempts": self.attempts,
             "close_cause": self.close_cause,
         }
+        if self.endpoint is not None and "address_source" in self.endpoint.meta:
+            # A host-name endpoint: the name and what answered it (hosts, localhost, dns).
+            record["endpoint_hostname"] = self.endpoint.meta.get("hostname")
+            record["endpoint_source"] = self.endpoint.meta["address_source"]
         if self.close_cause_detail:
             record["close_detail"] = self.close_cause_detail
         if self.info is not None and self.info.annotations:

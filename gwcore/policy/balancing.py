@@ -7,8 +7,9 @@ Rules, applied in this order:
    leave nothing to try, in which case ejections are ignored (an ejection must never
    turn a degraded service into an unreachable one).
 3. Passing endpoints come before warning ones: a warning instance serves only when
-   no passing one accepts the connection.
-4. Within each health tier the destination's ``lb_policy`` orders the endpoints,
+   no passing one accepts the connection. Inside a health tier, endpoints of a lower
+   ``priority`` (an SRV record's, RFC 2782) all come before any of a higher one.
+4. Within each (health, priority) tier the destination's ``lb_policy`` orders the endpoints,
    respecting their weights (Consul's ``Weights.Passing``/``Warning``):
 
    - ``round_robin`` (default): smooth weighted round robin; over any window the
@@ -53,6 +54,16 @@ def health_tiers(endpoints: Iterable[Endpoint]) -> tuple[list[Endpoint], list[En
         elif endpoint.health is Health.WARNING:
             warning.append(endpoint)
     return passing, warning
+
+
+def priority_groups(tier: list[Endpoint]) -> list[list[Endpoint]]:
+    """``tier`` split by ``priority``, lowest first, keeping catalog order in each group."""
+    if all(e.priority == tier[0].priority for e in tier):
+        return [tier] if tier else []
+    groups: dict[int, list[Endpoint]] = {}
+    for endpoint in tier:
+        groups.setdefault(endpoint.priority, []).append(endpoint)
+    return [groups[p] for p in sorted(groups)]
 
 
 def endpoint_key(destination: Destination, endpoint: Endpoint) -> EndpointKey:
@@ -143,7 +154,11 @@ class EndpointPicker:
         key = (destination.service, destination.datacenter)
         turn = self._turns.get(key, 0)
         self._turns[key] = turn + 1
-        return order(destination, passing, turn) + order(destination, warning, turn)
+        ordered: list[Endpoint] = []
+        for tier in (passing, warning):
+            for group in priority_groups(tier):
+                ordered += order(destination, group, turn)
+        return ordered
 
     def _round_robin(
         self, destination: Destination, tier: list[Endpoint], turn: int

@@ -20,17 +20,28 @@ from typing import Any
 
 from gwcore.policy.balancing import POLICIES as LB_POLICIES
 from gwcore.policy.balancing import policy_name
-from gwcore.policy.dns_records import Family, parse_nameserver
+from gwcore.policy.dns_records import DEFAULT_HOLD_NX, Family, parse_nameserver, valid_hostname
+from gwcore.policy.resolv import (
+    DEFAULT_EDNS_PAYLOAD,
+    MAX_EDNS_PAYLOAD,
+    MAX_NDOTS,
+    MIN_EDNS_PAYLOAD,
+    SYSTEM_HOSTS,
+)
 
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
-POLICIES = ("allow", "deny")
+# "consul": the agent's default, decided by the consul_intentions plugin (docs/consul.md).
+POLICIES = ("allow", "deny", "consul")
+_CONSUL_INTENTIONS = ("consul_intentions", "gwcore.plugins.consul_intentions")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 LOG_FORMATS = ("text", "json")
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
+# Patterns given to ``string(pattern=...)`` must match the whole value (fullmatch):
+# a "$" anchor would let a trailing newline through.
+_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_ENDPOINT_RE = re.compile(r"[a-zA-Z0-9]+:.*", re.DOTALL)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -131,7 +142,7 @@ class SectionReader:
         if choices is not None and value not in choices:
             self.problem(name, f"must be one of {', '.join(choices)}, not {value!r}")
             return default
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.problem(name, f"{value!r} is not {what or 'valid'}")
             return default
         return value
@@ -236,6 +247,32 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def read_stub_options(
+    reader: SectionReader, prefix: str
+) -> tuple[int, tuple[str, ...] | None, int | None]:
+    """``<prefix>edns_payload``, ``<prefix>search``, ``<prefix>ndots`` of a section (a
+    site's ``dns_`` keys or ``dns_catalog``'s): (payload, search or None, ndots or None;
+    ``None`` means resolv.conf's)."""
+    key = f"{prefix}edns_payload"
+    payload = reader.integer(key, DEFAULT_EDNS_PAYLOAD, minimum=0, maximum=MAX_EDNS_PAYLOAD)
+    if 0 < payload < MIN_EDNS_PAYLOAD:
+        reader.problem(key, f"must be 0 (no EDNS0) or at least {MIN_EDNS_PAYLOAD}, not {payload}")
+        payload = DEFAULT_EDNS_PAYLOAD
+    search: tuple[str, ...] | None = None
+    if f"{prefix}search" in reader.table:
+        names = []
+        for name in reader.strings(f"{prefix}search"):
+            if valid_hostname(name):
+                names.append(name.rstrip(".").lower())
+            else:
+                reader.problem(f"{prefix}search", f"{name!r} is not a DNS name")
+        search = tuple(names)
+    ndots = None
+    if f"{prefix}ndots" in reader.table:
+        ndots = reader.integer(f"{prefix}ndots", 1, minimum=0, maximum=MAX_NDOTS)
+    return payload, search, ndots
+
+
 def _type_name(value: object) -> str:
     return {
         str: "a string",
@@ -263,6 +300,7 @@ class SiteConfig:
     plugins: tuple[str, ...] = ()
     extra_trust_domains: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
+    session_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
@@ -279,6 +317,11 @@ class SiteConfig:
     dns_max_ttl: float = 300.0
     dns_max_stale: float = 3600.0
     dns_family: str = "prefer_ipv4"
+    dns_hold_nx: float = DEFAULT_HOLD_NX
+    dns_edns_payload: int = DEFAULT_EDNS_PAYLOAD
+    dns_search: tuple[str, ...] | None = None  # None: resolv.conf's
+    dns_ndots: int | None = None
+    hosts_file: str = SYSTEM_HOSTS  # "": none
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
@@ -306,6 +349,8 @@ class SiteConfig:
 
 
 MAX_WORKERS = 64
+MIN_ADMIN_TOKEN = 16
+_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]|[0-9a-f:.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +378,10 @@ class GatewayConfig:
     """Processes serving the same listening sockets (``gwcore.workers``)."""
     log_level: str = "info"
     log_format: str = "text"
+    admin_token: str = field(default="", repr=False)
+    admin_token_file: Path | None = None
+    admin_hosts: tuple[str, ...] = ()
+    """Host header values the admin endpoint accepts besides loopback ones."""
 
     def site(self, key: str) -> SiteConfig:
         for site in self.sites:
@@ -399,6 +448,16 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
     log_level = gw.string("log_level", "info", choices=LOG_LEVELS) or "info"
     log_format = gw.string("log_format", "text", choices=LOG_FORMATS) or "text"
+    admin_token = gw.string("admin_token", "") or ""
+    token_file = gw.string("admin_token_file", "") or ""
+    if admin_token and token_file:
+        gw.problem("admin_token_file", "set admin_token or admin_token_file, not both")
+    elif admin_token and len(admin_token) < MIN_ADMIN_TOKEN:
+        gw.problem("admin_token", f"must be at least {MIN_ADMIN_TOKEN} characters")
+    admin_hosts = tuple(h.lower() for h in gw.strings("admin_hosts"))
+    for host in admin_hosts:
+        if not _HOST_RE.fullmatch(host):
+            gw.problem("admin_hosts", f"{host!r} is not a host name or IP address (no port)")
     problems += gw.finish()
 
     sample = None
@@ -446,6 +505,9 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         workers=workers,
         log_level=log_level,
         log_format=log_format,
+        admin_token=admin_token,
+        admin_token_file=base_dir / token_file if token_file else None,
+        admin_hosts=admin_hosts,
     )
     if problems:
         raise ConfigError(problems, partial=config)
@@ -483,10 +545,13 @@ def _parse_site(
     role = r.string("role", "terminating", choices=ROLES) or "terminating"
     default_policy = r.string("default_policy", "deny", choices=POLICIES) or "deny"
     plugins = r.strings("plugins")
+    if default_policy == "consul" and not any(p in _CONSUL_INTENTIONS for p in plugins):
+        r.problem("default_policy", '"consul" needs consul_intentions in plugins')
     if len(set(plugins)) != len(plugins):
         r.problem("plugins", "names a plugin more than once")
     values = {
         "handshake_timeout": r.duration("handshake_timeout", 10.0, minimum=0.001),
+        "session_lifetime": r.duration("session_lifetime", 3600.0, minimum=1.0),
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
@@ -511,6 +576,11 @@ def _parse_site(
         r.problem("dns_max_ttl", "must not be below dns_min_ttl")
         values["dns_max_ttl"] = values["dns_min_ttl"]
     values["dns_max_stale"] = r.duration("dns_max_stale", 3600.0)
+    values["dns_hold_nx"] = r.duration("dns_hold_nx", DEFAULT_HOLD_NX)
+    stub = read_stub_options(r, "dns_")
+    values["dns_edns_payload"], values["dns_search"], values["dns_ndots"] = stub
+    hosts = r.string("hosts_file", SYSTEM_HOSTS)
+    values["hosts_file"] = str(base_dir / hosts) if hosts else ""
     families = tuple(f.value for f in Family)
     values["dns_family"] = r.string("dns_family", "prefer_ipv4", choices=families) or "prefer_ipv4"
     choices = (*LB_POLICIES, "least_connections")
@@ -545,8 +615,8 @@ def _parse_site(
     )
 
 
-_TD_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_TD_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _valid_trust_domain(value: str) -> bool:
-    return len(value) <= 255 and bool(_TD_RE.match(value.lower()))
+    return len(value) <= 255 and bool(_TD_RE.fullmatch(value.lower()))

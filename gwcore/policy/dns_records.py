@@ -9,25 +9,31 @@ Rules of :class:`ServeStale`, the per-name state machine:
 1. A non-empty answer is *fresh*: it replaces what was in force, is good until
    ``now + clamp(ttl)``, and the name is asked again at that time. ``clamp`` bounds
    the record's TTL by the policy's floor (``min_ttl``) and ceiling (``max_ttl``).
-2. A failure (timeout, SERVFAIL, NXDOMAIN, refused...) or an *empty* answer, while a
-   non-empty answer is in force and ``now`` is before its *stale deadline*
-   (``good_until + max_stale``), keeps that answer: the name is *stale*. Each such
-   attempt is counted. Retries back off exponentially from ``min_ttl`` up to
-   ``min(max_ttl, 30s)``, and one retry always falls on the stale deadline.
+2. A failure — no authority answered: timeout, SERVFAIL, REFUSED, a network error
+   (RFC 8767) — while a non-empty answer is in force and ``now`` is before its
+   *stale deadline* (``good_until + max_stale``), keeps that answer: the name is
+   *stale*. Each such attempt is counted. Retries back off exponentially from
+   ``min_ttl`` up to ``min(max_ttl, 30s)``, and one retry always falls on the stale
+   deadline.
 3. The same at or after the stale deadline *expires* the name: nothing is in force
    any more (the consumer shows zero endpoints). Expiry is reported once.
-4. An empty answer when nothing non-empty was in force (the first answer, or after
-   expiry) is accepted as it is: the name legitimately has no records. It is asked
-   again after its (negative) TTL, clamped.
+4. An authoritative *negative* answer (:meth:`ServeStale.negative`: NXDOMAIN, an
+   empty NODATA answer, SRV targets that are all ".") is not an outage: the name
+   has no records. While a non-empty answer is in force it is *held* for
+   ``hold_nx`` (HAProxy's ``hold nx``) counted from the first negative answer, then
+   removed; with nothing in force the negative answer is accepted at once. Either
+   way the name is asked again after the negative TTL (RFC 2308: the SOA's), clamped
+   (during a hold, no later than its end). A failure during a hold does not extend it.
 5. A failure when nothing was ever in force leaves the name *unresolved*; it is
    retried with the same back-off.
 
 SRV to endpoints (:func:`srv_endpoints`): RFC 2782 says to use the lowest priority
-that answers, and to spread load by weight within it. The route model has two
-usable tiers (passing, then warning, see :mod:`gwcore.policy.balancing`), so the
-lowest priority's targets are ``PASSING`` and every higher priority's are ``WARNING``
-(tried only when no lowest-priority endpoint accepts); SRV weights become endpoint
-weights, scaled into Consul's 1..128 range per priority. Endpoints are sorted
+that answers, and to spread load by weight within it. Each endpoint carries its
+record's ``priority``, which :mod:`gwcore.policy.balancing` orders strictly: priority
+30 is tried only when no priority-10 or priority-20 endpoint accepts. The lowest
+priority's targets are ``PASSING`` and every higher priority's ``WARNING`` (so a
+higher priority also ranks below passing endpoints of another source); SRV weights
+become endpoint weights, scaled into Consul's 1..128 range per priority. Endpoints are sorted
 deterministically, so an unchanged answer builds an identical destination.
 :func:`weighted_order` is RFC 2782's randomised selection for callers that pick a
 target per connection.
@@ -48,6 +54,7 @@ from gwcore.policy.model import Endpoint, Health
 
 MAX_WEIGHT = 128
 MAX_RETRY_INTERVAL = 30.0
+DEFAULT_HOLD_NX = 30.0
 MAX_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
 
@@ -129,12 +136,15 @@ class RefreshPolicy:
     min_ttl: float = 1.0
     max_ttl: float = 300.0
     max_stale: float = 3600.0
+    hold_nx: float = DEFAULT_HOLD_NX
 
     def __post_init__(self) -> None:
         if not 0 < self.min_ttl <= self.max_ttl:
             raise ValueError(f"need 0 < min_ttl <= max_ttl, got {self.min_ttl}, {self.max_ttl}")
         if self.max_stale < 0:
             raise ValueError(f"max_stale must not be negative, got {self.max_stale}")
+        if self.hold_nx < 0:
+            raise ValueError(f"hold_nx must not be negative, got {self.hold_nx}")
 
     def clamp(self, ttl: float) -> float:
         return clamp_ttl(ttl, self.min_ttl, self.max_ttl)
@@ -151,7 +161,9 @@ class Status(enum.Enum):
 
     PENDING = "pending"  # not asked yet
     FRESH = "fresh"  # the last attempt answered; its answer is in force
-    STALE = "stale"  # the last attempt failed or was empty; an older answer is in force
+    STALE = "stale"  # the last attempt failed; an older answer is in force
+    HELD = "held"  # answered negatively; an older answer is kept for hold_nx
+    NEGATIVE = "negative"  # answered negatively (no records); nothing non-empty in force
     EXPIRED = "expired"  # failing for longer than max_stale; nothing in force
     UNRESOLVED = "unresolved"  # never answered
 
@@ -163,7 +175,8 @@ class Step(Generic[V]):
     ``value`` is the answer in force (``None``: nothing, i.e. zero endpoints);
     ``changed`` is true when it is a different answer than before; ``refresh_in`` is
     when to ask again. ``event`` names a transition worth one log line (``"stale"``,
-    ``"expired"``, ``"recovered"``, ``"unresolved"``) or is empty.
+    ``"expired"``, ``"recovered"``, ``"unresolved"``, ``"held"``, ``"removed"``,
+    ``"negative"``) or is empty.
     """
 
     value: V | None
@@ -189,6 +202,7 @@ class ServeStale(Generic[V]):
         self.failures = 0
         self.last_error: str | None = None
         self._holding = False  # a non-empty answer is in force
+        self.negative_since: float | None = None  # first negative answer of a hold
 
     @property
     def stale_deadline(self) -> float | None:
@@ -198,10 +212,12 @@ class ServeStale(Generic[V]):
         return self.good_until + self.policy.max_stale
 
     def answered(self, now: float, value: V, ttl: float, *, empty: bool) -> Step[V]:
-        """A successful answer (``empty``: no usable records) with its TTL in seconds."""
-        if empty and self._holding:
-            return self._not_answered(now, "empty answer")
+        """A successful answer (``empty``: no usable records, a negative answer) with its
+        TTL in seconds (for an empty one, the negative TTL)."""
+        if empty:
+            return self.negative(now, value, ttl)
         previous_status = self.status
+        self.negative_since = None
         changed = value != self.value
         self.value = value
         self._holding = not empty
@@ -211,8 +227,44 @@ class ServeStale(Generic[V]):
         refresh = self.policy.clamp(ttl)
         self.good_until = now + refresh
         self.status = Status.FRESH
-        recovered = previous_status in (Status.STALE, Status.EXPIRED, Status.UNRESOLVED)
+        recovered = previous_status in (
+            Status.STALE,
+            Status.EXPIRED,
+            Status.UNRESOLVED,
+            Status.HELD,
+            Status.NEGATIVE,
+        )
         return Step(value, Status.FRESH, changed, refresh, "recovered" if recovered else "")
+
+    def negative(self, now: float, value: V | None, ttl: float) -> Step[V]:
+        """An authoritative answer that the name has no usable records (NXDOMAIN:
+        ``value`` ``None``; NODATA: the empty answer), ``ttl`` its negative TTL."""
+        refresh = self.policy.clamp(ttl)
+        self.failures = 0
+        if self._holding:
+            if self.negative_since is None:
+                self.negative_since = now
+            hold_end = self.negative_since + self.policy.hold_nx
+            if now < hold_end:
+                event = "" if self.status is Status.HELD else "held"
+                self.status = Status.HELD
+                return Step(self.value, Status.HELD, False, min(refresh, hold_end - now), event)
+        self.last_success = now  # an authority answered
+        return self._accept_negative(now, value, refresh)
+
+    def _accept_negative(self, now: float, value: V | None, refresh: float) -> Step[V]:
+        previous_status, was_holding = self.status, self._holding
+        changed = was_holding or value != self.value
+        self.value = value
+        self._holding = False
+        self.negative_since = None
+        self.last_error = None
+        self.good_until = now + refresh
+        self.status = Status.NEGATIVE
+        event = "removed" if was_holding else ""
+        if not event and previous_status is not Status.NEGATIVE:
+            event = "negative"
+        return Step(value, Status.NEGATIVE, changed, refresh, event)
 
     def failed(self, now: float, reason: str) -> Step[V]:
         """A failed attempt; ``reason`` is kept for health reports."""
@@ -222,6 +274,14 @@ class ServeStale(Generic[V]):
         self.failures += 1
         self.last_error = reason
         delay = self.policy.retry_delay(self.failures)
+        if self.status is Status.HELD and self.negative_since is not None:
+            # The authority already said "no records": a failure does not extend the hold.
+            hold_end = self.negative_since + self.policy.hold_nx
+            if now < hold_end:
+                return Step(self.value, Status.HELD, False, min(delay, hold_end - now))
+            step = self._accept_negative(now, None, delay)
+            self.last_error = reason
+            return step
         deadline = self.stale_deadline
         if deadline is not None and now < deadline:
             event = "" if self.status is Status.STALE else "stale"
@@ -235,8 +295,8 @@ class ServeStale(Generic[V]):
         if self.status is Status.PENDING:
             self.status = Status.UNRESOLVED
             return Step(None, Status.UNRESOLVED, False, delay, "unresolved")
-        if self.status is Status.FRESH:
-            # A legitimately empty answer was in force; a failure now is nothing new to show.
+        if self.status in (Status.FRESH, Status.NEGATIVE):
+            # A negative answer was in force; a failure now is nothing new to show.
             self.status = Status.UNRESOLVED if self.last_success is None else Status.STALE
         return Step(self.value, self.status, False, delay)
 
@@ -337,6 +397,7 @@ def srv_endpoints(targets: Iterable[ResolvedTarget]) -> tuple[Endpoint, ...]:
                         weight=weight,
                         instance_id=f"{record.target}:{record.port}",
                         node=record.target,
+                        priority=record.priority,
                         meta=_meta(
                             hostname=record.target,
                             srv_priority=str(record.priority),

@@ -167,7 +167,8 @@ async def test_nxdomain_servfail_nodata_and_timeout(dns_server):
 async def test_truncated_udp_answer_is_retried_over_tcp(dns_server):
     """60 A records do not fit a 512-byte UDP answer: the server truncates, and the
     resolver asks again over TCP and gets all of them."""
-    addresses = [f"10.1.{i // 200}.{i % 200 + 1}" for i in range(60)]
+    # 300 A records (~4.9 kB) fit neither 512 bytes nor the 4,096 EDNS0 payload.
+    addresses = [f"10.1.{i // 200}.{i % 200 + 1}" for i in range(300)]
     dns_server.set("big.example.test", [a(x) for x in addresses])
     r = resolver(dns_server)
     answer = await r.resolve_addresses("big.example.test", Family.IPV4)
@@ -279,14 +280,25 @@ async def test_watch_serves_stale_while_server_is_down_then_expires(dns_server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_watch_keeps_answer_through_nxdomain_after_success(dns_server):
-    """A name that disappears (NXDOMAIN after success) is served stale, not dropped."""
+async def test_watch_holds_then_removes_an_answer_after_nxdomain(dns_server):
+    """A name that disappears (NXDOMAIN after success, with an SOA as Consul sends when
+    every instance is unhealthy) is not an outage: its last answer is held for hold_nx
+    (not max_stale), then removed; it is asked again at the SOA's negative TTL."""
+    dns_server.soa = (30, 1)  # negative TTL = min(SOA TTL, MINIMUM) = 1 s
     dns_server.set("db.example.test", [a("127.0.0.2")], ttl=0)
-    r, w, updates = watch(dns_server, "db.example.test", RefreshPolicy(0.2, 1, 30))
+    policy = RefreshPolicy(0.2, 5, max_stale=3600, hold_nx=0.5)
+    r, w, updates = watch(dns_server, "db.example.test", policy)
     await w.start()
     dns_server.remove("db.example.test")
     await until(lambda: any(u.result == "nxdomain" for u in updates), timeout=2)
+    assert w.status is Status.HELD and w.answer.addresses == ("127.0.0.2",)
+    held = time.monotonic()
+    await until(lambda: w.status is Status.NEGATIVE, timeout=3)
+    removed_after = time.monotonic() - held
+    assert w.answer is None
+    assert 0.3 <= removed_after <= 1.5
+    events = [u.step.event for u in updates if u.step.event]
+    assert events == ["held", "removed"]
+    assert updates[-1].step.refresh_in == pytest.approx(1.0)  # the SOA's negative TTL
     w.stop()
     r.close()
-    assert w.status is Status.STALE
-    assert w.answer.addresses == ("127.0.0.2",)

@@ -227,35 +227,37 @@ async def test_server_stopped_serves_stale_then_routes_with_no_endpoints(tmp_pat
 
 
 @pytest_twisted.ensureDeferred
-async def test_empty_answer_does_not_empty_a_destination_before_max_stale(tmp_path, dns_server):
-    """Records removed (an empty, NODATA answer) keep the last endpoints while max_stale
-    lasts; the same NXDOMAIN at start gives a routed destination with no endpoints."""
+async def test_negative_answers_remove_endpoints_after_hold_nx_not_max_stale(tmp_path, dns_server):
+    """Issue 18 item 4 (RFC 8767, RFC 2308): answered like Consul's DNS when every
+    instance turned unhealthy (NXDOMAIN with an SOA), a destination keeps its endpoints
+    only for hold_nx, then is routed with none, although max_stale is an hour; NODATA
+    does the same. NXDOMAIN at start gives a routed destination with no endpoints."""
+    dns_server.soa = (60, 0)  # Consul's default SOA min_ttl is 0
     dns_server.set("db.example.test", [a("127.0.0.2")], ttl=0)
     dns_server.set("db.example.test", [aaaa("::1")], ttl=0)
-    site = fake_site(
-        tmp_path,
-        section(
-            dns_server,
-            {
-                "db": {"hostname": "db.example.test", "port": 5432},
-                "ghost": {"hostname": "ghost.example.test", "port": 1},
-            },
-            max_stale="30s",
-        ),
-    )
+    dns_server.set("web.example.test", [a("127.0.0.3")], ttl=0)
+    services = {
+        "db": {"hostname": "db.example.test", "port": 5432},
+        "web": {"hostname": "web.example.test", "port": 80},
+        "ghost": {"hostname": "ghost.example.test", "port": 1},
+    }
+    site = fake_site(tmp_path, section(dns_server, services, max_stale="1h", hold_nx="0.6s"))
     source = DNSCatalogSource(site)
     published = Published()
     await source.start(published)
     assert published.endpoints("ghost") == []
     assert metric(site, "tgw_dns_resolutions_total", service="ghost", result="nxdomain") == 1
     dns_server.remove("db.example.test", 1)  # the A record; AAAA stays, so NODATA for A
-    await until(
-        lambda: metric(site, "tgw_dns_resolutions_total", service="db", result="empty") >= 2,
-        timeout=3,
-    )
+    dns_server.remove("web.example.test")  # NXDOMAIN
+    await until(lambda: metric(site, "tgw_dns_held", service="web") == 1, timeout=2)
+    assert published.endpoints("web") == [("127.0.0.3", 80, Health.PASSING, 1)]
+    assert metric(site, "tgw_dns_stale", service="web") == 0
+    await until(lambda: published.endpoints("web") == [], timeout=3)
+    await until(lambda: published.endpoints("db") == [], timeout=3)
     source.stop()
-    assert published.endpoints("db") == [("127.0.0.2", 5432, Health.PASSING, 1)]
-    assert metric(site, "tgw_dns_stale", service="db") == 1
+    assert metric(site, "tgw_dns_held", service="web") == 0
+    assert metric(site, "tgw_dns_stale_served_total", service="web") == 0
+    assert metric(site, "tgw_dns_endpoints", service="db") == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -216,28 +216,73 @@ def test_failures_serve_stale_until_max_stale_then_expire_once():
     assert (step.value, step.status, step.event) == ("v2", Status.FRESH, "recovered")
 
 
-def test_empty_answer_never_empties_a_held_answer_before_max_stale():
-    """An empty answer is treated like a failure while a non-empty one is held."""
-    state: ServeStale[str] = ServeStale(POLICY)
+def test_negative_answer_is_held_for_hold_nx_then_removed_not_served_for_max_stale():
+    """RFC 8767: an authoritative negative answer (NODATA, NXDOMAIN) is not an outage. The
+    answer in force is held for hold_nx from the first negative answer (not max_stale),
+    asked again no later than the hold's end, then removed, reported once each way."""
+    state: ServeStale[str] = ServeStale(RefreshPolicy(1.0, 100.0, max_stale=3600.0, hold_nx=5.0))
     state.answered(0.0, "v1", 10, empty=False)
-    step = state.answered(10.0, "", 10, empty=True)
-    assert (step.value, step.status) == ("v1", Status.STALE)
-    step = state.answered(40.0, "", 10, empty=True)
-    assert (step.value, step.status, step.event) == (None, Status.EXPIRED, "expired")
-    step = state.answered(41.0, "", 10, empty=True)
-    assert (step.value, step.status) == ("", Status.FRESH)
+    step = state.answered(10.0, "", 60, empty=True)
+    assert (step.value, step.status, step.event, step.changed) == ("v1", Status.HELD, "held", False)
+    assert step.refresh_in == 5.0  # the hold's end, before the 60 s negative TTL
+    step = state.negative(12.0, None, 60)  # NXDOMAIN inside the hold: still held
+    assert (step.value, step.status, step.event, step.refresh_in) == ("v1", Status.HELD, "", 3.0)
+    step = state.negative(15.0, None, 60)
+    assert (step.value, step.status, step.event, step.changed) == (
+        None,
+        Status.NEGATIVE,
+        "removed",
+        True,
+    )
+    assert step.refresh_in == 60.0  # RFC 2308: the negative TTL, clamped
+    step = state.negative(75.0, None, 60)
+    assert (step.status, step.event, step.changed) == (Status.NEGATIVE, "", False)
+    step = state.answered(80.0, "v2", 10, empty=False)
+    assert (step.value, step.status, step.event) == ("v2", Status.FRESH, "recovered")
+
+
+def test_failure_during_a_hold_does_not_extend_it():
+    """A timeout after an NXDOMAIN keeps the hold's end: the authority already answered."""
+    state: ServeStale[str] = ServeStale(RefreshPolicy(1.0, 100.0, max_stale=3600.0, hold_nx=5.0))
+    state.answered(0.0, "v1", 10, empty=False)
+    state.negative(10.0, None, 0)
+    assert state.failed(12.0, "timeout").status is Status.HELD
+    step = state.failed(15.0, "timeout")
+    assert (step.value, step.status, step.event) == (None, Status.NEGATIVE, "removed")
+
+
+def test_negative_answer_before_first_success_uses_the_negative_ttl():
+    """NXDOMAIN at start: nothing in force, asked again at the SOA negative TTL (clamped),
+    not on the failure back-off."""
+    state: ServeStale[str] = ServeStale(POLICY)
+    step = state.negative(0.0, None, 7)
+    assert (step.value, step.status, step.event, step.refresh_in) == (
+        None,
+        Status.NEGATIVE,
+        "negative",
+        7,
+    )
+    assert state.negative(7.0, None, 0).refresh_in == 1.0  # TTL 0: the floor
+    step = state.answered(9.0, "", 3, empty=True)  # NODATA, also negative
+    assert (step.value, step.status, step.refresh_in) == ("", Status.NEGATIVE, 3)
+
+
+def test_zero_hold_nx_removes_on_the_first_negative_answer():
+    state: ServeStale[str] = ServeStale(RefreshPolicy(1.0, 10.0, 3600.0, hold_nx=0.0))
+    state.answered(0.0, "v1", 5, empty=False)
+    assert state.negative(5.0, None, 5).status is Status.NEGATIVE
 
 
 def test_first_failure_is_unresolved_and_retried_with_backoff():
     state: ServeStale[str] = ServeStale(POLICY)
-    step = state.failed(0.0, "nxdomain")
+    step = state.failed(0.0, "servfail")
     assert (step.value, step.status, step.event, step.refresh_in) == (
         None,
         Status.UNRESOLVED,
         "unresolved",
         1.0,
     )
-    delays = [state.failed(float(i), "nxdomain").refresh_in for i in range(8)]
+    delays = [state.failed(float(i), "timeout").refresh_in for i in range(8)]
     assert delays == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
 
 
