@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from gwcore.drain import drain_sites
 from gwcore.mesh_site import MeshSite
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
@@ -68,6 +69,8 @@ class GatewayService(Service):
         self._exit_on_failure = exit_on_failure
         self._retiring: set[Site] = set()
         self.failure: Any = None
+        self.draining = False
+        """Set on stop: ``/ready`` answers 503 while the sites drain (gwcore.drain)."""
         # The process's own service (twistd, a worker) exempts what start-up built from
         # the cyclic garbage collector: a full collection otherwise walks every module
         # and route object (~15 ms) in the middle of the data path.
@@ -166,10 +169,11 @@ class GatewayService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        # Withdraw, keep accepting for drain_delay, drain; the admin endpoint (/ready
+        # answering 503) closes last (gwcore.drain).
+        await drain_sites(self)
         for port in self._ports:
             await maybeDeferred(port.stopListening)
-        for site in [*self.sites.values(), *self._retiring]:
-            await site.stop()
         if self.access_log is not None:
             self.access_log.close()
         log.info("tgw stopped")

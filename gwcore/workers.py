@@ -247,6 +247,7 @@ class WorkerSupervisor(Service):
         self.stopping = True
         self.signal_workers(signal.SIGTERM)
         drain = max((s.drain_timeout for s in self.config.sites), default=0.0)
+        drain += self.config.drain_delay  # workers keep accepting that long first
         killer = self.reactor.callLater(drain + STOP_GRACE, self.signal_workers, signal.SIGKILL)
         for worker in list(self.workers.values()):
             await worker.ended

@@ -167,6 +167,7 @@ class ConsulCatalogSource:
         self._running = False
         self.service_id: str | None = None
         self._registered = False
+        self._withdrawn = False
         self._register_call: Any = None
         self._register_failures = 0
         labels = {"site": site.name, "source": NAME}
@@ -215,8 +216,19 @@ class ConsulCatalogSource:
             _sources.remove(self)
         return Deferred.fromCoroutine(self._stop())
 
-    async def _stop(self) -> None:
+    def withdraw(self) -> Deferred[None]:
+        """Deregister now, before the site drains, and never register again
+        (``gwcore.drain``: clients stop picking this instance first)."""
+        self._withdrawn = True
+        if self._register_call is not None and self._register_call.active():
+            self._register_call.cancel()
+        if self in _sources:
+            _sources.remove(self)
+        return Deferred.fromCoroutine(self._deregister())
+
+    async def _deregister(self) -> None:
         if self._registered and self.client is not None and self.service_id:
+            self._registered = False
             try:
                 await self.client.put(
                     "agent-deregister", f"/v1/agent/service/deregister/{self.service_id}"
@@ -224,7 +236,9 @@ class ConsulCatalogSource:
                 self._site.log.info("deregistered {id} from Consul", id=self.service_id)
             except ConsulError as e:
                 self._site.log.warn("could not deregister from Consul: {e}", e=str(e))
-            self._registered = False
+
+    async def _stop(self) -> None:
+        await self._deregister()
         if self.client is not None:
             client, self.client = self.client, None
             await maybeDeferred(release_client, client)
@@ -442,7 +456,7 @@ class ConsulCatalogSource:
 
     def _try_register(self) -> None:
         self._register_call = None
-        if not self._running or self.client is None:
+        if not self._running or self.client is None or self._withdrawn:
             return
         d = self.client.put("agent-register", "/v1/agent/service/register", self._register_body)
 
@@ -453,6 +467,8 @@ class ConsulCatalogSource:
             self._site.log.info(
                 "registered {id} with Consul as {gateway}", id=self.service_id, gateway=self.gateway
             )
+            if self._withdrawn:  # the stop began while the registration was in flight
+                Deferred.fromCoroutine(self._deregister())
 
         def failed(f: Any) -> None:
             if isinstance(f.value, ConsulError):

@@ -78,8 +78,11 @@ class AdminResource(Resource):
 
     def _ready(self, request: Request) -> bytes:
         sites = {s.name: s.readiness() for s in self.sites()}
-        ready = bool(sites) and all(s["ready"] for s in sites.values())
-        return _json(request, {"ready": ready, "sites": sites}, 200 if ready else 503)
+        # A stopping instance says so while it drains (gwcore.drain).
+        draining = bool(getattr(self.config, "draining", False))
+        ready = bool(sites) and all(s["ready"] for s in sites.values()) and not draining
+        body = {"ready": ready, "draining": draining, "sites": sites}
+        return _json(request, body, 200 if ready else 503)
 
 
 class _Explain(Resource):

@@ -359,6 +359,9 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
+    drain_delay: float = 0.0
+    """On stop, seconds the listeners keep accepting after the instance withdrew
+    (``/ready`` 503, deregistered) and before they drain (``gwcore.drain``)."""
 
     def site(self, key: str) -> SiteConfig:
         for site in self.sites:
@@ -403,6 +406,7 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     state_dir = base_dir / (gw.string("state_dir", "state") or "state")
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
+    drain_delay = gw.duration("drain_delay", 0.0)
     problems += gw.finish()
 
     sample = None
@@ -448,6 +452,7 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sample_service=sample,
         raw=data,
         workers=workers,
+        drain_delay=drain_delay,
     )
     if problems:
         raise ConfigError(problems, partial=config)
