@@ -30,6 +30,7 @@ from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.policy.config import SiteConfig
+from gwcore.policy.registration import ready_url
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
 from gwcore.workers import WorkerRole
@@ -70,6 +71,8 @@ class GatewayService(Service):
         self._retiring: set[Site] = set()
         self.failure: Any = None
         self.draining = False
+        self.ready_url = ready_url(checked.config.admin)
+        """The admin endpoint's ``/ready`` (an HTTP health check's target), if known."""
         """Set on stop: ``/ready`` answers 503 while the sites drain (gwcore.drain)."""
         # The process's own service (twistd, a worker) exempts what start-up built from
         # the cyclic garbage collector: a full collection otherwise walks every module
@@ -99,6 +102,7 @@ class GatewayService(Service):
             port = await serverFromString(self.reactor, config.admin).listen(admin)
             self._ports.append(port)
             host = port.getHost()
+            self.ready_url = ready_url(config.admin, host)
             log.info("admin endpoint on http://{host}:{port}/", host=host.host, port=host.port)
         if config.sample_service and shared:
             port = await serverFromString(self.reactor, config.sample_service.listen).listen(
@@ -122,6 +126,7 @@ class GatewayService(Service):
                 self.access_log,
                 self.checked.stacks[site_config.key],
             )
+            site.ready_url = self.ready_url
             if self.worker is not None:
                 site.inherited_listener = self.worker.listener_for(site.config.listen)
             await site.start()
@@ -254,6 +259,7 @@ class GatewayService(Service):
                         self.access_log,
                         checked.stacks[key],
                     )
+                    site.ready_url = self.ready_url
                     if self.worker is not None:
                         site.inherited_listener = self.worker.listener_for(site.config.listen)
                     fresh[key] = site

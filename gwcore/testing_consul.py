@@ -24,8 +24,9 @@ What it emulates:
 - ``GET /v1/connect/intentions/match?by=destination&name=..`` in precedence order
   (the §6 table) from ``service-intentions`` entries;
 - ``PUT /v1/catalog/register``, ``/v1/catalog/deregister``, ``/v1/agent/service/register``
-  (the agent runs the registration's TCP check against the address it names, as an
-  agent does) and ``/v1/agent/service/deregister/:id``;
+  (the agent runs the registration's TCP or HTTP check against the address it names,
+  as an agent does: :mod:`gwcore.testing_consul_checks`) and
+  ``/v1/agent/service/deregister/:id``;
 - an ACL token (``X-Consul-Token`` or ``Authorization: Bearer``; 403 otherwise) and
   per-endpoint permission denial;
 - faults: injected error statuses, hanging requests, :meth:`down`/:meth:`up` (the
@@ -62,6 +63,7 @@ from zope.interface import implementer
 from gwcore import pki
 from gwcore.policy.model import ServiceName
 from gwcore.testing import TRUST_DOMAIN
+from gwcore.testing_consul_checks import schedule_http
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
@@ -827,7 +829,7 @@ class ConsulDouble:
                     "Name": check.get("Name", f"Service '{body['Name']}' check"),
                     "Status": check.get("Status", "critical"),
                     "ServiceID": sid,
-                    "Type": "tcp" if check.get("TCP") else "",
+                    "Type": "tcp" if check.get("TCP") else "http" if check.get("HTTP") else "",
                 }
             )
         self.register(
@@ -849,6 +851,8 @@ class ConsulDouble:
         if check and check.get("TCP"):
             interval = parse_wait(check.get("Interval", "10s"))
             self._schedule_tcp(checks[0]["CheckID"], check["TCP"], interval, 0)
+        elif check and check.get("HTTP"):
+            schedule_http(self, checks[0]["CheckID"], check, parse_wait)
 
     def _schedule_tcp(self, check_id: str, target: str, interval: float, delay: float) -> None:
         old = self.agent_checks.get(check_id)

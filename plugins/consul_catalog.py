@@ -13,7 +13,11 @@ Section ``[sites.NAME.consul_catalog]`` (all optional):
   deregister it when the site stops;
 - ``service_id`` (``<gateway>-<host>-<port>``), ``register_address`` (the listener's
   host, or none for a wildcard bind so Consul uses the node's), ``check_interval``
-  (``10s``).
+  (``10s``);
+- ``check``: ``"tcp"`` (default: the agent connects to the listener) or ``"http"``:
+  the agent GETs the admin endpoint's ``/ready`` (``check_http`` overrides the URL),
+  so the instance turns critical when it is not ready, and while it drains
+  (``gwcore.drain``). On stop the instance is deregistered before it drains.
 
 What it reads (reference §3, §5), every watch a blocking query:
 
@@ -63,6 +67,7 @@ from gwcore.net.consul import (
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import build_destinations, parse_documents
 from gwcore.policy.model import CatalogSnapshot, Destination
+from gwcore.policy.registration import http_check
 from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
@@ -72,6 +77,7 @@ if TYPE_CHECKING:
 NAME = "consul_catalog"
 MODULE = "gwcore.plugins.consul_catalog"
 DEFAULT_CHECK_INTERVAL = 10.0
+CHECK_KINDS = ("tcp", "http")
 
 
 def stack_entry(plugins: Sequence[str]) -> str | None:
@@ -87,6 +93,8 @@ class Settings:
     service_id: str = ""
     register_address: str = ""
     check_interval: float = DEFAULT_CHECK_INTERVAL
+    check: str = "tcp"
+    check_http: str = ""
 
 
 def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
@@ -97,8 +105,12 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
     service_id = reader.string("service_id", "") or ""
     register_address = reader.string("register_address", "") or ""
     interval = reader.duration("check_interval", DEFAULT_CHECK_INTERVAL, minimum=1.0)
+    check = reader.string("check", "tcp", choices=CHECK_KINDS) or "tcp"
+    check_http = reader.string("check_http", "") or ""
     connection_problems(reader, consul)
-    settings = Settings(consul, gateway, register, service_id, register_address, interval)
+    settings = Settings(
+        consul, gateway, register, service_id, register_address, interval, check, check_http
+    )
     return settings, reader.finish()
 
 
@@ -451,6 +463,10 @@ class ConsulCatalogSource:
                 "Timeout": "5s",
             },
         }
+        if self.settings.check == "http":
+            ready = http_check(self.service_id, self._site, self.settings)
+            if ready is not None:
+                body["Check"] = ready
         self._register_body = body
         self._try_register()
 

@@ -18,7 +18,9 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
+from gwcore.policy.registration import ready_url
 from gwcore.testing_consul import ConsulDouble
+from gwcore.testing_consul_checks import http_status
 from tests.harness import (
     GATEWAY,
     Gateway,
@@ -35,9 +37,10 @@ class DrainingGateway(ConsulGateway):
     """A :class:`ConsulGateway` that registers itself and keeps accepting ``drain_delay``."""
 
     drain_delay = "0.5s"
+    check = "tcp"
 
     def write_config(self) -> Path:
-        self.catalog_options = {"register": True, "check_interval": "1s"}
+        self.catalog_options = {"register": True, "check_interval": "1s", "check": self.check}
         path = super().write_config()
         text = path.read_text().replace(
             "[gateway]\n", f'[gateway]\ndrain_delay = "{self.drain_delay}"\n', 1
@@ -48,7 +51,9 @@ class DrainingGateway(ConsulGateway):
 
 def passing_instances(double: ConsulDouble) -> list[int]:
     """The ports of the gateway's instances a client would pick now (HTTP, like a client)."""
-    url = f"{double.address}/v1/health/service/{GATEWAY}?passing"
+    # "passing=true", as Consul's API client sends it (a bare "?passing" is lost by
+    # Twisted's query parser in the double).
+    url = f"{double.address}/v1/health/service/{GATEWAY}?passing=true"
     with urllib.request.urlopen(url, timeout=5) as answer:
         entries = json.loads(answer.read())
     return sorted(e["Service"]["Port"] for e in entries)
@@ -227,3 +232,45 @@ async def test_ready_is_503_during_drain_without_consul(tmp_path, upstreams):
     status, body = await in_thread(get, gw.admin_port, "/ready")
     assert (status, body["draining"]) == (503, True)
     await stopped
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_check_on_ready_follows_the_admin_endpoint(tmp_path, consul, upstreams):
+    """With ``check = "http"`` the instance registers an HTTP check on the admin
+    endpoint's /ready, which the double's agent runs as Consul does (2xx passing,
+    otherwise critical): passing while ready, critical once /ready answers 503."""
+    serve(consul, upstreams, "billing")
+    gw = DrainingGateway(tmp_path / "gw", double=consul)
+    gw.check = "http"
+    await gw.start()
+    await _wait(lambda: passing_instances(consul) == [gw.port], "HTTP check passing")
+    ((check,),) = [e["Checks"] for e in consul.health_of(GATEWAY)]
+    assert check["Type"] == "http"
+    assert f"http://127.0.0.1:{gw.admin_port}/ready" in check["Output"], check
+    assert gw.service is not None
+    gw.service.draining = True  # /ready now answers 503; the registration stays
+    await _wait(lambda: passing_instances(consul) == [], "HTTP check critical", timeout=5)
+    ((check,),) = [e["Checks"] for e in consul.health_of(GATEWAY)]
+    assert check["Status"] == "critical" and "503" in check["Output"], check
+    gw.service.draining = False
+    await gw.stop()
+
+
+def test_ready_url_from_the_admin_endpoint_string():
+    """A worker that did not bind the admin endpoint derives /ready from its endpoint
+    string; a wildcard bind is reached on loopback; port 0 cannot be derived."""
+    assert ready_url("tcp:19000:interface=10.0.0.5") == "http://10.0.0.5:19000/ready"
+    assert ready_url("tcp:19000") == "http://127.0.0.1:19000/ready"
+    assert ready_url("tcp:19000:interface=0.0.0.0") == "http://127.0.0.1:19000/ready"
+    assert ready_url("tcp:0:interface=127.0.0.1") is None
+    assert ready_url("unix:/run/tgw/admin.sock") is None
+    assert ready_url(None) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(200, "passing"), (204, "passing"), (429, "warning"), (503, "critical"), (301, "critical")],
+)
+def test_double_http_check_status_is_consuls(code, status):
+    """Consul's CheckHTTP: 2xx passing, 429 warning, anything else critical."""
+    assert http_status(code) == status
