@@ -29,7 +29,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_keeps_admin_up_with_ready_503_while_draining(
-    tmp_path: Path, spawn: Callable[..., Program], workers: int
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the fixture imported above)
+    workers: int,
 ) -> None:
     """After SIGTERM the admin endpoint keeps answering, /ready with 503 and
     ``"draining": true``, for ``drain_delay``; the site still accepts meanwhile; then
