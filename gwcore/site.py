@@ -39,6 +39,7 @@ from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics, SiteChildren
 from gwcore.net import fasttcp
 from gwcore.net.hostnames import HostnameEndpoints
+from gwcore.net.proxied import ProxiedDownstreamFactory
 from gwcore.net.resolver import DNSResolver
 from gwcore.net.splice import State, UpstreamFactory
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
@@ -584,6 +585,8 @@ class Site:
 
     def listener_factory(self) -> Any:
         """The protocol factory of the site's listener (one driver per role)."""
+        if self.config.proxy_protocol:
+            return ProxiedDownstreamFactory(self)  # a PROXY header first
         return DownstreamFactory(self)
 
     def gateway_leaf(self) -> LeafCertificate | None:

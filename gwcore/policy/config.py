@@ -290,6 +290,8 @@ class SiteConfig:
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
     drain_timeout: float = 10.0
+    proxy_protocol: bool = False
+    """Every connection starts with a PROXY v1/v2 header (gwcore.net.proxied)."""
     max_connections: int = 10000
     max_connect_attempts: int = 3
     lb_policy: str = "round_robin"
@@ -498,12 +500,15 @@ def _parse_site(
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
         "drain_timeout": r.duration("drain_timeout", 10.0),
+        "proxy_protocol": r.boolean("proxy_protocol", False),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
         "outlier_consecutive_failures": r.integer("outlier_consecutive_failures", 5, minimum=1),
         "outlier_base_ejection": r.duration("outlier_base_ejection", 30.0, minimum=0.001),
         "outlier_max_ejection": r.duration("outlier_max_ejection", 300.0, minimum=0.001),
     }
+    if role == "mesh" and values["proxy_protocol"]:
+        r.problem("proxy_protocol", "is supported on terminating sites only")
     nameservers = r.strings("dns_nameservers")
     for text in nameservers:
         try:
