@@ -75,19 +75,24 @@ class WorkerRole:
     listeners: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Site ``listen`` string -> (inherited fd, address family)."""
     _bound: list[socket.socket] = field(default_factory=list, repr=False)
+    reuseport: dict[str, str] = field(default_factory=dict)
+    """``worker_listeners = "reuseport"``: site ``listen`` -> the address to bind
+    (the port the supervisor reserved for a ``tcp:0``)."""
 
     def listener_for(self, listen: str) -> tuple[int, int]:
-        """The inherited socket for ``listen``; one bound here (``SO_REUSEPORT``) for a
-        listen address added by a reload, shared with the other workers by the kernel."""
+        """The inherited socket for ``listen``; or one bound here with ``SO_REUSEPORT``:
+        this worker's own (``worker_listeners = "reuseport"``), or for a listen address
+        added by a reload. The kernel spreads connections over the group."""
         if listen not in self.listeners:
-            sock = bind_listener(listen, reuse_port=True)
+            sock = bind_listener(self.reuseport.get(listen, listen), reuse_port=True)
             self._bound.append(sock)
             self.listeners[listen] = (sock.fileno(), sock.family)
         return self.listeners[listen]
 
 
-def bind_listener(listen: str, reuse_port: bool = False) -> socket.socket:
-    """A listening, inheritable, non-blocking socket for a ``tcp:``/``tcp6:`` endpoint string."""
+def bind_listener(listen: str, reuse_port: bool = False, backlog: bool = True) -> socket.socket:
+    """A listening, inheritable, non-blocking socket for a ``tcp:``/``tcp6:`` endpoint string
+    (only bound with ``backlog=False``: a port reservation that takes no connections)."""
     match = _TCP.match(listen)
     if match is None:
         raise ValueError(f"workers need tcp: or tcp6: listen endpoints, not {listen!r}")
@@ -102,10 +107,19 @@ def bind_listener(listen: str, reuse_port: bool = False) -> socket.socket:
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, int(port)))
+    if not backlog:
+        return sock
     sock.listen(int(options.get("backlog", 1024)))
     sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
+
+
+def with_port(listen: str, port: int) -> str:
+    """``listen`` with its port replaced by ``port`` (``tcp:0:...`` -> ``tcp:43210:...``)."""
+    kind, _, rest = listen.partition(":")
+    options = rest.partition(":")[2]
+    return f"{kind}:{port}" + (f":{options}" if options else "")
 
 
 class _Worker(ProcessProtocol):
@@ -140,6 +154,7 @@ class WorkerSupervisor(Service):
         self._reactor = reactor
         self.sockets: dict[str, socket.socket] = {}
         self.workers: dict[int, _Worker] = {}
+        self.reserved: dict[str, str] = {}
         self.metrics_dir: str | None = None
         self.stopping = False
         self.started: Deferred[None] | None = None
@@ -155,7 +170,14 @@ class WorkerSupervisor(Service):
     def startService(self) -> None:
         super().startService()
         for site in self.config.sites:
-            self.sockets.setdefault(site.listen, bind_listener(site.listen))
+            if self.config.worker_listeners == "reuseport":
+                # Reserve the port (tcp:0 gets one) without listening: a bound socket
+                # takes no connections, the workers' listening ones do.
+                sock = bind_listener(site.listen, reuse_port=True, backlog=False)
+                self.reserved[site.listen] = with_port(site.listen, sock.getsockname()[1])
+                self.sockets.setdefault(site.listen, sock)
+            else:
+                self.sockets.setdefault(site.listen, bind_listener(site.listen))
         self.metrics_dir = tempfile.mkdtemp(prefix="tgw-metrics-")
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.forward_hup))
@@ -182,7 +204,11 @@ class WorkerSupervisor(Service):
 
     def spawn(self, index: int) -> _Worker:
         worker = _Worker(self, index)
-        listeners = {listen: (sock.fileno(), sock.family) for listen, sock in self.sockets.items()}
+        listeners = {
+            listen: (sock.fileno(), sock.family)
+            for listen, sock in self.sockets.items()
+            if listen not in self.reserved
+        }
         child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, READY_FD: "r"}
         for fd, _ in listeners.values():
             child_fds[fd] = fd
@@ -200,6 +226,8 @@ class WorkerSupervisor(Service):
             str(index),
             "--listeners",
             json.dumps(listeners),
+            "--reuseport",
+            json.dumps(self.reserved),
             "--reactor",
             "tgw" if is_gateway_reactor(self.reactor) else "default",
         ]
@@ -269,6 +297,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listeners", default="{}")
+    parser.add_argument("--reuseport", default="{}")
     parser.add_argument("--reactor", choices=("tgw", "default"), default="tgw")
     args = parser.parse_args(argv)
     listeners = {k: (int(v[0]), int(v[1])) for k, v in json.loads(args.listeners).items()}
@@ -295,7 +324,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         args.config,
         reactor,
         exit_on_failure=True,
-        worker=WorkerRole(args.index, listeners),
+        worker=WorkerRole(args.index, listeners, reuseport=json.loads(args.reuseport)),
         freeze_heap=True,
     )
 

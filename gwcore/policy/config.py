@@ -361,6 +361,9 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
+    worker_listeners: str = "shared"
+    """``shared``: one socket for all workers; ``reuseport``: one per worker
+    (``SO_REUSEPORT``, the kernel spreads connections; ``gwcore.workers``)."""
     drain_delay: float = 0.0
     """On stop, seconds the listeners keep accepting after the instance withdrew
     (``/ready`` 503, deregistered) and before they drain (``gwcore.drain``)."""
@@ -409,6 +412,9 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
     drain_delay = gw.duration("drain_delay", 0.0)
+    worker_listeners = (
+        gw.string("worker_listeners", "shared", choices=("shared", "reuseport")) or "shared"
+    )
     problems += gw.finish()
 
     sample = None
@@ -455,6 +461,7 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         raw=data,
         workers=workers,
         drain_delay=drain_delay,
+        worker_listeners=worker_listeners,
     )
     if problems:
         raise ConfigError(problems, partial=config)
