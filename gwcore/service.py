@@ -28,6 +28,7 @@ from gwcore.mesh_site import MeshSite
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
+from gwcore.net.admin_workers import fan_out, listen_private
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.policy.config import SiteConfig
 from gwcore.policy.registration import ready_url
@@ -97,8 +98,13 @@ class GatewayService(Service):
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.access_log = AccessLog(config.access_log, config.base_dir)
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
+        if self.worker is not None and self.worker.count > 1:
+            await self._listen_worker_admin(self.worker)
         if config.admin and shared:
-            admin = QuietSite(AdminResource(self.metrics, lambda: list(self.sites.values()), self))
+            resource = AdminResource(self.metrics, lambda: list(self.sites.values()), self)
+            if self.worker is not None and self.worker.count > 1:
+                fan_out(resource, self.reactor, self.worker.count, self.worker.admin_socket)
+            admin = QuietSite(resource)
             port = await serverFromString(self.reactor, config.admin).listen(admin)
             self._ports.append(port)
             host = port.getHost()
@@ -134,6 +140,13 @@ class GatewayService(Service):
         # Only now do the sites count for /ready (and for reload): all or nothing.
         self.sites = started
         self._freeze()
+
+    async def _listen_worker_admin(self, worker: WorkerRole) -> None:
+        """This worker's own admin resource on its private socket (for worker 0's
+        admin endpoint, which answers for every worker: gwcore.net.admin_workers)."""
+        own = AdminResource(self.metrics, lambda: list(self.sites.values()), self)
+        path = worker.admin_socket(worker.index)
+        self._ports.append(await listen_private(self.reactor, own, path))
 
     def _freeze(self) -> None:
         """``gc.freeze()`` what is alive now, unless retiring sites are still draining

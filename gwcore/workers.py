@@ -20,8 +20,9 @@ source checkout, import the tree's ``gwcore/`` (where ``plugins/`` is not
 - Metrics: workers write prometheus-client multiprocess files into one
   directory; worker 0 serves the admin endpoint (and the sample service), and
   its ``/metrics`` adds up every worker's values (gauges: live sum or max).
-  ``/ready``, ``/routes`` and ``/certs`` describe worker 0's sites, which have the
-  same configuration as every other worker's.
+  ``/ready``, ``/routes``, ``/certs``, ``/config`` and ``/explain`` answer for every
+  worker: each worker serves its own admin resource on a private unix socket in the
+  supervisor's directory, and worker 0 asks them all (``gwcore.net.admin_workers``).
 - Signals: SIGHUP is passed to every worker (each reloads the file); SIGTERM
   stops the supervisor, which passes it on and waits for every worker to drain
   and exit (bounded), then exits. A worker that dies is started again after
@@ -76,6 +77,17 @@ class WorkerRole:
     """Site ``listen`` string -> (inherited fd, address family)."""
     _bound: list[socket.socket] = field(default_factory=list, repr=False)
     reuseport: dict[str, str] = field(default_factory=dict)
+    count: int = 1
+    """How many workers the supervisor runs."""
+    runtime_dir: str = ""
+    """The supervisor's private directory (mode 0700): metrics files, and each
+    worker's private admin socket (:meth:`admin_socket`)."""
+
+    def admin_socket(self, index: int) -> str:
+        """The unix socket where worker ``index`` answers admin requests for itself
+        (worker 0's admin endpoint asks every worker: ``gwcore.net.admin_workers``)."""
+        return os.path.join(self.runtime_dir, f"admin-{index}.sock")
+
     """``worker_listeners = "reuseport"``: site ``listen`` -> the address to bind
     (the port the supervisor reserved for a ``tcp:0``)."""
 
@@ -228,6 +240,10 @@ class WorkerSupervisor(Service):
             json.dumps(listeners),
             "--reuseport",
             json.dumps(self.reserved),
+            "--count",
+            str(self.count),
+            "--runtime-dir",
+            self.metrics_dir or "",
             "--reactor",
             "tgw" if is_gateway_reactor(self.reactor) else "default",
         ]
@@ -298,6 +314,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listeners", default="{}")
     parser.add_argument("--reuseport", default="{}")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--runtime-dir", default="")
     parser.add_argument("--reactor", choices=("tgw", "default"), default="tgw")
     args = parser.parse_args(argv)
     listeners = {k: (int(v[0]), int(v[1])) for k, v in json.loads(args.listeners).items()}
@@ -324,7 +342,13 @@ def worker_main(argv: list[str] | None = None) -> int:
         args.config,
         reactor,
         exit_on_failure=True,
-        worker=WorkerRole(args.index, listeners, reuseport=json.loads(args.reuseport)),
+        worker=WorkerRole(
+            args.index,
+            listeners,
+            reuseport=json.loads(args.reuseport),
+            count=args.count,
+            runtime_dir=args.runtime_dir,
+        ),
         freeze_heap=True,
     )
 

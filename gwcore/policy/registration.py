@@ -13,6 +13,8 @@ def ready_url(admin: str | None, bound: Any = None) -> str | None:
     (``bound``: an ``IAddress``) or, in a worker that did not bind it, from the
     ``[gateway] admin`` endpoint string (``tcp:PORT[:interface=HOST]``, port not 0)."""
     if bound is not None:
+        if not hasattr(bound, "port"):
+            return None  # a unix: admin endpoint: no URL an agent could GET
         host, port = bound.host, bound.port
     else:
         if not admin:
