@@ -30,6 +30,7 @@ from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
 from gwcore.net.admin_workers import fan_out, listen_private
 from gwcore.net.sample import QuietSite, sample_site
+from gwcore.net.systemd import notify, reloading_lines
 from gwcore.policy.config import SiteConfig
 from gwcore.policy.registration import ready_url
 from gwcore.site import Site
@@ -140,6 +141,8 @@ class GatewayService(Service):
         # Only now do the sites count for /ready (and for reload): all or nothing.
         self.sites = started
         self._freeze()
+        if self.worker is None:  # the supervisor speaks for workers (gwcore.workers)
+            notify("READY=1", f"STATUS=serving {len(started)} site(s)")
 
     async def _listen_worker_admin(self, worker: WorkerRole) -> None:
         """This worker's own admin resource on its private socket (for worker 0's
@@ -187,6 +190,8 @@ class GatewayService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self.worker is None:
+            notify("STOPPING=1", "STATUS=draining")
         # Withdraw, keep accepting for drain_delay, drain; the admin endpoint (/ready
         # answering 503) closes last (gwcore.drain).
         await drain_sites(self)
@@ -200,8 +205,12 @@ class GatewayService(Service):
 
     def reload(self) -> Deferred[None]:
         """Re-read the config file and apply it if valid (see the module docstring)."""
+        if self.worker is None:
+            notify(*reloading_lines())  # systemd: reloading until READY=1 again
         d = Deferred.fromCoroutine(self._reload())
         d.addErrback(lambda f: log.failure("reload failed; the running config stays", f))
+        if self.worker is None:
+            d.addBoth(lambda r: (notify("READY=1", "STATUS=serving"), r)[1])
         return d
 
     async def _roll_back(

@@ -53,6 +53,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from gwcore.net.reactor import is_gateway_reactor
+from gwcore.net.systemd import notify, reloading_lines
 
 log = Logger(namespace="tgw.workers")
 
@@ -203,6 +204,7 @@ class WorkerSupervisor(Service):
         for worker in rest:
             await worker.ready
         log.info("{n} workers serving", n=self.count)
+        notify("READY=1", f"STATUS={self.count} workers serving")
 
     def _start_failed(self, failure: Any) -> None:
         log.failure("tgw workers could not start", failure)
@@ -225,6 +227,7 @@ class WorkerSupervisor(Service):
         for fd, _ in listeners.values():
             child_fds[fd] = fd
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         # Absolute entries: "" (the working directory) means the supervisor's, not the worker's.
         path = json.dumps([os.path.abspath(entry) for entry in sys.path])
         argv = [
@@ -281,7 +284,10 @@ class WorkerSupervisor(Service):
 
     def forward_hup(self) -> None:
         log.info("SIGHUP: every worker reloads the configuration")
+        notify(*reloading_lines())
         self.signal_workers(signal.SIGHUP)
+        # Each worker reloads on its own; the supervisor has passed the signal on.
+        notify("READY=1", f"STATUS={self.count} workers serving")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -289,6 +295,7 @@ class WorkerSupervisor(Service):
 
     async def _stop(self) -> None:
         self.stopping = True
+        notify("STOPPING=1", "STATUS=draining")
         self.signal_workers(signal.SIGTERM)
         drain = max((s.drain_timeout for s in self.config.sites), default=0.0)
         drain += self.config.drain_delay  # workers keep accepting that long first
