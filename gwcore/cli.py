@@ -40,11 +40,12 @@ def _check_config(args: argparse.Namespace) -> int:
                 f"{site.datacenter} go to the service's Connect endpoints from the catalog, "
                 f"names in another datacenter to that datacenter's mesh gateways (catalog "
                 f"mesh-gateway services; configured for: {configured})"
+                + ("; Consul server names (WAN federation)" if hop.get("wan_federation") else "")
             )
         elif hop:
             print(
                 f"    destinations in other datacenters: mesh-gateway hop as {site.name!r}, "
-                f"mode {hop.get('mode', 'local')} (configured mesh gateways for: {configured})"
+                f"mode {hop.get('mode', 'none')} (configured mesh gateways for: {configured})"
             )
     if config.admin:
         print(f"  admin: {config.admin}")
@@ -58,13 +59,16 @@ def _explain(args: argparse.Namespace) -> int:
     import urllib.request
 
     from gwcore.connect import endpoint_address
+    from gwcore.net.admin_guard import admin_token
     from gwcore.policy.config import ConfigError, load_config
 
     admin = args.admin
+    token = ""
     if not admin:
         try:
             config = load_config(args.config)
-        except ConfigError as e:
+            token = admin_token(config)
+        except (ConfigError, ValueError) as e:
             print(e, file=sys.stderr)
             return 1
         if not config.admin:
@@ -76,8 +80,11 @@ def _explain(args: argparse.Namespace) -> int:
     if args.site:
         query["site"] = args.site
     url = f"{admin.rstrip('/')}/explain?{urllib.parse.urlencode(query)}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=10
+        ) as response:
             answer = json.load(response)
     except urllib.error.HTTPError as e:
         print(f"tgw explain: {json.load(e).get('error', e)}", file=sys.stderr)
@@ -153,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Asks the running gateway's admin endpoint what every authorization engine of a "
             "site would decide for SOURCE -> DESTINATION, and the combined decision. "
+            "With --config, the admin bearer token (admin_token[_file]) is sent. "
             "Exit status: 0 allow, 2 deny, 1 error."
         ),
     )

@@ -95,7 +95,15 @@ class AuthzRequest:
     client_address: str
     client_port: int
     gateway_address: str
+    """The connection's local address (the address the client reached, never the
+    wildcard ``0.0.0.0`` a listener may be bound to)."""
     gateway_port: int
+    requested_server_name: str = ""
+    """The SNI exactly as the client sent it (``sni`` is normalised: lower case, no
+    trailing dot); empty when not known (``tgw explain``)."""
+    peer_certificate: bytes = b""
+    """The client's certificate (its leaf), DER; empty unless an engine of the site sets
+    ``wants_peer_certificate`` (or when not known, as in ``tgw explain``)."""
 
 
 class SiteContext(Protocol):
@@ -190,6 +198,10 @@ class AuthorizationEngine(Protocol):
     or failing is a deny (the site fails closed). ``policy_version`` changes when
     the policy does; ``changed`` (given to ``start``) is called after such a change
     so the site can re-check open connections.
+
+    Optional: ``wants_peer_certificate`` (default false). When any engine of the site
+    sets it, ``AuthzRequest.peer_certificate`` carries the client's certificate;
+    otherwise it is left empty, so no site pays for copying it.
     """
 
     name: str

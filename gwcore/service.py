@@ -4,8 +4,11 @@
 running one stays (each problem is logged, ``tgw_config_reloads_total{result=
 "rejected"}`` rises). A good one is applied site by site: an unchanged site is
 left alone; a changed site's replacement is started and the old one stops
-accepting and drains its connections in the background; live connections are
-never cut by a reload. The access log is reopened (for log rotation).
+accepting and drains its connections in the background. A live connection is
+cut by a reload only when the new config denies it (``gwcore.recheck``: changed
+default policy, engines, routes or trust roots; a removed site); changes that
+cannot deny (listener tuning, timeouts) let it drain. The access log is reopened
+(for log rotation).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from gwcore.mesh_site import MeshSite
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
+from gwcore.net.admin_guard import AdminGuard, admin_token, config_secrets
 from gwcore.net.admin_workers import fan_out, listen_private
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.net.systemd import notify, reloading_lines
 from gwcore.policy.config import SiteConfig
+from gwcore.policy.redact import redact
 from gwcore.policy.registration import ready_url
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
@@ -102,15 +107,20 @@ class GatewayService(Service):
         if self.worker is not None and self.worker.count > 1:
             await self._listen_worker_admin(self.worker)
         if config.admin and shared:
-            resource = AdminResource(self.metrics, lambda: list(self.sites.values()), self)
+            guard = AdminGuard(admin_token(config), config.admin_hosts, self.metrics)
+            resource = AdminResource(self.metrics, lambda: list(self.sites.values()), self, guard)
             if self.worker is not None and self.worker.count > 1:
                 fan_out(resource, self.reactor, self.worker.count, self.worker.admin_socket)
-            admin = QuietSite(resource)
-            port = await serverFromString(self.reactor, config.admin).listen(admin)
+            port = await serverFromString(self.reactor, config.admin).listen(QuietSite(resource))
             self._ports.append(port)
             host = port.getHost()
             self.ready_url = ready_url(config.admin, host)
-            log.info("admin endpoint on http://{host}:{port}/", host=host.host, port=host.port)
+            where = f"http://{host.host}:{host.port}/" if hasattr(host, "port") else host.name
+            log.info(
+                "admin endpoint on {where}{auth}",
+                where=where if isinstance(where, str) else where.decode(errors="replace"),
+                auth=" (bearer token required)" if guard.requires_token else "",
+            )
         if config.sample_service and shared:
             port = await serverFromString(self.reactor, config.sample_service.listen).listen(
                 sample_site(config.sample_service.body)
@@ -147,6 +157,7 @@ class GatewayService(Service):
     async def _listen_worker_admin(self, worker: WorkerRole) -> None:
         """This worker's own admin resource on its private socket (for worker 0's
         admin endpoint, which answers for every worker: gwcore.net.admin_workers)."""
+        # No guard: the socket is in the supervisor's 0700 directory, reached by worker 0 only.
         own = AdminResource(self.metrics, lambda: list(self.sites.values()), self)
         path = worker.admin_socket(worker.index)
         self._ports.append(await listen_private(self.reactor, own, path))
@@ -166,8 +177,11 @@ class GatewayService(Service):
 
     @property
     def raw(self) -> Any:
-        """The config as loaded (served at ``/config``)."""
-        return self.config.raw
+        """The config as loaded, every secret redacted (served at ``/config``)."""
+        declared: dict[str, frozenset[str]] = {}
+        for stack in self.checked.stacks.values():
+            declared.update(stack.secret_keys())
+        return redact(self.config.raw, declared, config_secrets(self.config))
 
     def _start_failed(self, failure: Any) -> None:
         self.failure = failure
@@ -249,8 +263,12 @@ class GatewayService(Service):
                 self.metrics.reloads.labels(result="rejected").inc()
                 return
             new = checked.config
-            if (new.admin, new.sample_service, new.access_log, new.state_dir) != (
+            admin = (new.admin, new.admin_token, new.admin_token_file, new.admin_hosts)
+            if (*admin, new.sample_service, new.access_log, new.state_dir) != (
                 self.config.admin,
+                self.config.admin_token,
+                self.config.admin_token_file,
+                self.config.admin_hosts,
                 self.config.sample_service,
                 self.config.access_log,
                 self.config.state_dir,
@@ -293,8 +311,14 @@ class GatewayService(Service):
                 self.sites[key] = site
                 log.info("site {site} reloaded", site=key)
             for key, old in old_sites.items():
-                if self.sites.get(key) is not old:
-                    # Retire without a deadline: a reload never cuts a live connection.
+                # (A removed site is still in self.sites: it was never replaced.)
+                if self.sites.get(key) is not old or key not in wanted:
+                    # Policy that tightened closes what it now denies (gwcore.recheck) ...
+                    if key in wanted:
+                        self.sites[key].recheck.adopt(old)
+                    else:
+                        old.recheck.retire("its site was removed by a reload")
+                    # ... and the rest is retired without a deadline.
                     self._retiring.add(old)
                     retired = Deferred.fromCoroutine(old.stop(drain_timeout=math.inf))
                     retired.addBoth(lambda _, site=old: self._retired(site))

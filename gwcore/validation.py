@@ -7,15 +7,17 @@ plugin accepts its own section, and every endpoint string parses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from twisted.internet.endpoints import serverFromString
 
+from gwcore.net.admin_guard import admin_token, config_secrets
 from gwcore.net.fasttcp import parse_tcp
 from gwcore.net.systemd import endpoint_problem
 from gwcore.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
+from gwcore.policy.redact import declared_values, scrub
 
 
 @dataclass
@@ -62,6 +64,11 @@ def check_config(path: str | Path) -> CheckedConfig:
         result = CheckedConfig(None, {}, list(e.problems))
     if config.admin:
         result.problems += _check_endpoint(config, "gateway.admin", config.admin)
+    try:
+        admin_token(config)
+    except ValueError as e:
+        key, _, message = str(e).partition(": ")
+        result.problems.append(ConfigProblem(config.file, key, message))
     if config.sample_service:
         result.problems += _check_endpoint(
             config, "sample_service.listen", config.sample_service.listen
@@ -94,6 +101,14 @@ def check_config(path: str | Path) -> CheckedConfig:
             )
         result.stacks[site.key] = stack
     result.problems += _shared_endpoints(config)
+    # A message may quote a bad value, and a bad value may be a pasted secret.
+    secrets: set[str] = set()
+    if result.problems:
+        secrets = config_secrets(config)
+        for stack in result.stacks.values():
+            secrets |= declared_values(config.raw, stack.secret_keys())
+    if secrets:
+        result.problems = [replace(p, message=scrub(p.message, secrets)) for p in result.problems]
     return result
 
 

@@ -153,3 +153,19 @@ def test_check_config_explains_a_mesh_site(tmp_path: Path, capsys) -> None:
     assert out[1].startswith(f"  site main: mesh gateway {GATEWAY!r} in dc1, ")
     assert out[3].startswith("    mesh: SNI pass-through, never terminates TLS and holds no key")
     assert "configured for: dc2" in out[3]
+
+
+def test_check_config_explains_wan_federation_and_the_default_mode(tmp_path: Path, capsys) -> None:
+    """A mesh site with wan_federation says it routes Consul server names; a terminating
+    site's hop reports Consul's default mode, none."""
+    path = config_file(
+        tmp_path,
+        plugins=["file_catalog"],
+        site_options={"role": "mesh"},
+        extra_site="[sites.main.mesh_hop]\nwan_federation = true",
+    )
+    assert main(["check-config", str(path)]) == 0
+    assert "Consul server names (WAN federation)" in capsys.readouterr().out
+    path = config_file(tmp_path, extra_site='[sites.main.mesh_hop.destinations]\nbilling = "local"')
+    assert main(["check-config", str(path)]) == 0
+    assert "mode none" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gwcore.net.splice import State
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol, log
 from gwcore.policy.proxy_protocol import MAX_HEADER, ProxyProtocolError, parse
 
@@ -66,8 +67,8 @@ class ProxiedDownstreamProtocol(DownstreamProtocol):
         self._deadline = None
         DownstreamProtocol.connectionMade(self)  # hooks, TLS: now with the real client
         rest = buffer[used:]
-        if rest and self.tls is not None:
-            super().dataReceived(rest)
+        if rest and self.state is not State.CLOSED and not self.lost:
+            super().dataReceived(rest)  # the start of the ClientHello, usually
 
     def _bad_header(self, problem: str) -> None:
         log.info(

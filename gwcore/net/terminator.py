@@ -48,8 +48,10 @@ from gwcore.events import (
     ConnectionInfo,
     HandshakeDone,
 )
+from gwcore.net.client_trust import VERIFY_ERROR_REASONS
+from gwcore.net.first_hello import FirstHello
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
-from gwcore.net.tls import ALPN_BY_PROTOCOL, VERIFY_ERROR_REASONS, ServerTLS
+from gwcore.net.tls import ALPN_BY_PROTOCOL, ServerTLS
 from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdict
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import normalize_sni
@@ -142,6 +144,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self._finished = False
         self.close_cause_detail: str | None = None
         self.alpn: bytes | None = None  # what the client and we agreed to, if anything
+        self._hello: FirstHello | None = None
 
     # --- accept -------------------------------------------------------------------
 
@@ -154,10 +157,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             if event.veto_reason is not None:
                 self._refuse("addon_veto", f"vetoed by {event.vetoed_by}: {event.veto_reason}")
                 return
-        tls = SSL.Connection(self.material.base, None)
-        tls.set_accept_state()
-        tls.set_app_data(self)
-        self.tls = tls
+        self._hello = FirstHello()  # OpenSSL starts on the route of the first hello
         self._deadline = self.site.reactor.callLater(
             self.site.config.handshake_timeout, self._handshake_expired
         )
@@ -165,6 +165,12 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     # --- callbacks from OpenSSL (via gwcore.site's servername/verify hooks) ------
 
     def on_servername(self, conn: SSL.Connection) -> None:
+        # Runs again for the second ClientHello after a HelloRetryRequest: that hello
+        # decides, so nothing the first one routed to survives it.
+        self.sni = self.destination = self.route_miss = self.hello_veto = None
+        conn.set_context(self._route(conn) or self.material.base)
+
+    def _route(self, conn: SSL.Connection) -> SSL.Context | None:
         raw = conn.get_servername()
         sni = normalize_sni(raw)
         destination = self.routes.lookup(sni) if sni else None
@@ -173,20 +179,20 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self.site.dispatch("tgw_tls_clienthello", event)
             if event.veto_reason is not None:
                 self.hello_veto = f"vetoed by {event.vetoed_by}: {event.veto_reason}"
-                return
+                return None
         if raw is None or sni is None:
             self.route_miss = "missing_sni" if raw is None else "invalid_sni"
-            return
+            return None
         self.sni = sni
         if destination is None:
             self.route_miss = "unknown_sni"
-            return
+            return None
         ctx = self.material.context_for(sni)
         if ctx is None:
             self.route_miss = "no_certificate"
-            return
-        conn.set_context(ctx)
+            return None
         self.destination = destination
+        return ctx
 
     def on_alpn(self, offered: list[bytes]) -> Any:
         """Pick the ALPN protocol to agree to, by the route's protocol (ALPN_BY_PROTOCOL)."""
@@ -207,7 +213,12 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         tls = self.tls
         if tls is None:
-            return
+            hello = self._hello
+            if hello is None or not hello.feed(data):
+                return
+            self._hello = None
+            tls, data = hello.start(self.material, self)
+            self.tls = tls
         tls.bio_write(data)
         self._records.feed(data)
         if self.state is State.SPLICING:
@@ -364,19 +375,17 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if cert is None:
             self._handshake_failed(None)
             return
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
         try:
-            self.identity = identity_from_der(
-                crypto.dump_certificate(crypto.FILETYPE_ASN1, cert), self.site.trusted_domains
-            )
+            self.identity = identity_from_der(der, self.site.trusted_domains)
         except IdentityError as e:
-            self.site.metrics.handshake_errors.labels(site=self.site.name, reason=e.reason).inc()
-            log.info(
-                "client identity refused: {reason} from {client}: {detail}",
-                reason=e.reason,
-                client=self.client_label(),
-                detail=e.detail,
-            )
-            self._close(f"identity:{e.reason}")
+            self._identity_refused(e.reason, e.detail)
+            return
+        # Its chain must end in its own trust domain's bundle; a resumption is
+        # verified again now (expiry, roots removed since): gwcore.net.client_trust.
+        refused = self.material.trust.check(tls, self.identity.trust_domain, cert, der)
+        if refused is not None:
+            self._identity_refused(refused, f"certificate of {self.identity.uri}")
             return
         if self.identity.kind != "service":
             # Only services are authorized here; a mesh gateway's identity never is.
@@ -409,6 +418,16 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         pending = self._pending = self.site.authorize(self)
         pending.addCallback(self._authorized)
         pending.addErrback(self._pending_failed)
+
+    def _identity_refused(self, reason: str, detail: str) -> None:
+        self.site.metrics.handshake_errors.labels(site=self.site.name, reason=reason).inc()
+        log.info(
+            "client identity refused: {reason} from {client}: {detail}",
+            reason=reason,
+            client=self.client_label(),
+            detail=detail,
+        )
+        self._close(f"identity:{reason}")
 
     # --- authorization and upstream -------------------------------------------
 

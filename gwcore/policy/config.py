@@ -30,10 +30,14 @@ from gwcore.policy.resolv import (
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
-POLICIES = ("allow", "deny")
+# "consul": the agent's default, decided by the consul_intentions plugin (docs/consul.md).
+POLICIES = ("allow", "deny", "consul")
+_CONSUL_INTENTIONS = ("consul_intentions", "gwcore.plugins.consul_intentions")
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
+# Patterns given to ``string(pattern=...)`` must match the whole value (fullmatch):
+# a "$" anchor would let a trailing newline through.
+_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_ENDPOINT_RE = re.compile(r"[a-zA-Z0-9]+:.*", re.DOTALL)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -134,7 +138,7 @@ class SectionReader:
         if choices is not None and value not in choices:
             self.problem(name, f"must be one of {', '.join(choices)}, not {value!r}")
             return default
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.problem(name, f"{value!r} is not {what or 'valid'}")
             return default
         return value
@@ -286,6 +290,7 @@ class SiteConfig:
     plugins: tuple[str, ...] = ()
     extra_trust_domains: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
+    session_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
@@ -336,6 +341,8 @@ class SiteConfig:
 
 
 MAX_WORKERS = 64
+MIN_ADMIN_TOKEN = 16
+_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]|[0-9a-f:.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +374,10 @@ class GatewayConfig:
     drain_delay: float = 0.0
     """On stop, seconds the listeners keep accepting after the instance withdrew
     (``/ready`` 503, deregistered) and before they drain (``gwcore.drain``)."""
+    admin_token: str = field(default="", repr=False)
+    admin_token_file: Path | None = None
+    admin_hosts: tuple[str, ...] = ()
+    """Host header values the admin endpoint accepts besides loopback ones."""
 
     def site(self, key: str) -> SiteConfig:
         for site in self.sites:
@@ -415,6 +426,16 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     worker_listeners = (
         gw.string("worker_listeners", "shared", choices=("shared", "reuseport")) or "shared"
     )
+    admin_token = gw.string("admin_token", "") or ""
+    token_file = gw.string("admin_token_file", "") or ""
+    if admin_token and token_file:
+        gw.problem("admin_token_file", "set admin_token or admin_token_file, not both")
+    elif admin_token and len(admin_token) < MIN_ADMIN_TOKEN:
+        gw.problem("admin_token", f"must be at least {MIN_ADMIN_TOKEN} characters")
+    admin_hosts = tuple(h.lower() for h in gw.strings("admin_hosts"))
+    for host in admin_hosts:
+        if not _HOST_RE.fullmatch(host):
+            gw.problem("admin_hosts", f"{host!r} is not a host name or IP address (no port)")
     problems += gw.finish()
 
     sample = None
@@ -462,6 +483,9 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         workers=workers,
         drain_delay=drain_delay,
         worker_listeners=worker_listeners,
+        admin_token=admin_token,
+        admin_token_file=base_dir / token_file if token_file else None,
+        admin_hosts=admin_hosts,
     )
     if problems:
         raise ConfigError(problems, partial=config)
@@ -499,10 +523,13 @@ def _parse_site(
     role = r.string("role", "terminating", choices=ROLES) or "terminating"
     default_policy = r.string("default_policy", "deny", choices=POLICIES) or "deny"
     plugins = r.strings("plugins")
+    if default_policy == "consul" and not any(p in _CONSUL_INTENTIONS for p in plugins):
+        r.problem("default_policy", '"consul" needs consul_intentions in plugins')
     if len(set(plugins)) != len(plugins):
         r.problem("plugins", "names a plugin more than once")
     values = {
         "handshake_timeout": r.duration("handshake_timeout", 10.0, minimum=0.001),
+        "session_lifetime": r.duration("session_lifetime", 3600.0, minimum=1.0),
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
@@ -569,8 +596,8 @@ def _parse_site(
     )
 
 
-_TD_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_TD_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _valid_trust_domain(value: str) -> bool:
-    return len(value) <= 255 and bool(_TD_RE.match(value.lower()))
+    return len(value) <= 255 and bool(_TD_RE.fullmatch(value.lower()))

@@ -1,24 +1,30 @@
 """What the OPA engine sends to Rego and how it reads the answer (sans-IO).
 
-The input document is shaped like the one Envoy's *network* ``ext_authz`` filter
-sends through the opa-envoy-plugin (Envoy's ``CheckRequest`` in protobuf JSON, so
-``lowerCamelCase`` keys), so a policy written for Envoy runs unchanged::
+The input document is the one opa-envoy-plugin builds from Envoy's *network*
+``ext_authz`` check (Envoy's ``CheckRequest`` in protobuf JSON, so
+``lowerCamelCase`` keys and empty fields left out, plus the plugin's own top-level
+keys), so a policy written for Envoy's TCP check runs unchanged::
 
-    input.attributes.source.principal                       client SPIFFE ID (URI SAN)
-    input.attributes.source.service                         client service name
-    input.attributes.source.address.socketAddress           {address, portValue}
-    input.attributes.destination.principal                  destination SPIFFE ID
-    input.attributes.destination.service                    destination service name
-    input.attributes.destination.labels                     destination catalog metadata
-    input.attributes.destination.address.socketAddress      the gateway's listener
-    input.attributes.tlsSession.sni                         requested server name
-    input.tgw                                               gateway facts Envoy has no field for
+    input.attributes.source.address.socketAddress      {address, portValue} of the client
+    input.attributes.source.principal                  client SPIFFE ID (URI SAN)
+    input.attributes.source.certificate                URL-encoded PEM (include_peer_certificate)
+    input.attributes.destination.address.socketAddress the connection's local address
+    input.attributes.destination.principal             destination SPIFFE ID
+    input.attributes.destination.service               requested server name (Envoy's TCP check)
+    input.attributes.destination.labels                destination catalog metadata
+    input.attributes.tlsSession.sni                    requested server name, as sent
+    input.version                                      {"ext_authz": "v3", "encoding": "protojson"}
+    input.parsed_path / parsed_query                   [""] / {} (no HTTP request)
+    input.parsed_body / truncated_body                 null / false
+    input.tgw                                          tgw's own facts (the one extra key)
 
 ``docs/opa.md`` documents every key; :func:`build_input` is the one place that
 makes the document. A policy answers with a boolean, or an object with a boolean
-``allowed`` and an optional string ``reason``; anything else (including an
-undefined result) is an :class:`Evaluation` error, which the engine turns into a
-deny (or, with ``fail_open``, a counted allow).
+``allowed`` and optional ``reason``, ``headers``, ``response_headers_to_add``,
+``request_headers_to_remove``, ``body``, ``http_status`` and ``dynamic_metadata``,
+each checked as opa-envoy-plugin checks it; anything else (including an undefined
+result) is an :class:`Evaluation` error, which the engine turns into a deny (or,
+with ``fail_open``, a counted allow).
 
 Also here: the OPA REST data API's request and response bodies, and reading a
 rego-cpp compile error into ``file:line:column: message``.
@@ -31,8 +37,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from gwcore.policy.model import Destination, SpiffeID
+from gwcore.policy.opa_result import result_object_problem
 
 MAX_REASON_CHARS = 500
 
@@ -65,6 +73,16 @@ def _socket_address(address: str, port: int) -> dict[str, Any]:
     return {"socketAddress": {"address": address, "portValue": port}}
 
 
+# opa-envoy-plugin's v3 marker and what it parses out of an absent HTTP request.
+EXT_AUTHZ_VERSION = {"ext_authz": "v3", "encoding": "protojson"}
+
+
+def url_encoded_pem(pem: str) -> str:
+    """A PEM certificate as Envoy's ``urlEncodedPemEncodedPeerCertificate`` gives it:
+    every byte but the RFC 3986 unreserved ones percent-encoded."""
+    return quote(pem, safe="")
+
+
 def build_input(
     *,
     site: str,
@@ -78,33 +96,48 @@ def build_input(
     client_port: int,
     gateway_address: str,
     gateway_port: int,
+    requested_server_name: str = "",
+    peer_certificate_pem: str | None = None,
 ) -> dict[str, Any]:
     """The input document for one connection (see the module docstring and docs/opa.md).
 
-    Only JSON types; the destination's metadata is copied (sorted) so the document
-    never aliases catalog state.
+    ``sni`` is the normalised name tgw routed on; ``requested_server_name`` the name
+    as the client sent it (``sni`` when not known). ``peer_certificate_pem`` is set
+    only with ``include_peer_certificate``. Only JSON types; the destination's
+    metadata is copied (sorted) so the document never aliases catalog state.
     """
     labels = {k: destination.meta[k] for k in sorted(destination.meta)}
+    server_name = requested_server_name or sni
+    source_peer: dict[str, Any] = {
+        "address": _socket_address(client_address, client_port),
+        "principal": source.uri,
+    }
+    if peer_certificate_pem:
+        source_peer["certificate"] = url_encoded_pem(peer_certificate_pem)
+    destination_peer: dict[str, Any] = {
+        "address": _socket_address(gateway_address, gateway_port),
+        "principal": destination_principal(destination, trust_domain),
+    }
+    if server_name:  # protobuf JSON leaves empty strings and maps out
+        destination_peer["service"] = server_name
+    if labels:
+        destination_peer["labels"] = labels
+    attributes: dict[str, Any] = {"source": source_peer, "destination": destination_peer}
+    if server_name:
+        attributes["tlsSession"] = {"sni": server_name}
     return {
-        "attributes": {
-            "source": {
-                "address": _socket_address(client_address, client_port),
-                "principal": source.uri,
-                "service": source.name,
-            },
-            "destination": {
-                "address": _socket_address(gateway_address, gateway_port),
-                "principal": destination_principal(destination, trust_domain),
-                "service": destination.name,
-                "labels": labels,
-            },
-            "tlsSession": {"sni": sni},
-        },
+        "attributes": attributes,
+        "version": dict(EXT_AUTHZ_VERSION),
+        "parsed_path": [""],
+        "parsed_query": {},
+        "parsed_body": None,
+        "truncated_body": False,
         "tgw": {
             "site": site,
             "gateway": gateway_name,
             "datacenter": datacenter,
             "trust_domain": trust_domain,
+            "sni": sni,
             "source": {
                 "kind": source.kind,
                 "service": source.name,
@@ -123,6 +156,11 @@ def build_input(
             },
         },
     }
+
+
+def cache_key(document: Mapping[str, Any]) -> str:
+    """The decision cache's key for ``document``: all of it, canonically serialised."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 # --- results -------------------------------------------------------------------------
@@ -158,8 +196,9 @@ def interpret(path: str, defined: bool, value: object) -> Evaluation:
 
     ``true``/``false`` decide with the rule name as the reason; ``{"allowed": bool,
     "reason": str}`` decides with the policy's own reason (the rule name when it gave
-    none, or a reason that is not a non-empty string). Anything else is an error
-    naming what came back.
+    none, or a reason that is not a non-empty string), once its other fields passed
+    opa-envoy-plugin's checks (:mod:`gwcore.policy.opa_result`). Anything else is an
+    error naming what came back.
     """
     rule = rule_name(path)
     if not defined:
@@ -168,6 +207,9 @@ def interpret(path: str, defined: bool, value: object) -> Evaluation:
         return Evaluation(value, f"{rule} = {'true' if value else 'false'}")
     if isinstance(value, Mapping) and isinstance(value.get("allowed"), bool):
         allowed = bool(value["allowed"])
+        problem = result_object_problem(value, allowed)
+        if problem is not None:
+            return Evaluation.error("bad_result", f"{rule}: {problem} (as opa-envoy-plugin)")
         given = value.get("reason")
         if isinstance(given, str) and given:
             return Evaluation(allowed, _clip(given))

@@ -169,7 +169,7 @@ def test_object_result_carries_the_policys_reason(tmp_path):
     policy = """package tgw.authz
 import rego.v1
 default decision := {"allowed": false, "reason": "billing is closed to everyone but web"}
-decision := {"allowed": true} if input.attributes.source.service == "web"
+decision := {"allowed": true} if input.tgw.source.service == "web"
 """
     engine, _, _ = embedded(tmp_path, policy, path="tgw/authz/decision")
     denied = engine.authorize(authz_request("api"))
@@ -238,8 +238,8 @@ def test_evaluation_error_fails_closed(tmp_path):
     """Conflicting rule values at evaluation time are an error (deny), not a crash."""
     policy = """package tgw.authz
 import rego.v1
-allow := true if input.attributes.source.service == "web"
-allow := false if input.attributes.destination.service == "billing"
+allow := true if input.tgw.source.service == "web"
+allow := false if input.tgw.destination.service == "billing"
 """
     engine, site, _ = embedded(tmp_path, policy)
     decision = engine.authorize(authz_request("web", "billing"))

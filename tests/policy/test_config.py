@@ -421,8 +421,13 @@ def test_full_file(tmp_path: Path) -> None:
         ),
         pytest.param(
             MINIMAL_SITE + "default_policy = 'permit'\n",
-            [("sites.edge.default_policy", "must be one of allow, deny, not 'permit'")],
+            [("sites.edge.default_policy", "must be one of allow, deny, consul, not 'permit'")],
             id="bad-default-policy",
+        ),
+        pytest.param(
+            MINIMAL_SITE + "default_policy = 'consul'\n",
+            [("sites.edge.default_policy", '"consul" needs consul_intentions in plugins')],
+            id="consul-default-policy-without-consul-intentions",
         ),
         pytest.param(
             MINIMAL_SITE.replace('"tgw"', '"TGW_1"'),
@@ -588,3 +593,21 @@ def test_parse_config_takes_parsed_data() -> None:
     config = parse_config(data, "inline", Path("/etc/tgw"))
     assert config.plugin_paths == (Path("/etc/tgw/drop-ins"),)
     assert config.raw is data
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("trust_domain", "abcd.consul\\n"),
+        ("extra_trust_domains", ["peer.consul\\n"]),
+        ("name", "tgw\\n"),
+        ("datacenter", "dc1\\n"),
+    ],
+)
+def test_names_with_a_trailing_newline_are_refused(tmp_path: Path, key: str, value) -> None:
+    """A "$"-anchored pattern accepted "dc1\\n"; every name must match as a whole."""
+    rendered = f'["{value[0]}"]' if isinstance(value, list) else f'"{value}"'
+    lines = [line for line in MINIMAL_SITE.splitlines() if not line.startswith(f"{key} =")]
+    text = "\n".join([*lines, f"{key} = {rendered}"]) + "\n"
+    problems = problems_of(tmp_path, text)
+    assert [k for k, _ in problems] == [f"sites.edge.{key}"]

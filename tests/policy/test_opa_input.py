@@ -16,6 +16,7 @@ from gwcore.policy.opa_input import (
     interpret,
     parse_compile_errors,
     read_data_api_response,
+    url_encoded_pem,
     valid_path,
 )
 
@@ -23,7 +24,9 @@ TD = "example.consul"
 
 
 def test_input_has_the_envoy_network_ext_authz_shape():
-    """The keys opa-envoy-plugin policies read, with the SPIFFE IDs as principals."""
+    """The document opa-envoy-plugin builds from Envoy's network check: protobuf JSON of
+    the CheckRequest (no source.service, destination.service = the server name as sent,
+    empty fields left out) plus the plugin's version/parsed_* keys; tgw's facts under tgw."""
     document = build_input(
         site="main",
         gateway_name="legacy-gw",
@@ -38,21 +41,57 @@ def test_input_has_the_envoy_network_ext_authz_shape():
         client_port=50123,
         gateway_address="10.0.0.1",
         gateway_port=8443,
+        requested_server_name="Billing.pay.dc1.internal.example.consul.",
     )
     attributes = document["attributes"]
     assert attributes["source"] == {
         "address": {"socketAddress": {"address": "10.0.0.7", "portValue": 50123}},
         "principal": f"spiffe://{TD}/ns/default/dc/dc2/svc/web",
-        "service": "web",
     }
-    assert attributes["destination"]["principal"] == f"spiffe://{TD}/ns/pay/dc/dc1/svc/billing"
-    assert attributes["destination"]["address"]["socketAddress"]["portValue"] == 8443
+    assert attributes["destination"] == {
+        "address": {"socketAddress": {"address": "10.0.0.1", "portValue": 8443}},
+        "principal": f"spiffe://{TD}/ns/pay/dc/dc1/svc/billing",
+        "service": "Billing.pay.dc1.internal.example.consul.",
+        "labels": {"a": "1", "team": "payments"},
+    }
     assert list(attributes["destination"]["labels"]) == ["a", "team"]
-    assert attributes["tlsSession"] == {"sni": "billing.pay.dc1.internal.example.consul"}
+    assert attributes["tlsSession"] == {"sni": "Billing.pay.dc1.internal.example.consul."}
+    assert document["version"] == {"ext_authz": "v3", "encoding": "protojson"}
+    assert (document["parsed_path"], document["parsed_query"]) == ([""], {})
+    assert (document["parsed_body"], document["truncated_body"]) == (None, False)
     assert document["tgw"]["site"] == "main" and document["tgw"]["gateway"] == "legacy-gw"
+    assert document["tgw"]["sni"] == "billing.pay.dc1.internal.example.consul"
     assert document["tgw"]["source"]["datacenter"] == "dc2"
     assert document["tgw"]["destination"]["namespace"] == "pay"
     assert json.loads(json.dumps(document)) == document  # JSON types only
+
+
+def test_peer_certificate_is_url_encoded_like_envoys():
+    """Envoy's urlEncodedPemEncodedPeerCertificate: every byte outside RFC 3986's
+    unreserved set percent-encoded (newline, space, '+', '/', '=')."""
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB+/x=\n-----END CERTIFICATE-----\n"
+    assert url_encoded_pem(pem) == (
+        "-----BEGIN%20CERTIFICATE-----%0AMIIB%2B%2Fx%3D%0A-----END%20CERTIFICATE-----%0A"
+    )
+
+
+def test_empty_labels_are_left_out_as_protobuf_json_does():
+    document = build_input(
+        site="main",
+        gateway_name="gw",
+        datacenter="dc1",
+        trust_domain=TD,
+        source=SpiffeID(TD, "default", "dc1", "web"),
+        destination=Destination(ServiceName("billing"), "dc1"),
+        sni="billing.default.dc1.internal.example.consul",
+        client_address="10.0.0.7",
+        client_port=1,
+        gateway_address="10.0.0.1",
+        gateway_port=2,
+    )
+    assert "labels" not in document["attributes"]["destination"]
+    assert "certificate" not in document["attributes"]["source"]
+    assert document["attributes"]["tlsSession"]["sni"] == document["tgw"]["sni"]
 
 
 @pytest.mark.parametrize(
