@@ -40,9 +40,9 @@ from gwcore.metrics import GatewayMetrics, SiteChildren
 from gwcore.net import fasttcp
 from gwcore.net.connection_facts import local_address, peer_certificate_der, requested_server_name
 from gwcore.net.hostnames import HostnameEndpoints
-from gwcore.net.proxied import ProxiedDownstreamFactory
+from gwcore.net.proxied import ProxiedDownstreamFactory, upstream_factory
 from gwcore.net.resolver import DNSResolver
-from gwcore.net.splice import State, UpstreamFactory
+from gwcore.net.splice import State
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
@@ -375,7 +375,7 @@ class Site:
             strategy,
             destination,
             endpoints,
-            UpstreamFactory(conn),
+            upstream_factory(self, conn, strategy),  # PROXY v2 first, if configured
             timeout,
             on_failure,
         )

@@ -11,15 +11,26 @@ balancer's own health check) keeps the load balancer's address.
 
 Only enable it when every client of the listener is the load balancer: the header
 is believed as sent.
+
+With ``upstream_proxy_protocol = true`` a site sends a PROXY v2 header to plain-TCP
+upstreams (:func:`upstream_factory`): the client address, the gateway's listener,
+and the caller's SPIFFE ID in TLV type ``0xE0`` (``TLV_SPIFFE_ID``), so the
+external service can log who called.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gwcore.net.splice import State
+from gwcore.net.splice import State, UpstreamFactory, UpstreamProtocol
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol, log
-from gwcore.policy.proxy_protocol import MAX_HEADER, ProxyProtocolError, parse
+from gwcore.policy.proxy_protocol import (
+    MAX_HEADER,
+    TLV_SPIFFE_ID,
+    ProxyProtocolError,
+    build_v2,
+    parse,
+)
 
 
 class ProxiedDownstreamProtocol(DownstreamProtocol):
@@ -91,3 +102,51 @@ class ProxiedDownstreamFactory(DownstreamFactory):
         if self._on_build is not None:
             self._on_build(proto)
         return proto
+
+
+# --- PROXY v2 towards a plain-TCP upstream ----------------------------------------------
+
+
+class _HeaderFirst(UpstreamProtocol):
+    """An upstream connection whose first bytes are a PROXY v2 header."""
+
+    def __init__(self, header: bytes) -> None:
+        super().__init__()
+        self.header = header
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.header)
+        super().connectionMade()
+
+
+class ProxyHeaderFactory(UpstreamFactory):
+    """Builds upstream connections that start with ``header``."""
+
+    def __init__(self, downstream: Any, header: bytes) -> None:
+        super().__init__(downstream)
+        self.header = header
+
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+        return _HeaderFirst(self.header)
+
+
+def caller_header(conn: Any, gateway: tuple[str, int] | None) -> bytes:
+    """The PROXY v2 header for ``conn``'s upstream: the client (as the access log has
+    it), the gateway's listener as destination, and the caller's SPIFFE ID in a
+    :data:`~gwcore.policy.proxy_protocol.TLV_SPIFFE_ID` TLV."""
+    tlvs = ((TLV_SPIFFE_ID, conn.identity.uri.encode()),) if conn.identity is not None else ()
+    info = conn.info
+    try:
+        return build_v2((info.client_address, info.client_port), gateway, tlvs)
+    except ValueError:  # not an IP address (a unix socket): a LOCAL header, TLVs kept
+        return build_v2(None, None, tlvs)
+
+
+def upstream_factory(site: Any, conn: Any, strategy: Any) -> UpstreamFactory:
+    """The factory of ``conn``'s upstream connection: with ``upstream_proxy_protocol``
+    and a plain-TCP destination, one that sends a PROXY v2 header first (a TLS
+    destination gets none: the header would have to precede the TLS handshake, which
+    the TLS strategy owns)."""
+    if site.config.upstream_proxy_protocol and getattr(strategy, "name", "") == "plain":
+        return ProxyHeaderFactory(conn, caller_header(conn, site.listening_address()))
+    return UpstreamFactory(conn)

@@ -297,6 +297,8 @@ class SiteConfig:
     drain_timeout: float = 10.0
     proxy_protocol: bool = False
     """Every connection starts with a PROXY v1/v2 header (gwcore.net.proxied)."""
+    upstream_proxy_protocol: bool = False
+    """Plain-TCP upstream connections start with a PROXY v2 header (gwcore.net.proxied)."""
     max_connections: int = 10000
     max_connect_attempts: int = 3
     lb_policy: str = "round_robin"
@@ -535,14 +537,16 @@ def _parse_site(
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
         "drain_timeout": r.duration("drain_timeout", 10.0),
         "proxy_protocol": r.boolean("proxy_protocol", False),
+        "upstream_proxy_protocol": r.boolean("upstream_proxy_protocol", False),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
         "outlier_consecutive_failures": r.integer("outlier_consecutive_failures", 5, minimum=1),
         "outlier_base_ejection": r.duration("outlier_base_ejection", 30.0, minimum=0.001),
         "outlier_max_ejection": r.duration("outlier_max_ejection", 300.0, minimum=0.001),
     }
-    if role == "mesh" and values["proxy_protocol"]:
-        r.problem("proxy_protocol", "is supported on terminating sites only")
+    for option in ("proxy_protocol", "upstream_proxy_protocol"):
+        if role == "mesh" and values[option]:
+            r.problem(option, "is supported on terminating sites only")
     nameservers = r.strings("dns_nameservers")
     for text in nameservers:
         try:

@@ -3,6 +3,7 @@ TLS over real loopback sockets, the header written first as HAProxy would."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import sys
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.protocols.haproxy._v2parser import V2Parser
 
 from gwcore.policy.config import ConfigError, load_config
-from gwcore.policy.proxy_protocol import build_v2
+from gwcore.policy.proxy_protocol import TLV_SPIFFE_ID, build_v2, parse
 from tests.harness import (
+    Upstream,
     client_context,
     gateway_entry,
     hello,
@@ -143,3 +146,39 @@ def test_proxy_protocol_on_a_mesh_site_is_a_config_problem(tmp_path):
         p.key == "sites.m.proxy_protocol" and "terminating" in p.message
         for p in raised.value.problems
     ), raised.value.problems
+
+
+def reads_proxy_header(sock: socket.socket, upstream: Upstream) -> None:
+    """An upstream that expects a PROXY v2 header first (as HAProxy's accept-proxy
+    does), reads it with Twisted's parser and answers what it learnt, as JSON."""
+    data = b""
+    while len(data) < 16:
+        data += sock.recv(16 - len(data))
+    length = int.from_bytes(data[14:16], "big")
+    while len(data) < 16 + length:
+        data += sock.recv(16 + length - len(data))
+    info = V2Parser.parse(data)
+    ours, _ = parse(data)
+    assert ours is not None
+    caller = dict(ours.tlvs).get(TLV_SPIFFE_ID, b"").decode()
+    sock.sendall(json.dumps([info.source.host, info.source.port, caller]).encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_gets_a_proxy_v2_header_with_the_callers_spiffe_id(gateway, upstreams):
+    """``upstream_proxy_protocol``: a plain-TCP upstream first receives a PROXY v2 header
+    naming the real client (here the one a load balancer's v1 header named) and, in
+    TLV 0xE0, the SPIFFE ID the client authenticated with."""
+    up = upstreams(reads_proxy_header)
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("*", "allow")))
+    gateway.site_options["proxy_protocol"] = True
+    gateway.site_options["upstream_proxy_protocol"] = True
+    await gateway.start()
+    files = gateway.client_files("web")
+    v1 = b"PROXY TCP4 198.51.100.7 10.0.0.1 40001 8443\r\n"
+    answer = json.loads(await in_thread(through, gateway.port, v1, files))
+    assert answer[:2] == ["198.51.100.7", 40001]
+    assert answer[2].startswith("spiffe://") and answer[2].endswith("/svc/web")
+    assert up.errors == []
