@@ -61,7 +61,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from cryptography import x509
 from twisted.internet import endpoints, protocol
@@ -425,7 +425,11 @@ class ConsulDouble:
 
     def _handle(self, request: server.Request) -> Any:
         path = unquote(request.path.decode())
-        args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
+        # Go's url.ParseQuery keeps a bare "?passing" (no "="); Twisted's parser drops it.
+        query = request.uri.partition(b"?")[2].decode(errors="replace")
+        args: dict[str, list[str]] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            args.setdefault(key, []).append(value)
         token = request.getHeader("X-Consul-Token")
         bearer = request.getHeader("Authorization")
         if token is None and bearer and bearer.startswith("Bearer "):

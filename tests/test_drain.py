@@ -51,9 +51,8 @@ class DrainingGateway(ConsulGateway):
 
 def passing_instances(double: ConsulDouble) -> list[int]:
     """The ports of the gateway's instances a client would pick now (HTTP, like a client)."""
-    # "passing=true", as Consul's API client sends it (a bare "?passing" is lost by
-    # Twisted's query parser in the double).
-    url = f"{double.address}/v1/health/service/{GATEWAY}?passing=true"
+    # A bare "?passing", as Consul's API documentation writes it.
+    url = f"{double.address}/v1/health/service/{GATEWAY}?passing"
     with urllib.request.urlopen(url, timeout=5) as answer:
         entries = json.loads(answer.read())
     return sorted(e["Service"]["Port"] for e in entries)
