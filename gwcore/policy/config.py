@@ -295,10 +295,8 @@ class SiteConfig:
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
     drain_timeout: float = 10.0
-    proxy_protocol: bool = False
-    """Every connection starts with a PROXY v1/v2 header (gwcore.net.proxied)."""
+    proxy_protocol: bool = False  # PROXY v1/v2 header in, v2 to plain upstreams: net.proxied
     upstream_proxy_protocol: bool = False
-    """Plain-TCP upstream connections start with a PROXY v2 header (gwcore.net.proxied)."""
     max_connections: int = 10000
     max_connect_attempts: int = 3
     lb_policy: str = "round_robin"
@@ -343,6 +341,7 @@ class SiteConfig:
 
 
 MAX_WORKERS = 64
+LISTENERS = ("shared", "reuseport")
 MIN_ADMIN_TOKEN = 16
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]|[0-9a-f:.]+")
 
@@ -370,12 +369,8 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
-    worker_listeners: str = "shared"
-    """``shared``: one socket for all workers; ``reuseport``: one per worker
-    (``SO_REUSEPORT``, the kernel spreads connections; ``gwcore.workers``)."""
-    drain_delay: float = 0.0
-    """On stop, seconds the listeners keep accepting after the instance withdrew
-    (``/ready`` 503, deregistered) and before they drain (``gwcore.drain``)."""
+    worker_listeners: str = "shared"  # or "reuseport": a socket per worker (gwcore.workers)
+    drain_delay: float = 0.0  # accepting on after withdrawing, before draining (gwcore.drain)
     admin_token: str = field(default="", repr=False)
     admin_token_file: Path | None = None
     admin_hosts: tuple[str, ...] = ()
@@ -425,9 +420,7 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
     drain_delay = gw.duration("drain_delay", 0.0)
-    worker_listeners = (
-        gw.string("worker_listeners", "shared", choices=("shared", "reuseport")) or "shared"
-    )
+    worker_listeners = gw.string("worker_listeners", "shared", choices=LISTENERS) or "shared"
     admin_token = gw.string("admin_token", "") or ""
     token_file = gw.string("admin_token_file", "") or ""
     if admin_token and token_file:
