@@ -37,8 +37,8 @@ from gwcore.net.sample import QuietSite, sample_site
 from gwcore.net.systemd import notify, reloading_lines
 from gwcore.policy.config import SiteConfig
 from gwcore.policy.redact import redact
-from gwcore.reload_diff import describe_changes
 from gwcore.policy.registration import ready_url
+from gwcore.reload_diff import describe_changes
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
 from gwcore.workers import WorkerRole
