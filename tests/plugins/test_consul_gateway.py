@@ -27,6 +27,7 @@ from tests.harness import (
     GATEWAY,
     Gateway,
     HandshakeRefusedError,
+    handshake_transcript,
     hello,
     in_thread,
     peer_uris,
@@ -249,8 +250,9 @@ async def test_link_unlink_and_instance_changes_are_followed(cgw, consul, upstre
 
     consul.link(GATEWAY, "billing")
     await cgw.wait_for(lambda: sni_for("api") not in cgw.routes(), timeout=5)
-    refused = await _refused(cgw.port, sni_for("api"), files)
-    assert refused.server_cert_seen is False
+    await _refused(cgw.port, sni_for("api"), files)
+    unlinked = await in_thread(handshake_transcript, cgw.port, sni_for("api"), files)
+    assert unlinked.error is not None and not unlinked.certificate_received, unlinked.states
     await cgw.wait_for(lambda: cgw.metric("tgw_no_route_total", reason="unknown_sni") >= 1)
 
     # Health: billing's only instance goes critical, a second one appears and serves.
