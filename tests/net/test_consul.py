@@ -126,18 +126,62 @@ async def test_index_going_backwards_resets_the_watch(consul):
         await client.close()
 
 
+class TimersOnClock:
+    """The real reactor for sockets (HTTP to the double), a fake clock for timers: the
+    watch's back-off sleeps and token bucket and the client's request timeouts wait
+    exactly as long as the test advances ``clock``."""
+
+    def __init__(self, real: Any, clock: Clock) -> None:
+        self.real = real
+        self.clock = clock
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kw)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 @pytest_twisted.ensureDeferred
 async def test_errors_back_off_then_recover_and_stop_cancels(consul):
-    """500s are reported and retried with growing delays; the watch recovers by itself;
-    stop() cancels the blocking query in flight."""
-    client = ConsulClient(reactor, settings(consul))
+    """500s are reported and retried with growing delays (rule 6: failure n waits
+    backoff_delay(n), jittered within [d/2, d] for d = 0.05 s doubling to the 0.2 s
+    cap, and not a moment less, on a fake clock); the watch recovers by itself;
+    stop() cancels the blocking query in flight. (The Consul double answers 500 as a
+    failing agent would.)"""
+    clock = Clock()
+    client = ConsulClient(reactor, settings(consul))  # retry_min 0.05 s, retry_max 0.2 s
+    client.reactor = TimersOnClock(reactor, clock)
     seen, errors = Recorder(), Recorder()
-    consul.fail(500, prefix="/v1/catalog/services", count=3)
-    watch = BlockingWatch(client, "catalog-services", "/v1/catalog/services", seen, errors)
+    consul.fail(500, prefix="/v1/catalog/services", count=4)
+    watch = BlockingWatch(
+        client,
+        "catalog-services",
+        "/v1/catalog/services",
+        seen,
+        errors,
+        rng=random.Random(7),
+    )
+    same_draws = random.Random(7)
     watch.start()
+    waits = []
     try:
+        for failure, ceiling in enumerate([0.05, 0.1, 0.2, 0.2], start=1):
+            await until(lambda failure=failure: len(errors.items) == failure)
+            assert watch.queries == failure
+            wait = backoff_delay(failure, 0.05, 0.2, same_draws)
+            assert ceiling / 2 <= wait <= ceiling
+            clock.advance(wait - 1e-6)
+            assert watch.queries == failure, f"retry {failure} came before {wait:.4f}s"
+            clock.advance(2e-6)
+            assert watch.queries == failure + 1, f"retry {failure} not sent after {wait:.4f}s"
+            waits.append(wait)
+        assert waits[:3] == sorted(waits[:3]) and waits[2] > waits[0]  # grew, then capped
         await until(lambda: len(seen.items) == 1 and consul.blocked == 1)
-        assert [e.kind for e in errors.items] == ["http_500"] * 3
+        assert [e.kind for e in errors.items] == ["http_500"] * 4
         assert watch.failures == 0
     finally:
         watch.stop()
