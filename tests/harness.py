@@ -304,6 +304,26 @@ poll_interval = "0.1s"
             await sleep(0.02)
 
 
+class TimersOnClock:
+    """The real reactor for sockets, a fake clock (``twisted.internet.task.Clock``) for
+    timers: code given this as its reactor talks to real servers, and every timeout,
+    back-off or refresh it schedules waits exactly as long as the test advances
+    ``clock``. Anything else is the real reactor's."""
+
+    def __init__(self, real: Any, clock: Any) -> None:
+        self.real = real
+        self.clock = clock
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kw)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 def sleep(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(seconds, d.callback, None)

@@ -25,7 +25,7 @@ from gwcore.net.consul import (
 )
 from gwcore.testing import MeshCA
 from gwcore.testing_consul import ConsulDouble, Recorder, server_certificate
-from tests.harness import sleep
+from tests.harness import TimersOnClock, sleep
 
 
 def _block(coro: Any) -> Any:
@@ -124,25 +124,6 @@ async def test_index_going_backwards_resets_the_watch(consul):
     finally:
         watch.stop()
         await client.close()
-
-
-class TimersOnClock:
-    """The real reactor for sockets (HTTP to the double), a fake clock for timers: the
-    watch's back-off sleeps and token bucket and the client's request timeouts wait
-    exactly as long as the test advances ``clock``."""
-
-    def __init__(self, real: Any, clock: Clock) -> None:
-        self.real = real
-        self.clock = clock
-
-    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
-        return self.clock.callLater(delay, f, *args, **kw)
-
-    def seconds(self) -> float:
-        return self.clock.seconds()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
 
 @pytest_twisted.ensureDeferred
