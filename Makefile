@@ -24,6 +24,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# Mutation testing of the decision path (docs/testing.md): every mutant, 15-25 min.
+.PHONY: mutate
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -2,7 +2,7 @@
 
 Also the suite-wide settings that make a test's verdict depend on the code and not on
 the machine: explicit hypothesis deadlines (a profile, below), the longer per-test
-limit for the few slow tests (``SLOW_TIMEOUT``; the default comes from pyproject.toml),
+limit for the few slow tests (``tests.harness.SLOW_TIMEOUT``; the default is in pyproject.toml),
 and the rule that an upstream handler that raised fails the test that drove it.
 """
 
@@ -18,12 +18,7 @@ from hypothesis import HealthCheck, settings
 from tests import harness
 from tests.harness import gateway, upstreams
 
-__all__ = ["SLOW_TIMEOUT", "gateway", "upstreams"]
-
-SLOW_TIMEOUT = 300
-"""Seconds allowed to a test marked ``@pytest.mark.timeout(SLOW_TIMEOUT)``: those that
-start real processes (twistd with workers, the benchmark's peers). Every other test
-has pyproject's ``timeout`` (60 s)."""
+__all__ = ["gateway", "upstreams"]
 
 # Property tests: a deadline generous enough for 8 parallel jobs on 2 cores, yet a
 # pathological example (seconds for one input) still fails. "ci" is the same, with no

@@ -39,6 +39,11 @@ from gwcore.validation import check_config
 DC = "dc1"
 GATEWAY = "legacy-gw"
 
+SLOW_TIMEOUT = 300
+"""Seconds allowed to a test marked ``@pytest.mark.timeout(SLOW_TIMEOUT)``: those that
+start real processes (twistd, worker processes, the benchmark's peers). Every other
+test has pyproject's ``timeout`` (60 s)."""
+
 
 def sni_for(service: str, datacenter: str = DC, trust_domain: str = TRUST_DOMAIN) -> str:
     return service_sni(ServiceName(service), datacenter, trust_domain)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import gateways
-from tests.conftest import SLOW_TIMEOUT
+from tests.harness import SLOW_TIMEOUT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SLOW_TIMEOUT)]
 

@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 
 from gwcore.workers import bind_listener
-from tests.harness import Upstream, hello
+from tests.harness import SLOW_TIMEOUT, Upstream, hello
 from tests.integration.test_twistd import (
     STOP_TIMEOUT,
     Ports,
@@ -34,7 +34,7 @@ from tests.integration.test_twistd import (
     write_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(SLOW_TIMEOUT)]
 
 
 def workers_of(twistd: Program) -> dict[int, int]:

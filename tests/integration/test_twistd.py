@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gwcore.testing import TRUST_DOMAIN
 from tests.harness import (
+    SLOW_TIMEOUT,
     DC,
     GATEWAY,
     free_port,
@@ -38,7 +39,7 @@ from tests.harness import (
     write_json,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(SLOW_TIMEOUT)]
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).parents[2]
