@@ -94,7 +94,14 @@ TARGETS: tuple[Target, ...] = (
         ),
     ),
     # Plugins' decisions: the intentions engine, the identity a mesh hop must present.
-    Target("plugins/intentions.py", ("tests/plugins/test_file_catalog.py", "tests/test_site.py")),
+    Target(
+        "plugins/intentions.py",
+        (
+            "tests/plugins/test_intentions_engine.py",
+            "tests/plugins/test_file_catalog.py",
+            "tests/test_site.py",
+        ),
+    ),
     Target(
         "gwcore/connect.py",
         ("tests/test_connect_identity.py",),
@@ -107,6 +114,29 @@ EQUIVALENT: dict[str, str] = {
     "gwcore/policy/sni.py::normalize_sni::guard: if raw is None: ... -> "
     "(no `if raw is None` check)": "None is neither bytes nor str, so the final "
     "`else: return None` returns the same None",
+    "gwcore/net/terminator.py::DownstreamProtocol._handshake_completed::guard: "
+    "if destination is None: ... -> (no `if destination is None` check)": "unreachable: "
+    "only a routed SNI swaps in a context with a certificate, so no handshake completes "
+    "without a destination",
+    "gwcore/net/terminator.py::DownstreamProtocol._handshake_completed::guard: "
+    "if cert is None: ... -> (no `if cert is None` check)": "unreachable: the contexts "
+    "verify with VERIFY_FAIL_IF_NO_PEER_CERT, so no handshake completes without a "
+    "client certificate",
+    "gwcore/net/terminator.py::DownstreamProtocol._handshake_completed::bool: "
+    "self._deadline is not None and self._deadline.active() -> self._deadline is not None "
+    "or self._deadline.active()": "the deadline is set in connectionMade and only cleared "
+    "by its own expiry, which closes the connection first: here it is never None and "
+    "still active, so both forms cancel it",
+    "gwcore/net/terminator.py::DownstreamProtocol._authorized::guard: "
+    "if self.state is State.CLOSED: ... -> (no `if self.state is State.CLOSED` check)": (
+        "closing cancels the pending decision (SplicedClient._close), so _authorized never "
+        "runs on a closed connection; test_early_data_is_paused_then_refused_beyond_the_"
+        "limit answers late and checks nothing happened"
+    ),
+    "plugins/intentions.py::tgw_validate_site_config::guard: if NAME not in site.plugins: "
+    "... -> (no `if NAME not in site.plugins` check)": "parse_config refuses a "
+    "[sites.KEY.intentions] section in a site that does not name the plugin, so the "
+    "reader has no keys and returns no problem either way",
 }
 """Survivors that cannot change behaviour, each with the reason (docs/testing.md)."""
 

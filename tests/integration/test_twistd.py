@@ -27,9 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gwcore.testing import TRUST_DOMAIN
 from tests.harness import (
-    SLOW_TIMEOUT,
     DC,
     GATEWAY,
+    SLOW_TIMEOUT,
     free_port,
     gateway_entry,
     intentions,

@@ -8,16 +8,22 @@ decision comes from a drop-in authorization engine that answers when the test sa
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor
 
+from gwcore.net.splice import State
 from gwcore.net.terminator import MAX_EARLY_BYTES
 from gwcore.policy.model import Decision, Verdict
+from gwcore.testing import TRUST_DOMAIN, MeshCA
 from tests.harness import (
+    HandshakeRefusedError,
     gateway_entry,
+    handshake_transcript,
     hello,
     in_thread,
     intentions,
@@ -80,7 +86,7 @@ async def test_a_mesh_gateway_identity_is_refused_as_a_client(gateway, upstreams
     def attempt() -> bytes:
         try:
             return request(gateway.port, sni_for("billing"), files)
-        except OSError:  # a reset after the handshake is a refusal too (ssl errors included)
+        except (HandshakeRefusedError, OSError):  # a reset after the handshake refuses too
             return b""
 
     assert await in_thread(attempt) == b""
@@ -134,12 +140,13 @@ async def test_early_data_is_paused_then_refused_beyond_the_limit(gateway, upstr
         sock.close()
     for d in held.pending:  # a late answer to a closed connection changes nothing
         d.callback(Decision(Verdict.ALLOW, "held", "too late"))
+    assert conn.state is State.CLOSED and conn.decision is None  # no upstream dialled
     assert up.accepted == 0
 
 
 @pytest_twisted.ensureDeferred
 async def test_early_data_within_the_limit_is_sent_first(gateway, upstreams, tmp_path):
-    """Plaintext sent while the decision is pending (well under the limit) is kept and
+    """Plaintext the client sends while the decision is pending (well under the limit)
     reaches the service first, in order, once the decision allows."""
     (tmp_path / "addons").mkdir()
     (tmp_path / "addons" / "held.py").write_text(HELD)
@@ -176,3 +183,158 @@ def _read_until_closed(sock: Any) -> bytes:
         return read_all(sock)
     except OSError:
         return b""
+
+
+OBSERVER = """
+import json
+from pathlib import Path
+
+OUT = Path(__file__).with_suffix(".json")
+
+
+class Observer:
+    name = "observer"
+
+    def tgw_tls_clienthello(self, event):
+        if event.sni and event.sni.startswith("ldap."):
+            event.veto("no ldap here", "observer")
+
+    def tgw_handshake_done(self, event):
+        OUT.write_text(json.dumps({"sni": event.sni, "cipher": event.cipher,
+                                   "tls_version": event.tls_version}))
+
+    def tgw_authorized(self, event):
+        if event.identity.name == "api":
+            event.veto("api is vetoed after the engines", "observer")
+
+
+addons = [Observer()]
+"""
+
+
+def with_observer(gateway: Any, tmp_path: Any) -> Path:
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "observer.py").write_text(OBSERVER)
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "observer"]
+    return tmp_path / "addons" / "observer.json"
+
+
+@pytest_twisted.ensureDeferred
+async def test_addons_see_the_sni_and_cipher_and_can_veto_an_allow(gateway, upstreams, tmp_path):
+    """tgw_handshake_done carries the routed SNI and the negotiated cipher; a veto in
+    tgw_authorized turns the engines' allow into a deny by ``addon:<name>``."""
+    seen = with_observer(gateway, tmp_path)
+    up = upstreams(hello(b"billing"))
+    serve_billing(gateway, up.port)
+    await gateway.start()
+    web = gateway.client_files("web")
+    assert await in_thread(request, gateway.port, sni_for("billing"), web) == b"billing"
+    event = json.loads(seen.read_text())
+    assert event["sni"] == sni_for("billing")
+    assert event["cipher"].startswith("TLS_") and event["tls_version"] == "TLSv1.3"
+
+    api = gateway.client_files("api")
+    assert await in_thread(request, gateway.port, sni_for("billing"), api) == b""
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 2)
+    vetoed = gateway.access_records()[1]
+    assert vetoed["decision"] == "deny" and vetoed["engine"] == "addon:observer"
+    assert vetoed["close_cause"] == "denied"
+    assert up.accepted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clienthello_veto_sends_no_certificate(gateway, upstreams, tmp_path):
+    """A veto in tgw_tls_clienthello aborts the handshake before any certificate is sent
+    (the client's transcript has no Certificate), counted as ``addon_veto``, even for a
+    routed service with a leaf."""
+    with_observer(gateway, tmp_path)
+    up = upstreams(hello(b"ldap"))
+    write_json(gateway.catalog / "gateway.json", gateway_entry("ldap"))
+    write_json(gateway.catalog / "registrations.json", [registration("ldap", up.port)])
+    write_json(gateway.catalog / "intentions.json", [intentions("ldap", ("*", "allow"))])
+    await gateway.start()
+    refused = await in_thread(
+        handshake_transcript, gateway.port, sni_for("ldap"), gateway.client_files("web")
+    )
+    assert refused.error is not None and not refused.certificate_received, refused.states
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_tls_handshake_errors_total", reason="addon_veto") == 1
+    )
+    assert up.accepted == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_invalid_sni_is_counted_apart_from_an_unknown_one(gateway, upstreams):
+    """A server name that is not a valid DNS name (an empty label) is ``invalid_sni``,
+    not ``unknown_sni``, and gets no certificate."""
+    up = upstreams()
+    serve_billing(gateway, up.port)
+    await gateway.start()
+    refused = await in_thread(
+        handshake_transcript, gateway.port, "billing..example", gateway.client_files("web")
+    )
+    assert refused.error is not None and not refused.certificate_received, refused.states
+    await gateway.wait_for(lambda: gateway.metric("tgw_no_route_total", reason="invalid_sni") == 1)
+    assert gateway.metric("tgw_no_route_total", reason="unknown_sni") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_completed_handshake_cancels_its_deadline(gateway, upstreams):
+    """Once the handshake is done its ``handshake_timeout`` timer is cancelled, not left
+    to fire later on every connection."""
+    up = upstreams()  # echo: the connection stays open
+    serve_billing(gateway, up.port)
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    try:
+        await in_thread(sock.sendall, b"hi")
+        assert await in_thread(sock.recv, 10) == b"hi"
+        (conn,) = gateway.site.active
+        timers = [
+            c
+            for c in reactor.getDelayedCalls()
+            if getattr(c.func, "__self__", None) is conn and c.active()
+        ]
+        assert timers == []
+    finally:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_route_without_a_leaf_sends_no_certificate(gateway, upstreams):
+    """billing and api are routed but file_certs has a leaf for billing only: api's SNI
+    is refused as ``no_certificate`` before any certificate is sent; billing is served."""
+    up = upstreams(hello(b"served"))
+    gateway.plugins = ["file_catalog", "file_certs", "intentions"]
+    gateway.extra_site = """
+[sites.main.file_certs]
+roots = ["pki/roots.pem"]
+poll_interval = "1s"
+[sites.main.file_certs.leaves.billing]
+cert = "pki/billing.pem"
+key = "pki/billing-key.pem"
+"""
+    write_json(gateway.catalog / "gateway.json", gateway_entry("billing", "api"))
+    write_json(
+        gateway.catalog / "registrations.json",
+        [registration("billing", up.port), registration("api", up.port)],
+    )
+    write_json(
+        gateway.catalog / "intentions.json",
+        [intentions("billing", ("*", "allow")), intentions("api", ("*", "allow"))],
+    )
+    ca = MeshCA(TRUST_DOMAIN)
+    ca.write(gateway.root / "pki", "billing", ca.leaf("billing"))
+    ca.write_root(gateway.root / "pki" / "roots.pem")
+    await gateway.start()
+    assert gateway.ca is not None
+    gateway.ca = ca  # clients get leaves from the CA file_certs trusts
+    files = gateway.client_files("web")
+    refused = await in_thread(handshake_transcript, gateway.port, sni_for("api"), files)
+    assert refused.error is not None and not refused.certificate_received, refused.states
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_no_route_total", reason="no_certificate") == 1
+    )
+    assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"served"
+    assert up.accepted == 1
