@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from OpenSSL import SSL
 from twisted.internet import reactor
 
 from gwcore.net.splice import State
@@ -338,3 +339,78 @@ key = "pki/billing-key.pem"
     )
     assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"served"
     assert up.accepted == 1
+
+
+def tampered_handshake(port: int, sni: str, files: Any, corrupt: str) -> None:
+    """A pyOpenSSL client on memory BIOs whose last flight is altered on the wire:
+    ``"finished"`` flips the last byte of its Finished record (after its certificate,
+    which verifies); ``"after_finished"`` sends the flight intact, followed in the same
+    segment by an application-data record with its last byte flipped."""
+    cert, key, _root = files
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.use_certificate_chain_file(str(cert))
+    ctx.use_privatekey_file(str(key))
+    ctx.set_verify(SSL.VERIFY_NONE, lambda *_: True)
+    conn = SSL.Connection(ctx, None)
+    conn.set_connect_state()
+    conn.set_tlsext_host_name(sni.encode())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for _ in range(50):  # bounded: a handshake takes a few rounds
+            try:
+                conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                with contextlib.suppress(SSL.WantReadError):
+                    sock.sendall(conn.bio_read(1 << 16))
+                conn.bio_write(sock.recv(1 << 16))
+        else:
+            raise AssertionError("the client's handshake did not finish")
+        flight = conn.bio_read(1 << 16)
+        if corrupt == "finished":
+            flight = flight[:-1] + bytes([flight[-1] ^ 1])
+        else:
+            conn.send(b"early")
+            record = conn.bio_read(1 << 16)
+            flight += record[:-1] + bytes([record[-1] ^ 1])
+        sock.sendall(flight)
+        with contextlib.suppress(OSError):
+            while sock.recv(1 << 16):
+                pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_corrupt_finished_after_a_good_certificate_is_a_protocol_error(gateway, upstreams):
+    """The client's certificate verified, then its Finished fails the record MAC: the
+    refusal is counted as ``protocol_error``, not blamed on the certificate."""
+    up = upstreams()
+    serve_billing(gateway, up.port)
+    await gateway.start()
+    files = gateway.client_files("web")
+    await in_thread(tampered_handshake, gateway.port, sni_for("billing"), files, "finished")
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_tls_handshake_errors_total", reason="protocol_error") == 1
+    )
+    assert gateway.metric("tgw_tls_handshake_errors_total", reason="bad_client_cert") == 0
+    assert up.accepted == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_broken_with_its_first_bytes_is_never_authorized(
+    gateway, upstreams, tmp_path
+):
+    """A corrupt record right behind the client's Finished closes the connection while
+    its handshake completes: no engine is asked about it and nothing is forwarded."""
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "held.py").write_text(HELD)
+    gateway.plugins = ["file_catalog", "builtin_ca", "held"]
+    up = upstreams()
+    serve_billing(gateway, up.port)
+    await gateway.start()
+    (held,) = [e for e in gateway.site.engines if e.name == "held"]
+    files = gateway.client_files("web")
+    await in_thread(tampered_handshake, gateway.port, sni_for("billing"), files, "after_finished")
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "tls_error"
+    assert held.pending == []
+    assert up.accepted == 0
