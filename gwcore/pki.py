@@ -214,11 +214,17 @@ def service_leaf(
 
 
 def uri_sans(cert: x509.Certificate) -> list[str]:
-    """The certificate's URI SANs in order (empty when it has no SAN extension)."""
+    """The certificate's URI SANs in order (empty when it has no SAN extension).
+
+    Raises ``ValueError`` when the extensions do not parse or one appears twice
+    (cryptography's ``DuplicateExtension`` is not a ``ValueError``; found by fuzzing).
+    """
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
+    except x509.DuplicateExtension as e:
+        raise ValueError(f"certificate extensions do not parse: {e}") from None
     return san.value.get_values_for_type(x509.UniformResourceIdentifier)
 
 
@@ -272,7 +278,8 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
         raise ValueError("no PEM certificate found (no '-----BEGIN CERTIFICATE-----' line)")
     try:
         return x509.load_pem_x509_certificates(pem)
-    except ValueError as e:
+    # InvalidVersion (an X.509 version other than 1 or 3) is not a ValueError.
+    except (ValueError, x509.InvalidVersion) as e:
         raise ValueError(f"cannot parse PEM certificate: {_first_line(e)}") from None
 
 

@@ -377,6 +377,10 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(
             [ConfigProblem(file, "(file)", f"cannot be read: {e.strerror or e}")]
         ) from e
+    except UnicodeDecodeError as e:  # found by fuzzing: it escaped as a traceback
+        raise ConfigError(
+            [ConfigProblem(file, "(file)", f"is not UTF-8 text (byte {e.start}): {e.reason}")]
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

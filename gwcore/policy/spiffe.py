@@ -150,7 +150,8 @@ def identity_from_der(der: bytes, trusted_domains: frozenset[str]) -> SpiffeID:
     """
     try:
         cert = x509.load_der_x509_certificate(der)
-    except ValueError as e:
+    # InvalidVersion (an X.509 version other than 1 or 3) is not a ValueError.
+    except (ValueError, x509.InvalidVersion) as e:
         raise IdentityError("bad_spiffe_id", f"certificate does not parse: {e}") from e
     return identity_from_certificate(cert, trusted_domains)
 

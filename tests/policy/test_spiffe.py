@@ -304,3 +304,18 @@ def test_parse_spiffe_id_only_raises_identity_error(text: str) -> None:
         assert e.reason == "bad_spiffe_id"
     else:
         assert parse_spiffe_id(identity.uri) == identity
+
+
+def test_identity_from_der_refuses_an_unknown_x509_version_as_bad_spiffe_id() -> None:
+    """A DER certificate with X.509 version 41 is ``bad_spiffe_id``, not a stray exception.
+
+    Found by fuzz/targets.py (certificate_san): cryptography raises ``InvalidVersion``,
+    which is not a ValueError, so it escaped identity_from_der's documented contract.
+    """
+    der = _der(_uri(WEB_URI))
+    # tbsCertificate.version is "[0] EXPLICIT INTEGER": a0 03 02 01 02 is v3.
+    bad = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x29", 1)
+    assert bad != der
+    with pytest.raises(IdentityError) as caught:
+        identity_from_der(bad, frozenset({TD}))
+    assert caught.value.reason == "bad_spiffe_id"
