@@ -64,6 +64,7 @@ class GatewayMetrics:
         self.rejected = Counter(
             "tgw_downstream_rejected",
             "Downstream connections refused or closed by the gateway, by reason (overflow, "
+            "process_overflow, handshake_overflow, "
             "addon_veto, denied, early_data_overflow, upstream_unavailable, no_strategy, "
             "policy_revoked).",
             ["site", "reason"],

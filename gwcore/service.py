@@ -28,6 +28,7 @@ from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
 from gwcore.net.sample import QuietSite, sample_site
+from gwcore.policy.admission import Admission
 from gwcore.policy.config import SiteConfig
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
@@ -60,6 +61,8 @@ class GatewayService(Service):
         self.config_path = Path(config_path)
         self._reactor = reactor
         self.metrics = GatewayMetrics()
+        # Process-wide limits; [gateway] changes need a restart, so this lives as long.
+        self.admission = Admission(self.config.max_connections, self.config.max_handshakes)
         self.access_log: AccessLog | None = None
         self.sites: dict[str, Site] = {}
         self._ports: list[Any] = []
@@ -118,6 +121,7 @@ class GatewayService(Service):
                 self.metrics,
                 self.access_log,
                 self.checked.stacks[site_config.key],
+                admission=self.admission,
             )
             if self.worker is not None:
                 site.inherited_listener = self.worker.listener_for(site.config.listen)
@@ -249,6 +253,7 @@ class GatewayService(Service):
                         self.metrics,
                         self.access_log,
                         checked.stacks[key],
+                        admission=self.admission,
                     )
                     if self.worker is not None:
                         site.inherited_listener = self.worker.listener_for(site.config.listen)

@@ -95,6 +95,8 @@ class Dataplane(Protocol):
 
     def connection_opened(self, conn: DownstreamProtocol) -> bool: ...
 
+    def handshake_finished(self, conn: DownstreamProtocol) -> None: ...
+
     def connection_closed(self, conn: DownstreamProtocol) -> None:
         """``conn`` has finished; ``conn.access_record()`` describes it (built only by a
         site that logs or reports it)."""
@@ -353,6 +355,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         tls = self.tls
         assert tls is not None
         self.handshake_seconds = time.time() - self.started
+        self.site.handshake_finished(self)  # frees its handshake slot (admission)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None

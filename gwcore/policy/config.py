@@ -359,6 +359,8 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
+    max_connections: int = 0  # per process, every site together; 0: no limit
+    max_handshakes: int = 4096  # TLS handshakes in progress per process; 0: no limit
 
     def site(self, key: str) -> SiteConfig:
         for site in self.sites:
@@ -407,6 +409,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     state_dir = base_dir / (gw.string("state_dir", "state") or "state")
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
+    max_connections = gw.integer("max_connections", 0, minimum=0)
+    max_handshakes = gw.integer("max_handshakes", 4096, minimum=0)
     problems += gw.finish()
 
     sample = None
@@ -452,6 +456,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sample_service=sample,
         raw=data,
         workers=workers,
+        max_connections=max_connections,
+        max_handshakes=max_handshakes,
     )
     if problems:
         raise ConfigError(problems, partial=config)
