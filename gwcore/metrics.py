@@ -61,6 +61,11 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.access_log_dropped = Counter(
+            "tgw_access_log_dropped",
+            "Access-log records that could not be written (disk full, I/O error).",
+            registry=r,
+        )
         self.rejected = Counter(
             "tgw_downstream_rejected",
             "Downstream connections refused or closed by the gateway, by reason (overflow, "

@@ -92,7 +92,9 @@ class GatewayService(Service):
     async def _start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.access_log = AccessLog(config.access_log, config.base_dir)
+        self.access_log = AccessLog(
+            config.access_log, config.base_dir, self.metrics.access_log_dropped.inc
+        )
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
         if config.admin and shared:
             admin = QuietSite(AdminResource(self.metrics, lambda: list(self.sites.values()), self))
