@@ -68,6 +68,15 @@ MAX_EARLY_BYTES = 256 * 1024
 
 RECV_CHUNK = 1 << 16
 
+BIO_FEED = 4 * 1024
+BIO_SEND = 4 * 1024
+"""The most bytes handed to OpenSSL at once: ciphertext from the client
+(``bio_write``) and plaintext for it (``sendall``, so records of at most 4 KiB).
+OpenSSL's memory BIOs keep the largest capacity they ever reached for the life of
+the connection: feeding a whole 256 KiB socket read left every connection that once
+moved a burst holding about 670 KiB while idle; in 4 KiB steps it keeps about 40
+(docs/reliability.md, held connections; tests/test_held_memory.py)."""
+
 log = Logger(namespace="tgw.connection")
 _ids = itertools.count(1)
 
@@ -207,6 +216,15 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     # --- bytes from the client ----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if len(data) <= BIO_FEED:
+            self._received(data)
+            return
+        for start in range(0, len(data), BIO_FEED):
+            self._received(data[start : start + BIO_FEED])
+            if self.state is State.CLOSED:
+                return
+
+    def _received(self, data: bytes) -> None:
         tls = self.tls
         if tls is None:
             return
@@ -289,12 +307,14 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if tls is None or self.lost:
             return
         self.bytes_down += len(data)
-        try:
-            tls.sendall(data)
-        except SSL.Error as e:
-            self._protocol_error(e)
-            return
-        self._flush_tls()
+        view = memoryview(data)
+        for start in range(0, len(data), BIO_SEND):
+            try:
+                tls.sendall(view[start : start + BIO_SEND])
+            except SSL.Error as e:
+                self._protocol_error(e)
+                return
+            self._flush_tls()
 
     # --- handshake ----------------------------------------------------------------
 
