@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import json
 import os
 import resource
 import shutil
@@ -92,11 +93,20 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     children = [echo]
     catalog = workdir / "catalog"
     catalog.mkdir()
-    (catalog / "c.json").write_text(
-        f"""[{{"Kind": "terminating-gateway", "Name": "bench-gw", "Services": [{{"Name": "{PLAIN}"}}]}},
- {{"Kind": "service-intentions", "Name": "{PLAIN}", "Sources": [{{"Name": "web", "Action": "allow"}}]}},
- {{"Node": "ext", "Address": "{HOST}", "Service": {{"ID": "b1", "Service": "{PLAIN}", "Port": {upstream}}}}}]"""
-    )
+    documents = [
+        {"Kind": "terminating-gateway", "Name": "bench-gw", "Services": [{"Name": PLAIN}]},
+        {
+            "Kind": "service-intentions",
+            "Name": PLAIN,
+            "Sources": [{"Name": "web", "Action": "allow"}],
+        },
+        {
+            "Node": "ext",
+            "Address": HOST,
+            "Service": {"ID": "b1", "Service": PLAIN, "Port": upstream},
+        },
+    ]
+    (catalog / "c.json").write_text(json.dumps(documents))
     port = free_port()
     config = workdir / "tgw.toml"
     config.write_text(f"""
