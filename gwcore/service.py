@@ -5,7 +5,9 @@ running one stays (each problem is logged, ``tgw_config_reloads_total{result=
 "rejected"}`` rises). A good one is applied site by site: an unchanged site is
 left alone; a changed site's replacement is started and the old one stops
 accepting and drains its connections in the background; live connections are
-never cut by a reload. The access log is reopened (for log rotation).
+never cut by a reload. A replacement on the same endpoint adopts the old site's
+listening socket before the old site stops accepting, so no client arriving
+during a reload is refused or reset. The access log is reopened (for log rotation).
 """
 
 from __future__ import annotations
@@ -236,7 +238,14 @@ class GatewayService(Service):
             old_sites = dict(self.sites)
             wanted = {s.key: s for s in new.sites}
             paused = []
+            handover: dict[str, Site] = {}
             for key, site in old_sites.items():
+                if _hands_over(site, wanted.get(key), self.worker is None):
+                    # Same endpoint: the replacement adopts this very listening socket
+                    # (same accept queue) before this site stops accepting, so no
+                    # client is refused or reset during the reload.
+                    handover[key] = site
+                    continue
                 if (key not in wanted or wanted[key] != site.config) and site.port is not None:
                     # Free the endpoint for the replacement; connections stay.
                     await maybeDeferred(site.port.stopListening)
@@ -259,8 +268,12 @@ class GatewayService(Service):
                     )
                     if self.worker is not None:
                         site.inherited_listener = self.worker.listener_for(site.config.listen)
+                    elif key in handover:
+                        site.inherited_listener = handover[key].port.hand_over()
                     fresh[key] = site
                     await site.start()
+                    if key in handover:  # the old descriptor closes with the old site
+                        site.inherited_listener = None
             except Exception as e:
                 await self._roll_back(fresh, paused, e)
                 return
@@ -286,3 +299,14 @@ class GatewayService(Service):
                 self._freeze()
         finally:
             self._reloading = False
+
+
+def _hands_over(site: Site, replacement: SiteConfig | None, single_process: bool) -> bool:
+    """Whether ``site``'s replacement takes over its listening socket (a reload)."""
+    return (
+        single_process
+        and replacement is not None
+        and replacement != site.config
+        and replacement.listen == site.config.listen
+        and hasattr(site.port, "hand_over")
+    )
