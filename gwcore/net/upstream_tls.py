@@ -30,7 +30,7 @@ from twisted.internet.protocol import Factory
 
 from gwcore.net.peer_verify import verify_peer_in_handshake
 from gwcore.net.splice import UpstreamProtocol, flush_bio
-from gwcore.net.terminator import RECV_CHUNK
+from gwcore.net.terminator import BIO_FEED, BIO_SEND, RECV_CHUNK
 from gwcore.net.tls import _add_roots
 from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
 from gwcore.policy.model import Endpoint
@@ -258,6 +258,16 @@ class TLSUpstreamProtocol(UpstreamProtocol):
     # --- bytes ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        # At most BIO_FEED bytes into OpenSSL at a time (see gwcore.net.terminator).
+        if len(data) <= BIO_FEED:
+            self._received(data)
+            return
+        for start in range(0, len(data), BIO_FEED):
+            self._received(data[start : start + BIO_FEED])
+            if self.transport.disconnecting:
+                return
+
+    def _received(self, data: bytes) -> None:
         tls = self.tls
         if tls is None:
             return
@@ -318,8 +328,10 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         tls = self.tls
         if tls is None:
             return
-        tls.sendall(data)
-        self._flush()
+        view = memoryview(data)
+        for start in range(0, len(data), BIO_SEND):  # bounded BIO, as BIO_FEED
+            tls.sendall(view[start : start + BIO_SEND])
+            self._flush()
 
     def send_eof(self) -> None:
         tls = self.tls
