@@ -114,6 +114,7 @@ class Site:
         self.active: set[DownstreamProtocol] = set()
         # One per process (GatewayService passes it to every site); see gwcore.policy.admission.
         self.admission = admission or Admission(gateway.max_connections, gateway.max_handshakes)
+        self._handshaking: set[Any] = set()  # admitted connections holding a handshake slot
         self.picker = EndpointPicker(
             OutlierDetector(
                 config.outlier_consecutive_failures,
@@ -168,11 +169,14 @@ class Site:
             self.metrics.rejected.labels(site=self.name, reason=refused).inc()
             return False
         self.active.add(conn)
+        self._handshaking.add(conn)
         self.children.active.inc()
         return True
 
-    def handshake_finished(self, conn: DownstreamProtocol) -> None:
-        if conn in self.active:
+    def handshake_finished(self, conn: Any) -> None:
+        """``conn``'s TLS handshake (a mesh site: its ClientHello) is over: free its slot."""
+        if conn in self._handshaking:
+            self._handshaking.discard(conn)
             self.admission.handshake_finished()
 
     def connection_closed(self, conn: DownstreamProtocol) -> None:
@@ -181,7 +185,8 @@ class Site:
         if conn in self.active:
             self.active.discard(conn)
             self.children.active.dec()
-            self.admission.closed(handshaking=conn.handshake_seconds is None)
+            self.admission.closed(handshaking=conn in self._handshaking)
+            self._handshaking.discard(conn)
         self._flush_bytes(conn)
         if conn.destination is not None and conn.endpoint is not None:
             self.children.service(conn.destination.name).connection_seconds.observe(
