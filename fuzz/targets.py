@@ -161,6 +161,40 @@ def config_check(data: bytes) -> None:
     assert result.ok or result.problems
 
 
+def _bexpr_target() -> Callable[[bytes], None] | None:
+    """Consul's filter language, once ``gwcore/policy/bexpr.py`` (issue 18) is present."""
+    try:
+        from gwcore.policy import bexpr  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    datum = bexpr.Struct(
+        Node=bexpr.Struct(Node="n1", Meta={"rack": "r1"}, Datacenter="dc1"),
+        Service=bexpr.Struct(
+            ID="web-1",
+            Service="web",
+            Tags=["v1", "canary"],
+            Port=8080,
+            Meta={"version": "1", "a.b": "x"},
+            Weights=bexpr.Struct(Passing=1, Warning=1),
+        ),
+        Checks=[bexpr.Struct(Status="passing", CheckID="c1")],
+    )
+
+    def target(data: bytes) -> None:
+        """Parse, or BexprSyntaxError; a parsed filter evaluates, or BexprEvalError."""
+        text = data.decode("utf-8", "replace")
+        try:
+            expression = bexpr.parse(text)
+        except bexpr.BexprSyntaxError:
+            return
+        result = None
+        with contextlib.suppress(bexpr.BexprEvalError):
+            result = bexpr.evaluate(expression, datum)
+        assert result in (None, True, False), result
+
+    return target
+
+
 TARGETS: dict[str, Callable[[bytes], None] | None] = {
     "clienthello": clienthello,
     "spiffe_id": spiffe_id,
@@ -168,12 +202,11 @@ TARGETS: dict[str, Callable[[bytes], None] | None] = {
     "consul_json": consul_json,
     "config_toml": config_toml,
     "config_check": config_check,
-    "bexpr": None,
+    "bexpr": _bexpr_target(),
     "http_path": None,
 }
 
 PENDING: dict[str, str] = {
-    "bexpr": "gwcore/policy/bexpr.py is being added on another branch (issue 18); "
-    "register its parser here once merged",
+    "bexpr": "gwcore/policy/bexpr.py (issue 18) is not in this tree",
     "http_path": "HTTP path normalisation does not exist yet (L7 destinations)",
 }
