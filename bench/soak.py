@@ -12,11 +12,11 @@ reload of an edited config (``idle_timeout`` toggled), a catalog edit (a second
 endpoint added or removed), a rotation of the destination's leaf (file rewritten), and
 of the trust roots file (an extra root added or removed).
 
-Reported, after a warm-up (``--warmup`` s) and at the end, each after a full
-collection: RSS, open file descriptors, live Python objects (and the types that grew
-most), connections open; plus the clients' counts (connections served, failed, held
-connections lost). Every wait is bounded; children are killed at the end.
-Results: docs/reliability.md.
+Reported, after a warm-up (``--warmup`` s) and at the end (the held connections still
+open), each after a full collection: RSS, open file descriptors, live Python objects
+(and the types that grew most), connections open; plus the clients' counts
+(connections served, failed, held connections lost). Every wait is bounded;
+children are killed at the end. Results: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from gwcore.policy.model import ServiceName
 
 
 def clients(port: int, pki_dir: Path, seconds: float, workers: int, held: int) -> None:
-    """Child: the traffic. Prints one JSON line of counts when ``seconds`` are over."""
+    """Child: the traffic. Prints one JSON line of counts when ``seconds`` are over, then
+    keeps the held connections open until its stdin closes (the end sample has them)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.load_verify_locations(pki_dir / "bundle.pem")
@@ -93,9 +94,9 @@ def clients(port: int, pki_dir: Path, seconds: float, workers: int, held: int) -
                     socks.remove(sock)
             time.sleep(min(2.0, max(0.0, end - time.monotonic())))
         counts["held_kept"] = len(socks)
-        for sock in socks:
-            sock.close()
+        kept.extend(socks)
 
+    kept: list[ssl.SSLSocket] = []
     threads = [threading.Thread(target=short) for _ in range(workers)]
     threads.append(threading.Thread(target=long))
     for t in threads:
@@ -103,6 +104,9 @@ def clients(port: int, pki_dir: Path, seconds: float, workers: int, held: int) -
     for t in threads:
         t.join(seconds + 60)
     print(json.dumps(dict(counts)), flush=True)
+    sys.stdin.read()
+    for sock in kept:
+        sock.close()
 
 
 def _fds() -> int:
@@ -123,7 +127,7 @@ def _sample(service: Any) -> dict[str, Any]:
         "rss_kib": _rss_kib(),
         "fds": _fds(),
         "objects": sum(types.values()),
-        "open_connections": sum(len(s.active) for s in service.sites.values()),
+        "open_connections": service.admission.connections,  # retiring sites' too
         "_types": types,
     }
 
@@ -243,6 +247,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "SOAK_WORKERS": str(args.workers),
                 "SOAK_HELD": str(args.held),
             },
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,
         )
@@ -270,8 +275,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             step += 1
         line = await deferToThread(proc.stdout.readline)
         result["clients"] = json.loads(line or b"{}")
-        await deferLater(reactor, 2.0, lambda: None)  # let the last connections close
-        end = _sample(service)
+        await deferLater(reactor, 2.0, lambda: None)  # let the last short connections close
+        end = _sample(service)  # the held connections still open, as at the start
+        proc.stdin.close()
+        await deferToThread(proc.wait, 30)
         assert start is not None
         grew = (end.pop("_types") - start.pop("_types")).most_common(10)
         result.update(start=start, end=end, types_grown=grew)
