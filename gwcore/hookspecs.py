@@ -68,6 +68,16 @@ def tgw_validate_site_config(site: SiteConfig) -> Sequence[ConfigProblem]:
     """
 
 
+@hookspec
+def tgw_secret_keys(site: SiteConfig) -> Sequence[str]:
+    """Name the keys of this plugin's own section whose values are secrets.
+
+    Called when the config is loaded. Their values are shown as ``<redacted>`` by the
+    admin ``/config`` endpoint (and scrubbed from config errors), like the core's own
+    ``token`` keys. Results apply to the implementing plugin's section only.
+    """
+
+
 # --- providers (called once when a site starts) ----------------------------------
 
 

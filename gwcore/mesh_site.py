@@ -10,7 +10,9 @@ TLS side: no certificate provider is built, no server context, no key. Routing i
   the services of its datacenter with their Connect endpoints (terminating gateways
   that link them, sidecars: see ``file_catalog``), and
 - the mesh gateways of every datacenter (catalog ``mesh-gateway`` services, then the
-  ``[sites.NAME.mesh_hop.gateways]`` addresses).
+  ``[sites.NAME.mesh_hop.gateways]`` addresses), dialled at their WAN address;
+- with ``[sites.NAME.mesh_hop] wan_federation = true``, Consul servers' names
+  (:mod:`gwcore.policy.wanfed`).
 
 Metrics (besides the site's ``tgw_downstream_*`` and ``tgw_upstream_*``):
 
@@ -18,7 +20,7 @@ Metrics (besides the site's ``tgw_downstream_*`` and ``tgw_upstream_*``):
   datacenter addressed, ``via`` = ``local`` or ``mesh_gateways``;
 - ``tgw_mesh_bytes_total{site,datacenter,direction}``;
 - ``tgw_mesh_no_route_total{site,reason}`` (``not_a_service_sni``, ``unknown_service``,
-  ``unknown_datacenter``);
+  ``unknown_subset``, ``unknown_datacenter``);
 - ``tgw_mesh_bad_clienthello_total{site,reason}`` (``not_tls``, ``not_client_hello``,
   ``malformed``, ``too_large``, ``truncated``, ``timeout``, ``no_sni``, ``invalid_sni``).
 """
@@ -31,6 +33,7 @@ from prometheus_client import Counter
 
 from gwcore.net.passthrough import PassthroughFactory, PassthroughProtocol
 from gwcore.net.tls import ServerTLS
+from gwcore.plugins.mesh_hop import read_settings as read_mesh_hop_settings
 from gwcore.policy.clienthello import DEFAULT_MAX_LENGTH
 from gwcore.policy.mesh import MeshRoute
 from gwcore.policy.routes import RouteTable
@@ -44,6 +47,8 @@ class MeshSite(Site):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # [mesh_hop] wan_federation: route Consul servers' names (gwcore.policy.wanfed)
+        self.wan_federation = read_mesh_hop_settings(self.config)[0].wan_federation
         family = self.metrics.family
         self._routed = family(
             Counter,
@@ -63,7 +68,7 @@ class MeshSite(Site):
             Counter,
             "tgw_mesh_no_route",
             "Connections a mesh site closed for want of a route (not_a_service_sni, "
-            "unknown_service, unknown_datacenter).",
+            "unknown_service, unknown_subset, unknown_datacenter).",
             ["site", "reason"],
         )
         self._bad_hello = family(
@@ -109,6 +114,12 @@ class MeshSite(Site):
     def describe_routes(self) -> dict[str, Any]:
         described = super().describe_routes()
         described["role"] = "mesh"
+        described["subsets"] = {
+            sni: {name: [str(e) for e in endpoints] for name, endpoints in d.subsets}
+            for sni, d in self._routes
+            if d.subsets
+        }
+        described["wan_federation"] = self.wan_federation
         described["mesh_gateways"] = {
             dc: [str(e) for e in endpoints]
             for dc, endpoints in sorted(self.catalog_view().mesh_gateways.items())

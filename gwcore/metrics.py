@@ -71,7 +71,7 @@ class GatewayMetrics:
             "Downstream connections refused or closed by the gateway, by reason (overflow, "
             "process_overflow, handshake_overflow, "
             "addon_veto, denied, early_data_overflow, upstream_unavailable, no_strategy, "
-            "policy_revoked).",
+            "policy_revoked, route_removed, route_changed, trust_root_removed).",
             ["site", "reason"],
             registry=r,
         )
@@ -226,6 +226,13 @@ class GatewayMetrics:
             "Configuration reloads, by result (applied; rejected: invalid file; failed: a site "
             "could not start, the running config stays).",
             ["result"],
+            registry=r,
+        )
+        self.admin_refused = Counter(
+            "tgw_admin_refused",
+            "Admin endpoint requests refused, by reason (host: a Host header that is not "
+            "loopback or configured; token: a missing or wrong bearer token).",
+            ["reason"],
             registry=r,
         )
 

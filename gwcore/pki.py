@@ -114,6 +114,12 @@ def issue_leaf(
     not_before_skew: float = 60,
     key: PrivateKeyTypes | None = None,
     common_name: str | None = None,
+    is_ca: bool = False,
+    key_usage: Sequence[str] = ("digital_signature", "key_encipherment"),
+    extended_key_usage: Sequence[x509.ObjectIdentifier] | None = (
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    ),
 ) -> LeafCertificate:
     """Sign a mesh leaf for ``spiffe_uri`` with the CA ``ca_cert``/``ca_key``.
 
@@ -128,7 +134,9 @@ def issue_leaf(
 
     The returned chain is ``(leaf,)`` for a self-signed CA and ``(leaf, ca_cert)``
     when the CA is itself an intermediate, so a server can present a complete path.
-    ``key`` defaults to a new P-256 key.
+    ``key`` defaults to a new P-256 key. ``is_ca``, ``key_usage`` (names of
+    :class:`x509.KeyUsage` flags) and ``extended_key_usage`` (``None`` leaves the
+    extension out) let tests build leaves a gateway must refuse.
     """
     key = key if key is not None else new_key()
     now = time.time() if now is None else now
@@ -150,27 +158,8 @@ def issue_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(_utc(now - not_before_skew))
         .not_valid_after(_utc(not_after))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(**_key_usage_flags(key_usage)), critical=True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(key.public_key()),  # type: ignore[arg-type]
             critical=False,
@@ -178,6 +167,10 @@ def issue_leaf(
         .add_extension(_authority_key_identifier(ca_cert), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=not common_name)
     )
+    if extended_key_usage is not None:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(list(extended_key_usage)), critical=False
+        )
     cert = builder.sign(ca_key, _signature_hash(ca_key))
     chain = (cert,) if ca_cert.subject == ca_cert.issuer else (cert, ca_cert)
     return LeafCertificate(chain=chain, key=key)
@@ -324,6 +317,26 @@ def load_leaf(chain_pem: bytes, key_pem: bytes) -> LeafCertificate:
 def _utc(seconds: float) -> datetime.datetime:
     # X.509 times have whole seconds; truncate explicitly so callers can predict them.
     return datetime.datetime.fromtimestamp(math.floor(seconds), tz=datetime.UTC)
+
+
+_KEY_USAGE_FLAGS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def _key_usage_flags(names: Sequence[str]) -> dict[str, bool]:
+    unknown = set(names) - set(_KEY_USAGE_FLAGS)
+    if unknown:
+        raise ValueError(f"unknown key usage {sorted(unknown)}")
+    return {flag: flag in names for flag in _KEY_USAGE_FLAGS}
 
 
 def _root_uri(trust_domain: str) -> str:

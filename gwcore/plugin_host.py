@@ -216,6 +216,20 @@ class PluginStack:
             problems.extend(result or ())
         return problems
 
+    def secret_keys(self) -> dict[str, frozenset[str]]:
+        """``{"sites.KEY.PLUGIN": keys}``: the keys each plugin declares secret
+        (``tgw_secret_keys``) in its own section; a raising plugin declares nothing."""
+        found: dict[str, frozenset[str]] = {}
+        for impl in self._ordered("tgw_secret_keys"):
+            try:
+                keys = impl.function(**{a: self.site for a in impl.argnames})
+            except Exception:
+                continue
+            section = impl.plugin_name.split("[", 1)[0]  # an addon list shares its entry's
+            table = f"{self.site.prefix}.{section}"
+            found[table] = found.get(table, frozenset()) | frozenset(keys or ())
+        return found
+
     def collect(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call a provider hook in stack order and concatenate the returned sequences."""
         found: list[Any] = []

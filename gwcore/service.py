@@ -4,10 +4,13 @@
 running one stays (each problem is logged, ``tgw_config_reloads_total{result=
 "rejected"}`` rises). A good one is applied site by site: an unchanged site is
 left alone; a changed site's replacement is started and the old one stops
-accepting and drains its connections in the background; live connections are
-never cut by a reload. A replacement on the same endpoint adopts the old site's
-listening socket before the old site stops accepting, so no client arriving
-during a reload is refused or reset. The access log is reopened (for log rotation).
+accepting and drains its connections in the background. A live connection is
+cut by a reload only when the new config denies it (``gwcore.recheck``: changed
+default policy, engines, routes or trust roots; a removed site); changes that
+cannot deny (listener tuning, timeouts) let it drain. The access log is reopened
+(for log rotation). A replacement on the same endpoint adopts the old site's
+listening socket before the old site stops accepting, so no client arriving during
+a reload is refused or reset.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from gwcore.mesh_site import MeshSite
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
+from gwcore.net.admin_guard import AdminGuard, admin_token, config_secrets
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.policy.admission import Admission
 from gwcore.policy.config import SiteConfig
+from gwcore.policy.redact import redact
+from gwcore.reload_diff import describe_changes
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
 from gwcore.workers import WorkerRole
@@ -99,11 +105,17 @@ class GatewayService(Service):
         )
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
         if config.admin and shared:
-            admin = QuietSite(AdminResource(self.metrics, lambda: list(self.sites.values()), self))
-            port = await serverFromString(self.reactor, config.admin).listen(admin)
+            guard = AdminGuard(admin_token(config), config.admin_hosts, self.metrics)
+            resource = AdminResource(self.metrics, lambda: list(self.sites.values()), self, guard)
+            port = await serverFromString(self.reactor, config.admin).listen(QuietSite(resource))
             self._ports.append(port)
             host = port.getHost()
-            log.info("admin endpoint on http://{host}:{port}/", host=host.host, port=host.port)
+            where = f"http://{host.host}:{host.port}/" if hasattr(host, "port") else host.name
+            log.info(
+                "admin endpoint on {where}{auth}",
+                where=where if isinstance(where, str) else where.decode(errors="replace"),
+                auth=" (bearer token required)" if guard.requires_token else "",
+            )
         if config.sample_service and shared:
             port = await serverFromString(self.reactor, config.sample_service.listen).listen(
                 sample_site(config.sample_service.body)
@@ -150,8 +162,11 @@ class GatewayService(Service):
 
     @property
     def raw(self) -> Any:
-        """The config as loaded (served at ``/config``)."""
-        return self.config.raw
+        """The config as loaded, every secret redacted (served at ``/config``)."""
+        declared: dict[str, frozenset[str]] = {}
+        for stack in self.checked.stacks.values():
+            declared.update(stack.secret_keys())
+        return redact(self.config.raw, declared, config_secrets(self.config))
 
     def _start_failed(self, failure: Any) -> None:
         self.failure = failure
@@ -177,10 +192,31 @@ class GatewayService(Service):
         for port in self._ports:
             await maybeDeferred(port.stopListening)
         for site in [*self.sites.values(), *self._retiring]:
-            await site.stop()
+            await self._drain(site)
         if self.access_log is not None:
             self.access_log.close()
         log.info("tgw stopped")
+
+    async def _drain(self, site: Site) -> None:
+        """Stop one site, saying how many connections it drains and how that ended."""
+        open_now = len(site.active)
+        if not open_now:
+            await site.stop()
+            return
+        timeout = site.config.drain_timeout
+        log.info(
+            "site {site}: draining {n} connection(s) (up to {timeout:g} s)",
+            site=site.config.key,
+            n=open_now,
+            timeout=timeout,
+        )
+        began = self.reactor.seconds()
+        await site.stop()
+        log.info(
+            "site {site}: drained in {elapsed:.1f} s",
+            site=site.config.key,
+            elapsed=self.reactor.seconds() - began,
+        )
 
     # --- reload -------------------------------------------------------------------
 
@@ -226,12 +262,11 @@ class GatewayService(Service):
                 self.metrics.reloads.labels(result="rejected").inc()
                 return
             new = checked.config
-            if (new.admin, new.sample_service, new.access_log, new.state_dir) != (
-                self.config.admin,
-                self.config.sample_service,
-                self.config.access_log,
-                self.config.state_dir,
-            ):
+            restart_only = (
+                *("admin", "admin_token", "admin_token_file", "admin_hosts"),
+                *("sample_service", "access_log", "state_dir", "log_level", "log_format"),
+            )
+            if any(getattr(new, k) != getattr(self.config, k) for k in restart_only):
                 log.warn(
                     "[gateway] and [sample_service] changes need a restart; applying sites only"
                 )
@@ -281,13 +316,23 @@ class GatewayService(Service):
                 self.sites[key] = site
                 log.info("site {site} reloaded", site=key)
             for key, old in old_sites.items():
-                if self.sites.get(key) is not old:
-                    # Retire without a deadline: a reload never cuts a live connection.
+                # (A removed site is still in self.sites: it was never replaced.)
+                if self.sites.get(key) is not old or key not in wanted:
+                    # Policy that tightened closes what it now denies (gwcore.recheck) ...
+                    if key in wanted:
+                        self.sites[key].recheck.adopt(old)
+                    else:
+                        old.recheck.retire("its site was removed by a reload")
+                    # ... and the rest is retired without a deadline.
                     self._retiring.add(old)
                     retired = Deferred.fromCoroutine(old.stop(drain_timeout=math.inf))
                     retired.addBoth(lambda _, site=old: self._retired(site))
                     if key not in wanted:
                         del self.sites[key]
+            for change in describe_changes(self.checked, checked):
+                log.info("reload: {change}", change=change)
+            for warning in checked.warnings:
+                log.warn("reload: warning: {warning}", warning=str(warning))
             self.config = new
             self.checked = checked
             if self.access_log is not None:

@@ -10,19 +10,31 @@ What it emulates:
 - blocking queries with real waiting: ``?index=N&wait=D`` holds the request until the
   endpoint's index exceeds N or D (default 5m, at most 10m, plus up to D/16 jitter)
   passes; every answer carries ``X-Consul-Index`` (plus ``X-Consul-KnownLeader``);
-- per-endpoint indexes from one raft-like counter, so an unrelated write does not
-  wake a watch (health per service, config per kind, roots, intentions);
+- Consul's indexes (:mod:`gwcore.testing_consul_state`, after ``catalog.go``): one
+  raft-like counter, an index per table, per service and per node; a write that
+  changes nothing moves nothing; a node update moves the node's and its services'
+  indexes, not the ``services``/``checks`` tables; config entries read back carry
+  ``Hash`` (uint64), ``CreateIndex`` and ``ModifyIndex``, and intention sources inherit
+  the destination's namespace and partition (``normalize()``);
 - ``GET /v1/catalog/gateway-services/:gw`` from the ``terminating-gateway`` entry,
   wildcards expanded to non-Connect services with ``FromWildcard: true``;
-- ``GET /v1/health/service/:svc`` (``{Node, Service, Checks}``, ``?passing``),
-  ``GET /v1/health/state/any``, ``GET /v1/catalog/services``;
-- ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one);
+- ``GET /v1/health/service/:svc`` (``{Node, Service, Checks}``, ``?passing``, ``?ns=``,
+  ``?partition=``), ``GET /v1/health/state/any``, ``GET /v1/catalog/services``,
+  ``GET /v1/catalog/nodes``; ``GET /v1/agent/self`` (``DebugConfig`` with the ACL and
+  default-intention settings given to the constructor, ``Member.Addr``);
+- ``?dc=`` naming another datacenter: a 500, as an agent without a WAN path answers;
+- ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one), one
+  entry per kind, name, namespace and partition (``?ns=``, ``?partition=``);
 - ``GET /v1/agent/connect/ca/roots`` with every root listed and one active, root
   rotation (:meth:`ConsulDouble.rotate_root`) and removal;
-- ``GET /v1/agent/connect/ca/leaf/:svc``: leaves signed by the active root with
-  Consul's SPIFFE URI (via :mod:`gwcore.pki`), cached and re-signed after a rotation;
+- ``GET /v1/agent/connect/ca/leaf/:svc`` (``?ns=``, ``?partition=``): leaves signed by
+  the active root, or by its intermediate with ``intermediate=True`` (listed in the
+  root's ``IntermediateCerts``, appended to ``CertPEM``), with Consul's SPIFFE URI (via
+  :mod:`gwcore.pki`) and a colon-hex ``SerialNumber``, cached and re-signed after a
+  rotation;
 - ``GET /v1/connect/intentions/match?by=destination&name=..`` in precedence order
-  (the §6 table) from ``service-intentions`` entries;
+  (the §6 table) from ``service-intentions`` entries, ``SourcePeer`` and
+  ``SourceSamenessGroup`` included, scoped by ``?ns=``;
 - ``PUT /v1/catalog/register``, ``/v1/catalog/deregister``, ``/v1/agent/service/register``
   (the agent runs the registration's TCP check against the address it names, as an
   agent does) and ``/v1/agent/service/deregister/:id``;
@@ -32,12 +44,11 @@ What it emulates:
   port closes and reopens), and :meth:`restart` with a lower index (connections
   dropped, every index reset, data kept as after a snapshot restore).
 
-What it does not emulate: Enterprise namespaces and partitions (always ``default``),
-multiple datacenters, ``?filter=``/``?near=``/``?tag=``, hash-based blocking,
-``X-Cache``/``Age``, the legacy intentions CRUD API, ``/v1/agent/connect/authorize``,
-``service-resolver`` subsets, anti-entropy, ACL policies (one token grants
-everything except what :meth:`deny` refuses), check types other than TCP, and
-Consul's server-side rate limits.
+What it does not emulate: ``ns=*`` listings, multiple datacenters,
+``?filter=``/``?near=``/``?tag=``, hash-based blocking, ``X-Cache``/``Age``, the legacy
+intentions CRUD API, ``/v1/agent/connect/authorize``, ``service-resolver`` subsets,
+anti-entropy, ACL policies (one token grants everything except what :meth:`deny`
+refuses), check types other than TCP, and Consul's server-side rate limits.
 """
 
 from __future__ import annotations
@@ -62,6 +73,8 @@ from zope.interface import implementer
 from gwcore import pki
 from gwcore.policy.model import ServiceName
 from gwcore.testing import TRUST_DOMAIN
+from gwcore.testing_consul_ca import intermediate_ca
+from gwcore.testing_consul_state import CatalogStore, Indexes
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
@@ -109,10 +122,15 @@ class _Root:
     serial: int
     create_index: int
     modify_index: int
+    intermediate: tuple[x509.Certificate, Any] | None = None  # signs leaves when set
 
     @property
     def id(self) -> str:
         return pki.fingerprint_hex(self.cert)
+
+    @property
+    def signer(self) -> tuple[x509.Certificate, Any]:
+        return self.intermediate or (self.cert, self.key)
 
 
 @dataclass
@@ -183,6 +201,11 @@ class ConsulDouble:
         leaf_ttl: float = 72 * 3600.0,
         tls: tuple[x509.Certificate, Any] | None = None,
         jitter: bool = True,
+        acls_enabled: bool | None = None,
+        acl_default_policy: str = "deny",
+        default_intention_policy: str = "",
+        intermediate: bool = False,
+        node_address: str = "127.0.0.1",
     ) -> None:
         self.reactor = reactor
         self.trust_domain = trust_domain
@@ -192,12 +215,19 @@ class ConsulDouble:
         self.leaf_ttl = leaf_ttl
         self.tls = tls
         self.jitter = jitter
-        self.index = 10
-        self._topics: dict[str, int] = {}
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self.services: dict[tuple[str, str], dict[str, Any]] = {}
-        self.checks: dict[tuple[str, str], dict[str, Any]] = {}
-        self.config: dict[tuple[str, str], dict[str, Any]] = {}
+        # /v1/agent/self: ACLs are on when a token is required, unless said otherwise.
+        self.acls_enabled = acl_token is not None if acls_enabled is None else acls_enabled
+        self.acl_default_policy = acl_default_policy
+        self.default_intention_policy = default_intention_policy
+        self.intermediate = intermediate
+        self.node_address = node_address
+        self.agent_services: dict[str, dict[str, Any]] = {}  # bodies of agent registrations
+        self.indexes = Indexes()
+        self.store = CatalogStore(datacenter, self.indexes)
+        self.nodes = self.store.nodes
+        self.services = self.store.services
+        self.checks = self.store.checks
+        self.config = self.store.config
         self.roots: list[_Root] = []
         self.active_root_id = ""
         self.leaves: dict[str, _Leaf] = {}
@@ -275,8 +305,7 @@ class ConsulDouble:
     def restart(self, index: int = 2) -> None:
         """A restart with a lower index: connections drop, every index falls to ``index``."""
         self._drop_connections()
-        self.index = index
-        self._topics = {k: min(v, index) for k, v in self._topics.items()}
+        self.indexes.lower_to(index)
 
     # --- faults ---------------------------------------------------------------
 
@@ -300,127 +329,46 @@ class ConsulDouble:
 
     # --- writes (also reachable over HTTP) --------------------------------------
 
+    @property
+    def index(self) -> int:
+        """The raft counter: the number of the last write."""
+        return self.indexes.raft
+
     def _bump(self, *topics: str) -> int:
-        self.index += 1
-        for topic in topics:
-            self._topics[topic] = self.index
+        index = self.indexes.next()
+        self.indexes.touch(index, *topics)
+        self._changed()
+        return index
+
+    def _changed(self) -> None:
         self.reactor.callLater(0, self._wake)
-        return self.index
 
     def _topic(self, *topics: str) -> int:
-        return max([self._topics.get(t, 0) for t in topics] + [1])
+        return self.indexes.get(*topics)
 
     def register(self, body: dict[str, Any]) -> None:
-        """``PUT /v1/catalog/register``: a node, optionally a service and checks."""
-        node = body["Node"]
-        index = self._bump("nodes", "services", "checks")
-        existing = self.nodes.get(node)
-        self.nodes[node] = {
-            "ID": body.get("ID", ""),
-            "Node": node,
-            "Address": body.get("Address", ""),
-            "Datacenter": self.datacenter,
-            "TaggedAddresses": body.get("TaggedAddresses"),
-            "Meta": body.get("NodeMeta") or {},
-            "CreateIndex": existing["CreateIndex"] if existing else index,
-            "ModifyIndex": index,
-        }
-        touched = set(self._services_on(node))
-        svc = body.get("Service")
-        if svc:
-            sid = svc.get("ID") or svc["Service"]
-            old = self.services.get((node, sid))
-            self.services[(node, sid)] = {
-                "ID": sid,
-                "Service": svc["Service"],
-                "Tags": svc.get("Tags") or [],
-                "Address": svc.get("Address", ""),
-                "Port": svc.get("Port", 0),
-                "Meta": svc.get("Meta") or {},
-                "Weights": svc.get("Weights") or {"Passing": 1, "Warning": 1},
-                "EnableTagOverride": False,
-                "Kind": svc.get("Kind", ""),
-                **({"Connect": svc["Connect"]} if svc.get("Connect") else {}),
-                **({"Proxy": svc["Proxy"]} if svc.get("Proxy") else {}),
-                "CreateIndex": old["CreateIndex"] if old else index,
-                "ModifyIndex": index,
-            }
-            touched.add(svc["Service"])
-        checks = ([body["Check"]] if body.get("Check") else []) + list(body.get("Checks") or [])
-        for check in checks:
-            self._put_check(node, check, index)
-            touched.update(self._check_services(node, check.get("ServiceID", "")))
-        for name in touched:
-            self._topics[f"svc:{name}"] = index
-
-    def _put_check(self, node: str, check: dict[str, Any], index: int) -> None:
-        cid = check.get("CheckID") or check.get("Name")
-        sid = check.get("ServiceID", "")
-        service = self.services.get((node, sid))
-        old = self.checks.get((node, cid))
-        self.checks[(node, cid)] = {
-            "Node": node,
-            "CheckID": cid,
-            "Name": check.get("Name", cid),
-            "Status": check.get("Status", "critical"),
-            "Notes": "",
-            "Output": check.get("Output", ""),
-            "ServiceID": sid,
-            "ServiceName": service["Service"] if service else "",
-            "ServiceTags": [],
-            "Type": check.get("Type", "tcp" if check.get("TCP") else ""),
-            "CreateIndex": old["CreateIndex"] if old else index,
-            "ModifyIndex": index,
-        }
-
-    def _services_on(self, node: str) -> list[str]:
-        return [s["Service"] for (n, _), s in self.services.items() if n == node]
-
-    def _check_services(self, node: str, service_id: str) -> list[str]:
-        if not service_id:
-            return self._services_on(node)
-        svc = self.services.get((node, service_id))
-        return [svc["Service"]] if svc else []
+        """``PUT /v1/catalog/register`` with Consul's index rules (:mod:`.testing_consul_state`)."""
+        self.store.register(body)
+        self._changed()
 
     def deregister(self, node: str, service_id: str | None = None) -> None:
         """``PUT /v1/catalog/deregister``: a service instance, or the whole node."""
-        names = self._services_on(node) if service_id is None else []
-        if service_id is not None:
-            svc = self.services.pop((node, service_id), None)
-            names = [svc["Service"]] if svc else []
-            for key in [
-                k for k, c in self.checks.items() if k[0] == node and c["ServiceID"] == service_id
-            ]:
-                del self.checks[key]
-        else:
-            self.nodes.pop(node, None)
-            for key in [k for k in self.services if k[0] == node]:
-                del self.services[key]
-            for key in [k for k in self.checks if k[0] == node]:
-                del self.checks[key]
-        self._bump("nodes", "services", "checks", *(f"svc:{n}" for n in names))
+        self.store.deregister(node, service_id)
+        self._changed()
 
     def set_check(self, node: str, check_id: str, status: str, output: str = "") -> None:
-        check = self.checks[(node, check_id)]
-        if check["Status"] == status:
-            return
-        names = self._check_services(node, check["ServiceID"])
-        index = self._bump("checks", *(f"svc:{n}" for n in names))
-        check.update(Status=status, Output=output, ModifyIndex=index)
+        self.store.set_check(node, check_id, status, output)
+        self._changed()
 
     def put_config(self, entry: dict[str, Any]) -> None:
-        kind, name = entry["Kind"], entry["Name"]
-        index = self._bump(f"config:{kind}")
-        old = self.config.get((kind, name))
-        self.config[(kind, name)] = {
-            **entry,
-            "CreateIndex": old["CreateIndex"] if old else index,
-            "ModifyIndex": index,
-        }
+        self.store.put_config(entry)
+        self._changed()
 
-    def delete_config(self, kind: str, name: str) -> None:
-        if self.config.pop((kind, name), None) is not None:
-            self._bump(f"config:{kind}")
+    def delete_config(
+        self, kind: str, name: str, namespace: str = "default", partition: str = "default"
+    ) -> None:
+        self.store.delete_config(kind, name, namespace, partition)
+        self._changed()
 
     def link(self, gateway: str, *services: str | dict[str, Any]) -> None:
         """Write the gateway's ``terminating-gateway`` entry linking ``services``."""
@@ -445,6 +393,8 @@ class ConsulDouble:
         cert, key = pki.new_ca(self.trust_domain, common_name=name)
         index = self._bump("roots")
         root = _Root(cert, key, name, cert.serial_number, index, index)
+        if self.intermediate:
+            root.intermediate = intermediate_ca(cert, key, self.trust_domain)
         self.roots.append(root)
         self.active_root_id = root.id
         return root
@@ -457,12 +407,17 @@ class ConsulDouble:
     def active_root(self) -> _Root:
         return next(r for r in self.roots if r.id == self.active_root_id)
 
-    def client_leaf(self, service: str, root: _Root | None = None, datacenter: str = "dc1") -> Any:
+    def client_leaf(
+        self,
+        service: str,
+        root: _Root | None = None,
+        datacenter: str = "dc1",
+        namespace: str = "default",
+    ) -> Any:
         """A leaf for a *client* service signed by ``root`` (default the active one)."""
         root = root or self.active_root
-        return pki.service_leaf(
-            root.cert, root.key, ServiceName(service), datacenter, self.trust_domain
-        )
+        name = ServiceName(service, namespace)
+        return pki.service_leaf(*root.signer, name, datacenter, self.trust_domain)
 
     # --- HTTP -----------------------------------------------------------------
 
@@ -492,6 +447,10 @@ class ConsulDouble:
         if any(path.startswith(p) for p in self._denied):
             request.setResponseCode(403)
             return b"Permission denied"
+        dc = (args.get("dc") or [self.datacenter])[0]
+        if dc != self.datacenter:
+            request.setResponseCode(500)  # what an agent without a WAN path answers
+            return f"No path to datacenter {dc!r}".encode()
         try:
             return self._route(request, method, path, args)
         except _HTTPError as e:
@@ -509,64 +468,71 @@ class ConsulDouble:
                 return self._blocking(
                     request,
                     lambda: self._topic("config:terminating-gateway", "services"),
-                    lambda: self._gateway_services(gw),
+                    lambda: self._gateway_services(gw, *_scope(args)),
                 )
             if rest == ["catalog", "services"]:
                 return self._blocking(
-                    request, lambda: self._topic("services"), self._catalog_services
+                    request, lambda: self._topic("services"), self.store.catalog_services
+                )
+            if rest == ["agent", "self"]:
+                return json.dumps(self._agent_self()).encode()
+            if rest == ["catalog", "nodes"]:
+                return self._blocking(
+                    request,
+                    lambda: self._topic("nodes"),
+                    lambda: [n for _, n in sorted(self.nodes.items())],
                 )
             if rest[:2] == ["health", "service"] and len(rest) == 3:
                 svc = rest[2]
                 passing = "passing" in args
                 return self._blocking(
                     request,
-                    lambda: (
-                        self._topic(f"svc:{svc}")
-                        if f"svc:{svc}" in self._topics
-                        else self._topic("services")
-                    ),
-                    lambda: self._health_service(svc, passing),
+                    lambda: self.store.service_index(svc),
+                    lambda: self.store.health_service(svc, passing, *_scope(args)),
                 )
             if rest[:2] == ["health", "state"] and len(rest) == 3:
                 state = rest[2]
                 return self._blocking(
-                    request, lambda: self._topic("checks"), lambda: self._health_state(state)
+                    request, lambda: self._topic("checks"), lambda: self.store.health_state(state)
                 )
             if rest[0] == "config" and len(rest) == 2:
                 kind = rest[1]
                 return self._blocking(
                     request,
                     lambda: self._topic(f"config:{kind}"),
-                    lambda: [e for (k, _), e in sorted(self.config.items()) if k == kind],
+                    lambda: self.store.entries(kind, *_scope(args)),
                 )
             if rest[0] == "config" and len(rest) == 3:
                 kind, name = rest[1], rest[2]
-                if (kind, name) not in self.config:
+                scope = _scope(args)
+                if self.store.entry(kind, name, *scope) is None:
                     request.setHeader("X-Consul-Index", str(self._topic(f"config:{kind}")))
                     raise _HTTPError(404, f'Config entry not found for "{kind}" / "{name}"')
                 return self._blocking(
                     request,
-                    lambda: self.config.get((kind, name), {}).get("ModifyIndex", 1),
-                    lambda: self.config.get((kind, name)),
+                    lambda: (self.store.entry(kind, name, *scope) or {}).get("ModifyIndex", 1),
+                    lambda: self.store.entry(kind, name, *scope),
                 )
             if rest in (["agent", "connect", "ca", "roots"], ["connect", "ca", "roots"]):
                 return self._blocking(request, lambda: self._topic("roots"), self._roots_body)
             if rest[:4] == ["agent", "connect", "ca", "leaf"] and len(rest) == 5:
                 svc = rest[4]
-                self._leaf_for(svc)
+                scope = _scope(args)
+                self._leaf_for(svc, *scope)
                 return self._blocking(
                     request,
-                    lambda: self._leaf_for(svc).create_index,
-                    lambda: self._leaf_body(svc),
+                    lambda: self._leaf_for(svc, *scope).create_index,
+                    lambda: self._leaf_body(svc, *scope),
                 )
             if rest == ["connect", "intentions", "match"]:
                 if args.get("by") != ["destination"] or not args.get("name"):
                     raise _HTTPError(400, "required query parameters: by=destination, name")
                 names = args["name"]
+                ns = _scope(args)[0]
                 return self._blocking(
                     request,
                     lambda: self._topic("config:service-intentions"),
-                    lambda: {n: self._match(n) for n in names},
+                    lambda: {n: self._match(n, ns) for n in names},
                 )
         if method == "PUT":
             body = json.loads(request.content.read() or b"null")
@@ -586,7 +552,7 @@ class ConsulDouble:
                 self._agent_deregister(rest[3])
                 return b""
         if method == "DELETE" and rest[0] == "config" and len(rest) == 3:
-            self.delete_config(rest[1], rest[2])
+            self.delete_config(rest[1], rest[2], *_scope(args))
             return b"true"
         raise _HTTPError(404 if method == "GET" else 405, f"no such endpoint: {method} {path}")
 
@@ -656,8 +622,8 @@ class ConsulDouble:
                 capable.add((svc.get("Proxy") or {}).get("DestinationServiceName", ""))
         return capable
 
-    def _gateway_services(self, gateway: str) -> list[dict[str, Any]]:
-        entry = self.config.get(("terminating-gateway", gateway))
+    def _gateway_services(self, gateway: str, *scope: str) -> list[dict[str, Any]]:
+        entry = self.store.entry("terminating-gateway", gateway, *scope)
         if entry is None:
             return []
         out: dict[str, dict[str, Any]] = {}
@@ -680,9 +646,14 @@ class ConsulDouble:
     def _gateway_service(
         self, gateway: str, linked: dict[str, Any], entry: dict[str, Any], wildcard: bool
     ) -> dict[str, Any]:
+        # Enterprise: Namespace/Partition appear when the entry or the link names them.
+        scope = {k: entry[k] for k in ("Namespace", "Partition") if entry.get(k)}
+        service = {"Name": linked["Name"], **scope}
+        if linked.get("Namespace"):
+            service["Namespace"] = linked["Namespace"]
         item: dict[str, Any] = {
-            "Gateway": {"Name": gateway},
-            "Service": {"Name": linked["Name"]},
+            "Gateway": {"Name": gateway, **scope},
+            "Service": service,
             "GatewayKind": "terminating-gateway",
         }
         for key in ("CAFile", "CertFile", "KeyFile", "SNI"):
@@ -695,31 +666,19 @@ class ConsulDouble:
         item["ModifyIndex"] = entry["ModifyIndex"]
         return item
 
-    def _catalog_services(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for svc in self.services.values():
-            out.setdefault(svc["Service"], [])
-            out[svc["Service"]] = sorted(set(out[svc["Service"]]) | set(svc["Tags"]))
-        return out
-
-    def _health_service(self, name: str, passing: bool) -> list[dict[str, Any]]:
-        out = []
-        for (node, sid), svc in sorted(self.services.items()):
-            if svc["Service"] != name:
-                continue
-            checks = [
-                {k: v for k, v in c.items() if k not in ("CreateIndex", "ModifyIndex")}
-                for (n, _), c in sorted(self.checks.items())
-                if n == node and c["ServiceID"] in ("", sid)
-            ]
-            if passing and any(c["Status"] != "passing" for c in checks):
-                continue
-            service = {k: v for k, v in svc.items() if k not in ("Connect", "Proxy")}
-            out.append({"Node": self.nodes[node], "Service": service, "Checks": checks})
-        return out
-
-    def _health_state(self, state: str) -> list[dict[str, Any]]:
-        return [c for _, c in sorted(self.checks.items()) if state == "any" or c["Status"] == state]
+    def _agent_self(self) -> dict[str, Any]:
+        """The parts of ``GET /v1/agent/self`` tgw reads (``Config``, ``DebugConfig``)."""
+        debug: dict[str, Any] = {
+            "ACLsEnabled": self.acls_enabled,
+            "ACLResolverSettings": {"ACLDefaultPolicy": self.acl_default_policy},
+            "Datacenter": self.datacenter,
+            "NodeName": self.node,
+        }
+        if self.default_intention_policy:
+            debug["DefaultIntentionPolicy"] = self.default_intention_policy
+        config = {"Datacenter": self.datacenter, "NodeName": self.node, "Server": False}
+        member = {"Name": self.node, "Addr": self.node_address, "Port": 8301}
+        return {"Config": config, "DebugConfig": debug, "Member": member, "Meta": {}}
 
     def _roots_body(self) -> dict[str, Any]:
         return {
@@ -735,7 +694,11 @@ class ConsulDouble:
                     "NotBefore": _rfc3339(r.cert.not_valid_before_utc.timestamp()),
                     "NotAfter": _rfc3339(r.cert.not_valid_after_utc.timestamp()),
                     "RootCert": pki.certificate_pem(r.cert).decode(),
-                    "IntermediateCerts": None,
+                    "IntermediateCerts": (
+                        [pki.certificate_pem(r.intermediate[0]).decode()]
+                        if r.intermediate
+                        else None
+                    ),
                     "Active": r.id == self.active_root_id,
                     "PrivateKeyType": "ec",
                     "PrivateKeyBits": 256,
@@ -746,8 +709,11 @@ class ConsulDouble:
             ],
         }
 
-    def _leaf_for(self, service: str) -> _Leaf:
-        cached = self.leaves.get(service)
+    def _leaf_for(self, service: str, ns: str = "default", partition: str = "default") -> _Leaf:
+        key = (
+            service if (ns, partition) == ("default", "default") else f"{partition}/{ns}/{service}"
+        )
+        cached = self.leaves.get(key)
         now = time.time()
         if (
             cached is None
@@ -756,49 +722,56 @@ class ConsulDouble:
         ):
             root = self.active_root
             leaf = pki.service_leaf(
-                root.cert,
-                root.key,
-                ServiceName(service),
+                *root.signer,
+                ServiceName(service, ns, partition),
                 self.datacenter,
                 self.trust_domain,
                 valid_for=self.leaf_ttl,
             )
-            self.index += 1
-            cached = self.leaves[service] = _Leaf(leaf, root.id, self.index, now)
+            cached = self.leaves[key] = _Leaf(leaf, root.id, self.indexes.next(), now)
         return cached
 
-    def _leaf_body(self, service: str) -> dict[str, Any]:
-        issued = self._leaf_for(service)
+    def _leaf_body(self, service: str, ns: str = "default", ap: str = "default") -> dict[str, Any]:
+        issued = self._leaf_for(service, ns, ap)
         cert = issued.leaf.certificate
         chain, key = pki.leaf_pem(issued.leaf)
+        serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 7) // 8, "big")
+        enterprise = {"Namespace": ns, "Partition": ap} if (ns, ap) != ("default",) * 2 else {}
         return {
-            "SerialNumber": format(cert.serial_number, "x").zfill(2),
+            "SerialNumber": ":".join(f"{b:02x}" for b in serial),  # connect.HexString
             "CertPEM": chain.decode(),
             "PrivateKeyPEM": key.decode(),
             "Service": service,
             "ServiceURI": pki.uri_sans(cert)[0],
             "ValidAfter": _rfc3339(cert.not_valid_before_utc.timestamp()),
             "ValidBefore": _rfc3339(cert.not_valid_after_utc.timestamp()),
+            **enterprise,
             "CreateIndex": issued.create_index,
             "ModifyIndex": issued.create_index,
         }
 
-    def _match(self, name: str) -> list[dict[str, Any]]:
+    def _match(self, name: str, namespace: str = "default") -> list[dict[str, Any]]:
         found = []
-        for (kind, dest), entry in self.config.items():
+        for (kind, _), entry in self.config.items():
+            dest = entry["Name"]
+            dst_ns = entry.get("Namespace") or "default"
+            dst_ap = entry.get("Partition") or "default"
             if kind != "service-intentions" or dest not in (name, "*"):
                 continue
-            dst_ns = entry.get("Namespace") or "default"
+            if dst_ns not in (namespace, "*"):
+                continue
             for src in entry.get("Sources") or []:
-                src_ns = src.get("Namespace") or "default"
+                # normalize(): a source without a namespace/partition has the destination's.
+                src_ns = src.get("Namespace") or dst_ns
                 item: dict[str, Any] = {
                     "ID": "",
                     "Description": src.get("Description", ""),
                     "SourcePeer": src.get("Peer", ""),
-                    "SourcePartition": "default",
+                    "SourceSamenessGroup": src.get("SamenessGroup", ""),
+                    "SourcePartition": src.get("Partition") or dst_ap,
                     "SourceNS": src_ns,
                     "SourceName": src["Name"],
-                    "DestinationPartition": "default",
+                    "DestinationPartition": dst_ap,
                     "DestinationNS": dst_ns,
                     "DestinationName": dest,
                     "SourceType": "consul",
@@ -818,6 +791,7 @@ class ConsulDouble:
 
     def _agent_register(self, body: dict[str, Any]) -> None:
         sid = body.get("ID") or body["Name"]
+        self.agent_services[sid] = body
         check = body.get("Check")
         checks = []
         if check:
@@ -833,7 +807,7 @@ class ConsulDouble:
         self.register(
             {
                 "Node": self.node,
-                "Address": "127.0.0.1",
+                "Address": self.node_address,
                 "Service": {
                     "ID": sid,
                     "Service": body["Name"],
@@ -890,7 +864,7 @@ class ConsulDouble:
 
     def health_of(self, service: str) -> list[dict[str, Any]]:
         """What ``GET /v1/health/service/<service>`` answers now (for assertions)."""
-        return self._health_service(service, False)
+        return self.store.health_service(service, False)
 
 
 class _HTTPError(Exception):
@@ -898,6 +872,11 @@ class _HTTPError(Exception):
         super().__init__(text)
         self.status = status
         self.text = text
+
+
+def _scope(args: dict[str, list[str]]) -> tuple[str, str]:
+    """The ``ns`` and ``partition`` a request names (Consul's defaults otherwise)."""
+    return (args.get("ns") or ["default"])[0], (args.get("partition") or ["default"])[0]
 
 
 def _rfc3339(seconds: float) -> str:

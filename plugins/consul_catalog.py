@@ -13,18 +13,24 @@ Section ``[sites.NAME.consul_catalog]`` (all optional):
   deregister it when the site stops;
 - ``service_id`` (``<gateway>-<host>-<port>``), ``register_address`` (the listener's
   host, or none for a wildcard bind so Consul uses the node's), ``check_interval``
-  (``10s``).
+  (``10s``), ``check_address`` (the address the TCP check dials: default the
+  registered one, for a wildcard bind the agent's node address from
+  ``/v1/agent/self``);
+- ``health_watches`` (128): linked services with their own blocking health query.
 
 What it reads (reference §3, §5), every watch a blocking query:
 
 - ``/v1/catalog/gateway-services/<gateway>``: the linked services, wildcard ones
   included (``FromWildcard``), with their ``CAFile``/``CertFile``/``KeyFile``/``SNI``;
 - ``/v1/config/service-defaults``: every service's ``Protocol``;
-- ``/v1/catalog/services`` and ``/v1/health/state/any`` as change detectors: when either
-  moves, ``/v1/health/service/<svc>`` is read again (non-blocking) for each linked
-  service. That keeps the number of long polls constant (four) whatever the number of
-  linked services, instead of one socket per service; the price is one short request
-  per linked service after a catalog or check change, over the client's bounded pool.
+- ``/v1/health/service/<svc>``, one blocking query per linked service, as Consul's own
+  gateway does (:mod:`gwcore.net.consul_watch`): Consul moves a service's index on any
+  change of its answer, a node that moved included. At most ``health_watches`` (128)
+  services are watched so, each holding a socket of a pool of that size;
+- for linked services beyond ``health_watches``: ``/v1/catalog/services``,
+  ``/v1/catalog/nodes`` and ``/v1/health/state/any`` as change detectors. Every change
+  of a health answer moves one of those three tables (``services``, ``nodes``,
+  ``checks``), and then those services are read again (non-blocking).
 
 A service becomes a route once its instances were read; an unlinked one disappears
 with the next snapshot. Every answer goes through :mod:`gwcore.policy.consul_shapes`
@@ -39,7 +45,6 @@ import dataclasses
 import hashlib
 import json
 import random
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,9 +65,22 @@ from gwcore.net.consul import (
     read_consul_settings,
     release_client,
 )
+from gwcore.net.consul_watch import (
+    DEFAULT_HEALTH_WATCHES,
+    ServiceHealthWatches,
+    health_path,
+    scope_query,
+)
+from gwcore.plugins.consul_registration import SelfRegistration
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import build_destinations, parse_documents
-from gwcore.policy.model import CatalogSnapshot, Destination
+from gwcore.policy.model import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_PARTITION,
+    CatalogSnapshot,
+    Destination,
+    ServiceName,
+)
 from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
@@ -87,6 +105,8 @@ class Settings:
     service_id: str = ""
     register_address: str = ""
     check_interval: float = DEFAULT_CHECK_INTERVAL
+    health_watches: int = DEFAULT_HEALTH_WATCHES
+    check_address: str = ""
 
 
 def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
@@ -97,8 +117,21 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
     service_id = reader.string("service_id", "") or ""
     register_address = reader.string("register_address", "") or ""
     interval = reader.duration("check_interval", DEFAULT_CHECK_INTERVAL, minimum=1.0)
+    health_watches = reader.integer(
+        "health_watches", DEFAULT_HEALTH_WATCHES, minimum=0, maximum=1024
+    )
+    check_address = reader.string("check_address", "") or ""
     connection_problems(reader, consul)
-    settings = Settings(consul, gateway, register, service_id, register_address, interval)
+    settings = Settings(
+        consul,
+        gateway,
+        register,
+        service_id,
+        register_address,
+        interval,
+        health_watches,
+        check_address,
+    )
     return settings, reader.finish()
 
 
@@ -135,7 +168,7 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
-class ConsulCatalogSource:
+class ConsulCatalogSource(SelfRegistration):
     """A :class:`~gwcore.providers.CatalogSource` fed by a Consul agent (module docstring)."""
 
     name = NAME
@@ -151,6 +184,8 @@ class ConsulCatalogSource:
         self.freshness = ConsulFreshness(site, NAME)
         self._linked: dict[str, dict[str, Any]] = {}
         self._health: dict[str, list[Any]] = {}
+        self._names: dict[str, ServiceName] = {}  # linked key -> its full name
+        self._watch_pool_stopped: Any = None
         self._defaults: list[Any] = []
         self._gateway_loaded = False
         self._defaults_loaded = False
@@ -158,6 +193,7 @@ class ConsulCatalogSource:
         self._publish: Callable[[CatalogSnapshot], None] | None = None
         self._first: Deferred[None] | None = None
         self._watches: list[BlockingWatch] = []
+        self._health_watches: ServiceHealthWatches | None = None
         self._retry: Any = None
         self._retry_failures = 0
         self._refreshing = False
@@ -197,7 +233,19 @@ class ConsulCatalogSource:
         watch("gateway-services", f"/v1/catalog/gateway-services/{gw}", self._on_gateway)
         watch("config", "/v1/config/service-defaults", self._on_defaults)
         watch("catalog-services", "/v1/catalog/services", self._on_services)
+        watch("catalog-nodes", "/v1/catalog/nodes", self._on_nodes)
         watch("health-state", "/v1/health/state/any", self._on_checks)
+        self._health_watches = ServiceHealthWatches(
+            self._site.reactor,
+            self.settings.consul,
+            self.settings.health_watches,
+            self._on_health,
+            self._failed,
+            on_ok=self.freshness.ok,
+            rng=self._rng,
+            path=self._health_path,
+            query=self._scope,
+        )
         for w in self._watches:
             w.start()
         if self.settings.register:
@@ -208,6 +256,8 @@ class ConsulCatalogSource:
         self._running = False
         for w in self._watches:
             w.stop()
+        watches, self._health_watches = self._health_watches, None
+        self._watch_pool_stopped = watches.stop() if watches is not None else None
         for call in (self._retry, self._register_call):
             if call is not None and call.active():
                 call.cancel()
@@ -216,6 +266,8 @@ class ConsulCatalogSource:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._watch_pool_stopped is not None:
+            await self._watch_pool_stopped
         if self._registered and self.client is not None and self.service_id:
             try:
                 await self.client.put(
@@ -246,9 +298,17 @@ class ConsulCatalogSource:
             raise ConsulError("gateway-services", "invalid", "expected a JSON list")
         linked: dict[str, dict[str, Any]] = {}
         for item in items:
-            service = (item.get("Service") or {}).get("Name")
-            if not service:
+            named = item.get("Service") or {}
+            if not named.get("Name"):
                 continue
+            # Enterprise: the namespace and partition travel with the name, end to end.
+            scoped = ServiceName(
+                named["Name"],
+                named.get("Namespace") or DEFAULT_NAMESPACE,
+                named.get("Partition") or DEFAULT_PARTITION,
+            )
+            service = str(scoped)  # the plain name in the default namespace and partition
+            self._names[service] = scoped
             if item.get("ServiceKind") == "destination" or item.get("IsEndpoint"):
                 self._report_once(
                     f"destination:{service}",
@@ -261,8 +321,9 @@ class ConsulCatalogSource:
         for gone in set(self._linked) - set(linked):
             self._health.pop(gone, None)
         self._linked = linked
-        if added:
-            await self._refresh(added)
+        known = await self._refresh(added) if added else {}
+        if self._health_watches is not None:
+            self._health_watches.update(linked, known)
         # Only now: the first snapshot should hold the instances of what is linked.
         self._gateway_loaded = True
         self._rebuild()
@@ -282,35 +343,50 @@ class ConsulCatalogSource:
     async def _on_checks(self, response: ConsulResponse) -> None:
         await self._on_detector("health-state")
 
+    async def _on_nodes(self, response: ConsulResponse) -> None:
+        await self._on_detector("catalog-nodes")
+
+    def _on_health(self, service: str, response: ConsulResponse) -> None:
+        """A watched service's answer changed (its own blocking query)."""
+        body = response.json()
+        if service in self._linked:
+            self._health[service] = body if isinstance(body, list) else []
+            self._rebuild()
+
     async def _on_detector(self, endpoint: str) -> None:
         # A detector's first answer says nothing changed: the gateway-services handler
         # reads the instances of every service it links.
         if endpoint not in self._detectors_seen:
             self._detectors_seen.add(endpoint)
             return
-        if self._linked:
-            await self._refresh(list(self._linked))
+        # Watched services see their own changes; only the overflow needs reading.
+        overflow = self._health_watches.overflow if self._health_watches is not None else ()
+        if overflow:
+            await self._refresh(list(overflow))
             self._rebuild()
 
-    async def _refresh(self, services: list[str]) -> None:
-        """Read the instances of ``services`` again (non-blocking, over the bounded pool)."""
+    async def _refresh(self, services: list[str]) -> dict[str, int]:
+        """Read the instances of ``services`` (non-blocking, over the bounded pool);
+        returns the index of each answer."""
         if self.client is None:
-            return
+            return {}
         client = self.client
         pending = [
-            client.get("health-service", f"/v1/health/service/{s}").addCallback(
+            client.get("health-service", self._health_path(s), self._scope(s)).addCallback(
                 lambda r, s=s: (s, r)
             )
             for s in services
         ]
         results = await DeferredList(pending, consumeErrors=True)
         failed = False
+        indexes: dict[str, int] = {}
         for ok, value in results:
             if ok:
                 service, response = value
                 if service in self._linked:
                     body = response.json()
                     self._health[service] = body if isinstance(body, list) else []
+                    indexes[service] = response.index
             else:
                 failed = True
                 error = value.value
@@ -321,6 +397,7 @@ class ConsulCatalogSource:
         else:
             self._retry_failures = 0
             self.freshness.ok("health-service")
+        return indexes
 
     def _schedule_retry(self) -> None:
         if not self._running or (self._retry is not None and self._retry.active()):
@@ -347,12 +424,28 @@ class ConsulCatalogSource:
         self._errors.inc()
         self._site.log.error("consul_catalog: {problem}", problem=text)
 
+    def _name(self, service: str) -> ServiceName:
+        return self._names.get(service) or ServiceName(service)
+
+    def _health_path(self, service: str) -> str:
+        return health_path(self._name(service).name)
+
+    def _scope(self, service: str) -> list[tuple[str, str]]:
+        name = self._name(service)
+        return scope_query(name.namespace, name.partition)
+
     def _linked_document(self, service: str, item: dict[str, Any]) -> dict[str, Any] | None:
-        linked = {"Name": service}
+        name = self._name(service)
+        linked = {"Name": name.name, "Namespace": name.namespace}
         for key in ("CAFile", "CertFile", "KeyFile", "SNI"):
             if item.get(key):
                 linked[key] = item[key]
-        doc = {"Kind": "terminating-gateway", "Name": self.gateway, "Services": [linked]}
+        doc = {
+            "Kind": "terminating-gateway",
+            "Name": self.gateway,
+            "Partition": name.partition,
+            "Services": [linked],
+        }
         _, problems = parse_documents([(f"consul:gateway-services/{service}", doc)])
         if problems:
             self._report_once(
@@ -366,9 +459,12 @@ class ConsulCatalogSource:
         """Destinations from the current answers (services whose instances are known)."""
         ready = [s for s in sorted(self._linked) if s in self._health]
         linked = [self._linked_document(s, self._linked[s]) for s in ready]
+        # Linked services share the gateway's partition (Consul refuses others).
+        partition = next((self._name(s).partition for s in ready), DEFAULT_PARTITION)
         entry = {
             "Kind": "terminating-gateway",
             "Name": self.gateway,
+            "Partition": partition,
             "Services": [item for item in linked if item is not None],
         }
         items: list[tuple[str, Any]] = [("consul:gateway-services", entry)]
@@ -380,7 +476,7 @@ class ConsulCatalogSource:
             self._report_once(f"shape:{problem}", f"left out: {problem}")
         wildcard = {s for s, item in self._linked.items() if item.get("FromWildcard")}
         return tuple(
-            dataclasses.replace(d, from_wildcard=True) if d.service.name in wildcard else d
+            dataclasses.replace(d, from_wildcard=True) if str(d.service) in wildcard else d
             for d in destinations
         )
 
@@ -397,75 +493,3 @@ class ConsulCatalogSource:
             self._last_success_gauge.set(now)
         if self._first is not None and not self._first.called:
             self._first.callback(None)
-
-    # --- self-registration ------------------------------------------------------------
-
-    def owns_listener(self, site: str, address: str) -> bool:
-        """Whether the site that started at ``address`` is this source's site."""
-        if site != self._site.name or not self._running:
-            return False
-        # Compare listeners, so two gateways in one process never take each other's
-        # registration.
-        listening = self._site.listening_address()
-        if listening is None:
-            return True
-        return f"{listening[0]}:{listening[1]}" == address
-
-    def register(self, address: str) -> None:
-        host, _, port_text = address.rpartition(":")
-        host = host.strip("[]")
-        port = int(port_text)
-        wildcard = host in ("0.0.0.0", "::", "")
-        reg_address = self.settings.register_address or ("" if wildcard else host)
-        check_host = reg_address or "127.0.0.1"
-        self.service_id = self.settings.service_id or (
-            f"{self.gateway}-{reg_address or socket.gethostname()}-{port}"
-        )
-        target = f"[{check_host}]:{port}" if ":" in check_host else f"{check_host}:{port}"
-        body = {
-            "ID": self.service_id,
-            "Name": self.gateway,
-            "Kind": "terminating-gateway",
-            "Address": reg_address,
-            "Port": port,
-            "Meta": {"tgw-site": self._site.name},
-            "Check": {
-                "CheckID": f"{self.service_id}:tcp",
-                "Name": "tgw listener (TCP)",
-                "TCP": target,
-                "Interval": f"{int(self.settings.check_interval * 1000)}ms",
-                "Timeout": "5s",
-            },
-        }
-        self._register_body = body
-        self._try_register()
-
-    def _try_register(self) -> None:
-        self._register_call = None
-        if not self._running or self.client is None:
-            return
-        d = self.client.put("agent-register", "/v1/agent/service/register", self._register_body)
-
-        def done(_: Any) -> None:
-            self._registered = True
-            self._register_failures = 0
-            self.freshness.ok("agent-register")
-            self._site.log.info(
-                "registered {id} with Consul as {gateway}", id=self.service_id, gateway=self.gateway
-            )
-
-        def failed(f: Any) -> None:
-            if isinstance(f.value, ConsulError):
-                self.freshness.failed(f.value)
-            else:
-                self._site.log.failure("registering with Consul failed", f)
-            if not self._running:
-                return
-            self._register_failures += 1
-            consul = self.settings.consul
-            delay = backoff_delay(
-                self._register_failures, consul.retry_min, consul.retry_max, self._rng
-            )
-            self._register_call = self._site.reactor.callLater(delay, self._try_register)
-
-        d.addCallbacks(done, failed)

@@ -43,6 +43,7 @@ from gwcore.net.consul import (
     read_consul_settings,
     release_client,
 )
+from gwcore.net.consul_watch import scope_query
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.model import ServiceName, SpiffeID
 from gwcore.providers import LeafCertificate, SourceHealth
@@ -270,9 +271,11 @@ class ConsulCertificates:
             return
         client = self.client
         pending = [
-            client.get("ca-leaf", f"/v1/agent/connect/ca/leaf/{s.name}").addCallback(
-                lambda r, s=s: (s, r)
-            )
+            client.get(
+                "ca-leaf",
+                f"/v1/agent/connect/ca/leaf/{s.name}",
+                scope_query(s.namespace, s.partition),
+            ).addCallback(lambda r, s=s: (s, r))
             for s in services
         ]
         changed = False

@@ -7,7 +7,8 @@ How the pieces fit (one precedence engine, two sources):
 
 - A **catalog source** that publishes no destinations, only intentions. It follows
   the site's merged catalog (whatever source supplies the linked services) and keeps
-  *one* blocking query, ``/v1/connect/intentions/match?by=destination&name=<a>&name=<b>..``
+  one blocking query per namespace and partition of the routed services,
+  ``/v1/connect/intentions/match?by=destination&name=<a>&name=<b>..[&ns=..&partition=..]``
   (``name`` is repeatable, reference §5), re-opened when the set of services changes.
   Each match item is turned back into a ``service-intentions`` source and read by
   :mod:`gwcore.policy.consul_shapes`, so the intentions reach the ``intentions`` engine
@@ -20,6 +21,14 @@ How the pieces fit (one precedence engine, two sources):
   intentions have not been read from Consul yet (a service linked a moment ago, or
   Consul unreachable since start) and abstains otherwise. Without it a freshly linked
   service would fall through to ``default_policy`` before its deny intentions arrived.
+
+- **The default decision** (no intention matches) follows the agent, as Consul's
+  authorize endpoint does (:mod:`gwcore.policy.consul_default`): read once from
+  ``/v1/agent/self`` at start (``default_intention_policy``, else the ACL default,
+  allow when ACLs are off) and logged. Until it is read, and when it cannot be read,
+  the guard denies. The section key ``default_policy`` overrides it: ``"consul"``
+  (the default), ``"allow"`` or ``"deny"`` (fixed, the agent is not asked), or
+  ``"site"`` (the guard abstains and the site's ``default_policy`` decides).
 
 When Consul fails, the last intentions read stay in force.
 """
@@ -43,12 +52,16 @@ from gwcore.net.consul import (
     ConsulResponse,
     ConsulSettings,
     acquire_client,
+    backoff_delay,
     connection_problems,
     read_consul_settings,
     release_client,
 )
+from gwcore.net.consul_watch import scope_query
 from gwcore.policy.config import ConfigProblem, SiteConfig
+from gwcore.policy.consul_default import UNREAD, AgentDefault, agent_default
 from gwcore.policy.consul_shapes import build_intentions, parse_documents
+from gwcore.policy.intentions import IntentionSet
 from gwcore.policy.model import CatalogSnapshot, Decision, Intention, ServiceName, Verdict
 from gwcore.providers import AuthzRequest, CatalogView, SourceHealth
 
@@ -65,16 +78,23 @@ def stack_entry(plugins: Sequence[str]) -> str | None:
     return next((entry for entry in (NAME, MODULE) if entry in plugins), None)
 
 
+DEFAULT_MODES = ("consul", "allow", "deny", "site")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     consul: ConsulSettings
+    default_policy: str = "consul"
 
 
 def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
     reader = site.reader(entry)
     consul = read_consul_settings(reader, site.base_dir)
+    mode = reader.string("default_policy", "consul", choices=DEFAULT_MODES) or "consul"
+    if mode == "site" and site.default_policy == "consul":
+        reader.problem("default_policy", '"site" while the site\'s default_policy is "consul"')
     connection_problems(reader, consul)
-    return Settings(consul), reader.finish()
+    return Settings(consul, mode), reader.finish()
 
 
 def intentions_from_match(
@@ -104,6 +124,7 @@ def intentions_from_match(
                 "Namespace": item.get("SourceNS"),
                 "Partition": item.get("SourcePartition"),
                 "Peer": item.get("SourcePeer"),
+                "SamenessGroup": item.get("SourceSamenessGroup"),
                 "Type": item.get("SourceType"),
                 "Description": item.get("Description"),
                 "Precedence": item.get("Precedence"),
@@ -132,6 +153,10 @@ def intentions_from_match(
     return tuple(intentions), problems
 
 
+def _order(service: ServiceName) -> tuple[str, str, str]:
+    return (service.partition, service.namespace, service.name)
+
+
 class ConsulIntentionsSource:
     """Publishes the intentions of every routed service, read from Consul."""
 
@@ -144,13 +169,23 @@ class ConsulIntentionsSource:
         self.client: ConsulClient | None = None
         self.freshness = ConsulFreshness(site, NAME)
         self._rng = random.Random()
-        self._services: tuple[str, ...] | None = None
+        self._services: tuple[ServiceName, ...] | None = None
         self.loaded: frozenset[ServiceName] = frozenset()
-        self._watch: BlockingWatch | None = None
+        self._watches: dict[tuple[str, str], BlockingWatch] = {}
+        self._results: dict[tuple[str, str], tuple[Intention, ...]] = {}
         self._publish: Callable[[CatalogSnapshot], None] | None = None
         self._version = ""
         self._reported: set[str] = set()
         self._running = False
+        mode = self.settings.default_policy
+        self.default = (
+            AgentDefault(mode, "default_policy in the consul_intentions section")
+            if mode in ("allow", "deny")
+            else UNREAD
+        )
+        self._default_changed: Callable[[], None] | None = None
+        self._self_call: Any = None
+        self._self_failures = 0
         site.subscribe_catalog(self._on_catalog)
 
     def start(self, publish: Callable[[CatalogSnapshot], None]) -> None:
@@ -158,12 +193,51 @@ class ConsulIntentionsSource:
         self._publish = publish
         self._running = True
         self.client = acquire_client(self._site.reactor, self.settings.consul)
+        if self.settings.default_policy == "consul":
+            self._read_default()
+        elif self.settings.default_policy != "site":
+            self._log_default()
         self._on_catalog(self._site.catalog_view())
+
+    def _log_default(self) -> None:
+        self._site.log.info(
+            "consul_intentions: when no intention matches, the decision is {default}",
+            default=str(self.default),
+        )
+
+    def _read_default(self) -> None:
+        """Read the agent's default decision (retried with back-off until it answers)."""
+        self._self_call = None
+        if not self._running or self.client is None:
+            return
+
+        def done(response: ConsulResponse) -> None:
+            self.default = agent_default(response.json())
+            self.freshness.ok("agent-self")
+            self._log_default()
+            if self._default_changed is not None:
+                self._default_changed()
+
+        def failed(f: Any) -> None:
+            if isinstance(f.value, ConsulError):
+                self.freshness.failed(f.value)
+            if not self._running:
+                return
+            self._self_failures += 1
+            consul = self.settings.consul
+            delay = backoff_delay(
+                self._self_failures, consul.retry_min, consul.retry_max, self._rng
+            )
+            self._self_call = self._site.reactor.callLater(delay, self._read_default)
+
+        self.client.get("agent-self", "/v1/agent/self").addCallbacks(done, failed)
 
     def stop(self) -> Deferred[None] | None:
         self._running = False
-        if self._watch is not None:
-            self._watch.stop()
+        for watch in self._watches.values():
+            watch.stop()
+        if self._self_call is not None and self._self_call.active():
+            self._self_call.cancel()
         client, self.client = self.client, None
         return maybeDeferred(release_client, client) if client is not None else None
 
@@ -173,34 +247,49 @@ class ConsulIntentionsSource:
     def _on_catalog(self, view: CatalogView) -> None:
         if not self._running or self.client is None:
             return
-        services = tuple(sorted({d.service.name for d in view.destinations}))
+        services = tuple(sorted({d.service for d in view.destinations}, key=_order))
         if services == self._services:
             return
         self._services = services
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
+        for watch in self._watches.values():
+            watch.stop()
+        self._watches = {}
+        self.loaded = self.loaded & frozenset(services)
         if not services:
-            self.loaded = frozenset()
+            self._results = {}
             self._emit(())
             self.freshness.ok("intentions-match")
             return
-        query = [("by", "destination"), *(("name", s) for s in services)]
-        watch = BlockingWatch(
-            self.client,
-            "intentions-match",
-            "/v1/connect/intentions/match",
-            lambda r, names=services: self._on_match(r, names),
-            self.freshness.failed,
-            query=query,
-            on_ok=self.freshness.ok,
-            rng=self._rng,
-        )
-        self._watch = watch
-        watch.start()
+        # One query per namespace and partition: ?ns= and ?partition= scope a query.
+        groups: dict[tuple[str, str], list[str]] = {}
+        for service in services:
+            groups.setdefault((service.namespace, service.partition), []).append(service.name)
+        self._results = {k: v for k, v in self._results.items() if k in groups}
+        for scope, names in sorted(groups.items()):
+            query = [("by", "destination"), *(("name", n) for n in names), *scope_query(*scope)]
+            watch = BlockingWatch(
+                self.client,
+                "intentions-match",
+                "/v1/connect/intentions/match",
+                lambda r, scope=scope, names=tuple(names), current=services: self._on_match(
+                    r, scope, names, current
+                ),
+                self.freshness.failed,
+                query=query,
+                on_ok=self.freshness.ok,
+                rng=self._rng,
+            )
+            self._watches[scope] = watch
+            watch.start()
 
-    def _on_match(self, response: ConsulResponse, names: tuple[str, ...]) -> None:
-        if names != self._services:
+    def _on_match(
+        self,
+        response: ConsulResponse,
+        scope: tuple[str, str],
+        names: tuple[str, ...],
+        services: tuple[ServiceName, ...],
+    ) -> None:
+        if services != self._services:
             return  # an answer for a set of services we no longer route
         try:
             intentions, problems = intentions_from_match(response.json())
@@ -213,8 +302,9 @@ class ConsulIntentionsSource:
                     "consul_intentions: intention left out: {problem}", problem=problem
                 )
         self.freshness.ok("intentions-match")
-        self.loaded = frozenset(ServiceName(n) for n in names)
-        self._emit(intentions)
+        self._results[scope] = intentions
+        self.loaded = self.loaded | {ServiceName(n, *scope) for n in names}
+        self._emit(tuple(i for key in sorted(self._results) for i in self._results[key]))
 
     def _emit(self, intentions: tuple[Intention, ...]) -> None:
         version = hashlib.sha256(repr(intentions).encode()).hexdigest()[:16]
@@ -225,24 +315,41 @@ class ConsulIntentionsSource:
 
 
 class IntentionsGuard:
-    """Denies until a destination's intentions were read from Consul; abstains after."""
+    """Denies until a destination's intentions were read from Consul; then, when no
+    intention matches, decides as the agent would (module docstring); abstains when one
+    matches, leaving the match to the ``intentions`` engine."""
 
     name = NAME
-    policy_version = "guard"
 
-    def __init__(self, source: ConsulIntentionsSource) -> None:
+    def __init__(self, source: ConsulIntentionsSource, site: SiteContext) -> None:
         self._source = source
+        self._set = IntentionSet(site.catalog_view().intentions)
+        site.subscribe_catalog(self._on_catalog)
+
+    def _on_catalog(self, view: CatalogView) -> None:
+        self._set = IntentionSet(view.intentions)
+
+    @property
+    def policy_version(self) -> str:
+        return f"guard:{self._source.settings.default_policy}:{self._source.default.policy}"
 
     def start(self, changed: Callable[[], None]) -> None:
-        return None
+        self._source._default_changed = changed
 
     def stop(self) -> None:
-        return None
+        self._source._default_changed = None
 
     def authorize(self, request: AuthzRequest) -> Decision:
         service = request.destination.service
         if service in self._source.loaded:
-            return Decision(Verdict.ABSTAIN, NAME, "intentions loaded from Consul")
+            if self._source.settings.default_policy == "site":
+                return Decision(Verdict.ABSTAIN, NAME, "intentions loaded from Consul")
+            matched = self._set.decide(request.source.service, service)
+            if matched.verdict is not Verdict.ABSTAIN:
+                return Decision(Verdict.ABSTAIN, NAME, "an intention matches")
+            default = self._source.default
+            verdict = Verdict.ALLOW if default.policy == "allow" else Verdict.DENY
+            return Decision(verdict, NAME, f"{matched.reason}; Consul default: {default}")
         return Decision(
             Verdict.DENY,
             NAME,
@@ -283,7 +390,7 @@ def tgw_authorization_engines(site: SiteContext) -> Sequence[AuthorizationEngine
         return []
     source = _source_for(site)
     _sources.pop(id(site), None)
-    engines: list[Any] = [IntentionsGuard(source)]
+    engines: list[Any] = [IntentionsGuard(source, site)]
     if "intentions" not in site.config.plugins:
         from gwcore.plugins.intentions import IntentionsEngine
 

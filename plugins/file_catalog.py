@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge
+
 from gwcore.hookspecs import hookimpl
 from gwcore.net.filewatch import FileWatcher, expand
 from gwcore.policy.config import ConfigProblem, SiteConfig
@@ -43,10 +45,12 @@ from gwcore.policy.consul_shapes import (
     build_intentions,
     build_mesh_destinations,
     build_mesh_gateways,
-    decode_documents,
     merge_documents,
 )
 from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGateways
+from gwcore.policy.resolver_entry import ResolverEntry, decode_with_resolvers, merge_resolvers
+from gwcore.policy.subsets import apply_subsets
+from gwcore.policy.wanfed import build_consul_servers
 from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
@@ -84,7 +88,8 @@ def read_catalog_file(path: Path) -> tuple[CatalogDocuments, list[ShapeProblem]]
         return EMPTY_DOCUMENTS, [
             ShapeProblem(str(path), "(file)", f"cannot be read: {e.strerror or e}")
         ]
-    return decode_documents(str(path), data)
+    docs, _, problems = decode_with_resolvers(str(path), data)
+    return docs, problems
 
 
 @hookimpl
@@ -129,6 +134,7 @@ class _FileState:
     digest: str  # of the bytes last read, good or bad
     documents: CatalogDocuments  # the last good content (empty if never good)
     error: str | None  # why the current bytes were rejected
+    resolvers: tuple[ResolverEntry, ...] = ()  # service-resolver entries (mesh sites use them)
 
 
 def _content_version(
@@ -168,6 +174,15 @@ class FileCatalogSource:
             site.reactor, self._paths, self.reload, interval=settings.poll_interval, pattern=PATTERN
         )
         labels = {"site": site.name, "source": NAME}
+        self._skipped_seen: set[str] = set()
+        self._skipped = site.metrics.family(
+            Gauge,
+            "tgw_catalog_skipped_entries",
+            "Config entries of kinds tgw does not use (proxy-defaults, mesh, ...), "
+            "left out on purpose, by kind.",
+            ["site", "source", "kind"],
+        )
+        self._skipped_kinds: set[str] = set()
         self._errors = site.metrics.catalog_errors.labels(**labels)
         self._last_success_gauge = site.metrics.catalog_last_success.labels(**labels)
 
@@ -197,10 +212,22 @@ class FileCatalogSource:
             self._files[path].documents for path in sorted(self._files)
         )
         if self._mesh_role:
-            destinations, unusable = build_mesh_destinations(merged, self._datacenter), []
+            resolvers, unusable = merge_resolvers(
+                self._files[p].resolvers for p in sorted(self._files)
+            )
+            destinations, bad_subsets = apply_subsets(
+                build_mesh_destinations(merged, self._datacenter),
+                merged,
+                resolvers,
+                self._datacenter,
+            )
+            unusable += bad_subsets
+            servers = build_consul_servers(merged, self._datacenter)  # WAN federation
+            destinations += (servers,) if servers is not None else ()
         else:
             destinations, unusable = build_destinations(merged, self._gateway, self._datacenter)
         self._note_catalog_problems([*conflicts, *unusable])
+        self._note_skipped(merged)
         intentions = build_intentions(merged)
         gateways = build_mesh_gateways(merged, self._datacenter)
         version = _content_version(destinations, intentions, gateways)
@@ -237,24 +264,39 @@ class FileCatalogSource:
             state = self._files.get(path)
             if state is not None and state.digest == digest:
                 continue
-            docs, problems = decode_documents(str(path), data)
+            docs, resolvers, problems = decode_with_resolvers(str(path), data)
             if problems:
                 self._reject(path, "; ".join(str(p) for p in problems), digest)
                 continue
             if state is not None and state.error is not None:
                 self._site.log.info("catalog file {path} is valid again", path=str(path))
-            self._files[path] = _FileState(digest, docs, None)
+            self._files[path] = _FileState(digest, docs, None, resolvers)
             self._unresolved.pop(f"file:{path}", None)
         for path in set(self._files) - present:
             del self._files[path]
             self._unresolved.pop(f"file:{path}", None)
+
+    def _note_skipped(self, merged: CatalogDocuments) -> None:
+        """One info line per skipped entry (once), and the count in force by kind."""
+        counts: dict[str, int] = {}
+        for entry in merged.skipped:
+            counts[entry.kind] = counts.get(entry.kind, 0) + 1
+            if str(entry) not in self._skipped_seen:
+                self._skipped_seen.add(str(entry))
+                self._site.log.info("{entry}", entry=str(entry))
+        for kind in self._skipped_kinds | set(counts):
+            self._skipped.labels(site=self._site.name, source=NAME, kind=kind).set(
+                counts.get(kind, 0)
+            )
+        self._skipped_kinds |= set(counts)
 
     def _reject(self, path: Path, text: str, digest: str) -> None:
         state = self._files.get(path)
         if state is not None and state.error == text and state.digest == digest:
             return  # already reported
         kept = state.documents if state is not None else EMPTY_DOCUMENTS
-        self._files[path] = _FileState(digest, kept, text)
+        resolvers = state.resolvers if state is not None else ()
+        self._files[path] = _FileState(digest, kept, text, resolvers)
         self._report(f"file:{path}", text, "catalog file rejected, its last good content stays")
 
     def _note_catalog_problems(self, problems: Sequence[ShapeProblem]) -> None:

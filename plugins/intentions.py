@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 from gwcore.hookspecs import hookimpl
 from gwcore.policy.config import ConfigProblem, SiteConfig
-from gwcore.policy.intentions import IntentionSet
-from gwcore.policy.model import Decision
+from gwcore.policy.intentions import ENGINE, IntentionSet
+from gwcore.policy.model import Decision, Verdict
 from gwcore.providers import AuthorizationEngine, AuthzRequest, CatalogView, SiteContext
 
 NAME = "intentions"
@@ -50,7 +50,18 @@ class IntentionsEngine:
         self._changed = None
 
     def authorize(self, request: AuthzRequest) -> Decision:
-        return self._set.decide(request.source.service, request.destination.service)
+        source = request.source
+        local = self._site.config.trust_domain
+        if source.trust_domain != local:
+            # Intention sources name services of this trust domain; a peer's "web" is
+            # not our "web" (Consul names peers explicitly, with Peer sources).
+            return Decision(
+                Verdict.ABSTAIN,
+                ENGINE,
+                f"source {source.uri} is from trust domain {source.trust_domain}, "
+                f"not {local}: no local intention matches it",
+            )
+        return self._set.decide(source.service, request.destination.service)
 
 
 @hookimpl

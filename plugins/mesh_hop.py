@@ -8,9 +8,17 @@ service named like the gateway (``spiffe://<td>/ns/default/dc/<dc>/svc/<name>``,
 which is what Consul issues a terminating gateway) — with the remote service SNI
 ``<svc>.<ns>.<dc2>.internal.<td>``, to a mesh gateway:
 
-- ``mode = "local"`` (default): this datacenter's mesh gateways, which forward to
-  the destination datacenter's;
-- ``mode = "remote"``: the destination datacenter's mesh gateways directly.
+- ``mode = "local"``: this datacenter's mesh gateways, which forward to the
+  destination datacenter's;
+- ``mode = "remote"``: the destination datacenter's mesh gateways directly;
+- ``mode = "none"`` (default, as Consul's ``MeshGatewayModeNone``): no mesh gateway.
+  The hop does not apply; the site's other upstream strategies (TLS origination,
+  plain TCP) dial the destination's own instances directly, at their WAN address
+  (Consul's ``BestAddress(wan=true)``: they are in another datacenter).
+
+The mode is per site (``mode``) and per destination (``[sites.NAME.mesh_hop.destinations]``,
+service name to mode), the destination's entry winning, as a Consul upstream's
+``MeshGateway.Mode`` wins over the proxy's defaults.
 
 The far end must present the destination's identity
 ``spiffe://<td>/ns/<ns>/dc/<dc2>/svc/<svc>`` (an exact URI SAN match, after the
@@ -19,12 +27,14 @@ counted as ``wrong_identity``. The remote terminating gateway then authorizes *t
 gateway's* identity with its own intentions.
 
 Being essential (registered before the other upstream strategies) makes the hop
-fail closed: without a mesh gateway for the destination the connection is refused,
-never sent straight to the remote instances.
+fail closed in ``local`` and ``remote`` mode: without a mesh gateway for the
+destination the connection is refused, never sent straight to the remote instances.
 
 Section ``[sites.NAME.mesh_hop]`` (optional)::
 
-    mode = "local"                             # or "remote"
+    mode = "local"                             # "none" (default), "local" or "remote"
+    [sites.NAME.mesh_hop.destinations]         # per destination service, over ``mode``
+    billing = "remote"
     [sites.NAME.mesh_hop.gateways]             # mesh gateways per datacenter, used
     dc2 = ["203.0.113.7:8443"]                 # where the catalog has none for it
 
@@ -40,7 +50,7 @@ origination).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,13 +74,21 @@ from gwcore.policy.spiffe import service_spiffe_id
 from gwcore.providers import CatalogSource, SiteContext, SourceHealth, UpstreamStrategy
 
 NAME = "mesh_hop"
-MODES = ("local", "remote")
+MODES = ("none", "local", "remote")
+DEFAULT_MODE = "none"  # Consul's default: an upstream uses no mesh gateway unless told
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    mode: str = "local"
+    mode: str = DEFAULT_MODE
     gateways: tuple[MeshGateways, ...] = field(default_factory=tuple)
+    destinations: Mapping[str, str] = field(default_factory=dict)  # service -> mode
+    wan_federation: bool = False  # mesh sites: route Consul servers' names
+
+    def mode_for(self, destination: Destination) -> str:
+        """The destination's own mode if configured, else the site's. Keys are services as
+        tgw names them: ``name``, or ``partition/namespace/name`` outside the defaults."""
+        return self.destinations.get(str(destination.service), self.mode)
 
 
 def parse_address(text: str) -> tuple[str, int] | None:
@@ -87,9 +105,21 @@ def parse_address(text: str) -> tuple[str, int] | None:
 
 def read_settings(site: SiteConfig) -> tuple[Settings, list[ConfigProblem]]:
     r = site.reader(NAME)
-    if site.role == "mesh" and "mode" in r.table:
-        r.problem("mode", "applies to terminating sites (a mesh site forwards, it never hops)")
-    mode = r.string("mode", "local", choices=MODES) or "local"
+    for key in ("mode", "destinations"):
+        if site.role == "mesh" and key in r.table:
+            r.problem(key, "applies to terminating sites (a mesh site forwards, it never hops)")
+    mode = r.string("mode", DEFAULT_MODE, choices=MODES) or DEFAULT_MODE
+    wan_federation = bool(r.boolean("wan_federation", False))
+    if site.role != "mesh" and "wan_federation" in r.table:
+        r.problem("wan_federation", "applies to mesh sites (WAN federation through mesh gateways)")
+    per_destination: dict[str, str] = {}
+    modes = r.table_value("destinations")
+    dr = SectionReader(site.file, f"{r.prefix}.destinations", modes)
+    for service in sorted(modes):
+        chosen = dr.string(service, required=True, choices=MODES)
+        if chosen:
+            per_destination[service] = chosen
+    r.problems += dr.problems
     gateways: list[MeshGateways] = []
     table = r.table_value("gateways")
     for dc in sorted(table):
@@ -104,7 +134,7 @@ def read_settings(site: SiteConfig) -> tuple[Settings, list[ConfigProblem]]:
         r.problems += sr.problems
         if endpoints:
             gateways.append(MeshGateways(dc, tuple(endpoints)))
-    return Settings(mode, tuple(gateways)), r.finish()
+    return Settings(mode, tuple(gateways), per_destination, wan_federation), r.finish()
 
 
 class ConfiguredMeshGateways:
@@ -147,11 +177,15 @@ class MeshHopStrategy:
         )
 
     def applies_to(self, destination: Destination) -> bool:
-        return destination.datacenter != self.site.config.datacenter
+        """Another datacenter's destination, unless its mode is ``none`` (dialled directly)."""
+        if destination.datacenter == self.site.config.datacenter:
+            return False
+        return self.settings.mode_for(destination) != "none"
 
     def endpoints_for(self, destination: Destination) -> Sequence[Endpoint]:
         """The mesh gateways to dial: this datacenter's (local mode) or the destination's."""
-        local = self.settings.mode == "local"
+        mode = self.settings.mode_for(destination)
+        local = mode == "local"
         datacenter = self.site.config.datacenter if local else destination.datacenter
         gateways = self.site.catalog_view().mesh_gateways.get(datacenter, ())
         if not gateways:
@@ -162,7 +196,7 @@ class MeshHopStrategy:
                 "no mesh gateway known in {dc} ({mode} mode) for {service} in {far}: refusing "
                 "rather than dialling another datacenter directly",
                 dc=datacenter,
-                mode=self.settings.mode,
+                mode=mode,
                 service=str(destination.service),
                 far=destination.datacenter,
             )

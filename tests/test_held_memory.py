@@ -3,7 +3,7 @@
 OpenSSL's memory BIOs never give back capacity: a ``bio_write`` of 256 KiB (one
 socket read) or a ``sendall`` of 256 KiB (one upstream read) leaves the connection
 holding that much for the rest of its life. The terminator therefore hands OpenSSL
-at most ``BIO_FEED`` bytes at a time and drains the BIO in between.
+at most ``gwcore.net.bio.BIO_FEED`` bytes at a time and drains the BIO in between.
 
 Measured with glibc's ``mallinfo2`` on the main arena: the reactor (the gateway)
 runs in the main thread, the clients (tests.harness) in threads, whose allocations

@@ -14,7 +14,7 @@ import pytest
 from gwcore import events, hookspecs
 
 HOOKS_DOC = Path(__file__).resolve().parents[1] / "docs" / "hooks.md"
-CONFIG_HOOKS = ("tgw_validate_site_config",)
+CONFIG_HOOKS = ("tgw_validate_site_config", "tgw_secret_keys")
 
 
 def _hooks() -> dict[str, typing.Callable[..., object]]:

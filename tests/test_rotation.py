@@ -94,9 +94,12 @@ async def test_leaf_and_root_rotation_under_traffic_fail_no_handshake_and_drop_n
     """Old root A, new root B. Steps, each while both client threads run: add B to the
     trust roots; re-issue billing's leaf from B; (stop the A-chain thread) remove A.
     Clients trust both roots, as a mesh's bundle does during a rotation. Results: no
-    failed handshake for either chain while it is trusted; every connection opened
-    before (from A and from B) still echoes after the old root is gone; an A-chain
-    client is refused only after A is removed."""
+    failed handshake for either chain while it is trusted; no established connection
+    dropped during the overlap (A-chain ones opened before it, B-chain ones opened in
+    it); once A is removed, the B-chain connections keep echoing and the A-chain ones
+    are closed as ``trust_root_removed`` (gwcore.recheck: a client whose certificate
+    no longer chains to a current root is not kept), and a new A-chain client is
+    refused."""
     up = upstreams(echo)
     write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
     write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
@@ -133,7 +136,8 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
         aside.write_bytes(data)
         aside.replace(certs / name)
 
-    established = await in_thread(_open, gateway.port, a_files, 3)
+    a_established = await in_thread(_open, gateway.port, a_files, 3)
+    b_established: list[ssl.SSLSocket] = []
     a_traffic = Traffic(a_files, gateway.port)
     b_traffic = Traffic(b_files, gateway.port)
     threads = [a_traffic.start()]
@@ -143,7 +147,7 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
         replace("roots.pem", pki.certificate_pem(old.cert) + pki.certificate_pem(new.cert))
         await gateway.wait_for(lambda: tls_state()[0] == 2)
         threads.append(b_traffic.start())
-        established += await in_thread(_open, gateway.port, b_files, 3)
+        b_established += await in_thread(_open, gateway.port, b_files, 3)
         await sleep(0.3)
         # 2. Re-issue the gateway's leaf from the new root (a leaf rotation).
         rotated = new.leaf("billing")
@@ -152,7 +156,7 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
             (certs / "next" / name).replace(certs / name)
         await gateway.wait_for(lambda: tls_state()[1] == rotated.certificate.serial_number)
         await sleep(0.3)
-        assert await in_thread(_echoes, established, b"mid-rotation")
+        assert await in_thread(_echoes, a_established + b_established, b"mid-rotation")
         # 3. Remove the old root: A-chain clients stop first (they are no longer trusted).
         a_traffic.stop.set()
         await in_thread(threads[0].join, 10)
@@ -166,8 +170,12 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
             await in_thread(thread.join, 10)
     assert a_traffic.failed == [] and b_traffic.failed == []
     assert a_traffic.ok > 0 and b_traffic.ok > 0
-    assert await in_thread(_echoes, established, b"after rotation")
+    assert await in_thread(_echoes, b_established, b"after rotation")
+    await gateway.wait_for(
+        lambda: [r["close_cause"] for r in gateway.access_records()].count("trust_root_removed")
+        == 3
+    )
     assert not await in_thread(_served, gateway.port, a_files)
     assert await in_thread(_served, gateway.port, b_files)
-    for sock in established:
+    for sock in a_established + b_established:
         sock.close()

@@ -103,7 +103,7 @@ def test_every_kind_of_problem_is_reported_in_one_run(tmp_path: Path) -> None:
     found = [(p.key, p.message) for p in checked.problems]
     expected = [
         ("gateway.colour", "unknown key"),
-        ("sites.mesh.default_policy", "must be one of allow, deny, not 'maybe'"),
+        ("sites.mesh.default_policy", "must be one of allow, deny, consul, not 'maybe'"),
         ("gateway.admin", "'bogus:thing' is not a valid endpoint"),
         ("sample_service.listen", "'nope:1' is not a valid endpoint"),
         ("sites.broken.plugins", "unknown plugin 'no_such_plugin'"),

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from gwcore import __version__
 from gwcore.metrics import GatewayMetrics
+from gwcore.net.admin_guard import AdminGuard
 from gwcore.policy.decision import combine, failure
 from gwcore.policy.model import DEFAULT_NAMESPACE, SpiffeID
 from gwcore.policy.sni import service_sni
 from gwcore.providers import AuthzRequest
+
+log = Logger(namespace="tgw.admin")
+
+_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-_.*")
+"""What /explain accepts in a service, namespace, datacenter or site name."""
 
 ENDPOINTS = ("/metrics", "/ready", "/routes", "/certs", "/config", "/explain")
 
@@ -42,14 +51,23 @@ class _Leaf(Resource):
 class AdminResource(Resource):
     """``/metrics`` (Prometheus text), ``/ready``, ``/routes``, ``/certs``, ``/config``.
 
+    ``/config`` is the file as loaded with every secret redacted (``config.raw`` is
+    the redacted copy, see :mod:`gwcore.policy.redact`); ``guard`` checks each
+    request's ``Host`` and bearer token (:mod:`gwcore.net.admin_guard`).
+
     ``/ready`` answers 200 only while every site listens and every catalog source
     has produced a snapshot without a current error; otherwise 503 with details.
     """
 
     def __init__(
-        self, metrics: GatewayMetrics, sites: Callable[[], Sequence[Any]], config: Any
+        self,
+        metrics: GatewayMetrics,
+        sites: Callable[[], Sequence[Any]],
+        config: Any,
+        guard: AdminGuard | None = None,
     ) -> None:
         super().__init__()
+        self.guard = guard
         self.metrics = metrics
         self.sites = sites
         self.config = config
@@ -63,6 +81,14 @@ class AdminResource(Resource):
         )
         self.putChild(b"config", _Leaf(lambda r: _json(r, self.config.raw)))
         self.putChild(b"explain", _Explain(sites))
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        # Every request passes here first (the root is never a leaf): Host and token.
+        if self.guard is not None:
+            refused = self.guard.refusal(request)
+            if refused is not None:
+                return refused
+        return super().getChildWithDefault(path, request)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"":  # "/" itself
@@ -79,7 +105,12 @@ class AdminResource(Resource):
     def _ready(self, request: Request) -> bytes:
         sites = {s.name: s.readiness() for s in self.sites()}
         ready = bool(sites) and all(s["ready"] for s in sites.values())
-        return _json(request, {"ready": ready, "sites": sites}, 200 if ready else 503)
+        body = {"ready": ready, "version": __version__, "sites": sites}
+        return _json(request, body, 200 if ready else 503)
+
+
+class _BadArgumentError(ValueError):
+    """A query argument the admin endpoint refuses (answered with 400)."""
 
 
 class _Explain(Resource):
@@ -96,9 +127,25 @@ class _Explain(Resource):
         self.sites = sites
 
     def render_GET(self, request: Request) -> bytes | int:
+        try:
+            return self._explain(request)
+        except _BadArgumentError as e:
+            # Bad input from the client: one line, no traceback, and a 400.
+            log.info("admin: bad request for /explain: {detail}", detail=str(e))
+            return _json(request, {"error": str(e)}, 400)
+
+    def _explain(self, request: Request) -> bytes | int:
         def arg(name: str, default: str = "") -> str:
             values = request.args.get(name.encode(), [])
-            return values[0].decode() if values else default
+            if not values:
+                return default
+            try:
+                value = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _BadArgumentError(f"{name}= is not UTF-8") from None
+            if len(value) > 253 or not _NAME_CHARS.issuperset(value):
+                raise _BadArgumentError(f"{name}= is not a name (letters, digits, '-', '_', '.')")
+            return value
 
         source, wanted = arg("source"), arg("destination")
         if not source or not wanted:

@@ -57,7 +57,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8500"
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 DEFAULT_MAX_CONNECTIONS = 16
-MIN_MAX_CONNECTIONS = 8  # the long polls of the three Consul plugins fit in 6 slots
+MIN_MAX_CONNECTIONS = 8  # the long polls of the three Consul plugins fit in 7 slots
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RATE = 5.0
 RATE_BURST = 2
@@ -71,6 +71,8 @@ PERMISSIONS: Mapping[str, str] = {
     "gateway-services": "service:read on the gateway name",
     "catalog-services": "service:read",
     "health-state": "node:read and service:read",
+    "catalog-nodes": "node:read",
+    "agent-self": "agent:read",
     "health-service": "service:read and node:read on the service and its nodes",
     "config": "service:read on the service (config entries)",
     "ca-roots": "none (agent endpoint)",
@@ -112,7 +114,7 @@ class ConsulSettings:
     """
 
     address: str = DEFAULT_ADDRESS
-    token: str = ""
+    token: str = field(default="", repr=False)  # never in a log line or an error
     token_file: str = ""
     ca_file: str = ""
     cert_file: str = ""

@@ -130,7 +130,8 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
             return
         self.sni = sni
         dc, td = self.site.config.datacenter, self.site.config.trust_domain
-        route = route_by_sni(sni, dc, td, self.routes, self.gateways)
+        wan_fed = getattr(self.site, "wan_federation", False)
+        route = route_by_sni(sni, dc, td, self.routes, self.gateways, wan_fed)
         if isinstance(route, NoRoute):
             self.site.mesh_no_route(route.reason)
             log.info(

@@ -48,13 +48,16 @@ from gwcore.events import (
     ConnectionInfo,
     HandshakeDone,
 )
+from gwcore.net.bio import pieces, send_bounded
+from gwcore.net.client_trust import VERIFY_ERROR_REASONS
+from gwcore.net.first_hello import FirstHello
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
-from gwcore.net.tls import ALPN_BY_PROTOCOL, VERIFY_ERROR_REASONS, ServerTLS
+from gwcore.net.tls import ALPN_BY_PROTOCOL, ServerTLS
 from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdict
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import normalize_sni
 from gwcore.policy.spiffe import IdentityError, identity_from_der
-from gwcore.policy.tlsrecords import RecordCounter
+from gwcore.policy.tlsrecords import UNRECOGNIZED_NAME_ALERT, RecordCounter
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -67,15 +70,6 @@ MAX_EARLY_BYTES = 256 * 1024
 """Plaintext a client may send before its upstream is connected; more is abuse."""
 
 RECV_CHUNK = 1 << 16
-
-BIO_FEED = 4 * 1024
-BIO_SEND = 4 * 1024
-"""The most bytes handed to OpenSSL at once: ciphertext from the client
-(``bio_write``) and plaintext for it (``sendall``, so records of at most 4 KiB).
-OpenSSL's memory BIOs keep the largest capacity they ever reached for the life of
-the connection: feeding a whole 256 KiB socket read left every connection that once
-moved a burst holding about 670 KiB while idle; in 4 KiB steps it keeps about 40
-(docs/reliability.md, held connections; tests/test_held_memory.py)."""
 
 log = Logger(namespace="tgw.connection")
 _ids = itertools.count(1)
@@ -153,6 +147,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self._finished = False
         self.close_cause_detail: str | None = None
         self.alpn: bytes | None = None  # what the client and we agreed to, if anything
+        self._hello: FirstHello | None = None
 
     # --- accept -------------------------------------------------------------------
 
@@ -165,10 +160,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             if event.veto_reason is not None:
                 self._refuse("addon_veto", f"vetoed by {event.vetoed_by}: {event.veto_reason}")
                 return
-        tls = SSL.Connection(self.material.base, None)
-        tls.set_accept_state()
-        tls.set_app_data(self)
-        self.tls = tls
+        self._hello = FirstHello()  # OpenSSL starts on the route of the first hello
         self._deadline = self.site.reactor.callLater(
             self.site.config.handshake_timeout, self._handshake_expired
         )
@@ -176,6 +168,12 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     # --- callbacks from OpenSSL (via gwcore.site's servername/verify hooks) ------
 
     def on_servername(self, conn: SSL.Connection) -> None:
+        # Runs again for the second ClientHello after a HelloRetryRequest: that hello
+        # decides, so nothing the first one routed to survives it.
+        self.sni = self.destination = self.route_miss = self.hello_veto = None
+        conn.set_context(self._route(conn) or self.material.base)
+
+    def _route(self, conn: SSL.Connection) -> SSL.Context | None:
         raw = conn.get_servername()
         sni = normalize_sni(raw)
         destination = self.routes.lookup(sni) if sni else None
@@ -184,20 +182,20 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self.site.dispatch("tgw_tls_clienthello", event)
             if event.veto_reason is not None:
                 self.hello_veto = f"vetoed by {event.vetoed_by}: {event.veto_reason}"
-                return
+                return None
         if raw is None or sni is None:
             self.route_miss = "missing_sni" if raw is None else "invalid_sni"
-            return
+            return None
         self.sni = sni
         if destination is None:
             self.route_miss = "unknown_sni"
-            return
+            return None
         ctx = self.material.context_for(sni)
         if ctx is None:
             self.route_miss = "no_certificate"
-            return
-        conn.set_context(ctx)
+            return None
         self.destination = destination
+        return ctx
 
     def on_alpn(self, offered: list[bytes]) -> Any:
         """Pick the ALPN protocol to agree to, by the route's protocol (ALPN_BY_PROTOCOL)."""
@@ -216,26 +214,23 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     # --- bytes from the client ----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if len(data) <= BIO_FEED:
-            self._received(data)
-            return
-        for start in range(0, len(data), BIO_FEED):
-            self._received(data[start : start + BIO_FEED])
-            if self.state is State.CLOSED:
-                return
-
-    def _received(self, data: bytes) -> None:
         tls = self.tls
         if tls is None:
-            return
-        tls.bio_write(data)
-        self._records.feed(data)
-        if self.state is State.SPLICING:
-            self._pump_to_upstream()
-        elif self.state is State.HANDSHAKE:
-            self._continue_handshake()
-        elif self.state is not State.CLOSED:
-            self._pump_early()
+            hello = self._hello
+            if hello is None or not hello.feed(data):
+                return
+            self._hello = None
+            tls, data = hello.start(self.material, self)
+            self.tls = tls
+        for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
+            tls.bio_write(piece)
+            self._records.feed(piece)
+            if self.state is State.SPLICING:
+                self._pump_to_upstream()
+            elif self.state is State.HANDSHAKE:
+                self._continue_handshake()
+            elif self.state is not State.CLOSED:
+                self._pump_early()
 
     def _pump_to_upstream(self) -> None:
         tls = self.tls
@@ -307,14 +302,10 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if tls is None or self.lost:
             return
         self.bytes_down += len(data)
-        view = memoryview(data)
-        for start in range(0, len(data), BIO_SEND):
-            try:
-                tls.sendall(view[start : start + BIO_SEND])
-            except SSL.Error as e:
-                self._protocol_error(e)
-                return
-            self._flush_tls()
+        try:
+            send_bounded(tls, data, self._flush_tls)
+        except SSL.Error as e:
+            self._protocol_error(e)
 
     # --- handshake ----------------------------------------------------------------
 
@@ -327,7 +318,13 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self._flush_tls()
             return
         except SSL.Error as e:
-            self._flush_tls()  # the alert, if OpenSSL made one
+            if self.route_miss == "unknown_sni":
+                # RFC 6066 §3: answer an SNI we do not serve with unrecognized_name, not the
+                # handshake_failure OpenSSL makes for a context without a certificate.
+                flush_bio(self.tls, lambda _: None)
+                self.transport.write(UNRECOGNIZED_NAME_ALERT)
+            else:
+                self._flush_tls()  # the alert, if OpenSSL made one
             self._handshake_failed(e)
             return
         self._flush_tls()
@@ -387,19 +384,17 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if cert is None:
             self._handshake_failed(None)
             return
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
         try:
-            self.identity = identity_from_der(
-                crypto.dump_certificate(crypto.FILETYPE_ASN1, cert), self.site.trusted_domains
-            )
+            self.identity = identity_from_der(der, self.site.trusted_domains)
         except IdentityError as e:
-            self.site.metrics.handshake_errors.labels(site=self.site.name, reason=e.reason).inc()
-            log.info(
-                "client identity refused: {reason} from {client}: {detail}",
-                reason=e.reason,
-                client=self.client_label(),
-                detail=e.detail,
-            )
-            self._close(f"identity:{e.reason}")
+            self._identity_refused(e.reason, e.detail)
+            return
+        # Its chain must end in its own trust domain's bundle; a resumption is
+        # verified again now (expiry, roots removed since): gwcore.net.client_trust.
+        refused = self.material.trust.check(tls, self.identity.trust_domain, cert, der)
+        if refused is not None:
+            self._identity_refused(refused, f"certificate of {self.identity.uri}")
             return
         if self.identity.kind != "service":
             # Only services are authorized here; a mesh gateway's identity never is.
@@ -432,6 +427,16 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         pending = self._pending = self.site.authorize(self)
         pending.addCallback(self._authorized)
         pending.addErrback(self._pending_failed)
+
+    def _identity_refused(self, reason: str, detail: str) -> None:
+        self.site.metrics.handshake_errors.labels(site=self.site.name, reason=reason).inc()
+        log.info(
+            "client identity refused: {reason} from {client}: {detail}",
+            reason=reason,
+            client=self.client_label(),
+            detail=detail,
+        )
+        self._close(f"identity:{reason}")
 
     # --- authorization and upstream -------------------------------------------
 

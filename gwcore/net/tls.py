@@ -8,9 +8,12 @@ therefore never gets a certificate: OpenSSL aborts the handshake itself.
 
 Client certificates are required and verified against every current trust root
 (Consul validates against the concatenation of all roots, so CA rotation is
-hitless). New material means a new snapshot; connections keep the one they
-started with. Contexts are cached per (leaf fingerprint, roots digest), so a
-route-table change rebuilds only what changed.
+hitless); :mod:`gwcore.net.client_trust` then requires the chain to end in
+the bundle of the client's own trust domain. New material means a new
+snapshot; connections keep the one they started with. Contexts are cached per
+(SNI, leaf fingerprint, roots digest), so a route-table change rebuilds only what
+changed. Each SNI has its own context, session ID context and ticket keys, so a
+session resumes only under the name it was made for (gwcore.net.first_hello).
 """
 
 from __future__ import annotations
@@ -24,22 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
+from gwcore.net.client_trust import TrustBundles, VerifiedChains
 from gwcore.policy.model import ServiceName
 from gwcore.providers import LeafCertificate
 
 VERIFY_CLIENT = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 SESSION_ID_CONTEXT = b"tgw"
 
-# OpenSSL X509_V_ERR_* codes we name in metrics; anything else is "bad_client_cert".
-VERIFY_ERROR_REASONS: dict[int, str] = {
-    2: "untrusted_ca",  # unable to get issuer certificate
-    9: "cert_not_yet_valid",
-    10: "expired_cert",
-    18: "untrusted_ca",  # self-signed leaf
-    19: "untrusted_ca",  # self-signed certificate in chain
-    20: "untrusted_ca",  # unable to get local issuer certificate
-    21: "untrusted_ca",  # unable to verify the first certificate
-}
 
 ServernameCallback = Callable[[SSL.Connection], None]
 VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
@@ -62,13 +56,17 @@ def roots_digest(roots: Sequence[x509.Certificate]) -> bytes:
     return h.digest()
 
 
-def _base_settings(ctx: SSL.Context, verify: VerifyCallback) -> None:
+def _base_settings(ctx: SSL.Context, verify: VerifyCallback, session_lifetime: float) -> None:
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(
         SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_COMPRESSION
     )
     ctx.set_verify(VERIFY_CLIENT, verify)
     ctx.set_session_id(SESSION_ID_CONTEXT)
+    # How long a session (TLS 1.2 cache entry or ticket, TLS 1.3 ticket lifetime)
+    # may be resumed; a resumption also re-verifies the client's certificate now
+    # (gwcore.net.client_trust), so an expired leaf is refused whatever this is.
+    ctx.set_timeout(max(1, int(session_lifetime)))
     # An idle connection gives its record buffers back (about 34 KiB each; HAProxy
     # and nginx set this too): memory per idle connection, not per connection ever.
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
@@ -90,7 +88,8 @@ class ServerTLS:
     leaves: dict[str, LeafCertificate]
     roots: tuple[x509.Certificate, ...]
     roots_key: bytes
-    _cache: dict[tuple[bytes, bytes], SSL.Context] = field(default_factory=dict, repr=False)
+    trust: TrustBundles
+    _cache: dict[tuple[str, bytes, bytes], SSL.Context] = field(default_factory=dict, repr=False)
 
     def context_for(self, sni: str) -> SSL.Context | None:
         return self.by_sni.get(sni)
@@ -104,23 +103,32 @@ class ServerTLSBuilder:
         on_servername: ServernameCallback,
         on_verify: VerifyCallback,
         on_alpn: AlpnCallback | None = None,
+        *,
+        trust_domain: str = "",
+        session_lifetime: float = 3600.0,
     ) -> None:
         self._on_servername = on_servername
         self._on_verify = on_verify
         self._on_alpn = on_alpn
+        self._trust_domain = trust_domain
+        self._session_lifetime = session_lifetime
+        self._chains = VerifiedChains()
 
     def _context(
-        self, leaf: LeafCertificate | None, roots: Sequence[x509.Certificate]
+        self, leaf: LeafCertificate | None, roots: Sequence[x509.Certificate], sni: str = ""
     ) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_METHOD)
-        _base_settings(ctx, self._on_verify)
+        _base_settings(ctx, self._on_verify, self._session_lifetime)
         _add_roots(ctx, roots)
         if self._on_alpn is not None:
             # Called after the servername callback, on the route's context.
             ctx.set_alpn_select_callback(self._on_alpn)
+        # A connection starts on its first hello's route context (gwcore.net.first_hello),
+        # so every context routes; and a session made for one SNI resumes only there.
+        ctx.set_tlsext_servername_callback(self._on_servername)
         if leaf is None:
-            ctx.set_tlsext_servername_callback(self._on_servername)
             return ctx
+        ctx.set_session_id(SESSION_ID_CONTEXT + b":" + hashlib.sha256(sni.encode()).digest()[:24])
         ctx.use_certificate(leaf.certificate)
         ctx.use_privatekey(leaf.key)  # type: ignore[arg-type]
         for extra in leaf.chain[1:]:
@@ -139,26 +147,31 @@ class ServerTLSBuilder:
         left out because no leaf was available (those routes cannot handshake)."""
         key = roots_digest(roots)
         reuse = previous is not None and previous.roots_key == key
-        cache: dict[tuple[bytes, bytes], SSL.Context] = (
+        cache: dict[tuple[str, bytes, bytes], SSL.Context] = (
             dict(previous._cache) if reuse and previous else {}
         )
         base = previous.base if reuse and previous else self._context(None, roots)
+        trust = (
+            previous.trust
+            if reuse and previous
+            else TrustBundles.build(roots, self._trust_domain, self._chains)
+        )
         by_sni: dict[str, SSL.Context] = {}
         leaves: dict[str, LeafCertificate] = {}
         missing: list[str] = []
-        used: set[tuple[bytes, bytes]] = set()
+        used: set[tuple[str, bytes, bytes]] = set()
         for sni, service in routes:
             leaf = leaf_for(service)
             if leaf is None:
                 missing.append(sni)
                 continue
-            ck = (leaf.fingerprint, key)
+            ck = (sni, leaf.fingerprint, key)
             ctx = cache.get(ck)
             if ctx is None:
-                ctx = self._context(leaf, roots)
+                ctx = self._context(leaf, roots, sni)
                 cache[ck] = ctx
             used.add(ck)
             by_sni[sni] = ctx
             leaves[sni] = leaf
         cache = {k: v for k, v in cache.items() if k in used}
-        return ServerTLS(base, by_sni, leaves, tuple(roots), key, cache), missing
+        return ServerTLS(base, by_sni, leaves, tuple(roots), key, trust, cache), missing

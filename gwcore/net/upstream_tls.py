@@ -28,9 +28,10 @@ from service_identity.cryptography import verify_certificate_hostname, verify_ce
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 
+from gwcore.net.bio import pieces, send_bounded
 from gwcore.net.peer_verify import verify_peer_in_handshake
 from gwcore.net.splice import UpstreamProtocol, flush_bio
-from gwcore.net.terminator import BIO_FEED, BIO_SEND, RECV_CHUNK
+from gwcore.net.terminator import RECV_CHUNK
 from gwcore.net.tls import _add_roots
 from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
 from gwcore.policy.model import Endpoint
@@ -258,12 +259,8 @@ class TLSUpstreamProtocol(UpstreamProtocol):
     # --- bytes ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        # At most BIO_FEED bytes into OpenSSL at a time (see gwcore.net.terminator).
-        if len(data) <= BIO_FEED:
-            self._received(data)
-            return
-        for start in range(0, len(data), BIO_FEED):
-            self._received(data[start : start + BIO_FEED])
+        for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
+            self._received(piece)
             if self.transport.disconnecting:
                 return
 
@@ -328,10 +325,7 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         tls = self.tls
         if tls is None:
             return
-        view = memoryview(data)
-        for start in range(0, len(data), BIO_SEND):  # bounded BIO, as BIO_FEED
-            tls.sendall(view[start : start + BIO_SEND])
-            self._flush()
+        send_bounded(tls, data, self._flush)  # bounded BIO capacity (gwcore.net.bio)
 
     def send_eof(self) -> None:
         tls = self.tls

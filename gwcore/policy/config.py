@@ -8,7 +8,9 @@ key and what is wrong; validation never stops at the first problem, so one run o
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -30,10 +32,16 @@ from gwcore.policy.resolv import (
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 """Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
-POLICIES = ("allow", "deny")
+# "consul": the agent's default, decided by the consul_intentions plugin (docs/consul.md).
+POLICIES = ("allow", "deny", "consul")
+_CONSUL_INTENTIONS = ("consul_intentions", "gwcore.plugins.consul_intentions")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_ENDPOINT_RE = re.compile(r"^[a-zA-Z0-9]+:")
+# Patterns given to ``string(pattern=...)`` must match the whole value (fullmatch):
+# a "$" anchor would let a trailing newline through.
+_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_ENDPOINT_RE = re.compile(r"[a-zA-Z0-9]+:.*", re.DOTALL)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -134,7 +142,7 @@ class SectionReader:
         if choices is not None and value not in choices:
             self.problem(name, f"must be one of {', '.join(choices)}, not {value!r}")
             return default
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.problem(name, f"{value!r} is not {what or 'valid'}")
             return default
         return value
@@ -229,8 +237,14 @@ class SectionReader:
                 continue
             if allow_tables and isinstance(value, Mapping):
                 continue
-            self.problem(name, "unknown key")
+            self.problem(name, "unknown key" + did_you_mean(name, self._seen))
         return self.problems
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` when a known name is close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def read_stub_options(
@@ -286,6 +300,7 @@ class SiteConfig:
     plugins: tuple[str, ...] = ()
     extra_trust_domains: tuple[str, ...] = ()
     handshake_timeout: float = 10.0
+    session_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
@@ -334,6 +349,8 @@ class SiteConfig:
 
 
 MAX_WORKERS = 64
+MIN_ADMIN_TOKEN = 16
+_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]|[0-9a-f:.]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +376,12 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
+    log_level: str = "info"
+    log_format: str = "text"
+    admin_token: str = field(default="", repr=False)
+    admin_token_file: Path | None = None
+    admin_hosts: tuple[str, ...] = ()
+    """Host header values the admin endpoint accepts besides loopback ones."""
     max_connections: int = 0  # per process, every site together; 0: no limit
     max_handshakes: int = 4096  # TLS handshakes in progress per process; 0: no limit
 
@@ -367,6 +390,25 @@ class GatewayConfig:
             if site.key == key:
                 return site
         raise KeyError(key)
+
+
+SYSTEM_STATE_DIR = Path("/var/lib/tgw")
+
+
+def default_state_dir(base_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the built-in CA keeps its keys when ``state_dir`` is not set.
+
+    Never next to a config in ``/etc``: systemd's ``$STATE_DIRECTORY`` (set by
+    ``StateDirectory=tgw``) if present, else ``/var/lib/tgw`` for a config under
+    ``/etc``, else ``state/`` beside the config (a development checkout).
+    """
+    env = os.environ if environ is None else environ
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if base_dir == Path("/etc") or Path("/etc") in base_dir.parents:
+        return SYSTEM_STATE_DIR
+    return base_dir / "state"
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -406,9 +448,22 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
             what="an endpoint string",
         )
     access_log = gw.string("access_log", "-") or ""
-    state_dir = base_dir / (gw.string("state_dir", "state") or "state")
+    state = gw.string("state_dir")
+    state_dir = base_dir / state if state else default_state_dir(base_dir)
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
+    log_level = gw.string("log_level", "info", choices=LOG_LEVELS) or "info"
+    log_format = gw.string("log_format", "text", choices=LOG_FORMATS) or "text"
+    admin_token = gw.string("admin_token", "") or ""
+    token_file = gw.string("admin_token_file", "") or ""
+    if admin_token and token_file:
+        gw.problem("admin_token_file", "set admin_token or admin_token_file, not both")
+    elif admin_token and len(admin_token) < MIN_ADMIN_TOKEN:
+        gw.problem("admin_token", f"must be at least {MIN_ADMIN_TOKEN} characters")
+    admin_hosts = tuple(h.lower() for h in gw.strings("admin_hosts"))
+    for host in admin_hosts:
+        if not _HOST_RE.fullmatch(host):
+            gw.problem("admin_hosts", f"{host!r} is not a host name or IP address (no port)")
     max_connections = gw.integer("max_connections", 0, minimum=0)
     max_handshakes = gw.integer("max_handshakes", 4096, minimum=0)
     problems += gw.finish()
@@ -456,6 +511,11 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sample_service=sample,
         raw=data,
         workers=workers,
+        log_level=log_level,
+        log_format=log_format,
+        admin_token=admin_token,
+        admin_token_file=base_dir / token_file if token_file else None,
+        admin_hosts=admin_hosts,
         max_connections=max_connections,
         max_handshakes=max_handshakes,
     )
@@ -495,10 +555,13 @@ def _parse_site(
     role = r.string("role", "terminating", choices=ROLES) or "terminating"
     default_policy = r.string("default_policy", "deny", choices=POLICIES) or "deny"
     plugins = r.strings("plugins")
+    if default_policy == "consul" and not any(p in _CONSUL_INTENTIONS for p in plugins):
+        r.problem("default_policy", '"consul" needs consul_intentions in plugins')
     if len(set(plugins)) != len(plugins):
         r.problem("plugins", "names a plugin more than once")
     values = {
         "handshake_timeout": r.duration("handshake_timeout", 10.0, minimum=0.001),
+        "session_lifetime": r.duration("session_lifetime", 3600.0, minimum=1.0),
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
@@ -562,8 +625,8 @@ def _parse_site(
     )
 
 
-_TD_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_TD_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 def _valid_trust_domain(value: str) -> bool:
-    return len(value) <= 255 and bool(_TD_RE.match(value.lower()))
+    return len(value) <= 255 and bool(_TD_RE.fullmatch(value.lower()))

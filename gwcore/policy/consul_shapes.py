@@ -40,6 +40,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from gwcore.policy.consul_decode import (
+    _MISSING,
+    ShapeProblem,
+    _at,
+    _json_type,
+    _norm,
+    _Object,
+    _Sink,
+)
+from gwcore.policy.consul_kinds import SkippedEntry, skipped_kind
 from gwcore.policy.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_PARTITION,
@@ -57,6 +67,7 @@ SERVICE_INTENTIONS = "service-intentions"
 SERVICE_DEFAULTS = "service-defaults"
 REGISTRATION = "registration"
 UNKNOWN = "unknown"
+SKIPPED = "skipped"
 CONFIG_KINDS = (TERMINATING_GATEWAY, SERVICE_INTENTIONS, SERVICE_DEFAULTS)
 
 WILDCARD = "*"
@@ -64,6 +75,7 @@ PROTOCOLS = ("tcp", "http", "http2", "grpc")
 CHECK_STATUSES = ("passing", "warning", "critical", "maintenance")
 INTENTION_ACTIONS = ("allow", "deny")
 MAX_WEIGHT = 128
+MAX_HASH = 2**64 - 1  # Consul's Hash is a uint64
 TYPICAL_KINDS = ("", "typical")
 
 _EMPTY_META: Mapping[str, str] = MappingProxyType({})
@@ -82,6 +94,7 @@ _GATEWAY_FIELDS = (
 _LINKED_SERVICE_FIELDS = (
     "Name",
     "Namespace",
+    "Partition",
     "CAFile",
     "CertFile",
     "KeyFile",
@@ -116,18 +129,6 @@ _SOURCE_FIELDS = (
     "LegacyCreateTime",
     "LegacyUpdateTime",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ShapeProblem:
-    """One thing wrong with a document: which document, where in it, and what."""
-
-    origin: str  # where the document came from, e.g. a file path
-    where: str  # a JSON location such as ``Services[1].CertFile``, or ``(document)``
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.origin}: {self.where}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +198,7 @@ class ServiceRecord:
     connect: bool = False  # Connect-native, or registered with a sidecar
     proxy_destination: str = ""  # for a connect-proxy: the service it fronts
     tags: tuple[str, ...] = ()
+    wan: tuple[str, int] | None = None  # TaggedAddresses.wan (Address, Port), if tagged
 
     @property
     def typical(self) -> bool:
@@ -216,6 +218,7 @@ class Registration:
     origin: str
     where: str
     node_meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY_META, hash=False)
+    wan_address: str | None = None  # the node's TaggedAddresses.wan, if tagged
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,177 +229,10 @@ class CatalogDocuments:
     registrations: tuple[Registration, ...] = ()
     service_defaults: tuple[ServiceDefaults, ...] = ()
     intentions: tuple[IntentionsEntry, ...] = ()
+    skipped: tuple[SkippedEntry, ...] = ()  # kinds tgw does not use (consul_kinds)
 
 
 EMPTY_DOCUMENTS = CatalogDocuments()
-
-
-# --- reading JSON objects the way Consul's decoder does ------------------------------
-
-_MISSING: Any = object()
-
-
-def _norm(key: str) -> str:
-    return key.replace("_", "").lower()
-
-
-def _at(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
-class _Sink:
-    """Collects the problems of one origin."""
-
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-        self.problems: list[ShapeProblem] = []
-
-    def problem(self, where: str, message: str) -> None:
-        self.problems.append(ShapeProblem(self.origin, where or "(document)", message))
-
-
-class _Object:
-    """One JSON object being read; every bad field becomes a problem, never an exception."""
-
-    def __init__(
-        self,
-        sink: _Sink,
-        where: str,
-        obj: Mapping[Any, Any],
-        known: Iterable[str] | None = None,
-    ) -> None:
-        self.sink = sink
-        self.where = where
-        self.obj = obj
-        self._keys: dict[str, str] = {}
-        for key in obj:
-            if not isinstance(key, str):
-                sink.problem(where, f"has a non-string key {key!r}")
-                continue
-            n = _norm(key)
-            if n in self._keys:
-                sink.problem(_at(where, key), f"names the same field as {self._keys[n]}")
-                continue
-            self._keys[n] = key
-        self._known = None if known is None else {_norm(k) for k in known}
-
-    def at(self, name: str) -> str:
-        return _at(self.where, self._keys.get(_norm(name), name))
-
-    def problem(self, name: str, message: str) -> None:
-        self.sink.problem(self.at(name), message)
-
-    def raw(self, name: str) -> Any:
-        key = self._keys.get(_norm(name))
-        if key is None:
-            return _MISSING
-        value = self.obj[key]
-        return _MISSING if value is None else value
-
-    def string(self, name: str, default: str = "", *, required: bool = False) -> str:
-        value = self.raw(name)
-        if value is _MISSING:
-            if required:
-                self.problem(name, "is required")
-            return default
-        if not isinstance(value, str):
-            self.problem(name, f"must be a string, not {_json_type(value)}")
-            return default
-        if required and not value:
-            self.problem(name, "must not be empty")
-        return value
-
-    def integer(
-        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
-        value = self.raw(name)
-        if value is _MISSING:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(name, f"must be an integer, not {_json_type(value)}")
-            return default
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            self.problem(name, f"must be between {minimum} and {maximum}, not {value}")
-            return default
-        return value
-
-    def boolean(self, name: str, default: bool = False) -> bool:
-        value = self.raw(name)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, bool):
-            self.problem(name, f"must be true or false, not {_json_type(value)}")
-            return default
-        return value
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        value = self.raw(name)
-        if value is _MISSING:
-            return ()
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.problem(name, "must be a list of strings")
-            return ()
-        return tuple(value)
-
-    def string_map(self, name: str) -> Mapping[str, str]:
-        value = self.raw(name)
-        if value is _MISSING:
-            return _EMPTY_META
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            self.problem(name, "must be an object of strings")
-            return _EMPTY_META
-        return MappingProxyType(dict(sorted(value.items())))
-
-    def child(self, name: str, known: Iterable[str] | None = None) -> _Object | None:
-        value = self.raw(name)
-        if value is _MISSING:
-            return None
-        if not isinstance(value, Mapping):
-            self.problem(name, f"must be an object, not {_json_type(value)}")
-            return None
-        return _Object(self.sink, self.at(name), value, known)
-
-    def children(self, name: str, known: Iterable[str] | None = None) -> list[_Object]:
-        value = self.raw(name)
-        if value is _MISSING:
-            return []
-        if not isinstance(value, list):
-            self.problem(name, f"must be a list, not {_json_type(value)}")
-            return []
-        found = []
-        for i, item in enumerate(value):
-            where = f"{self.at(name)}[{i}]"
-            if not isinstance(item, Mapping):
-                self.sink.problem(where, f"must be an object, not {_json_type(item)}")
-                continue
-            found.append(_Object(self.sink, where, item, known))
-        return found
-
-    def finish(self) -> None:
-        """Report fields a strict reader does not know."""
-        if self._known is None:
-            return
-        for n, key in self._keys.items():
-            if n not in self._known:
-                self.sink.problem(_at(self.where, key), "unknown field")
 
 
 def _wildcard_problem(value: str) -> str | None:
@@ -420,6 +256,8 @@ def classify(document: Mapping[str, Any]) -> str:
     fields = {_norm(k): v for k, v in document.items() if isinstance(k, str)}
     kind = fields.get("kind")
     if kind is not None:
+        if skipped_kind(kind):
+            return SKIPPED
         return kind if isinstance(kind, str) and kind in CONFIG_KINDS else UNKNOWN
     if fields.get("node") is not None:
         return REGISTRATION
@@ -434,12 +272,17 @@ def _parse_gateway(sink: _Sink, doc: _Object) -> GatewayEntry:
     doc.string_map("Meta")
     for counter in ("CreateIndex", "ModifyIndex"):
         doc.integer(counter, 0)
-    doc.string("Hash")
+    doc.integer("Hash", 0, minimum=0, maximum=MAX_HASH)
     services: list[LinkedService] = []
     seen: dict[tuple[str, str], str] = {}
     for svc in doc.children("Services", _LINKED_SERVICE_FIELDS):
         svc_name = svc.string("Name", required=True)
         svc_ns = svc.string("Namespace")
+        svc_partition = svc.string("Partition")
+        if svc_partition and svc_partition != (partition or DEFAULT_PARTITION):
+            svc.problem(
+                "Partition", "a terminating gateway cannot link another partition's service"
+            )
         if svc_ns == WILDCARD:
             svc.problem(
                 "Namespace", "Wildcard namespace is not supported for terminating gateway services"
@@ -503,16 +346,19 @@ def _parse_intentions(sink: _Sink, doc: _Object) -> IntentionsEntry:
     doc.string_map("Meta")
     for counter in ("CreateIndex", "ModifyIndex"):
         doc.integer(counter, 0)
-    doc.string("Hash")
+    doc.integer("Hash", 0, minimum=0, maximum=MAX_HASH)
     destination = ServiceName(name, namespace, partition)
     intentions: list[Intention] = []
-    seen: dict[tuple[str, str, str], str] = {}
+    seen: dict[tuple[str, ...], str] = {}
     for src in doc.children("Sources", _SOURCE_FIELDS):
         intention = _parse_source(sink, src, destination)
+        # Consul's duplicate key: name, namespace, partition, peer and sameness group.
         key = (
             intention.source.partition,
             intention.source.namespace,
             intention.source.name,
+            intention.source_peer,
+            intention.source_sameness_group,
         )
         if intention.source.name and key in seen:
             src.problem("Name", f"names the same source as {seen[key]}")
@@ -526,17 +372,26 @@ def _parse_source(sink: _Sink, src: _Object, destination: ServiceName) -> Intent
     name = src.string("Name", required=True)
     if problem := _wildcard_problem(name):
         src.problem("Name", problem)
-    namespace = src.string("Namespace") or DEFAULT_NAMESPACE
+    peer, sameness = src.string("Peer"), src.string("SamenessGroup")
+    local = not (peer or sameness)
+    # normalize(): a local source without Namespace/Partition has the destination's
+    # (never a wildcard one); a peer's source is in its own cluster.
+    inherit = lambda v: v if local and v != WILDCARD else DEFAULT_NAMESPACE  # noqa: E731
+    namespace = src.string("Namespace") or inherit(destination.namespace)
     if problem := _wildcard_problem(namespace):
         src.problem("Namespace", problem)
     elif namespace == WILDCARD and name != WILDCARD:
         src.problem("Namespace", "a wildcard namespace requires a wildcard Name")
-    partition = src.string("Partition") or DEFAULT_PARTITION
+    explicit_partition = src.string("Partition")
+    partition = explicit_partition or (
+        destination.partition if local and destination.partition != WILDCARD else DEFAULT_PARTITION
+    )
     if problem := _wildcard_problem(partition):
         src.problem("Partition", problem)
-    for unsupported in ("Peer", "SamenessGroup"):
-        if src.string(unsupported):
-            src.problem(unsupported, f"{unsupported} sources are not supported by tgw")
+    if peer and sameness:
+        src.problem("Peer", "Peer and SamenessGroup cannot both be set")
+    elif (peer or sameness) and explicit_partition:
+        src.problem("Partition", f"cannot be set with {'Peer' if peer else 'SamenessGroup'}")
     source_type = src.string("Type", "consul")
     if source_type not in ("", "consul"):
         src.problem("Type", f'must be "consul", not {source_type!r}')
@@ -574,6 +429,8 @@ def _parse_source(sink: _Sink, src: _Object, destination: ServiceName) -> Intent
         permissions=permissions,
         description=description,
         origin=sink.origin,
+        source_peer=peer,
+        source_sameness_group=sameness,
     )
 
 
@@ -587,12 +444,14 @@ def _parse_registration(sink: _Sink, doc: _Object) -> Registration:
         address = node_obj.string("Address", required=True)
         datacenter = node_obj.string("Datacenter")
         node_meta = node_obj.string_map("Meta")
+        tagged = node_obj.string_map("TaggedAddresses")
     else:
         # The body of PUT /v1/catalog/register.
         node = doc.string("Node", required=True)
         address = doc.string("Address", required=True)
         datacenter = doc.string("Datacenter")
         node_meta = doc.string_map("NodeMeta")
+        tagged = doc.string_map("TaggedAddresses")
     service_obj = doc.child("Service")
     service = _parse_service(service_obj) if service_obj is not None else None
     checks: list[CheckRecord] = []
@@ -619,6 +478,7 @@ def _parse_registration(sink: _Sink, doc: _Object) -> Registration:
         origin=sink.origin,
         where=doc.where,
         node_meta=node_meta,
+        wan_address=tagged.get("wan"),
     )
 
 
@@ -641,6 +501,11 @@ def _parse_service(svc: _Object) -> ServiceRecord:
     proxy = svc.child("Proxy")
     if proxy is not None and kind == "connect-proxy":
         proxy_destination = proxy.string("DestinationServiceName")
+    tagged = svc.child("TaggedAddresses")
+    wan_obj = tagged.child("wan") if tagged is not None else None
+    wan = None
+    if wan_obj is not None:
+        wan = (wan_obj.string("Address"), wan_obj.integer("Port", 0, minimum=0, maximum=65535))
     return ServiceRecord(
         service=ServiceName(
             name,
@@ -657,6 +522,7 @@ def _parse_service(svc: _Object) -> ServiceRecord:
         connect=connect,
         proxy_destination=proxy_destination,
         tags=svc.strings("Tags"),
+        wan=wan,
     )
 
 
@@ -673,14 +539,20 @@ def _parse_one(sink: _Sink, where: str, value: Any) -> CatalogDocuments | None:
     kind = classify(value)
     if kind == TERMINATING_GATEWAY:
         docs = CatalogDocuments(
-            gateways=(_parse_gateway(sink, _Object(sink, where, value, _GATEWAY_FIELDS)),)
+            gateways=(
+                _parse_gateway(sink, _Object(sink, where, value, _GATEWAY_FIELDS, weak=True)),
+            )
         )
     elif kind == SERVICE_INTENTIONS:
-        entry = _parse_intentions(sink, _Object(sink, where, value, _INTENTIONS_FIELDS))
+        entry = _parse_intentions(sink, _Object(sink, where, value, _INTENTIONS_FIELDS, weak=True))
         docs = CatalogDocuments(intentions=(entry,))
     elif kind == SERVICE_DEFAULTS:
-        defaults = _parse_service_defaults(sink, _Object(sink, where, value))
+        defaults = _parse_service_defaults(sink, _Object(sink, where, value, weak=True))
         docs = CatalogDocuments(service_defaults=(defaults,))
+    elif kind == SKIPPED:
+        obj = _Object(sink, where, value)
+        entry = SkippedEntry(obj.string("Kind"), obj.string("Name"), sink.origin, where)
+        docs = CatalogDocuments(skipped=(entry,))
     elif kind == REGISTRATION:
         docs = CatalogDocuments(
             registrations=(_parse_registration(sink, _Object(sink, where, value)),)
@@ -696,8 +568,8 @@ def _parse_one(sink: _Sink, where: str, value: Any) -> CatalogDocuments | None:
         else:
             obj.problem(
                 "Kind",
-                f"{declared!r} is not a kind tgw reads ({', '.join(CONFIG_KINDS)}, "
-                "or a catalog registration without Kind)",
+                f"{declared!r} is not a config-entry kind Consul knows (tgw reads "
+                f"{', '.join(CONFIG_KINDS)} and catalog registrations without Kind)",
             )
         return None
     return docs if len(sink.problems) == before else None
@@ -758,6 +630,7 @@ def merge_documents(
     intentions: dict[ServiceName, IntentionsEntry] = {}
     instances: dict[tuple[str, str, ServiceName, str], Registration] = {}
     registrations: list[Registration] = []
+    skipped: list[SkippedEntry] = []
 
     def conflict(origin: str, where: str, what: str, first_origin: str, first_where: str) -> None:
         first = f"{first_origin} {first_where}" if first_where else first_origin
@@ -766,6 +639,7 @@ def merge_documents(
         )
 
     for part in parts:
+        skipped += part.skipped
         for gw in part.gateways:
             if gw.name in gateways:
                 first = gateways[gw.name]
@@ -802,6 +676,7 @@ def merge_documents(
         registrations=tuple(registrations),
         service_defaults=tuple(defaults.values()),
         intentions=tuple(intentions.values()),
+        skipped=tuple(skipped),
     )
     return merged, problems
 
@@ -907,7 +782,7 @@ def build_destinations(
                 )
                 continue
             checks = checks_by_node.get((reg.datacenter or datacenter, reg.node), ())
-            endpoints.append(_endpoint(reg, svc, checks))
+            endpoints.append(_endpoint(reg, svc, checks, wan=located != datacenter))
         endpoints.sort(key=lambda e: (e.node, e.instance_id, e.address, e.port))
         destinations.append(
             Destination(
@@ -922,16 +797,31 @@ def build_destinations(
     return tuple(destinations), problems
 
 
-def _endpoint(reg: Registration, svc: ServiceRecord, checks: Iterable[CheckRecord]) -> Endpoint:
+def best_address(reg: Registration, svc: ServiceRecord, wan: bool) -> tuple[str, int]:
+    """Consul's ``CheckServiceNode.BestAddress``: with ``wan`` (an instance of another
+    datacenter) the service's ``TaggedAddresses.wan`` (its port when non-zero), then the
+    service address, then the node's ``TaggedAddresses.wan``, then the node address."""
+    address, port = svc.address, svc.port
+    if wan and svc.wan is not None:
+        address, port = svc.wan[0], svc.wan[1] or svc.port
+    if not address:
+        address = reg.wan_address if wan and reg.wan_address is not None else reg.address
+    return address, port
+
+
+def _endpoint(
+    reg: Registration, svc: ServiceRecord, checks: Iterable[CheckRecord], wan: bool = False
+) -> Endpoint:
     """Consul's calculateEndpointHealthAndWeight, with BestAddress for the address."""
     statuses = [c.status for c in checks if c.service_id in ("", svc.instance_id)]
     health = Health.worst(statuses)
     weight = svc.weight_warning if health is Health.WARNING else svc.weight_passing
     if weight < 1:
         health, weight = Health.CRITICAL, 1
+    address, port = best_address(reg, svc, wan)
     return Endpoint(
-        address=svc.address or reg.address,
-        port=svc.port,
+        address=address,
+        port=port,
         health=health,
         weight=min(weight, MAX_WEIGHT),
         instance_id=svc.instance_id,
@@ -959,8 +849,9 @@ def build_mesh_gateways(docs: CatalogDocuments, datacenter: str) -> tuple[MeshGa
     """Every datacenter's mesh gateways: registrations of ``Kind: "mesh-gateway"``.
 
     A registration without ``Datacenter`` is in ``datacenter``. The address is Consul's
-    BestAddress (``Service.Address``, else the node's); health and weight as for any
-    instance. Sorted by datacenter, endpoints as in :func:`build_destinations`.
+    BestAddress: the LAN form in ``datacenter``, the WAN form (:func:`best_address`) for
+    other datacenters' gateways; health and weight as for any instance. Sorted by
+    datacenter, endpoints as in :func:`build_destinations`.
     """
     checks: dict[tuple[str, str], list[CheckRecord]] = {}
     for reg in docs.registrations:
@@ -971,7 +862,8 @@ def build_mesh_gateways(docs: CatalogDocuments, datacenter: str) -> tuple[MeshGa
         if svc is None or svc.kind != MESH_GATEWAY_KIND or svc.port == 0:
             continue
         dc = reg.datacenter or datacenter
-        found.setdefault(dc, []).append(_endpoint(reg, svc, checks.get((dc, reg.node), ())))
+        wan = dc != datacenter
+        found.setdefault(dc, []).append(_endpoint(reg, svc, checks.get((dc, reg.node), ()), wan))
     return tuple(
         MeshGateways(dc, tuple(sorted(eps, key=lambda e: (e.node, e.instance_id, e.address))))
         for dc, eps in sorted(found.items())

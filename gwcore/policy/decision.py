@@ -17,18 +17,23 @@ from gwcore.policy.model import Decision, Verdict
 DEFAULT_ENGINE = "default"
 ERROR_PREFIX = "engine error: "
 
-_DEFAULT_VERDICTS = {"allow": Verdict.ALLOW, "deny": Verdict.DENY}
+# "consul" means the consul_intentions engine decides as the agent would; when every
+# engine abstained anyway (that engine cannot have), fail closed.
+_DEFAULT_VERDICTS = {"allow": Verdict.ALLOW, "deny": Verdict.DENY, "consul": Verdict.DENY}
 
 
 def combine(decisions: Sequence[Decision], default_policy: str) -> Decision:
     """One decision from the engines' decisions, given in engine (stack) order.
 
-    ``default_policy`` is ``"allow"`` or ``"deny"`` (anything else raises ``ValueError``;
+    ``default_policy`` is ``"allow"``, ``"deny"`` or ``"consul"`` (a deny here: the
+    ``consul_intentions`` engine applies the agent's default; anything else raises ``ValueError``;
     the config layer has already validated it). The returned decision is one of the
     inputs unless every engine abstained.
     """
     if default_policy not in _DEFAULT_VERDICTS:
-        raise ValueError(f"default_policy must be 'allow' or 'deny', not {default_policy!r}")
+        raise ValueError(
+            f"default_policy must be one of {', '.join(_DEFAULT_VERDICTS)}, not {default_policy!r}"
+        )
     first_allow: Decision | None = None
     for decision in decisions:
         if decision.verdict is Verdict.DENY:

@@ -15,6 +15,10 @@ Rules (reference §6, ``website/content/docs/connect/intentions.mdx``):
    (non-empty ``permissions``) denies: on an L4 connection there is no request to test
    the permissions against, and Consul's authorize endpoint does the same.
 5. No match abstains; the site's ``default_policy`` then applies (see ``decision.py``).
+6. An intention whose source is in a cluster peer (``Peer``) or a sameness group
+   (``SamenessGroup``) never matches: tgw cannot verify a peer's identity, so a local
+   caller must not be taken for one. When such an intention would have matched by
+   name, the abstain reason says so (what ``tgw explain`` shows).
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ def _serialise(intention: Intention) -> str:
             _canonical(intention.permissions),
             intention.description,
             intention.origin,
+            intention.source_peer,
+            intention.source_sameness_group,
         ],
         sort_keys=True,
         separators=(",", ":"),
@@ -182,16 +188,26 @@ class IntentionSet:
         that matched, its precedence and its origin; with no match the verdict is
         ``ABSTAIN`` so the site's default policy decides.
         """
+        unverifiable = 0
         for intention in self._candidates(destination):
+            if intention.source_peer or intention.source_sameness_group:
+                unverifiable += _matches(intention.source, source)
+                continue
             if _matches(intention.source, source) and _matches(intention.destination, destination):
                 decision = self._decisions.get(id(intention))
                 if decision is None:
                     decision = self._decisions[id(intention)] = _decision_for(intention)
                 return decision
+        skipped = (
+            f" ({unverifiable} intention(s) from a peer or sameness-group source not "
+            "evaluated: tgw cannot verify a peer's identity)"
+            if unverifiable
+            else ""
+        )
         return Decision(
             Verdict.ABSTAIN,
             ENGINE,
-            f"no intention matches {_pair(source)} => {_pair(destination)}",
+            f"no intention matches {_pair(source)} => {_pair(destination)}{skipped}",
         )
 
 

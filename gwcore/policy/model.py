@@ -120,6 +120,8 @@ class Destination:
     lb_policy: str = ""  # "" = the site's lb_policy; else a gwcore.policy.balancing policy
     connect_timeout: float | None = None  # seconds; None = the site's connect_timeout
     meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False, hash=False)
+    # service-resolver subsets at a mesh site: (subset name, its endpoints), sorted by name
+    subsets: tuple[tuple[str, tuple[Endpoint, ...]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -140,9 +142,17 @@ class Intention:
     permissions: tuple[Mapping[str, object], ...] = ()
     description: str = ""
     origin: str = ""  # where it came from: a file path or an API index, for the decision reason
+    # A source in a cluster peer, or any member of a sameness group: an identity tgw
+    # cannot verify, so such an intention never matches a caller (intentions.py rule 6).
+    source_peer: str = ""
+    source_sameness_group: str = ""
 
     def __str__(self) -> str:
         src = f"{self.source.namespace}/{self.source.name}"
+        if self.source_peer:
+            src = f"peer {self.source_peer}: {src}"
+        elif self.source_sameness_group:
+            src = f"sameness group {self.source_sameness_group}: {src}"
         dst = f"{self.destination.namespace}/{self.destination.name}"
         return f"{src} => {dst} ({self.action or 'L7'})"
 

@@ -23,7 +23,8 @@ MAX_LABEL_LENGTH = 63
 
 # Underscore is not a hostname character, but Consul service names may contain one
 # and they end up in the SNI verbatim, so refusing it would make those services unreachable.
-_NAME_CHARS = re.compile(r"^[a-z0-9_.-]+$")
+# Used with fullmatch: "$" would accept a trailing newline ("name\n" is not "name").
+_NAME_CHARS = re.compile(r"[a-z0-9_.-]+")
 
 _INTERNAL = "internal"
 _INTERNAL_V1 = "internal-v1"
@@ -55,7 +56,7 @@ def normalize_sni(raw: bytes | str | None) -> str | None:
     name = name.lower()
     if name.endswith("."):
         name = name[:-1]
-    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_CHARS.match(name):
+    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_CHARS.fullmatch(name):
         return None
     if any(not label or len(label) > MAX_LABEL_LENGTH for label in name.split(".")):
         return None

@@ -17,12 +17,21 @@ from collections.abc import Collection
 from functools import lru_cache
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gwcore.policy.model import DEFAULT_NAMESPACE, DEFAULT_PARTITION, ServiceName, SpiffeID
 
 #: Every value :attr:`IdentityError.reason` takes; it is a metric label, so it stays closed.
 IDENTITY_ERROR_REASONS = frozenset(
-    {"no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"}
+    {
+        "no_uri_san",
+        "multiple_uri_sans",
+        "bad_spiffe_id",
+        "untrusted_domain",
+        "ca_certificate",
+        "bad_key_usage",
+        "wrong_trust_bundle",
+    }
 )
 
 #: Distinct client certificates whose identity :func:`identity_from_der` remembers.
@@ -31,8 +40,10 @@ IDENTITY_CACHE_SIZE = 1024
 # From the SPIFFE ID spec: these bounds keep a hostile certificate from feeding
 # arbitrarily large or odd strings into logs and policy.
 _MAX_URI_LENGTH = 2048
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+# Always used with fullmatch: "$" would also match before a trailing newline, so
+# ".../svc/web\n" would parse as a second spelling of web.
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _SCHEME = "spiffe://"
 _DETAIL_VALUE_LIMIT = 200
 
@@ -83,7 +94,7 @@ def parse_spiffe_id(uri: str) -> SpiffeID:
         raise bad("is not a spiffe:// URI")
     trust_domain, slash, path = uri[len(_SCHEME) :].partition("/")
     trust_domain = trust_domain.lower()
-    if not trust_domain or not _TRUST_DOMAIN.match(trust_domain):
+    if not trust_domain or not _TRUST_DOMAIN.fullmatch(trust_domain):
         raise bad("has no valid trust domain")
     if not slash:
         raise bad("has no path")
@@ -91,7 +102,7 @@ def parse_spiffe_id(uri: str) -> SpiffeID:
     for segment in segments:
         if not segment:
             raise bad("has an empty path segment")
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             raise bad("has a path segment with characters outside [A-Za-z0-9._-]")
         if ".." in segment or segment == ".":
             raise bad("has a dot path segment")
@@ -106,6 +117,36 @@ def parse_spiffe_id(uri: str) -> SpiffeID:
     raise bad("is not a Consul service or mesh gateway identity")
 
 
+def check_end_entity(cert: x509.Certificate) -> None:
+    """Refuse a client certificate that is not a TLS client's end-entity leaf.
+
+    ``basicConstraints`` must be absent or ``CA:FALSE`` (``ca_certificate``): a CA
+    certificate is an issuer, never a workload, even when it carries a SPIFFE ID.
+    ``keyUsage`` must be present with ``digitalSignature`` (the client signs its
+    CertificateVerify), and an ``extendedKeyUsage``, when present, must list
+    ``clientAuth`` (``bad_key_usage``). Raises :class:`IdentityError`.
+    """
+    extensions = cert.extensions
+    try:
+        constraints = extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise IdentityError("ca_certificate", "certificate has basicConstraints CA:TRUE")
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise IdentityError("bad_key_usage", "certificate has no keyUsage") from None
+    if not usage.digital_signature:
+        raise IdentityError("bad_key_usage", "keyUsage lacks digitalSignature")
+    try:
+        purposes = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in purposes:
+        raise IdentityError("bad_key_usage", "extendedKeyUsage lacks clientAuth")
+
+
 def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collection[str]) -> SpiffeID:
     """The identity in a verified certificate's single URI SAN.
 
@@ -113,8 +154,13 @@ def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collectio
     ``multiple_uri_sans`` (two identities in one certificate are ambiguous, so neither
     is used; py-spiffe PR #428 made the same choice). The SAN must parse
     (``bad_spiffe_id``) and its trust domain must be in ``trusted_domains``, compared
-    case-insensitively (``untrusted_domain``). Raises :class:`IdentityError`.
+    case-insensitively (``untrusted_domain``). The certificate must be an
+    end-entity client leaf (:func:`check_end_entity`). Raises :class:`IdentityError`.
     """
+    try:
+        check_end_entity(cert)
+    except ValueError as e:  # an extension that does not parse
+        raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
     try:
         extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:

@@ -100,3 +100,31 @@ async def test_explain_names_the_deciding_engine_without_counting_a_decision(
         )
         == 0
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_explain_answers_bad_input_with_400_and_one_log_line(gateway, upstreams):
+    """/explain?source=%ff (not UTF-8) or a source with a '/' in it is the client's
+    mistake: 400 with a JSON error, one log line, no traceback; the endpoint still works."""
+    from twisted.logger import globalLogPublisher
+
+    up = upstreams()
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    await gateway.start()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for query in ("source=%ff&destination=billing", "source=web/x&destination=billing"):
+            status, ctype, body = await in_thread(get, gateway.admin_port, f"/explain?{query}")
+            assert status == 400 and ctype == "application/json"
+            assert "source=" in json.loads(body)["error"]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    admin_lines = [e for e in events if e.get("log_namespace") == "tgw.admin"]
+    assert len(admin_lines) == 2
+    assert not [e for e in events if e.get("log_failure") is not None]
+    status, _, _ = await in_thread(
+        get, gateway.admin_port, "/explain?source=web&destination=billing"
+    )
+    assert status == 200

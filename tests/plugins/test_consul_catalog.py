@@ -116,11 +116,14 @@ def test_intentions_parse_the_reference_match_body():
 
 
 def test_intentions_left_out_item_is_reported_not_fatal():
-    """A peer source (unsupported) is left out with a problem; the rest still applies."""
+    """An item with an action Consul does not know is left out with a problem; the rest
+    still applies (a peer source is kept, and never matches a local caller)."""
     body = copy.deepcopy(MATCH)
-    body["billing"].insert(0, {**body["billing"][0], "SourceName": "x", "SourcePeer": "p1"})
+    first = MATCH["billing"][0]
+    body["billing"].insert(0, {**first, "SourceName": "x", "Action": "maybe"})
+    body["billing"].insert(0, {**first, "SourceName": "y", "SourcePeer": "p1"})
     intentions, problems = intentions_from_match(body)
-    assert len(intentions) == 2 and len(problems) == 1 and "Peer" in problems[0]
+    assert len(intentions) == 3 and len(problems) == 1 and "Action" in problems[0]
 
 
 def test_certs_parse_roots_and_leaf_in_the_reference_shape():

@@ -228,7 +228,8 @@ async def test_far_end_with_the_wrong_identity_is_refused_and_counted(
 
 @pytest_twisted.ensureDeferred
 async def test_no_mesh_gateway_for_the_datacenter_fails_closed(federation: Federation, upstreams):
-    """Without a mesh gateway the hop refuses; it never dials the remote instance itself."""
+    """Without a mesh gateway the hop (mode local) refuses; it never dials the remote
+    instance itself."""
     up = upstreams(hello(BODY))
     tgw1 = await federation.start(
         "tgw-dc1",
@@ -238,6 +239,7 @@ async def test_no_mesh_gateway_for_the_datacenter_fails_closed(federation: Feder
             service_in("billing", up.port, "dc2"),  # reachable, but in another datacenter
             intentions("billing", ("web", "allow")),
         ],
+        extra='[sites.tgw-dc1.mesh_hop]\nmode = "local"',
     )
     _, answer = await in_thread(call, tgw1.port, federation.client_files("web"), sni_for("billing"))
     assert answer == b""
@@ -274,7 +276,7 @@ def test_settings_report_bad_mode_and_addresses(tmp_path):
     assert ("sites.main.mesh_hop.mode", "must") in found
     assert ("sites.main.mesh_hop.gateways.dc2", "'nope'") in found
     assert ("sites.main.mesh_hop.gateways.dc3", "must") in found
-    assert settings.mode == "local" and settings.gateways == ()
+    assert settings.mode == "none" and settings.gateways == ()
 
 
 def test_configured_gateways_are_a_catalog_source_for_mesh_sites_too(tmp_path):

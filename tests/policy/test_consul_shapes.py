@@ -172,7 +172,7 @@ def by_name(dests: tuple[Destination, ...]) -> dict[str, Destination]:
         (REFERENCE_REGISTRATION, "registration"),
         (REFERENCE_HEALTH_DUMP[0], "registration"),
         ({"kind": "terminating-gateway", "name": "gw"}, "terminating-gateway"),
-        ({"Kind": "proxy-defaults", "Name": "global"}, "unknown"),
+        ({"Kind": "proxy-defaults", "Name": "global"}, "skipped"),
         ({"Kind": "terminating-gatway", "Name": "gw"}, "unknown"),
         ({"Kind": 7}, "unknown"),
         ({"Name": "billing"}, "unknown"),
@@ -378,7 +378,7 @@ INVALID = [
     ),
     ("Services not a list", gateway() | {"Services": {}}, "Services", "must be a list"),
     ("linked service not an object", gateway("billing"), "Services[0]", "must be an object"),
-    ("CAFile not a string", gateway({"Name": "b", "CAFile": 1}), "Services[0].CAFile", "string"),
+    ("CAFile not a string", gateway({"Name": "b", "CAFile": [1]}), "Services[0].CAFile", "string"),
     # service-intentions (reference §6)
     (
         "Action and Permissions together",
@@ -441,10 +441,10 @@ INVALID = [
         "names the same source as Sources[0]",
     ),
     (
-        "a peer source",
-        intentions({"Name": "web", "Peer": "other", "Action": "allow"}),
+        "a source with both Peer and SamenessGroup",
+        intentions({"Name": "web", "Peer": "other", "SamenessGroup": "g", "Action": "allow"}),
         "Sources[0].Peer",
-        "not supported",
+        "cannot both be set",
     ),
     (
         "a JWT requirement",
@@ -523,10 +523,10 @@ INVALID = [
     ("a string", "billing", "(document)", "must be a JSON object"),
     ("a list item that is not an object", [REFERENCE_REGISTRATION, 7], "[1]", "JSON object"),
     (
-        "a kind tgw does not read",
-        {"Kind": "proxy-defaults", "Name": "global"},
+        "a kind Consul does not know",
+        {"Kind": "terminating-gatway", "Name": "gw"},
         "Kind",
-        "not a kind",
+        "not a config-entry kind Consul knows",
     ),
     ("neither Kind nor Node", {"Name": "billing"}, "Kind", "is missing"),
 ]

@@ -32,10 +32,11 @@ def test_own_datacenter_goes_to_the_services_connect_endpoints():
     assert (found.remote, found.datacenter, found.target) == (False, "dc1", BILLING)
 
 
-def test_subset_names_route_like_their_service():
+def test_subset_names_of_undefined_subsets_have_no_route():
+    """A subset no service-resolver defines has no route (Consul's mesh gateway has no
+    cluster for it); defined subsets are tested in tests/plugins/test_mesh_subsets.py."""
     found = route(service_sni(ServiceName("billing"), "dc1", TD, subset="v2"))
-    assert isinstance(found, MeshRoute) and found.target is BILLING
-    assert found.sni.startswith("v2.")
+    assert isinstance(found, NoRoute) and found.reason == "unknown_subset"
 
 
 def test_another_datacenter_goes_to_its_mesh_gateways_whatever_the_service():

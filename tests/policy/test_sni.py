@@ -191,3 +191,25 @@ def test_normalize_sni_is_idempotent(raw: bytes | str) -> None:
 def test_normalize_sni_ignores_case_and_one_trailing_dot(name: str) -> None:
     """Every spelling a client might use of one name normalises to the same key."""
     assert normalize_sni(name.upper() + ".") == normalize_sni(name) == name
+
+
+control_char = st.sampled_from([chr(c) for c in (*range(0x20), 0x7F)])
+
+
+@given(name=st.from_regex(r"\A[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}\Z"), data=st.data())
+def test_normalize_sni_refuses_any_control_character(name: str, data: st.DataObject) -> None:
+    """A control character anywhere in a name, including a trailing newline (which a
+    ``$``-anchored pattern let through), makes the name unusable, as str or bytes."""
+    assert normalize_sni(name) == name
+    control = data.draw(st.just("\n") | control_char)  # "$" let exactly this one through
+    at = data.draw(st.just(len(name)) | st.integers(0, len(name)))  # the end first
+    hostile = name[:at] + control + name[at:]
+    assert normalize_sni(hostile) is None
+    assert normalize_sni(hostile.encode("ascii")) is None
+
+
+def test_normalize_sni_refuses_a_trailing_newline() -> None:
+    """The example from issue 16: "<sni>\\n" is not a second spelling of "<sni>"."""
+    sni = service_sni(ServiceName("billing"), "dc1", "example.consul")
+    assert normalize_sni(sni + "\n") is None
+    assert normalize_sni((sni + ".\n").encode()) is None

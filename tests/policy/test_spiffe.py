@@ -8,7 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -108,9 +108,15 @@ def test_identity_error_message_is_one_bounded_line() -> None:
 
 def test_identity_error_reason_vocabulary_is_closed() -> None:
     """A reason outside the metric-label vocabulary is a programming error."""
-    assert {"no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"} == set(
-        IDENTITY_ERROR_REASONS
-    )
+    assert {
+        "no_uri_san",
+        "multiple_uri_sans",
+        "bad_spiffe_id",
+        "untrusted_domain",
+        "ca_certificate",
+        "bad_key_usage",
+        "wrong_trust_bundle",
+    } == set(IDENTITY_ERROR_REASONS)
     with pytest.raises(ValueError):
         IdentityError("something_else", "x")
 
@@ -136,7 +142,13 @@ def test_service_spiffe_id(service: ServiceName, expected_uri: str) -> None:
 _KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def _certificate(*general_names: x509.GeneralName) -> x509.Certificate:
+def _certificate(
+    *general_names: x509.GeneralName,
+    ca: bool | None = False,
+    digital_signature: bool | None = True,
+    purposes: list[x509.ObjectIdentifier] | None = None,
+) -> x509.Certificate:
+    """A self-signed certificate; ``None`` leaves basicConstraints / keyUsage out."""
     now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
     builder = (
@@ -152,7 +164,70 @@ def _certificate(*general_names: x509.GeneralName) -> x509.Certificate:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(list(general_names)), critical=False
         )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca, None), critical=True)
+    if digital_signature is not None:
+        usage = dict.fromkeys(KEY_USAGE_FLAGS, False)
+        usage["digital_signature"] = digital_signature
+        usage["key_agreement"] = not digital_signature
+        builder = builder.add_extension(x509.KeyUsage(**usage), critical=True)
+    if purposes is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
     return builder.sign(_KEY, hashes.SHA256())
+
+
+KEY_USAGE_FLAGS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        pytest.param({"ca": True}, "ca_certificate", id="ca-true"),
+        pytest.param({"digital_signature": None}, "bad_key_usage", id="no-key-usage"),
+        pytest.param({"digital_signature": False}, "bad_key_usage", id="no-digital-signature"),
+        pytest.param(
+            {"purposes": [ExtendedKeyUsageOID.SERVER_AUTH]}, "bad_key_usage", id="server-only"
+        ),
+    ],
+)
+def test_identity_from_certificate_requires_an_end_entity_client_leaf(
+    options: dict, reason: str
+) -> None:
+    """A certificate with a valid trusted SPIFFE ID is still no service identity when it
+    is a CA (basicConstraints CA:TRUE), lacks keyUsage digitalSignature, or has an
+    extendedKeyUsage without clientAuth."""
+    with pytest.raises(IdentityError) as info:
+        identity_from_certificate(_certificate(_uri(WEB_URI), **options), {TD})
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="ca-false"),
+        pytest.param({"ca": None}, id="no-basic-constraints"),
+        pytest.param({"purposes": [ExtendedKeyUsageOID.CLIENT_AUTH]}, id="client-auth"),
+        pytest.param(
+            {"purposes": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]},
+            id="both-purposes",
+        ),
+    ],
+)
+def test_identity_from_certificate_accepts_end_entity_leaves(options: dict) -> None:
+    """CA:FALSE or no basicConstraints, digitalSignature, and no EKU or one with
+    clientAuth: what Consul's CA issues."""
+    identity = identity_from_certificate(_certificate(_uri(WEB_URI), **options), {TD})
+    assert identity == SpiffeID(TD, "default", "dc1", "web")
 
 
 def _uri(value: str) -> x509.UniformResourceIdentifier:
@@ -304,6 +379,39 @@ def test_parse_spiffe_id_only_raises_identity_error(text: str) -> None:
         assert e.reason == "bad_spiffe_id"
     else:
         assert parse_spiffe_id(identity.uri) == identity
+
+
+control_char = st.sampled_from([chr(c) for c in (*range(0x20), 0x7F)])
+
+
+@given(td=trust_domain, ns=segment, dc=segment, name=segment, data=st.data())
+def test_parse_spiffe_id_refuses_any_control_character(
+    td: str, ns: str, dc: str, name: str, data: st.DataObject
+) -> None:
+    """A control character anywhere in a SPIFFE URI — a trailing newline after the
+    name or the trust domain included — is ``bad_spiffe_id``, never a distinct identity."""
+    uri = SpiffeID(td, ns, dc, name).uri
+    assert parse_spiffe_id(uri).uri == uri
+    control = data.draw(st.just("\n") | control_char)  # "$" let exactly this one through
+    at = data.draw(st.just(len(uri)) | st.integers(len("spiffe://"), len(uri)))
+    with pytest.raises(IdentityError) as info:
+        parse_spiffe_id(uri[:at] + control + uri[at:])
+    assert info.value.reason == "bad_spiffe_id"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param(f"spiffe://{TD}/ns/default/dc/dc1/svc/web\n", id="name"),
+        pytest.param(f"spiffe://{TD}\n/ns/default/dc/dc1/svc/web", id="trust-domain"),
+        pytest.param(f"spiffe://{TD}/ns/default\n/dc/dc1/svc/web", id="namespace"),
+    ],
+)
+def test_parse_spiffe_id_refuses_a_trailing_newline_in_a_segment(uri: str) -> None:
+    """The example from issue 16: ``.../svc/web\\n`` does not parse as an identity."""
+    with pytest.raises(IdentityError) as info:
+        parse_spiffe_id(uri)
+    assert info.value.reason == "bad_spiffe_id"
 
 
 def test_identity_from_der_refuses_an_unknown_x509_version_as_bad_spiffe_id() -> None:

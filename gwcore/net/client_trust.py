@@ -1,0 +1,150 @@
+"""Client certificate trust per trust domain, on full handshakes and on resumptions.
+
+OpenSSL verifies a client's chain against one store holding every trust root of
+the site (so a CA rotation, which lists old and new roots side by side, is
+hitless). That alone would let any trusted CA vouch for any identity: a peer
+cluster's CA could mint ``spiffe://<our-domain>/.../svc/web``. So, like Envoy's
+SPIFFE certificate validator, each trust domain has its own *bundle* and a client
+certificate is valid only if it chains to the bundle of the trust domain named in
+its own URI SAN:
+
+- A root belongs to the trust domain of its ``spiffe://<td>`` URI SAN (Consul's CA
+  roots carry one); a root without one belongs to the site's own trust domain.
+- After a full handshake, the anchor of the chain OpenSSL built must be in the
+  bundle of the leaf's trust domain. If it is not (a cross-signed path), the chain
+  is verified again against that bundle alone; failing that: ``wrong_trust_bundle``.
+- A resumed session runs no verification in OpenSSL, and its certificate may have
+  expired or its root been removed since. So the leaf is verified again, now,
+  against the *current* bundle of its trust domain (with the intermediates seen
+  when it was first verified): an expired leaf gives ``expired_cert``, a root no
+  longer trusted ``untrusted_ca``, as a full handshake would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+
+from gwcore import pki
+
+# OpenSSL X509_V_ERR_* codes we name in metrics; anything else is "bad_client_cert".
+VERIFY_ERROR_REASONS: dict[int, str] = {
+    2: "untrusted_ca",  # unable to get issuer certificate
+    9: "cert_not_yet_valid",
+    10: "expired_cert",
+    18: "untrusted_ca",  # self-signed leaf
+    19: "untrusted_ca",  # self-signed certificate in chain
+    20: "untrusted_ca",  # unable to get local issuer certificate
+    21: "untrusted_ca",  # unable to verify the first certificate
+}
+#: Leaves whose verified intermediates are remembered for their resumptions.
+VERIFIED_CHAINS_SIZE = 4096
+
+
+def bundle_domain(root: x509.Certificate, local_domain: str) -> str:
+    """The trust domain a root vouches for: its ``spiffe://<td>`` URI SAN, else the local one."""
+    return pki.trust_domain_of(root) or local_domain.lower()
+
+
+class VerifiedChains:
+    """The intermediates of leaves verified in a full handshake, by leaf fingerprint
+    (bounded, least recently used out). A session ticket carries only the leaf; a
+    resumption needs the rest of the path to verify it again."""
+
+    def __init__(self, size: int = VERIFIED_CHAINS_SIZE) -> None:
+        self._size = size
+        self._chains: OrderedDict[bytes, tuple[crypto.X509, ...]] = OrderedDict()
+
+    def remember(self, leaf_der: bytes, intermediates: Sequence[crypto.X509]) -> None:
+        key = hashlib.sha256(leaf_der).digest()
+        self._chains[key] = tuple(intermediates)
+        self._chains.move_to_end(key)
+        while len(self._chains) > self._size:
+            self._chains.popitem(last=False)
+
+    def get(self, leaf_der: bytes) -> tuple[crypto.X509, ...]:
+        key = hashlib.sha256(leaf_der).digest()
+        found = self._chains.get(key)
+        if found is None:
+            return ()
+        self._chains.move_to_end(key)
+        return found
+
+
+@dataclass(frozen=True)
+class TrustBundles:
+    """The roots of one :class:`~gwcore.net.tls.ServerTLS` snapshot, by trust domain."""
+
+    roots: Mapping[str, tuple[x509.Certificate, ...]]
+    ders: Mapping[str, frozenset[bytes]]  # each domain's roots, DER-encoded
+    chains: VerifiedChains = field(default_factory=VerifiedChains)
+    _stores: dict[str, crypto.X509Store] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        roots: Iterable[x509.Certificate],
+        local_domain: str,
+        chains: VerifiedChains | None = None,
+    ) -> TrustBundles:
+        grouped: dict[str, list[x509.Certificate]] = {}
+        for root in roots:
+            grouped.setdefault(bundle_domain(root, local_domain), []).append(root)
+        return cls(
+            roots={td: tuple(certs) for td, certs in grouped.items()},
+            ders={
+                td: frozenset(c.public_bytes(serialization.Encoding.DER) for c in certs)
+                for td, certs in grouped.items()
+            },
+            chains=chains if chains is not None else VerifiedChains(),
+        )
+
+    def _store(self, domain: str) -> crypto.X509Store:
+        store = self._stores.get(domain)
+        if store is None:
+            store = crypto.X509Store()
+            for root in self.roots.get(domain, ()):
+                store.add_cert(crypto.X509.from_cryptography(root))
+            self._stores[domain] = store
+        return store
+
+    def _verify(
+        self, domain: str, leaf: crypto.X509, intermediates: Sequence[crypto.X509]
+    ) -> str | None:
+        """Verify ``leaf`` now against ``domain``'s bundle alone; a reason, or None."""
+        if domain not in self.roots:
+            return "wrong_trust_bundle"
+        context = crypto.X509StoreContext(self._store(domain), leaf, list(intermediates))
+        try:
+            context.verify_certificate()
+        except crypto.X509StoreContextError as e:
+            code = e.errors[0] if e.errors else 0
+            return VERIFY_ERROR_REASONS.get(code, "bad_client_cert")
+        return None
+
+    def check(
+        self, tls: SSL.Connection, domain: str, leaf: crypto.X509, leaf_der: bytes
+    ) -> str | None:
+        """Whether the client certificate ``leaf`` (DER ``leaf_der``) of a finished
+        handshake chains to the bundle of ``domain`` (its identity's trust domain):
+        ``None`` if so, else the reason (see the module docstring). Resumed sessions
+        are verified again."""
+        verified = tls.get_verified_chain()
+        if not verified:
+            # A resumption: OpenSSL verified nothing this time.
+            return self._verify(domain, leaf, self.chains.get(leaf_der))
+        intermediates = verified[1:-1]
+        anchor = crypto.dump_certificate(crypto.FILETYPE_ASN1, verified[-1])
+        # A path through another domain's root; one to our domain's may still exist.
+        if anchor not in self.ders.get(domain, frozenset()) and (
+            self._verify(domain, leaf, [*verified[1:]]) is not None
+        ):
+            return "wrong_trust_bundle"
+        self.chains.remember(leaf_der, intermediates)
+        return None
