@@ -172,8 +172,9 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
     assert a_traffic.ok > 0 and b_traffic.ok > 0
     assert await in_thread(_echoes, b_established, b"after rotation")
     await gateway.wait_for(
-        lambda: [r["close_cause"] for r in gateway.access_records()].count("trust_root_removed")
-        == 3
+        lambda: (
+            [r["close_cause"] for r in gateway.access_records()].count("trust_root_removed") == 3
+        )
     )
     assert not await in_thread(_served, gateway.port, a_files)
     assert await in_thread(_served, gateway.port, b_files)

@@ -159,7 +159,8 @@ def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collectio
     """
     try:
         check_end_entity(cert)
-    except ValueError as e:  # an extension that does not parse
+    # An extension that does not parse, or one twice (DuplicateExtension is no ValueError).
+    except (ValueError, x509.DuplicateExtension) as e:
         raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
     try:
         extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)

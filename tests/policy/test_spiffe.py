@@ -427,3 +427,19 @@ def test_identity_from_der_refuses_an_unknown_x509_version_as_bad_spiffe_id() ->
     with pytest.raises(IdentityError) as caught:
         identity_from_der(bad, frozenset({TD}))
     assert caught.value.reason == "bad_spiffe_id"
+
+
+def test_identity_from_der_refuses_a_repeated_extension_as_bad_spiffe_id() -> None:
+    """A certificate carrying basicConstraints twice is ``bad_spiffe_id``.
+
+    Found by replaying the fuzz corpus (fuzz/corpus/certificate_san) after the
+    end-entity checks were added: cryptography raises ``DuplicateExtension``, which
+    is not a ValueError, so it escaped identity_from_der.
+    """
+    der = _der(_uri(WEB_URI))
+    # Rename the keyUsage extension's OID (2.5.29.15) to basicConstraints' (2.5.29.19).
+    bad = der.replace(b"\x06\x03\x55\x1d\x0f", b"\x06\x03\x55\x1d\x13", 1)
+    assert bad != der
+    with pytest.raises(IdentityError) as caught:
+        identity_from_der(bad, frozenset({TD}))
+    assert caught.value.reason == "bad_spiffe_id"
