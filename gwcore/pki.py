@@ -209,14 +209,15 @@ def service_leaf(
 def uri_sans(cert: x509.Certificate) -> list[str]:
     """The certificate's URI SANs in order (empty when it has no SAN extension).
 
-    Raises ``ValueError`` when the extensions do not parse or one appears twice
-    (cryptography's ``DuplicateExtension`` is not a ``ValueError``; found by fuzzing).
+    Raises ``ValueError`` when the extensions do not parse, one appears twice, or a
+    name is an x400Address/EDIPartyName (cryptography's ``DuplicateExtension`` and
+    ``UnsupportedGeneralNameType`` are not ``ValueError``; found by fuzzing).
     """
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
-    except x509.DuplicateExtension as e:
+    except (x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
         raise ValueError(f"certificate extensions do not parse: {e}") from None
     return san.value.get_values_for_type(x509.UniformResourceIdentifier)
 

@@ -159,8 +159,9 @@ def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collectio
     """
     try:
         check_end_entity(cert)
-    # An extension that does not parse, or one twice (DuplicateExtension is no ValueError).
-    except (ValueError, x509.DuplicateExtension) as e:
+    # An extension that does not parse, one twice, or an x400Address/EDIPartyName name:
+    # cryptography's DuplicateExtension and UnsupportedGeneralNameType are no ValueError.
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
         raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
     try:
         extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
@@ -170,7 +171,7 @@ def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collectio
         raise IdentityError(
             "multiple_uri_sans", "certificate has more than one subjectAltName extension"
         ) from None
-    except ValueError as e:
+    except (ValueError, x509.UnsupportedGeneralNameType) as e:
         raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
     uris = extension.value.get_values_for_type(x509.UniformResourceIdentifier)
     if not uris:

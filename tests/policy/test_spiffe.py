@@ -443,3 +443,16 @@ def test_identity_from_der_refuses_a_repeated_extension_as_bad_spiffe_id() -> No
     with pytest.raises(IdentityError) as caught:
         identity_from_der(bad, frozenset({TD}))
     assert caught.value.reason == "bad_spiffe_id"
+
+
+def test_identity_from_der_refuses_an_unsupported_general_name_as_bad_spiffe_id() -> None:
+    """A certificate whose extensions hold an x400Address/EDIPartyName name is
+    ``bad_spiffe_id``: cryptography raises ``UnsupportedGeneralNameType`` (not a
+    ValueError). The input is the one the certificate_san fuzz target found."""
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[2] / "fuzz" / "corpus" / "certificate_san"
+    der = (corpus / "crash-unsupported-general-name").read_bytes()
+    with pytest.raises(IdentityError) as caught:
+        identity_from_der(der, frozenset({TD}))
+    assert caught.value.reason == "bad_spiffe_id"
