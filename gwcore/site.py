@@ -47,6 +47,7 @@ from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
 from gwcore.plugin_host import PluginStack
+from gwcore.policy.admission import Admission
 from gwcore.policy.balancing import EndpointPicker, OutlierDetector
 from gwcore.policy.config import GatewayConfig, SiteConfig
 from gwcore.policy.decision import combine, failure
@@ -91,6 +92,7 @@ class Site:
         metrics: GatewayMetrics,
         access_log: AccessLogWriter | None = None,
         stack: PluginStack | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.name = config.key
         self.config = config
@@ -118,6 +120,9 @@ class Site:
         self._rebuild_again = False
         self._rebuild_scheduled = False
         self.active: set[DownstreamProtocol] = set()
+        # One per process (GatewayService passes it to every site); see gwcore.policy.admission.
+        self.admission = admission or Admission(gateway.max_connections, gateway.max_handshakes)
+        self._handshaking: set[Any] = set()  # admitted connections holding a handshake slot
         self.picker = EndpointPicker(
             OutlierDetector(
                 config.outlier_consecutive_failures,
@@ -168,12 +173,20 @@ class Site:
 
     def connection_opened(self, conn: DownstreamProtocol) -> bool:
         self.children.accepted.inc()
-        if len(self.active) >= self.config.max_connections:
-            self.metrics.rejected.labels(site=self.name, reason="overflow").inc()
+        refused = self.admission.admit(len(self.active), self.config.max_connections)
+        if refused is not None:
+            self.metrics.rejected.labels(site=self.name, reason=refused).inc()
             return False
         self.active.add(conn)
+        self._handshaking.add(conn)
         self.children.active.inc()
         return True
+
+    def handshake_finished(self, conn: Any) -> None:
+        """``conn``'s TLS handshake (a mesh site: its ClientHello) is over: free its slot."""
+        if conn in self._handshaking:
+            self._handshaking.discard(conn)
+            self.admission.handshake_finished()
 
     def connection_closed(self, conn: DownstreamProtocol) -> None:
         if conn.upstream is not None and conn.endpoint is not None and conn.destination is not None:
@@ -181,6 +194,8 @@ class Site:
         if conn in self.active:
             self.active.discard(conn)
             self.children.active.dec()
+            self.admission.closed(handshaking=conn in self._handshaking)
+            self._handshaking.discard(conn)
         self._flush_bytes(conn)
         if conn.destination is not None and conn.endpoint is not None:
             self.children.service(conn.destination.name).connection_seconds.observe(
