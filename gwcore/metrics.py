@@ -91,8 +91,9 @@ class GatewayMetrics:
         )
         self.authz_errors = Counter(
             "tgw_authz_errors",
-            "Authorization engine failures and timeouts (each is a deny).",
-            ["site", "engine"],
+            "Authorization engine failures, timeouts and answers that are not a decision"
+            " (each is a deny), by reason: exception, timeout, none, wrong_type.",
+            ["site", "engine", "reason"],
             registry=r,
         )
         # upstream

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gwcore import hookspecs
-from gwcore.policy.config import ConfigProblem, GatewayConfig, SiteConfig
+from gwcore.plugin_checks import ProviderShapeError, check_event_impl, check_providers
+from gwcore.policy.config import ConfigProblem, GatewayConfig, SiteConfig, section_name
 
 if TYPE_CHECKING:
     from twisted.logger import Logger
@@ -147,7 +148,9 @@ def resolve_plugin(name: str, gateway: GatewayConfig) -> object:
     )
 
 
-def _plugin_objects(name: str, plugin: object) -> Iterator[tuple[str, object]]:
+def _plugin_objects(entry: str, plugin: object) -> Iterator[tuple[str, object]]:
+    # A drop-in path or a module path is known by its last component (its section).
+    name = section_name(entry)
     addons = getattr(plugin, "addons", None)
     if isinstance(addons, list | tuple):
         for index, addon in enumerate(addons):
@@ -155,6 +158,33 @@ def _plugin_objects(name: str, plugin: object) -> Iterator[tuple[str, object]]:
             yield f"{name}[{index}:{label}]", addon
     else:
         yield name, plugin
+
+
+def plugin_label(entry: str, plugin: object) -> str:
+    """A plugin's own name: its ``name`` attribute, else the stack entry without a
+    directory, ``.py`` or package path (``contrib/x.py`` and ``pkg.x`` are both ``x``)."""
+    own = getattr(plugin, "name", None)
+    if isinstance(own, str) and own:
+        return own
+    return section_name(entry)
+
+
+def _refuse_duplicates(plugins: Sequence[tuple[str, object]]) -> None:
+    """Two stack entries that are one plugin (an entry point and its drop-in copy, a
+    module listed twice) would both run and double-count: refuse the second."""
+    seen: dict[str, tuple[int, str]] = {}
+    for position, (entry, plugin) in enumerate(plugins):
+        labels = [plugin_label(entry, plugin)]
+        addons = getattr(plugin, "addons", None)
+        if isinstance(addons, list | tuple):
+            labels = [plugin_label(type(a).__name__, a) for a in addons]
+        for label in labels:
+            first_position, first = seen.setdefault(label, (position, entry))
+            if first_position != position:
+                raise PluginLoadError(
+                    f"plugin {label!r} is loaded twice: by stack entry {first!r} and by "
+                    f"{entry!r}; keep one of them"
+                )
 
 
 class PluginStack:
@@ -176,6 +206,7 @@ class PluginStack:
             for name, module in ESSENTIAL_PLUGINS.items()
             if name not in site.plugins
         ]
+        _refuse_duplicates(plugins)
         for index, (entry, plugin) in enumerate(plugins):
             for reg_name, obj in _plugin_objects(entry, plugin):
                 try:
@@ -190,6 +221,12 @@ class PluginStack:
         self._events: dict[str, tuple[_Impl, ...]] = {
             hook: self._ordered(hook) for hook in hookspecs.EVENT_HOOKS
         }
+        for hook, impls in self._events.items():
+            for impl in impls:
+                try:
+                    check_event_impl(impl.plugin_name, hook, impl.function)
+                except ProviderShapeError as e:
+                    raise PluginLoadError(str(e)) from e
 
     def _ordered(self, hook: str) -> tuple[_Impl, ...]:
         caller = getattr(self.pm.hook, hook)
@@ -225,18 +262,27 @@ class PluginStack:
                 keys = impl.function(**{a: self.site for a in impl.argnames})
             except Exception:
                 continue
-            section = impl.plugin_name.split("[", 1)[0]  # an addon list shares its entry's
+            # an addon list shares its entry's section; a path's section is its stem
+            section = section_name(impl.plugin_name.split("[", 1)[0])
             table = f"{self.site.prefix}.{section}"
             found[table] = found.get(table, frozenset()) | frozenset(keys or ())
         return found
 
     def collect(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Call a provider hook in stack order and concatenate the returned sequences."""
+        """Call a provider hook in stack order and concatenate the returned sequences.
+
+        Each plugin's result is checked against the hook's protocol
+        (:func:`gwcore.plugin_checks.check_providers`); a wrong shape raises
+        :class:`PluginLoadError` naming the plugin and the member, so the site does
+        not start.
+        """
         found: list[Any] = []
         for impl in self._ordered(hook):
             result = impl.function(**{a: kwargs[a] for a in impl.argnames})
-            if result:
-                found.extend(result)
+            try:
+                found.extend(check_providers(hook, impl.plugin_name, result))
+            except ProviderShapeError as e:
+                raise PluginLoadError(str(e)) from e
         return found
 
     def listeners(self, hook: str) -> tuple[_Impl, ...]:

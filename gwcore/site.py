@@ -13,7 +13,6 @@ import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from inspect import iscoroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from twisted.internet.defer import (
     TimeoutError as DeferredTimeoutError,
 )
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
@@ -45,6 +44,7 @@ from gwcore.net.splice import State, UpstreamFactory
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
+from gwcore.plugin_checks import engine_answer, engine_error_reason
 from gwcore.plugin_host import PluginStack
 from gwcore.policy.balancing import EndpointPicker, OutlierDetector
 from gwcore.policy.config import GatewayConfig, SiteConfig
@@ -233,15 +233,13 @@ class Site:
         waiting = False
         for engine in self.engines:
             try:
-                answer = engine.authorize(request)
+                answer = engine_answer(engine, request)  # checks the answer's type
             except Exception:
                 failed = self._engine_failed(Failure(), engine)
                 answers.append(
                     failed if isinstance(failed, Decision) else failure(engine.name, "cancelled")
                 )
                 continue
-            if iscoroutine(answer):
-                answer = Deferred.fromCoroutine(answer)
             if isinstance(answer, Deferred):
                 if not answer.called:
                     answer.addTimeout(self.config.authz_timeout, self.reactor)
@@ -269,10 +267,15 @@ class Site:
             detail = f"timed out after {self.config.authz_timeout:g}s"
         else:
             detail = f"{type(reason.value).__name__}: {reason.value}"
-        self.metrics.authz_errors.labels(site=self.name, engine=engine.name).inc()
+        why = engine_error_reason(reason.value)
+        self.metrics.authz_errors.labels(site=self.name, engine=engine.name, reason=why).inc()
         self.log.warn(
-            "authorization engine {engine} failed: {detail}", engine=engine.name, detail=detail
+            "authorization engine {engine} failed ({why}), denied: {detail}",
+            engine=engine.name,
+            why=why,
+            detail=detail,
         )
+        self.log.failure("engine {engine}", reason, level=LogLevel.debug, engine=engine.name)
         return failure(engine.name, detail)
 
     def connect_upstream(self, conn: DownstreamProtocol) -> Deferred[Any]:
