@@ -188,3 +188,5 @@ PROVIDER_HOOKS: tuple[str, ...] = (
     "tgw_authorization_engines",
     "tgw_upstream_strategies",
 )
+
+CONFIG_HOOKS: tuple[str, ...] = ("tgw_validate_site_config", "tgw_secret_keys")

@@ -32,6 +32,7 @@ import pluggy
 
 from gwcore import hookspecs
 from gwcore.plugin_checks import ProviderShapeError, check_event_impl, check_providers
+from gwcore.plugin_listing import closest_name, dropin_names, entry_point_names
 from gwcore.policy.config import ConfigProblem, GatewayConfig, SiteConfig, section_name
 
 if TYPE_CHECKING:
@@ -142,9 +143,12 @@ def resolve_plugin(name: str, gateway: GatewayConfig) -> object:
         dropin = f"no {name}.py in " + ", ".join(str(p) for p in gateway.plugin_paths)
     else:
         dropin = f"no {name}.py (no [gateway] plugin_paths configured)"
+    installed = [*DEFAULT_PLUGINS, *entry_point_names(), *dropin_names(gateway.plugin_paths)]
+    guess = closest_name(name, installed)
+    hint = f"; did you mean {guess!r}?" if guess else ""
     raise PluginLoadError(
         f"unknown plugin {name!r}: not built-in ({', '.join(DEFAULT_PLUGINS)}), "
-        f"not an installed '{ENTRY_POINT_GROUP}' entry point, {dropin}"
+        f"not an installed '{ENTRY_POINT_GROUP}' entry point, {dropin}{hint}"
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import Deferred
 
+from gwcore.cli import main as tgw_main
 from gwcore.plugin_checks import EngineAnswerError, engine_answer
 from gwcore.plugin_host import PluginLoadError
 from gwcore.policy.model import Decision, Verdict
@@ -178,3 +179,54 @@ def test_a_deferred_firing_none_fails() -> None:
     engine_answer(_Engine(fine), authz_request()).addCallback(got.append)
     fine.callback(decision)
     assert got == [decision]
+
+
+def test_an_unknown_plugin_suggests_the_closest_installed_name(tmp_path: Path) -> None:
+    """A misspelled built-in or drop-in name is answered with the name it most likely
+    meant."""
+    dropin(tmp_path, "counter", COUNTER)
+    with pytest.raises(PluginLoadError, match=r"did you mean 'file_catalog'\?"):
+        load_stack(tmp_path, ["file_catalgo"], plugin_paths=["addons"])
+    with pytest.raises(PluginLoadError, match=r"did you mean 'counter'\?"):
+        load_stack(tmp_path, ["countr"], plugin_paths=["addons"])
+
+
+def test_tgw_plugins_with_a_config_lists_each_sites_stack_in_load_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tgw plugins --config`` lists the drop-ins of plugin_paths with their hooks, and
+    each site's stack: its plugins, then the essential ones."""
+    dropin(tmp_path, "counter", COUNTER)
+    (tmp_path / "tgw.toml").write_text(
+        textwrap.dedent(
+            """
+            [gateway]
+            plugin_paths = ["addons"]
+            [sites.main]
+            listen = "tcp:0:interface=127.0.0.1"
+            name = "legacy-gw"
+            trust_domain = "11111111-2222-3333-4444-555555555555.consul"
+            default_policy = "allow"
+            plugins = ["counter", "file_catalog", "builtin_ca"]
+            [sites.main.file_catalog]
+            paths = ["addons"]
+            """
+        )
+    )
+    assert tgw_main(["plugins", "--config", str(tmp_path / "tgw.toml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(
+        line.startswith("counter ")
+        and "drop-in " in line
+        and line.endswith(": tgw_connection_closed")
+        for line in out
+    )
+    stack = out[out.index("site main:") + 1 :]
+    assert [line.split(":")[0].strip() for line in stack] == [
+        "1. counter",
+        "2. file_catalog",
+        "3. builtin_ca",
+        "4. mesh_hop",
+        "5. upstream_tls",
+        "6. plain_upstream",
+    ]
