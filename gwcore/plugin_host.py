@@ -1,8 +1,8 @@
 """Loading a site's plugin stack and calling its hooks.
 
-Every site gets its own :class:`PluginStack`: the essential plugins (which cannot be
-disabled) plus the plugins its ``plugins`` list names, in that order. A name is
-resolved, in this order, as
+Every site gets its own :class:`PluginStack`: the plugins its ``plugins`` list names,
+in that order, then the essential plugins it does not name (they cannot be disabled;
+naming one moves it). A name is resolved, in this order, as
 
 1. a built-in plugin (:data:`DEFAULT_PLUGINS`),
 2. an installed plugin from the ``tgw`` entry-point group,

@@ -1,0 +1,42 @@
+"""Site-level event hooks a real Site calls outside any connection: ``tgw_routes_changed``
+(at start, before ``tgw_site_started``, then after each catalog rebuild) and
+``tgw_site_started`` (once per start, with the listening address)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.test_site import BILLING, destination, snapshot, started
+
+EVENTS = """
+seen = []
+
+
+def tgw_routes_changed(event):
+    seen.append(("tgw_routes_changed", event.site, event.routes, event.version))
+
+
+def tgw_site_started(event):
+    seen.append(("tgw_site_started", event.site, event.address))
+"""
+
+
+def test_hook_routes_changed_and_site_started_fire_in_documented_order(tmp_path: Path) -> None:
+    """At start the first route table is announced, then the site start (with its
+    address); a rebuild with a new destination announces the new routes again."""
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "events.py").write_text(EVENTS)
+    site = started(tmp_path, ["fake", "events"], {"fake": {"sources": ["src"], "certs": True}})
+    seen = site.stack.pm.get_plugin("events").seen
+    [(first, key, routes, _), (second, key2, address)] = seen
+    assert (first, key, routes) == ("tgw_routes_changed", "main", ())
+    assert (second, key2) == ("tgw_site_started", "main")
+    host, port = site.listening_address()
+    assert address == f"{host}:{port}"
+    [source] = site.sources
+    source.publish(snapshot("src", "7", destination(BILLING, "10.0.0.1")))
+    site.reactor.advance(0)
+    hook, _, routes, version = seen[-1]
+    assert hook == "tgw_routes_changed" and len(seen) == 3
+    assert len(routes) == 1 and routes[0].startswith("billing.")
+    assert version
