@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gwcore import hookspecs
+from gwcore.addon_lifecycle import AddonContext, lifecycle_objects
 from gwcore.plugin_checks import ProviderShapeError, check_event_impl, check_providers
 from gwcore.plugin_listing import closest_name, dropin_names, entry_point_names
 from gwcore.policy.config import ConfigProblem, GatewayConfig, SiteConfig, section_name
@@ -158,6 +159,8 @@ def _plugin_objects(entry: str, plugin: object) -> Iterator[tuple[str, object]]:
     addons = getattr(plugin, "addons", None)
     if isinstance(addons, list | tuple):
         for index, addon in enumerate(addons):
+            if isinstance(addon, type):  # a class: one instance per stack (site and load)
+                addon = addon()
             label = getattr(addon, "name", None) or type(addon).__name__
             yield f"{name}[{index}:{label}]", addon
     else:
@@ -181,7 +184,10 @@ def _refuse_duplicates(plugins: Sequence[tuple[str, object]]) -> None:
         labels = [plugin_label(entry, plugin)]
         addons = getattr(plugin, "addons", None)
         if isinstance(addons, list | tuple):
-            labels = [plugin_label(type(a).__name__, a) for a in addons]
+            labels = [
+                plugin_label(a.__name__ if isinstance(a, type) else type(a).__name__, a)
+                for a in addons
+            ]
         for label in labels:
             first_position, first = seen.setdefault(label, (position, entry))
             if first_position != position:
@@ -204,6 +210,7 @@ class PluginStack:
         self.pm = _Manager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._position: dict[str, int] = {}
+        self._registered: list[tuple[str, object]] = []
         plugins = [(name, resolve_plugin(name, gateway)) for name in site.plugins]
         plugins += [
             (name, importlib.import_module(module))
@@ -218,6 +225,7 @@ class PluginStack:
                 except (ValueError, pluggy.PluginValidationError) as e:
                     raise PluginLoadError(f"plugin {entry!r}: {e}") from e
                 self._position[reg_name] = index
+                self._registered.append((reg_name, obj))
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as e:
@@ -311,6 +319,36 @@ class PluginStack:
             vetoed_now = vetoed_before is None and getattr(event, "veto_reason", None) is not None
             if vetoed_now and event.vetoed_by in (None, "addon"):
                 event.vetoed_by = impl.plugin_name
+
+    def load_addons(self, site: Any) -> None:
+        """``load(ctx)`` then ``configure(updated)`` on every addon that defines them, in
+        stack order (:mod:`gwcore.addon_lifecycle`); raising refuses the start by name."""
+        from twisted.logger import Logger
+
+        for reg_name, obj in lifecycle_objects(self._registered):
+            section = section_name(reg_name.split("[", 1)[0])
+            table = self.site.plugin_section(section)
+            log = Logger(namespace=f"tgw.addon.{section}")
+            ctx = AddonContext(reg_name, section, site, table, log)
+            try:
+                if callable(getattr(obj, "load", None)):
+                    obj.load(ctx)  # type: ignore[attr-defined]
+                if callable(getattr(obj, "configure", None)):
+                    obj.configure(frozenset(table))  # type: ignore[attr-defined]
+            except Exception as e:
+                raise PluginLoadError(
+                    f"addon {reg_name!r} raised in load/configure: {type(e).__name__}: {e}"
+                ) from e
+
+    def addons_done(self, log: Logger) -> None:
+        """``done()`` on every addon that defines it, in reverse stack order; a raising
+        one is logged and the others still run."""
+        for reg_name, obj in reversed(lifecycle_objects(self._registered)):
+            if callable(getattr(obj, "done", None)):
+                try:
+                    obj.done()  # type: ignore[attr-defined]
+                except Exception:
+                    log.failure("addon {addon} raised in done()", addon=reg_name)
 
     @property
     def plugin_names(self) -> Sequence[str]:

@@ -236,6 +236,10 @@ class LoadedStack:
             answers.append(answer)
         return combine(answers, self.config.default_policy)
 
+    def done(self) -> None:
+        """Stop the site's addons (``done()``), as when the site stops."""
+        self.stack.addons_done(self.site.log)
+
     def metric(self, name: str, **labels: str) -> float:
         """:func:`metric_value` with ``site`` filled in."""
         return metric_value(self.site.metrics, name, **{"site": self.config.key, **labels})
@@ -252,9 +256,10 @@ def load_stack(
     """Load the stack ``plugins`` (names, drop-in paths, or imported modules, which are
     loaded from their file) for site ``main`` configured with ``sections``, as the
     gateway would: the config is parsed and every plugin validates its section, every
-    hook implementation is checked, and each provider hook is collected and checked
-    against its protocol. Any problem raises :class:`PluginLoadError` with the message
-    the gateway would give. Nothing listens; time is a ``task.Clock``."""
+    hook implementation is checked, addons are loaded (``load(ctx)``, ``configure``), and
+    each provider hook is collected and checked against its protocol. Any problem
+    raises :class:`PluginLoadError` with the message the gateway would give. Nothing
+    listens; time is a ``task.Clock``."""
     from gwcore.testing import FakeSite
 
     names = [str(Path(p.__file__)) if isinstance(p, ModuleType) else p for p in plugins]
@@ -281,6 +286,7 @@ def load_stack(
         raise PluginLoadError("\n".join(str(p) for p in problems))
     fake = FakeSite(site_config, tmp_path / "state")
     loaded = LoadedStack(site_config, stack, fake)
+    stack.load_addons(fake)  # as the site does first when it starts
     loaded.sources = stack.collect("tgw_catalog_sources", site=fake)
     loaded.certificates = stack.collect("tgw_certificate_providers", site=fake)
     loaded.engines = stack.collect("tgw_authorization_engines", site=fake)
