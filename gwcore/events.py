@@ -29,9 +29,24 @@ class ConnectionInfo:
     client_port: int
     started: float
     annotations: dict[str, Any] = field(default_factory=dict)
+    writer: str | None = field(default=None, repr=False, compare=False)
+    """The addon being called (set by the plugin stack while it dispatches)."""
+    annotated_by: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    """Which addon wrote each annotation key (created on first use)."""
 
     def annotate(self, key: str, value: Any) -> None:
-        """Add ``key`` to this connection's access-log record (under ``annotations``)."""
+        """Add ``key`` to this connection's access-log record (under ``annotations``).
+
+        A key belongs to the addon that wrote it first: another addon writing it raises
+        ``ValueError`` (logged and counted as that addon's error), so two plugins never
+        overwrite each other's fields. Prefix keys with your plugin's name."""
+        owners = self.annotated_by
+        if self.writer is not None:
+            if owners is None:
+                owners = self.annotated_by = {}
+            first = owners.setdefault(key, self.writer)
+            if first != self.writer:
+                raise ValueError(f"annotation {key!r} belongs to addon {first!r}")
         self.annotations[key] = value
 
 

@@ -303,8 +303,11 @@ class PluginStack:
 
     def dispatch(self, hook: str, event: Any, log: Logger, metrics: GatewayMetrics | None) -> None:
         """Call every implementation of an event hook; a raising addon is logged and skipped."""
+        conn = getattr(event, "conn", None)
         for impl in self._events[hook]:
             vetoed_before = getattr(event, "veto_reason", None)
+            if conn is not None:
+                conn.writer = impl.plugin_name  # annotation keys belong to their writer
             try:
                 impl.function(**{a: event for a in impl.argnames})
             except Exception:
@@ -319,6 +322,8 @@ class PluginStack:
             vetoed_now = vetoed_before is None and getattr(event, "veto_reason", None) is not None
             if vetoed_now and event.vetoed_by in (None, "addon"):
                 event.vetoed_by = impl.plugin_name
+        if conn is not None:
+            conn.writer = None
 
     def load_addons(self, site: Any) -> None:
         """``load(ctx)`` then ``configure(updated)`` on every addon that defines them, in

@@ -13,7 +13,7 @@ from gwcore.cli import main as tgw_main
 from gwcore.plugin_checks import EngineAnswerError, engine_answer
 from gwcore.plugin_host import PluginLoadError
 from gwcore.policy.model import Decision, Verdict
-from gwcore.testing import authz_request, load_stack
+from gwcore.testing import authz_request, client_connected, load_stack
 
 SOURCE_WITHOUT_HEALTH = """
 class Source:
@@ -230,3 +230,30 @@ def test_tgw_plugins_with_a_config_lists_each_sites_stack_in_load_order(
         "5. upstream_tls",
         "6. plain_upstream",
     ]
+
+
+TAGGERS = """
+class Tagger:
+    def __init__(self, name, value):
+        self.name = name
+        self.value = value
+
+    def tgw_client_connected(self, event):
+        event.conn.annotate("tier", self.value)
+        event.conn.annotate(self.name + ".seen", True)
+
+
+addons = [Tagger("alpha", "gold"), Tagger("beta", "bronze")]
+"""
+
+
+def test_an_annotation_key_belongs_to_the_addon_that_wrote_it_first(tmp_path: Path) -> None:
+    """Two addons writing one annotation key would overwrite each other in the access
+    log: the second is refused (an error of that addon, counted), the first value stays,
+    and keys of their own are unaffected."""
+    dropin(tmp_path, "taggers", TAGGERS)
+    loaded = load_stack(tmp_path, ["taggers"], plugin_paths=["addons"])
+    event = loaded.dispatch(client_connected())
+    assert event.conn.annotations == {"tier": "gold", "alpha.seen": True}
+    labels = {"hook": "tgw_client_connected"}
+    assert loaded.metric("tgw_addon_errors_total", **labels) == 1
