@@ -410,6 +410,7 @@ class Site:
 
     async def start(self) -> None:
         """Build providers, wait for first snapshots, then listen."""
+        self.stack.load_addons(self)  # addons' load(ctx)/configure (gwcore.addon_lifecycle)
         self.sources = self.stack.collect("tgw_catalog_sources", site=self)
         # A mesh site never terminates TLS: no provider is built, so no key is ever held.
         if self.config.role != "mesh":
@@ -496,6 +497,7 @@ class Site:
                 await maybeDeferred(provider.stop)
             except Exception:
                 self.log.failure("stopping {name} failed", name=getattr(provider, "name", provider))
+        self.stack.addons_done(self.log)
 
     def _publish(self, index: int, snapshot: CatalogSnapshot) -> None:
         previous = self._snapshots.get(index)

@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from tests.test_site import BILLING, destination, snapshot, started
+from twisted.internet.defer import Deferred
+
+from tests.test_site import BILLING, destination, result_of, snapshot, started
 
 EVENTS = """
 seen = []
@@ -40,3 +43,38 @@ def test_hook_routes_changed_and_site_started_fire_in_documented_order(tmp_path:
     assert hook == "tgw_routes_changed" and len(seen) == 3
     assert len(routes) == 1 and routes[0].startswith("billing.")
     assert version
+
+
+LIFECYCLE = """
+calls = []
+
+
+class Watcher:
+    name = "watcher"
+
+    def load(self, ctx):
+        calls.append(("load", ctx.site.name, ctx.site.listening))
+        self.site = ctx.site
+
+    def done(self):
+        calls.append(("done", self.site.name, self.site.listening))
+
+
+addons = [Watcher]
+"""
+
+
+def test_a_site_loads_its_addons_before_listening_and_ends_them_when_it_stops(
+    tmp_path: Path,
+) -> None:
+    """A real Site calls load(ctx) (with itself as ctx.site) before it listens, and done()
+    once when it stops, after it stopped listening."""
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "watcher.py").write_text(LIFECYCLE)
+    site = started(tmp_path, ["fake", "watcher"], {"fake": {"certs": True}})
+    addon = site.stack.pm.get_plugin("watcher[0:watcher]")
+    calls = sys.modules[type(addon).__module__].calls
+    assert calls == [("load", "main", False)]
+    assert addon.site is site
+    result_of(Deferred.fromCoroutine(site.stop(0)))
+    assert calls == [("load", "main", False), ("done", "main", False)]
