@@ -13,6 +13,7 @@ other addons still run; a raising addon never vetoes by accident.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,17 @@ class ConnectionInfo:
     """The addon being called (set by the plugin stack while it dispatches)."""
     annotated_by: dict[str, str] | None = field(default=None, repr=False, compare=False)
     """Which addon wrote each annotation key (created on first use)."""
+    closer: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    """Set by the connection's driver; what :meth:`close` calls."""
+
+    def close(self, reason: str) -> None:
+        """Close this connection now, for ``reason``, at any time of its life (keep the
+        ``ConnectionInfo`` from a hook and call this later, on the reactor thread). The
+        record's ``close_cause`` is ``addon_close`` and ``close_detail`` the reason; it
+        is counted in ``tgw_downstream_rejected_total{reason="addon_close"}``. Closing a
+        connection that already ended does nothing."""
+        if self.closer is not None:
+            self.closer(reason)
 
     def annotate(self, key: str, value: Any) -> None:
         """Add ``key`` to this connection's access-log record (under ``annotations``).

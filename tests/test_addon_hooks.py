@@ -1,0 +1,70 @@
+"""Hooks plugin authors asked for (issue 21), through a real gateway on loopback: an
+addon closes a live connection later with a reason; an addon reroutes a connection
+from its ClientHello."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest_twisted
+
+from tests.harness import (
+    echo,
+    gateway_entry,
+    in_thread,
+    intentions,
+    read_all,
+    registration,
+    sni_for,
+    tls_connect,
+    write_json,
+)
+
+CLOSER = """
+live = []
+
+
+def tgw_upstream_connected(event):
+    live.append(event.conn)  # kept, and closed later by the test
+"""
+
+
+def hold(port: int, sni: str, files: tuple[Path, Path, Path], ready: threading.Event) -> bytes:
+    """Connect, get one echo back, signal, then read until the gateway closes."""
+    cert, key, root = files
+    with tls_connect(port, sni, cert, key, root) as sock:
+        sock.sendall(b"ping")
+        assert sock.recv(4) == b"ping"
+        ready.set()
+        return read_all(sock)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_addon_closes_a_live_connection_later_with_a_reason(
+    gateway, upstreams, tmp_path: Path
+):
+    """ConnectionInfo.close(reason), called outside any hook while bytes flow: the client
+    sees the connection end, the record says addon_close with the reason, and it is
+    counted in tgw_downstream_rejected_total{reason="addon_close"}."""
+    up = upstreams(echo)
+    (tmp_path / "addons").mkdir(exist_ok=True)
+    (tmp_path / "addons" / "closer.py").write_text(CLOSER)
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "closer"]
+    await gateway.start()
+    ready = threading.Event()
+    files = gateway.client_files("web")
+    client = in_thread(hold, gateway.port, sni_for("billing"), files, ready)
+    await gateway.wait_for(ready.is_set)
+    [conn] = sys.modules[gateway.site.stack.pm.get_plugin("closer").__name__].live
+    conn.close("quota used")
+    conn.close("twice")  # the first cause stays
+    assert await client == b""
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    [record] = gateway.access_records()
+    assert (record["close_cause"], record["close_detail"]) == ("addon_close", "quota used")
+    assert gateway.metric("tgw_downstream_rejected_total", reason="addon_close") == 1
