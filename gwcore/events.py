@@ -91,6 +91,19 @@ class ClientHelloSeen(Vetoable):
     conn: ConnectionInfo | None = None
     sni: str | None = None
     destination: Destination | None = None
+    rerouted_to: str | None = field(default=None, init=False)
+    rerouted_by: str | None = field(default=None, init=False)
+
+    def route_to(self, sni: str, addon: str = "addon") -> None:
+        """Route this connection as if the client had sent ``sni``: its destination and
+        the certificate presented are those of that name's route (an unknown name is
+        refused as ``unknown_sni``). The first reroute wins; later addons see it in
+        ``rerouted_to``. The client must accept that route's certificate (its SPIFFE
+        identity), so use it for aliases of one service or for clients that verify
+        the mesh CA only."""
+        if self.rerouted_to is None:
+            self.rerouted_to = sni
+            self.rerouted_by = addon
 
 
 @dataclass(slots=True)

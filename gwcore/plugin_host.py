@@ -322,6 +322,8 @@ class PluginStack:
             vetoed_now = vetoed_before is None and getattr(event, "veto_reason", None) is not None
             if vetoed_now and event.vetoed_by in (None, "addon"):
                 event.vetoed_by = impl.plugin_name
+            if getattr(event, "rerouted_by", None) == "addon":
+                event.rerouted_by = impl.plugin_name
         if conn is not None:
             conn.writer = None
 

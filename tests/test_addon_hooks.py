@@ -13,10 +13,12 @@ import pytest_twisted
 from tests.harness import (
     echo,
     gateway_entry,
+    hello,
     in_thread,
     intentions,
     read_all,
     registration,
+    request,
     sni_for,
     tls_connect,
     write_json,
@@ -68,3 +70,40 @@ async def test_an_addon_closes_a_live_connection_later_with_a_reason(
     [record] = gateway.access_records()
     assert (record["close_cause"], record["close_detail"]) == ("addon_close", "quota used")
     assert gateway.metric("tgw_downstream_rejected_total", reason="addon_close") == 1
+
+
+REROUTE = """
+from gwcore.policy.sni import service_sni
+from gwcore.policy.model import ServiceName
+
+TRUST_DOMAIN = "11111111-2222-3333-4444-555555555555.consul"
+
+
+def tgw_tls_clienthello(event):
+    # A legacy client knows billing by an old name: route it to billing's mesh name.
+    if event.sni == "billing.legacy.example":
+        event.route_to(service_sni(ServiceName("billing"), "dc1", TRUST_DOMAIN))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_addon_reroutes_a_connection_from_its_clienthello(
+    gateway, upstreams, tmp_path: Path
+):
+    """A name with no route, rerouted by an addon in tgw_tls_clienthello, reaches the
+    service it was rerouted to (certificate, destination and authorization of that
+    route); the access record shows the service."""
+    up = upstreams(hello(b"billing here"))
+    (tmp_path / "addons").mkdir(exist_ok=True)
+    (tmp_path / "addons" / "reroute.py").write_text(REROUTE)
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "reroute"]
+    await gateway.start()
+    files = gateway.client_files("web")
+    reply = await in_thread(request, gateway.port, "billing.legacy.example", files)
+    assert reply == b"billing here"
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    [record] = gateway.access_records()
+    assert record["destination"] == "billing"
