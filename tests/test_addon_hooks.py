@@ -8,9 +8,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 
 from tests.harness import (
+    HandshakeRefusedError,
     echo,
     gateway_entry,
     hello,
@@ -107,3 +109,44 @@ async def test_an_addon_reroutes_a_connection_from_its_clienthello(
     await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
     [record] = gateway.access_records()
     assert record["destination"] == "billing"
+
+
+CLOSED = """
+closed = []
+
+
+def tgw_connection_closed(event):
+    closed.append(event.record["close_cause"])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_refused_at_accept_gets_a_record_and_the_closed_event(
+    gateway, upstreams, tmp_path: Path
+):
+    """Over max_connections, the refused connection is recorded in the access log and
+    given to tgw_connection_closed like any other (close cause ``overflow``)."""
+    up = upstreams(echo)
+    (tmp_path / "addons").mkdir(exist_ok=True)
+    (tmp_path / "addons" / "closed.py").write_text(CLOSED)
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "closed"]
+    gateway.site_options = {"max_connections": 1}
+    await gateway.start()
+    ready = threading.Event()
+    files = gateway.client_files("web")
+    held = in_thread(hold, gateway.port, sni_for("billing"), files, ready)
+    await gateway.wait_for(ready.is_set)
+    refused = in_thread(request, gateway.port, sni_for("billing"), files)
+    with pytest.raises((HandshakeRefusedError, OSError)):  # aborted at accept
+        await refused
+    closed = sys.modules[gateway.site.stack.pm.get_plugin("closed").__name__].closed
+    await gateway.wait_for(lambda: "overflow" in closed)
+    records = gateway.access_records()
+    assert [r["close_cause"] for r in records] == ["overflow"]
+    assert records[0]["client"].startswith("127.0.0.1:")
+    [conn] = gateway.site.active
+    conn.close("test over")
+    await held
