@@ -13,7 +13,7 @@ other addons still run; a raising addon never vetoes by accident.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +126,31 @@ class AuthorizationDone(Vetoable):
     identity: SpiffeID | None = None
     destination: Destination | None = None
     decision: Decision | None = None
+
+
+@dataclass(slots=True)
+class EndpointChoice:
+    """The endpoints the gateway is about to try for an authorized connection, in order
+    (after health, ejection and the destination's ``lb_policy``). ``choose`` replaces
+    the order."""
+
+    conn: ConnectionInfo
+    destination: Destination
+    candidates: tuple[Endpoint, ...]
+    chosen: tuple[Endpoint, ...] | None = field(default=None, init=False)
+    chosen_by: str | None = field(default=None, init=False)
+
+    def choose(self, endpoints: Sequence[Endpoint], addon: str = "addon") -> None:
+        """Try ``endpoints`` (a non-empty selection of ``candidates``, in the order
+        given) instead; the first addon to choose wins. An endpoint that is not a
+        candidate raises ``ValueError`` (an unhealthy or ejected endpoint cannot be
+        brought back this way)."""
+        picked = tuple(endpoints)
+        if not picked or any(e not in self.candidates for e in picked):
+            raise ValueError("choose() takes a non-empty selection of event.candidates")
+        if self.chosen is None:
+            self.chosen = picked
+            self.chosen_by = addon
 
 
 @dataclass(slots=True)

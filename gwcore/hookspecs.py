@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         ClientConnected,
         ClientHelloSeen,
         ConnectionClosed,
+        EndpointChoice,
         HandshakeDone,
         RoutesChanged,
         SiteStarted,
@@ -166,6 +167,14 @@ def tgw_authorized(event: AuthorizationDone) -> None:
 
 
 @hookspec
+def tgw_choose_endpoint(event: EndpointChoice) -> None:
+    """The connection was authorized and the gateway is about to dial: ``event.candidates``
+    are the usable endpoints in the order the load balancer chose. ``event.choose(eps)``
+    replaces them with a selection of the candidates, in a new order (the first
+    ``max_connect_attempts`` are tried). The first addon to choose wins."""
+
+
+@hookspec
 def tgw_upstream_connected(event: UpstreamConnected) -> None:
     """An upstream connection is open; bytes start to flow."""
 
@@ -187,6 +196,7 @@ EVENT_HOOKS: tuple[str, ...] = (
     "tgw_tls_clienthello",
     "tgw_handshake_done",
     "tgw_authorized",
+    "tgw_choose_endpoint",
     "tgw_upstream_connected",
     "tgw_upstream_failed",
     "tgw_connection_closed",

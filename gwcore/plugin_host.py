@@ -324,6 +324,8 @@ class PluginStack:
                 event.vetoed_by = impl.plugin_name
             if getattr(event, "rerouted_by", None) == "addon":
                 event.rerouted_by = impl.plugin_name
+            if getattr(event, "chosen_by", None) == "addon":
+                event.chosen_by = impl.plugin_name
         if conn is not None:
             conn.writer = None
 

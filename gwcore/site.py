@@ -33,6 +33,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from gwcore.endpoint_choice import choose_endpoints
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
 from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics, SiteChildren
@@ -298,8 +299,10 @@ class Site:
         if dialled is not None:
             destination = replace(destination, endpoints=tuple(dialled(destination)))
         endpoints = self.picker.candidates(destination, self.reactor.seconds())
-        endpoints = endpoints[: self.config.max_connect_attempts]
         info = conn.info
+        if self._listeners["tgw_choose_endpoint"]:  # addons may reorder (gwcore.endpoint_choice)
+            endpoints = choose_endpoints(self, info, destination, endpoints)
+        endpoints = endpoints[: self.config.max_connect_attempts]
         timeout = destination.connect_timeout or self.config.connect_timeout
 
         def on_failure(endpoint: Endpoint, reason: str, detail: str, final: bool) -> None:

@@ -27,6 +27,7 @@ from gwcore.events import (
     ClientHelloSeen,
     ConnectionClosed,
     ConnectionInfo,
+    EndpointChoice,
     HandshakeDone,
     RoutesChanged,
     SiteStarted,
@@ -51,6 +52,7 @@ EVENT_HOOK_OF: dict[type, str] = {
     ClientHelloSeen: "tgw_tls_clienthello",
     HandshakeDone: "tgw_handshake_done",
     AuthorizationDone: "tgw_authorized",
+    EndpointChoice: "tgw_choose_endpoint",
     UpstreamConnected: "tgw_upstream_connected",
     UpstreamFailed: "tgw_upstream_failed",
     ConnectionClosed: "tgw_connection_closed",
@@ -143,6 +145,13 @@ def authorization_done(
         "decision": Decision(Verdict.ALLOW, "intentions", "test"),
     }
     return AuthorizationDone(**{**values, **kw})
+
+
+def endpoint_choice(service: str = "billing", *endpoints: tuple[str, int]) -> EndpointChoice:
+    """The endpoints about to be tried for ``service`` (default: two on 127.0.0.1)."""
+    eps = endpoints or (("127.0.0.1", 8080), ("127.0.0.1", 8081))
+    dest = destination(service, *eps)
+    return EndpointChoice(conn=connection_info(), destination=dest, candidates=dest.endpoints)
 
 
 def upstream_connected(service: str = "billing", **kw: Any) -> UpstreamConnected:

@@ -150,3 +150,40 @@ async def test_a_connection_refused_at_accept_gets_a_record_and_the_closed_event
     [conn] = gateway.site.active
     conn.close("test over")
     await held
+
+
+CHOOSER = """
+import json
+from pathlib import Path
+
+PREFERRED = json.loads((Path(__file__).parent / "preferred.json").read_text())
+offered = []
+
+
+def tgw_choose_endpoint(event):
+    offered.append(sorted(e.port for e in event.candidates))
+    event.choose([e for e in event.candidates if e.port == PREFERRED])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_addon_chooses_the_endpoint_among_the_candidates(
+    gateway, upstreams, tmp_path: Path
+):
+    """tgw_choose_endpoint sees both healthy endpoints of billing and pins every
+    connection to one of them, whatever the round-robin order would have been."""
+    first, second = upstreams(hello(b"first")), upstreams(hello(b"second"))
+    (tmp_path / "addons").mkdir(exist_ok=True)
+    (tmp_path / "addons" / "chooser.py").write_text(CHOOSER)
+    (tmp_path / "addons" / "preferred.json").write_text(str(second.port))
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    regs = [registration("billing", first.port), registration("billing", second.port)]
+    write_json(gateway.catalog / "regs.json", regs)
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "chooser"]
+    await gateway.start()
+    files = gateway.client_files("web")
+    replies = [await in_thread(request, gateway.port, sni_for("billing"), files) for _ in "abc"]
+    assert replies == [b"second"] * 3
+    offered = sys.modules[gateway.site.stack.pm.get_plugin("chooser").__name__].offered
+    assert offered == [sorted([first.port, second.port])] * 3
