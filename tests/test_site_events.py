@@ -1,14 +1,17 @@
-"""Site-level event hooks a real Site calls outside any connection: ``tgw_routes_changed``
+"""What a real Site does with its plugins outside any connection: ``tgw_routes_changed``
 (at start, before ``tgw_site_started``, then after each catalog rebuild) and
-``tgw_site_started`` (once per start, with the listening address)."""
+``tgw_site_started``; addons' ``load(ctx)`` before listening and ``done()`` at stop; a
+provider of the wrong shape refusing the start."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import pytest
 from twisted.internet.defer import Deferred
 
+from gwcore.plugin_host import PluginLoadError
 from tests.test_site import BILLING, destination, result_of, snapshot, started
 
 EVENTS = """
@@ -78,3 +81,31 @@ def test_a_site_loads_its_addons_before_listening_and_ends_them_when_it_stops(
     assert addon.site is site
     result_of(Deferred.fromCoroutine(site.stop(0)))
     assert calls == [("load", "main", False), ("done", "main", False)]
+
+
+NO_HEALTH = """
+class Source:
+    name = "nohealth"
+
+    def start(self, publish):
+        return None
+
+    def stop(self):
+        return None
+
+
+def tgw_catalog_sources(site):
+    return [Source()]
+"""
+
+
+def test_a_site_with_a_source_without_health_refuses_to_start(tmp_path: Path) -> None:
+    """A real Site's start fails before anything starts or listens, naming the plugin
+    and the missing member (before, it started and /ready later answered 500)."""
+    (tmp_path / "addons").mkdir()
+    (tmp_path / "addons" / "nohealth.py").write_text(NO_HEALTH)
+    with pytest.raises(PluginLoadError) as raised:
+        started(tmp_path, ["fake", "nohealth"], {"fake": {"certs": True}})
+    assert "plugin 'nohealth': tgw_catalog_sources()[0] (Source) has no health()" in str(
+        raised.value
+    )
