@@ -70,6 +70,7 @@ from gwcore.providers import (
     UpstreamStrategy,
 )
 from gwcore.recheck import LiveRecheck
+from gwcore.upstream_files import destination_file_problems
 
 FIRST_SNAPSHOT_TIMEOUT = 30.0
 CONFIG_FAILURES = frozenset({"tls_config", "no_strategy", "no_endpoints"})
@@ -744,6 +745,10 @@ class Site:
             "certificate_providers": certs,
             "engines": [e.name for e in self.engines],
             "plugins": list(self.stack.plugin_names),
+            # Reported, not failing readiness: other destinations still work.
+            "upstream_tls_files": destination_file_problems(
+                (d for _, d in self._routes), self.config.base_dir
+            ),
         }
 
     def describe_routes(self) -> dict[str, Any]:

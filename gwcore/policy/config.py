@@ -8,7 +8,9 @@ key and what is wrong; validation never stops at the first problem, so one run o
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -33,6 +35,8 @@ ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 # "consul": the agent's default, decided by the consul_intentions plugin (docs/consul.md).
 POLICIES = ("allow", "deny", "consul")
 _CONSUL_INTENTIONS = ("consul_intentions", "gwcore.plugins.consul_intentions")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 # Patterns given to ``string(pattern=...)`` must match the whole value (fullmatch):
 # a "$" anchor would let a trailing newline through.
@@ -238,8 +242,14 @@ class SectionReader:
                 continue
             if allow_tables and isinstance(value, Mapping):
                 continue
-            self.problem(name, "unknown key")
+            self.problem(name, "unknown key" + did_you_mean(name, self._seen))
         return self.problems
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` when a known name is close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def read_stub_options(
@@ -371,6 +381,8 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
+    log_level: str = "info"
+    log_format: str = "text"
     admin_token: str = field(default="", repr=False)
     admin_token_file: Path | None = None
     admin_hosts: tuple[str, ...] = ()
@@ -381,6 +393,25 @@ class GatewayConfig:
             if site.key == key:
                 return site
         raise KeyError(key)
+
+
+SYSTEM_STATE_DIR = Path("/var/lib/tgw")
+
+
+def default_state_dir(base_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the built-in CA keeps its keys when ``state_dir`` is not set.
+
+    Never next to a config in ``/etc``: systemd's ``$STATE_DIRECTORY`` (set by
+    ``StateDirectory=tgw``) if present, else ``/var/lib/tgw`` for a config under
+    ``/etc``, else ``state/`` beside the config (a development checkout).
+    """
+    env = os.environ if environ is None else environ
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if base_dir == Path("/etc") or Path("/etc") in base_dir.parents:
+        return SYSTEM_STATE_DIR
+    return base_dir / "state"
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -425,9 +456,12 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
             what="an endpoint string",
         )
     access_log = gw.string("access_log", "-") or ""
-    state_dir = base_dir / (gw.string("state_dir", "state") or "state")
+    state = gw.string("state_dir")
+    state_dir = base_dir / state if state else default_state_dir(base_dir)
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
+    log_level = gw.string("log_level", "info", choices=LOG_LEVELS) or "info"
+    log_format = gw.string("log_format", "text", choices=LOG_FORMATS) or "text"
     admin_token = gw.string("admin_token", "") or ""
     token_file = gw.string("admin_token_file", "") or ""
     if admin_token and token_file:
@@ -483,6 +517,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sample_service=sample,
         raw=data,
         workers=workers,
+        log_level=log_level,
+        log_format=log_format,
         admin_token=admin_token,
         admin_token_file=base_dir / token_file if token_file else None,
         admin_hosts=admin_hosts,
