@@ -13,13 +13,18 @@ Two moments:
   :class:`EngineAnswerError`, which the site treats like an engine exception: a deny
   (fail closed), counted in ``tgw_authz_errors_total{reason}``.
 
-Sans-IO except for recognising a Twisted ``Deferred`` (imported lazily).
+No I/O; Twisted only for recognising a ``Deferred`` (imported at module level: it is
+on the per-connection path, and importing it installs no reactor).
 """
 
 from __future__ import annotations
 
 import inspect
 from typing import Any
+
+# Deferred and its TimeoutError only (no reactor is installed by importing them).
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 
 from gwcore.policy.model import Decision
 
@@ -111,8 +116,6 @@ def engine_answer(engine: Any, request: Any) -> Decision | Any:
     """Ask ``engine`` to authorize ``request``: a :class:`Decision`, or a Deferred firing
     one (a coroutine is run as a Deferred). Anything else raises (or fails the Deferred
     with) :class:`EngineAnswerError`, so the caller's fail-closed path sees it."""
-    from twisted.internet.defer import Deferred
-
     answer = engine.authorize(request)
     if inspect.iscoroutine(answer):
         answer = Deferred.fromCoroutine(answer)
@@ -125,8 +128,6 @@ def engine_error_reason(error: BaseException) -> str:
     """The ``reason`` label for an engine failure (one of :data:`ENGINE_ERROR_REASONS`)."""
     if isinstance(error, EngineAnswerError):
         return error.reason
-    from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-
     if isinstance(error, DeferredTimeoutError):
         return "timeout"
     return "exception"
