@@ -306,6 +306,7 @@ class PluginStack:
         conn = getattr(event, "conn", None)
         for impl in self._events[hook]:
             vetoed_before = getattr(event, "veto_reason", None)
+            rerouted_before = getattr(event, "rerouted_to", None)
             if conn is not None:
                 conn.writer = impl.plugin_name  # annotation keys belong to their writer
             try:
@@ -318,6 +319,8 @@ class PluginStack:
                 if vetoed_before is None and getattr(event, "veto_reason", None) is not None:
                     event.veto_reason = None
                     event.vetoed_by = None
+                if rerouted_before is None and getattr(event, "rerouted_to", None) is not None:
+                    event.rerouted_to = event.rerouted_by = None  # nor reroute
                 continue
             vetoed_now = vetoed_before is None and getattr(event, "veto_reason", None) is not None
             if vetoed_now and event.vetoed_by in (None, "addon"):

@@ -13,7 +13,7 @@ from gwcore.cli import main as tgw_main
 from gwcore.plugin_checks import EngineAnswerError, engine_answer
 from gwcore.plugin_host import PluginLoadError
 from gwcore.policy.model import Decision, Verdict
-from gwcore.testing import authz_request, client_connected, load_stack
+from gwcore.testing import authz_request, client_connected, clienthello_seen, load_stack
 
 SOURCE_WITHOUT_HEALTH = """
 class Source:
@@ -257,3 +257,20 @@ def test_an_annotation_key_belongs_to_the_addon_that_wrote_it_first(tmp_path: Pa
     assert event.conn.annotations == {"tier": "gold", "alpha.seen": True}
     labels = {"hook": "tgw_client_connected"}
     assert loaded.metric("tgw_addon_errors_total", **labels) == 1
+
+
+REROUTE_THEN_RAISE = """
+def tgw_tls_clienthello(event):
+    event.route_to("elsewhere.example")
+    raise RuntimeError("addon bug")
+"""
+
+
+def test_an_addon_that_raises_after_rerouting_does_not_reroute(tmp_path: Path) -> None:
+    """Like a veto, a reroute made by an addon that then raised is undone (and the error
+    counted), so a bug never sends a connection elsewhere."""
+    dropin(tmp_path, "rerouter", REROUTE_THEN_RAISE)
+    loaded = load_stack(tmp_path, ["rerouter"], plugin_paths=["addons"])
+    event = loaded.dispatch(clienthello_seen())
+    assert (event.rerouted_to, event.rerouted_by) == (None, None)
+    assert loaded.metric("tgw_addon_errors_total", hook="tgw_tls_clienthello") == 1
