@@ -31,6 +31,7 @@ class GatewayMetrics:
         self.exposition = self.registry
         """What ``/metrics`` serves: with workers, every worker's values added up."""
         self._families: dict[str, MetricWrapperBase] = {}
+        self._owners: dict[str, str] = {}
         r = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker (gwcore.workers)
             from prometheus_client.multiprocess import MultiProcessCollector
@@ -97,8 +98,9 @@ class GatewayMetrics:
         )
         self.authz_errors = Counter(
             "tgw_authz_errors",
-            "Authorization engine failures and timeouts (each is a deny).",
-            ["site", "engine"],
+            "Authorization engine failures, timeouts and answers that are not a decision"
+            " (each is a deny), by reason: exception, timeout, none, wrong_type.",
+            ["site", "engine", "reason"],
             registry=r,
         )
         # upstream
@@ -237,21 +239,42 @@ class GatewayMetrics:
         )
 
     def family(
-        self, kind: type[_M], name: str, documentation: str, labels: list[str], **kw: Any
+        self,
+        kind: type[_M],
+        name: str,
+        documentation: str,
+        labels: list[str],
+        *,
+        owner: str | None = None,
+        **kw: Any,
     ) -> _M:
         """Get or create a plugin's own metric family on this registry.
 
         Plugins call this from each site they serve; the first call creates the
         family and later calls (other sites, reloads) get the same object, so a
         name is never registered twice. Always include a ``site`` label.
+
+        ``owner`` (the plugin's name) claims the family: a later call by another owner,
+        or with other labels, raises ``ValueError`` naming both, so two plugins that
+        chose one name never count into each other's family.
         """
         existing = self._families.get(name)
         if existing is not None:
             if not isinstance(existing, kind):
                 raise TypeError(f"metric {name} exists as {type(existing).__name__}")
+            first = self._owners.get(name)
+            if owner is not None and first is not None and owner != first:
+                raise ValueError(f"metric {name} is registered by plugin {first!r}, not {owner!r}")
+            if tuple(labels) != tuple(existing._labelnames):
+                raise ValueError(
+                    f"metric {name} exists with labels {list(existing._labelnames)}"
+                    f"{f' (plugin {first!r})' if first else ''}, not {labels}"
+                )
             return existing
         created = kind(name, documentation, labels, registry=self.registry, **kw)
         self._families[name] = created
+        if owner is not None:
+            self._owners[name] = owner
         return created
 
 

@@ -13,7 +13,6 @@ import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from inspect import iscoroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,10 @@ from twisted.internet.defer import (
     TimeoutError as DeferredTimeoutError,
 )
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from gwcore.endpoint_choice import choose_endpoints
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
 from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics, SiteChildren
@@ -46,6 +46,7 @@ from gwcore.net.splice import State
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
+from gwcore.plugin_checks import engine_answer, engine_error_reason
 from gwcore.plugin_host import PluginStack
 from gwcore.policy.admission import Admission
 from gwcore.policy.balancing import EndpointPicker, OutlierDetector
@@ -250,15 +251,13 @@ class Site:
         waiting = False
         for engine in self.engines:
             try:
-                answer = engine.authorize(request)
+                answer = engine_answer(engine, request)  # checks the answer's type
             except Exception:
                 failed = self._engine_failed(Failure(), engine)
                 answers.append(
                     failed if isinstance(failed, Decision) else failure(engine.name, "cancelled")
                 )
                 continue
-            if iscoroutine(answer):
-                answer = Deferred.fromCoroutine(answer)
             if isinstance(answer, Deferred):
                 if not answer.called:
                     answer.addTimeout(self.config.authz_timeout, self.reactor)
@@ -286,10 +285,15 @@ class Site:
             detail = f"timed out after {self.config.authz_timeout:g}s"
         else:
             detail = f"{type(reason.value).__name__}: {reason.value}"
-        self.metrics.authz_errors.labels(site=self.name, engine=engine.name).inc()
+        why = engine_error_reason(reason.value)
+        self.metrics.authz_errors.labels(site=self.name, engine=engine.name, reason=why).inc()
         self.log.warn(
-            "authorization engine {engine} failed: {detail}", engine=engine.name, detail=detail
+            "authorization engine {engine} failed ({why}), denied: {detail}",
+            engine=engine.name,
+            why=why,
+            detail=detail,
         )
+        self.log.failure("engine {engine}", reason, level=LogLevel.debug, engine=engine.name)
         return failure(engine.name, detail)
 
     def connect_upstream(self, conn: DownstreamProtocol) -> Deferred[Any]:
@@ -312,8 +316,10 @@ class Site:
         if dialled is not None:
             destination = replace(destination, endpoints=tuple(dialled(destination)))
         endpoints = self.picker.candidates(destination, self.reactor.seconds())
-        endpoints = endpoints[: self.config.max_connect_attempts]
         info = conn.info
+        if self._listeners["tgw_choose_endpoint"]:  # addons may reorder (gwcore.endpoint_choice)
+            endpoints = choose_endpoints(self, info, destination, endpoints)
+        endpoints = endpoints[: self.config.max_connect_attempts]
         timeout = destination.connect_timeout or self.config.connect_timeout
 
         def on_failure(endpoint: Endpoint, reason: str, detail: str, final: bool) -> None:
@@ -424,6 +430,7 @@ class Site:
 
     async def start(self) -> None:
         """Build providers, wait for first snapshots, then listen."""
+        self.stack.load_addons(self)  # addons' load(ctx)/configure (gwcore.addon_lifecycle)
         self.sources = self.stack.collect("tgw_catalog_sources", site=self)
         # A mesh site never terminates TLS: no provider is built, so no key is ever held.
         if self.config.role != "mesh":
@@ -510,6 +517,7 @@ class Site:
                 await maybeDeferred(provider.stop)
             except Exception:
                 self.log.failure("stopping {name} failed", name=getattr(provider, "name", provider))
+        self.stack.addons_done(self.log)
 
     def _publish(self, index: int, snapshot: CatalogSnapshot) -> None:
         previous = self._snapshots.get(index)

@@ -152,3 +152,54 @@ class MeshCA:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(pki.certificate_pem(self.cert))
         return path
+
+
+# The harness for plugin authors (builders, load_stack, metric_value) lives in
+# gwcore.testing_stack to keep this module small; it is part of gwcore.testing.
+from gwcore.testing_stack import (  # noqa: E402
+    EVENT_HOOK_OF,
+    LoadedStack,
+    authorization_done,
+    authz_request,
+    client_connected,
+    clienthello_seen,
+    connection_closed,
+    connection_info,
+    destination,
+    endpoint_choice,
+    handshake_done,
+    identity,
+    load_stack,
+    metric_value,
+    routes_changed,
+    site_started,
+    sni_of,
+    upstream_connected,
+    upstream_failed,
+)
+
+__all__ = [
+    "EVENT_HOOK_OF",
+    "TRUST_DOMAIN",
+    "FakeSite",
+    "LoadedStack",
+    "MeshCA",
+    "authorization_done",
+    "authz_request",
+    "client_connected",
+    "clienthello_seen",
+    "connection_closed",
+    "connection_info",
+    "destination",
+    "endpoint_choice",
+    "handshake_done",
+    "identity",
+    "load_stack",
+    "metric_value",
+    "routes_changed",
+    "site_config",
+    "site_started",
+    "sni_of",
+    "upstream_connected",
+    "upstream_failed",
+]

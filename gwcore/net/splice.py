@@ -282,6 +282,17 @@ class SplicedClient:
             self._send_close_notify()
         self._close(cause)
 
+    def close_for_addon(self, reason: str) -> None:
+        """An addon closes this connection (``ConnectionInfo.close``)."""
+        if self.state is State.CLOSED or self.close_cause is not None:
+            return  # already ending: the first cause stays
+        self.close_cause_detail = reason
+        self.site.metrics.rejected.labels(site=self.site.name, reason="addon_close").inc()
+        _log.info(
+            "closing {client} for an addon: {reason}", client=self.client_label(), reason=reason
+        )
+        self.close("addon_close")
+
     def _close(self, cause: str, abort: bool = False) -> None:
         if self.close_cause is None:
             self.close_cause = cause
@@ -347,6 +358,7 @@ class SplicedClient:
             client_address=getattr(peer, "host", str(peer)),
             client_port=getattr(peer, "port", 0),
             started=self.started,
+            closer=self.close_for_addon,
         )
         if not self.site.connection_opened(self):
             self.close_cause = "overflow"

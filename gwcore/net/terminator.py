@@ -183,6 +183,10 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             if event.veto_reason is not None:
                 self.hello_veto = f"vetoed by {event.vetoed_by}: {event.veto_reason}"
                 return None
+            if event.rerouted_to is not None:  # an addon chose the route (events.route_to)
+                raw = event.rerouted_to
+                sni = normalize_sni(raw)
+                destination = self.routes.lookup(sni) if sni else None
         if raw is None or sni is None:
             self.route_miss = "missing_sni" if raw is None else "invalid_sni"
             return None

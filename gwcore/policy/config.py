@@ -123,6 +123,11 @@ class SectionReader:
             self.problem(name, "is required")
         return _MISSING if required else default
 
+    def raw(self, name: str, default: Any = None) -> Any:
+        """The value as written (marked as read), for shapes the typed readers do not
+        cover, such as a list of tables; check it yourself and :meth:`problem` it."""
+        return self._get(name, default, False)
+
     def string(
         self,
         name: str,
@@ -437,6 +442,15 @@ def load_config(path: str | Path) -> GatewayConfig:
     return parse_config(data, file, path.resolve().parent)
 
 
+def section_name(entry: str) -> str:
+    """The config section (and stack name) of a stack entry: the entry itself, or, for a
+    drop-in path or a dotted module path, its last component (``addons/rate.py`` and
+    ``mycompany.rate`` are both configured in ``[sites.NAME.rate]``)."""
+    if entry.endswith(".py"):
+        return Path(entry).stem
+    return entry.rsplit(".", 1)[-1]
+
+
 def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayConfig:
     """Validate parsed TOML. Plugin sections are left to the plugins."""
     problems: list[ConfigProblem] = []
@@ -611,8 +625,9 @@ def _parse_site(
     lb_policy = r.string("lb_policy", "round_robin", choices=choices) or "round_robin"
     values["lb_policy"] = policy_name(lb_policy) or "round_robin"
     sections = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+    own_sections = {section_name(p) for p in plugins} | set(plugins)
     for section in sections:
-        if section not in plugins and section not in ESSENTIAL_SECTIONS:
+        if section not in own_sections and section not in ESSENTIAL_SECTIONS:
             r.problem(
                 section, "is a plugin section, but the plugin is not in this site's plugins list"
             )
