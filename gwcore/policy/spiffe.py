@@ -9,20 +9,44 @@ Accepted forms (``agent/connect/uri_service.go`` and ``uri_mesh_gateway.go``):
 The certificate chain has already been verified by the time these functions run;
 what is checked here is that the identity in it is unambiguous and trusted.
 """
+
 from __future__ import annotations
+
 import re
 from collections.abc import Collection
 from functools import lru_cache
+
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
 from gwcore.policy.model import DEFAULT_NAMESPACE, DEFAULT_PARTITION, ServiceName, SpiffeID
-IDENTITY_ERROR_REASONS = frozenset({'no_uri_san', 'multiple_uri_sans', 'bad_spiffe_id', 'untrusted_domain', 'ca_certificate', 'bad_key_usage', 'wrong_trust_bundle'})
+
+#: Every value :attr:`IdentityError.reason` takes; it is a metric label, so it stays closed.
+IDENTITY_ERROR_REASONS = frozenset(
+    {
+        "no_uri_san",
+        "multiple_uri_sans",
+        "bad_spiffe_id",
+        "untrusted_domain",
+        "ca_certificate",
+        "bad_key_usage",
+        "wrong_trust_bundle",
+    }
+)
+
+#: Distinct client certificates whose identity :func:`identity_from_der` remembers.
 IDENTITY_CACHE_SIZE = 1024
+
+# From the SPIFFE ID spec: these bounds keep a hostile certificate from feeding
+# arbitrarily large or odd strings into logs and policy.
 _MAX_URI_LENGTH = 2048
-_TRUST_DOMAIN = re.compile('[a-z0-9._-]+')
-_SEGMENT = re.compile('[A-Za-z0-9._-]+')
-_SCHEME = 'spiffe://'
+# Always used with fullmatch: "$" would also match before a trailing newline, so
+# ".../svc/web\n" would parse as a second spelling of web.
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_SCHEME = "spiffe://"
 _DETAIL_VALUE_LIMIT = 200
+
 
 class IdentityError(Exception):
     """A client certificate whose identity cannot be used.
@@ -33,7 +57,7 @@ class IdentityError(Exception):
 
     def __init__(self, reason: str, detail: str) -> None:
         if reason not in IDENTITY_ERROR_REASONS:
-            raise ValueError(f'unknown identity error reason {reason!r}')
+            raise ValueError(f"unknown identity error reason {reason!r}")
         self.reason = reason
         self.detail = detail
         super().__init__(reason, detail)
@@ -41,11 +65,13 @@ class IdentityError(Exception):
     def __str__(self) -> str:
         return f"{self.reason}: {' '.join(self.detail.split())}"
 
+
 def _shown(value: str) -> str:
     """A bounded, quoted rendering of attacker-supplied text for ``detail``."""
     if len(value) > _DETAIL_VALUE_LIMIT:
-        return repr(value[:_DETAIL_VALUE_LIMIT]) + '...'
+        return repr(value[:_DETAIL_VALUE_LIMIT]) + "..."
     return repr(value)
+
 
 def parse_spiffe_id(uri: str) -> SpiffeID:
     """Parse one of Consul's SPIFFE URIs; raise ``IdentityError("bad_spiffe_id")`` otherwise.
@@ -58,35 +84,38 @@ def parse_spiffe_id(uri: str) -> SpiffeID:
     """
 
     def bad(why: str) -> IdentityError:
-        return IdentityError('bad_spiffe_id', f'{_shown(uri)} {why}')
+        return IdentityError("bad_spiffe_id", f"{_shown(uri)} {why}")
+
     if not isinstance(uri, str):
-        raise IdentityError('bad_spiffe_id', f'URI SAN is not text: {type(uri).__name__}')
+        raise IdentityError("bad_spiffe_id", f"URI SAN is not text: {type(uri).__name__}")
     if len(uri) > _MAX_URI_LENGTH:
-        raise bad(f'is longer than {_MAX_URI_LENGTH} characters')
-    if uri[:len(_SCHEME)].lower() != _SCHEME:
-        raise bad('is not a spiffe:// URI')
-    trust_domain, slash, path = uri[len(_SCHEME):].partition('/')
+        raise bad(f"is longer than {_MAX_URI_LENGTH} characters")
+    if uri[: len(_SCHEME)].lower() != _SCHEME:
+        raise bad("is not a spiffe:// URI")
+    trust_domain, slash, path = uri[len(_SCHEME) :].partition("/")
     trust_domain = trust_domain.lower()
     if not trust_domain or not _TRUST_DOMAIN.fullmatch(trust_domain):
-        raise bad('has no valid trust domain')
+        raise bad("has no valid trust domain")
     if not slash:
-        raise bad('has no path')
-    segments = path.split('/')
+        raise bad("has no path")
+    segments = path.split("/")
     for segment in segments:
         if not segment:
-            raise bad('has an empty path segment')
+            raise bad("has an empty path segment")
         if not _SEGMENT.fullmatch(segment):
-            raise bad('has a path segment with characters outside [A-Za-z0-9._-]')
-        if '..' in segment or segment == '.':
-            raise bad('has a dot path segment')
+            raise bad("has a path segment with characters outside [A-Za-z0-9._-]")
+        if ".." in segment or segment == ".":
+            raise bad("has a dot path segment")
+
     match segments:
-        case ['ns', namespace, 'dc', datacenter, 'svc', name]:
+        case ["ns", namespace, "dc", datacenter, "svc", name]:
             return SpiffeID(trust_domain, namespace, datacenter, name)
-        case ['ap', partition, 'ns', namespace, 'dc', datacenter, 'svc', name]:
+        case ["ap", partition, "ns", namespace, "dc", datacenter, "svc", name]:
             return SpiffeID(trust_domain, namespace, datacenter, name, partition=partition)
-        case ['gateway', 'mesh', 'dc', datacenter]:
-            return SpiffeID(trust_domain, DEFAULT_NAMESPACE, datacenter, '', kind='mesh-gateway')
-    raise bad('is not a Consul service or mesh gateway identity')
+        case ["gateway", "mesh", "dc", datacenter]:
+            return SpiffeID(trust_domain, DEFAULT_NAMESPACE, datacenter, "", kind="mesh-gateway")
+    raise bad("is not a Consul service or mesh gateway identity")
+
 
 def check_end_entity(cert: x509.Certificate) -> None:
     """Refuse a client certificate that is not a TLS client's end-entity leaf.
@@ -103,19 +132,20 @@ def check_end_entity(cert: x509.Certificate) -> None:
     except x509.ExtensionNotFound:
         constraints = None
     if constraints is not None and constraints.ca:
-        raise IdentityError('ca_certificate', 'certificate has basicConstraints CA:TRUE')
+        raise IdentityError("ca_certificate", "certificate has basicConstraints CA:TRUE")
     try:
         usage = extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
-        raise IdentityError('bad_key_usage', 'certificate has no keyUsage') from None
+        raise IdentityError("bad_key_usage", "certificate has no keyUsage") from None
     if not usage.digital_signature:
-        raise IdentityError('bad_key_usage', 'keyUsage lacks digitalSignature')
+        raise IdentityError("bad_key_usage", "keyUsage lacks digitalSignature")
     try:
         purposes = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return
     if ExtendedKeyUsageOID.CLIENT_AUTH not in purposes:
-        raise IdentityError('bad_key_usage', 'extendedKeyUsage lacks clientAuth')
+        raise IdentityError("bad_key_usage", "extendedKeyUsage lacks clientAuth")
+
 
 def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collection[str]) -> SpiffeID:
     """The identity in a verified certificate's single URI SAN.
@@ -129,25 +159,32 @@ def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collectio
     """
     try:
         check_end_entity(cert)
+    # An extension that does not parse, one twice, or an x400Address/EDIPartyName name:
+    # cryptography's DuplicateExtension and UnsupportedGeneralNameType are no ValueError.
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
-        raise IdentityError('bad_spiffe_id', f'certificate extensions do not parse: {e}') from e
+        raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
     try:
         extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
-        raise IdentityError('no_uri_san', 'certificate has no subjectAltName') from None
+        raise IdentityError("no_uri_san", "certificate has no subjectAltName") from None
     except x509.DuplicateExtension:
-        raise IdentityError('multiple_uri_sans', 'certificate has more than one subjectAltName extension') from None
+        raise IdentityError(
+            "multiple_uri_sans", "certificate has more than one subjectAltName extension"
+        ) from None
     except (ValueError, x509.UnsupportedGeneralNameType) as e:
-        raise IdentityError('bad_spiffe_id', f'certificate extensions do not parse: {e}') from e
+        raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
     uris = extension.value.get_values_for_type(x509.UniformResourceIdentifier)
-    if False:
-        raise IdentityError('no_uri_san', 'certificate has no URI subjectAltName')
+    if not uris:
+        raise IdentityError("no_uri_san", "certificate has no URI subjectAltName")
     if len(uris) > 1:
-        raise IdentityError('multiple_uri_sans', f'certificate has {len(uris)} URI subjectAltNames')
+        raise IdentityError("multiple_uri_sans", f"certificate has {len(uris)} URI subjectAltNames")
     identity = parse_spiffe_id(uris[0])
     if identity.trust_domain not in {d.lower() for d in trusted_domains}:
-        raise IdentityError('untrusted_domain', f'trust domain {_shown(identity.trust_domain)} is not trusted')
+        raise IdentityError(
+            "untrusted_domain", f"trust domain {_shown(identity.trust_domain)} is not trusted"
+        )
     return identity
+
 
 @lru_cache(maxsize=IDENTITY_CACHE_SIZE)
 def identity_from_der(der: bytes, trusted_domains: frozenset[str]) -> SpiffeID:
@@ -161,10 +198,18 @@ def identity_from_der(der: bytes, trusted_domains: frozenset[str]) -> SpiffeID:
     """
     try:
         cert = x509.load_der_x509_certificate(der)
+    # InvalidVersion (an X.509 version other than 1 or 3) is not a ValueError.
     except (ValueError, x509.InvalidVersion) as e:
-        raise IdentityError('bad_spiffe_id', f'certificate does not parse: {e}') from e
+        raise IdentityError("bad_spiffe_id", f"certificate does not parse: {e}") from e
     return identity_from_certificate(cert, trusted_domains)
+
 
 def service_spiffe_id(service: ServiceName, datacenter: str, trust_domain: str) -> SpiffeID:
     """The identity Consul issues to ``service`` in ``datacenter`` (trust domain lower-cased)."""
-    return SpiffeID(trust_domain=trust_domain.lower(), namespace=service.namespace, datacenter=datacenter, name=service.name, partition=service.partition or DEFAULT_PARTITION)
+    return SpiffeID(
+        trust_domain=trust_domain.lower(),
+        namespace=service.namespace,
+        datacenter=datacenter,
+        name=service.name,
+        partition=service.partition or DEFAULT_PARTITION,
+    )
