@@ -264,7 +264,9 @@ class FileCatalogSource:
             state = self._files.get(path)
             if state is not None and state.digest == digest:
                 continue
-            docs, resolvers, problems = decode_with_resolvers(str(path), data)
+            # Decisions and problems name the file relative to the config (access-log
+            # reasons carry no absolute paths); a file outside its directory by name.
+            docs, resolvers, problems = decode_with_resolvers(self._origin(path), data)
             if problems:
                 self._reject(path, "; ".join(str(p) for p in problems), digest)
                 continue
@@ -275,6 +277,15 @@ class FileCatalogSource:
         for path in set(self._files) - present:
             del self._files[path]
             self._unresolved.pop(f"file:{path}", None)
+
+    def _origin(self, path: Path) -> str:
+        base = getattr(self._site.config, "base_dir", None)  # a test double may have none
+        if base is None:
+            return str(path)
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return path.name
 
     def _note_skipped(self, merged: CatalogDocuments) -> None:
         """One info line per skipped entry (once), and the count in force by kind."""

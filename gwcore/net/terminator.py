@@ -28,7 +28,6 @@ States and the rules between them::
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +47,7 @@ from gwcore.events import (
     ConnectionInfo,
     HandshakeDone,
 )
+from gwcore.net.access_fields import certificate_fields, next_connection_id
 from gwcore.net.client_trust import VERIFY_ERROR_REASONS
 from gwcore.net.first_hello import FirstHello
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
@@ -71,7 +71,6 @@ MAX_EARLY_BYTES = 256 * 1024
 RECV_CHUNK = 1 << 16
 
 log = Logger(namespace="tgw.connection")
-_ids = itertools.count(1)
 
 
 class Dataplane(Protocol):
@@ -109,8 +108,12 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def __init__(self, site: Dataplane) -> None:
         self.site = site
         self.state = State.HANDSHAKE
-        self.connection_id = next(_ids)
+        self.connection_id = next_connection_id()
         self.started = time.time()
+        self.started_monotonic = time.monotonic()
+        self.tls_version: str | None = None
+        self.tls_cipher: str | None = None
+        self.peer_certificate: dict[str, Any] = {}
         self.routes, self.material = site.current()
         self.tls: SSL.Connection | None = None
         self.info: ConnectionInfo | None = None
@@ -203,7 +206,9 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
                 return candidate
         return SSL.NO_OVERLAPPING_PROTOCOLS
 
-    def on_verify(self, errnum: int, ok: int) -> bool:
+    def on_verify(self, errnum: int, ok: int, leaf: Any = None) -> bool:
+        if leaf is not None:  # the presented leaf, for the access log even if refused
+            self.peer_certificate = certificate_fields(leaf)
         if not ok and self.verify_error is None:
             self.verify_error = errnum
         return bool(ok)
@@ -369,7 +374,9 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def _handshake_completed(self) -> None:
         tls = self.tls
         assert tls is not None
-        self.handshake_seconds = time.time() - self.started
+        self.handshake_seconds = time.monotonic() - self.started_monotonic
+        self.tls_version = tls.get_protocol_version_name()
+        self.tls_cipher = tls.get_cipher_name()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
@@ -378,6 +385,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self._handshake_failed(None)
             return
         cert = tls.get_peer_certificate()
+        self.peer_certificate = certificate_fields(cert)  # logged even when refused
         if cert is None:
             self._handshake_failed(None)
             return
@@ -473,6 +481,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if self.state is State.CLOSED:
             return
         reason = getattr(failure.value, "reason", "error")
+        self.endpoint_tried = getattr(failure.value, "endpoint", None)
         self.close_cause_detail = str(failure.value)
         self._refuse("no_strategy" if reason == "no_strategy" else "upstream_unavailable", None)
 
@@ -567,6 +576,9 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             "engine": decision.engine if decision else None,
             "reason": decision.reason if decision else None,
             "alpn": self.alpn.decode("ascii", "replace") if self.alpn else None,
+            "tls_version": self.tls_version,
+            "tls_cipher": self.tls_cipher,
+            **self.peer_certificate,
             "handshake_seconds": round(self.handshake_seconds, 6)
             if self.handshake_seconds
             else None,
