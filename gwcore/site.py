@@ -40,8 +40,9 @@ from gwcore.metrics import GatewayMetrics, SiteChildren
 from gwcore.net import fasttcp
 from gwcore.net.connection_facts import local_address, peer_certificate_der, requested_server_name
 from gwcore.net.hostnames import HostnameEndpoints
+from gwcore.net.proxied import ProxiedDownstreamFactory, upstream_factory
 from gwcore.net.resolver import DNSResolver
-from gwcore.net.splice import State, UpstreamFactory
+from gwcore.net.splice import State
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
@@ -375,7 +376,7 @@ class Site:
             strategy,
             destination,
             endpoints,
-            UpstreamFactory(conn),
+            upstream_factory(self, conn, strategy),  # PROXY v2 first, if configured
             timeout,
             on_failure,
         )
@@ -589,6 +590,8 @@ class Site:
 
     def listener_factory(self) -> Any:
         """The protocol factory of the site's listener (one driver per role)."""
+        if self.config.proxy_protocol:
+            return ProxiedDownstreamFactory(self)  # a PROXY header first
         return DownstreamFactory(self)
 
     def gateway_leaf(self) -> LeafCertificate | None:
