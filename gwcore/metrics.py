@@ -19,7 +19,26 @@ from gwcore import __version__
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
-_CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Loopback and same-rack connects take well under a millisecond: start at 100 µs.
+_CONNECT_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+_HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
 
@@ -60,6 +79,40 @@ class GatewayMetrics:
             ["site"],
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.max_connections = Gauge(
+            "tgw_downstream_max_connections",
+            "The site's max_connections (compare with tgw_downstream_connections_active).",
+            ["site"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.closed = Counter(
+            "tgw_connections_closed",
+            "Downstream connections ended, by destination service (empty before routing) "
+            "and close cause (the access log's close_cause).",
+            ["site", "service", "cause"],
+            registry=r,
+        )
+        self.handshake_seconds = Histogram(
+            "tgw_tls_handshake_seconds",
+            "Time from accept to the end of a completed downstream TLS handshake.",
+            ["site"],
+            buckets=_HANDSHAKE_BUCKETS,
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "tgw_tls_handshakes",
+            "Completed downstream TLS handshakes, by TLS version.",
+            ["site", "version"],
+            registry=r,
+        )
+        self.no_data = Counter(
+            "tgw_downstream_no_data",
+            "Connections the client closed without sending a byte (a load balancer's TCP "
+            "health check, a port scan); not counted as TLS handshake errors.",
+            ["site"],
+            registry=r,
         )
         self.rejected = Counter(
             "tgw_downstream_rejected",
@@ -265,6 +318,8 @@ class SiteChildren:
         self.site = site
         self.accepted = metrics.accepted.labels(site=site)
         self.active = metrics.active.labels(site=site)
+        self.handshake_seconds = metrics.handshake_seconds.labels(site=site)
+        self._closed: dict[tuple[str, str], Any] = {}
         self._services: dict[str, ServiceChildren] = {}
         self._decisions: dict[tuple[str, str, str], Any] = {}
 
@@ -273,6 +328,15 @@ class SiteChildren:
         if children is None:
             children = self._services[service] = ServiceChildren(self.metrics, self.site, service)
         return children
+
+    def closed(self, service: str, cause: str) -> Any:
+        key = (service, cause)
+        child = self._closed.get(key)
+        if child is None:
+            child = self._closed[key] = self.metrics.closed.labels(
+                site=self.site, service=service, cause=cause
+            )
+        return child
 
     def decision(self, service: str, engine: str, verdict: str) -> Any:
         key = (service, engine, verdict)

@@ -98,6 +98,7 @@ class Site:
         self.reactor = reactor
         self.metrics = metrics
         self.children = SiteChildren(metrics, config.key)
+        metrics.max_connections.labels(site=config.key).set(config.max_connections)
         self.log = Logger(namespace=f"tgw.site.{config.key}")
         self.state_dir: Path = gateway.state_dir
         self.stack = stack or PluginStack(config, gateway)
@@ -182,6 +183,8 @@ class Site:
             self.active.discard(conn)
             self.children.active.dec()
         self._flush_bytes(conn)
+        service = conn.destination.name if conn.destination is not None else ""
+        self.children.closed(service, conn.close_cause or "unknown").inc()
         if conn.destination is not None and conn.endpoint is not None:
             self.children.service(conn.destination.name).connection_seconds.observe(
                 time.time() - conn.started

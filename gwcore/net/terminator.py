@@ -47,6 +47,7 @@ from gwcore.events import (
     ConnectionInfo,
     HandshakeDone,
 )
+from gwcore.net import conn_observe as observe
 from gwcore.net.access_fields import certificate_fields, next_connection_id
 from gwcore.net.client_trust import VERIFY_ERROR_REASONS
 from gwcore.net.first_hello import FirstHello
@@ -110,10 +111,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self.state = State.HANDSHAKE
         self.connection_id = next_connection_id()
         self.started = time.time()
-        self.started_monotonic = time.monotonic()
-        self.tls_version: str | None = None
-        self.tls_cipher: str | None = None
-        self.peer_certificate: dict[str, Any] = {}
+        observe.init_facts(self)  # monotonic start, TLS and certificate fields (access log)
         self.routes, self.material = site.current()
         self.tls: SSL.Connection | None = None
         self.info: ConnectionInfo | None = None
@@ -218,6 +216,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         tls = self.tls
         if tls is None:
+            self.saw_bytes = True
             hello = self._hello
             if hello is None or not hello.feed(data):
                 return
@@ -374,9 +373,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def _handshake_completed(self) -> None:
         tls = self.tls
         assert tls is not None
-        self.handshake_seconds = time.monotonic() - self.started_monotonic
-        self.tls_version = tls.get_protocol_version_name()
-        self.tls_cipher = tls.get_cipher_name()
+        observe.handshake_completed(self, tls)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
@@ -507,7 +504,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def readConnectionLost(self) -> None:
         """TCP FIN from the client (with or without close_notify before it)."""
         if self.state is State.HANDSHAKE:
-            self._handshake_failed(None, "client_closed")
+            observe.fin_in_handshake(self)  # a bare TCP connect is no TLS failure
             return
         self._client_finished_writing()
 
@@ -555,11 +552,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.state is State.HANDSHAKE and self.close_cause is None:
-            # The client went away mid-handshake (or a scanner connected and left).
-            self.site.metrics.handshake_errors.labels(
-                site=self.site.name, reason="client_closed"
-            ).inc()
-            self.close_cause = "handshake:client_closed"
+            observe.handshake_abandoned(self)  # or a bare TCP connect: no_data
         super().connectionLost(reason)
 
     def _finishing(self) -> None:

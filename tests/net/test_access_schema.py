@@ -174,3 +174,20 @@ async def test_the_reason_names_the_catalog_file_relative_to_the_config(gateway,
     reason = gateway.access_records()[0]["reason"]
     assert "from catalog/ixn.json" in reason, reason
     assert str(gateway.root) not in reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_freshness_moves_on_a_quiet_catalog(gateway):
+    """``tgw_catalog_last_success_timestamp_seconds`` moves on every successful poll of
+    the file catalog, also when no file changed (an age alert must not fire on a quiet
+    catalog)."""
+    _catalog(gateway, free_port())
+    await gateway.start()
+    first = gateway.metric("tgw_catalog_last_success_timestamp_seconds", source="file_catalog")
+    assert first > 0
+    await gateway.wait_for(
+        lambda: (
+            gateway.metric("tgw_catalog_last_success_timestamp_seconds", source="file_catalog")
+            > first
+        )
+    )
