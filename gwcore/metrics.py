@@ -38,6 +38,20 @@ _CONNECT_BUCKETS = (
     5,
     10,
 )
+# Fixed reason vocabularies (docs/metrics.md), created at 0 with each site so that
+# increase() sees the first event after a restart (a series born at 1 shows no rise).
+HANDSHAKE_REASONS = (
+    *("missing_sni", "invalid_sni", "unknown_sni", "no_certificate", "addon_veto"),
+    *("no_client_cert", "untrusted_ca", "expired_cert", "cert_not_yet_valid"),
+    *("bad_client_cert", "tls_version", "not_tls", "protocol_error", "client_closed"),
+    *("timeout", "no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"),
+    *("wrong_trust_bundle", "ca_certificate", "bad_key_usage", "not_a_service"),
+)
+NO_ROUTE_REASONS = ("missing_sni", "invalid_sni", "unknown_sni", "no_certificate")
+REJECTED_REASONS = (
+    *("overflow", "addon_veto", "early_data_overflow", "denied", "upstream_unavailable"),
+    *("no_strategy", "policy_revoked", "route_removed", "route_changed", "trust_root_removed"),
+)
 _HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
@@ -319,6 +333,13 @@ class SiteChildren:
         self.accepted = metrics.accepted.labels(site=site)
         self.active = metrics.active.labels(site=site)
         self.handshake_seconds = metrics.handshake_seconds.labels(site=site)
+        metrics.no_data.labels(site=site)
+        for reason in HANDSHAKE_REASONS:
+            metrics.handshake_errors.labels(site=site, reason=reason)
+        for reason in NO_ROUTE_REASONS:
+            metrics.no_route.labels(site=site, reason=reason)
+        for reason in REJECTED_REASONS:
+            metrics.rejected.labels(site=site, reason=reason)
         self._closed: dict[tuple[str, str], Any] = {}
         self._services: dict[str, ServiceChildren] = {}
         self._decisions: dict[tuple[str, str, str], Any] = {}

@@ -319,7 +319,7 @@ class Site:
                         service=service,
                         seconds=ejected,
                     )
-                    self._export_endpoints(destination)
+                self._export_endpoints(destination)  # ejected, or failing every connect
             self.log.info(
                 "upstream {endpoint} of {service} failed: {reason} ({detail})",
                 endpoint=str(endpoint),
@@ -341,7 +341,8 @@ class Site:
 
         def connected(result: tuple[Any, Endpoint, int, float]) -> tuple[Any, Endpoint, int, float]:
             _, endpoint, attempts, seconds = result
-            self.picker.succeeded(destination, endpoint)
+            if self.picker.succeeded(destination, endpoint):
+                self._export_endpoints(destination)  # healthy again
             self.picker.opened(destination, endpoint)
             if attempts > 1:
                 self.metrics.upstream_retries.labels(site=self.name, service=service).inc(
@@ -680,7 +681,8 @@ class Site:
         gauge.labels(site=self.name, service=destination.name, state="total").set(
             len(destination.endpoints)
         )
-        gauge.labels(site=self.name, service=destination.name, state="healthy").set(len(usable))
+        healthy = len(self.picker.healthy(destination, now))
+        gauge.labels(site=self.name, service=destination.name, state="healthy").set(healthy)
         gauge.labels(site=self.name, service=destination.name, state="ejected").set(ejected)
 
     def _certs_changed(self) -> None:

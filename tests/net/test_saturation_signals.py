@@ -93,3 +93,26 @@ async def test_a_bare_tcp_connect_is_not_a_tls_error(gateway, upstreams):
     assert gateway.access_records()[1]["close_cause"] == "handshake:client_closed"
     assert gateway.metric("tgw_tls_handshake_errors_total", reason="client_closed") == 1
     assert gateway.metric("tgw_downstream_no_data_total") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_fixed_reasons_exist_at_zero_from_the_start(gateway):
+    """Before any traffic, every fixed reason of the handshake-error, no-route and
+    rejected counters is exported at 0, so ``increase()`` sees the first event after
+    a restart."""
+    from gwcore.metrics import HANDSHAKE_REASONS, NO_ROUTE_REASONS, REJECTED_REASONS
+
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    await gateway.start()
+    registry = gateway.service.metrics.registry
+
+    def value(name: str, reason: str) -> float | None:
+        return registry.get_sample_value(name, {"site": "main", "reason": reason})
+
+    for reason in HANDSHAKE_REASONS:
+        assert value("tgw_tls_handshake_errors_total", reason) == 0, reason
+    for reason in NO_ROUTE_REASONS:
+        assert value("tgw_no_route_total", reason) == 0, reason
+    for reason in REJECTED_REASONS:
+        assert value("tgw_downstream_rejected_total", reason) == 0, reason
+    assert registry.get_sample_value("tgw_downstream_no_data_total", {"site": "main"}) == 0
