@@ -304,13 +304,19 @@ class GatewayMetrics:
 
         Plugins call this from each site they serve; the first call creates the
         family and later calls (other sites, reloads) get the same object, so a
-        name is never registered twice. Always include a ``site`` label.
+        name is never registered twice. Always include a ``site`` label. A gauge's
+        ``multiprocess_mode`` is ``livemax`` unless given (``livesum`` for counts that
+        workers add up; ``set_function`` gauges do not work with workers).
         """
         existing = self._families.get(name)
         if existing is not None:
             if not isinstance(existing, kind):
                 raise TypeError(f"metric {name} exists as {type(existing).__name__}")
             return existing
+        if issubclass(kind, Gauge):
+            # With workers a gauge's mode decides how the processes' values combine; the
+            # library's default ("all") adds a pid label and keeps dead workers' values.
+            kw.setdefault("multiprocess_mode", "livemax")
         created = kind(name, documentation, labels, registry=self.registry, **kw)
         self._families[name] = created
         return created
