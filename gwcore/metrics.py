@@ -66,10 +66,10 @@ class GatewayMetrics:
         self._families: dict[str, MetricWrapperBase] = {}
         r = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker (gwcore.workers)
-            from prometheus_client.multiprocess import MultiProcessCollector
+            from gwcore.metrics_series import LiveMultiProcessCollector
 
             self.exposition = CollectorRegistry()
-            MultiProcessCollector(self.exposition)
+            self.exposition.register(LiveMultiProcessCollector())
         # Info is per process (not in the multiprocess files): served directly.
         self.build_info = Info("tgw_build", "tgw version.", registry=self.exposition)
         self.build_info.info({"version": __version__})

@@ -8,7 +8,6 @@ so it keeps the table it started with whatever happens later.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +36,7 @@ from twisted.python.failure import Failure
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
 from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics, SiteChildren
+from gwcore.metrics_series import remove_series
 from gwcore.net import fasttcp
 from gwcore.net.connection_facts import local_address, peer_certificate_der, requested_server_name
 from gwcore.net.hostnames import HostnameEndpoints
@@ -643,8 +643,7 @@ class Site:
         gone = {d.name for _, d in old} - {d.name for _, d in routes}
         for service in gone:
             for state in ("healthy", "ejected", "total"):
-                with contextlib.suppress(KeyError):
-                    self.metrics.upstream_endpoints.remove(self.name, service, state)
+                remove_series(self.metrics.upstream_endpoints, self.name, service, state)
         for _, destination in routes:
             self._export_endpoints(destination)
         self.recheck.routes_changed()

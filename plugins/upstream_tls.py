@@ -20,7 +20,6 @@ content, or a catalog change of its path) always means a full, verified handshak
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 
 from gwcore.hookspecs import hookimpl
+from gwcore.metrics_series import remove_series
 from gwcore.net.filewatch import FileWatcher
 from gwcore.net.upstream import UpstreamConnectError
 from gwcore.net.upstream_tls import (
@@ -276,8 +276,7 @@ class TLSOriginationStrategy:
         expiry alert must not fire for a certificate tgw no longer uses."""
         for kind, name in [k for k in self._expiry_series if k[1] not in served]:
             self._expiry_series.discard((kind, name))
-            with contextlib.suppress(KeyError):
-                self.site.metrics.certificate_expiry.remove(self.site.name, kind, name)
+            remove_series(self.site.metrics.certificate_expiry, self.site.name, kind, name)
 
     def _export_expiry(self, destination: Destination, files: tuple[str, ...]) -> None:
         gauge = self.site.metrics.certificate_expiry
