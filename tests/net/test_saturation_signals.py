@@ -116,3 +116,22 @@ async def test_fixed_reasons_exist_at_zero_from_the_start(gateway):
     for reason in REJECTED_REASONS:
         assert value("tgw_downstream_rejected_total", reason) == 0, reason
     assert registry.get_sample_value("tgw_downstream_no_data_total", {"site": "main"}) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_process_usage_and_event_loop_lag_are_sampled(gateway):
+    """Once started, the gateway exports its own process's resident memory, CPU and open
+    descriptors (prometheus-client's process collector, copied per process so workers
+    each show) and the event-loop lag of its once-a-second tick."""
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    await gateway.start()
+    registry = gateway.service.metrics.registry
+
+    def value(name: str) -> float | None:
+        return registry.get_sample_value(name, {})
+
+    assert value("tgw_process_resident_memory_bytes") > 1 << 20
+    assert value("tgw_process_open_fds") > 3
+    assert value("tgw_process_cpu_seconds") > 0
+    await gateway.wait_for(lambda: value("tgw_event_loop_lag_seconds") is not None)
+    assert 0 <= value("tgw_event_loop_lag_seconds") < 5
