@@ -57,6 +57,7 @@ CANNOT_DENY = frozenset(
         "handshake_timeout",
         "connect_timeout",
         "idle_timeout",
+        "access_log_flush_interval",
         "authz_timeout",
         "drain_timeout",
         "max_connections",

@@ -38,6 +38,7 @@ from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics, SiteChildren
 from gwcore.metrics_series import remove_series
 from gwcore.net import fasttcp
+from gwcore.net.access_flush import periodic_record
 from gwcore.net.connection_facts import local_address, peer_certificate_der, requested_server_name
 from gwcore.net.hostnames import HostnameEndpoints
 from gwcore.net.proxied import ProxiedDownstreamFactory, upstream_factory
@@ -696,8 +697,8 @@ class Site:
     # --- periodic sweep: byte metrics and idle timeouts ------------------------
 
     def _sweep_interval(self) -> float:
-        idle = self.config.idle_timeout
-        return min(SWEEP_INTERVAL, idle / 4) if idle > 0 else SWEEP_INTERVAL
+        limits = (self.config.idle_timeout, self.config.access_log_flush_interval)
+        return min([SWEEP_INTERVAL, *(t / 4 for t in limits if t > 0)])
 
     def _flush_bytes(self, conn: DownstreamProtocol) -> None:
         if conn.destination is None:
@@ -717,6 +718,7 @@ class Site:
         idle = self.config.idle_timeout
         for conn in list(self.active):
             self._flush_bytes(conn)
+            periodic_record(self, conn, now)  # access_log_flush_interval
             if idle <= 0 or conn.state is not State.SPLICING:
                 continue
             moved = conn.bytes_up + conn.bytes_down

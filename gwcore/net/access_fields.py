@@ -18,6 +18,7 @@ from typing import Any
 
 RECORD_KEYS: tuple[str, ...] = (
     "time",
+    "record_type",
     "start_time",
     "end_time",
     "site",

@@ -380,6 +380,7 @@ class SplicedClient:
         duration = time.monotonic() - getattr(self, "started_monotonic", time.monotonic())
         record: dict[str, Any] = {
             "time": start_time,
+            "record_type": "closed",
             "start_time": start_time,
             "end_time": rfc3339(started + duration),
             "site": self.site.name,

@@ -303,6 +303,7 @@ class SiteConfig:
     session_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
+    access_log_flush_interval: float = 0.0  # periodic records of open connections (0: off)
     authz_timeout: float = 5.0
     drain_timeout: float = 10.0
     proxy_protocol: bool = False  # PROXY v1/v2 header in, v2 to plain upstreams: net.proxied
@@ -563,6 +564,7 @@ def _parse_site(
         "session_lifetime": r.duration("session_lifetime", 3600.0, minimum=1.0),
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
+        "access_log_flush_interval": r.duration("access_log_flush_interval", 0.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
         "drain_timeout": r.duration("drain_timeout", 10.0),
         "proxy_protocol": r.boolean("proxy_protocol", False),

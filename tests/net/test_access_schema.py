@@ -191,3 +191,32 @@ async def test_catalog_freshness_moves_on_a_quiet_catalog(gateway):
             > first
         )
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_lived_connection_gets_periodic_records(gateway, upstreams):
+    """With ``access_log_flush_interval``, an open connection gets ``record_type =
+    "periodic"`` records (bytes so far, no close cause) before its final ``"closed"``
+    record, all with its connection id."""
+    from tests.harness import echo, tls_connect
+
+    up = upstreams(echo)
+    _catalog(gateway, up.port)
+    gateway.site_options = {**gateway.site_options, "access_log_flush_interval": "0.2s"}
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    try:
+        await in_thread(sock.sendall, b"hello")
+        assert await in_thread(sock.recv, 5) == b"hello"
+        await gateway.wait_for(lambda: len(gateway.access_records()) >= 1)
+        periodic = gateway.access_records()[0]
+        assert periodic["record_type"] == "periodic"
+        assert periodic["close_cause"] is None
+        assert periodic["bytes_upstream"] == 5
+    finally:
+        sock.close()
+    await gateway.wait_for(lambda: gateway.access_records()[-1]["record_type"] == "closed")
+    records = gateway.access_records()
+    assert {r["connection_id"] for r in records} == {periodic["connection_id"]}
+    assert records[-1]["close_cause"] is not None
