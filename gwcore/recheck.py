@@ -58,6 +58,7 @@ CANNOT_DENY = frozenset(
         "connect_timeout",
         "idle_timeout",
         "access_log_flush_interval",
+        "access_log_no_data",
         "authz_timeout",
         "drain_timeout",
         "max_connections",

@@ -194,6 +194,8 @@ class Site:
         writer = self._access_log
         if writer is not None and not getattr(writer, "enabled", True):
             writer = None
+        if conn.close_cause == "no_data" and not self.config.access_log_no_data:
+            writer = None  # a load balancer's TCP health check, left out by setting
         if writer is None and not listeners:
             return  # nobody reads the record: do not build it
         record = conn.access_record()

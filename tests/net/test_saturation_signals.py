@@ -135,3 +135,24 @@ async def test_process_usage_and_event_loop_lag_are_sampled(gateway):
     assert value("tgw_process_cpu_seconds") > 0
     await gateway.wait_for(lambda: value("tgw_event_loop_lag_seconds") is not None)
     assert 0 <= value("tgw_event_loop_lag_seconds") < 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_bare_tcp_connects_can_be_left_out_of_the_access_log(gateway, upstreams):
+    """``access_log_no_data = false``: a bare TCP connect is counted but not logged; a
+    real connection after it still is."""
+    up = upstreams(hello(b"ok"))
+    _catalog(gateway, up.port)
+    gateway.site_options = {**gateway.site_options, "access_log_no_data": False}
+    await gateway.start()
+
+    def bare() -> None:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5):
+            pass
+
+    await in_thread(bare)
+    await gateway.wait_for(lambda: gateway.metric("tgw_downstream_no_data_total") == 1)
+    files = gateway.client_files("web")
+    assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"ok"
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 1)
+    assert gateway.access_records()[0]["close_cause"] == "completed"
