@@ -365,6 +365,25 @@ class SiteChildren:
             )
         return child
 
+    def forget(self, service: str) -> None:
+        """The service left the catalog: delete its per-service series (connections,
+        bytes, durations, connect times, decisions, close causes), so dashboards and
+        alerts follow the catalog. A connection still open re-creates what it reports."""
+        from gwcore.metrics_series import remove_series
+
+        m, site = self.metrics, self.site
+        self._services.pop(service, None)
+        for family in (m.connections, m.connection_seconds, m.upstream_connect_seconds):
+            remove_series(family, site, service)
+        for direction in ("upstream", "downstream"):
+            remove_series(m.bytes, site, service, direction)
+        for key in [k for k in self._decisions if k[0] == service]:
+            remove_series(m.authz_decisions, site, *key)
+            del self._decisions[key]
+        for key in [k for k in self._closed if k[0] == service]:
+            remove_series(m.closed, site, *key)
+            del self._closed[key]
+
     def decision(self, service: str, engine: str, verdict: str) -> Any:
         key = (service, engine, verdict)
         child = self._decisions.get(key)

@@ -22,10 +22,14 @@ def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def remove_series(family: Gauge, *labelvalues: str) -> None:
-    """Delete ``family``'s child for ``labelvalues`` (no error if it is not there)."""
+def remove_series(family: Any, *labelvalues: str) -> None:
+    """Delete ``family``'s child for ``labelvalues`` (no error if it is not there).
+
+    With workers only gauges can leave (a counter's or histogram's file value stays:
+    it stops moving, as a counter of a service that left does anyway)."""
     if multiprocess():
-        family.labels(*labelvalues).set(math.nan)
+        if isinstance(family, Gauge):
+            family.labels(*labelvalues).set(math.nan)
         return
     with contextlib.suppress(KeyError):
         family.remove(*labelvalues)

@@ -645,6 +645,7 @@ class Site:
         self.picker.prune(view.destinations)
         gone = {d.name for _, d in old} - {d.name for _, d in routes}
         for service in gone:
+            self.children.forget(service)
             for state in ("healthy", "ejected", "total"):
                 remove_series(self.metrics.upstream_endpoints, self.name, service, state)
         for _, destination in routes:

@@ -181,3 +181,37 @@ async def test_the_last_endpoint_refusing_every_connect_is_not_reported_healthy(
         assert healthy() == 1
     finally:
         revived.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_service_series_leave_with_the_service(gateway, upstreams):
+    """When a service leaves the catalog its per-service series (connections, bytes,
+    decisions, close causes, endpoints) are deleted, so no dashboard or alert shows a
+    service that is no longer served."""
+    up = upstreams(hello(b"ok"))
+    link(gateway, [weighted("billing", up.port, 1)])
+    await gateway.start()
+    assert (
+        await in_thread(request, gateway.port, sni_for("billing"), gateway.client_files("web"))
+        == b"ok"
+    )
+    registry = gateway.service.metrics.registry
+    billing = {"site": "main", "service": "billing"}
+    await gateway.wait_for(
+        lambda: (
+            registry.get_sample_value(
+                "tgw_connections_closed_total", {**billing, "cause": "completed"}
+            )
+            == 1
+        )
+    )
+    assert registry.get_sample_value("tgw_downstream_connections_total", billing) == 1
+    write_json(gateway.catalog / "gw.json", gateway_entry("other"))
+    await gateway.wait_for(lambda: "billing" not in {d.name for _, d in gateway.site._routes})
+    exported = {
+        (s.name, s.labels.get("service"))
+        for family in registry.collect()
+        for s in family.samples
+        if s.labels.get("service") == "billing"
+    }
+    assert exported == set(), exported
