@@ -57,6 +57,8 @@ CANNOT_DENY = frozenset(
         "handshake_timeout",
         "connect_timeout",
         "idle_timeout",
+        "access_log_flush_interval",
+        "access_log_no_data",
         "authz_timeout",
         "drain_timeout",
         "max_connections",

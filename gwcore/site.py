@@ -8,7 +8,6 @@ so it keeps the table it started with whatever happens later.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +36,9 @@ from gwcore.endpoint_choice import choose_endpoints
 from gwcore.events import RoutesChanged, SiteStarted, UpstreamConnected, UpstreamFailed
 from gwcore.hookspecs import EVENT_HOOKS
 from gwcore.metrics import GatewayMetrics, SiteChildren
+from gwcore.metrics_series import remove_series
 from gwcore.net import fasttcp
+from gwcore.net.access_flush import periodic_record
 from gwcore.net.connection_facts import local_address, peer_certificate_der, requested_server_name
 from gwcore.net.hostnames import HostnameEndpoints
 from gwcore.net.proxied import ProxiedDownstreamFactory, upstream_factory
@@ -101,6 +102,7 @@ class Site:
         self.reactor = reactor
         self.metrics = metrics
         self.children = SiteChildren(metrics, config.key)
+        metrics.max_connections.labels(site=config.key).set(config.max_connections)
         self.log = Logger(namespace=f"tgw.site.{config.key}")
         self.state_dir: Path = gateway.state_dir
         self.stack = stack or PluginStack(config, gateway)
@@ -198,6 +200,8 @@ class Site:
             self.admission.closed(handshaking=conn in self._handshaking)
             self._handshaking.discard(conn)
         self._flush_bytes(conn)
+        service = conn.destination.name if conn.destination is not None else ""
+        self.children.closed(service, conn.close_cause or "unknown").inc()
         if conn.destination is not None and conn.endpoint is not None:
             self.children.service(conn.destination.name).connection_seconds.observe(
                 time.time() - conn.started
@@ -206,6 +210,8 @@ class Site:
         writer = self._access_log
         if writer is not None and not getattr(writer, "enabled", True):
             writer = None
+        if conn.close_cause == "no_data" and not self.config.access_log_no_data:
+            writer = None  # a load balancer's TCP health check, left out by setting
         if writer is None and not listeners:
             return  # nobody reads the record: do not build it
         record = conn.access_record()
@@ -337,7 +343,7 @@ class Site:
                         service=service,
                         seconds=ejected,
                     )
-                    self._export_endpoints(destination)
+                self._export_endpoints(destination)  # ejected, or failing every connect
             self.log.info(
                 "upstream {endpoint} of {service} failed: {reason} ({detail})",
                 endpoint=str(endpoint),
@@ -359,7 +365,8 @@ class Site:
 
         def connected(result: tuple[Any, Endpoint, int, float]) -> tuple[Any, Endpoint, int, float]:
             _, endpoint, attempts, seconds = result
-            self.picker.succeeded(destination, endpoint)
+            if self.picker.succeeded(destination, endpoint):
+                self._export_endpoints(destination)  # healthy again
             self.picker.opened(destination, endpoint)
             if attempts > 1:
                 self.metrics.upstream_retries.labels(site=self.name, service=service).inc(
@@ -424,7 +431,8 @@ class Site:
 
     def _on_verify(self, conn: Any, cert: Any, errnum: int, depth: int, ok: int) -> bool:
         proto = conn.get_app_data()
-        return proto.on_verify(errnum, ok) if proto is not None else bool(ok)
+        leaf = cert if depth == 0 else None
+        return proto.on_verify(errnum, ok, leaf) if proto is not None else bool(ok)
 
     # --- control plane ----------------------------------------------------------
 
@@ -660,9 +668,9 @@ class Site:
         self.picker.prune(view.destinations)
         gone = {d.name for _, d in old} - {d.name for _, d in routes}
         for service in gone:
+            self.children.forget(service)
             for state in ("healthy", "ejected", "total"):
-                with contextlib.suppress(KeyError):
-                    self.metrics.upstream_endpoints.remove(self.name, service, state)
+                remove_series(self.metrics.upstream_endpoints, self.name, service, state)
         for _, destination in routes:
             self._export_endpoints(destination)
         self.recheck.routes_changed()
@@ -699,7 +707,8 @@ class Site:
         gauge.labels(site=self.name, service=destination.name, state="total").set(
             len(destination.endpoints)
         )
-        gauge.labels(site=self.name, service=destination.name, state="healthy").set(len(usable))
+        healthy = len(self.picker.healthy(destination, now))
+        gauge.labels(site=self.name, service=destination.name, state="healthy").set(healthy)
         gauge.labels(site=self.name, service=destination.name, state="ejected").set(ejected)
 
     def _certs_changed(self) -> None:
@@ -714,8 +723,8 @@ class Site:
     # --- periodic sweep: byte metrics and idle timeouts ------------------------
 
     def _sweep_interval(self) -> float:
-        idle = self.config.idle_timeout
-        return min(SWEEP_INTERVAL, idle / 4) if idle > 0 else SWEEP_INTERVAL
+        limits = (self.config.idle_timeout, self.config.access_log_flush_interval)
+        return min([SWEEP_INTERVAL, *(t / 4 for t in limits if t > 0)])
 
     def _flush_bytes(self, conn: DownstreamProtocol) -> None:
         if conn.destination is None:
@@ -735,6 +744,7 @@ class Site:
         idle = self.config.idle_timeout
         for conn in list(self.active):
             self._flush_bytes(conn)
+            periodic_record(self, conn, now)  # access_log_flush_interval
             if idle <= 0 or conn.state is not State.SPLICING:
                 continue
             moved = conn.bytes_up + conn.bytes_down

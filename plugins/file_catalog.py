@@ -171,7 +171,12 @@ class FileCatalogSource:
         self._last_success: float | None = None
         self._publish: Callable[[CatalogSnapshot], None] | None = None
         self._watcher = FileWatcher(
-            site.reactor, self._paths, self.reload, interval=settings.poll_interval, pattern=PATTERN
+            site.reactor,
+            self._paths,
+            self.reload,
+            interval=settings.poll_interval,
+            pattern=PATTERN,
+            on_unchanged=self._checked,
         )
         labels = {"site": site.name, "source": NAME}
         self._skipped_seen: set[str] = set()
@@ -264,7 +269,9 @@ class FileCatalogSource:
             state = self._files.get(path)
             if state is not None and state.digest == digest:
                 continue
-            docs, resolvers, problems = decode_with_resolvers(str(path), data)
+            # Decisions and problems name the file relative to the config (access-log
+            # reasons carry no absolute paths); a file outside its directory by name.
+            docs, resolvers, problems = decode_with_resolvers(self._origin(path), data)
             if problems:
                 self._reject(path, "; ".join(str(p) for p in problems), digest)
                 continue
@@ -275,6 +282,22 @@ class FileCatalogSource:
         for path in set(self._files) - present:
             del self._files[path]
             self._unresolved.pop(f"file:{path}", None)
+
+    def _checked(self) -> None:
+        """A poll found the files unchanged: the catalog in force is confirmed now, so
+        its freshness moves (an alert on its age must not fire on a quiet catalog)."""
+        if not self._unresolved:
+            self._last_success = self._site.reactor.seconds()
+            self._last_success_gauge.set(self._last_success)
+
+    def _origin(self, path: Path) -> str:
+        base = getattr(self._site.config, "base_dir", None)  # a test double may have none
+        if base is None:
+            return str(path)
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return path.name
 
     def _note_skipped(self, merged: CatalogDocuments) -> None:
         """One info line per skipped entry (once), and the count in force by kind."""

@@ -66,11 +66,13 @@ class FileWatcher:
         *,
         interval: float = 1.0,
         pattern: str = "*",
+        on_unchanged: Callable[[], None] | None = None,
     ) -> None:
         self.paths = list(paths)
         self.pattern = pattern
         self.interval = interval
         self._on_change = on_change
+        self._on_unchanged = on_unchanged  # a successful check that found nothing new
         self._state: dict[Path, Fingerprint | None] = {}
         self._loop = LoopingCall(self.check)
         self._loop.clock = clock
@@ -90,6 +92,8 @@ class FileWatcher:
         """Compare with the last state; call back (once) if anything changed."""
         state = self.current()
         if state == self._state:
+            if self._on_unchanged is not None:
+                self._on_unchanged()
             return False
         self._state = state
         try:

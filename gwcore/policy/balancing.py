@@ -110,10 +110,19 @@ class OutlierDetector:
         state.failures = 0
         return length
 
-    def success(self, key: EndpointKey) -> None:
+    def success(self, key: EndpointKey) -> bool:
+        """Reset the failure count; whether the endpoint was :meth:`failing` before."""
         state = self._state.get(key)
+        was = self.failing(key)
         if state is not None:
             state.failures = 0
+        return was
+
+    def failing(self, key: EndpointKey) -> bool:
+        """At least ``consecutive`` failures in a row and not ejected (the last endpoint
+        of a destination stays in rotation then, but is not healthy)."""
+        state = self._state.get(key)
+        return state is not None and state.failures >= self.consecutive
 
     def forget(self, keep: set[EndpointKey]) -> None:
         """Drop state of endpoints no longer in any destination."""
@@ -209,8 +218,18 @@ class EndpointPicker:
         ]
         return self.outliers.failure(key, now, may_eject=bool(others))
 
-    def succeeded(self, destination: Destination, endpoint: Endpoint) -> None:
-        self.outliers.success(endpoint_key(destination, endpoint))
+    def succeeded(self, destination: Destination, endpoint: Endpoint) -> bool:
+        """Whether the endpoint was failing before this success (its health changed)."""
+        return self.outliers.success(endpoint_key(destination, endpoint))
+
+    def healthy(self, destination: Destination, now: float) -> list[Endpoint]:
+        """:meth:`usable` endpoints that are not failing every connect."""
+        out = self.outliers
+        return [
+            e
+            for e in self.usable(destination, now)
+            if not out.failing(key := endpoint_key(destination, e)) and not out.ejected(key, now)
+        ]
 
     def opened(self, destination: Destination, endpoint: Endpoint) -> None:
         key = endpoint_key(destination, endpoint)

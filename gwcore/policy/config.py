@@ -308,6 +308,8 @@ class SiteConfig:
     session_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
+    access_log_flush_interval: float = 0.0  # periodic records of open connections (0: off)
+    access_log_no_data: bool = True  # records of bare TCP connects (health checks)
     authz_timeout: float = 5.0
     drain_timeout: float = 10.0
     proxy_protocol: bool = False  # PROXY v1/v2 header in, v2 to plain upstreams: net.proxied
@@ -587,9 +589,11 @@ def _parse_site(
         "session_lifetime": r.duration("session_lifetime", 3600.0, minimum=1.0),
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
+        "access_log_flush_interval": r.duration("access_log_flush_interval", 0.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
         "drain_timeout": r.duration("drain_timeout", 10.0),
         "proxy_protocol": r.boolean("proxy_protocol", False),
+        "access_log_no_data": r.boolean("access_log_no_data", True),
         "upstream_proxy_protocol": r.boolean("upstream_proxy_protocol", False),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
