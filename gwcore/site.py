@@ -664,6 +664,8 @@ class Site:
             )
 
     def _export_endpoints(self, destination: Destination) -> None:
+        if destination.subset:
+            return  # the service's own route reports its endpoints
         now = self.reactor.seconds()
         live = [e for e in destination.endpoints if e.health is not Health.CRITICAL]
         usable = self.picker.usable(destination, now)

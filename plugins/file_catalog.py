@@ -80,16 +80,19 @@ def read_settings(site: SiteConfig) -> tuple[FileCatalogSettings, list[ConfigPro
     return FileCatalogSettings(paths, interval), reader.finish()
 
 
-def read_catalog_file(path: Path) -> tuple[CatalogDocuments, list[ShapeProblem]]:
+def read_catalog_file(
+    path: Path,
+) -> tuple[CatalogDocuments, tuple[ResolverEntry, ...], list[ShapeProblem]]:
     """Read and parse one catalog file; an unreadable file is a problem, not an exception."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        return EMPTY_DOCUMENTS, [
-            ShapeProblem(str(path), "(file)", f"cannot be read: {e.strerror or e}")
-        ]
-    docs, _, problems = decode_with_resolvers(str(path), data)
-    return docs, problems
+        return (
+            EMPTY_DOCUMENTS,
+            (),
+            [ShapeProblem(str(path), "(file)", f"cannot be read: {e.strerror or e}")],
+        )
+    return decode_with_resolvers(str(path), data)
 
 
 @hookimpl
@@ -108,11 +111,14 @@ def tgw_validate_site_config(site: SiteConfig) -> list[ConfigProblem]:
             problems.append(ConfigProblem(site.file, key, f"{str(path)!r} does not exist"))
     shape_problems: list[ShapeProblem] = []
     parts: list[CatalogDocuments] = []
+    resolver_groups: list[tuple[ResolverEntry, ...]] = []
     for path in expand(existing, PATTERN):
-        docs, found = read_catalog_file(path)
+        docs, resolvers, found = read_catalog_file(path)
         shape_problems += found
         parts.append(docs)
+        resolver_groups.append(resolvers)
     merged, conflicts = merge_documents(parts)
+    conflicts += merge_resolvers(resolver_groups)[1]
     unusable: list[ShapeProblem] = []
     if site.role != "mesh":
         _, unusable = build_destinations(merged, site.name, site.datacenter)
@@ -211,21 +217,19 @@ class FileCatalogSource:
         merged, conflicts = merge_documents(
             self._files[path].documents for path in sorted(self._files)
         )
+        resolvers, unusable = merge_resolvers(self._files[p].resolvers for p in sorted(self._files))
         if self._mesh_role:
-            resolvers, unusable = merge_resolvers(
-                self._files[p].resolvers for p in sorted(self._files)
-            )
-            destinations, bad_subsets = apply_subsets(
-                build_mesh_destinations(merged, self._datacenter),
-                merged,
-                resolvers,
-                self._datacenter,
-            )
-            unusable += bad_subsets
+            built = build_mesh_destinations(merged, self._datacenter)
+        else:
+            built, unbuilt = build_destinations(merged, self._gateway, self._datacenter)
+            unusable += unbuilt
+        # service-resolver subsets: mesh sites route subset SNIs to them; terminating
+        # sites serve one route per subset (gwcore.policy.routes)
+        destinations, bad_subsets = apply_subsets(built, merged, resolvers, self._datacenter)
+        unusable += bad_subsets
+        if self._mesh_role:
             servers = build_consul_servers(merged, self._datacenter)  # WAN federation
             destinations += (servers,) if servers is not None else ()
-        else:
-            destinations, unusable = build_destinations(merged, self._gateway, self._datacenter)
         self._note_catalog_problems([*conflicts, *unusable])
         self._note_skipped(merged)
         intentions = build_intentions(merged)

@@ -122,6 +122,13 @@ class Destination:
     meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False, hash=False)
     # service-resolver subsets at a mesh site: (subset name, its endpoints), sorted by name
     subsets: tuple[tuple[str, tuple[Endpoint, ...]], ...] = ()
+    # The subset this route serves (a terminating site's subset route), "" for the service
+    subset: str = ""
+    # service-resolver settings reported in /routes (DefaultSubset, Redirect, Failover,
+    # LoadBalancer, RequestTimeout): decided by callers or by L7, not by an L4 route
+    resolver: Mapping[str, object] = field(
+        default_factory=lambda: _EMPTY, compare=False, hash=False
+    )
 
     @property
     def name(self) -> str:
