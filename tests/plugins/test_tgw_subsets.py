@@ -113,7 +113,7 @@ async def test_deleting_and_editing_the_resolver_is_applied_live(gateway: Gatewa
     """Consul's deleted-resolver case: removing the resolver removes the subset routes
     (their SNIs are refused) and the plain name reaches every instance again; writing
     it back with a new subset adds that route without a restart."""
-    one, two, files = await start(gateway, upstreams, v2_status="passing")
+    _, _, files = await start(gateway, upstreams, v2_status="passing")
     assert (await in_thread(call, gateway.port, sni("v2"), files))[0] == b"v2 here"
     (gateway.catalog / "resolver.json").unlink()
     await gateway.wait_for(lambda: len(gateway.site.current()[0]) == 1)
