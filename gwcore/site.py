@@ -50,6 +50,7 @@ from gwcore.policy.balancing import EndpointPicker, OutlierDetector
 from gwcore.policy.config import GatewayConfig, SiteConfig
 from gwcore.policy.decision import combine, failure
 from gwcore.policy.dns_records import Family, RefreshPolicy, parse_nameserver
+from gwcore.policy.lb import hash_key
 from gwcore.policy.model import (
     CatalogSnapshot,
     Decision,
@@ -294,7 +295,12 @@ class Site:
         dialled = getattr(strategy, "endpoints_for", None)
         if dialled is not None:
             destination = replace(destination, endpoints=tuple(dialled(destination)))
-        endpoints = self.picker.candidates(destination, self.reactor.seconds())
+        endpoints = self.picker.candidates(
+            destination,
+            self.reactor.seconds(),
+            key=hash_key(destination, conn),
+            passing_first=self.config.health_order == "passing_first",
+        )
         endpoints = endpoints[: self.config.max_connect_attempts]
         info = conn.info
         timeout = destination.connect_timeout or self.config.connect_timeout

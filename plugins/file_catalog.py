@@ -48,7 +48,12 @@ from gwcore.policy.consul_shapes import (
     merge_documents,
 )
 from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGateways
-from gwcore.policy.resolver_entry import ResolverEntry, decode_with_resolvers, merge_resolvers
+from gwcore.policy.resolver_entry import (
+    ResolverEntry,
+    apply_settings,
+    decode_with_resolvers,
+    merge_resolvers,
+)
 from gwcore.policy.subsets import apply_subsets
 from gwcore.policy.wanfed import build_consul_servers
 from gwcore.providers import SourceHealth
@@ -226,6 +231,7 @@ class FileCatalogSource:
         # service-resolver subsets: mesh sites route subset SNIs to them; terminating
         # sites serve one route per subset (gwcore.policy.routes)
         destinations, bad_subsets = apply_subsets(built, merged, resolvers, self._datacenter)
+        destinations = apply_settings(destinations, resolvers)
         unusable += bad_subsets
         if self._mesh_role:
             servers = build_consul_servers(merged, self._datacenter)  # WAN federation

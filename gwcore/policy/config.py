@@ -298,6 +298,7 @@ class SiteConfig:
     max_connections: int = 10000
     max_connect_attempts: int = 3
     lb_policy: str = "round_robin"
+    health_order: str = "weighted"  # or "passing_first"; see gwcore.policy.balancing
     outlier_consecutive_failures: int = 5
     outlier_base_ejection: float = 30.0
     outlier_max_ejection: float = 300.0
@@ -550,6 +551,8 @@ def _parse_site(
     choices = (*LB_POLICIES, "least_connections")
     lb_policy = r.string("lb_policy", "round_robin", choices=choices) or "round_robin"
     values["lb_policy"] = policy_name(lb_policy) or "round_robin"
+    order = r.string("health_order", "weighted", choices=("weighted", "passing_first"))
+    values["health_order"] = order or "weighted"
     sections = {k: v for k, v in table.items() if isinstance(v, Mapping)}
     for section in sections:
         if section not in plugins and section not in ESSENTIAL_SECTIONS:

@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 
 from gwcore.testing import TRUST_DOMAIN
+from gwcore.validation import check_config
 from tests.harness import (
     Gateway,
     HandshakeRefusedError,
@@ -130,3 +131,44 @@ async def test_deleting_and_editing_the_resolver_is_applied_live(gateway: Gatewa
     )
     await gateway.wait_for(lambda: len(gateway.site.current()[0]) == 2)
     assert (await in_thread(call, gateway.port, sni("new"), files))[0] == b"v2 here"
+
+
+@pytest_twisted.ensureDeferred
+async def test_resolver_settings_apply_and_are_reported(gateway: Gateway, upstreams):
+    """ConnectTimeout and LoadBalancer (ring_hash on the source identity) apply to the
+    service and its subsets: one client always reaches the same instance; /routes
+    reports the resolver's settings (Failover is the caller's, only reported)."""
+    resolver = {
+        **RESOLVER,
+        "ConnectTimeout": "750ms",
+        "LoadBalancer": {"Policy": "ring_hash"},
+        "Failover": {"*": {"Datacenters": ["dc2"]}},
+        "DefaultSubset": "",
+    }
+    one, two, files = await start(gateway, upstreams, v2_status="passing")
+    write_json(gateway.catalog / "resolver.json", resolver)
+    await gateway.wait_for(
+        lambda: all(d.lb_policy == "ring_hash" for _, d in gateway.site.current()[0])
+    )
+    got = {(await in_thread(call, gateway.port, sni(), files))[0] for _ in range(6)}
+    assert len(got) == 1  # the same identity hashes to the same instance
+    listed = {r["sni"]: r for r in gateway.site.current()[0].describe()}
+    assert listed[sni("v1")]["lb_policy"] == "ring_hash"
+    assert listed[sni()]["resolver"]["Failover"] == {"*": {"Datacenters": ["dc2"]}}
+    routes = dict(gateway.site.current()[0])
+    assert routes[sni()].connect_timeout == routes[sni("v2")].connect_timeout == 0.75
+    assert one.accepted + two.accepted == 6
+
+
+def test_check_config_reports_resolver_problems_with_file_and_key(tmp_path: Path):
+    """`tgw check-config`: a bad service-resolver is a problem naming the file and key."""
+    gw = Gateway(tmp_path)
+    write_json(gw.catalog / "gateway.json", gateway_entry("s2"))
+    bad = {**RESOLVER, "LoadBalancer": {"Policy": "fastest"}}
+    write_json(gw.catalog / "resolver.json", bad)
+    (tmp_path / "ca").mkdir()
+    checked = check_config(gw.write_config())
+    texts = [str(p) for p in checked.problems]
+    assert any(
+        "resolver.json: LoadBalancer.Policy: Bad LoadBalancer policy: 'fastest'" in t for t in texts
+    ), texts
