@@ -2,8 +2,9 @@
 
 Section ``[sites.NAME.file_catalog]``:
 
-- ``paths`` (required): files or directories (whose ``*.json`` files are read), relative
-  to the config file's directory;
+- ``paths`` (required): files or directories (whose ``*.json`` and ``*.hcl`` files are
+  read), relative to the config file's directory. An ``.hcl`` file holds one config
+  entry in Consul's HCL (:mod:`gwcore.policy.hcl_entries`);
 - ``poll_interval`` (default ``1s``, at least ``0.05s``): how often the files are checked.
 
 Each file holds Consul documents (see :mod:`gwcore.policy.consul_shapes`). The source is
@@ -47,6 +48,7 @@ from gwcore.policy.consul_shapes import (
     build_mesh_gateways,
     merge_documents,
 )
+from gwcore.policy.hcl_entries import decode_hcl
 from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGateways
 from gwcore.policy.resolver_entry import (
     ResolverEntry,
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
     from gwcore.providers import CatalogSource, SiteContext
 
 NAME = "file_catalog"
-PATTERN = "*.json"
+PATTERN = ("*.json", "*.hcl")
 DEFAULT_POLL_INTERVAL = 1.0
 MIN_POLL_INTERVAL = 0.05
 
@@ -97,6 +99,18 @@ def read_catalog_file(
             (),
             [ShapeProblem(str(path), "(file)", f"cannot be read: {e.strerror or e}")],
         )
+    return decode_catalog_file(path, data)
+
+
+def decode_catalog_file(
+    path: Path, data: bytes
+) -> tuple[CatalogDocuments, tuple[ResolverEntry, ...], list[ShapeProblem]]:
+    """A ``.json`` file's documents, or an ``.hcl`` file's config entry (Consul's HCL)."""
+    if path.suffix == ".hcl":
+        converted, problem = decode_hcl(str(path), data)
+        if converted is None:
+            return EMPTY_DOCUMENTS, (), [problem] if problem else []
+        data = converted
     return decode_with_resolvers(str(path), data)
 
 
@@ -274,7 +288,7 @@ class FileCatalogSource:
             state = self._files.get(path)
             if state is not None and state.digest == digest:
                 continue
-            docs, resolvers, problems = decode_with_resolvers(str(path), data)
+            docs, resolvers, problems = decode_catalog_file(path, data)
             if problems:
                 self._reject(path, "; ".join(str(p) for p in problems), digest)
                 continue

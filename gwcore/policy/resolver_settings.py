@@ -146,7 +146,7 @@ def _load_balancer(
     policy = policy or ""
     if policy and policy not in POLICIES:
         problems.append((f"{at}.Policy", f"Bad LoadBalancer policy: {policy!r} is not supported"))
-        policy = ""
+        return LoadBalancer()  # the rest depends on the policy: one problem is enough
     lb = LoadBalancer(policy)
     key, ring = _get(raw, "ringhashconfig")
     if ring:
