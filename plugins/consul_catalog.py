@@ -23,6 +23,9 @@ What it reads (reference §3, §5), every watch a blocking query:
 - ``/v1/catalog/gateway-services/<gateway>``: the linked services, wildcard ones
   included (``FromWildcard``), with their ``CAFile``/``CertFile``/``KeyFile``/``SNI``;
 - ``/v1/config/service-defaults``: every service's ``Protocol``;
+- ``/v1/config/service-resolver``: subsets (one route per subset), ``ConnectTimeout``,
+  ``LoadBalancer``, and the caller-side settings reported in ``/routes``
+  (:mod:`gwcore.plugins.consul_resolvers`);
 - ``/v1/health/service/<svc>``, one blocking query per linked service, as Consul's own
   gateway does (:mod:`gwcore.net.consul_watch`): Consul moves a service's index on any
   change of its answer, a node that moved included. At most ``health_watches`` (128)
@@ -72,6 +75,7 @@ from gwcore.net.consul_watch import (
     scope_query,
 )
 from gwcore.plugins.consul_registration import SelfRegistration
+from gwcore.plugins.consul_resolvers import ConsulResolvers
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import build_destinations, parse_documents
 from gwcore.policy.model import (
@@ -187,6 +191,7 @@ class ConsulCatalogSource(SelfRegistration):
         self._names: dict[str, ServiceName] = {}  # linked key -> its full name
         self._watch_pool_stopped: Any = None
         self._defaults: list[Any] = []
+        self._resolvers = ConsulResolvers()
         self._gateway_loaded = False
         self._defaults_loaded = False
         self._version: str | None = None
@@ -232,6 +237,7 @@ class ConsulCatalogSource(SelfRegistration):
 
         watch("gateway-services", f"/v1/catalog/gateway-services/{gw}", self._on_gateway)
         watch("config", "/v1/config/service-defaults", self._on_defaults)
+        watch("config-resolver", "/v1/config/service-resolver", self._on_resolvers)
         watch("catalog-services", "/v1/catalog/services", self._on_services)
         watch("catalog-nodes", "/v1/catalog/nodes", self._on_nodes)
         watch("health-state", "/v1/health/state/any", self._on_checks)
@@ -335,6 +341,15 @@ class ConsulCatalogSource(SelfRegistration):
         self._defaults = entries
         self._defaults_loaded = True
         self.freshness.ok("config")
+        self._rebuild()
+
+    def _on_resolvers(self, response: ConsulResponse) -> None:
+        entries = response.json() or []
+        if not isinstance(entries, list):
+            raise ConsulError("config-resolver", "invalid", "expected a JSON list")
+        for problem in self._resolvers.update(entries):
+            self._report_once(f"resolver:{problem}", f"service-resolver kept as before: {problem}")
+        self.freshness.ok("config-resolver")
         self._rebuild()
 
     async def _on_services(self, response: ConsulResponse) -> None:
@@ -472,7 +487,8 @@ class ConsulCatalogSource(SelfRegistration):
         items.append(("consul:config/service-defaults", self._defaults))
         docs, problems = parse_documents(items)
         destinations, unusable = build_destinations(docs, self.gateway, self._datacenter)
-        for problem in [*problems, *unusable]:
+        destinations, bad_subsets = self._resolvers.apply(destinations, docs, self._datacenter)
+        for problem in [*problems, *unusable, *bad_subsets]:
             self._report_once(f"shape:{problem}", f"left out: {problem}")
         wildcard = {s for s, item in self._linked.items() if item.get("FromWildcard")}
         return tuple(
@@ -481,7 +497,8 @@ class ConsulCatalogSource(SelfRegistration):
         )
 
     def _rebuild(self) -> None:
-        if not (self._gateway_loaded and self._defaults_loaded) or self._publish is None:
+        loaded = self._gateway_loaded and self._defaults_loaded and self._resolvers.loaded
+        if not loaded or self._publish is None:
             return
         destinations = self.build()
         version = _digest(destinations)
