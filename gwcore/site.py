@@ -670,8 +670,8 @@ class Site:
             )
 
     def _export_endpoints(self, destination: Destination) -> None:
-        if destination.subset:
-            return  # the service's own route reports its endpoints
+        if destination.subset or destination.egress:
+            return  # a subset: the service's route reports; a destination: one per address
         now = self.reactor.seconds()
         live = [e for e in destination.endpoints if e.health is not Health.CRITICAL]
         usable = self.picker.usable(destination, now)

@@ -661,7 +661,12 @@ class ConsulDouble:
                 item[key] = linked[key]
         if wildcard:
             item["FromWildcard"] = True
-        item["ServiceKind"] = "service"
+        # Consul's gatewayServiceKind: a catalog service, else a service-defaults
+        # Destination (1.13+); tgw reads "service" for an unregistered one either way.
+        defaults = self.store.entry("service-defaults", linked["Name"]) or {}
+        registered = any(s["Service"] == linked["Name"] for s in self.services.values())
+        destination = not registered and bool(defaults.get("Destination"))
+        item["ServiceKind"] = "destination" if destination else "service"
         item["CreateIndex"] = entry["CreateIndex"]
         item["ModifyIndex"] = entry["ModifyIndex"]
         return item

@@ -23,6 +23,8 @@ What it reads (reference §3, §5), every watch a blocking query:
 - ``/v1/catalog/gateway-services/<gateway>``: the linked services, wildcard ones
   included (``FromWildcard``), with their ``CAFile``/``CertFile``/``KeyFile``/``SNI``;
 - ``/v1/config/service-defaults``: every service's ``Protocol``;
+- linked *destinations* (``ServiceKind: "destination"``): served from their
+  ``service-defaults`` ``Destination`` (:mod:`gwcore.policy.destinations`), no health;
 - ``/v1/config/service-resolver``: subsets (one route per subset), ``ConnectTimeout``,
   ``LoadBalancer``, and the caller-side settings reported in ``/routes``
   (:mod:`gwcore.plugins.consul_resolvers`);
@@ -78,6 +80,7 @@ from gwcore.plugins.consul_registration import SelfRegistration
 from gwcore.plugins.consul_resolvers import ConsulResolvers
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import build_destinations, parse_documents
+from gwcore.policy.destinations import apply_destinations
 from gwcore.policy.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_PARTITION,
@@ -187,6 +190,7 @@ class ConsulCatalogSource(SelfRegistration):
         self.client: ConsulClient | None = None
         self.freshness = ConsulFreshness(site, NAME)
         self._linked: dict[str, dict[str, Any]] = {}
+        self._egress: dict[str, dict[str, Any]] = {}  # linked destinations (ServiceKind)
         self._health: dict[str, list[Any]] = {}
         self._names: dict[str, ServiceName] = {}  # linked key -> its full name
         self._watch_pool_stopped: Any = None
@@ -303,6 +307,7 @@ class ConsulCatalogSource(SelfRegistration):
         if not isinstance(items, list):
             raise ConsulError("gateway-services", "invalid", "expected a JSON list")
         linked: dict[str, dict[str, Any]] = {}
+        egress: dict[str, dict[str, Any]] = {}
         for item in items:
             named = item.get("Service") or {}
             if not named.get("Name"):
@@ -316,10 +321,7 @@ class ConsulCatalogSource(SelfRegistration):
             service = str(scoped)  # the plain name in the default namespace and partition
             self._names[service] = scoped
             if item.get("ServiceKind") == "destination" or item.get("IsEndpoint"):
-                self._report_once(
-                    f"destination:{service}",
-                    f"linked destination {service!r} is not supported (only catalog services)",
-                )
+                egress[service] = item  # no health watch: its service-defaults says where
                 continue
             linked[service] = item
         self.freshness.ok("gateway-services")
@@ -327,6 +329,7 @@ class ConsulCatalogSource(SelfRegistration):
         for gone in set(self._linked) - set(linked):
             self._health.pop(gone, None)
         self._linked = linked
+        self._egress = egress
         known = await self._refresh(added) if added else {}
         if self._health_watches is not None:
             self._health_watches.update(linked, known)
@@ -474,6 +477,7 @@ class ConsulCatalogSource(SelfRegistration):
         """Destinations from the current answers (services whose instances are known)."""
         ready = [s for s in sorted(self._linked) if s in self._health]
         linked = [self._linked_document(s, self._linked[s]) for s in ready]
+        linked += [self._linked_document(s, self._egress[s]) for s in sorted(self._egress)]
         # Linked services share the gateway's partition (Consul refuses others).
         partition = next((self._name(s).partition for s in ready), DEFAULT_PARTITION)
         entry = {
@@ -487,6 +491,8 @@ class ConsulCatalogSource(SelfRegistration):
         items.append(("consul:config/service-defaults", self._defaults))
         docs, problems = parse_documents(items)
         destinations, unusable = build_destinations(docs, self.gateway, self._datacenter)
+        destinations, egress_problems = apply_destinations(destinations, docs, self.gateway)
+        unusable += egress_problems
         destinations, bad_subsets = self._resolvers.apply(destinations, docs, self._datacenter)
         for problem in [*problems, *unusable, *bad_subsets]:
             self._report_once(f"shape:{problem}", f"left out: {problem}")

@@ -48,6 +48,7 @@ from gwcore.policy.consul_shapes import (
     build_mesh_gateways,
     merge_documents,
 )
+from gwcore.policy.destinations import apply_destinations
 from gwcore.policy.hcl_entries import decode_hcl
 from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGateways
 from gwcore.policy.resolver_entry import (
@@ -241,7 +242,8 @@ class FileCatalogSource:
             built = build_mesh_destinations(merged, self._datacenter)
         else:
             built, unbuilt = build_destinations(merged, self._gateway, self._datacenter)
-            unusable += unbuilt
+            built, egress_problems = apply_destinations(built, merged, self._gateway)
+            unusable += unbuilt + egress_problems
         # service-resolver subsets: mesh sites route subset SNIs to them; terminating
         # sites serve one route per subset (gwcore.policy.routes)
         destinations, bad_subsets = apply_subsets(built, merged, resolvers, self._datacenter)

@@ -159,6 +159,8 @@ class Destination:
     subsets: tuple[tuple[str, tuple[Endpoint, ...]], ...] = ()
     # The subset this route serves (a terminating site's subset route), "" for the service
     subset: str = ""
+    # A Consul destination (service-defaults Destination): its addresses, one route each
+    egress: tuple[str, ...] = ()
     # service-resolver settings reported in /routes (DefaultSubset, Redirect, Failover,
     # LoadBalancer, RequestTimeout): decided by callers or by L7, not by an L4 route
     resolver: Mapping[str, object] = field(

@@ -23,6 +23,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+from gwcore.policy.destinations import destination_sni
 from gwcore.policy.model import CatalogSnapshot, Destination, Endpoint, Intention, ServiceName
 from gwcore.policy.sni import service_sni
 
@@ -96,6 +97,9 @@ class RouteTable:
         """
         routes: dict[str, Destination] = {}
         for destination in destinations:
+            if destination.egress:
+                routes.update(_egress_routes(destination, datacenter, trust_domain))
+                continue
             sni = service_sni(destination.service, datacenter, trust_domain)
             routes.setdefault(sni, destination)
         # service-resolver subsets: one route per subset at Consul's subset SNI, after
@@ -150,6 +154,7 @@ class RouteTable:
                 "tls": d.tls.mode.value,
                 "lb_policy": d.lb_policy,
                 "subset": d.subset,
+                **({"destination": list(d.egress)} if d.egress else {}),
                 **({"resolver": dict(d.resolver)} if d.resolver else {}),
                 "endpoints": [
                     {
@@ -163,3 +168,18 @@ class RouteTable:
             }
             for sni, d in self._routes.items()
         ]
+
+
+def _egress_routes(
+    destination: Destination, datacenter: str, trust_domain: str
+) -> dict[str, Destination]:
+    """A Consul destination's routes: one per address, reaching that address's endpoints
+    (a host name's resolved addresses carry it as ``meta["hostname"]``)."""
+    routes: dict[str, Destination] = {}
+    for address in destination.egress:
+        endpoints = tuple(
+            e for e in destination.endpoints if e.meta.get("hostname", e.address) == address
+        )
+        sni = destination_sni(destination.service, address, datacenter, trust_domain)
+        routes[sni] = replace(destination, endpoints=endpoints)
+    return routes

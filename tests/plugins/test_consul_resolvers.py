@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest_twisted
 
 from gwcore.testing_consul import ConsulDouble
-from tests.harness import GATEWAY, hello, in_thread, request
+from tests.harness import GATEWAY, hello, in_thread, request, sni_for
 from tests.plugins.test_consul_gateway import _refused, cgw, consul
+from tests.plugins.test_destinations import defaults, dsni
 from tests.plugins.test_tgw_subsets import RESOLVER, instance, sni
 
 __all__ = ["cgw", "consul"]
@@ -65,3 +66,20 @@ async def test_an_unreadable_consul_resolver_keeps_its_last_good_state(
         lambda: cgw.metric("tgw_catalog_errors_total", source="consul_catalog") > errors
     )
     assert sni("v2-any") in cgw.routes()
+
+
+@pytest_twisted.ensureDeferred
+async def test_consul_destination_is_served_per_address(cgw, consul: ConsulDouble, upstreams):
+    """A linked destination from Consul (gateway-services ServiceKind "destination", the
+    double classifying it as Consul's catalog does) is served at its destination SNIs
+    from its service-defaults Destination, with no catalog registration."""
+    up = upstreams(hello(b"egress"))
+    consul.put_config(defaults(up.port, "127.0.0.1", "localhost"))
+    consul.intentions("example", ("web", "allow"))
+    consul.link(GATEWAY, "example")
+    await cgw.start()
+    files = cgw.client("web")
+    await cgw.wait_for(lambda: dsni("localhost") in cgw.routes())
+    assert await in_thread(request, cgw.port, dsni("127.0.0.1"), files) == b"egress"
+    assert await in_thread(request, cgw.port, dsni("localhost"), files) == b"egress"
+    assert sni_for("example") not in cgw.routes()
