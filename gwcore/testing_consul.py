@@ -16,7 +16,9 @@ What it emulates:
   indexes, not the ``services``/``checks`` tables; config entries read back carry
   ``Hash`` (uint64), ``CreateIndex`` and ``ModifyIndex``, and intention sources inherit
   the destination's namespace and partition (``normalize()``);
-- ``GET /v1/catalog/gateway-services/:gw`` from the ``terminating-gateway`` entry,
+- ``GET /v1/catalog/gateway-services/:gw`` from the ``terminating-gateway`` entry
+  (``ServiceKind: "destination"`` for a linked name with no instances whose
+  ``service-defaults`` has a ``Destination``, as Consul's catalog classifies it),
   wildcards expanded to non-Connect services with ``FromWildcard: true``;
 - ``GET /v1/health/service/:svc`` (``{Node, Service, Checks}``, ``?passing``, ``?ns=``,
   ``?partition=``), ``GET /v1/health/state/any``, ``GET /v1/catalog/services``,

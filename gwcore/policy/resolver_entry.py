@@ -199,6 +199,10 @@ def decode_with_resolvers(
         if entry is not None:
             resolvers.append(entry)
     docs, shape_problems = parse_documents([(origin, value)])
+    # Read here, so not "skipped" (no info line, not in tgw_catalog_skipped_entries).
+    docs = dataclasses.replace(
+        docs, skipped=tuple(s for s in docs.skipped if s.kind != SERVICE_RESOLVER)
+    )
     # consul_shapes does not read service-resolver entries (it reports their Kind): drop that.
     problems += [p for p in shape_problems if not (p.where in skipped and "Kind" in p.where)]
     return docs, tuple(resolvers), problems

@@ -107,6 +107,10 @@ async def test_subset_routes_reach_the_subsets_instances(gateway: Gateway, upstr
     assert listed[sni("v1")]["subset"] == "v1" and listed[sni()]["subset"] == ""
     assert [e["port"] for e in listed[sni("v2-any")]["endpoints"]] == [two.port]
     assert listed[sni("v2")]["endpoints"] == []
+    skipped = gateway.metric(
+        "tgw_catalog_skipped_entries", source="file_catalog", kind="service-resolver"
+    )
+    assert skipped == 0  # read, not skipped
 
 
 @pytest_twisted.ensureDeferred
