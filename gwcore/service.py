@@ -26,14 +26,19 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from gwcore.drain import drain_sites
 from gwcore.mesh_site import MeshSite
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
 from gwcore.net.admin_guard import AdminGuard, admin_token, config_secrets
+from gwcore.net.admin_workers import fan_out, listen_private
 from gwcore.net.sample import QuietSite, sample_site
+from gwcore.net.systemd import notify, reloading_lines
 from gwcore.policy.config import SiteConfig
 from gwcore.policy.redact import redact
+from gwcore.policy.registration import ready_url
+from gwcore.reload_diff import describe_changes
 from gwcore.site import Site
 from gwcore.validation import CheckedConfig, check_config
 from gwcore.workers import WorkerRole
@@ -73,6 +78,10 @@ class GatewayService(Service):
         self._exit_on_failure = exit_on_failure
         self._retiring: set[Site] = set()
         self.failure: Any = None
+        self.draining = False
+        self.ready_url = ready_url(checked.config.admin)
+        """The admin endpoint's ``/ready`` (an HTTP health check's target), if known."""
+        """Set on stop: ``/ready`` answers 503 while the sites drain (gwcore.drain)."""
         # The process's own service (twistd, a worker) exempts what start-up built from
         # the cyclic garbage collector: a full collection otherwise walks every module
         # and route object (~15 ms) in the middle of the data path.
@@ -96,12 +105,17 @@ class GatewayService(Service):
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.access_log = AccessLog(config.access_log, config.base_dir)
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
+        if self.worker is not None and self.worker.count > 1:
+            await self._listen_worker_admin(self.worker)
         if config.admin and shared:
             guard = AdminGuard(admin_token(config), config.admin_hosts, self.metrics)
             resource = AdminResource(self.metrics, lambda: list(self.sites.values()), self, guard)
+            if self.worker is not None and self.worker.count > 1:
+                fan_out(resource, self.reactor, self.worker.count, self.worker.admin_socket)
             port = await serverFromString(self.reactor, config.admin).listen(QuietSite(resource))
             self._ports.append(port)
             host = port.getHost()
+            self.ready_url = ready_url(config.admin, host)
             where = f"http://{host.host}:{host.port}/" if hasattr(host, "port") else host.name
             log.info(
                 "admin endpoint on {where}{auth}",
@@ -130,6 +144,7 @@ class GatewayService(Service):
                 self.access_log,
                 self.checked.stacks[site_config.key],
             )
+            site.ready_url = self.ready_url
             if self.worker is not None:
                 site.inherited_listener = self.worker.listener_for(site.config.listen)
             await site.start()
@@ -137,6 +152,16 @@ class GatewayService(Service):
         # Only now do the sites count for /ready (and for reload): all or nothing.
         self.sites = started
         self._freeze()
+        if self.worker is None:  # the supervisor speaks for workers (gwcore.workers)
+            notify("READY=1", f"STATUS=serving {len(started)} site(s)")
+
+    async def _listen_worker_admin(self, worker: WorkerRole) -> None:
+        """This worker's own admin resource on its private socket (for worker 0's
+        admin endpoint, which answers for every worker: gwcore.net.admin_workers)."""
+        # No guard: the socket is in the supervisor's 0700 directory, reached by worker 0 only.
+        own = AdminResource(self.metrics, lambda: list(self.sites.values()), self)
+        path = worker.admin_socket(worker.index)
+        self._ports.append(await listen_private(self.reactor, own, path))
 
     def _freeze(self) -> None:
         """``gc.freeze()`` what is alive now, unless retiring sites are still draining
@@ -180,20 +205,48 @@ class GatewayService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self.worker is None:
+            notify("STOPPING=1", "STATUS=draining")
+        # Withdraw, keep accepting for drain_delay, drain; the admin endpoint (/ready
+        # answering 503) closes last (gwcore.drain).
+        await drain_sites(self)
         for port in self._ports:
             await maybeDeferred(port.stopListening)
-        for site in [*self.sites.values(), *self._retiring]:
-            await site.stop()
         if self.access_log is not None:
             self.access_log.close()
         log.info("tgw stopped")
+
+    async def _drain(self, site: Site) -> None:
+        """Stop one site, saying how many connections it drains and how that ended."""
+        open_now = len(site.active)
+        if not open_now:
+            await site.stop()
+            return
+        timeout = site.config.drain_timeout
+        log.info(
+            "site {site}: draining {n} connection(s) (up to {timeout:g} s)",
+            site=site.config.key,
+            n=open_now,
+            timeout=timeout,
+        )
+        began = self.reactor.seconds()
+        await site.stop()
+        log.info(
+            "site {site}: drained in {elapsed:.1f} s",
+            site=site.config.key,
+            elapsed=self.reactor.seconds() - began,
+        )
 
     # --- reload -------------------------------------------------------------------
 
     def reload(self) -> Deferred[None]:
         """Re-read the config file and apply it if valid (see the module docstring)."""
+        if self.worker is None:
+            notify(*reloading_lines())  # systemd: reloading until READY=1 again
         d = Deferred.fromCoroutine(self._reload())
         d.addErrback(lambda f: log.failure("reload failed; the running config stays", f))
+        if self.worker is None:
+            d.addBoth(lambda r: (notify("READY=1", "STATUS=serving"), r)[1])
         return d
 
     async def _roll_back(
@@ -232,16 +285,11 @@ class GatewayService(Service):
                 self.metrics.reloads.labels(result="rejected").inc()
                 return
             new = checked.config
-            admin = (new.admin, new.admin_token, new.admin_token_file, new.admin_hosts)
-            if (*admin, new.sample_service, new.access_log, new.state_dir) != (
-                self.config.admin,
-                self.config.admin_token,
-                self.config.admin_token_file,
-                self.config.admin_hosts,
-                self.config.sample_service,
-                self.config.access_log,
-                self.config.state_dir,
-            ):
+            restart_only = (
+                *("admin", "admin_token", "admin_token_file", "admin_hosts"),
+                *("sample_service", "access_log", "state_dir", "log_level", "log_format"),
+            )
+            if any(getattr(new, k) != getattr(self.config, k) for k in restart_only):
                 log.warn(
                     "[gateway] and [sample_service] changes need a restart; applying sites only"
                 )
@@ -268,6 +316,7 @@ class GatewayService(Service):
                         self.access_log,
                         checked.stacks[key],
                     )
+                    site.ready_url = self.ready_url
                     if self.worker is not None:
                         site.inherited_listener = self.worker.listener_for(site.config.listen)
                     fresh[key] = site
@@ -292,6 +341,10 @@ class GatewayService(Service):
                     retired.addBoth(lambda _, site=old: self._retired(site))
                     if key not in wanted:
                         del self.sites[key]
+            for change in describe_changes(self.checked, checked):
+                log.info("reload: {change}", change=change)
+            for warning in checked.warnings:
+                log.warn("reload: warning: {warning}", warning=str(warning))
             self.config = new
             self.checked = checked
             if self.access_log is not None:

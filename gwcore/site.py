@@ -40,8 +40,9 @@ from gwcore.metrics import GatewayMetrics, SiteChildren
 from gwcore.net import fasttcp
 from gwcore.net.connection_facts import local_address, peer_certificate_der, requested_server_name
 from gwcore.net.hostnames import HostnameEndpoints
+from gwcore.net.proxied import ProxiedDownstreamFactory, upstream_factory
 from gwcore.net.resolver import DNSResolver
-from gwcore.net.splice import State, UpstreamFactory
+from gwcore.net.splice import State
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
@@ -70,6 +71,7 @@ from gwcore.providers import (
     UpstreamStrategy,
 )
 from gwcore.recheck import LiveRecheck
+from gwcore.upstream_files import destination_file_problems
 
 FIRST_SNAPSHOT_TIMEOUT = 30.0
 CONFIG_FAILURES = frozenset({"tls_config", "no_strategy", "no_endpoints"})
@@ -380,7 +382,7 @@ class Site:
             strategy,
             destination,
             endpoints,
-            UpstreamFactory(conn),
+            upstream_factory(self, conn, strategy),  # PROXY v2 first, if configured
             timeout,
             on_failure,
         )
@@ -593,6 +595,8 @@ class Site:
 
     def listener_factory(self) -> Any:
         """The protocol factory of the site's listener (one driver per role)."""
+        if self.config.proxy_protocol:
+            return ProxiedDownstreamFactory(self)  # a PROXY header first
         return DownstreamFactory(self)
 
     def gateway_leaf(self) -> LeafCertificate | None:
@@ -744,6 +748,10 @@ class Site:
             "certificate_providers": certs,
             "engines": [e.name for e in self.engines],
             "plugins": list(self.stack.plugin_names),
+            # Reported, not failing readiness: other destinations still work.
+            "upstream_tls_files": destination_file_problems(
+                (d for _, d in self._routes), self.config.base_dir
+            ),
         }
 
     def describe_routes(self) -> dict[str, Any]:

@@ -38,8 +38,9 @@ What it emulates:
   (the §6 table) from ``service-intentions`` entries, ``SourcePeer`` and
   ``SourceSamenessGroup`` included, scoped by ``?ns=``;
 - ``PUT /v1/catalog/register``, ``/v1/catalog/deregister``, ``/v1/agent/service/register``
-  (the agent runs the registration's TCP check against the address it names, as an
-  agent does) and ``/v1/agent/service/deregister/:id``;
+  (the agent runs the registration's TCP or HTTP check against the address it names,
+  as an agent does: :mod:`gwcore.testing_consul_checks`) and
+  ``/v1/agent/service/deregister/:id``;
 - an ACL token (``X-Consul-Token`` or ``Authorization: Bearer``; 403 otherwise) and
   per-endpoint permission denial;
 - faults: injected error statuses, hanging requests, :meth:`down`/:meth:`up` (the
@@ -62,7 +63,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from cryptography import x509
 from twisted.internet import endpoints, protocol
@@ -76,6 +77,7 @@ from gwcore import pki
 from gwcore.policy.model import ServiceName
 from gwcore.testing import TRUST_DOMAIN
 from gwcore.testing_consul_ca import intermediate_ca
+from gwcore.testing_consul_checks import schedule_http
 from gwcore.testing_consul_state import CatalogStore, Indexes
 
 DEFAULT_WAIT = 300.0
@@ -425,7 +427,11 @@ class ConsulDouble:
 
     def _handle(self, request: server.Request) -> Any:
         path = unquote(request.path.decode())
-        args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
+        # Go's url.ParseQuery keeps a bare "?passing" (no "="); Twisted's parser drops it.
+        query = request.uri.partition(b"?")[2].decode(errors="replace")
+        args: dict[str, list[str]] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            args.setdefault(key, []).append(value)
         token = request.getHeader("X-Consul-Token")
         bearer = request.getHeader("Authorization")
         if token is None and bearer and bearer.startswith("Bearer "):
@@ -808,7 +814,7 @@ class ConsulDouble:
                     "Name": check.get("Name", f"Service '{body['Name']}' check"),
                     "Status": check.get("Status", "critical"),
                     "ServiceID": sid,
-                    "Type": "tcp" if check.get("TCP") else "",
+                    "Type": "tcp" if check.get("TCP") else "http" if check.get("HTTP") else "",
                 }
             )
         self.register(
@@ -830,6 +836,8 @@ class ConsulDouble:
         if check and check.get("TCP"):
             interval = parse_wait(check.get("Interval", "10s"))
             self._schedule_tcp(checks[0]["CheckID"], check["TCP"], interval, 0)
+        elif check and check.get("HTTP"):
+            schedule_http(self, checks[0]["CheckID"], check, parse_wait)
 
     def _schedule_tcp(self, check_id: str, target: str, interval: float, delay: float) -> None:
         old = self.agent_checks.get(check_id)

@@ -20,8 +20,9 @@ source checkout, import the tree's ``gwcore/`` (where ``plugins/`` is not
 - Metrics: workers write prometheus-client multiprocess files into one
   directory; worker 0 serves the admin endpoint (and the sample service), and
   its ``/metrics`` adds up every worker's values (gauges: live sum or max).
-  ``/ready``, ``/routes`` and ``/certs`` describe worker 0's sites, which have the
-  same configuration as every other worker's.
+  ``/ready``, ``/routes``, ``/certs``, ``/config`` and ``/explain`` answer for every
+  worker: each worker serves its own admin resource on a private unix socket in the
+  supervisor's directory, and worker 0 asks them all (``gwcore.net.admin_workers``).
 - Signals: SIGHUP is passed to every worker (each reloads the file); SIGTERM
   stops the supervisor, which passes it on and waits for every worker to drain
   and exit (bounded), then exits. A worker that dies is started again after
@@ -52,6 +53,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from gwcore.net.reactor import is_gateway_reactor
+from gwcore.net.systemd import notify, reloading_lines
 
 log = Logger(namespace="tgw.workers")
 
@@ -75,19 +77,35 @@ class WorkerRole:
     listeners: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Site ``listen`` string -> (inherited fd, address family)."""
     _bound: list[socket.socket] = field(default_factory=list, repr=False)
+    reuseport: dict[str, str] = field(default_factory=dict)
+    count: int = 1
+    """How many workers the supervisor runs."""
+    runtime_dir: str = ""
+    """The supervisor's private directory (mode 0700): metrics files, and each
+    worker's private admin socket (:meth:`admin_socket`)."""
+
+    def admin_socket(self, index: int) -> str:
+        """The unix socket where worker ``index`` answers admin requests for itself
+        (worker 0's admin endpoint asks every worker: ``gwcore.net.admin_workers``)."""
+        return os.path.join(self.runtime_dir, f"admin-{index}.sock")
+
+    """``worker_listeners = "reuseport"``: site ``listen`` -> the address to bind
+    (the port the supervisor reserved for a ``tcp:0``)."""
 
     def listener_for(self, listen: str) -> tuple[int, int]:
-        """The inherited socket for ``listen``; one bound here (``SO_REUSEPORT``) for a
-        listen address added by a reload, shared with the other workers by the kernel."""
+        """The inherited socket for ``listen``; or one bound here with ``SO_REUSEPORT``:
+        this worker's own (``worker_listeners = "reuseport"``), or for a listen address
+        added by a reload. The kernel spreads connections over the group."""
         if listen not in self.listeners:
-            sock = bind_listener(listen, reuse_port=True)
+            sock = bind_listener(self.reuseport.get(listen, listen), reuse_port=True)
             self._bound.append(sock)
             self.listeners[listen] = (sock.fileno(), sock.family)
         return self.listeners[listen]
 
 
-def bind_listener(listen: str, reuse_port: bool = False) -> socket.socket:
-    """A listening, inheritable, non-blocking socket for a ``tcp:``/``tcp6:`` endpoint string."""
+def bind_listener(listen: str, reuse_port: bool = False, backlog: bool = True) -> socket.socket:
+    """A listening, inheritable, non-blocking socket for a ``tcp:``/``tcp6:`` endpoint string
+    (only bound with ``backlog=False``: a port reservation that takes no connections)."""
     match = _TCP.match(listen)
     if match is None:
         raise ValueError(f"workers need tcp: or tcp6: listen endpoints, not {listen!r}")
@@ -102,10 +120,19 @@ def bind_listener(listen: str, reuse_port: bool = False) -> socket.socket:
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, int(port)))
+    if not backlog:
+        return sock
     sock.listen(int(options.get("backlog", 1024)))
     sock.setblocking(False)
     sock.set_inheritable(True)
     return sock
+
+
+def with_port(listen: str, port: int) -> str:
+    """``listen`` with its port replaced by ``port`` (``tcp:0:...`` -> ``tcp:43210:...``)."""
+    kind, _, rest = listen.partition(":")
+    options = rest.partition(":")[2]
+    return f"{kind}:{port}" + (f":{options}" if options else "")
 
 
 class _Worker(ProcessProtocol):
@@ -133,13 +160,17 @@ class _Worker(ProcessProtocol):
 class WorkerSupervisor(Service):
     """The twistd-side service when ``workers > 1`` (see the module docstring)."""
 
-    def __init__(self, config_path: str | Path, config: Any, reactor: Any = None) -> None:
+    def __init__(
+        self, config_path: str | Path, config: Any, reactor: Any = None, log_level: str = ""
+    ) -> None:
         self.config_path = Path(config_path)
+        self.log_level = log_level  # --log-level, passed on to every worker
         self.config = config
         self.count: int = config.workers
         self._reactor = reactor
         self.sockets: dict[str, socket.socket] = {}
         self.workers: dict[int, _Worker] = {}
+        self.reserved: dict[str, str] = {}
         self.metrics_dir: str | None = None
         self.stopping = False
         self.started: Deferred[None] | None = None
@@ -155,7 +186,14 @@ class WorkerSupervisor(Service):
     def startService(self) -> None:
         super().startService()
         for site in self.config.sites:
-            self.sockets.setdefault(site.listen, bind_listener(site.listen))
+            if self.config.worker_listeners == "reuseport":
+                # Reserve the port (tcp:0 gets one) without listening: a bound socket
+                # takes no connections, the workers' listening ones do.
+                sock = bind_listener(site.listen, reuse_port=True, backlog=False)
+                self.reserved[site.listen] = with_port(site.listen, sock.getsockname()[1])
+                self.sockets.setdefault(site.listen, sock)
+            else:
+                self.sockets.setdefault(site.listen, bind_listener(site.listen))
         self.metrics_dir = tempfile.mkdtemp(prefix="tgw-metrics-")
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.forward_hup))
@@ -169,6 +207,7 @@ class WorkerSupervisor(Service):
         for worker in rest:
             await worker.ready
         log.info("{n} workers serving", n=self.count)
+        notify("READY=1", f"STATUS={self.count} workers serving")
 
     def _start_failed(self, failure: Any) -> None:
         log.failure("tgw workers could not start", failure)
@@ -182,11 +221,16 @@ class WorkerSupervisor(Service):
 
     def spawn(self, index: int) -> _Worker:
         worker = _Worker(self, index)
-        listeners = {listen: (sock.fileno(), sock.family) for listen, sock in self.sockets.items()}
+        listeners = {
+            listen: (sock.fileno(), sock.family)
+            for listen, sock in self.sockets.items()
+            if listen not in self.reserved
+        }
         child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, READY_FD: "r"}
         for fd, _ in listeners.values():
             child_fds[fd] = fd
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         # Absolute entries: "" (the working directory) means the supervisor's, not the worker's.
         path = json.dumps([os.path.abspath(entry) for entry in sys.path])
         argv = [
@@ -200,9 +244,17 @@ class WorkerSupervisor(Service):
             str(index),
             "--listeners",
             json.dumps(listeners),
+            "--reuseport",
+            json.dumps(self.reserved),
+            "--count",
+            str(self.count),
+            "--runtime-dir",
+            self.metrics_dir or "",
             "--reactor",
             "tgw" if is_gateway_reactor(self.reactor) else "default",
         ]
+        if self.log_level:
+            argv += ["--log-level", self.log_level]
         self.reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=child_fds)
         self.workers[index] = worker
         return worker
@@ -237,7 +289,10 @@ class WorkerSupervisor(Service):
 
     def forward_hup(self) -> None:
         log.info("SIGHUP: every worker reloads the configuration")
+        notify(*reloading_lines())
         self.signal_workers(signal.SIGHUP)
+        # Each worker reloads on its own; the supervisor has passed the signal on.
+        notify("READY=1", f"STATUS={self.count} workers serving")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -245,8 +300,10 @@ class WorkerSupervisor(Service):
 
     async def _stop(self) -> None:
         self.stopping = True
+        notify("STOPPING=1", "STATUS=draining")
         self.signal_workers(signal.SIGTERM)
         drain = max((s.drain_timeout for s in self.config.sites), default=0.0)
+        drain += self.config.drain_delay  # workers keep accepting that long first
         killer = self.reactor.callLater(drain + STOP_GRACE, self.signal_workers, signal.SIGKILL)
         for worker in list(self.workers.values()):
             await worker.ended
@@ -268,7 +325,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listeners", default="{}")
+    parser.add_argument("--reuseport", default="{}")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--runtime-dir", default="")
     parser.add_argument("--reactor", choices=("tgw", "default"), default="tgw")
+    parser.add_argument("--log-level", default="")
     args = parser.parse_args(argv)
     listeners = {k: (int(v[0]), int(v[1])) for k, v in json.loads(args.listeners).items()}
     if args.reactor == "tgw":  # what the supervisor runs, unless twistd --reactor chose
@@ -279,12 +340,21 @@ def worker_main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
+    from gwcore.logsetup import gateway_observer
     from gwcore.service import GatewayService
     from gwcore.validation import check_config
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    log.info("worker {index}: reactor {cls}", index=args.index, cls=type(reactor).__qualname__)
     checked = check_config(args.config)
+    config = checked.config
+    # The same level, format and quiet as the supervisor's log (gwcore.logsetup).
+    observer = gateway_observer(
+        lambda: textFileLogObserver(sys.stdout),
+        lambda: sys.stdout,
+        args.log_level or (config.log_level if config else "info"),
+        config.log_format if config else "text",
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    log.info("worker {index}: reactor {cls}", index=args.index, cls=type(reactor).__qualname__)
     if not checked.ok:
         for problem in checked.problems:
             print(f"tgw worker {args.index}: {problem}", file=sys.stderr)
@@ -294,7 +364,13 @@ def worker_main(argv: list[str] | None = None) -> int:
         args.config,
         reactor,
         exit_on_failure=True,
-        worker=WorkerRole(args.index, listeners),
+        worker=WorkerRole(
+            args.index,
+            listeners,
+            reuseport=json.loads(args.reuseport),
+            count=args.count,
+            runtime_dir=args.runtime_dir,
+        ),
         freeze_heap=True,
     )
 

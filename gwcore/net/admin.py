@@ -14,6 +14,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from gwcore import __version__
 from gwcore.metrics import GatewayMetrics
 from gwcore.net.admin_guard import AdminGuard
 from gwcore.policy.decision import combine, failure
@@ -103,8 +104,11 @@ class AdminResource(Resource):
 
     def _ready(self, request: Request) -> bytes:
         sites = {s.name: s.readiness() for s in self.sites()}
-        ready = bool(sites) and all(s["ready"] for s in sites.values())
-        return _json(request, {"ready": ready, "sites": sites}, 200 if ready else 503)
+        # A stopping instance says so while it drains (gwcore.drain).
+        draining = bool(getattr(self.config, "draining", False))
+        ready = bool(sites) and all(s["ready"] for s in sites.values()) and not draining
+        body = {"ready": ready, "draining": draining, "version": __version__, "sites": sites}
+        return _json(request, body, 200 if ready else 503)
 
 
 class _BadArgumentError(ValueError):

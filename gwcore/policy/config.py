@@ -8,7 +8,9 @@ key and what is wrong; validation never stops at the first problem, so one run o
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -33,6 +35,8 @@ ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
 # "consul": the agent's default, decided by the consul_intentions plugin (docs/consul.md).
 POLICIES = ("allow", "deny", "consul")
 _CONSUL_INTENTIONS = ("consul_intentions", "gwcore.plugins.consul_intentions")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 # Patterns given to ``string(pattern=...)`` must match the whole value (fullmatch):
 # a "$" anchor would let a trailing newline through.
@@ -233,8 +237,14 @@ class SectionReader:
                 continue
             if allow_tables and isinstance(value, Mapping):
                 continue
-            self.problem(name, "unknown key")
+            self.problem(name, "unknown key" + did_you_mean(name, self._seen))
         return self.problems
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` when a known name is close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def read_stub_options(
@@ -295,6 +305,8 @@ class SiteConfig:
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
     drain_timeout: float = 10.0
+    proxy_protocol: bool = False  # PROXY v1/v2 header in, v2 to plain upstreams: net.proxied
+    upstream_proxy_protocol: bool = False
     max_connections: int = 10000
     max_connect_attempts: int = 3
     lb_policy: str = "round_robin"
@@ -340,6 +352,7 @@ class SiteConfig:
 
 
 MAX_WORKERS = 64
+LISTENERS = ("shared", "reuseport")
 MIN_ADMIN_TOKEN = 16
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]|[0-9a-f:.]+")
 
@@ -367,6 +380,10 @@ class GatewayConfig:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
     """Processes serving the same listening sockets (``gwcore.workers``)."""
+    log_level: str = "info"
+    log_format: str = "text"
+    worker_listeners: str = "shared"  # or "reuseport": a socket per worker (gwcore.workers)
+    drain_delay: float = 0.0  # accepting on after withdrawing, before draining (gwcore.drain)
     admin_token: str = field(default="", repr=False)
     admin_token_file: Path | None = None
     admin_hosts: tuple[str, ...] = ()
@@ -377,6 +394,25 @@ class GatewayConfig:
             if site.key == key:
                 return site
         raise KeyError(key)
+
+
+SYSTEM_STATE_DIR = Path("/var/lib/tgw")
+
+
+def default_state_dir(base_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the built-in CA keeps its keys when ``state_dir`` is not set.
+
+    Never next to a config in ``/etc``: systemd's ``$STATE_DIRECTORY`` (set by
+    ``StateDirectory=tgw``) if present, else ``/var/lib/tgw`` for a config under
+    ``/etc``, else ``state/`` beside the config (a development checkout).
+    """
+    env = os.environ if environ is None else environ
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if base_dir == Path("/etc") or Path("/etc") in base_dir.parents:
+        return SYSTEM_STATE_DIR
+    return base_dir / "state"
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -412,9 +448,14 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
             what="an endpoint string",
         )
     access_log = gw.string("access_log", "-") or ""
-    state_dir = base_dir / (gw.string("state_dir", "state") or "state")
+    state = gw.string("state_dir")
+    state_dir = base_dir / state if state else default_state_dir(base_dir)
     plugin_paths = tuple(base_dir / p for p in gw.strings("plugin_paths"))
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
+    log_level = gw.string("log_level", "info", choices=LOG_LEVELS) or "info"
+    log_format = gw.string("log_format", "text", choices=LOG_FORMATS) or "text"
+    drain_delay = gw.duration("drain_delay", 0.0)
+    worker_listeners = gw.string("worker_listeners", "shared", choices=LISTENERS) or "shared"
     admin_token = gw.string("admin_token", "") or ""
     token_file = gw.string("admin_token_file", "") or ""
     if admin_token and token_file:
@@ -470,6 +511,10 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         sample_service=sample,
         raw=data,
         workers=workers,
+        log_level=log_level,
+        log_format=log_format,
+        drain_delay=drain_delay,
+        worker_listeners=worker_listeners,
         admin_token=admin_token,
         admin_token_file=base_dir / token_file if token_file else None,
         admin_hosts=admin_hosts,
@@ -521,12 +566,17 @@ def _parse_site(
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
         "drain_timeout": r.duration("drain_timeout", 10.0),
+        "proxy_protocol": r.boolean("proxy_protocol", False),
+        "upstream_proxy_protocol": r.boolean("upstream_proxy_protocol", False),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
         "outlier_consecutive_failures": r.integer("outlier_consecutive_failures", 5, minimum=1),
         "outlier_base_ejection": r.duration("outlier_base_ejection", 30.0, minimum=0.001),
         "outlier_max_ejection": r.duration("outlier_max_ejection", 300.0, minimum=0.001),
     }
+    for option in ("proxy_protocol", "upstream_proxy_protocol"):
+        if role == "mesh" and values[option]:
+            r.problem(option, "is supported on terminating sites only")
     nameservers = r.strings("dns_nameservers")
     for text in nameservers:
         try:
