@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gwcore.policy.balancing import HEALTH_ORDERS, policy_name
 from gwcore.policy.balancing import POLICIES as LB_POLICIES
-from gwcore.policy.balancing import policy_name
 from gwcore.policy.dns_records import DEFAULT_HOLD_NX, Family, parse_nameserver, valid_hostname
 from gwcore.policy.resolv import (
     DEFAULT_EDNS_PAYLOAD,
@@ -601,7 +601,7 @@ def _parse_site(
     choices = (*LB_POLICIES, "least_connections")
     lb_policy = r.string("lb_policy", "round_robin", choices=choices) or "round_robin"
     values["lb_policy"] = policy_name(lb_policy) or "round_robin"
-    order = r.string("health_order", "weighted", choices=("weighted", "passing_first"))
+    order = r.string("health_order", "weighted", choices=HEALTH_ORDERS)
     values["health_order"] = order or "weighted"
     sections = {k: v for k, v in table.items() if isinstance(v, Mapping)}
     for section in sections:
