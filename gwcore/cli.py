@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--config", help=f"gateway config ({discovered})")
     connect.add_argument("--site", help="site in the config (default: the first)")
     connect.add_argument(
+        "--subset",
+        help="service-resolver subset to dial (default: the resolver's DefaultSubset in the "
+        "site's file catalog; '' for the unsubsetted name)",
+    )
+    connect.add_argument(
         "--gateway", help="client endpoint of the gateway (default: from the site's listen)"
     )
     connect.add_argument("--datacenter", help="override the site's datacenter")

@@ -64,6 +64,7 @@ CANNOT_DENY = frozenset(
         "max_connections",
         "max_connect_attempts",
         "lb_policy",
+        "health_order",
         "outlier_consecutive_failures",
         "outlier_base_ejection",
         "outlier_max_ejection",

@@ -54,6 +54,7 @@ from gwcore.policy.balancing import EndpointPicker, OutlierDetector
 from gwcore.policy.config import GatewayConfig, SiteConfig
 from gwcore.policy.decision import combine, failure
 from gwcore.policy.dns_records import Family, RefreshPolicy, parse_nameserver
+from gwcore.policy.lb import hash_key
 from gwcore.policy.model import (
     CatalogSnapshot,
     Decision,
@@ -321,7 +322,12 @@ class Site:
         dialled = getattr(strategy, "endpoints_for", None)
         if dialled is not None:
             destination = replace(destination, endpoints=tuple(dialled(destination)))
-        endpoints = self.picker.candidates(destination, self.reactor.seconds())
+        endpoints = self.picker.candidates(
+            destination,
+            self.reactor.seconds(),
+            key=hash_key(destination, conn),
+            passing_first=self.config.health_order == "passing_first",
+        )
         info = conn.info
         if self._listeners["tgw_choose_endpoint"]:  # addons may reorder (gwcore.endpoint_choice)
             endpoints = choose_endpoints(self, info, destination, endpoints)
@@ -699,6 +705,8 @@ class Site:
             )
 
     def _export_endpoints(self, destination: Destination) -> None:
+        if destination.subset or destination.egress:
+            return  # a subset: the service's route reports; a destination: one per address
         now = self.reactor.seconds()
         live = [e for e in destination.endpoints if e.health is not Health.CRITICAL]
         usable = self.picker.usable(destination, now)

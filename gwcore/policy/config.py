@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gwcore.policy.balancing import HEALTH_ORDERS, policy_name
 from gwcore.policy.balancing import POLICIES as LB_POLICIES
-from gwcore.policy.balancing import policy_name
 from gwcore.policy.dns_records import DEFAULT_HOLD_NX, Family, parse_nameserver, valid_hostname
 from gwcore.policy.resolv import (
     DEFAULT_EDNS_PAYLOAD,
@@ -317,6 +317,7 @@ class SiteConfig:
     max_connections: int = 10000
     max_connect_attempts: int = 3
     lb_policy: str = "round_robin"
+    health_order: str = "weighted"  # or "passing_first"; see gwcore.policy.balancing
     outlier_consecutive_failures: int = 5
     outlier_base_ejection: float = 30.0
     outlier_max_ejection: float = 300.0
@@ -628,6 +629,8 @@ def _parse_site(
     choices = (*LB_POLICIES, "least_connections")
     lb_policy = r.string("lb_policy", "round_robin", choices=choices) or "round_robin"
     values["lb_policy"] = policy_name(lb_policy) or "round_robin"
+    order = r.string("health_order", "weighted", choices=HEALTH_ORDERS)
+    values["health_order"] = order or "weighted"
     sections = {k: v for k, v in table.items() if isinstance(v, Mapping)}
     own_sections = {section_name(p) for p in plugins} | set(plugins)
     for section in sections:

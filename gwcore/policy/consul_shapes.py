@@ -50,6 +50,7 @@ from gwcore.policy.consul_decode import (
     _Sink,
 )
 from gwcore.policy.consul_kinds import SkippedEntry, skipped_kind
+from gwcore.policy.destinations import EgressDestination, parse_destination
 from gwcore.policy.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_PARTITION,
@@ -161,6 +162,7 @@ class ServiceDefaults:
     protocol: str
     origin: str
     where: str
+    destination: EgressDestination | None = None  # gwcore.policy.destinations
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +328,12 @@ def _parse_service_defaults(sink: _Sink, doc: _Object) -> ServiceDefaults:
         doc.string("Namespace") or DEFAULT_NAMESPACE,
         doc.string("Partition") or DEFAULT_PARTITION,
     )
-    return ServiceDefaults(service, protocol, sink.origin, doc.where)
+    destination = None
+    if doc.raw("Destination") is not _MISSING:
+        destination, found = parse_destination(doc.raw("Destination"))
+        for key, message in found:
+            doc.problem(f"Destination.{key}".rstrip("."), message)
+    return ServiceDefaults(service, protocol, sink.origin, doc.where, destination)
 
 
 def _parse_intentions(sink: _Sink, doc: _Object) -> IntentionsEntry:
