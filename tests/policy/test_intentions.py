@@ -489,3 +489,18 @@ def test_version_and_decisions_ignore_input_order(intentions: list[Intention], r
     for source in (ServiceName("web"), ServiceName("api", "team")):
         for destination in (ServiceName("billing"), ServiceName("web", "team")):
             assert a.decide(source, destination) == b.decide(source, destination)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        pytest.param({"source_peer": "other-cluster"}, id="peer-only"),
+        pytest.param({"source_sameness_group": "group-a"}, id="sameness-group-only"),
+    ],
+)
+def test_a_peer_or_sameness_group_source_alone_never_matches_a_local_caller(kw):
+    """An intention whose source is in a cluster peer, or any member of a sameness group
+    (each on its own, as Consul allows only one of them per source), names an identity
+    tgw cannot verify: a local caller of the same name gets no decision from it."""
+    intentions = IntentionSet([intention("web", "billing", "allow", **kw)])
+    assert intentions.decide(svc("web"), svc("billing")).verdict is Verdict.ABSTAIN

@@ -75,3 +75,48 @@ def test_mesh_gateways_merge_first_source_wins_per_datacenter():
         "dc2": ["1.1.1.1:1"],
         "dc3": ["3.3.3.3:3"],
     }
+
+
+# --- WAN federation names (gwcore.policy.wanfed), routed only when the site asks -------
+
+CONSUL = Destination(ServiceName("consul"), "dc1", (Endpoint("10.0.1.1", 8300, node="srv1"),))
+ROUTES_WITH_SERVERS = RouteTable.build([BILLING, CONSUL], "dc1", TD)
+
+
+def test_server_names_are_not_routed_unless_wan_federation_is_on():
+    """By default a mesh gateway routes service names only: ``server.dc1.consul`` has
+    no route, as a Consul mesh gateway without ``consul-wan-federation`` meta."""
+    found = route_by_sni("server.dc1.consul", "dc1", TD, ROUTES_WITH_SERVERS, GATEWAYS)
+    assert isinstance(found, NoRoute) and found.reason == "not_a_service_sni"
+
+
+@pytest.mark.parametrize(
+    ("sni", "expected"),
+    [
+        ("server.dc1.consul", ("consul", "dc1", False)),
+        ("srv1.server.dc1.consul", ("consul", "dc1", False)),
+        ("server.dc2.consul", ("consul", "dc2", True)),
+        ("nosuch.server.dc1.consul", "unknown_server"),
+        ("server.dc9.consul", "unknown_datacenter"),
+        ("example.com", "not_a_service_sni"),
+    ],
+)
+def test_with_wan_federation_server_names_go_to_servers_or_have_a_reason(sni, expected):
+    """With WAN federation on, a server name reaches this datacenter's servers (that
+    node's only, when named) or the other datacenter's mesh gateways; an unknown node or
+    datacenter, and a name that is neither a service nor a server, have no route."""
+    found = route_by_sni(sni, "dc1", TD, ROUTES_WITH_SERVERS, GATEWAYS, wan_federation=True)
+    if isinstance(expected, str):
+        assert isinstance(found, NoRoute) and found.reason == expected
+        return
+    assert isinstance(found, MeshRoute)
+    assert (found.service.name, found.datacenter, found.remote) == expected
+    if sni.startswith("srv1."):
+        assert [e.node for e in found.target.endpoints] == ["srv1"]
+
+
+def test_with_wan_federation_and_no_servers_a_server_name_has_no_route():
+    """No ``consul`` instances in the catalog: ``server.dc1.consul`` is refused with a
+    reason, never routed to an empty destination."""
+    found = route_by_sni("server.dc1.consul", "dc1", TD, ROUTES, GATEWAYS, wan_federation=True)
+    assert isinstance(found, NoRoute) and found.reason == "unknown_server"
