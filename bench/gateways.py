@@ -48,7 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.policy.model import ServiceName
 from gwcore.policy.sni import service_sni
 

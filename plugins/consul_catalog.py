@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import SourceHealth
 from gwcore.net.consul import (
     BlockingWatch,
     ConsulClient,
@@ -81,11 +82,10 @@ from gwcore.policy.model import (
     Destination,
     ServiceName,
 )
-from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.events import SiteStarted
-    from gwcore.providers import CatalogSource, SiteContext
+    from gwcore.contract.events import SiteStarted
+    from gwcore.contract.providers import CatalogSource, SiteContext
 
 NAME = "consul_catalog"
 MODULE = "gwcore.plugins.consul_catalog"

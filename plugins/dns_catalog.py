@@ -58,7 +58,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge
 from twisted.internet.defer import Deferred, DeferredList
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import SourceHealth
 from gwcore.net.resolver import (
     AddressAnswer,
     DNSResolver,
@@ -88,10 +89,9 @@ from gwcore.policy.model import (
     UpstreamTLS,
 )
 from gwcore.policy.resolv import DEFAULT_EDNS_PAYLOAD
-from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.providers import CatalogSource, SiteContext
+    from gwcore.contract.providers import CatalogSource, SiteContext
 
 NAME = "dns_catalog"
 MODULE = "gwcore.plugins.dns_catalog"

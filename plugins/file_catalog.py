@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Gauge
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import SourceHealth
 from gwcore.net.filewatch import FileWatcher, expand
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import (
@@ -51,10 +52,9 @@ from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGat
 from gwcore.policy.resolver_entry import ResolverEntry, decode_with_resolvers, merge_resolvers
 from gwcore.policy.subsets import apply_subsets
 from gwcore.policy.wanfed import build_consul_servers
-from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.providers import CatalogSource, SiteContext
+    from gwcore.contract.providers import CatalogSource, SiteContext
 
 NAME = "file_catalog"
 PATTERN = "*.json"

@@ -14,12 +14,12 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from gwcore.metrics import GatewayMetrics
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.contract.providers import AuthzRequest
 from gwcore.net.admin_guard import AdminGuard
 from gwcore.policy.decision import combine, failure
 from gwcore.policy.model import DEFAULT_NAMESPACE, SpiffeID
 from gwcore.policy.sni import service_sni
-from gwcore.providers import AuthzRequest
 
 log = Logger(namespace="tgw.admin")
 

@@ -244,7 +244,7 @@ class _AgentTLS:
         self._trust = None
         if settings.ca_file:
             data = Path(settings.ca_file).read_bytes()
-            from gwcore import pki
+            from gwcore.contract import pki
 
             roots = [
                 ssl.Certificate.loadPEM(pki.certificate_pem(c)) for c in pki.load_certificates(data)

@@ -32,7 +32,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gwcore.events import ConnectionClosed, ConnectionInfo
+from gwcore.contract.events import ConnectionClosed, ConnectionInfo
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol
 from gwcore.policy.clienthello import NEED_MORE, ClientHello, ClientHelloParser, HelloError
 from gwcore.policy.mesh import MeshRoute, NoRoute, route_by_sni

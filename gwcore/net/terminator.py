@@ -40,7 +40,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gwcore.events import (
+from gwcore.contract.events import (
     AuthorizationDone,
     ClientConnected,
     ClientHelloSeen,
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IDelayedCall
 
-    from gwcore.metrics import GatewayMetrics
+    from gwcore.contract.metrics import GatewayMetrics
     from gwcore.policy.config import SiteConfig
 
 MAX_EARLY_BYTES = 256 * 1024

@@ -24,7 +24,7 @@ from gwcore.net.consul import (
     release_client,
 )
 from gwcore.testing import MeshCA
-from gwcore.testing_consul import ConsulDouble, Recorder, server_certificate
+from gwcore.testing.consul import ConsulDouble, Recorder, server_certificate
 from tests.harness import sleep
 
 

@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from gwcore.policy.consul_default import agent_default
 from gwcore.policy.decision import combine
 from gwcore.policy.model import Decision, Verdict
-from gwcore.testing_consul import ConsulDouble
+from gwcore.testing.consul import ConsulDouble
 from tests.harness import hello, in_thread, request, sni_for
 from tests.plugins.test_consul_gateway import ConsulGateway, external
 

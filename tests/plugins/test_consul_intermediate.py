@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
-from gwcore import pki
-from gwcore.testing_consul import ConsulDouble
+from gwcore.contract import pki
+from gwcore.testing.consul import ConsulDouble
 from tests.harness import in_thread, peer_uris, request, sni_for, tls_connect
 from tests.plugins.test_consul_gateway import ConsulGateway, serve
 

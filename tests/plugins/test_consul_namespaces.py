@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.policy.model import ServiceName
 from gwcore.policy.sni import service_sni
 from gwcore.testing import TRUST_DOMAIN, MeshCA
-from gwcore.testing_consul import ConsulDouble, find
+from gwcore.testing.consul import ConsulDouble, find
 from tests.harness import DC, GATEWAY, hello, in_thread, peer_uris, request, tls_connect
 from tests.plugins.test_consul_gateway import ConsulGateway
 

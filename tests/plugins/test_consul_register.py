@@ -14,7 +14,7 @@ from twisted.internet import reactor
 
 from gwcore.plugins.consul_catalog import ConsulCatalogSource
 from gwcore.testing import FakeSite, site_config
-from gwcore.testing_consul import ConsulDouble, wait_deferred
+from gwcore.testing.consul import ConsulDouble, wait_deferred
 
 CATALOG = "gwcore.plugins.consul_catalog"
 FAST = {"wait": "2s", "timeout": "3s", "retry_min": "0.05s", "retry_max": "0.3s", "rate": 50}

@@ -17,11 +17,11 @@ from cryptography import x509
 from twisted.internet.task import Clock
 from twisted.logger import Logger, globalLogPublisher
 
-from gwcore import pki
-from gwcore.metrics import GatewayMetrics
+from gwcore.contract import pki
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.contract.providers import CatalogView, LeafCertificate
 from gwcore.policy.config import SiteConfig, parse_config
 from gwcore.policy.model import ServiceName
-from gwcore.providers import CatalogView, LeafCertificate
 
 TRUST_DOMAIN = "11111111-2222-3333-4444-555555555555.consul"
 

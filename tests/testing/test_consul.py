@@ -13,9 +13,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.net.consul import ConsulClient, ConsulError, ConsulSettings
-from gwcore.testing_consul import ConsulDouble
+from gwcore.testing.consul import ConsulDouble
 
 NODE_KEYS = {"ID", "Node", "Address", "Datacenter", "TaggedAddresses", "Meta",
              "CreateIndex", "ModifyIndex"}  # fmt: skip

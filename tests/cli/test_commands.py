@@ -10,7 +10,7 @@ import pytest
 
 from gwcore import __version__
 from gwcore.cli import main
-from gwcore.plugin_host import ESSENTIAL_PLUGINS
+from gwcore.contract.plugin_host import ESSENTIAL_PLUGINS
 from tests.harness import GATEWAY, Gateway
 
 PROBLEM_LINE = re.compile(r"^(?P<file>.+?): (?P<key>[\w.()-]+): (?P<message>.+)$")

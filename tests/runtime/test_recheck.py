@@ -18,7 +18,7 @@ import pytest_twisted
 
 from gwcore.net.splice import State
 from gwcore.policy.config import SiteConfig
-from gwcore.recheck import CANNOT_DENY, LiveRecheck, can_deny
+from gwcore.runtime.recheck import CANNOT_DENY, LiveRecheck, can_deny
 from gwcore.testing import TRUST_DOMAIN
 from tests.harness import (
     Gateway,
@@ -295,7 +295,7 @@ class _RoutedSite:
     """What LiveRecheck reads of a site: its connections, routes, metrics and name."""
 
     def __init__(self, *destinations: Any) -> None:
-        from gwcore.metrics import GatewayMetrics
+        from gwcore.contract.metrics import GatewayMetrics
         from gwcore.policy.routes import RouteTable
 
         self.name = "main"
@@ -342,7 +342,7 @@ async def test_a_trust_root_removed_by_rotation_closes_the_connections_it_issued
     """file_certs drops a root from roots.pem: the connection whose client certificate
     chains only to that root is closed (trust_root_removed) within a second of the new
     roots going live; a connection from the remaining root keeps streaming."""
-    from gwcore import pki
+    from gwcore.contract import pki
     from gwcore.plugins.builtin_ca import load_or_create_ca
     from gwcore.testing import MeshCA
 
@@ -429,7 +429,7 @@ def test_a_decision_outrun_by_policy_changes_every_time_is_a_deny(tmp_path: Path
     """Each answer arrives after yet another policy change: the site asks again, at most
     MAX_ROUNDS times, then denies rather than allow on a superseded policy (in memory)."""
     from gwcore.policy.model import Verdict
-    from gwcore.recheck import MAX_ROUNDS
+    from gwcore.runtime.recheck import MAX_ROUNDS
     from tests.test_site import StubConnection, identity, started
 
     site = started(

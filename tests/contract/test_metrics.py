@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gwcore.metrics import GatewayMetrics, SiteChildren
+from gwcore.contract.metrics import GatewayMetrics, SiteChildren
 
 
 def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:

@@ -14,9 +14,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gwcore import pki
+from gwcore.contract import pki
+from gwcore.contract.providers import LeafCertificate
 from gwcore.policy.model import ServiceName, SpiffeID
-from gwcore.providers import LeafCertificate
 
 TD = "11111111-2222-3333-4444-555555555555.consul"
 NOW = 1_800_000_000.0  # a fixed instant (2027), so validity windows are exact

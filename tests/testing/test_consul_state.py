@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gwcore.testing_consul_state import CatalogStore, Indexes, content_hash
+from gwcore.testing.consul_state import CatalogStore, Indexes, content_hash
 
 
 def _body(address: str = "10.0.0.1", status: str = "passing") -> dict[str, Any]:

@@ -14,9 +14,9 @@ import pluggy
 import pytest
 from twisted.logger import Logger
 
-from gwcore.events import ClientConnected, ConnectionInfo
-from gwcore.metrics import GatewayMetrics
-from gwcore.plugin_host import (
+from gwcore.contract.events import ClientConnected, ConnectionInfo
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.contract.plugin_host import (
     DEFAULT_PLUGINS,
     ESSENTIAL_PLUGINS,
     PluginLoadError,
@@ -24,8 +24,8 @@ from gwcore.plugin_host import (
     resolve_plugin,
 )
 from gwcore.policy.config import GatewayConfig, parse_config
+from gwcore.runtime.config_check import check_config
 from gwcore.testing import TRUST_DOMAIN, FakeSite
-from gwcore.validation import check_config
 
 HOOK = "tgw_client_connected"
 

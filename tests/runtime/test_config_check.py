@@ -6,9 +6,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from gwcore.plugin_host import ESSENTIAL_PLUGINS
+from gwcore.contract.plugin_host import ESSENTIAL_PLUGINS
+from gwcore.runtime.config_check import check_config
 from gwcore.testing import TRUST_DOMAIN
-from gwcore.validation import check_config
 
 VALIDATOR_RAISES = """
 def tgw_validate_site_config(site):

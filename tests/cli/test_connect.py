@@ -17,15 +17,15 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 
-from gwcore.connect import (
+from gwcore.cli.connect import (
     RETRY_AFTER,
     ConnectFactory,
     LeafSource,
     gateway_client_endpoint,
     uri_sans,
 )
+from gwcore.contract.providers import LeafCertificate
 from gwcore.policy.model import SpiffeID
-from gwcore.providers import LeafCertificate
 from gwcore.testing import TRUST_DOMAIN, MeshCA
 from tests.harness import Upstream, in_thread, read_all, sni_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gwcore.workers import WORKER_BOOT, bind_listener
+from gwcore.runtime.workers import WORKER_BOOT, bind_listener
 from tests.harness import Upstream, hello
 from tests.integration.test_twistd import (
     STOP_TIMEOUT,

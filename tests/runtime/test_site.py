@@ -21,10 +21,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from gwcore.events import ConnectionInfo
-from gwcore.metrics import GatewayMetrics
+from gwcore.contract.events import ConnectionInfo
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.contract.plugin_host import PluginStack
+from gwcore.contract.providers import AuthzRequest, CatalogView
 from gwcore.net.terminator import State
-from gwcore.plugin_host import PluginStack
 from gwcore.policy.config import GatewayConfig, parse_config
 from gwcore.policy.model import (
     CatalogSnapshot,
@@ -37,8 +38,7 @@ from gwcore.policy.model import (
     Verdict,
 )
 from gwcore.policy.sni import service_sni
-from gwcore.providers import AuthzRequest, CatalogView
-from gwcore.site import FIRST_SNAPSHOT_TIMEOUT, Site
+from gwcore.runtime.site import FIRST_SNAPSHOT_TIMEOUT, Site
 from gwcore.testing import TRUST_DOMAIN
 
 # A drop-in whose providers are described by its own section, [sites.KEY.<file stem>]:
@@ -52,7 +52,7 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 
 from gwcore.policy.model import Decision, Verdict
-from gwcore.providers import SourceHealth
+from gwcore.contract.providers import SourceHealth
 from gwcore.testing import MeshCA
 
 NAME = Path(__file__).stem

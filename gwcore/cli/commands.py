@@ -14,7 +14,7 @@ from gwcore import __version__
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gwcore.validation import check_config
+    from gwcore.runtime.config_check import check_config
 
     checked = check_config(args.file)
     if not checked.ok or checked.config is None:
@@ -58,7 +58,7 @@ def _explain(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    from gwcore.connect import endpoint_address
+    from gwcore.cli.connect import endpoint_address
     from gwcore.net.admin_guard import admin_token
     from gwcore.policy.config import ConfigError, load_config
 
@@ -105,7 +105,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from gwcore.connect import run_connect
+    from gwcore.cli.connect import run_connect
 
     return run_connect(args)
 

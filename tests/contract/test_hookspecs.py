@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gwcore import events, hookspecs
+from gwcore.contract import events, hookspecs
 
-HOOKS_DOC = Path(__file__).resolve().parents[1] / "docs" / "hooks.md"
+HOOKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
 CONFIG_HOOKS = ("tgw_validate_site_config", "tgw_secret_keys")
 
 

@@ -1,0 +1,190 @@
+"""The whole plugin contract of tgw: every hook a plugin or addon may implement.
+
+Each site has its own plugin manager holding the essential plugins, then the
+plugins its ``plugins`` stack names, in that order. Hooks come in three groups:
+
+**Configuration** — called by ``tgw check-config`` and before a site starts.
+
+**Provider hooks** — called once when a site starts. Each returns a sequence of
+provider objects (see :mod:`gwcore.providers`); the site collects the results of
+every plugin *in stack order* (not pluggy's LIFO order). Async work belongs in the
+providers' methods, which may return Deferreds; hooks themselves are synchronous.
+
+**Event hooks** — the addon API, called per connection or per site event with one
+typed payload from :mod:`gwcore.events`. Every implementation is called (in stack
+order); one that raises is logged and counted and the others still run. Payloads
+say which fields an addon may change (``veto``, ``annotate``).
+
+Implementations are methods or functions named exactly like the hooks, marked
+with :data:`hookimpl` or (for drop-in addons) left unmarked. A name starting with
+``tgw_`` that matches no hook is an error at start-up, so a typo never silently
+disables an addon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gwcore.contract.events import (
+        AuthorizationDone,
+        ClientConnected,
+        ClientHelloSeen,
+        ConnectionClosed,
+        HandshakeDone,
+        RoutesChanged,
+        SiteStarted,
+        UpstreamConnected,
+        UpstreamFailed,
+    )
+    from gwcore.contract.providers import (
+        AuthorizationEngine,
+        CatalogSource,
+        CertificateProvider,
+        SiteContext,
+        UpstreamStrategy,
+    )
+    from gwcore.policy.config import ConfigProblem, SiteConfig
+
+PROJECT = "tgw"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- configuration ---------------------------------------------------------------
+
+
+@hookspec
+def tgw_validate_site_config(site: SiteConfig) -> Sequence[ConfigProblem]:
+    """Check this plugin's own section of ``site`` (``site.plugin_section(NAME)``).
+
+    Called for every plugin in the site's stack by ``tgw check-config``, at start-up
+    and on reload, before anything is built. Return every problem found (an empty
+    sequence when the section is fine); never raise for bad input. Results of all
+    plugins are concatenated.
+    """
+
+
+@hookspec
+def tgw_secret_keys(site: SiteConfig) -> Sequence[str]:
+    """Name the keys of this plugin's own section whose values are secrets.
+
+    Called when the config is loaded. Their values are shown as ``<redacted>`` by the
+    admin ``/config`` endpoint (and scrubbed from config errors), like the core's own
+    ``token`` keys. Results apply to the implementing plugin's section only.
+    """
+
+
+# --- providers (called once when a site starts) ----------------------------------
+
+
+@hookspec
+def tgw_catalog_sources(site: SiteContext) -> Sequence[CatalogSource]:
+    """Return the catalog sources this plugin provides for ``site``.
+
+    Sources are merged in stack order: the first source that names a destination
+    defines it. All results are collected.
+    """
+
+
+@hookspec
+def tgw_certificate_providers(site: SiteContext) -> Sequence[CertificateProvider]:
+    """Return certificate providers for ``site``.
+
+    Trust roots of all providers are combined; a destination's leaf comes from the
+    first provider (in stack order) that has one. All results are collected.
+    """
+
+
+@hookspec
+def tgw_authorization_engines(site: SiteContext) -> Sequence[AuthorizationEngine]:
+    """Return authorization engines for ``site``.
+
+    Every engine is asked; any deny wins, all-abstain falls back to the site's
+    ``default_policy``, and an engine error is a deny. All results are collected.
+    """
+
+
+@hookspec
+def tgw_upstream_strategies(site: SiteContext) -> Sequence[UpstreamStrategy]:
+    """Return upstream strategies for ``site``.
+
+    For each destination the first strategy in stack order whose ``applies_to`` is
+    true is used; the essential ``plain`` strategy comes last. All results are
+    collected.
+    """
+
+
+# --- events (the addon API) ------------------------------------------------------
+
+
+@hookspec
+def tgw_site_started(event: SiteStarted) -> None:
+    """A site is listening. Called once per site start."""
+
+
+@hookspec
+def tgw_routes_changed(event: RoutesChanged) -> None:
+    """A new route table went live for a site: after every catalog rebuild, including
+    the first one at start (before ``tgw_site_started``). Certificate rotations keep
+    the routes and do not call it."""
+
+
+@hookspec
+def tgw_client_connected(event: ClientConnected) -> None:
+    """A TCP connection was accepted. ``event.veto(reason)`` closes it at once."""
+
+
+@hookspec
+def tgw_tls_clienthello(event: ClientHelloSeen) -> None:
+    """The ClientHello's SNI was read and routed. A veto aborts the handshake
+    without sending a certificate."""
+
+
+@hookspec
+def tgw_handshake_done(event: HandshakeDone) -> None:
+    """The client is verified and its SPIFFE identity known. A veto closes it."""
+
+
+@hookspec
+def tgw_authorized(event: AuthorizationDone) -> None:
+    """The engines decided (allow or deny; ``event.decision`` says which). A veto turns
+    an allow into a deny; on a deny it changes nothing."""
+
+
+@hookspec
+def tgw_upstream_connected(event: UpstreamConnected) -> None:
+    """An upstream connection is open; bytes start to flow."""
+
+
+@hookspec
+def tgw_upstream_failed(event: UpstreamFailed) -> None:
+    """A connect attempt failed; ``event.final`` is true when no attempt is left."""
+
+
+@hookspec
+def tgw_connection_closed(event: ConnectionClosed) -> None:
+    """The connection ended; ``event.record`` is its access-log record."""
+
+
+EVENT_HOOKS: tuple[str, ...] = (
+    "tgw_site_started",
+    "tgw_routes_changed",
+    "tgw_client_connected",
+    "tgw_tls_clienthello",
+    "tgw_handshake_done",
+    "tgw_authorized",
+    "tgw_upstream_connected",
+    "tgw_upstream_failed",
+    "tgw_connection_closed",
+)
+
+PROVIDER_HOOKS: tuple[str, ...] = (
+    "tgw_catalog_sources",
+    "tgw_certificate_providers",
+    "tgw_authorization_engines",
+    "tgw_upstream_strategies",
+)
