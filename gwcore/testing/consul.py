@@ -55,139 +55,54 @@ from __future__ import annotations
 
 import json
 import random
-import re
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from cryptography import x509
-from twisted.internet import endpoints, protocol
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet import endpoints
 from twisted.protocols.policies import WrappingFactory
-from twisted.web import resource, server
-from zope.interface import implementer
+from twisted.web import server
 
-from gwcore.contract import pki
-from gwcore.policy.model import ServiceName
-from gwcore.testing.consul_ca import intermediate_ca
+from gwcore.testing.consul_agent import _AgentEndpoints
+from gwcore.testing.consul_connect import _ConnectCA, _ServerContext, precedence, server_certificate
+from gwcore.testing.consul_http import (
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    Recorder,
+    RequestRecord,
+    _AgentResource,
+    _Fault,
+    _HTTPError,
+    _scope,
+    _Tracking,
+    _Waiter,
+    find,
+    parse_wait,
+    wait_deferred,
+)
 from gwcore.testing.consul_state import CatalogStore, Indexes
 from gwcore.testing.fakes import TRUST_DOMAIN
 
-DEFAULT_WAIT = 300.0
-MAX_WAIT = 600.0
+if TYPE_CHECKING:
+    from gwcore.testing.consul_connect import _Leaf, _Root
+
 TYPICAL = ("", "typical")
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+__all__ = [
+    "ConsulDouble",
+    "Recorder",
+    "RequestRecord",
+    "find",
+    "parse_wait",
+    "precedence",
+    "server_certificate",
+    "wait_deferred",
+]
 
 
-def parse_wait(text: str) -> float:
-    """A Go duration as Consul parses ``?wait=`` (a bare number means seconds)."""
-    if re.fullmatch(r"\d+", text):
-        return float(text)
-    total, pos = 0.0, 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            raise ValueError(text)
-        total += float(m.group(1)) * _SCALE[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise ValueError(text)
-    return total
-
-
-def precedence(src_ns: str, src: str, dst_ns: str, dst: str) -> int:
-    """Consul's intention precedence table (reference §6)."""
-    if dst_ns == "*":
-        value = 3
-    elif dst == "*":
-        value = 6
-    else:
-        value = 9
-    if src_ns == "*":
-        value -= 2
-    elif src == "*":
-        value -= 1
-    return value
-
-
-@dataclass
-class _Root:
-    cert: x509.Certificate
-    key: Any
-    name: str
-    serial: int
-    create_index: int
-    modify_index: int
-    intermediate: tuple[x509.Certificate, Any] | None = None  # signs leaves when set
-
-    @property
-    def id(self) -> str:
-        return pki.fingerprint_hex(self.cert)
-
-    @property
-    def signer(self) -> tuple[x509.Certificate, Any]:
-        return self.intermediate or (self.cert, self.key)
-
-
-@dataclass
-class _Leaf:
-    leaf: Any
-    root_id: str
-    create_index: int
-    issued_at: float
-
-
-@dataclass
-class _Waiter:
-    request: server.Request
-    index: int
-    current: Callable[[], int]
-    answer: Callable[[], None]
-    timer: Any = None
-
-
-@dataclass
-class _Fault:
-    prefix: str
-    status: int
-    remaining: int | None  # None: until cleared
-
-
-@dataclass
-class RequestRecord:
-    method: str
-    path: str
-    args: dict[str, list[str]]
-    token: str | None
-
-
-class _Tracking(server.Site):
-    def __init__(self, double: ConsulDouble, root: resource.Resource) -> None:
-        super().__init__(root)
-        self.double = double
-        self.noisy = False
-
-    def buildProtocol(self, addr: Any) -> Any:
-        self.double.accepted += 1
-        return super().buildProtocol(addr)
-
-
-class _AgentResource(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, double: ConsulDouble) -> None:
-        super().__init__()
-        self.double = double
-
-    def render(self, request: server.Request) -> Any:
-        return self.double._handle(request)
-
-
-class ConsulDouble:
+class ConsulDouble(_ConnectCA, _AgentEndpoints):
     """One Consul agent (and its datacenter) in the reactor; see the module docstring."""
 
     def __init__(
@@ -387,37 +302,6 @@ class ConsulDouble:
                 "Sources": [{"Name": n, "Action": a, "Type": "consul"} for n, a in sources],
             }
         )
-
-    def rotate_root(self, name: str = "Consul CA Primary Cert") -> _Root:
-        """Add a new root and make it active; the old ones stay listed (as Consul does)."""
-        cert, key = pki.new_ca(self.trust_domain, common_name=name)
-        index = self._bump("roots")
-        root = _Root(cert, key, name, cert.serial_number, index, index)
-        if self.intermediate:
-            root.intermediate = intermediate_ca(cert, key, self.trust_domain)
-        self.roots.append(root)
-        self.active_root_id = root.id
-        return root
-
-    def remove_root(self, root_id: str) -> None:
-        self.roots = [r for r in self.roots if r.id != root_id]
-        self._bump("roots")
-
-    @property
-    def active_root(self) -> _Root:
-        return next(r for r in self.roots if r.id == self.active_root_id)
-
-    def client_leaf(
-        self,
-        service: str,
-        root: _Root | None = None,
-        datacenter: str = "dc1",
-        namespace: str = "default",
-    ) -> Any:
-        """A leaf for a *client* service signed by ``root`` (default the active one)."""
-        root = root or self.active_root
-        name = ServiceName(service, namespace)
-        return pki.service_leaf(*root.signer, name, datacenter, self.trust_domain)
 
     # --- HTTP -----------------------------------------------------------------
 
@@ -666,285 +550,8 @@ class ConsulDouble:
         item["ModifyIndex"] = entry["ModifyIndex"]
         return item
 
-    def _agent_self(self) -> dict[str, Any]:
-        """The parts of ``GET /v1/agent/self`` tgw reads (``Config``, ``DebugConfig``)."""
-        debug: dict[str, Any] = {
-            "ACLsEnabled": self.acls_enabled,
-            "ACLResolverSettings": {"ACLDefaultPolicy": self.acl_default_policy},
-            "Datacenter": self.datacenter,
-            "NodeName": self.node,
-        }
-        if self.default_intention_policy:
-            debug["DefaultIntentionPolicy"] = self.default_intention_policy
-        config = {"Datacenter": self.datacenter, "NodeName": self.node, "Server": False}
-        member = {"Name": self.node, "Addr": self.node_address, "Port": 8301}
-        return {"Config": config, "DebugConfig": debug, "Member": member, "Meta": {}}
-
-    def _roots_body(self) -> dict[str, Any]:
-        return {
-            "ActiveRootID": self.active_root_id,
-            "TrustDomain": self.trust_domain,
-            "Roots": [
-                {
-                    "ID": r.id,
-                    "Name": r.name,
-                    "SerialNumber": r.serial,
-                    "SigningKeyID": r.id,
-                    "ExternalTrustDomain": self.trust_domain,
-                    "NotBefore": _rfc3339(r.cert.not_valid_before_utc.timestamp()),
-                    "NotAfter": _rfc3339(r.cert.not_valid_after_utc.timestamp()),
-                    "RootCert": pki.certificate_pem(r.cert).decode(),
-                    "IntermediateCerts": (
-                        [pki.certificate_pem(r.intermediate[0]).decode()]
-                        if r.intermediate
-                        else None
-                    ),
-                    "Active": r.id == self.active_root_id,
-                    "PrivateKeyType": "ec",
-                    "PrivateKeyBits": 256,
-                    "CreateIndex": r.create_index,
-                    "ModifyIndex": r.modify_index,
-                }
-                for r in self.roots
-            ],
-        }
-
-    def _leaf_for(self, service: str, ns: str = "default", partition: str = "default") -> _Leaf:
-        key = (
-            service if (ns, partition) == ("default", "default") else f"{partition}/{ns}/{service}"
-        )
-        cached = self.leaves.get(key)
-        now = time.time()
-        if (
-            cached is None
-            or cached.root_id != self.active_root_id
-            or now >= cached.issued_at + 0.7 * self.leaf_ttl
-        ):
-            root = self.active_root
-            leaf = pki.service_leaf(
-                *root.signer,
-                ServiceName(service, ns, partition),
-                self.datacenter,
-                self.trust_domain,
-                valid_for=self.leaf_ttl,
-            )
-            cached = self.leaves[key] = _Leaf(leaf, root.id, self.indexes.next(), now)
-        return cached
-
-    def _leaf_body(self, service: str, ns: str = "default", ap: str = "default") -> dict[str, Any]:
-        issued = self._leaf_for(service, ns, ap)
-        cert = issued.leaf.certificate
-        chain, key = pki.leaf_pem(issued.leaf)
-        serial = cert.serial_number.to_bytes((cert.serial_number.bit_length() + 7) // 8, "big")
-        enterprise = {"Namespace": ns, "Partition": ap} if (ns, ap) != ("default",) * 2 else {}
-        return {
-            "SerialNumber": ":".join(f"{b:02x}" for b in serial),  # connect.HexString
-            "CertPEM": chain.decode(),
-            "PrivateKeyPEM": key.decode(),
-            "Service": service,
-            "ServiceURI": pki.uri_sans(cert)[0],
-            "ValidAfter": _rfc3339(cert.not_valid_before_utc.timestamp()),
-            "ValidBefore": _rfc3339(cert.not_valid_after_utc.timestamp()),
-            **enterprise,
-            "CreateIndex": issued.create_index,
-            "ModifyIndex": issued.create_index,
-        }
-
-    def _match(self, name: str, namespace: str = "default") -> list[dict[str, Any]]:
-        found = []
-        for (kind, _), entry in self.config.items():
-            dest = entry["Name"]
-            dst_ns = entry.get("Namespace") or "default"
-            dst_ap = entry.get("Partition") or "default"
-            if kind != "service-intentions" or dest not in (name, "*"):
-                continue
-            if dst_ns not in (namespace, "*"):
-                continue
-            for src in entry.get("Sources") or []:
-                # normalize(): a source without a namespace/partition has the destination's.
-                src_ns = src.get("Namespace") or dst_ns
-                item: dict[str, Any] = {
-                    "ID": "",
-                    "Description": src.get("Description", ""),
-                    "SourcePeer": src.get("Peer", ""),
-                    "SourceSamenessGroup": src.get("SamenessGroup", ""),
-                    "SourcePartition": src.get("Partition") or dst_ap,
-                    "SourceNS": src_ns,
-                    "SourceName": src["Name"],
-                    "DestinationPartition": dst_ap,
-                    "DestinationNS": dst_ns,
-                    "DestinationName": dest,
-                    "SourceType": "consul",
-                    "Action": src.get("Action", ""),
-                    "Precedence": precedence(src_ns, src["Name"], dst_ns, dest),
-                    "Meta": {},
-                    "CreateIndex": entry["CreateIndex"],
-                    "ModifyIndex": entry["ModifyIndex"],
-                }
-                if src.get("Permissions"):
-                    item["Permissions"] = src["Permissions"]
-                found.append(item)
-        found.sort(key=lambda i: (-i["Precedence"], i["SourceName"], i["DestinationName"]))
-        return found
-
     # --- the agent: self-registration with a TCP check ---------------------------
-
-    def _agent_register(self, body: dict[str, Any]) -> None:
-        sid = body.get("ID") or body["Name"]
-        self.agent_services[sid] = body
-        check = body.get("Check")
-        checks = []
-        if check:
-            checks.append(
-                {
-                    "CheckID": check.get("CheckID") or f"service:{sid}",
-                    "Name": check.get("Name", f"Service '{body['Name']}' check"),
-                    "Status": check.get("Status", "critical"),
-                    "ServiceID": sid,
-                    "Type": "tcp" if check.get("TCP") else "",
-                }
-            )
-        self.register(
-            {
-                "Node": self.node,
-                "Address": self.node_address,
-                "Service": {
-                    "ID": sid,
-                    "Service": body["Name"],
-                    "Kind": body.get("Kind", ""),
-                    "Address": body.get("Address", ""),
-                    "Port": body.get("Port", 0),
-                    "Meta": body.get("Meta") or {},
-                    "Tags": body.get("Tags") or [],
-                },
-                "Checks": checks,
-            }
-        )
-        if check and check.get("TCP"):
-            interval = parse_wait(check.get("Interval", "10s"))
-            self._schedule_tcp(checks[0]["CheckID"], check["TCP"], interval, 0)
-
-    def _schedule_tcp(self, check_id: str, target: str, interval: float, delay: float) -> None:
-        old = self.agent_checks.get(check_id)
-        if old is not None and old.active():
-            old.cancel()
-        self.agent_checks[check_id] = self.reactor.callLater(
-            delay, self._run_tcp, check_id, target, interval
-        )
-
-    def _run_tcp(self, check_id: str, target: str, interval: float) -> None:
-        if (self.node, check_id) not in self.checks:
-            return
-        host, _, port = target.rpartition(":")
-        ep = endpoints.TCP4ClientEndpoint(self.reactor, host.strip("[]"), int(port), timeout=2)
-
-        def passed(proto: Any) -> None:
-            proto.transport.loseConnection()
-            self._check_result(check_id, "passing", f"TCP connect {target}: Success")
-
-        def failed(reason: Any) -> None:
-            self._check_result(check_id, "critical", f"dial tcp {target}: {reason.value}")
-
-        ep.connect(protocol.Factory.forProtocol(protocol.Protocol)).addCallbacks(passed, failed)
-        self.agent_checks[check_id] = self.reactor.callLater(
-            interval, self._run_tcp, check_id, target, interval
-        )
-
-    def _check_result(self, check_id: str, status: str, output: str) -> None:
-        if (self.node, check_id) in self.checks:
-            self.set_check(self.node, check_id, status, output)
-
-    def _agent_deregister(self, service_id: str) -> None:
-        for key, check in list(self.checks.items()):
-            if key[0] == self.node and check["ServiceID"] == service_id:
-                call = self.agent_checks.pop(check["CheckID"], None)
-                if call is not None and call.active():
-                    call.cancel()
-        self.deregister(self.node, service_id)
 
     def health_of(self, service: str) -> list[dict[str, Any]]:
         """What ``GET /v1/health/service/<service>`` answers now (for assertions)."""
         return self.store.health_service(service, False)
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-
-
-def _scope(args: dict[str, list[str]]) -> tuple[str, str]:
-    """The ``ns`` and ``partition`` a request names (Consul's defaults otherwise)."""
-    return (args.get("ns") or ["default"])[0], (args.get("partition") or ["default"])[0]
-
-
-def _rfc3339(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-@implementer(IOpenSSLServerConnectionCreator)
-class _ServerContext:
-    """A server TLS context from cryptography objects (Twisted's CertificateOptions
-    still wants deprecated pyOpenSSL ones)."""
-
-    def __init__(self, cert: x509.Certificate, key: Any) -> None:
-        from OpenSSL import SSL
-
-        self._context = SSL.Context(SSL.TLS_METHOD)
-        self._context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        self._context.use_certificate(cert)
-        self._context.use_privatekey(key)
-
-    def serverConnectionForTLS(self, tls_protocol: Any) -> Any:
-        from OpenSSL import SSL
-
-        return SSL.Connection(self._context, None)
-
-
-def server_certificate(ca_cert: x509.Certificate, ca_key: Any) -> tuple[x509.Certificate, Any]:
-    """A TLS server certificate for the double on 127.0.0.1 (IP SAN), signed by a test CA."""
-    import datetime
-    import ipaddress
-
-    from cryptography.hazmat.primitives import hashes
-
-    key = pki.new_key()
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "consul")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert, key
-
-
-@dataclass
-class Recorder:
-    """Collects calls (for a test's callbacks)."""
-
-    items: list[Any] = field(default_factory=list)
-
-    def __call__(self, item: Any) -> None:
-        self.items.append(item)
-
-
-def wait_deferred(reactor: Any, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
-
-
-def find(records: Iterable[RequestRecord], prefix: str) -> list[RequestRecord]:
-    return [r for r in records if r.path.startswith(prefix)]
