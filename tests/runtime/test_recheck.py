@@ -321,7 +321,14 @@ def test_an_sni_now_routing_to_another_service_closes_its_connections() -> None:
     """The SNI a connection arrived with now leads to payments, not billing: closed as
     route_changed; a connection still routed as before, and a pass-through connection
     without identity, are left alone."""
-    from tests.runtime.test_site import BILLING, PAYMENTS, StubConnection, destination, identity, sni
+    from tests.runtime.test_site import (
+        BILLING,
+        PAYMENTS,
+        StubConnection,
+        destination,
+        identity,
+        sni,
+    )
 
     site = _RoutedSite(destination(BILLING, "10.0.0.1"), destination(PAYMENTS, "10.0.0.2"))
     moved = StubConnection(identity("web"), sni=sni(PAYMENTS))  # was routed to billing
