@@ -1,8 +1,8 @@
 """A mesh site (``role = "mesh"``): SNI pass-through between datacenters.
 
-The same :class:`~gwcore.site.Site` machinery (plugin stack, catalog merging, route
-table swapped atomically, listener, limits, idle sweep, access log, drain), with the
-pass-through driver (:mod:`gwcore.net.passthrough`) on the listener and none of the
+The same :class:`~gwcore.runtime.site.Site` steps (accept with its limits and drain; route
+with the table swapped atomically; dial; forward with the idle sweep and access log), with
+the pass-through driver (:mod:`gwcore.net.passthrough`) on the listener and none of the
 TLS side: no certificate provider is built, no server context, no key. Routing is
 :func:`gwcore.policy.mesh.route_by_sni` over
 
@@ -32,18 +32,41 @@ from typing import Any
 from prometheus_client import Counter
 
 from gwcore.net.passthrough import PassthroughFactory, PassthroughProtocol
-from gwcore.net.tls import ServerTLS
 from gwcore.plugins.mesh_hop import read_settings as read_mesh_hop_settings
 from gwcore.policy.clienthello import DEFAULT_MAX_LENGTH
 from gwcore.policy.mesh import MeshRoute
-from gwcore.policy.routes import RouteTable
+from gwcore.runtime.forward import Forwarder
 from gwcore.runtime.site import Site
+
+
+class MeshForwarder(Forwarder):
+    """The forward step of a mesh site: also counts bytes by the datacenter addressed."""
+
+    def __init__(self, *args: Any, mesh_bytes: Any, site_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mesh_bytes = mesh_bytes
+        self._site_name = site_name
+
+    def flush_bytes(self, conn: Any) -> None:
+        route = getattr(conn, "route", None)
+        if isinstance(conn, PassthroughProtocol) and route is not None:
+            up, down = conn.bytes_up - conn.reported_up, conn.bytes_down - conn.reported_down
+            if up:
+                self._mesh_bytes.labels(
+                    site=self._site_name, datacenter=route.datacenter, direction="upstream"
+                ).inc(up)
+            if down:
+                self._mesh_bytes.labels(
+                    site=self._site_name, datacenter=route.datacenter, direction="downstream"
+                ).inc(down)
+        super().flush_bytes(conn)
 
 
 class MeshSite(Site):
     """A site whose connections are spliced untouched (see the module docstring)."""
 
     max_client_hello = DEFAULT_MAX_LENGTH
+    terminates_tls = False  # the router keeps the certificate-less base context
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -78,12 +101,20 @@ class MeshSite(Site):
             "not_client_hello, malformed, too_large, truncated, timeout, no_sni, invalid_sni).",
             ["site", "reason"],
         )
+        self.forwarder = MeshForwarder(
+            self.config,
+            self.reactor,
+            self.children,
+            self.log,
+            self,
+            self.forwarder.access_log,
+            lambda: self.active,
+            mesh_bytes=self._bytes,
+            site_name=self.name,
+        )
 
     def listener_factory(self) -> PassthroughFactory:
         return PassthroughFactory(self)
-
-    def _build_tls(self, routes: RouteTable) -> ServerTLS:
-        return self._tls  # the certificate-less base: a mesh site terminates nothing
 
     # --- called by PassthroughProtocol ------------------------------------------------
 
@@ -97,26 +128,12 @@ class MeshSite(Site):
     def mesh_bad_hello(self, reason: str) -> None:
         self._bad_hello.labels(site=self.name, reason=reason).inc()
 
-    def _flush_bytes(self, conn: Any) -> None:
-        route = getattr(conn, "route", None)
-        if isinstance(conn, PassthroughProtocol) and route is not None:
-            up, down = conn.bytes_up - conn.reported_up, conn.bytes_down - conn.reported_down
-            if up:
-                self._bytes.labels(
-                    site=self.name, datacenter=route.datacenter, direction="upstream"
-                ).inc(up)
-            if down:
-                self._bytes.labels(
-                    site=self.name, datacenter=route.datacenter, direction="downstream"
-                ).inc(down)
-        super()._flush_bytes(conn)
-
     def describe_routes(self) -> dict[str, Any]:
         described = super().describe_routes()
         described["role"] = "mesh"
         described["subsets"] = {
             sni: {name: [str(e) for e in endpoints] for name, endpoints in d.subsets}
-            for sni, d in self._routes
+            for sni, d in self.router.routes
             if d.subsets
         }
         described["wan_federation"] = self.wan_federation
