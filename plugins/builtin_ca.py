@@ -192,7 +192,7 @@ class _Issued:
 
 
 class BuiltinCA:
-    """A :class:`~gwcore.providers.CertificateProvider` backed by the embedded CA.
+    """A :class:`~gwcore.contract.providers.CertificateProvider` backed by the embedded CA.
 
     All times come from ``site.reactor.seconds()``, so a fake clock drives both the
     rotation timer and the validity of issued leaves. Loading (or creating) the CA

@@ -169,7 +169,7 @@ def _digest(value: Any) -> str:
 
 
 class ConsulCatalogSource(SelfRegistration):
-    """A :class:`~gwcore.providers.CatalogSource` fed by a Consul agent (module docstring)."""
+    """A :class:`~gwcore.contract.providers.CatalogSource` fed by a Consul agent."""
 
     name = NAME
 

@@ -125,7 +125,7 @@ def parse_leaf(body: Any, expected_uri: str) -> tuple[LeafCertificate, str]:
 
 
 class ConsulCertificates:
-    """A :class:`~gwcore.providers.CertificateProvider` backed by Consul's Connect CA."""
+    """A :class:`~gwcore.contract.providers.CertificateProvider` backed by Consul's Connect CA."""
 
     name = NAME
 

@@ -353,7 +353,7 @@ def _content_version(destinations: tuple[Destination, ...]) -> str:
 
 
 class DNSCatalogSource:
-    """A :class:`~gwcore.providers.CatalogSource` whose endpoints come from DNS.
+    """A :class:`~gwcore.contract.providers.CatalogSource` whose endpoints come from DNS.
 
     One :class:`~gwcore.net.resolver.DNSWatch` per destination keeps its name fresh;
     :meth:`start` publishes the first snapshot once every destination's first lookup

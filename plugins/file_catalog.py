@@ -149,7 +149,7 @@ def _content_version(
 
 
 class FileCatalogSource:
-    """A :class:`~gwcore.providers.CatalogSource` reading Consul-shaped JSON files.
+    """A :class:`~gwcore.contract.providers.CatalogSource` reading Consul-shaped JSON files.
 
     :meth:`start` reads every file, publishes the first snapshot synchronously and
     starts polling; after a change it re-reads and publishes only if the built content

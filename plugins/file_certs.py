@@ -158,7 +158,7 @@ def _read(path: Path, field: str) -> bytes:
 
 
 class FileCertificates:
-    """A :class:`~gwcore.providers.CertificateProvider` reading PEM files from disk.
+    """A :class:`~gwcore.contract.providers.CertificateProvider` reading PEM files from disk.
 
     Material is loaded in the constructor (so ``trust_roots`` and ``leaf`` answer
     before ``start``) and again whenever a watched file changes. Each root file and

@@ -250,7 +250,7 @@ class _Metrics:
 
 
 class OpaEngine:
-    """An :class:`~gwcore.providers.AuthorizationEngine` asking Rego (see the module doc)."""
+    """An :class:`~gwcore.contract.providers.AuthorizationEngine` asking Rego."""
 
     name = NAME
 

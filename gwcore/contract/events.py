@@ -1,6 +1,6 @@
 """Typed payloads of the event hooks (the addon API).
 
-Each event hook in :mod:`gwcore.hookspecs` receives exactly one of these. Fields are
+Each event hook in :mod:`gwcore.contract.hookspecs` receives exactly one of these. Fields are
 read-only facts except where a method says otherwise:
 
 - ``veto(reason)`` on a :class:`Vetoable` payload refuses the connection. The first

@@ -6,12 +6,12 @@ plugins its ``plugins`` stack names, in that order. Hooks come in three groups:
 **Configuration** — called by ``tgw check-config`` and before a site starts.
 
 **Provider hooks** — called once when a site starts. Each returns a sequence of
-provider objects (see :mod:`gwcore.providers`); the site collects the results of
+provider objects (see :mod:`gwcore.contract.providers`); the site collects the results of
 every plugin *in stack order* (not pluggy's LIFO order). Async work belongs in the
 providers' methods, which may return Deferreds; hooks themselves are synchronous.
 
 **Event hooks** — the addon API, called per connection or per site event with one
-typed payload from :mod:`gwcore.events`. Every implementation is called (in stack
+typed payload from :mod:`gwcore.contract.events`. Every implementation is called (in stack
 order); one that raises is logged and counted and the others still run. Payloads
 say which fields an addon may change (``veto``, ``annotate``).
 

@@ -32,7 +32,7 @@ class GatewayMetrics:
         """What ``/metrics`` serves: with workers, every worker's values added up."""
         self._families: dict[str, MetricWrapperBase] = {}
         r = self.registry
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker (gwcore.workers)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker (gwcore.runtime.workers)
             from prometheus_client.multiprocess import MultiProcessCollector
 
             self.exposition = CollectorRegistry()

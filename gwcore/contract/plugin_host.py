@@ -13,7 +13,7 @@ resolved, in this order, as
 Built-ins come through the same door as third-party plugins; nothing is imported
 unless a stack names it. A drop-in module that defines ``addons = [...]`` has each
 object registered (mitmproxy's convention); otherwise the module itself is the
-plugin. Hook implementations may be marked with ``gwcore.hookspecs.hookimpl`` or
+plugin. Hook implementations may be marked with ``gwcore.contract.hookspecs.hookimpl`` or
 simply be named ``tgw_<hook>``; a ``tgw_`` name that matches no hook is an error.
 """
 
@@ -161,7 +161,7 @@ class PluginStack:
     """A site's plugin manager, with hooks called in stack order.
 
     Construction imports and registers everything, and validates every hook
-    implementation against :mod:`gwcore.hookspecs`; it raises
+    implementation against :mod:`gwcore.contract.hookspecs`; it raises
     :class:`PluginLoadError` (with the stack entry named) when anything is wrong.
     """
 

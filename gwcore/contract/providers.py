@@ -1,6 +1,6 @@
 """Interfaces that provider plugins implement, and the site context they are built with.
 
-A provider hook (see :mod:`gwcore.hookspecs`) returns objects meeting one of these
+A provider hook (see :mod:`gwcore.contract.hookspecs`) returns objects meeting one of these
 protocols. Methods that do I/O return a Twisted ``Deferred`` (or ``None`` when they
 finished synchronously); the site wraps every call with ``maybeDeferred`` so either
 is fine. Nothing here is called per chunk of data; ``leaf``, ``trust_roots`` and

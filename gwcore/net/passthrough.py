@@ -51,7 +51,7 @@ _ids = itertools.count(1)
 class PassthroughProtocol(SplicedClient, TwistedProtocol):
     """One connection through a mesh site (see the module docstring).
 
-    ``site`` is a :class:`gwcore.mesh_site.MeshSite`: it supplies the route table and
+    ``site`` is a :class:`gwcore.runtime.mesh_site.MeshSite`: it supplies the route table and
     mesh gateways (read once, at accept), ``connect_upstream`` and the metrics.
     """
 

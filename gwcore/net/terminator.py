@@ -75,7 +75,7 @@ _ids = itertools.count(1)
 
 
 class Dataplane(Protocol):
-    """What a connection needs from its site (implemented by ``gwcore.site.Site``)."""
+    """What a connection needs from its site (implemented by ``gwcore.runtime.site.Site``)."""
 
     name: str
     config: SiteConfig
@@ -162,7 +162,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self.site.config.handshake_timeout, self._handshake_expired
         )
 
-    # --- callbacks from OpenSSL (via gwcore.site's servername/verify hooks) ------
+    # --- callbacks from OpenSSL (via gwcore.runtime.site's servername/verify hooks) ------
 
     def on_servername(self, conn: SSL.Connection) -> None:
         # Runs again for the second ClientHello after a HelloRetryRequest: that hello

@@ -29,7 +29,7 @@ from gwcore.policy.resolv import (
 
 ROLES = ("terminating", "mesh")
 ESSENTIAL_SECTIONS = frozenset({"mesh_hop", "upstream_tls", "plain_upstream"})
-"""Sections of the always-registered plugins (``gwcore.plugin_host.ESSENTIAL_PLUGINS``)."""
+"""Sections of the always-registered plugins (``gwcore.contract.plugin_host.ESSENTIAL_PLUGINS``)."""
 # "consul": the agent's default, decided by the consul_intentions plugin (docs/consul.md).
 POLICIES = ("allow", "deny", "consul")
 _CONSUL_INTENTIONS = ("consul_intentions", "gwcore.plugins.consul_intentions")
@@ -365,7 +365,7 @@ class GatewayConfig:
     sample_service: SampleServiceConfig | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     workers: int = 1
-    """Processes serving the same listening sockets (``gwcore.workers``)."""
+    """Processes serving the same listening sockets (``gwcore.runtime.workers``)."""
     admin_token: str = field(default="", repr=False)
     admin_token_file: Path | None = None
     admin_hosts: tuple[str, ...] = ()

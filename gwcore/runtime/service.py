@@ -5,7 +5,7 @@ running one stays (each problem is logged, ``tgw_config_reloads_total{result=
 "rejected"}`` rises). A good one is applied site by site: an unchanged site is
 left alone; a changed site's replacement is started and the old one stops
 accepting and drains its connections in the background. A live connection is
-cut by a reload only when the new config denies it (``gwcore.recheck``: changed
+cut by a reload only when the new config denies it (``gwcore.runtime.recheck``: changed
 default policy, engines, routes or trust roots; a removed site); changes that
 cannot deny (listener tuning, timeouts) let it drain. The access log is reopened
 (for log rotation).
@@ -281,7 +281,7 @@ class GatewayService(Service):
             for key, old in old_sites.items():
                 # (A removed site is still in self.sites: it was never replaced.)
                 if self.sites.get(key) is not old or key not in wanted:
-                    # Policy that tightened closes what it now denies (gwcore.recheck) ...
+                    # Policy that tightened closes what it now denies (gwcore.runtime.recheck) ...
                     if key in wanted:
                         self.sites[key].recheck.adopt(old)
                     else:

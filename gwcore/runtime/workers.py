@@ -5,8 +5,8 @@ every site's listening socket itself, once, and starts N workers that inherit
 them (one accept queue per site shared by all workers: no connection is lost
 when one worker stops listening, and ``tcp:0`` works). Each worker is a full
 gateway: its own reactor, its own plugin stacks, its own
-:class:`~gwcore.service.GatewayService`; it adopts the inherited socket instead of
-binding (:attr:`gwcore.site.Site.inherited_listener`).
+:class:`~gwcore.runtime.service.GatewayService`; it adopts the inherited socket instead of
+binding (:attr:`gwcore.runtime.site.Site.inherited_listener`).
 
 A worker imports exactly what the supervisor imported: it runs the supervisor's
 interpreter with the supervisor's ``sys.path`` (:data:`WORKER_BOOT`), never

@@ -10,7 +10,7 @@ What it emulates:
 - blocking queries with real waiting: ``?index=N&wait=D`` holds the request until the
   endpoint's index exceeds N or D (default 5m, at most 10m, plus up to D/16 jitter)
   passes; every answer carries ``X-Consul-Index`` (plus ``X-Consul-KnownLeader``);
-- Consul's indexes (:mod:`gwcore.testing_consul_state`, after ``catalog.go``): one
+- Consul's indexes (:mod:`gwcore.testing.consul_state`, after ``catalog.go``): one
   raft-like counter, an index per table, per service and per node; a write that
   changes nothing moves nothing; a node update moves the node's and its services'
   indexes, not the ``services``/``checks`` tables; config entries read back carry
@@ -30,7 +30,7 @@ What it emulates:
 - ``GET /v1/agent/connect/ca/leaf/:svc`` (``?ns=``, ``?partition=``): leaves signed by
   the active root, or by its intermediate with ``intermediate=True`` (listed in the
   root's ``IntermediateCerts``, appended to ``CertPEM``), with Consul's SPIFFE URI (via
-  :mod:`gwcore.pki`) and a colon-hex ``SerialNumber``, cached and re-signed after a
+  :mod:`gwcore.contract.pki`) and a colon-hex ``SerialNumber``, cached and re-signed after a
   rotation;
 - ``GET /v1/connect/intentions/match?by=destination&name=..`` in precedence order
   (the §6 table) from ``service-intentions`` entries, ``SourcePeer`` and

@@ -1,4 +1,4 @@
-"""Meta-tests for gwcore.hookspecs (datasette style): every hook is classified, documented
+"""Meta-tests for gwcore.contract.hookspecs (datasette style): every hook is classified, documented
 in its docstring and in docs/hooks.md, and so is every event payload it passes."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ HOOKS = _hooks()
 
 
 def _event_payload_classes() -> set[type]:
-    """Each event hook's argument type, plus the gwcore.events types those payloads carry."""
+    """Each event hook's argument type and the gwcore.contract.events types in its payload."""
     found: set[type] = set()
     pending = [
         typing.get_type_hints(HOOKS[name], vars(events))["event"] for name in hookspecs.EVENT_HOOKS

@@ -1,4 +1,4 @@
-"""gwcore.metrics: the labelled children a site resolves once and reuses."""
+"""gwcore.contract.metrics: the labelled children a site resolves once and reuses."""
 
 from __future__ import annotations
 

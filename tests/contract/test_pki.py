@@ -1,4 +1,4 @@
-"""Tests for gwcore.pki: the CA and leaf certificates every other part of tgw relies on."""
+"""Tests for gwcore.contract.pki: the CA and leaf certificates every other part of tgw relies on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for gwcore.plugin_host: resolving stack entries, registering addons, and calling
+"""Tests for gwcore.contract.plugin_host: resolving stack entries, registering addons, and calling
 hooks in stack order with failing addons isolated."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """consul_catalog sees every change of a linked service's instances, a node that moved
 included (issue 17 item 1). Every test here runs against the Consul double
-(gwcore/testing_consul.py), whose indexes follow Consul's catalog.go: a node update moves
+(gwcore/testing/consul.py), whose indexes follow Consul's catalog.go: a node update moves
 the node's and its services' indexes, not the services or checks tables."""
 
 from __future__ import annotations

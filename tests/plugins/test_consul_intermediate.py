@@ -1,6 +1,6 @@
 """The Consul stack with a CA that signs through an intermediate (issue 17 item 7): the
 gateway presents billing's leaf with the intermediate, so a client trusting only the
-roots verifies it. Runs against the Consul double (gwcore/testing_consul.py) with
+roots verifies it. Runs against the Consul double (gwcore/testing/consul.py) with
 intermediate=True, whose leaves' CertPEM is leaf then intermediate, as Consul's."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 service linked in namespace finance is routed under its own SNI, its leaf and its
 intentions are read with ?ns=finance, its leaf carries finance's SPIFFE ID, and an
 intention source without a namespace is finance's (Consul's normalize()). Runs against
-the Consul double (gwcore/testing_consul.py), which answers per namespace as an
+the Consul double (gwcore/testing/consul.py), which answers per namespace as an
 Enterprise agent does."""
 
 from __future__ import annotations

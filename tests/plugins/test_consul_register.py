@@ -1,6 +1,6 @@
 """Self-registration's TCP check targets the address the service is registered with
 (issue 17 item 6), so an agent in another network namespace can reach it. Runs against
-the Consul double (gwcore/testing_consul.py), which records each agent registration and
+the Consul double (gwcore/testing/consul.py), which records each agent registration and
 answers /v1/agent/self with its node address as Member.Addr."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Tests for gwcore.validation: ``tgw check-config`` reports every problem in one run, each
-naming the file and the dotted key."""
+"""Tests for gwcore.runtime.config_check: ``tgw check-config`` reports every problem in one
+run, each naming the file and the dotted key."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gwcore.recheck: every change that can deny closes the live connections it denies
+"""gwcore.runtime.recheck: every change that can deny closes the live connections it denies
 within a second, naming the change in ``close_cause``; a change that cannot deny
 lets them drain; a decision in flight when the policy changes is asked again.
 

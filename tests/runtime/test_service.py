@@ -1,4 +1,4 @@
-"""gwcore.service: reload keeps serving when a replacement site cannot start; the heap
+"""gwcore.runtime.service: reload keeps serving when a replacement site cannot start; the heap
 is frozen after start-up and after each reload once the old sites have ended."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for gwcore.site's control plane: combining engine decisions, merging catalog
+"""Tests for gwcore.runtime.site's control plane: combining engine decisions, merging catalog
 sources in stack order, notifying subscribers, re-checking open connections when policy
 changes, and two sites with different stacks in one process.
 

@@ -1,7 +1,7 @@
 """Contract tests of the Consul double: each endpoint's body has the shape of Consul's
 API docs (reference §5 examples: exact keys and types), indexes move as catalog.go moves
 them, and dc/ns/partition are honoured (issue 17 item 7). These tests are about the
-double (gwcore/testing_consul.py) itself, over real HTTP on 127.0.0.1."""
+double (gwcore/testing/consul.py) itself, over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
