@@ -133,10 +133,11 @@ def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_circles(graph: dict[str, list[tuple[str, int, bool]]]) -> None:
-    """The run-time import graph (imports under ``if TYPE_CHECKING`` never run and are left
-    out; function-level imports count) has no cycle."""
+    """The import graph has no cycle: function-level imports count, and so do imports
+    under ``if TYPE_CHECKING`` (a type-only cycle is still two modules that know each
+    other; the callee learns about its caller through a Protocol instead)."""
     edges = {
-        module: {target for target, _, type_only in found if not type_only and target in graph}
+        module: {target for target, _, _ in found if target in graph}
         for module, found in graph.items()
     }
     assert find_cycles(edges) == []

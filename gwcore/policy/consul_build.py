@@ -21,15 +21,16 @@ from gwcore.policy.model import (
     Destination,
     Endpoint,
     Health,
+    Intention,
     MeshGateways,
     ServiceName,
     UpstreamTLS,
 )
 
 if TYPE_CHECKING:
+    from gwcore.policy.consul_documents import CatalogDocuments
     from gwcore.policy.consul_gateway_entry import LinkedService
     from gwcore.policy.consul_registration import CheckRecord, Registration, ServiceRecord
-    from gwcore.policy.consul_shapes import CatalogDocuments
 
 
 # --- building model objects ----------------------------------------------------------
@@ -258,3 +259,13 @@ def build_mesh_destinations(docs: CatalogDocuments, datacenter: str) -> tuple[De
         )
         for name in sorted(endpoints, key=_service_order)
     )
+
+
+def build_intentions(docs: CatalogDocuments) -> tuple[Intention, ...]:
+    """Every intention of every ``service-intentions`` entry, flattened.
+
+    Entries are ordered by destination (partition, namespace, name); sources keep their
+    order within an entry. Precedence is the authorization engine's business.
+    """
+    entries = sorted(docs.intentions, key=lambda e: _service_order(e.destination))
+    return tuple(intention for entry in entries for intention in entry.intentions)

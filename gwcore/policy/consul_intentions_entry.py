@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from gwcore.policy.consul_build import _service_order
 from gwcore.policy.consul_decode import (
     _MISSING,
     _Object,
@@ -21,9 +19,6 @@ from gwcore.policy.model import (
     Intention,
     ServiceName,
 )
-
-if TYPE_CHECKING:
-    from gwcore.policy.consul_shapes import CatalogDocuments
 
 _INTENTIONS_FIELDS = (
     "Kind",
@@ -168,13 +163,3 @@ def _parse_source(sink: _Sink, src: _Object, destination: ServiceName) -> Intent
         source_peer=peer,
         source_sameness_group=sameness,
     )
-
-
-def build_intentions(docs: CatalogDocuments) -> tuple[Intention, ...]:
-    """Every intention of every ``service-intentions`` entry, flattened.
-
-    Entries are ordered by destination (partition, namespace, name); sources keep their
-    order within an entry. Precedence is the authorization engine's business.
-    """
-    entries = sorted(docs.intentions, key=lambda e: _service_order(e.destination))
-    return tuple(intention for entry in entries for intention in entry.intentions)

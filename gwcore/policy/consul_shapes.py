@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from gwcore.policy.consul_build import (
@@ -50,6 +49,7 @@ from gwcore.policy.consul_build import (
     TERMINATING_GATEWAY_KIND,
     best_address,
     build_destinations,
+    build_intentions,
     build_mesh_destinations,
     build_mesh_gateways,
 )
@@ -62,6 +62,7 @@ from gwcore.policy.consul_decode import (
     _Sink,
 )
 from gwcore.policy.consul_defaults_entry import ServiceDefaults, _parse_service_defaults
+from gwcore.policy.consul_documents import EMPTY_DOCUMENTS, CatalogDocuments
 from gwcore.policy.consul_gateway_entry import (
     _GATEWAY_FIELDS,
     GatewayEntry,
@@ -72,7 +73,6 @@ from gwcore.policy.consul_intentions_entry import (
     _INTENTIONS_FIELDS,
     IntentionsEntry,
     _parse_intentions,
-    build_intentions,
 )
 from gwcore.policy.consul_kinds import SkippedEntry, skipped_kind
 from gwcore.policy.consul_registration import (
@@ -98,21 +98,6 @@ from gwcore.policy.consul_values import (
     WILDCARD,
 )
 from gwcore.policy.model import ServiceName
-
-
-@dataclass(frozen=True, slots=True)
-class CatalogDocuments:
-    """Every document read, by kind, in the order read. Each piece knows its origin."""
-
-    gateways: tuple[GatewayEntry, ...] = ()
-    registrations: tuple[Registration, ...] = ()
-    service_defaults: tuple[ServiceDefaults, ...] = ()
-    intentions: tuple[IntentionsEntry, ...] = ()
-    skipped: tuple[SkippedEntry, ...] = ()  # kinds tgw does not use (consul_kinds)
-
-
-EMPTY_DOCUMENTS = CatalogDocuments()
-
 
 # --- the four kinds of document ------------------------------------------------------
 

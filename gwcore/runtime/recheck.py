@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL, crypto
@@ -44,10 +44,35 @@ from gwcore.policy.config import SiteConfig
 from gwcore.policy.model import Decision, Verdict
 
 if TYPE_CHECKING:
+    from gwcore.contract.metrics import GatewayMetrics
     from gwcore.net.terminator import DownstreamProtocol
-    from gwcore.runtime.site import Site
+    from gwcore.net.tls import ServerTLS
+    from gwcore.policy.routes import RouteTable
 
 log = Logger(namespace="tgw.recheck")
+
+
+class Site(Protocol):
+    """What the re-check needs of its site; :class:`gwcore.runtime.site.Site` provides it.
+
+    An interface rather than an import, so the site owns the re-check and not the other
+    way round.
+    """
+
+    name: str
+    config: SiteConfig
+    metrics: GatewayMetrics
+    recheck: LiveRecheck
+
+    @property
+    def active(self) -> set[DownstreamProtocol]: ...
+
+    def authorize(self, conn: DownstreamProtocol) -> Deferred[Decision]: ...
+
+    def current(self) -> tuple[RouteTable, ServerTLS]: ...
+
+    def trust_roots(self) -> list[Any]: ...
+
 
 CANNOT_DENY = frozenset(
     {

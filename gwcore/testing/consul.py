@@ -62,7 +62,7 @@ from urllib.parse import unquote
 from cryptography import x509
 from twisted.internet import endpoints
 from twisted.protocols.policies import WrappingFactory
-from twisted.web import server
+from twisted.web import resource, server
 
 from gwcore.testing.consul_agent import _AgentEndpoints
 from gwcore.testing.consul_connect import _ConnectCA, _ServerContext, precedence, server_certificate
@@ -71,11 +71,9 @@ from gwcore.testing.consul_http import (
     MAX_WAIT,
     Recorder,
     RequestRecord,
-    _AgentResource,
     _Fault,
     _HTTPError,
     _scope,
-    _Tracking,
     _Waiter,
     find,
     parse_wait,
@@ -100,6 +98,28 @@ __all__ = [
     "server_certificate",
     "wait_deferred",
 ]
+
+
+class _Tracking(server.Site):
+    def __init__(self, double: ConsulDouble, root: resource.Resource) -> None:
+        super().__init__(root)
+        self.double = double
+        self.noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.double.accepted += 1
+        return super().buildProtocol(addr)
+
+
+class _AgentResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, double: ConsulDouble) -> None:
+        super().__init__()
+        self.double = double
+
+    def render(self, request: server.Request) -> Any:
+        return self.double._handle(request)
 
 
 class ConsulDouble(_ConnectCA, _AgentEndpoints):

@@ -4,14 +4,11 @@ registration with its TCP check.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import endpoints, protocol
 
 from gwcore.testing.consul_http import parse_wait
-
-if TYPE_CHECKING:
-    pass
 
 
 class _AgentEndpoints:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -15,9 +15,6 @@ from zope.interface import implementer
 from gwcore.contract import pki
 from gwcore.policy.model import ServiceName
 from gwcore.testing.consul_ca import intermediate_ca
-
-if TYPE_CHECKING:
-    pass
 
 
 def precedence(src_ns: str, src: str, dst_ns: str, dst: str) -> int:

@@ -7,14 +7,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.web import resource, server
-
-if TYPE_CHECKING:
-    from gwcore.testing.consul import ConsulDouble
-
+from twisted.web import server
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
@@ -60,28 +56,6 @@ class RequestRecord:
     path: str
     args: dict[str, list[str]]
     token: str | None
-
-
-class _Tracking(server.Site):
-    def __init__(self, double: ConsulDouble, root: resource.Resource) -> None:
-        super().__init__(root)
-        self.double = double
-        self.noisy = False
-
-    def buildProtocol(self, addr: Any) -> Any:
-        self.double.accepted += 1
-        return super().buildProtocol(addr)
-
-
-class _AgentResource(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, double: ConsulDouble) -> None:
-        super().__init__()
-        self.double = double
-
-    def render(self, request: server.Request) -> Any:
-        return self.double._handle(request)
 
 
 class _HTTPError(Exception):
