@@ -1,15 +1,21 @@
 """Old import paths kept for one release after the issue-20 reorganisation.
 
-Each old module (``gwcore.site``, ``gwcore.hookspecs``...) calls :func:`alias`, which warns
-once and puts the new module itself in ``sys.modules`` under the old name, so both names are
-the same object: attributes, ``isinstance`` checks and monkeypatching behave identically.
+``gwcore/__init__.py`` installs :class:`MovedFinder`, so importing an old module name
+(``gwcore.site``, ``gwcore.hookspecs``...) warns once with a ``DeprecationWarning`` and
+gives the new module itself: ``sys.modules`` holds the same object under both names, so
+attributes, ``isinstance`` checks and monkeypatching behave identically. No file stands
+at the old paths; delete an entry here (and this module, once empty) to retire it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import sys
 import warnings
+from collections.abc import Sequence
+from types import ModuleType
 
 #: Old dotted path → new dotted path; tests/test_moved_paths.py checks every entry.
 MOVED: dict[str, str] = {
@@ -33,11 +39,32 @@ MOVED: dict[str, str] = {
 }
 
 
-def alias(old: str, new: str) -> None:
-    """Make the module being imported as *old* the module *new*, with a DeprecationWarning."""
-    warnings.warn(
-        f"{old} moved to {new}; the old path will be removed in the next release",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    sys.modules[old] = importlib.import_module(new)
+class MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds the old names of :data:`MOVED` and loads each as its new module."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MOVED:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return None  # a placeholder; exec_module swaps in the new module
+
+    def exec_module(self, module: ModuleType) -> None:
+        old = module.__name__
+        new = MOVED[old]
+        warnings.warn(
+            f"{old} moved to {new}; the old path will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        # The import system hands back whatever sys.modules holds once this returns.
+        sys.modules[old] = importlib.import_module(new)
+
+
+def install() -> None:
+    """Put the finder on ``sys.meta_path`` once (gwcore/__init__.py calls this)."""
+    if not any(isinstance(finder, MovedFinder) for finder in sys.meta_path):
+        sys.meta_path.append(MovedFinder())

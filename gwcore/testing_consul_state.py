@@ -1,8 +1,0 @@
-"""Deprecated path: ``gwcore.testing_consul_state`` is now ``gwcore.testing.consul_state``.
-
-Kept one release; importing it warns (see gwcore/_moved.py).
-"""
-
-from gwcore._moved import alias
-
-alias(__name__, "gwcore.testing.consul_state")
