@@ -14,7 +14,7 @@ other addons still run; a raising addon never vetoes by accident.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID
 
@@ -133,3 +133,13 @@ class RoutesChanged:
     site: str
     routes: tuple[str, ...]
     version: str
+
+
+class EventSink(Protocol):
+    """Where the run time's steps send these payloads: the site, which checks for
+    listeners first (a payload nobody reads is never built) and dispatches through its
+    plugin stack."""
+
+    def has_listeners(self, hook: str) -> bool: ...
+
+    def dispatch(self, hook: str, event: Any) -> None: ...

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 
-from gwcore.contract.events import UpstreamConnected, UpstreamFailed
+from gwcore.contract.events import EventSink, UpstreamConnected, UpstreamFailed
 from gwcore.contract.metrics import GatewayMetrics, SiteChildren
 from gwcore.contract.providers import UpstreamStrategy
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
@@ -28,7 +28,6 @@ from gwcore.policy.routes import RouteTable
 
 if TYPE_CHECKING:
     from gwcore.net.terminator import DownstreamProtocol
-    from gwcore.runtime.route import EventSink
 
 CONFIG_FAILURES = frozenset({"tls_config", "no_strategy", "no_endpoints"})
 """Failure reasons that say nothing about an endpoint's health (never eject for them)."""

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gwcore.contract.events import EventSink
 from gwcore.contract.metrics import SiteChildren
 from gwcore.net.splice import State, UpstreamFactory
 from gwcore.policy.config import SiteConfig
 
 if TYPE_CHECKING:
     from gwcore.net.terminator import DownstreamProtocol
-    from gwcore.runtime.route import EventSink
 
 SWEEP_INTERVAL = 5.0
 

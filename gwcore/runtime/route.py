@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
-from gwcore.contract.events import RoutesChanged
+from gwcore.contract.events import EventSink, RoutesChanged
 from gwcore.contract.metrics import GatewayMetrics
 from gwcore.contract.providers import CatalogView, CertificateProvider, LeafCertificate
 from gwcore.net.hostnames import HostnameEndpoints
@@ -36,14 +36,6 @@ from gwcore.policy.routes import RouteTable, merge_mesh_gateways, merge_snapshot
 
 Installed = Callable[[RouteTable, RouteTable, CatalogView], None]
 """``installed(old, new, view)``: called once the new table and TLS material are in place."""
-
-
-class EventSink(Protocol):
-    """Where a step sends event-hook payloads (the site, through its plugin stack)."""
-
-    def has_listeners(self, hook: str) -> bool: ...
-
-    def dispatch(self, hook: str, event: Any) -> None: ...
 
 
 class Router:
