@@ -9,6 +9,7 @@ policy (sans-IO) → contract (hookspecs, providers, events, plugin host, metric
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,17 @@ def test_no_source_file_is_over_600_lines() -> None:
         if (count := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_every_package_of_the_tree_ships_in_the_wheel() -> None:
+    """Each folder of gwcore/ with an ``__init__.py`` is listed in pyproject's explicit
+    ``[tool.setuptools] packages``: a new room left out would be missing once installed."""
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "gwcore").rglob("__init__.py")
+    }
+    assert found - listed == set()
