@@ -66,3 +66,28 @@ def test_nothing_in_the_repository_imports_an_old_path() -> None:
             if pattern.search(path.read_text()):
                 users.append(str(path.relative_to(ROOT)))
     assert users == []
+
+
+def test_gwcore_testing_and_gwcore_cli_keep_their_paths_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two old modules became the packages of their rooms: ``gwcore.testing`` still hands
+    out the fakes and ``gwcore.cli:main`` (the console script) still resolves, silently."""
+    import warnings
+
+    for name in ("gwcore.testing", "gwcore.cli"):
+        monkeypatch.delitem(sys.modules, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        testing = importlib.import_module("gwcore.testing")
+        cli = importlib.import_module("gwcore.cli")
+    from gwcore.cli.commands import main
+    from gwcore.testing.fakes import TRUST_DOMAIN, FakeSite, MeshCA, site_config
+
+    assert (testing.FakeSite, testing.MeshCA, testing.site_config) == (
+        FakeSite,
+        MeshCA,
+        site_config,
+    )
+    assert testing.TRUST_DOMAIN == TRUST_DOMAIN
+    assert cli.main is main
