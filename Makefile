@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/twistd --pidfile= -n tgw --config $(CONFIG)
+	$(BIN)/tgw run --config $(CONFIG)
 
 # The Debian servers the tests start (dnsmasq, haproxy, nginx + stream module, wrk),
 # installed when missing: see scripts/test-deps.sh.

@@ -1,7 +1,8 @@
-"""The ``tgw`` command: ``check-config``, ``connect``, ``version``.
+"""The ``tgw`` command: ``run``, ``check-config``, ``connect``, ``explain``, ``version``.
 
-The gateway itself runs under twistd (``twistd -n tgw --config FILE``); this
-command holds the tools around it.
+``tgw run`` runs the gateway in the foreground through twistd (the same service as
+``twistd -n tgw``, without a pidfile); the other subcommands are the tools around it.
+Every subcommand finds the config the same way (gwcore.runtime.config_discovery).
 """
 
 from __future__ import annotations
@@ -11,44 +12,44 @@ import sys
 from collections.abc import Sequence
 
 from gwcore import __version__
+from gwcore.policy.config import LOG_LEVELS
+
+
+def _config_path(explicit: str | None) -> str | None:
+    """``--config``, else ``TGW_CONFIG``, else ``etc/tgw.toml``; ``None`` (with a hint on
+    standard error) when none is there."""
+    from gwcore.runtime.config_discovery import ConfigNotFoundError, discover_config
+
+    try:
+        return discover_config(explicit)
+    except ConfigNotFoundError as e:
+        print(f"tgw: {e}", file=sys.stderr)
+        return None
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gwcore.runtime.config_check import check_config
+    from gwcore.cli.check import run_check_config
 
-    checked = check_config(args.file)
-    if not checked.ok or checked.config is None:
-        for problem in checked.problems:
-            print(problem, file=sys.stderr)
-        print(f"{args.file}: {len(checked.problems)} problem(s)", file=sys.stderr)
+    path = _config_path(args.file or args.config)
+    return 1 if path is None else run_check_config(args, path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The gateway in the foreground: ``twistd --pidfile= -n tgw --config FILE``."""
+    path = _config_path(args.config)
+    if path is None:
         return 1
-    config = checked.config
-    print(f"{args.file}: OK")
-    for site in config.sites:
-        stack = checked.stacks[site.key]
-        print(
-            f"  site {site.key}: {site.role} gateway {site.name!r} in {site.datacenter}, "
-            f"trust domain {site.trust_domain}, listen {site.listen}, "
-            f"default_policy {site.default_policy}"
-        )
-        print(f"    plugins: {', '.join(stack.plugin_names)}")
-        hop = site.plugin_section("mesh_hop")
-        configured = ", ".join(sorted(hop.get("gateways", {}))) or "none"
-        if site.role == "mesh":
-            print(
-                f"    mesh: SNI pass-through, never terminates TLS and holds no key; names in "
-                f"{site.datacenter} go to the service's Connect endpoints from the catalog, "
-                f"names in another datacenter to that datacenter's mesh gateways (catalog "
-                f"mesh-gateway services; configured for: {configured})"
-                + ("; Consul server names (WAN federation)" if hop.get("wan_federation") else "")
-            )
-        elif hop:
-            print(
-                f"    destinations in other datacenters: mesh-gateway hop as {site.name!r}, "
-                f"mode {hop.get('mode', 'none')} (configured mesh gateways for: {configured})"
-            )
-    if config.admin:
-        print(f"  admin: {config.admin}")
+    from twisted.scripts.twistd import ServerOptions, runApp
+
+    argv = ["--pidfile=", "-n"]
+    if args.logfile:
+        argv.append(f"--logfile={args.logfile}")
+    argv += ["tgw", "--config", path]
+    if args.log_level:
+        argv += ["--log-level", args.log_level]
+    options = ServerOptions()
+    options.parseOptions(argv)
+    runApp(options)
     return 0
 
 
@@ -65,6 +66,9 @@ def _explain(args: argparse.Namespace) -> int:
     admin = args.admin
     token = ""
     if not admin:
+        args.config = _config_path(args.config)
+        if args.config is None:
+            return 1
         try:
             config = load_config(args.config)
             token = admin_token(config)
@@ -107,15 +111,36 @@ def _explain(args: argparse.Namespace) -> int:
 def _connect(args: argparse.Namespace) -> int:
     from gwcore.cli.connect import run_connect
 
-    return run_connect(args)
+    args.config = _config_path(args.config)
+    return 1 if args.config is None else run_connect(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tgw", description="tgw terminating gateway tools")
+    parser.add_argument("--version", action="version", version=f"tgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    discovered = "default: $TGW_CONFIG, else etc/tgw.toml in the working directory"
+
+    run = sub.add_parser(
+        "run",
+        help="run the gateway in the foreground (what twistd -n tgw runs, without a pidfile)",
+    )
+    run.add_argument("--config", "-c", help=f"the TOML config ({discovered})")
+    run.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="the application log's level (default: [gateway] log_level, else info)",
+    )
+    run.add_argument("--logfile", help="write the application log here (default: stdout)")
+    run.set_defaults(func=_run)
 
     check = sub.add_parser("check-config", help="validate a config file and explain it")
-    check.add_argument("file", help="path to the TOML config")
+    check.add_argument("file", nargs="?", help=f"the TOML config ({discovered})")
+    check.add_argument("--config", "-c", help="the TOML config (same as FILE)")
+    check.add_argument(
+        "--strict", action="store_true", help="count warnings (cross-checks) as problems"
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON document")
     check.set_defaults(func=_check_config)
 
     connect = sub.add_parser(
@@ -133,15 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--listen", required=True, help="endpoint string, e.g. tcp:9191:interface=127.0.0.1"
     )
-    connect.add_argument(
-        "--config", default="etc/tgw.toml", help="gateway config (default: %(default)s)"
-    )
+    connect.add_argument("--config", help=f"gateway config ({discovered})")
     connect.add_argument("--site", help="site in the config (default: the first)")
     connect.add_argument(
         "--gateway", help="client endpoint of the gateway (default: from the site's listen)"
     )
     connect.add_argument("--datacenter", help="override the site's datacenter")
     connect.add_argument("--trust-domain", help="override the site's trust domain")
+    connect.add_argument(
+        "--create-ca",
+        action="store_true",
+        help="create the built-in CA when it does not exist, even for another trust domain "
+        "or a site without builtin_ca (refused otherwise)",
+    )
     connect.add_argument("--cert", help="PEM client certificate (chain) instead of the built-in CA")
     connect.add_argument("--key", help="PEM private key for --cert")
     connect.add_argument("--ca", help="PEM trust roots to verify the gateway with (with --cert)")
@@ -160,9 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--source", required=True, help="source service name (e.g. web)")
     explain.add_argument("--destination", required=True, help="destination service (e.g. billing)")
     explain.add_argument("--site", help="site in the config (default: the first)")
-    explain.add_argument(
-        "--config", default="etc/tgw.toml", help="config naming the admin endpoint"
-    )
+    explain.add_argument("--config", help=f"config naming the admin endpoint ({discovered})")
     explain.add_argument(
         "--admin", help="admin URL, e.g. http://127.0.0.1:19000 (overrides --config)"
     )

@@ -34,6 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from zope.interface import implementer
 
+from gwcore.cli.connect_errors import explain_failure
 from gwcore.contract.pki import uri_sans
 from gwcore.contract.providers import LeafCertificate
 from gwcore.net.splice import SplicedClient, State
@@ -170,7 +171,11 @@ class _ClientSide(SplicedClient, Protocol):
             return  # the client left while we were connecting
         reason = getattr(failure.value, "reason", None)
         why = f"{reason}: " if reason else ""
-        log.error("cannot reach the gateway: {why}{e}", why=why, e=failure.getErrorMessage())
+        factory = self.factory
+        text = explain_failure(
+            failure.getErrorMessage(), sni=factory.sni, gateway=str(factory.gateway_endpoint)
+        )
+        log.error("cannot reach the gateway: {why}{e}", why=why, e=text)
         if not self.lost:
             self.transport.loseConnection()
 
@@ -190,6 +195,24 @@ class _ClientSide(SplicedClient, Protocol):
     def send_to_client(self, data: bytes) -> None:
         self.bytes_down += len(data)
         self.transport.write(data)
+
+    def upstream_eof(self) -> None:
+        self._note_silent_close()
+        super().upstream_eof()
+
+    def upstream_lost(self) -> None:
+        self._note_silent_close()
+        super().upstream_lost()
+
+    def _note_silent_close(self) -> None:
+        """The gateway ended the connection without a byte: say what that usually means."""
+        if self.bytes_down == 0 and not self.upstream_done and self.upstream is not None:
+            log.warn(
+                "the gateway closed the connection to {upstream} before sending anything "
+                "(denied by its authorization, no healthy endpoint, or the service closed at "
+                "once) — see its access log",
+                upstream=self.factory.sni,
+            )
 
     def upstream_tls_failed(self, reason: str, detail: str) -> None:
         log.error("TLS with the gateway failed ({reason}): {detail}", reason=reason, detail=detail)
@@ -279,13 +302,16 @@ def certificate_provider(
             return leaf, pki.load_certificates(ca.read_bytes())
 
         return from_files
-    from gwcore.plugins.builtin_ca import default_ca_dir, load_or_create_ca
+    from gwcore.plugins.builtin_ca import CA_FILE, default_ca_dir, load_or_create_ca
 
     section = site.plugin_section("builtin_ca")
     ca_dir = Path(section["ca_dir"]) if "ca_dir" in section else None
     if ca_dir is not None and not ca_dir.is_absolute():
         ca_dir = site.base_dir / ca_dir
     ca_dir = ca_dir or default_ca_dir(config.state_dir, trust_domain)
+    refusal = _new_ca_refusal(args, site, trust_domain, ca_dir / CA_FILE)
+    if refusal:
+        raise ValueError(refusal)
     service = ServiceName(args.service)
 
     def from_builtin_ca() -> Material:
@@ -294,6 +320,28 @@ def certificate_provider(
         return leaf, [ca_cert]
 
     return from_builtin_ca
+
+
+def _new_ca_refusal(
+    args: argparse.Namespace, site: SiteConfig, trust_domain: str, ca_file: Path
+) -> str:
+    """Why creating a built-in CA here would be a mistake ("" if it is what the gateway
+    would do too, or ``--create-ca`` asks for it): a CA nobody trusts would only make
+    every connection fail later."""
+    if ca_file.exists() or getattr(args, "create_ca", False):
+        return ""
+    if trust_domain != site.trust_domain:
+        return (
+            f"no built-in CA for trust domain {trust_domain} ({ca_file} does not exist) and the "
+            f"site's is {site.trust_domain}: a new CA would not be trusted by the gateway; "
+            f"check --trust-domain, or pass --create-ca to create one anyway"
+        )
+    if "builtin_ca" not in site.plugins:
+        return (
+            f"site {site.key} does not use builtin_ca and {ca_file} does not exist: pass "
+            f"--cert, --key and --ca, or --create-ca to create a CA anyway"
+        )
+    return ""
 
 
 def run_connect(args: argparse.Namespace, reactor: Any = None) -> int:

@@ -14,6 +14,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from gwcore import __version__
 from gwcore.contract.metrics import GatewayMetrics
 from gwcore.contract.providers import AuthzRequest
 from gwcore.net.admin_guard import AdminGuard
@@ -104,7 +105,8 @@ class AdminResource(Resource):
     def _ready(self, request: Request) -> bytes:
         sites = {s.name: s.readiness() for s in self.sites()}
         ready = bool(sites) and all(s["ready"] for s in sites.values())
-        return _json(request, {"ready": ready, "sites": sites}, 200 if ready else 503)
+        body = {"ready": ready, "version": __version__, "sites": sites}
+        return _json(request, body, 200 if ready else 503)
 
 
 class _BadArgumentError(ValueError):

@@ -56,7 +56,7 @@ from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdi
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import normalize_sni
 from gwcore.policy.spiffe import IdentityError, identity_from_der
-from gwcore.policy.tlsrecords import RecordCounter
+from gwcore.policy.tlsrecords import UNRECOGNIZED_NAME_ALERT, RecordCounter
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -316,7 +316,13 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self._flush_tls()
             return
         except SSL.Error as e:
-            self._flush_tls()  # the alert, if OpenSSL made one
+            if self.route_miss == "unknown_sni":
+                # RFC 6066 §3: answer an SNI we do not serve with unrecognized_name, not the
+                # handshake_failure OpenSSL makes for a context without a certificate.
+                flush_bio(self.tls, lambda _: None)
+                self.transport.write(UNRECOGNIZED_NAME_ALERT)
+            else:
+                self._flush_tls()  # the alert, if OpenSSL made one
             self._handshake_failed(e)
             return
         self._flush_tls()

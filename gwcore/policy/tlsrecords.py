@@ -73,3 +73,8 @@ class RecordCounter:
         if pos < n:
             self._header = data[pos:]
         self.complete += done
+
+
+UNRECOGNIZED_NAME_ALERT = bytes((21, 3, 3, 0, 2, 2, 112))
+"""A plaintext fatal ``unrecognized_name`` alert record (RFC 6066 §3; content type 21,
+level 2 fatal, description 112), valid before any handshake keys exist."""

@@ -17,6 +17,7 @@ from gwcore.net.admin_guard import admin_token, config_secrets
 from gwcore.net.fasttcp import parse_tcp
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
 from gwcore.policy.redact import declared_values, scrub
+from gwcore.runtime.crosscheck import SiteFindings, check_site, unrouted_warnings
 
 
 @dataclass
@@ -26,6 +27,10 @@ class CheckedConfig:
     config: GatewayConfig | None
     stacks: dict[str, PluginStack] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
+    warnings: list[ConfigProblem] = field(default_factory=list)
+    """Cross-checks between config, catalog and certificates (gwcore.runtime.crosscheck): they do
+    not stop a start; ``tgw check-config --strict`` counts them as problems."""
+    findings: dict[str, SiteFindings] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -93,15 +98,25 @@ def check_config(path: str | Path) -> CheckedConfig:
                 )
             )
         result.stacks[site.key] = stack
+        try:
+            findings = check_site(site)
+        except Exception as e:  # a cross-check must never take check-config down
+            findings = SiteFindings(
+                [ConfigProblem(config.file, site.prefix, f"cross-checks failed: {e!r}")]
+            )
+        result.findings[site.key] = findings
+        result.warnings += findings.warnings
+    result.warnings += unrouted_warnings(result.findings.values())
     result.problems += _shared_endpoints(config)
     # A message may quote a bad value, and a bad value may be a pasted secret.
     secrets: set[str] = set()
-    if result.problems:
+    if result.problems or result.warnings:
         secrets = config_secrets(config)
         for stack in result.stacks.values():
             secrets |= declared_values(config.raw, stack.secret_keys())
     if secrets:
         result.problems = [replace(p, message=scrub(p.message, secrets)) for p in result.problems]
+        result.warnings = [replace(p, message=scrub(p.message, secrets)) for p in result.warnings]
     return result
 
 

@@ -35,6 +35,7 @@ from gwcore.policy.config import SiteConfig
 from gwcore.policy.redact import redact
 from gwcore.runtime.config_check import CheckedConfig, check_config
 from gwcore.runtime.mesh_site import MeshSite
+from gwcore.runtime.reload_diff import describe_changes
 from gwcore.runtime.site import Site
 from gwcore.runtime.worker_role import WorkerRole
 
@@ -183,10 +184,31 @@ class GatewayService(Service):
         for port in self._ports:
             await maybeDeferred(port.stopListening)
         for site in [*self.sites.values(), *self._retiring]:
-            await site.stop()
+            await self._drain(site)
         if self.access_log is not None:
             self.access_log.close()
         log.info("tgw stopped")
+
+    async def _drain(self, site: Site) -> None:
+        """Stop one site, saying how many connections it drains and how that ended."""
+        open_now = len(site.active)
+        if not open_now:
+            await site.stop()
+            return
+        timeout = site.config.drain_timeout
+        log.info(
+            "site {site}: draining {n} connection(s) (up to {timeout:g} s)",
+            site=site.config.key,
+            n=open_now,
+            timeout=timeout,
+        )
+        began = self.reactor.seconds()
+        await site.stop()
+        log.info(
+            "site {site}: drained in {elapsed:.1f} s",
+            site=site.config.key,
+            elapsed=self.reactor.seconds() - began,
+        )
 
     # --- reload -------------------------------------------------------------------
 
@@ -232,16 +254,11 @@ class GatewayService(Service):
                 self.metrics.reloads.labels(result="rejected").inc()
                 return
             new = checked.config
-            admin = (new.admin, new.admin_token, new.admin_token_file, new.admin_hosts)
-            if (*admin, new.sample_service, new.access_log, new.state_dir) != (
-                self.config.admin,
-                self.config.admin_token,
-                self.config.admin_token_file,
-                self.config.admin_hosts,
-                self.config.sample_service,
-                self.config.access_log,
-                self.config.state_dir,
-            ):
+            restart_only = (
+                *("admin", "admin_token", "admin_token_file", "admin_hosts"),
+                *("sample_service", "access_log", "state_dir", "log_level", "log_format"),
+            )
+            if any(getattr(new, k) != getattr(self.config, k) for k in restart_only):
                 log.warn(
                     "[gateway] and [sample_service] changes need a restart; applying sites only"
                 )
@@ -292,6 +309,10 @@ class GatewayService(Service):
                     retired.addBoth(lambda _, site=old: self._retired(site))
                     if key not in wanted:
                         del self.sites[key]
+            for change in describe_changes(self.checked, checked):
+                log.info("reload: {change}", change=change)
+            for warning in checked.warnings:
+                log.warn("reload: warning: {warning}", warning=str(warning))
             self.config = new
             self.checked = checked
             if self.access_log is not None:

@@ -54,6 +54,7 @@ from gwcore.runtime.dial import CONFIG_FAILURES, Dialer
 from gwcore.runtime.forward import SWEEP_INTERVAL, AccessLogWriter, Forwarder
 from gwcore.runtime.recheck import LiveRecheck
 from gwcore.runtime.route import Router
+from gwcore.runtime.upstream_files import destination_file_problems
 
 FIRST_SNAPSHOT_TIMEOUT = 30.0
 
@@ -324,6 +325,10 @@ class Site:
             "certificate_providers": certs,
             "engines": [e.name for e in self.engines],
             "plugins": list(self.stack.plugin_names),
+            # Reported, not failing readiness: other destinations still work.
+            "upstream_tls_files": destination_file_problems(
+                (d for _, d in self.router.routes), self.config.base_dir
+            ),
         }
 
     def describe_routes(self) -> dict[str, Any]:

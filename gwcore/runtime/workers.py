@@ -90,8 +90,11 @@ class _Worker(ProcessProtocol):
 class WorkerSupervisor(Service):
     """The twistd-side service when ``workers > 1`` (see the module docstring)."""
 
-    def __init__(self, config_path: str | Path, config: Any, reactor: Any = None) -> None:
+    def __init__(
+        self, config_path: str | Path, config: Any, reactor: Any = None, log_level: str = ""
+    ) -> None:
         self.config_path = Path(config_path)
+        self.log_level = log_level  # --log-level, passed on to every worker
         self.config = config
         self.count: int = config.workers
         self._reactor = reactor
@@ -160,6 +163,8 @@ class WorkerSupervisor(Service):
             "--reactor",
             "tgw" if is_gateway_reactor(self.reactor) else "default",
         ]
+        if self.log_level:
+            argv += ["--log-level", self.log_level]
         self.reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=child_fds)
         self.workers[index] = worker
         return worker
@@ -226,6 +231,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listeners", default="{}")
     parser.add_argument("--reactor", choices=("tgw", "default"), default="tgw")
+    parser.add_argument("--log-level", default="")
     args = parser.parse_args(argv)
     listeners = {k: (int(v[0]), int(v[1])) for k, v in json.loads(args.listeners).items()}
     if args.reactor == "tgw":  # what the supervisor runs, unless twistd --reactor chose
@@ -237,11 +243,20 @@ def worker_main(argv: list[str] | None = None) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from gwcore.runtime.config_check import check_config
+    from gwcore.runtime.logsetup import gateway_observer
     from gwcore.runtime.service import GatewayService
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    log.info("worker {index}: reactor {cls}", index=args.index, cls=type(reactor).__qualname__)
     checked = check_config(args.config)
+    config = checked.config
+    # The same level, format and quiet as the supervisor's log (gwcore.runtime.logsetup).
+    observer = gateway_observer(
+        lambda: textFileLogObserver(sys.stdout),
+        lambda: sys.stdout,
+        args.log_level or (config.log_level if config else "info"),
+        config.log_format if config else "text",
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    log.info("worker {index}: reactor {cls}", index=args.index, cls=type(reactor).__qualname__)
     if not checked.ok:
         for problem in checked.problems:
             print(f"tgw worker {args.index}: {problem}", file=sys.stderr)

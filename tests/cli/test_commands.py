@@ -11,7 +11,7 @@ import pytest
 from gwcore import __version__
 from gwcore.cli import main
 from gwcore.contract.plugin_host import ESSENTIAL_PLUGINS
-from tests.harness import GATEWAY, Gateway
+from tests.harness import GATEWAY, Gateway, gateway_entry, registration, write_json
 
 PROBLEM_LINE = re.compile(r"^(?P<file>.+?): (?P<key>[\w.()-]+): (?P<message>.+)$")
 
@@ -23,8 +23,9 @@ def config_file(root: Path, **options) -> Path:
 
 
 def problems_of(stderr: str, file: str) -> tuple[list[str], str]:
-    """The problem keys printed for ``file``, and the summary (last) line."""
-    lines = stderr.splitlines()
+    """The problem keys printed for ``file``, and the summary (last) line (warnings,
+    printed on the same stream, are left out)."""
+    lines = [line for line in stderr.splitlines() if ": warning: " not in line]
     keys = []
     for line in lines[:-1]:
         match = PROBLEM_LINE.match(line)
@@ -38,6 +39,9 @@ def test_check_config_accepts_a_good_file_and_explains_it(tmp_path: Path, capsys
     """A valid file: exit 0, "FILE: OK", each site with its effective plugin stack (the
     named plugins in order, then the essential ones)."""
     path = config_file(tmp_path)
+    write_json(tmp_path / "catalog" / "gateway.json", gateway_entry("billing", "ledger"))
+    regs = [registration("billing", 9001), registration("billing", 9002)]
+    write_json(tmp_path / "catalog" / "registrations.json", [*regs, registration("ledger", 9003)])
     assert main(["check-config", str(path)]) == 0
     out, err = capsys.readouterr()
     assert err == ""
@@ -48,7 +52,9 @@ def test_check_config_accepts_a_good_file_and_explains_it(tmp_path: Path, capsys
     assert "default_policy deny" in lines[1]
     stack = ["file_catalog", "builtin_ca", "intentions", *ESSENTIAL_PLUGINS]
     assert lines[2] == f"    plugins: {', '.join(stack)}"
-    assert lines[3] == "  admin: tcp:0:interface=127.0.0.1"
+    assert lines[3] == "    deciding engines: intentions (all abstain: deny)"
+    assert lines[4] == "    destinations: billing (2 endpoints, plain), ledger (1 endpoint, plain)"
+    assert lines[5] == "  admin: tcp:0:interface=127.0.0.1"
 
 
 def _replace(old: str, new: str) -> Callable[[Path], Path]:

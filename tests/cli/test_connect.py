@@ -27,7 +27,7 @@ from gwcore.cli.connect import (
 from gwcore.contract.providers import LeafCertificate
 from gwcore.policy.model import SpiffeID
 from gwcore.testing import TRUST_DOMAIN, MeshCA
-from tests.harness import Upstream, in_thread, read_all, sni_for
+from tests.harness import Upstream, in_thread, read_all, sleep, sni_for
 
 # --- gateway_client_endpoint ----------------------------------------------------------
 
@@ -147,6 +147,16 @@ def talk_first_then_listen(conn: SSL.Connection, sock: socket.socket, up: Upstre
     up.results.append({"after_eof": tls_read_to_end(conn)})
 
 
+async def recorded(up: Upstream) -> list[dict]:
+    """The fake gateway's records, once it has made one: its thread records a failed
+    handshake only after the proxy has already closed the local connection."""
+    for _ in range(500):
+        if up.results:
+            break
+        await sleep(0.01)
+    return up.results
+
+
 class Proxy:
     """``tgw connect``'s factory listening on 127.0.0.1 in this reactor."""
 
@@ -224,7 +234,7 @@ async def test_client_half_close_reaches_the_gateway_and_the_reply_comes_back(cl
     proxy = closing(Proxy(ca, up))
     reply = await in_thread(request_then_half_close, proxy.address, b"GET /")
     assert reply == b"reply to GET /", (up.results, up.errors)
-    (seen,) = up.results
+    (seen,) = await recorded(up)
     assert seen["sni"] == sni_for("billing").encode()
     assert seen["client"] == [SpiffeID(TRUST_DOMAIN, "default", "dc1", "web").uri]
     assert up.errors == []
@@ -253,7 +263,7 @@ async def test_gateway_with_another_identity_is_refused_inside_the_handshake(clo
     proxy = closing(Proxy(ca, up))
     reply = await in_thread(request_then_half_close, proxy.address, b"GET /")
     assert reply == b""
-    (seen,) = up.results
+    (seen,) = await recorded(up)
     assert "bad certificate" in seen["error"], seen
 
 
@@ -264,7 +274,7 @@ async def test_gateway_from_another_ca_is_refused(closing) -> None:
     up = closing(gateway(mesh, stranger.leaf("billing"), reply_after_client_eof))
     proxy = closing(Proxy(mesh, up))
     assert await in_thread(request_then_half_close, proxy.address, b"GET /") == b""
-    (seen,) = up.results
+    (seen,) = await recorded(up)
     assert "error" in seen and "client" not in seen
 
 

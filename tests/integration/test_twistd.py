@@ -540,24 +540,30 @@ def test_connection_held_across_a_reload_outlives_the_old_sites_drain_timeout(
         assert echo_round_trip(held, b"after the drain timeout") == b"after the drain timeout"
 
 
-def test_site_port_in_use_exits_with_one_could_not_start_line(tmp_path: Path) -> None:
-    """When the site's port is taken, twistd exits non-zero at once, saying why in one line."""
+def test_busy_ports_are_all_reported_at_once_naming_their_keys(tmp_path: Path) -> None:
+    """When the site's and the admin endpoint's ports are taken, twistd exits 1 at once,
+    with one line per busy port naming the file and key, and no traceback."""
     ports = Ports.pick()
     write_catalog(tmp_path, {"billing": ports.sample})
     config = write_config(tmp_path, ports)
-    blocker = socket.socket()
+    blockers = [socket.socket(), socket.socket()]
     try:
-        blocker.bind(("127.0.0.1", ports.site))
-        blocker.listen(1)
+        for blocker, port in zip(blockers, (ports.site, ports.admin), strict=True):
+            blocker.bind(("127.0.0.1", port))
+            blocker.listen(1)
         began = time.monotonic()
         code, out, err = run(
             "twistd", "--pidfile=", "-n", "tgw", "--config", str(config), cwd=tmp_path
         )
         elapsed = time.monotonic() - began
     finally:
-        blocker.close()
-    assert code != 0
+        for blocker in blockers:
+            blocker.close()
+    assert code == 1
     assert elapsed < 10
-    lines = [line for line in (out + err).splitlines() if "tgw: could not start:" in line]
-    assert len(lines) == 1, out + err
-    assert f"127.0.0.1:{ports.site}" in lines[0]
+    assert "Traceback" not in out + err
+    assert err.splitlines() == [
+        f"tgw: {config}: sites.main.listen: 127.0.0.1:{ports.site} is already in use",
+        f"tgw: {config}: gateway.admin: 127.0.0.1:{ports.admin} is already in use",
+        f"tgw: refusing to start: 2 port(s) in use ({config})",
+    ]

@@ -355,7 +355,10 @@ def test_validation_accepts_a_good_section_and_ignores_sites_without_the_plugin(
         ({"paths": []}, "sites.main.file_catalog.paths: must name at least one file or directory"),
         ({"paths": "missing"}, "sites.main.file_catalog.paths: '{base}/missing' does not exist"),
         ({"paths": ["catalog", 3]}, "sites.main.file_catalog.paths: must be a list of strings"),
-        ({"paths": ["catalog"], "pathz": ["x"]}, "sites.main.file_catalog.pathz: unknown key"),
+        (
+            {"paths": ["catalog"], "pathz": ["x"]},
+            "sites.main.file_catalog.pathz: unknown key; did you mean 'paths'?",
+        ),
         (
             {"paths": ["catalog"], "poll_interval": "10ms"},
             "sites.main.file_catalog.poll_interval: must be at least 0.05s, not 0.01s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -376,18 +377,29 @@ def test_full_file(tmp_path: Path) -> None:
         pytest.param("", [("sites", "at least one [sites.NAME] table is required")], id="no-sites"),
         pytest.param(
             MINIMAL_SITE + "\n[gatway]\nadmin = 'tcp:1'\n",
-            [("gatway", "unknown key")],
+            [("gatway", "unknown key; did you mean 'gateway'?")],
             id="unknown-top-level-table",
         ),
         pytest.param(
             MINIMAL_SITE + "\n[gateway]\nadmn = 'tcp:1'\n",
-            [("gateway.admn", "unknown key")],
+            [("gateway.admn", "unknown key; did you mean 'admin'?")],
             id="unknown-gateway-key",
         ),
         pytest.param(
             MINIMAL_SITE + "listn = 'tcp:1'\n",
-            [("sites.edge.listn", "unknown key")],
+            [("sites.edge.listn", "unknown key; did you mean 'listen'?")],
             id="unknown-site-key",
+        ),
+        pytest.param(
+            MINIMAL_SITE + "\n[gateway]\nlog_level = 'verbose'\nlog_format = 'xml'\n",
+            [
+                (
+                    "gateway.log_level",
+                    "must be one of debug, info, warn, error, critical, not 'verbose'",
+                ),
+                ("gateway.log_format", "must be one of text, json, not 'xml'"),
+            ],
+            id="log-settings",
         ),
         pytest.param(
             "[sites.edge]\nname = 'tgw'\n",
@@ -593,6 +605,35 @@ def test_parse_config_takes_parsed_data() -> None:
     config = parse_config(data, "inline", Path("/etc/tgw"))
     assert config.plugin_paths == (Path("/etc/tgw/drop-ins"),)
     assert config.raw is data
+
+
+@pytest.mark.parametrize(
+    ("base_dir", "environ", "expected"),
+    [
+        ("/etc/tgw", {}, "/var/lib/tgw"),
+        ("/etc", {}, "/var/lib/tgw"),
+        ("/etc/tgw", {"STATE_DIRECTORY": "/var/lib/tgw-a:/var/lib/other"}, "/var/lib/tgw-a"),
+        ("/home/me/tgw/etc", {}, "/home/me/tgw/etc/state"),
+        ("/etcetera", {}, "/etcetera/state"),
+    ],
+    ids=["under-etc", "etc-itself", "systemd-state-directory", "checkout", "not-etc"],
+)
+def test_default_state_dir_never_puts_keys_beside_a_config_in_etc(
+    base_dir: str, environ: dict[str, str], expected: str
+) -> None:
+    """Without ``state_dir`` the CA's keys go to systemd's $STATE_DIRECTORY, else
+    /var/lib/tgw for a config under /etc, else state/ beside the config."""
+    from gwcore.policy.config import default_state_dir
+
+    assert default_state_dir(Path(base_dir), environ) == Path(expected)
+
+
+def test_an_explicit_state_dir_is_relative_to_the_config(tmp_path: Path) -> None:
+    """``state_dir = "../var"`` (the embedded default's) resolves beside the config's directory."""
+    from gwcore.policy.config import parse_config
+
+    data = tomllib.loads(MINIMAL_SITE + '\n[gateway]\nstate_dir = "../var"\n')
+    assert parse_config(data, "f.toml", tmp_path).state_dir == tmp_path / "../var"
 
 
 @pytest.mark.parametrize(
