@@ -81,7 +81,7 @@ def test_gwcore_testing_and_gwcore_cli_keep_their_paths_without_a_warning(
         warnings.simplefilter("error", DeprecationWarning)
         testing = importlib.import_module("gwcore.testing")
         cli = importlib.import_module("gwcore.cli")
-    from gwcore.cli.commands import main
+    from gwcore.cli.commands import build_parser, main
     from gwcore.testing.fakes import TRUST_DOMAIN, FakeSite, MeshCA, site_config
 
     assert (testing.FakeSite, testing.MeshCA, testing.site_config) == (
@@ -90,4 +90,4 @@ def test_gwcore_testing_and_gwcore_cli_keep_their_paths_without_a_warning(
         site_config,
     )
     assert testing.TRUST_DOMAIN == TRUST_DOMAIN
-    assert cli.main is main
+    assert (cli.main, cli.build_parser) == (main, build_parser)
