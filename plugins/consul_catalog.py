@@ -16,6 +16,10 @@ Section ``[sites.NAME.consul_catalog]`` (all optional):
   (``10s``), ``check_address`` (the address the TCP check dials: default the
   registered one, for a wildcard bind the agent's node address from
   ``/v1/agent/self``);
+- ``check``: ``"tcp"`` (default: the agent connects to the listener) or ``"http"``:
+  the agent GETs the admin endpoint's ``/ready`` (``check_http`` overrides the URL),
+  so the instance turns critical when it is not ready, and while it drains
+  (``gwcore.runtime.drain``). On stop the instance is deregistered before it drains;
 - ``health_watches`` (128): linked services with their own blocking health query.
 
 What it reads (reference §3, §5), every watch a blocking query:
@@ -90,6 +94,7 @@ if TYPE_CHECKING:
 NAME = "consul_catalog"
 MODULE = "gwcore.plugins.consul_catalog"
 DEFAULT_CHECK_INTERVAL = 10.0
+CHECK_KINDS = ("tcp", "http")
 
 
 def stack_entry(plugins: Sequence[str]) -> str | None:
@@ -107,6 +112,8 @@ class Settings:
     check_interval: float = DEFAULT_CHECK_INTERVAL
     health_watches: int = DEFAULT_HEALTH_WATCHES
     check_address: str = ""
+    check: str = "tcp"
+    check_http: str = ""
 
 
 def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
@@ -121,6 +128,8 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
         "health_watches", DEFAULT_HEALTH_WATCHES, minimum=0, maximum=1024
     )
     check_address = reader.string("check_address", "") or ""
+    check = reader.string("check", "tcp", choices=CHECK_KINDS) or "tcp"
+    check_http = reader.string("check_http", "") or ""
     connection_problems(reader, consul)
     settings = Settings(
         consul,
@@ -131,6 +140,8 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
         interval,
         health_watches,
         check_address,
+        check,
+        check_http,
     )
     return settings, reader.finish()
 
@@ -203,6 +214,7 @@ class ConsulCatalogSource(SelfRegistration):
         self._running = False
         self.service_id: str | None = None
         self._registered = False
+        self._withdrawn = False
         self._register_call: Any = None
         self._register_failures = 0
         labels = {"site": site.name, "source": NAME}
@@ -265,18 +277,17 @@ class ConsulCatalogSource(SelfRegistration):
             _sources.remove(self)
         return Deferred.fromCoroutine(self._stop())
 
+    def withdraw(self) -> Deferred[None]:
+        """Deregister now, before the site drains, and never register again
+        (``gwcore.runtime.drain``: clients stop picking this instance first)."""
+        if self in _sources:
+            _sources.remove(self)
+        return self.withdraw_registration()
+
     async def _stop(self) -> None:
         if self._watch_pool_stopped is not None:
             await self._watch_pool_stopped
-        if self._registered and self.client is not None and self.service_id:
-            try:
-                await self.client.put(
-                    "agent-deregister", f"/v1/agent/service/deregister/{self.service_id}"
-                )
-                self._site.log.info("deregistered {id} from Consul", id=self.service_id)
-            except ConsulError as e:
-                self._site.log.warn("could not deregister from Consul: {e}", e=str(e))
-            self._registered = False
+        await self._deregister()
         if self.client is not None:
             client, self.client = self.client, None
             await maybeDeferred(release_client, client)

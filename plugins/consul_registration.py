@@ -7,6 +7,11 @@ may run in another network namespace (a sidecar container, consul-dataplane), wh
 ``127.0.0.1`` is not tgw. For a wildcard bind registered without an address Consul gives
 the service its node's address, so the check dials the agent's node address
 (``Member.Addr`` of ``/v1/agent/self``); ``check_address`` overrides both.
+
+With ``check = "http"`` the check is an HTTP GET of the admin endpoint's ``/ready``
+instead (:func:`gwcore.policy.registration.http_check`). On SIGTERM,
+:meth:`SelfRegistration.withdraw_registration` deregisters before the site drains
+(``gwcore.runtime.drain``) and stops any retry from registering again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from gwcore.net.consul import ConsulError, backoff_delay
+from gwcore.policy.registration import http_check
 
 
 class SelfRegistration:
@@ -33,6 +39,7 @@ class SelfRegistration:
     _rng: Any
     _running: bool
     _registered: bool
+    _withdrawn: bool
     _register_call: Any
     _register_failures: int
 
@@ -77,14 +84,36 @@ class SelfRegistration:
                 "Timeout": "5s",
             },
         }
+        if self.settings.check == "http":
+            ready = http_check(self.service_id, self._site, self.settings)
+            if ready is not None:
+                body["Check"] = ready  # the agent GETs /ready (gwcore.runtime.drain)
         self._register_body = body
         self._check_host = check_host
         self._try_register()
 
+    def withdraw_registration(self) -> Deferred[None]:
+        """Deregister now and never register again (the instance is stopping)."""
+        self._withdrawn = True
+        if self._register_call is not None and self._register_call.active():
+            self._register_call.cancel()
+        return Deferred.fromCoroutine(self._deregister())
+
+    async def _deregister(self) -> None:
+        if self._registered and self.client is not None and self.service_id:
+            self._registered = False
+            try:
+                await self.client.put(
+                    "agent-deregister", f"/v1/agent/service/deregister/{self.service_id}"
+                )
+                self._site.log.info("deregistered {id} from Consul", id=self.service_id)
+            except ConsulError as e:
+                self._site.log.warn("could not deregister from Consul: {e}", e=str(e))
+
     async def _put_registration(self) -> Any:
         assert self.client is not None
         body = self._register_body
-        if not self._check_host:
+        if not self._check_host and "TCP" in body["Check"]:
             # A wildcard bind registered without an address: Consul uses the node's
             # address, which is the agent's (Member.Addr in /v1/agent/self).
             response = await self.client.get("agent-self", "/v1/agent/self")
@@ -101,7 +130,7 @@ class SelfRegistration:
 
     def _try_register(self) -> None:
         self._register_call = None
-        if not self._running or self.client is None:
+        if not self._running or self.client is None or self._withdrawn:
             return
         d = Deferred.fromCoroutine(self._put_registration())
 
@@ -112,6 +141,8 @@ class SelfRegistration:
             self._site.log.info(
                 "registered {id} with Consul as {gateway}", id=self.service_id, gateway=self.gateway
             )
+            if self._withdrawn:  # the stop began while the registration was in flight
+                Deferred.fromCoroutine(self._deregister())
 
         def failed(f: Any) -> None:
             if isinstance(f.value, ConsulError):

@@ -105,7 +105,14 @@ def _explain(args: argparse.Namespace) -> int:
     for engine in answer["engines"]:
         print(f"  {engine['engine']}: {engine['verdict']} - {engine['reason']}")
     print(f"  decided by {final['engine']}: {final['reason']}")
-    return 0 if final["verdict"] == "allow" else 2
+    # With workers = N every worker answers (gwcore.net.admin_workers): all must allow.
+    verdicts = {
+        i: (d or {}).get("verdict", "no answer") for i, d in answer.get("workers", {}).items()
+    }
+    if verdicts:
+        print("  workers: " + ", ".join(f"{i}: {v}" for i, v in sorted(verdicts.items())))
+    allowed = final["verdict"] == "allow" and all(v == "allow" for v in verdicts.values())
+    return 0 if allowed else 2
 
 
 def _connect(args: argparse.Namespace) -> int:

@@ -104,8 +104,10 @@ class AdminResource(Resource):
 
     def _ready(self, request: Request) -> bytes:
         sites = {s.name: s.readiness() for s in self.sites()}
-        ready = bool(sites) and all(s["ready"] for s in sites.values())
-        body = {"ready": ready, "version": __version__, "sites": sites}
+        # A stopping instance says so while it drains (gwcore.runtime.drain).
+        draining = bool(getattr(self.config, "draining", False))
+        ready = bool(sites) and all(s["ready"] for s in sites.values()) and not draining
+        body = {"ready": ready, "draining": draining, "version": __version__, "sites": sites}
         return _json(request, body, 200 if ready else 503)
 
 

@@ -82,6 +82,8 @@ class SiteConfig:
     idle_timeout: float = 3600.0
     authz_timeout: float = 5.0
     drain_timeout: float = 10.0
+    proxy_protocol: bool = False  # PROXY v1/v2 header in, v2 to plain upstreams: net.proxied
+    upstream_proxy_protocol: bool = False
     max_connections: int = 10000
     max_connect_attempts: int = 3
     lb_policy: str = "round_robin"
@@ -126,6 +128,7 @@ class SiteConfig:
 
 
 MAX_WORKERS = 64
+LISTENERS = ("shared", "reuseport")
 MIN_ADMIN_TOKEN = 16
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]|[0-9a-f:.]+")
 
@@ -155,6 +158,8 @@ class GatewayConfig:
     """Processes serving the same listening sockets (``gwcore.runtime.workers``)."""
     log_level: str = "info"
     log_format: str = "text"
+    worker_listeners: str = "shared"  # or "reuseport": a socket per worker (runtime.workers)
+    drain_delay: float = 0.0  # accepting on after withdrawing, before draining (runtime.drain)
     admin_token: str = field(default="", repr=False)
     admin_token_file: Path | None = None
     admin_hosts: tuple[str, ...] = ()
@@ -225,6 +230,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     workers = gw.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
     log_level = gw.string("log_level", "info", choices=LOG_LEVELS) or "info"
     log_format = gw.string("log_format", "text", choices=LOG_FORMATS) or "text"
+    drain_delay = gw.duration("drain_delay", 0.0)
+    worker_listeners = gw.string("worker_listeners", "shared", choices=LISTENERS) or "shared"
     admin_token = gw.string("admin_token", "") or ""
     token_file = gw.string("admin_token_file", "") or ""
     if admin_token and token_file:
@@ -282,6 +289,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         workers=workers,
         log_level=log_level,
         log_format=log_format,
+        drain_delay=drain_delay,
+        worker_listeners=worker_listeners,
         admin_token=admin_token,
         admin_token_file=base_dir / token_file if token_file else None,
         admin_hosts=admin_hosts,
@@ -333,12 +342,17 @@ def _parse_site(
         "idle_timeout": r.duration("idle_timeout", 3600.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
         "drain_timeout": r.duration("drain_timeout", 10.0),
+        "proxy_protocol": r.boolean("proxy_protocol", False),
+        "upstream_proxy_protocol": r.boolean("upstream_proxy_protocol", False),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
         "outlier_consecutive_failures": r.integer("outlier_consecutive_failures", 5, minimum=1),
         "outlier_base_ejection": r.duration("outlier_base_ejection", 30.0, minimum=0.001),
         "outlier_max_ejection": r.duration("outlier_max_ejection", 300.0, minimum=0.001),
     }
+    for option in ("proxy_protocol", "upstream_proxy_protocol"):
+        if role == "mesh" and values[option]:
+            r.problem(option, "is supported on terminating sites only")
     nameservers = r.strings("dns_nameservers")
     for text in nameservers:
         try:

@@ -15,6 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from gwcore.contract.plugin_host import ESSENTIAL_PLUGINS, PluginLoadError, PluginStack
 from gwcore.net.admin_guard import admin_token, config_secrets
 from gwcore.net.fasttcp import parse_tcp
+from gwcore.net.systemd import endpoint_problem
 from gwcore.policy.config import ConfigError, ConfigProblem, GatewayConfig, SiteConfig, load_config
 from gwcore.policy.redact import declared_values, scrub
 from gwcore.runtime.crosscheck import SiteFindings, check_site, unrouted_warnings
@@ -42,6 +43,12 @@ class _NoReactor:
 
 
 def _check_endpoint(config: GatewayConfig, key: str, description: str) -> list[ConfigProblem]:
+    if description.startswith("systemd:"):
+        # Twisted looks the descriptor up while parsing; only the service has it.
+        problem = endpoint_problem(description)
+        if problem is None:
+            return []
+        return [ConfigProblem(config.file, key, f"{description!r} is not valid: {problem}")]
     try:
         serverFromString(_NoReactor(), description)
     except Exception as e:  # Twisted raises ValueError, KeyError, TypeError...

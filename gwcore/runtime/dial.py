@@ -10,7 +10,7 @@ carries the bytes once connected comes from the forward step.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +61,11 @@ class Dialer:
             )
         )
 
-    def connect(self, conn: DownstreamProtocol, factory: Any) -> Deferred[Any]:
-        """Connect ``conn``'s destination with ``factory``'s protocol (from the forward step)."""
+    def connect(
+        self, conn: DownstreamProtocol, factory_for: Callable[[UpstreamStrategy], Any]
+    ) -> Deferred[Any]:
+        """Connect ``conn``'s destination; the protocol comes from ``factory_for(strategy)``
+        (the forward step's, which may depend on the strategy chosen)."""
         destination = conn.destination
         assert destination is not None and conn.info is not None
         service = destination.name
@@ -157,6 +160,7 @@ class Dialer:
                 )
             return reason
 
+        factory = factory_for(strategy)
         d = connect_first_available(strategy, destination, endpoints, factory, timeout, on_failure)
         return d.addCallbacks(connected, unavailable)
 

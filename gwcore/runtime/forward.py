@@ -1,10 +1,11 @@
 """Step 5 of a connection's life, *forward*, and its end: bytes both ways, then the record.
 
-Today forwarding is the byte-exact splice of :mod:`gwcore.net.splice` (the forwarder
-hands the dial step the protocol for the upstream side); an HTTP exchange will plug in
-here. The forwarder also owns what is counted while bytes flow and when they stop: byte
-metrics flushed on a periodic sweep and at close, the idle timeout, the connection's
-duration, its access-log record and the ``tgw_connection_closed`` event.
+Today forwarding is the byte-exact splice of :mod:`gwcore.net.splice`, optionally after
+a PROXY v2 header (:mod:`gwcore.net.proxied`); the forwarder hands the dial step the
+protocol for the upstream side. An HTTP exchange will plug in here. The forwarder also
+owns what is counted while bytes flow and when they stop: byte metrics flushed on a
+periodic sweep and at close, the idle timeout, the connection's duration, its access-log
+record and the ``tgw_connection_closed`` event.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from twisted.logger import Logger
 
 from gwcore.contract.events import EventSink
 from gwcore.contract.metrics import SiteChildren
-from gwcore.net.splice import State, UpstreamFactory
+from gwcore.net.proxied import upstream_factory
+from gwcore.net.splice import State
 from gwcore.policy.config import SiteConfig
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ class Forwarder:
         events: EventSink,
         access_log: AccessLogWriter | None,
         live: Callable[[], Iterable[DownstreamProtocol]],
+        listening_address: Callable[[], tuple[str, int] | None] = lambda: None,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -49,12 +52,18 @@ class Forwarder:
         self._events = events
         self.access_log = access_log
         self._live = live
+        self._listening_address = listening_address
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = reactor
 
-    def upstream_factory(self, conn: DownstreamProtocol) -> Any:
-        """The protocol factory for ``conn``'s upstream side (the splice)."""
-        return UpstreamFactory(conn)
+    def upstream_factory(self, conn: DownstreamProtocol, strategy: Any) -> Any:
+        """The protocol factory for ``conn``'s upstream side: the splice, after a PROXY v2
+        header when ``upstream_proxy_protocol`` is set and ``strategy`` is plain TCP."""
+        return upstream_factory(self, conn, strategy)
+
+    def listening_address(self) -> tuple[str, int] | None:
+        """The site's listening address (the destination of a PROXY v2 header)."""
+        return self._listening_address()
 
     # --- periodic sweep: byte metrics and idle timeouts ------------------------
 

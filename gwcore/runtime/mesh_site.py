@@ -109,6 +109,7 @@ class MeshSite(Site):
             self,
             self.forwarder.access_log,
             lambda: self.active,
+            self.listening_address,
             mesh_bytes=self._bytes,
             site_name=self.name,
         )

@@ -30,10 +30,14 @@ from gwcore.contract.metrics import GatewayMetrics
 from gwcore.net.accesslog import AccessLog
 from gwcore.net.admin import AdminResource
 from gwcore.net.admin_guard import AdminGuard, admin_token, config_secrets
+from gwcore.net.admin_workers import fan_out, listen_private
 from gwcore.net.sample import QuietSite, sample_site
+from gwcore.net.systemd import notify, reloading_lines
 from gwcore.policy.config import SiteConfig
 from gwcore.policy.redact import redact
+from gwcore.policy.registration import ready_url
 from gwcore.runtime.config_check import CheckedConfig, check_config
+from gwcore.runtime.drain import drain_sites
 from gwcore.runtime.mesh_site import MeshSite
 from gwcore.runtime.reload_diff import describe_changes
 from gwcore.runtime.site import Site
@@ -74,6 +78,10 @@ class GatewayService(Service):
         self._exit_on_failure = exit_on_failure
         self._retiring: set[Site] = set()
         self.failure: Any = None
+        self.draining = False
+        self.ready_url = ready_url(checked.config.admin)
+        """The admin endpoint's ``/ready`` (an HTTP health check's target), if known."""
+        """Set on stop: ``/ready`` answers 503 while the sites drain (gwcore.runtime.drain)."""
         # The process's own service (twistd, a worker) exempts what start-up built from
         # the cyclic garbage collector: a full collection otherwise walks every module
         # and route object (~15 ms) in the middle of the data path.
@@ -97,12 +105,17 @@ class GatewayService(Service):
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.access_log = AccessLog(config.access_log, config.base_dir)
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
+        if self.worker is not None and self.worker.count > 1:
+            await self._listen_worker_admin(self.worker)
         if config.admin and shared:
             guard = AdminGuard(admin_token(config), config.admin_hosts, self.metrics)
             resource = AdminResource(self.metrics, lambda: list(self.sites.values()), self, guard)
+            if self.worker is not None and self.worker.count > 1:
+                fan_out(resource, self.reactor, self.worker.count, self.worker.admin_socket)
             port = await serverFromString(self.reactor, config.admin).listen(QuietSite(resource))
             self._ports.append(port)
             host = port.getHost()
+            self.ready_url = ready_url(config.admin, host)
             where = f"http://{host.host}:{host.port}/" if hasattr(host, "port") else host.name
             log.info(
                 "admin endpoint on {where}{auth}",
@@ -131,6 +144,7 @@ class GatewayService(Service):
                 self.access_log,
                 self.checked.stacks[site_config.key],
             )
+            site.ready_url = self.ready_url
             if self.worker is not None:
                 site.inherited_listener = self.worker.listener_for(site.config.listen)
             await site.start()
@@ -138,6 +152,16 @@ class GatewayService(Service):
         # Only now do the sites count for /ready (and for reload): all or nothing.
         self.sites = started
         self._freeze()
+        if self.worker is None:  # the supervisor speaks for workers (gwcore.runtime.workers)
+            notify("READY=1", f"STATUS=serving {len(started)} site(s)")
+
+    async def _listen_worker_admin(self, worker: WorkerRole) -> None:
+        """This worker's own admin resource on its private socket (for worker 0's
+        admin endpoint, which answers for every worker: gwcore.net.admin_workers)."""
+        # No guard: the socket is in the supervisor's 0700 directory, reached by worker 0 only.
+        own = AdminResource(self.metrics, lambda: list(self.sites.values()), self)
+        path = worker.admin_socket(worker.index)
+        self._ports.append(await listen_private(self.reactor, own, path))
 
     def _freeze(self) -> None:
         """``gc.freeze()`` what is alive now, unless retiring sites are still draining
@@ -181,10 +205,13 @@ class GatewayService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self.worker is None:
+            notify("STOPPING=1", "STATUS=draining")
+        # Withdraw, keep accepting for drain_delay, drain; the admin endpoint (/ready
+        # answering 503) closes last (gwcore.runtime.drain).
+        await drain_sites(self)
         for port in self._ports:
             await maybeDeferred(port.stopListening)
-        for site in [*self.sites.values(), *self._retiring]:
-            await self._drain(site)
         if self.access_log is not None:
             self.access_log.close()
         log.info("tgw stopped")
@@ -214,8 +241,12 @@ class GatewayService(Service):
 
     def reload(self) -> Deferred[None]:
         """Re-read the config file and apply it if valid (see the module docstring)."""
+        if self.worker is None:
+            notify(*reloading_lines())  # systemd: reloading until READY=1 again
         d = Deferred.fromCoroutine(self._reload())
         d.addErrback(lambda f: log.failure("reload failed; the running config stays", f))
+        if self.worker is None:
+            d.addBoth(lambda r: (notify("READY=1", "STATUS=serving"), r)[1])
         return d
 
     async def _roll_back(
@@ -285,6 +316,7 @@ class GatewayService(Service):
                         self.access_log,
                         checked.stacks[key],
                     )
+                    site.ready_url = self.ready_url
                     if self.worker is not None:
                         site.inherited_listener = self.worker.listener_for(site.config.listen)
                     fresh[key] = site

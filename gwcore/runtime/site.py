@@ -42,6 +42,7 @@ from gwcore.contract.providers import (
     LeafCertificate,
     UpstreamStrategy,
 )
+from gwcore.net.proxied import ProxiedDownstreamFactory
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS
 from gwcore.policy.balancing import EndpointPicker
@@ -113,7 +114,14 @@ class Site:
         self.authorizer = Authorizer(config, reactor, metrics, self.children, self.log)
         self.dialer = Dialer(config, reactor, metrics, self.children, self.log, self)
         self.forwarder = Forwarder(
-            config, reactor, self.children, self.log, self, access_log, lambda: self.active
+            config,
+            reactor,
+            self.children,
+            self.log,
+            self,
+            access_log,
+            lambda: self.active,
+            self.listening_address,
         )
         self.recheck = LiveRecheck(self)
 
@@ -211,7 +219,9 @@ class Site:
         return self.authorizer.decide(request)
 
     def connect_upstream(self, conn: DownstreamProtocol) -> Deferred[Any]:
-        return self.dialer.connect(conn, self.forwarder.upstream_factory(conn))
+        return self.dialer.connect(
+            conn, lambda strategy: self.forwarder.upstream_factory(conn, strategy)
+        )
 
     def connection_closed(self, conn: DownstreamProtocol) -> None:
         self.dialer.closed(conn)
@@ -290,6 +300,8 @@ class Site:
 
     def listener_factory(self) -> Any:
         """The protocol factory of the site's listener (one driver per role)."""
+        if self.config.proxy_protocol:
+            return ProxiedDownstreamFactory(self)  # a PROXY header first
         return DownstreamFactory(self)
 
     # --- what a change in one step means to the others ----------------------------

@@ -20,8 +20,9 @@ source checkout, import the tree's ``gwcore/`` (where ``plugins/`` is not
 - Metrics: workers write prometheus-client multiprocess files into one
   directory; worker 0 serves the admin endpoint (and the sample service), and
   its ``/metrics`` adds up every worker's values (gauges: live sum or max).
-  ``/ready``, ``/routes`` and ``/certs`` describe worker 0's sites, which have the
-  same configuration as every other worker's.
+  ``/ready``, ``/routes``, ``/certs``, ``/config`` and ``/explain`` answer for every
+  worker: each worker serves its own admin resource on a private unix socket in the
+  supervisor's directory, and worker 0 asks them all (``gwcore.net.admin_workers``).
 - Signals: SIGHUP is passed to every worker (each reloads the file); SIGTERM
   stops the supervisor, which passes it on and waits for every worker to drain
   and exit (bounded), then exits. A worker that dies is started again after
@@ -50,6 +51,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from gwcore.net.reactor import is_gateway_reactor
+from gwcore.net.systemd import notify, reloading_lines
 from gwcore.runtime.worker_role import WorkerRole, bind_listener
 
 log = Logger(namespace="tgw.workers")
@@ -63,6 +65,13 @@ WORKER_BOOT = (
     "from gwcore.runtime.workers import worker_main; raise SystemExit(worker_main(sys.argv[2:]))"
 )
 """``python -c`` program of a worker: argv[1] is the supervisor's sys.path (JSON)."""
+
+
+def with_port(listen: str, port: int) -> str:
+    """``listen`` with its port replaced by ``port`` (``tcp:0:...`` -> ``tcp:43210:...``)."""
+    kind, _, rest = listen.partition(":")
+    options = rest.partition(":")[2]
+    return f"{kind}:{port}" + (f":{options}" if options else "")
 
 
 class _Worker(ProcessProtocol):
@@ -100,6 +109,7 @@ class WorkerSupervisor(Service):
         self._reactor = reactor
         self.sockets: dict[str, socket.socket] = {}
         self.workers: dict[int, _Worker] = {}
+        self.reserved: dict[str, str] = {}
         self.metrics_dir: str | None = None
         self.stopping = False
         self.started: Deferred[None] | None = None
@@ -115,7 +125,14 @@ class WorkerSupervisor(Service):
     def startService(self) -> None:
         super().startService()
         for site in self.config.sites:
-            self.sockets.setdefault(site.listen, bind_listener(site.listen))
+            if self.config.worker_listeners == "reuseport":
+                # Reserve the port (tcp:0 gets one) without listening: a bound socket
+                # takes no connections, the workers' listening ones do.
+                sock = bind_listener(site.listen, reuse_port=True, backlog=False)
+                self.reserved[site.listen] = with_port(site.listen, sock.getsockname()[1])
+                self.sockets.setdefault(site.listen, sock)
+            else:
+                self.sockets.setdefault(site.listen, bind_listener(site.listen))
         self.metrics_dir = tempfile.mkdtemp(prefix="tgw-metrics-")
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.forward_hup))
@@ -129,6 +146,7 @@ class WorkerSupervisor(Service):
         for worker in rest:
             await worker.ready
         log.info("{n} workers serving", n=self.count)
+        notify("READY=1", f"STATUS={self.count} workers serving")
 
     def _start_failed(self, failure: Any) -> None:
         log.failure("tgw workers could not start", failure)
@@ -142,11 +160,16 @@ class WorkerSupervisor(Service):
 
     def spawn(self, index: int) -> _Worker:
         worker = _Worker(self, index)
-        listeners = {listen: (sock.fileno(), sock.family) for listen, sock in self.sockets.items()}
+        listeners = {
+            listen: (sock.fileno(), sock.family)
+            for listen, sock in self.sockets.items()
+            if listen not in self.reserved
+        }
         child_fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, READY_FD: "r"}
         for fd, _ in listeners.values():
             child_fds[fd] = fd
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir or ""}
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         # Absolute entries: "" (the working directory) means the supervisor's, not the worker's.
         path = json.dumps([os.path.abspath(entry) for entry in sys.path])
         argv = [
@@ -160,6 +183,12 @@ class WorkerSupervisor(Service):
             str(index),
             "--listeners",
             json.dumps(listeners),
+            "--reuseport",
+            json.dumps(self.reserved),
+            "--count",
+            str(self.count),
+            "--runtime-dir",
+            self.metrics_dir or "",
             "--reactor",
             "tgw" if is_gateway_reactor(self.reactor) else "default",
         ]
@@ -199,7 +228,10 @@ class WorkerSupervisor(Service):
 
     def forward_hup(self) -> None:
         log.info("SIGHUP: every worker reloads the configuration")
+        notify(*reloading_lines())
         self.signal_workers(signal.SIGHUP)
+        # Each worker reloads on its own; the supervisor has passed the signal on.
+        notify("READY=1", f"STATUS={self.count} workers serving")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -207,8 +239,10 @@ class WorkerSupervisor(Service):
 
     async def _stop(self) -> None:
         self.stopping = True
+        notify("STOPPING=1", "STATUS=draining")
         self.signal_workers(signal.SIGTERM)
         drain = max((s.drain_timeout for s in self.config.sites), default=0.0)
+        drain += self.config.drain_delay  # workers keep accepting that long first
         killer = self.reactor.callLater(drain + STOP_GRACE, self.signal_workers, signal.SIGKILL)
         for worker in list(self.workers.values()):
             await worker.ended
@@ -230,6 +264,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--listeners", default="{}")
+    parser.add_argument("--reuseport", default="{}")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--runtime-dir", default="")
     parser.add_argument("--reactor", choices=("tgw", "default"), default="tgw")
     parser.add_argument("--log-level", default="")
     args = parser.parse_args(argv)
@@ -266,7 +303,13 @@ def worker_main(argv: list[str] | None = None) -> int:
         args.config,
         reactor,
         exit_on_failure=True,
-        worker=WorkerRole(args.index, listeners),
+        worker=WorkerRole(
+            args.index,
+            listeners,
+            reuseport=json.loads(args.reuseport),
+            count=args.count,
+            runtime_dir=args.runtime_dir,
+        ),
         freeze_heap=True,
     )
 

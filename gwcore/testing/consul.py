@@ -36,8 +36,9 @@ What it emulates:
   (the §6 table) from ``service-intentions`` entries, ``SourcePeer`` and
   ``SourceSamenessGroup`` included, scoped by ``?ns=``;
 - ``PUT /v1/catalog/register``, ``/v1/catalog/deregister``, ``/v1/agent/service/register``
-  (the agent runs the registration's TCP check against the address it names, as an
-  agent does) and ``/v1/agent/service/deregister/:id``;
+  (the agent runs the registration's TCP or HTTP check against the address it names,
+  as an agent does: :mod:`gwcore.testing.consul_checks`) and
+  ``/v1/agent/service/deregister/:id``;
 - an ACL token (``X-Consul-Token`` or ``Authorization: Bearer``; 403 otherwise) and
   per-endpoint permission denial;
 - faults: injected error statuses, hanging requests, :meth:`down`/:meth:`up` (the
@@ -57,7 +58,7 @@ import json
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from cryptography import x509
 from twisted.internet import endpoints
@@ -327,7 +328,11 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints):
 
     def _handle(self, request: server.Request) -> Any:
         path = unquote(request.path.decode())
-        args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
+        # Go's url.ParseQuery keeps a bare "?passing" (no "="); Twisted's parser drops it.
+        query = request.uri.partition(b"?")[2].decode(errors="replace")
+        args: dict[str, list[str]] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            args.setdefault(key, []).append(value)
         token = request.getHeader("X-Consul-Token")
         bearer = request.getHeader("Authorization")
         if token is None and bearer and bearer.startswith("Bearer "):

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import endpoints, protocol
 
+from gwcore.testing.consul_checks import schedule_http
 from gwcore.testing.consul_http import parse_wait
 
 
@@ -41,7 +42,7 @@ class _AgentEndpoints:
                     "Name": check.get("Name", f"Service '{body['Name']}' check"),
                     "Status": check.get("Status", "critical"),
                     "ServiceID": sid,
-                    "Type": "tcp" if check.get("TCP") else "",
+                    "Type": "tcp" if check.get("TCP") else "http" if check.get("HTTP") else "",
                 }
             )
         self.register(
@@ -63,6 +64,8 @@ class _AgentEndpoints:
         if check and check.get("TCP"):
             interval = parse_wait(check.get("Interval", "10s"))
             self._schedule_tcp(checks[0]["CheckID"], check["TCP"], interval, 0)
+        elif check and check.get("HTTP"):
+            schedule_http(self, checks[0]["CheckID"], check, parse_wait)
 
     def _schedule_tcp(self, check_id: str, target: str, interval: float, delay: float) -> None:
         old = self.agent_checks.get(check_id)

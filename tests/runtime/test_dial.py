@@ -90,7 +90,7 @@ def test_a_refused_endpoint_is_retried_on_the_next_and_counted(tmp_path: Path) -
     strategy = Strategy({"10.0.0.1"})
     step, events = dialer(tmp_path, strategy)
     results: list[Any] = []
-    step.connect(Conn(billing), factory=None).addCallback(results.append)
+    step.connect(Conn(billing), factory_for=lambda strategy: None).addCallback(results.append)
     assert strategy.dialled == ["10.0.0.1", "10.0.0.2"]
     assert results and results[0][1] == Endpoint("10.0.0.2", 80) and results[0][2] == 2
     assert [hook for hook, _ in events.sent] == ["tgw_upstream_failed", "tgw_upstream_connected"]
@@ -110,7 +110,7 @@ def test_consecutive_failures_eject_an_endpoint_and_the_gauges_say_so(tmp_path: 
         tmp_path, Strategy({"10.0.0.1"}), outlier_consecutive_failures=1, max_connect_attempts=1
     )
     for _ in range(2):  # round robin: one of the two tries lands on the refusing endpoint
-        step.connect(Conn(billing), factory=None).addErrback(lambda _: None)
+        step.connect(Conn(billing), factory_for=lambda strategy: None).addErrback(lambda _: None)
     assert sample(step, "tgw_upstream_ejections_total", service="billing") == 1.0
     gauge = "tgw_upstream_endpoints"
     assert sample(step, gauge, service="billing", state="ejected") == 1.0
@@ -125,7 +125,7 @@ def test_no_endpoint_reachable_fails_and_counts_unavailable(tmp_path: Path) -> N
     billing = Destination(BILLING, "dc1", (Endpoint("10.0.0.1", 80),))
     step, _ = dialer(tmp_path, Strategy({"10.0.0.1"}))
     failed: list[Any] = []
-    d: Deferred[Any] = step.connect(Conn(billing), factory=None)
+    d: Deferred[Any] = step.connect(Conn(billing), factory_for=lambda strategy: None)
     d.addErrback(failed.append)
     assert failed
     assert sample(step, "tgw_upstream_unavailable_total", service="billing") == 1.0
