@@ -23,7 +23,7 @@ from tests.integration.test_twistd import (
     write_catalog,
     write_config,
 )
-from tests.test_workers import two_workers
+from tests.runtime.test_workers import two_workers
 
 pytestmark = pytest.mark.integration
 
