@@ -27,6 +27,11 @@ test: $(STAMP)
 	sh scripts/test-deps.sh
 	$(BIN)/pytest
 
+# Mutation testing of the decision path (docs/testing.md): every mutant, 15-25 min.
+.PHONY: mutate
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -8,10 +8,10 @@ TLS over real sockets on 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
+import select
 import socket
 import socketserver
 import ssl
@@ -39,6 +39,11 @@ from gwcore.testing import TRUST_DOMAIN, MeshCA
 DC = "dc1"
 GATEWAY = "legacy-gw"
 
+SLOW_TIMEOUT = 300
+"""Seconds allowed to a test marked ``@pytest.mark.timeout(SLOW_TIMEOUT)``: those that
+start real processes (twistd, worker processes, the benchmark's peers). Every other
+test has pyproject's ``timeout`` (60 s)."""
+
 
 def sni_for(service: str, datacenter: str = DC, trust_domain: str = TRUST_DOMAIN) -> str:
     return service_sni(ServiceName(service), datacenter, trust_domain)
@@ -47,8 +52,17 @@ def sni_for(service: str, datacenter: str = DC, trust_domain: str = TRUST_DOMAIN
 # --- upstream servers (threads) ---------------------------------------------------
 
 
+CREATED: list[Upstream] = []
+"""Every :class:`Upstream` made, in order (tests/conftest.py checks those of each test)."""
+
+
 class Upstream:
-    """A threaded TCP server on 127.0.0.1 whose behaviour is a function of the socket."""
+    """A threaded TCP server on 127.0.0.1 whose behaviour is a function of the socket.
+
+    An exception raised by the handler is kept in ``errors`` and fails the test that
+    made the server (see :func:`raise_handler_errors`): a handler that expects a cut
+    connection catches it itself.
+    """
 
     def __init__(
         self,
@@ -80,10 +94,18 @@ class Upstream:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+        CREATED.append(self)
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def raise_handler_errors(made: list[Upstream]) -> None:
+    """Fail (pytest.fail) naming every handler error of the upstreams in ``made``."""
+    errors = [f"upstream :{up.port}: {e!r}" for up in made for e in up.errors]
+    if errors:
+        pytest.fail("upstream handler raised:\n" + "\n".join(errors), pytrace=False)
 
 
 def echo(sock: socket.socket, upstream: Upstream) -> None:
@@ -287,6 +309,26 @@ poll_interval = "0.1s"
             await sleep(0.02)
 
 
+class TimersOnClock:
+    """The real reactor for sockets, a fake clock (``twisted.internet.task.Clock``) for
+    timers: code given this as its reactor talks to real servers, and every timeout,
+    back-off or refresh it schedules waits exactly as long as the test advances
+    ``clock``. Anything else is the real reactor's."""
+
+    def __init__(self, real: Any, clock: Any) -> None:
+        self.real = real
+        self.clock = clock
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kw)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 def sleep(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(seconds, d.callback, None)
@@ -305,12 +347,12 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
 
 
 class HandshakeRefusedError(Exception):
-    """The gateway refused the handshake; ``server_cert_seen`` says if it sent a certificate."""
+    """The gateway refused the handshake. Whether it sent a certificate first is not
+    knowable from Python's ``ssl`` after a failure; :func:`handshake_transcript` says."""
 
-    def __init__(self, error: BaseException, server_cert_seen: bool) -> None:
-        super().__init__(f"{error!r} (server certificate seen: {server_cert_seen})")
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
         self.error = error
-        self.server_cert_seen = server_cert_seen
 
 
 def client_context(cert: Path | None, key: Path | None, root: Path) -> ssl.SSLContext:
@@ -341,12 +383,64 @@ def tls_connect(
     try:
         sock.do_handshake()
     except (ssl.SSLError, OSError) as e:
-        seen = False
-        with contextlib.suppress(ValueError, OSError):
-            seen = sock.getpeercert(binary_form=True) is not None
         sock.close()
-        raise HandshakeRefusedError(e, seen) from e
+        raise HandshakeRefusedError(e) from e
     return sock
+
+
+@dataclass
+class Transcript:
+    """What a client saw of one handshake, message by message (pyOpenSSL info callback)."""
+
+    states: list[str]
+    error: BaseException | None
+
+    @property
+    def certificate_received(self) -> bool:
+        """Whether a Certificate message from the server reached the client: OpenSSL's
+        client enters "read server certificate" only after parsing one (TLS 1.2 and 1.3,
+        where it travels encrypted), whatever happened to the handshake afterwards."""
+        return any("read server certificate" in s and "verify" not in s for s in self.states)
+
+
+def handshake_transcript(
+    port: int, sni: str | None, files: tuple[Path, Path, Path], timeout: float = 10.0
+) -> Transcript:
+    """Handshake with pyOpenSSL (client certificate from ``files``, server not verified:
+    the point is what the server sends), recording every state OpenSSL's client went
+    through; a refused handshake is recorded, not raised."""
+    from OpenSSL import SSL
+
+    cert, key, _root = files
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.use_certificate_chain_file(str(cert))
+    ctx.use_privatekey_file(str(key))
+    ctx.set_verify(SSL.VERIFY_NONE, lambda *_: True)
+    states: list[str] = []
+    ctx.set_info_callback(
+        lambda conn, _where, _ret: states.append(conn.get_state_string().decode())
+    )
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    conn = SSL.Connection(ctx, raw)
+    conn.set_connect_state()
+    if sni is not None:
+        conn.set_tlsext_host_name(sni.encode())
+    error: BaseException | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                conn.do_handshake()
+                break
+            except SSL.WantReadError:  # the socket has a timeout, so pyOpenSSL sees EAGAIN
+                if time.monotonic() > deadline:
+                    raise TimeoutError("handshake did not finish") from None
+                select.select([raw], [], [], 0.1)
+    except (SSL.Error, OSError) as e:
+        error = e
+    finally:
+        raw.close()
+    return Transcript(states, error)
 
 
 def peer_uris(sock: ssl.SSLSocket) -> list[str]:

@@ -29,6 +29,7 @@ from gwcore.testing import TRUST_DOMAIN
 from tests.harness import (
     DC,
     GATEWAY,
+    SLOW_TIMEOUT,
     free_port,
     gateway_entry,
     intentions,
@@ -38,7 +39,7 @@ from tests.harness import (
     write_json,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(SLOW_TIMEOUT)]
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).parents[2]

@@ -25,7 +25,7 @@ from gwcore.net.consul import (
 from gwcore.net.consul_blocking import _TokenBucket
 from gwcore.testing import MeshCA
 from gwcore.testing.consul import ConsulDouble, Recorder, server_certificate
-from tests.harness import sleep
+from tests.harness import TimersOnClock, sleep
 
 
 def _block(coro: Any) -> Any:
@@ -128,16 +128,41 @@ async def test_index_going_backwards_resets_the_watch(consul):
 
 @pytest_twisted.ensureDeferred
 async def test_errors_back_off_then_recover_and_stop_cancels(consul):
-    """500s are reported and retried with growing delays; the watch recovers by itself;
-    stop() cancels the blocking query in flight."""
-    client = ConsulClient(reactor, settings(consul))
+    """500s are reported and retried with growing delays (rule 6: failure n waits
+    backoff_delay(n), jittered within [d/2, d] for d = 0.05 s doubling to the 0.2 s
+    cap, and not a moment less, on a fake clock); the watch recovers by itself;
+    stop() cancels the blocking query in flight. (The Consul double answers 500 as a
+    failing agent would.)"""
+    clock = Clock()
+    client = ConsulClient(reactor, settings(consul))  # retry_min 0.05 s, retry_max 0.2 s
+    client.reactor = TimersOnClock(reactor, clock)
     seen, errors = Recorder(), Recorder()
-    consul.fail(500, prefix="/v1/catalog/services", count=3)
-    watch = BlockingWatch(client, "catalog-services", "/v1/catalog/services", seen, errors)
+    consul.fail(500, prefix="/v1/catalog/services", count=4)
+    watch = BlockingWatch(
+        client,
+        "catalog-services",
+        "/v1/catalog/services",
+        seen,
+        errors,
+        rng=random.Random(7),
+    )
+    same_draws = random.Random(7)
     watch.start()
+    waits = []
     try:
+        for failure, ceiling in enumerate([0.05, 0.1, 0.2, 0.2], start=1):
+            await until(lambda failure=failure: len(errors.items) == failure)
+            assert watch.queries == failure
+            wait = backoff_delay(failure, 0.05, 0.2, same_draws)
+            assert ceiling / 2 <= wait <= ceiling
+            clock.advance(wait - 1e-6)
+            assert watch.queries == failure, f"retry {failure} came before {wait:.4f}s"
+            clock.advance(2e-6)
+            assert watch.queries == failure + 1, f"retry {failure} not sent after {wait:.4f}s"
+            waits.append(wait)
+        assert waits[:3] == sorted(waits[:3]) and waits[2] > waits[0]  # grew, then capped
         await until(lambda: len(seen.items) == 1 and consul.blocked == 1)
-        assert [e.kind for e in errors.items] == ["http_500"] * 3
+        assert [e.kind for e in errors.items] == ["http_500"] * 4
         assert watch.failures == 0
     finally:
         watch.stop()

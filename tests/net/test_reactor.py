@@ -182,10 +182,40 @@ def test_a_hang_up_reaches_the_handler_as_connection_lost(pairs: Any, fresh: Any
     assert reader.reads == [b""]
 
 
-def test_a_zero_timeout_poll_returns_at_once_when_nothing_is_ready(fresh: Any) -> None:
-    """``doPoll(0)`` (what the main loop passes when timers are due) does not block."""
+class RecordingPoller:
+    """Stands between the reactor and its epoll object, recording each poll's timeout."""
+
+    def __init__(self, poller: Any) -> None:
+        self.poller = poller
+        self.timeouts: list[float] = []
+
+    def poll(self, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        self.timeouts.append(timeout)
+        return self.poller.poll(timeout, maxevents)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.poller, name)
+
+
+@pytest.mark.timeout(10)  # a mutant that blocks here fails in 10 s, not 60
+def test_a_zero_timeout_poll_returns_at_once_when_nothing_is_ready(pairs: Any, fresh: Any) -> None:
+    """``doPoll(0)`` (what the main loop passes when timers are due) asks epoll not to
+    wait at all (timeout 0, not -1 "until something is ready") and dispatches nothing
+    to an idle reader; ``doPoll(None)`` is the one that waits, and returns as soon as a
+    descriptor is ready. (A hang is also caught by the suite's pytest-timeout.)"""
     reactor = fresh(GatewayReactor)
-    reactor.doPoll(0)  # returns; pytest's own timeout would catch a hang
+    recorder = reactor._poller = RecordingPoller(reactor._poller)
+    ours, theirs = pair(pairs)
+    reader = Reader(reactor, ours)
+    reactor.addReader(reader)
+    reactor.doPoll(0)
+    assert recorder.timeouts == [0]
+    assert reader.reads == []
+    theirs.sendall(b"ready")
+    reactor.doPoll(None)
+    assert recorder.timeouts == [0, -1]
+    assert reader.reads == [b"ready"]
+    reactor._poller = recorder.poller  # the fixture closes the real one
 
 
 INSTALL_SCRIPT = r"""

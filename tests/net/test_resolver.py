@@ -8,6 +8,7 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.names import dns
 
 from gwcore.net.resolver import (
@@ -20,7 +21,7 @@ from gwcore.net.resolver import (
 from gwcore.policy.dns_records import Family, RefreshPolicy, Status, parse_nameserver
 from tests.dns_dnsmasq import dnsmasq
 from tests.dns_server import a, aaaa, cname, dns_server, srv
-from tests.harness import sleep
+from tests.harness import TimersOnClock, sleep
 
 __all__ = ["dns_server", "dnsmasq"]
 
@@ -139,7 +140,8 @@ async def test_cname_loop_fails_cleanly(dns_server):
 @pytest_twisted.ensureDeferred
 async def test_nxdomain_servfail_nodata_and_timeout(dns_server):
     """NXDOMAIN and SERVFAIL are distinct failures, NODATA an empty success, and a
-    silent server a timeout bounded by the configured timeout."""
+    silent server a timeout after exactly the configured timeout (0.5 s on a fake
+    clock: not failed a millisecond before, failed a millisecond after)."""
     dns_server.set("v6only.example.test", [aaaa("::2")])
     r = resolver(dns_server, timeout=0.5)
     with pytest.raises(DNSLookupError) as nx:
@@ -148,19 +150,27 @@ async def test_nxdomain_servfail_nodata_and_timeout(dns_server):
     dns_server.mode = "servfail"
     with pytest.raises(DNSLookupError) as servfail:
         await r.resolve_addresses("v6only.example.test", Family.IPV4)
-    dns_server.mode = "drop"
-    started = time.monotonic()
-    with pytest.raises(DNSLookupError) as timeout:
-        await r.resolve_service(ZONE_SRV, Family.IPV4)
-    elapsed = time.monotonic() - started
     r.close()
+    dns_server.mode = "drop"
+    clock = Clock()
+    timed = DNSResolver(
+        TimersOnClock(reactor, clock), [parse_nameserver(dns_server.address)], timeout=0.5
+    )
+    pending = timed.resolve_service(ZONE_SRV, Family.IPV4)
+    await until(lambda: dns_server.count(ZONE_SRV) >= 1)  # the question is out, unanswered
+    clock.advance(0.499)
+    assert not pending.called
+    clock.advance(0.002)
+    assert pending.called
+    with pytest.raises(DNSLookupError) as timeout:
+        await pending
+    timed.close()
     assert (nx.value.reason, servfail.value.reason, timeout.value.reason) == (
         "nxdomain",
         "servfail",
         "timeout",
     )
     assert nodata.empty
-    assert 0.4 <= elapsed < 2.0
 
 
 @pytest_twisted.ensureDeferred
@@ -234,49 +244,93 @@ def watch(server, name: str, policy: RefreshPolicy, timeout: float = 0.3):
     return r, w, updates
 
 
+class ClockedWatch:
+    """A DNSWatch whose timers run on a fake clock (lookups are real, over loopback),
+    counting the lookups it starts."""
+
+    def __init__(self, server, name: str, policy: RefreshPolicy, timeout: float) -> None:
+        self.clock = Clock()
+        self.resolver = resolver(server, timeout=timeout)
+        self.lookups = 0
+        self.updates: list[WatchUpdate] = []
+
+        def lookup():
+            self.lookups += 1
+            return self.resolver.resolve_addresses(name, Family.IPV4)
+
+        self.watch = DNSWatch(
+            TimersOnClock(reactor, self.clock), name, lookup, policy, self.updates.append
+        )
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock; then wait (real time) for a lookup it started to finish."""
+        self.clock.advance(seconds)
+        await until(lambda: len(self.updates) == self.lookups)
+
+    def close(self) -> None:
+        self.watch.stop()
+        self.resolver.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_watch_follows_ttl_changes(dns_server):
     """The name is asked again when its TTL runs out (not on a fixed timer): a record
-    change is seen after the TTL, and a longer TTL slows the refreshes down."""
+    change is seen after the TTL, and a longer TTL slows the refreshes down (TTL 0
+    clamped up to the 0.2 s floor, TTL 1 down to the 0.6 s ceiling; fake clock)."""
     dns_server.set("db.example.test", [a("127.0.0.2")], ttl=0)  # clamped up to the floor
-    r, w, updates = watch(dns_server, "db.example.test", RefreshPolicy(0.2, 0.6, 5))
-    await w.start()
-    assert w.answer.addresses == ("127.0.0.2",)
-    dns_server.set("db.example.test", [a("127.0.0.3")], ttl=1)  # ceiling 0.6 applies
-    await until(lambda: w.answer.addresses == ("127.0.0.3",), timeout=2)
-    asked = dns_server.count("db.example.test")
-    await sleep(1.3)
-    w.stop()
-    r.close()
-    # With a clamped TTL of 0.6 s, about two lookups in 1.3 s (not one per 0.2 s floor).
-    assert 1 <= dns_server.count("db.example.test") - asked <= 3
-    assert updates[-1].step.refresh_in == pytest.approx(0.6)
+    cw = ClockedWatch(dns_server, "db.example.test", RefreshPolicy(0.2, 0.6, 5), timeout=0.3)
+    try:
+        await cw.watch.start()
+        assert cw.watch.answer.addresses == ("127.0.0.2",)
+        assert cw.updates[-1].step.refresh_in == pytest.approx(0.2)
+        dns_server.set("db.example.test", [a("127.0.0.3")], ttl=1)  # ceiling 0.6 applies
+        await cw.advance(0.199)
+        assert cw.lookups == 1  # not before the TTL has run out
+        await cw.advance(0.002)
+        assert cw.lookups == 2 and cw.watch.answer.addresses == ("127.0.0.3",)
+        assert cw.updates[-1].step.refresh_in == pytest.approx(0.6)
+        for lookups in (3, 4):  # one lookup per 0.6 s now, not one per 0.2 s floor
+            await cw.advance(0.598)
+            assert cw.lookups == lookups - 1
+            await cw.advance(0.002)
+            assert cw.lookups == lookups
+    finally:
+        cw.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_watch_serves_stale_while_server_is_down_then_expires(dns_server):
     """With the server stopped, the last good answer stays in force (stale) until TTL +
-    max_stale have passed; then nothing is, once. When the server is back, it recovers."""
+    max_stale have passed; then nothing is, once. When the server is back, it recovers.
+    (Timers on a fake clock: expiry comes at exactly TTL 0.2 s + max_stale 1.0 s after
+    the last success, however long the real lookups took.)"""
     dns_server.set("db.example.test", [a("127.0.0.2")], ttl=0)
     policy = RefreshPolicy(min_ttl=0.2, max_ttl=1, max_stale=1.0)
-    r, w, updates = watch(dns_server, "db.example.test", policy, timeout=0.2)
-    await w.start()
-    await dns_server.stop()
-    stopped = time.monotonic()
-    await until(lambda: w.status is Status.STALE, timeout=2)
-    assert w.answer is not None and w.answer.addresses == ("127.0.0.2",)
-    await until(lambda: w.status is Status.EXPIRED, timeout=4)
-    expired_after = time.monotonic() - stopped
-    assert w.answer is None
-    assert 0.9 <= expired_after <= 2.5  # ttl 0.2 + max_stale 1.0 (+ one lookup timeout)
-    assert [u.step.event for u in updates].count("expired") == 1
-    assert {u.result for u in updates if u.step.status is Status.STALE} == {"timeout"}
-    dns_server.start()
-    await until(lambda: w.status is Status.FRESH, timeout=4)
-    w.stop()
-    r.close()
-    assert w.answer.addresses == ("127.0.0.2",)
-    assert updates[-1].step.event == "recovered"
+    cw = ClockedWatch(dns_server, "db.example.test", policy, timeout=0.2)
+    try:
+        await cw.watch.start()
+        await dns_server.stop()
+        step = 0.05
+        while cw.watch.status is not Status.EXPIRED:
+            assert cw.clock.seconds() < 5, "never expired"
+            if cw.watch.status is Status.STALE:
+                assert cw.watch.answer is not None
+                assert cw.watch.answer.addresses == ("127.0.0.2",)
+            await cw.advance(step)
+        expired_at = cw.clock.seconds()
+        assert 0.2 + 1.0 - 1e-9 <= expired_at < 0.2 + 1.0 + step
+        assert cw.watch.answer is None
+        updates = cw.updates
+        assert [u.step.event for u in updates].count("expired") == 1
+        assert {u.result for u in updates if u.step.status is Status.STALE} == {"timeout"}
+        dns_server.start()
+        while cw.watch.status is not Status.FRESH:
+            assert cw.clock.seconds() < 60, "never recovered"
+            await cw.advance(step)
+        assert cw.watch.answer.addresses == ("127.0.0.2",)
+        assert updates[-1].step.event == "recovered"
+    finally:
+        cw.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -14,6 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from gwcore.contract import pki
+from gwcore.net.consul import ConsulError
 from gwcore.plugins.consul_catalog import ConsulCatalogSource
 from gwcore.plugins.consul_catalog import read_settings as catalog_settings
 from gwcore.plugins.consul_certs import parse_leaf, parse_roots
@@ -179,7 +180,9 @@ def test_catalog_section_problems_are_reported(tmp_path, section, problem):
 @pytest_twisted.ensureDeferred
 async def test_403_is_reported_once_with_the_permission_and_counted(tmp_path):
     """A token without service:read on the gateway: one log line naming the endpoint and
-    permission, every refusal counted, the source unhealthy, no snapshot published."""
+    the permission it needs (as formatted, so an empty value fails), every refusal
+    counted, the source unhealthy, no snapshot published. (The Consul double answers
+    403 the way a real agent does for an ACL-denied request.)"""
     double = ConsulDouble(reactor, jitter=False)
     await double.start()
     site = _site(
@@ -188,28 +191,37 @@ async def test_403_is_reported_once_with_the_permission_and_counted(tmp_path):
     site.reactor = reactor  # real HTTP on loopback
     double.deny("/v1/catalog/gateway-services")
     logged: list[str] = []
-    from twisted.logger import Logger
+    from twisted.logger import Logger, formatEvent
 
-    site.log = Logger(
-        observer=lambda e: logged.append(str(e.get("log_format", "")) % () or repr(e))
-    )
+    site.log = Logger(observer=lambda e: logged.append(formatEvent(e)))
     source = ConsulCatalogSource(site)
     published: list[Any] = []
     first = source.start(published.append)
-    with pytest.raises(Exception, match="403"):
+    with pytest.raises(ConsulError, match="403") as raised:
         await first
-    d: Deferred[None] = Deferred()
-    reactor.callLater(0.5, d.callback, None)
-    await d
+    assert raised.value.kind == "acl_denied" and raised.value.status == 403
+    assert raised.value.endpoint == "gateway-services"
+
+    def denied() -> float:
+        value = site.metrics.registry.get_sample_value(
+            "tgw_consul_errors_total",
+            {"site": "main", "plugin": "consul_catalog", "endpoint": "gateway-services",
+             "kind": "acl_denied"},
+        )  # fmt: skip
+        return value or 0.0
+
+    for _ in range(250):  # retries every 20-50 ms: three refusals come well within 5 s
+        if denied() >= 3:
+            break
+        d: Deferred[None] = Deferred()
+        reactor.callLater(0.02, d.callback, None)
+        await d
     await source.stop()
     await double.stop()
-    denied = site.metrics.registry.get_sample_value(
-        "tgw_consul_errors_total",
-        {"site": "main", "plugin": "consul_catalog", "endpoint": "gateway-services",
-         "kind": "acl_denied"},
-    )  # fmt: skip
-    assert denied is not None and denied >= 3
+    assert denied() >= 3
     acl_lines = [line for line in logged if "403" in line]
-    assert len(acl_lines) == 1 and "{permission}" in acl_lines[0]
+    assert len(acl_lines) == 1, acl_lines
+    assert "gateway-services" in acl_lines[0]
+    assert "the token needs service:read on the gateway name;" in acl_lines[0]
     assert source.health().last_error and "403" in source.health().last_error
     assert published == []

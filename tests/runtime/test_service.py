@@ -16,6 +16,7 @@ from tests.harness import (
     registration,
     request,
     sni_for,
+    tls_connect,
     write_json,
 )
 
@@ -58,24 +59,33 @@ async def test_a_reload_whose_site_cannot_listen_is_rolled_back(gateway, upstrea
 
 @pytest_twisted.ensureDeferred
 async def test_the_heap_is_frozen_after_start_and_again_once_replaced_sites_end(gateway, upstreams):
-    """Start-up objects are exempt from cyclic GC; a reload unfreezes (so the replaced
-    site can be collected once it ends) and freezes again after it has retired."""
-    up = upstreams(hello(b"ok"))
+    """Start-up objects are exempt from cyclic GC; a reload unfreezes them (so the
+    replaced site can be collected once it ends), stays unfrozen while that site drains
+    a live connection, and freezes again after it has retired. Nothing is unfrozen by
+    hand between start and the end of the drain."""
+    up = upstreams()  # echo: the connection stays open until the client closes it
     write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
     write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
     gateway.freeze_heap = True
-    gc.unfreeze()
+    gc.unfreeze()  # a clean start: earlier tests may have frozen the heap
     try:
         await gateway.start()
         assert gc.get_freeze_count() > 0
         old_site = gateway.site
-        gc.unfreeze()
+        cert, key, root = gateway.client_files("web")
+        live = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+        await in_thread(live.sendall, b"hi")
+        assert await in_thread(live.recv, 10) == b"hi"
         config = gateway.root / "tgw.toml"
         config.write_text(
             config.read_text().replace('handshake_timeout = "5s"', 'handshake_timeout = "6s"')
         )
         await gateway.service.reload()
-        assert gateway.site is not old_site  # replaced, and the old one retires
+        assert gateway.site is not old_site  # replaced; the old one drains the live client
+        assert gateway.service._retiring == {old_site}
+        assert gc.get_freeze_count() == 0  # unfrozen by the reload, not refrozen yet
+        live.close()
         await gateway.wait_for(lambda: not gateway.service._retiring)
         assert gc.get_freeze_count() > 0
     finally:

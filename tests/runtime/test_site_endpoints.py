@@ -7,6 +7,7 @@ site feeds connection outcomes back into them over real sockets on 127.0.0.1.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest_twisted
 
@@ -19,7 +20,6 @@ from tests.harness import (
     intentions,
     registration,
     request,
-    sleep,
     sni_for,
     tls_connect,
     write_json,
@@ -75,16 +75,33 @@ async def test_least_request_spreads_long_lived_connections(gateway, upstreams):
         sock.close()
 
 
+class MovableSeconds:
+    """The site's reactor, with a ``seconds()`` the test moves forward (``skew``):
+    ejection windows are read from it, timers and sockets stay the real reactor's."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.skew = 0.0
+
+    def seconds(self) -> float:
+        return self.real.seconds() + self.skew
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 @pytest_twisted.ensureDeferred
 async def test_refusing_endpoint_is_ejected_then_readmitted_after_backoff(gateway, upstreams):
-    """After N refused connects an endpoint is skipped; after the back-off it is tried again."""
+    """After N refused connects an endpoint is skipped for the configured base ejection
+    (300 s: still skipped 290 s later on the site's clock) and tried again after it."""
     gateway.site_options.update(
-        outlier_consecutive_failures=2, outlier_base_ejection="0.6s", outlier_max_ejection="5s"
+        outlier_consecutive_failures=2, outlier_base_ejection="300s", outlier_max_ejection="3000s"
     )
     live = upstreams(hello(b"live"))
     dead_port = free_port()
     link(gateway, [weighted("billing", dead_port, 1), weighted("billing", live.port, 1)])
     await gateway.start()
+    clock = gateway.site.reactor = MovableSeconds(gateway.site.reactor)
     files = gateway.client_files("web")
     failures = lambda: gateway.metric(  # noqa: E731
         "tgw_upstream_connect_failures_total", service="billing", reason="refused"
@@ -101,7 +118,11 @@ async def test_refusing_endpoint_is_ejected_then_readmitted_after_backoff(gatewa
     # The endpoint comes back to life; after the back-off it receives traffic again.
     revived = Upstream(hello(b"revived"), port=dead_port)
     try:
-        await sleep(0.7)
+        clock.skew = 290.0  # within the 300 s ejection (real time spent here is far < 10 s)
+        for _ in range(4):
+            assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"live"
+        assert revived.accepted == 0
+        clock.skew = 300.0  # past it: the ejection began before the real time spent here
         answers = set()
         for _ in range(6):
             answers.add(await in_thread(request, gateway.port, sni_for("billing"), files))

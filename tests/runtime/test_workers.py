@@ -9,14 +9,17 @@ every worker, and that SIGTERM ends them all.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from gwcore.runtime.workers import WORKER_BOOT, bind_listener
-from tests.harness import Upstream, hello
+from tests.harness import SLOW_TIMEOUT, Upstream, hello
 from tests.integration.test_twistd import (
     STOP_TIMEOUT,
     Ports,
@@ -31,7 +34,7 @@ from tests.integration.test_twistd import (
     write_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(SLOW_TIMEOUT)]
 
 
 def workers_of(twistd: Program) -> dict[int, int]:
@@ -157,10 +160,61 @@ def test_only_tcp_endpoints_can_be_shared_by_workers(listen: str, message: str) 
         bind_listener(listen)
 
 
-def test_bound_listener_is_inheritable_and_honours_interface_and_backlog() -> None:
-    sock = bind_listener("tcp:0:interface=127.0.0.1:backlog=7")
+def listen_backlogs(port: int) -> list[int]:
+    """The backlog of each socket listening on 127.0.0.1:``port``, as the kernel reports
+    it (``ss``: a LISTEN socket's Send-Q column is its backlog)."""
+    ss = shutil.which("ss")
+    assert ss is not None, "ss (iproute2) is needed to read a socket's backlog"
+    out = subprocess.run(
+        [ss, "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    return [int(line.split()[2]) for line in out.splitlines() if "127.0.0.1:" in line]
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_bound_listener_is_inheritable_and_honours_interface_and_backlog(reuse_port) -> None:
+    """The supervisor's socket (and one a worker binds for a listen address added by a
+    reload, with SO_REUSEPORT) listens with the endpoint's ``backlog=``."""
+    sock = bind_listener("tcp:0:interface=127.0.0.1:backlog=7", reuse_port=reuse_port)
     try:
         assert sock.get_inheritable()
         assert sock.getsockname()[0] == "127.0.0.1"
+        assert listen_backlogs(sock.getsockname()[1]) == [7]
     finally:
         sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_adopting_the_inherited_socket_keeps_its_backlog() -> None:
+    """What each worker does with the inherited descriptor (fasttcp.adopt) listens on the
+    very socket the supervisor bound: the backlog stays the configured one."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    from gwcore.net import fasttcp
+
+    sock = bind_listener("tcp:0:interface=127.0.0.1:backlog=7")
+    port = sock.getsockname()[1]
+    listening = fasttcp.adopt(reactor, sock.fileno(), sock.family, Factory.forProtocol(Protocol))
+    sock.close()  # the worker's copy (adopt duplicates the descriptor) is what listens
+    try:
+        assert listen_backlogs(port) == [7]
+    finally:
+        await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_process_site_listens_with_the_configured_backlog() -> None:
+    """Without workers the site's own endpoint (fasttcp.listen) honours ``backlog=`` too."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    from gwcore.net import fasttcp
+
+    listening = await fasttcp.listen(
+        reactor, "tcp:0:interface=127.0.0.1:backlog=9", Factory.forProtocol(Protocol)
+    )
+    try:
+        assert listen_backlogs(listening.getHost().port) == [9]
+    finally:
+        await listening.stopListening()
