@@ -128,6 +128,19 @@ class Site:
     # --- the steps' state, under the names plugins, the service and tests use -------
 
     @property
+    def reactor(self) -> Any:
+        """The injected reactor and clock; replacing it replaces every step's."""
+        return self._reactor
+
+    @reactor.setter
+    def reactor(self, value: Any) -> None:
+        self._reactor = value
+        for name in ("acceptor", "router", "authorizer", "dialer", "forwarder"):
+            step = self.__dict__.get(name)
+            if step is not None:
+                step.reactor = value
+
+    @property
     def active(self) -> set[DownstreamProtocol]:
         return self.acceptor.active
 
