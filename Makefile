@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= etc/tgw.toml
 
-.PHONY: run test lint format check-config clean
+.PHONY: run test lint format check-config clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: $(STAMP)
 .PHONY: mutate
 mutate: $(STAMP)
 	$(BIN)/python tools/mutate.py
+
+# Coverage-guided fuzzing (fuzz/run.py), FUZZ_SECONDS per target; crashes land in var/fuzz.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[fuzz]'
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

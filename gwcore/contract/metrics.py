@@ -61,9 +61,15 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.access_log_dropped = Counter(
+            "tgw_access_log_dropped",
+            "Access-log records that could not be written (disk full, I/O error).",
+            registry=r,
+        )
         self.rejected = Counter(
             "tgw_downstream_rejected",
             "Downstream connections refused or closed by the gateway, by reason (overflow, "
+            "process_overflow, handshake_overflow, "
             "addon_veto, denied, early_data_overflow, upstream_unavailable, no_strategy, "
             "policy_revoked, route_removed, route_changed, trust_root_removed).",
             ["site", "reason"],

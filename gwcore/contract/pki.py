@@ -207,11 +207,18 @@ def service_leaf(
 
 
 def uri_sans(cert: x509.Certificate) -> list[str]:
-    """The certificate's URI SANs in order (empty when it has no SAN extension)."""
+    """The certificate's URI SANs in order (empty when it has no SAN extension).
+
+    Raises ``ValueError`` when the extensions do not parse, one appears twice, or a
+    name is an x400Address/EDIPartyName (cryptography's ``DuplicateExtension`` and
+    ``UnsupportedGeneralNameType`` are not ``ValueError``; found by fuzzing).
+    """
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
+    except (x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
+        raise ValueError(f"certificate extensions do not parse: {e}") from None
     return san.value.get_values_for_type(x509.UniformResourceIdentifier)
 
 
@@ -265,7 +272,8 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
         raise ValueError("no PEM certificate found (no '-----BEGIN CERTIFICATE-----' line)")
     try:
         return x509.load_pem_x509_certificates(pem)
-    except ValueError as e:
+    # InvalidVersion (an X.509 version other than 1 or 3) is not a ValueError.
+    except (ValueError, x509.InvalidVersion) as e:
         raise ValueError(f"cannot parse PEM certificate: {_first_line(e)}") from None
 
 

@@ -95,6 +95,15 @@ class Port(tcp.Port):
 
     transport = Server
 
+    def hand_over(self) -> tuple[int, int]:
+        """``(fd, address family)`` for a replacement site to adopt (a reload).
+
+        Closing this port afterwards must not ``shutdown()`` the socket, which the
+        replacement shares: that would stop it listening for both.
+        """
+        self._shouldShutdown = False
+        return self.fileno(), self.addressFamily
+
 
 class Client(_WriteNow, tcp.Client):
     """An outgoing connection with immediate writes; tells its factory when connected."""

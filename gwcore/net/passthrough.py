@@ -117,6 +117,7 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
             return
         assert isinstance(result, ClientHello)
         self.hello = result
+        self.site.handshake_finished(self)  # frees its handshake slot (admission)
         self._route(result)
 
     def _route(self, hello: ClientHello) -> None:

@@ -48,6 +48,7 @@ from gwcore.contract.events import (
     ConnectionInfo,
     HandshakeDone,
 )
+from gwcore.net.bio import pieces, send_bounded
 from gwcore.net.client_trust import VERIFY_ERROR_REASONS
 from gwcore.net.first_hello import FirstHello
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
@@ -96,6 +97,8 @@ class Dataplane(Protocol):
     ) -> Deferred[tuple[UpstreamProtocol, Endpoint, int, float]]: ...
 
     def connection_opened(self, conn: DownstreamProtocol) -> bool: ...
+
+    def handshake_finished(self, conn: DownstreamProtocol) -> None: ...
 
     def connection_closed(self, conn: DownstreamProtocol) -> None:
         """``conn`` has finished; ``conn.access_record()`` describes it (built only by a
@@ -219,14 +222,15 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self._hello = None
             tls, data = hello.start(self.material, self)
             self.tls = tls
-        tls.bio_write(data)
-        self._records.feed(data)
-        if self.state is State.SPLICING:
-            self._pump_to_upstream()
-        elif self.state is State.HANDSHAKE:
-            self._continue_handshake()
-        elif self.state is not State.CLOSED:
-            self._pump_early()
+        for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
+            tls.bio_write(piece)
+            self._records.feed(piece)
+            if self.state is State.SPLICING:
+                self._pump_to_upstream()
+            elif self.state is State.HANDSHAKE:
+                self._continue_handshake()
+            elif self.state is not State.CLOSED:
+                self._pump_early()
 
     def _pump_to_upstream(self) -> None:
         tls = self.tls
@@ -299,11 +303,9 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             return
         self.bytes_down += len(data)
         try:
-            tls.sendall(data)
+            send_bounded(tls, data, self._flush_tls)
         except SSL.Error as e:
             self._protocol_error(e)
-            return
-        self._flush_tls()
 
     # --- handshake ----------------------------------------------------------------
 
@@ -370,6 +372,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         tls = self.tls
         assert tls is not None
         self.handshake_seconds = time.time() - self.started
+        self.site.handshake_finished(self)  # frees its handshake slot (admission)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None

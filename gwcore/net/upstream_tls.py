@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 
 from gwcore.contract.providers import LeafCertificate
+from gwcore.net.bio import pieces, send_bounded
 from gwcore.net.peer_verify import verify_peer_in_handshake
 from gwcore.net.splice import UpstreamProtocol, flush_bio
 from gwcore.net.terminator import RECV_CHUNK
@@ -258,6 +259,12 @@ class TLSUpstreamProtocol(UpstreamProtocol):
     # --- bytes ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
+            self._received(piece)
+            if self.transport.disconnecting:
+                return
+
+    def _received(self, data: bytes) -> None:
         tls = self.tls
         if tls is None:
             return
@@ -318,8 +325,7 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         tls = self.tls
         if tls is None:
             return
-        tls.sendall(data)
-        self._flush()
+        send_bounded(tls, data, self._flush)  # bounded BIO capacity (gwcore.net.bio)
 
     def send_eof(self) -> None:
         tls = self.tls

@@ -164,6 +164,8 @@ class GatewayConfig:
     admin_token_file: Path | None = None
     admin_hosts: tuple[str, ...] = ()
     """Host header values the admin endpoint accepts besides loopback ones."""
+    max_connections: int = 0  # per process, every site together; 0: no limit
+    max_handshakes: int = 4096  # TLS handshakes in progress per process; 0: no limit
 
     def site(self, key: str) -> SiteConfig:
         for site in self.sites:
@@ -201,6 +203,10 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(
             [ConfigProblem(file, "(file)", f"cannot be read: {e.strerror or e}")]
         ) from e
+    except UnicodeDecodeError as e:  # found by fuzzing: it escaped as a traceback
+        raise ConfigError(
+            [ConfigProblem(file, "(file)", f"is not UTF-8 text (byte {e.start}): {e.reason}")]
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -242,6 +248,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
     for host in admin_hosts:
         if not _HOST_RE.fullmatch(host):
             gw.problem("admin_hosts", f"{host!r} is not a host name or IP address (no port)")
+    max_connections = gw.integer("max_connections", 0, minimum=0)
+    max_handshakes = gw.integer("max_handshakes", 4096, minimum=0)
     problems += gw.finish()
 
     sample = None
@@ -294,6 +302,8 @@ def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayC
         admin_token=admin_token,
         admin_token_file=base_dir / token_file if token_file else None,
         admin_hosts=admin_hosts,
+        max_connections=max_connections,
+        max_handshakes=max_handshakes,
     )
     if problems:
         raise ConfigError(problems, partial=config)

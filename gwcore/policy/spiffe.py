@@ -159,7 +159,9 @@ def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collectio
     """
     try:
         check_end_entity(cert)
-    except ValueError as e:  # an extension that does not parse
+    # An extension that does not parse, one twice, or an x400Address/EDIPartyName name:
+    # cryptography's DuplicateExtension and UnsupportedGeneralNameType are no ValueError.
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
         raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
     try:
         extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
@@ -169,7 +171,7 @@ def identity_from_certificate(cert: x509.Certificate, trusted_domains: Collectio
         raise IdentityError(
             "multiple_uri_sans", "certificate has more than one subjectAltName extension"
         ) from None
-    except ValueError as e:
+    except (ValueError, x509.UnsupportedGeneralNameType) as e:
         raise IdentityError("bad_spiffe_id", f"certificate extensions do not parse: {e}") from e
     uris = extension.value.get_values_for_type(x509.UniformResourceIdentifier)
     if not uris:
@@ -196,7 +198,8 @@ def identity_from_der(der: bytes, trusted_domains: frozenset[str]) -> SpiffeID:
     """
     try:
         cert = x509.load_der_x509_certificate(der)
-    except ValueError as e:
+    # InvalidVersion (an X.509 version other than 1 or 3) is not a ValueError.
+    except (ValueError, x509.InvalidVersion) as e:
         raise IdentityError("bad_spiffe_id", f"certificate does not parse: {e}") from e
     return identity_from_certificate(cert, trusted_domains)
 

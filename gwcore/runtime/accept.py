@@ -2,7 +2,8 @@
 
 The acceptor owns the listening port (bound here, or a socket a worker inherited,
 :mod:`gwcore.runtime.worker_role`) and the set of live connections: over
-``max_connections`` a new one is refused at once and counted (``overflow``). At stop it
+``max_connections`` (or the process's connection or handshake limits,
+:mod:`gwcore.policy.admission`) a new one is refused at once and counted by reason. At stop it
 stops listening, lets the live connections drain, and closes what is left.
 """
 
@@ -15,6 +16,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from gwcore.contract.metrics import GatewayMetrics, SiteChildren
 from gwcore.net import fasttcp
+from gwcore.policy.admission import Admission
 from gwcore.policy.config import SiteConfig
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ class Acceptor:
         metrics: GatewayMetrics,
         children: SiteChildren,
         factory: Callable[[], Any],
+        admission: Admission | None = None,
     ) -> None:
         self.config = config
         self.name = config.key
@@ -39,6 +42,8 @@ class Acceptor:
         self.children = children
         self._factory = factory
         self.active: set[DownstreamProtocol] = set()
+        self.admission = admission or Admission(0, 0)
+        self._handshaking: set[Any] = set()  # admitted connections holding a handshake slot
         self.port: Any = None
         self.listening = False
         self.inherited_listener: tuple[int, int] | None = None
@@ -64,17 +69,27 @@ class Acceptor:
     def admit(self, conn: DownstreamProtocol) -> bool:
         """Count ``conn`` in, or refuse it when the site is full."""
         self.children.accepted.inc()
-        if len(self.active) >= self.config.max_connections:
-            self.metrics.rejected.labels(site=self.name, reason="overflow").inc()
+        refused = self.admission.admit(len(self.active), self.config.max_connections)
+        if refused is not None:
+            self.metrics.rejected.labels(site=self.name, reason=refused).inc()
             return False
         self.active.add(conn)
+        self._handshaking.add(conn)
         self.children.active.inc()
         return True
+
+    def handshake_finished(self, conn: Any) -> None:
+        """``conn``'s handshake is over: free its slot in the process's handshake limit."""
+        if conn in self._handshaking:
+            self._handshaking.discard(conn)
+            self.admission.handshake_finished()
 
     def release(self, conn: DownstreamProtocol) -> None:
         if conn in self.active:
             self.active.discard(conn)
             self.children.active.dec()
+            self.admission.closed(handshaking=conn in self._handshaking)
+            self._handshaking.discard(conn)
 
     async def drain(self, drain: float) -> None:
         """Stop accepting, wait up to ``drain`` seconds, close what is left (bounded wait)."""

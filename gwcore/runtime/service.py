@@ -8,7 +8,9 @@ accepting and drains its connections in the background. A live connection is
 cut by a reload only when the new config denies it (``gwcore.runtime.recheck``: changed
 default policy, engines, routes or trust roots; a removed site); changes that
 cannot deny (listener tuning, timeouts) let it drain. The access log is reopened
-(for log rotation).
+(for log rotation). A replacement on the same endpoint adopts the old site's
+listening socket before the old site stops accepting, so no client arriving during
+a reload is refused or reset.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gwcore.net.admin_guard import AdminGuard, admin_token, config_secrets
 from gwcore.net.admin_workers import fan_out, listen_private
 from gwcore.net.sample import QuietSite, sample_site
 from gwcore.net.systemd import notify, reloading_lines
+from gwcore.policy.admission import Admission
 from gwcore.policy.config import SiteConfig
 from gwcore.policy.redact import redact
 from gwcore.policy.registration import ready_url
@@ -70,6 +73,8 @@ class GatewayService(Service):
         self.config_path = Path(config_path)
         self._reactor = reactor
         self.metrics = GatewayMetrics()
+        # Process-wide limits; [gateway] changes need a restart, so this lives as long.
+        self.admission = Admission(self.config.max_connections, self.config.max_handshakes)
         self.access_log: AccessLog | None = None
         self.sites: dict[str, Site] = {}
         self._ports: list[Any] = []
@@ -103,7 +108,9 @@ class GatewayService(Service):
     async def _start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.access_log = AccessLog(config.access_log, config.base_dir)
+        self.access_log = AccessLog(
+            config.access_log, config.base_dir, self.metrics.access_log_dropped.inc
+        )
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
         if self.worker is not None and self.worker.count > 1:
             await self._listen_worker_admin(self.worker)
@@ -143,6 +150,7 @@ class GatewayService(Service):
                 self.metrics,
                 self.access_log,
                 self.checked.stacks[site_config.key],
+                admission=self.admission,
             )
             site.ready_url = self.ready_url
             if self.worker is not None:
@@ -296,7 +304,14 @@ class GatewayService(Service):
             old_sites = dict(self.sites)
             wanted = {s.key: s for s in new.sites}
             paused = []
+            handover: dict[str, Site] = {}
             for key, site in old_sites.items():
+                if _hands_over(site, wanted.get(key), self.worker is None):
+                    # Same endpoint: the replacement adopts this very listening socket
+                    # (same accept queue) before this site stops accepting, so no
+                    # client is refused or reset during the reload.
+                    handover[key] = site
+                    continue
                 if (key not in wanted or wanted[key] != site.config) and site.port is not None:
                     # Free the endpoint for the replacement; connections stay.
                     await maybeDeferred(site.port.stopListening)
@@ -315,12 +330,17 @@ class GatewayService(Service):
                         self.metrics,
                         self.access_log,
                         checked.stacks[key],
+                        admission=self.admission,
                     )
                     site.ready_url = self.ready_url
                     if self.worker is not None:
                         site.inherited_listener = self.worker.listener_for(site.config.listen)
+                    elif key in handover:
+                        site.inherited_listener = handover[key].port.hand_over()
                     fresh[key] = site
                     await site.start()
+                    if key in handover:  # the old descriptor closes with the old site
+                        site.inherited_listener = None
             except Exception as e:
                 await self._roll_back(fresh, paused, e)
                 return
@@ -356,3 +376,14 @@ class GatewayService(Service):
                 self._freeze()
         finally:
             self._reloading = False
+
+
+def _hands_over(site: Site, replacement: SiteConfig | None, single_process: bool) -> bool:
+    """Whether ``site``'s replacement takes over its listening socket (a reload)."""
+    return (
+        single_process
+        and replacement is not None
+        and replacement != site.config
+        and replacement.listen == site.config.listen
+        and hasattr(site.port, "hand_over")
+    )

@@ -45,6 +45,7 @@ from gwcore.contract.providers import (
 from gwcore.net.proxied import ProxiedDownstreamFactory
 from gwcore.net.terminator import DownstreamFactory, DownstreamProtocol
 from gwcore.net.tls import ServerTLS
+from gwcore.policy.admission import Admission
 from gwcore.policy.balancing import EndpointPicker
 from gwcore.policy.config import GatewayConfig, SiteConfig
 from gwcore.policy.model import Decision, ServiceName
@@ -82,6 +83,7 @@ class Site:
         metrics: GatewayMetrics,
         access_log: AccessLogWriter | None = None,
         stack: PluginStack | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.name = config.key
         self.config = config
@@ -98,7 +100,13 @@ class Site:
         self.trusted_domains = config.trusted_domains
         # The steps of a connection's life, in order.
         self.acceptor = Acceptor(
-            config, reactor, metrics, self.children, lambda: self.listener_factory()
+            config,
+            reactor,
+            metrics,
+            self.children,
+            lambda: self.listener_factory(),
+            # One per process (GatewayService passes it to every site); policy.admission.
+            admission or Admission(gateway.max_connections, gateway.max_handshakes),
         )
         self.router = Router(
             config,
@@ -143,6 +151,10 @@ class Site:
     @property
     def active(self) -> set[DownstreamProtocol]:
         return self.acceptor.active
+
+    @property
+    def admission(self) -> Admission:
+        return self.acceptor.admission
 
     @property
     def port(self) -> Any:
@@ -218,6 +230,10 @@ class Site:
 
     def connection_opened(self, conn: DownstreamProtocol) -> bool:
         return self.acceptor.admit(conn)
+
+    def handshake_finished(self, conn: Any) -> None:
+        """``conn``'s TLS handshake (a mesh site: its ClientHello) is over: free its slot."""
+        self.acceptor.handshake_finished(conn)
 
     def current(self) -> tuple[RouteTable, ServerTLS]:
         return self.router.current()

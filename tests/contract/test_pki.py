@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 
 import pytest
@@ -370,3 +371,45 @@ def test_uri_sans_and_trust_domain_of_handle_certificates_without_sans(ca) -> No
     )
     assert pki.uri_sans(plain) == []
     assert pki.trust_domain_of(plain) is None
+
+
+# --- malformed certificates (found by fuzz/targets.py: certificate_san) -----------
+
+
+def _leaf_der(ca) -> bytes:
+    leaf = pki.service_leaf(*ca, ServiceName("web"), "dc1", TD, now=NOW)
+    return leaf.certificate.public_bytes(serialization.Encoding.DER)
+
+
+def _with_x509_version(der: bytes, version: int) -> bytes:
+    # tbsCertificate.version is "[0] EXPLICIT INTEGER": a0 03 02 01 <v>.
+    assert der.count(b"\xa0\x03\x02\x01\x02") == 1
+    return der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01" + bytes([version]))
+
+
+def test_load_certificates_refuses_an_unknown_x509_version_with_value_error(ca) -> None:
+    """A PEM certificate whose version field is 41 raises the documented ValueError.
+
+    cryptography raises ``InvalidVersion`` (not a ValueError), which escaped every
+    caller that catches ValueError (file_certs, consul_certs' ca/roots, builtin_ca).
+    """
+    der = _with_x509_version(_leaf_der(ca), 41)
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    )
+    with pytest.raises(ValueError, match="cannot parse PEM certificate"):
+        pki.load_certificates(pem)
+
+
+def test_uri_sans_of_a_certificate_with_two_san_extensions_is_a_value_error(ca) -> None:
+    """A certificate carrying the subjectAltName extension twice raises ValueError.
+
+    Built by renaming the leaf's keyUsage OID (2.5.29.15) to subjectAltName's
+    (2.5.29.17); cryptography then raises ``DuplicateExtension``, which is no ValueError.
+    """
+    der = _leaf_der(ca).replace(b"\x06\x03\x55\x1d\x0f", b"\x06\x03\x55\x1d\x11", 1)
+    cert = x509.load_der_x509_certificate(der)
+    with pytest.raises(ValueError, match="do not parse"):
+        pki.uri_sans(cert)
+    with pytest.raises(ValueError, match="do not parse"):
+        pki.trust_domain_of(cert)

@@ -81,14 +81,20 @@ async def test_client_reaches_a_service_in_dc2_through_two_mesh_gateways(
     )
     files = federation.client_files("web", "dc1")
 
+    slots = []
+
     def client() -> tuple[list[str], bytes]:
         cert, key, root = files
         with tls_connect(mesh1.port, sni_for("billing", "dc2"), cert, key, root) as sock:
+            # Routed by its ClientHello: the connection holds no handshake slot any more.
+            admission = mesh1.site.admission
+            slots.append((admission.connections, admission.handshakes))
             uris = peer_uris(sock)
             sock.sendall(up_bytes)
             return uris, read_all(sock)
 
     uris, answer = await in_thread(client)
+    assert slots == [(1, 0)]
     assert uris == [spiffe("billing", "dc2")]
     assert answer == down_bytes
     assert up.results == [sha256(up_bytes)]
@@ -107,6 +113,10 @@ async def test_client_reaches_a_service_in_dc2_through_two_mesh_gateways(
     assert record_["source"] is None and record_["close_cause"] == "completed"
     (terminated,) = tgw2.access_records()
     assert terminated["source"] == spiffe("web", "dc1")
+    # Every admission slot (gwcore.policy.admission) is given back once the chain closed;
+    # a mesh site's "handshake" ends with the ClientHello.
+    for gw in (mesh1, mesh2, tgw2):
+        assert (gw.site.admission.connections, gw.site.admission.handshakes) == (0, 0)
 
 
 def raw_exchange(port: int, data: bytes, shutdown: bool = False, timeout: float = 10) -> bytes:

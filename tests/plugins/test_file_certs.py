@@ -261,6 +261,28 @@ def test_a_deleted_file_keeps_the_previous_material(tmp_path: Path, files: Pki) 
     provider.stop()
 
 
+@pytest.mark.parametrize("file", ["certs/billing.pem", "certs/billing-key.pem", "roots.pem"])
+def test_a_half_written_file_keeps_the_previous_material(
+    tmp_path: Path, files: Pki, file: str
+) -> None:
+    """A file caught half-written (a writer that does not rename into place): the
+    provider keeps serving what it had, reports the file once, and takes the whole
+    file when the write completes."""
+    site = make_site(tmp_path)
+    provider, calls = started(site)
+    old_leaf, old_roots = provider.leaf(BILLING), provider.trust_roots()
+    whole = (tmp_path / file).read_bytes()
+    files.write(file, whole[: len(whole) // 2])
+    site.reactor.advance(1)
+    assert provider.leaf(BILLING) is old_leaf and provider.trust_roots() == old_roots
+    assert not provider.health().ok and str(tmp_path / file) in provider.health().last_error
+    assert errors(site) == 1 and calls == []
+    files.write(file, whole)
+    site.reactor.advance(1)
+    assert provider.health().ok and provider.leaf(BILLING).fingerprint == old_leaf.fingerprint
+    provider.stop()
+
+
 def test_a_file_bad_at_start_is_reported_and_loaded_once_fixed(tmp_path: Path, files: Pki) -> None:
     files.write("certs/billing.pem", b"garbage")
     site = make_site(tmp_path)

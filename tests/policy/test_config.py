@@ -581,6 +581,21 @@ def test_unreadable_file(tmp_path: Path) -> None:
     assert problem.message.startswith("cannot be read")
 
 
+def test_a_file_that_is_not_utf8_is_one_problem_not_a_traceback(tmp_path: Path) -> None:
+    """A config with a non-UTF-8 byte is one (file) problem naming the byte offset.
+
+    Found by fuzzing (fuzz/targets.py: config_check): UnicodeDecodeError escaped
+    load_config, so check-config and a SIGHUP reload died with a traceback.
+    """
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[gateway]\naccess_log = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert (problem.file, problem.key) == (str(path), "(file)")
+    assert problem.message.startswith("is not UTF-8 text (byte 27)")
+
+
 def test_syntax_error(tmp_path: Path) -> None:
     """A TOML syntax error is one problem on the pseudo-key (syntax)."""
     path = write(tmp_path, "[sites.edge\nlisten = 1\n")

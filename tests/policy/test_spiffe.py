@@ -412,3 +412,47 @@ def test_parse_spiffe_id_refuses_a_trailing_newline_in_a_segment(uri: str) -> No
     with pytest.raises(IdentityError) as info:
         parse_spiffe_id(uri)
     assert info.value.reason == "bad_spiffe_id"
+
+
+def test_identity_from_der_refuses_an_unknown_x509_version_as_bad_spiffe_id() -> None:
+    """A DER certificate with X.509 version 41 is ``bad_spiffe_id``, not a stray exception.
+
+    Found by fuzz/targets.py (certificate_san): cryptography raises ``InvalidVersion``,
+    which is not a ValueError, so it escaped identity_from_der's documented contract.
+    """
+    der = _der(_uri(WEB_URI))
+    # tbsCertificate.version is "[0] EXPLICIT INTEGER": a0 03 02 01 02 is v3.
+    bad = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x29", 1)
+    assert bad != der
+    with pytest.raises(IdentityError) as caught:
+        identity_from_der(bad, frozenset({TD}))
+    assert caught.value.reason == "bad_spiffe_id"
+
+
+def test_identity_from_der_refuses_a_repeated_extension_as_bad_spiffe_id() -> None:
+    """A certificate carrying basicConstraints twice is ``bad_spiffe_id``.
+
+    Found by replaying the fuzz corpus (fuzz/corpus/certificate_san) after the
+    end-entity checks were added: cryptography raises ``DuplicateExtension``, which
+    is not a ValueError, so it escaped identity_from_der.
+    """
+    der = _der(_uri(WEB_URI))
+    # Rename the keyUsage extension's OID (2.5.29.15) to basicConstraints' (2.5.29.19).
+    bad = der.replace(b"\x06\x03\x55\x1d\x0f", b"\x06\x03\x55\x1d\x13", 1)
+    assert bad != der
+    with pytest.raises(IdentityError) as caught:
+        identity_from_der(bad, frozenset({TD}))
+    assert caught.value.reason == "bad_spiffe_id"
+
+
+def test_identity_from_der_refuses_an_unsupported_general_name_as_bad_spiffe_id() -> None:
+    """A certificate whose extensions hold an x400Address/EDIPartyName name is
+    ``bad_spiffe_id``: cryptography raises ``UnsupportedGeneralNameType`` (not a
+    ValueError). The input is the one the certificate_san fuzz target found."""
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[2] / "fuzz" / "corpus" / "certificate_san"
+    der = (corpus / "crash-unsupported-general-name").read_bytes()
+    with pytest.raises(IdentityError) as caught:
+        identity_from_der(der, frozenset({TD}))
+    assert caught.value.reason == "bad_spiffe_id"

@@ -9,6 +9,7 @@ import socket
 import pytest_twisted
 
 from tests.harness import (
+    HandshakeRefusedError,
     gateway_entry,
     hello,
     in_thread,
@@ -90,3 +91,44 @@ async def test_the_heap_is_frozen_after_start_and_again_once_replaced_sites_end(
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def _hammer(port: int, files, stop, outcomes) -> None:
+    """Requests in a loop until ``stop`` is set; each outcome recorded."""
+    while not stop.is_set():
+        try:
+            outcomes.append(request(port, sni_for("billing"), files))
+        except (OSError, HandshakeRefusedError) as e:
+            outcomes.append(type(e).__name__)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_replacing_a_site_on_the_same_endpoint_refuses_no_client(gateway, upstreams):
+    """Three reloads that each replace the site (idle_timeout changed, same listen)
+    while a client requests in a loop: every request is served; none is refused or
+    reset (before, the old listener closed before the new one opened, and clients
+    arriving in between got ECONNREFUSED, or a reset from the closed accept queue)."""
+    import threading
+
+    from tests.harness import sleep
+
+    up = upstreams(hello(b"ok"))
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    await gateway.start()
+    port, files = gateway.port, gateway.client_files("web")
+    stop, outcomes = threading.Event(), []
+    hammer = in_thread(_hammer, port, files, stop, outcomes)
+    try:
+        for idle in ("59m", "58m", "57m"):
+            first = gateway.site
+            gateway.site_options["idle_timeout"] = idle
+            gateway.write_config()
+            await gateway.service.reload()
+            assert gateway.site is not first and gateway.port == port
+            await sleep(0.1)
+    finally:
+        stop.set()
+        await hammer
+    assert len(outcomes) >= 10 and set(outcomes) == {b"ok"}, sorted(set(map(str, outcomes)))
