@@ -27,6 +27,11 @@ What it reads (reference §3, §5), every watch a blocking query:
 - ``/v1/catalog/gateway-services/<gateway>``: the linked services, wildcard ones
   included (``FromWildcard``), with their ``CAFile``/``CertFile``/``KeyFile``/``SNI``;
 - ``/v1/config/service-defaults``: every service's ``Protocol``;
+- linked *destinations* (``ServiceKind: "destination"``): served from their
+  ``service-defaults`` ``Destination`` (:mod:`gwcore.policy.destinations`), no health;
+- ``/v1/config/service-resolver``: subsets (one route per subset), ``ConnectTimeout``,
+  ``LoadBalancer``, and the caller-side settings reported in ``/routes``
+  (:mod:`gwcore.plugins.consul_resolvers`);
 - ``/v1/health/service/<svc>``, one blocking query per linked service, as Consul's own
   gateway does (:mod:`gwcore.net.consul_watch`): Consul moves a service's index on any
   change of its answer, a node that moved included. At most ``health_watches`` (128)
@@ -77,8 +82,10 @@ from gwcore.net.consul_watch import (
     scope_query,
 )
 from gwcore.plugins.consul_registration import SelfRegistration
+from gwcore.plugins.consul_resolvers import ConsulResolvers
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import build_destinations, parse_documents
+from gwcore.policy.destinations import apply_destinations
 from gwcore.policy.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_PARTITION,
@@ -194,10 +201,12 @@ class ConsulCatalogSource(SelfRegistration):
         self.client: ConsulClient | None = None
         self.freshness = ConsulFreshness(site, NAME)
         self._linked: dict[str, dict[str, Any]] = {}
+        self._egress: dict[str, dict[str, Any]] = {}  # linked destinations (ServiceKind)
         self._health: dict[str, list[Any]] = {}
         self._names: dict[str, ServiceName] = {}  # linked key -> its full name
         self._watch_pool_stopped: Any = None
         self._defaults: list[Any] = []
+        self._resolvers = ConsulResolvers()
         self._gateway_loaded = False
         self._defaults_loaded = False
         self._version: str | None = None
@@ -244,6 +253,7 @@ class ConsulCatalogSource(SelfRegistration):
 
         watch("gateway-services", f"/v1/catalog/gateway-services/{gw}", self._on_gateway)
         watch("config", "/v1/config/service-defaults", self._on_defaults)
+        watch("config-resolver", "/v1/config/service-resolver", self._on_resolvers)
         watch("catalog-services", "/v1/catalog/services", self._on_services)
         watch("catalog-nodes", "/v1/catalog/nodes", self._on_nodes)
         watch("health-state", "/v1/health/state/any", self._on_checks)
@@ -308,6 +318,7 @@ class ConsulCatalogSource(SelfRegistration):
         if not isinstance(items, list):
             raise ConsulError("gateway-services", "invalid", "expected a JSON list")
         linked: dict[str, dict[str, Any]] = {}
+        egress: dict[str, dict[str, Any]] = {}
         for item in items:
             named = item.get("Service") or {}
             if not named.get("Name"):
@@ -321,10 +332,7 @@ class ConsulCatalogSource(SelfRegistration):
             service = str(scoped)  # the plain name in the default namespace and partition
             self._names[service] = scoped
             if item.get("ServiceKind") == "destination" or item.get("IsEndpoint"):
-                self._report_once(
-                    f"destination:{service}",
-                    f"linked destination {service!r} is not supported (only catalog services)",
-                )
+                egress[service] = item  # no health watch: its service-defaults says where
                 continue
             linked[service] = item
         self.freshness.ok("gateway-services")
@@ -332,6 +340,7 @@ class ConsulCatalogSource(SelfRegistration):
         for gone in set(self._linked) - set(linked):
             self._health.pop(gone, None)
         self._linked = linked
+        self._egress = egress
         known = await self._refresh(added) if added else {}
         if self._health_watches is not None:
             self._health_watches.update(linked, known)
@@ -346,6 +355,15 @@ class ConsulCatalogSource(SelfRegistration):
         self._defaults = entries
         self._defaults_loaded = True
         self.freshness.ok("config")
+        self._rebuild()
+
+    def _on_resolvers(self, response: ConsulResponse) -> None:
+        entries = response.json() or []
+        if not isinstance(entries, list):
+            raise ConsulError("config-resolver", "invalid", "expected a JSON list")
+        for problem in self._resolvers.update(entries):
+            self._report_once(f"resolver:{problem}", f"service-resolver kept as before: {problem}")
+        self.freshness.ok("config-resolver")
         self._rebuild()
 
     async def _on_services(self, response: ConsulResponse) -> None:
@@ -470,6 +488,7 @@ class ConsulCatalogSource(SelfRegistration):
         """Destinations from the current answers (services whose instances are known)."""
         ready = [s for s in sorted(self._linked) if s in self._health]
         linked = [self._linked_document(s, self._linked[s]) for s in ready]
+        linked += [self._linked_document(s, self._egress[s]) for s in sorted(self._egress)]
         # Linked services share the gateway's partition (Consul refuses others).
         partition = next((self._name(s).partition for s in ready), DEFAULT_PARTITION)
         entry = {
@@ -483,7 +502,10 @@ class ConsulCatalogSource(SelfRegistration):
         items.append(("consul:config/service-defaults", self._defaults))
         docs, problems = parse_documents(items)
         destinations, unusable = build_destinations(docs, self.gateway, self._datacenter)
-        for problem in [*problems, *unusable]:
+        destinations, egress_problems = apply_destinations(destinations, docs, self.gateway)
+        unusable += egress_problems
+        destinations, bad_subsets = self._resolvers.apply(destinations, docs, self._datacenter)
+        for problem in [*problems, *unusable, *bad_subsets]:
             self._report_once(f"shape:{problem}", f"left out: {problem}")
         wildcard = {s for s, item in self._linked.items() if item.get("FromWildcard")}
         return tuple(
@@ -492,7 +514,8 @@ class ConsulCatalogSource(SelfRegistration):
         )
 
     def _rebuild(self) -> None:
-        if not (self._gateway_loaded and self._defaults_loaded) or self._publish is None:
+        loaded = self._gateway_loaded and self._defaults_loaded and self._resolvers.loaded
+        if not loaded or self._publish is None:
             return
         destinations = self.build()
         version = _digest(destinations)

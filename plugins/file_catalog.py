@@ -2,8 +2,9 @@
 
 Section ``[sites.NAME.file_catalog]``:
 
-- ``paths`` (required): files or directories (whose ``*.json`` files are read), relative
-  to the config file's directory;
+- ``paths`` (required): files or directories (whose ``*.json`` and ``*.hcl`` files are
+  read), relative to the config file's directory. An ``.hcl`` file holds one config
+  entry in Consul's HCL (:mod:`gwcore.policy.hcl_entries`);
 - ``poll_interval`` (default ``1s``, at least ``0.05s``): how often the files are checked.
 
 Each file holds Consul documents (see :mod:`gwcore.policy.consul_shapes`). The source is
@@ -48,8 +49,15 @@ from gwcore.policy.consul_shapes import (
     build_mesh_gateways,
     merge_documents,
 )
+from gwcore.policy.destinations import apply_destinations
+from gwcore.policy.hcl_entries import decode_hcl
 from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGateways
-from gwcore.policy.resolver_entry import ResolverEntry, decode_with_resolvers, merge_resolvers
+from gwcore.policy.resolver_entry import (
+    ResolverEntry,
+    apply_settings,
+    decode_with_resolvers,
+    merge_resolvers,
+)
 from gwcore.policy.subsets import apply_subsets
 from gwcore.policy.wanfed import build_consul_servers
 
@@ -57,7 +65,7 @@ if TYPE_CHECKING:
     from gwcore.contract.providers import CatalogSource, SiteContext
 
 NAME = "file_catalog"
-PATTERN = "*.json"
+PATTERN = ("*.json", "*.hcl")
 DEFAULT_POLL_INTERVAL = 1.0
 MIN_POLL_INTERVAL = 0.05
 
@@ -80,16 +88,33 @@ def read_settings(site: SiteConfig) -> tuple[FileCatalogSettings, list[ConfigPro
     return FileCatalogSettings(paths, interval), reader.finish()
 
 
-def read_catalog_file(path: Path) -> tuple[CatalogDocuments, list[ShapeProblem]]:
+def read_catalog_file(
+    path: Path,
+) -> tuple[CatalogDocuments, tuple[ResolverEntry, ...], list[ShapeProblem]]:
     """Read and parse one catalog file; an unreadable file is a problem, not an exception."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        return EMPTY_DOCUMENTS, [
-            ShapeProblem(str(path), "(file)", f"cannot be read: {e.strerror or e}")
-        ]
-    docs, _, problems = decode_with_resolvers(str(path), data)
-    return docs, problems
+        return (
+            EMPTY_DOCUMENTS,
+            (),
+            [ShapeProblem(str(path), "(file)", f"cannot be read: {e.strerror or e}")],
+        )
+    return decode_catalog_file(path, data)
+
+
+def decode_catalog_file(
+    path: Path, data: bytes, origin: str | None = None
+) -> tuple[CatalogDocuments, tuple[ResolverEntry, ...], list[ShapeProblem]]:
+    """A ``.json`` file's documents, or an ``.hcl`` file's config entry (Consul's HCL);
+    ``origin`` names the file in problems and decisions (default: its path)."""
+    name = str(path) if origin is None else origin
+    if path.suffix == ".hcl":
+        converted, problem = decode_hcl(name, data)
+        if converted is None:
+            return EMPTY_DOCUMENTS, (), [problem] if problem else []
+        data = converted
+    return decode_with_resolvers(name, data)
 
 
 @hookimpl
@@ -108,11 +133,14 @@ def tgw_validate_site_config(site: SiteConfig) -> list[ConfigProblem]:
             problems.append(ConfigProblem(site.file, key, f"{str(path)!r} does not exist"))
     shape_problems: list[ShapeProblem] = []
     parts: list[CatalogDocuments] = []
+    resolver_groups: list[tuple[ResolverEntry, ...]] = []
     for path in expand(existing, PATTERN):
-        docs, found = read_catalog_file(path)
+        docs, resolvers, found = read_catalog_file(path)
         shape_problems += found
         parts.append(docs)
+        resolver_groups.append(resolvers)
     merged, conflicts = merge_documents(parts)
+    conflicts += merge_resolvers(resolver_groups)[1]
     unusable: list[ShapeProblem] = []
     if site.role != "mesh":
         _, unusable = build_destinations(merged, site.name, site.datacenter)
@@ -171,7 +199,12 @@ class FileCatalogSource:
         self._last_success: float | None = None
         self._publish: Callable[[CatalogSnapshot], None] | None = None
         self._watcher = FileWatcher(
-            site.reactor, self._paths, self.reload, interval=settings.poll_interval, pattern=PATTERN
+            site.reactor,
+            self._paths,
+            self.reload,
+            interval=settings.poll_interval,
+            pattern=PATTERN,
+            on_unchanged=self._checked,
         )
         labels = {"site": site.name, "source": NAME}
         self._skipped_seen: set[str] = set()
@@ -211,21 +244,21 @@ class FileCatalogSource:
         merged, conflicts = merge_documents(
             self._files[path].documents for path in sorted(self._files)
         )
+        resolvers, unusable = merge_resolvers(self._files[p].resolvers for p in sorted(self._files))
         if self._mesh_role:
-            resolvers, unusable = merge_resolvers(
-                self._files[p].resolvers for p in sorted(self._files)
-            )
-            destinations, bad_subsets = apply_subsets(
-                build_mesh_destinations(merged, self._datacenter),
-                merged,
-                resolvers,
-                self._datacenter,
-            )
-            unusable += bad_subsets
+            built = build_mesh_destinations(merged, self._datacenter)
+        else:
+            built, unbuilt = build_destinations(merged, self._gateway, self._datacenter)
+            built, egress_problems = apply_destinations(built, merged, self._gateway)
+            unusable += unbuilt + egress_problems
+        # service-resolver subsets: mesh sites route subset SNIs to them; terminating
+        # sites serve one route per subset (gwcore.policy.routes)
+        destinations, bad_subsets = apply_subsets(built, merged, resolvers, self._datacenter)
+        destinations = apply_settings(destinations, resolvers)
+        unusable += bad_subsets
+        if self._mesh_role:
             servers = build_consul_servers(merged, self._datacenter)  # WAN federation
             destinations += (servers,) if servers is not None else ()
-        else:
-            destinations, unusable = build_destinations(merged, self._gateway, self._datacenter)
         self._note_catalog_problems([*conflicts, *unusable])
         self._note_skipped(merged)
         intentions = build_intentions(merged)
@@ -264,7 +297,9 @@ class FileCatalogSource:
             state = self._files.get(path)
             if state is not None and state.digest == digest:
                 continue
-            docs, resolvers, problems = decode_with_resolvers(str(path), data)
+            # Decisions and problems name the file relative to the config (access-log
+            # reasons carry no absolute paths); a file outside its directory by name.
+            docs, resolvers, problems = decode_catalog_file(path, data, self._origin(path))
             if problems:
                 self._reject(path, "; ".join(str(p) for p in problems), digest)
                 continue
@@ -275,6 +310,22 @@ class FileCatalogSource:
         for path in set(self._files) - present:
             del self._files[path]
             self._unresolved.pop(f"file:{path}", None)
+
+    def _checked(self) -> None:
+        """A poll found the files unchanged: the catalog in force is confirmed now, so
+        its freshness moves (an alert on its age must not fire on a quiet catalog)."""
+        if not self._unresolved:
+            self._last_success = self._site.reactor.seconds()
+            self._last_success_gauge.set(self._last_success)
+
+    def _origin(self, path: Path) -> str:
+        base = getattr(self._site.config, "base_dir", None)  # a test double may have none
+        if base is None:
+            return str(path)
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return path.name
 
     def _note_skipped(self, merged: CatalogDocuments) -> None:
         """One info line per skipped entry (once), and the count in force by kind."""

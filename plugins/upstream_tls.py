@@ -31,6 +31,7 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 
 from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.metrics_series import remove_series
 from gwcore.contract.providers import CatalogView, SiteContext, UpstreamStrategy
 from gwcore.net.filewatch import FileWatcher
 from gwcore.net.upstream import UpstreamConnectError
@@ -146,6 +147,7 @@ class TLSOriginationStrategy:
         self._watcher: FileWatcher | None = None
         self._watched: frozenset[str] = frozenset()
         self.reloads = 0  # material rebuilt after a file change (for /certs and tests)
+        self._expiry_series: set[tuple[str, str]] = set()  # (kind, service) exported
         site.subscribe_catalog(self._on_catalog)
         self._on_catalog(site.catalog_view())
 
@@ -241,6 +243,7 @@ class TLSOriginationStrategy:
             self.site.log.info("upstream TLS material for {service} reloaded", service=name)
 
     def _on_catalog(self, view: CatalogView) -> None:
+        self._drop_expiry({d.name for d in view.destinations if d.tls.mode is not TLSMode.PLAIN})
         files: set[str] = set()
         for destination in view.destinations:
             if destination.tls.mode is not TLSMode.PLAIN:
@@ -268,8 +271,18 @@ class TLSOriginationStrategy:
             self._watcher.stop()
             self._watcher = None
 
+    def _drop_expiry(self, served: set[str]) -> None:
+        """Delete the expiry series of services no longer originated with TLS: an
+        expiry alert must not fire for a certificate tgw no longer uses."""
+        for kind, name in [k for k in self._expiry_series if k[1] not in served]:
+            self._expiry_series.discard((kind, name))
+            remove_series(self.site.metrics.certificate_expiry, self.site.name, kind, name)
+
     def _export_expiry(self, destination: Destination, files: tuple[str, ...]) -> None:
         gauge = self.site.metrics.certificate_expiry
+        self._expiry_series.add(("upstream_ca", destination.name))
+        if len(files) == 3:
+            self._expiry_series.add(("upstream_cert", destination.name))
         try:
             cas = x509.load_pem_x509_certificates(Path(files[0]).read_bytes())
             gauge.labels(site=self.site.name, kind="upstream_ca", name=destination.name).set(

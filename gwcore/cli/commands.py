@@ -1,4 +1,5 @@
-"""The ``tgw`` command: ``run``, ``check-config``, ``connect``, ``explain``, ``version``.
+"""The ``tgw`` command: ``run``, ``check-config``, ``connect``, ``explain``, ``plugins``,
+``version``.
 
 ``tgw run`` runs the gateway in the foreground through twistd (the same service as
 ``twistd -n tgw``, without a pidfile); the other subcommands are the tools around it.
@@ -122,6 +123,19 @@ def _connect(args: argparse.Namespace) -> int:
     return 1 if args.config is None else run_connect(args)
 
 
+def _plugins(args: argparse.Namespace) -> int:
+    from gwcore.cli.plugin_listing import format_listing, installed_plugins, stack_listing
+
+    stacks, paths, problems = stack_listing(args.config) if args.config else ([], [], [])
+    for line in format_listing(installed_plugins(paths)):
+        print(line)
+    for line in stacks:
+        print(line)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tgw", description="tgw terminating gateway tools")
     parser.add_argument("--version", action="version", version=f"tgw {__version__}")
@@ -168,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("--config", help=f"gateway config ({discovered})")
     connect.add_argument("--site", help="site in the config (default: the first)")
     connect.add_argument(
+        "--subset",
+        help="service-resolver subset to dial (default: the resolver's DefaultSubset in the "
+        "site's file catalog; '' for the unsubsetted name)",
+    )
+    connect.add_argument(
         "--gateway", help="client endpoint of the gateway (default: from the site's listen)"
     )
     connect.add_argument("--datacenter", help="override the site's datacenter")
@@ -201,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin", help="admin URL, e.g. http://127.0.0.1:19000 (overrides --config)"
     )
     explain.set_defaults(func=_explain)
+
+    listing = sub.add_parser(
+        "plugins",
+        help="list installed plugins and their hooks; with --config, each site's stack",
+    )
+    listing.add_argument("--config", help="also show each site's stack in load order")
+    listing.set_defaults(func=_plugins)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda args: print(__version__) or 0)

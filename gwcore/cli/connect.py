@@ -58,6 +58,38 @@ CONNECT_TIMEOUT = 10.0
 Material = tuple[LeafCertificate, list[x509.Certificate]]
 
 
+def upstream_sni(
+    site: SiteConfig,
+    upstream: ServiceName,
+    datacenter: str,
+    trust_domain: str,
+    subset: str | None = None,
+) -> str:
+    """The SNI to dial: ``subset``'s (``--subset``), else the resolver's ``DefaultSubset``
+    as Consul's sidecars dial it, else the service's own."""
+    if subset is None:
+        subset = default_subset(site, upstream)
+    return service_sni(upstream, datacenter, trust_domain, subset or None)
+
+
+def default_subset(site: SiteConfig, upstream: ServiceName) -> str:
+    """The ``DefaultSubset`` of ``upstream``'s service-resolver in the site's file
+    catalog ("" if none): a calling sidecar's discovery chain dials that subset's SNI."""
+    from gwcore.net.filewatch import expand
+    from gwcore.plugins import file_catalog
+    from gwcore.policy.resolver_entry import merge_resolvers
+
+    if file_catalog.NAME not in site.plugins:
+        return ""
+    settings, problems = file_catalog.read_settings(site)
+    if problems:
+        return ""
+    paths = expand([site.base_dir / p for p in settings.paths], file_catalog.PATTERN)
+    groups = [file_catalog.read_catalog_file(path)[1] for path in paths]
+    entry = merge_resolvers(groups)[0].get(upstream)
+    return entry.default_subset if entry is not None else ""
+
+
 class LeafSource:
     """The proxy's client TLS context, from ``load`` (its certificate provider), renewed.
 
@@ -376,7 +408,7 @@ def run_connect(args: argparse.Namespace, reactor: Any = None) -> int:
         print(f"tgw connect: {e}", file=sys.stderr)
         return 1
     upstream = ServiceName(args.upstream)
-    sni = service_sni(upstream, datacenter, trust_domain)
+    sni = upstream_sni(site, upstream, datacenter, trust_domain, getattr(args, "subset", None))
     expected = SpiffeID(trust_domain, upstream.namespace, datacenter, upstream.name).uri
     endpoint = clientFromString(reactor, gateway)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)

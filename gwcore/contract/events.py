@@ -13,6 +13,7 @@ other addons still run; a raising addon never vetoes by accident.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,9 +30,35 @@ class ConnectionInfo:
     client_port: int
     started: float
     annotations: dict[str, Any] = field(default_factory=dict)
+    writer: str | None = field(default=None, repr=False, compare=False)
+    """The addon being called (set by the plugin stack while it dispatches)."""
+    annotated_by: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    """Which addon wrote each annotation key (created on first use)."""
+    closer: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    """Set by the connection's driver; what :meth:`close` calls."""
+
+    def close(self, reason: str) -> None:
+        """Close this connection now, for ``reason``, at any time of its life (keep the
+        ``ConnectionInfo`` from a hook and call this later, on the reactor thread). The
+        record's ``close_cause`` is ``addon_close`` and ``close_detail`` the reason; it
+        is counted in ``tgw_downstream_rejected_total{reason="addon_close"}``. Closing a
+        connection that already ended does nothing."""
+        if self.closer is not None:
+            self.closer(reason)
 
     def annotate(self, key: str, value: Any) -> None:
-        """Add ``key`` to this connection's access-log record (under ``annotations``)."""
+        """Add ``key`` to this connection's access-log record (under ``annotations``).
+
+        A key belongs to the addon that wrote it first: another addon writing it raises
+        ``ValueError`` (logged and counted as that addon's error), so two plugins never
+        overwrite each other's fields. Prefix keys with your plugin's name."""
+        owners = self.annotated_by
+        if self.writer is not None:
+            if owners is None:
+                owners = self.annotated_by = {}
+            first = owners.setdefault(key, self.writer)
+            if first != self.writer:
+                raise ValueError(f"annotation {key!r} belongs to addon {first!r}")
         self.annotations[key] = value
 
 
@@ -64,6 +91,19 @@ class ClientHelloSeen(Vetoable):
     conn: ConnectionInfo | None = None
     sni: str | None = None
     destination: Destination | None = None
+    rerouted_to: str | None = field(default=None, init=False)
+    rerouted_by: str | None = field(default=None, init=False)
+
+    def route_to(self, sni: str, addon: str = "addon") -> None:
+        """Route this connection as if the client had sent ``sni``: its destination and
+        the certificate presented are those of that name's route (an unknown name is
+        refused as ``unknown_sni``). The first reroute wins; later addons see it in
+        ``rerouted_to``. The client must accept that route's certificate (its SPIFFE
+        identity), so use it for aliases of one service or for clients that verify
+        the mesh CA only."""
+        if self.rerouted_to is None:
+            self.rerouted_to = sni
+            self.rerouted_by = addon
 
 
 @dataclass(slots=True)
@@ -86,6 +126,31 @@ class AuthorizationDone(Vetoable):
     identity: SpiffeID | None = None
     destination: Destination | None = None
     decision: Decision | None = None
+
+
+@dataclass(slots=True)
+class EndpointChoice:
+    """The endpoints the gateway is about to try for an authorized connection, in order
+    (after health, ejection and the destination's ``lb_policy``). ``choose`` replaces
+    the order."""
+
+    conn: ConnectionInfo
+    destination: Destination
+    candidates: tuple[Endpoint, ...]
+    chosen: tuple[Endpoint, ...] | None = field(default=None, init=False)
+    chosen_by: str | None = field(default=None, init=False)
+
+    def choose(self, endpoints: Sequence[Endpoint], addon: str = "addon") -> None:
+        """Try ``endpoints`` (a non-empty selection of ``candidates``, in the order
+        given) instead; the first addon to choose wins. An endpoint that is not a
+        candidate raises ``ValueError`` (an unhealthy or ejected endpoint cannot be
+        brought back this way)."""
+        picked = tuple(endpoints)
+        if not picked or any(e not in self.candidates for e in picked):
+            raise ValueError("choose() takes a non-empty selection of event.candidates")
+        if self.chosen is None:
+            self.chosen = picked
+            self.chosen_by = addon
 
 
 @dataclass(slots=True)

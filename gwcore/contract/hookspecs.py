@@ -1,7 +1,8 @@
 """The whole plugin contract of tgw: every hook a plugin or addon may implement.
 
-Each site has its own plugin manager holding the essential plugins, then the
-plugins its ``plugins`` stack names, in that order. Hooks come in three groups:
+Each site has its own plugin manager holding the plugins its ``plugins`` stack
+names, in that order, then the essential plugins it does not name (``mesh_hop``,
+``upstream_tls``, ``plain_upstream``). Hooks come in three groups:
 
 **Configuration** — called by ``tgw check-config`` and before a site starts.
 
@@ -9,11 +10,16 @@ plugins its ``plugins`` stack names, in that order. Hooks come in three groups:
 provider objects (see :mod:`gwcore.contract.providers`); the site collects the results of
 every plugin *in stack order* (not pluggy's LIFO order). Async work belongs in the
 providers' methods, which may return Deferreds; hooks themselves are synchronous.
+What a provider hook returns is checked when the site starts: a list (or tuple) of
+objects with every member of their protocol; anything else refuses the start, naming
+the plugin and the member.
 
 **Event hooks** — the addon API, called per connection or per site event with one
 typed payload from :mod:`gwcore.contract.events`. Every implementation is called (in stack
 order); one that raises is logged and counted and the others still run. Payloads
-say which fields an addon may change (``veto``, ``annotate``).
+say which fields an addon may change (``veto``, ``annotate``). Event hooks are plain
+functions: an ``async def`` implementation is refused when the stack loads (nobody
+would await its coroutine).
 
 Implementations are methods or functions named exactly like the hooks, marked
 with :data:`hookimpl` or (for drop-in addons) left unmarked. A name starting with
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
         ClientConnected,
         ClientHelloSeen,
         ConnectionClosed,
+        EndpointChoice,
         HandshakeDone,
         RoutesChanged,
         SiteStarted,
@@ -104,7 +111,9 @@ def tgw_authorization_engines(site: SiteContext) -> Sequence[AuthorizationEngine
     """Return authorization engines for ``site``.
 
     Every engine is asked; any deny wins, all-abstain falls back to the site's
-    ``default_policy``, and an engine error is a deny. All results are collected.
+    ``default_policy``. An engine that raises, times out, or answers anything but a
+    ``Decision`` (``None``, another type, a Deferred firing ``None``) is a deny by that
+    engine, counted in ``tgw_authz_errors_total{reason}``. All results are collected.
     """
 
 
@@ -113,8 +122,8 @@ def tgw_upstream_strategies(site: SiteContext) -> Sequence[UpstreamStrategy]:
     """Return upstream strategies for ``site``.
 
     For each destination the first strategy in stack order whose ``applies_to`` is
-    true is used; the essential ``plain`` strategy comes last. All results are
-    collected.
+    true is used; the essential ``mesh_hop``, ``tls`` and ``plain`` strategies come
+    last (in that order) unless the stack names them. All results are collected.
     """
 
 
@@ -123,14 +132,16 @@ def tgw_upstream_strategies(site: SiteContext) -> Sequence[UpstreamStrategy]:
 
 @hookspec
 def tgw_site_started(event: SiteStarted) -> None:
-    """A site is listening. Called once per site start."""
+    """A site is listening. Called once per site start, after the first
+    ``tgw_routes_changed``; ``event.address`` is ``host:port`` of its listener."""
 
 
 @hookspec
 def tgw_routes_changed(event: RoutesChanged) -> None:
-    """A new route table went live for a site: after every catalog rebuild, including
-    the first one at start (before ``tgw_site_started``). Certificate rotations keep
-    the routes and do not call it."""
+    """A new route table went live for a site: once while the site starts (before
+    ``tgw_site_started``), then after every catalog rebuild, even when the set of
+    names did not change (only endpoints or intentions did). Certificate rotations
+    keep the routes and do not call it."""
 
 
 @hookspec
@@ -156,6 +167,14 @@ def tgw_authorized(event: AuthorizationDone) -> None:
 
 
 @hookspec
+def tgw_choose_endpoint(event: EndpointChoice) -> None:
+    """The connection was authorized and the gateway is about to dial: ``event.candidates``
+    are the usable endpoints in the order the load balancer chose. ``event.choose(eps)``
+    replaces them with a selection of the candidates, in a new order (the first
+    ``max_connect_attempts`` are tried). The first addon to choose wins."""
+
+
+@hookspec
 def tgw_upstream_connected(event: UpstreamConnected) -> None:
     """An upstream connection is open; bytes start to flow."""
 
@@ -177,6 +196,7 @@ EVENT_HOOKS: tuple[str, ...] = (
     "tgw_tls_clienthello",
     "tgw_handshake_done",
     "tgw_authorized",
+    "tgw_choose_endpoint",
     "tgw_upstream_connected",
     "tgw_upstream_failed",
     "tgw_connection_closed",
@@ -188,3 +208,5 @@ PROVIDER_HOOKS: tuple[str, ...] = (
     "tgw_authorization_engines",
     "tgw_upstream_strategies",
 )
+
+CONFIG_HOOKS: tuple[str, ...] = ("tgw_validate_site_config", "tgw_secret_keys")

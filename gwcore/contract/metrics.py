@@ -19,7 +19,40 @@ from gwcore import __version__
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
-_CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Loopback and same-rack connects take well under a millisecond: start at 100 µs.
+_CONNECT_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+# Fixed reason vocabularies (docs/metrics.md), created at 0 with each site so that
+# increase() sees the first event after a restart (a series born at 1 shows no rise).
+HANDSHAKE_REASONS = (
+    *("missing_sni", "invalid_sni", "unknown_sni", "no_certificate", "addon_veto"),
+    *("no_client_cert", "untrusted_ca", "expired_cert", "cert_not_yet_valid"),
+    *("bad_client_cert", "tls_version", "not_tls", "protocol_error", "client_closed"),
+    *("timeout", "no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"),
+    *("wrong_trust_bundle", "ca_certificate", "bad_key_usage", "not_a_service"),
+)
+NO_ROUTE_REASONS = ("missing_sni", "invalid_sni", "unknown_sni", "no_certificate")
+REJECTED_REASONS = (
+    *("overflow", "addon_veto", "early_data_overflow", "denied", "upstream_unavailable"),
+    *("no_strategy", "policy_revoked", "route_removed", "route_changed", "trust_root_removed"),
+)
+_HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 
 
@@ -31,12 +64,13 @@ class GatewayMetrics:
         self.exposition = self.registry
         """What ``/metrics`` serves: with workers, every worker's values added up."""
         self._families: dict[str, MetricWrapperBase] = {}
+        self._owners: dict[str, str] = {}
         r = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker (gwcore.runtime.workers)
-            from prometheus_client.multiprocess import MultiProcessCollector
+            from gwcore.contract.metrics_series import LiveMultiProcessCollector
 
             self.exposition = CollectorRegistry()
-            MultiProcessCollector(self.exposition)
+            self.exposition.register(LiveMultiProcessCollector())
         # Info is per process (not in the multiprocess files): served directly.
         self.build_info = Info("tgw_build", "tgw version.", registry=self.exposition)
         self.build_info.info({"version": __version__})
@@ -64,6 +98,40 @@ class GatewayMetrics:
         self.access_log_dropped = Counter(
             "tgw_access_log_dropped",
             "Access-log records that could not be written (disk full, I/O error).",
+            registry=r,
+        )
+        self.max_connections = Gauge(
+            "tgw_downstream_max_connections",
+            "The site's max_connections (compare with tgw_downstream_connections_active).",
+            ["site"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.closed = Counter(
+            "tgw_connections_closed",
+            "Downstream connections ended, by destination service (empty before routing) "
+            "and close cause (the access log's close_cause).",
+            ["site", "service", "cause"],
+            registry=r,
+        )
+        self.handshake_seconds = Histogram(
+            "tgw_tls_handshake_seconds",
+            "Time from accept to the end of a completed downstream TLS handshake.",
+            ["site"],
+            buckets=_HANDSHAKE_BUCKETS,
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "tgw_tls_handshakes",
+            "Completed downstream TLS handshakes, by TLS version.",
+            ["site", "version"],
+            registry=r,
+        )
+        self.no_data = Counter(
+            "tgw_downstream_no_data",
+            "Connections the client closed without sending a byte (a load balancer's TCP "
+            "health check, a port scan); not counted as TLS handshake errors.",
+            ["site"],
             registry=r,
         )
         self.rejected = Counter(
@@ -97,8 +165,9 @@ class GatewayMetrics:
         )
         self.authz_errors = Counter(
             "tgw_authz_errors",
-            "Authorization engine failures and timeouts (each is a deny).",
-            ["site", "engine"],
+            "Authorization engine failures, timeouts and answers that are not a decision"
+            " (each is a deny), by reason: exception, timeout, none, wrong_type.",
+            ["site", "engine", "reason"],
             registry=r,
         )
         # upstream
@@ -237,21 +306,48 @@ class GatewayMetrics:
         )
 
     def family(
-        self, kind: type[_M], name: str, documentation: str, labels: list[str], **kw: Any
+        self,
+        kind: type[_M],
+        name: str,
+        documentation: str,
+        labels: list[str],
+        *,
+        owner: str | None = None,
+        **kw: Any,
     ) -> _M:
         """Get or create a plugin's own metric family on this registry.
 
         Plugins call this from each site they serve; the first call creates the
         family and later calls (other sites, reloads) get the same object, so a
         name is never registered twice. Always include a ``site`` label.
+
+        ``owner`` (the plugin's name) claims the family: a later call by another owner,
+        or with other labels, raises ``ValueError`` naming both, so two plugins that
+        chose one name never count into each other's family. A gauge's
+        ``multiprocess_mode`` is ``livemax`` unless given (``livesum`` for counts that
+        workers add up; ``set_function`` gauges do not work with workers).
         """
         existing = self._families.get(name)
         if existing is not None:
             if not isinstance(existing, kind):
                 raise TypeError(f"metric {name} exists as {type(existing).__name__}")
+            first = self._owners.get(name)
+            if owner is not None and first is not None and owner != first:
+                raise ValueError(f"metric {name} is registered by plugin {first!r}, not {owner!r}")
+            if tuple(labels) != tuple(existing._labelnames):
+                raise ValueError(
+                    f"metric {name} exists with labels {list(existing._labelnames)}"
+                    f"{f' (plugin {first!r})' if first else ''}, not {labels}"
+                )
             return existing
+        if issubclass(kind, Gauge):
+            # With workers a gauge's mode decides how the processes' values combine; the
+            # library's default ("all") adds a pid label and keeps dead workers' values.
+            kw.setdefault("multiprocess_mode", "livemax")
         created = kind(name, documentation, labels, registry=self.registry, **kw)
         self._families[name] = created
+        if owner is not None:
+            self._owners[name] = owner
         return created
 
 
@@ -271,6 +367,15 @@ class SiteChildren:
         self.site = site
         self.accepted = metrics.accepted.labels(site=site)
         self.active = metrics.active.labels(site=site)
+        self.handshake_seconds = metrics.handshake_seconds.labels(site=site)
+        metrics.no_data.labels(site=site)
+        for reason in HANDSHAKE_REASONS:
+            metrics.handshake_errors.labels(site=site, reason=reason)
+        for reason in NO_ROUTE_REASONS:
+            metrics.no_route.labels(site=site, reason=reason)
+        for reason in REJECTED_REASONS:
+            metrics.rejected.labels(site=site, reason=reason)
+        self._closed: dict[tuple[str, str], Any] = {}
         self._services: dict[str, ServiceChildren] = {}
         self._decisions: dict[tuple[str, str, str], Any] = {}
 
@@ -279,6 +384,34 @@ class SiteChildren:
         if children is None:
             children = self._services[service] = ServiceChildren(self.metrics, self.site, service)
         return children
+
+    def closed(self, service: str, cause: str) -> Any:
+        key = (service, cause)
+        child = self._closed.get(key)
+        if child is None:
+            child = self._closed[key] = self.metrics.closed.labels(
+                site=self.site, service=service, cause=cause
+            )
+        return child
+
+    def forget(self, service: str) -> None:
+        """The service left the catalog: delete its per-service series (connections,
+        bytes, durations, connect times, decisions, close causes), so dashboards and
+        alerts follow the catalog. A connection still open re-creates what it reports."""
+        from gwcore.contract.metrics_series import remove_series
+
+        m, site = self.metrics, self.site
+        self._services.pop(service, None)
+        for family in (m.connections, m.connection_seconds, m.upstream_connect_seconds):
+            remove_series(family, site, service)
+        for direction in ("upstream", "downstream"):
+            remove_series(m.bytes, site, service, direction)
+        for key in [k for k in self._decisions if k[0] == service]:
+            remove_series(m.authz_decisions, site, *key)
+            del self._decisions[key]
+        for key in [k for k in self._closed if k[0] == service]:
+            remove_series(m.closed, site, *key)
+            del self._closed[key]
 
     def decision(self, service: str, engine: str, verdict: str) -> Any:
         key = (service, engine, verdict)

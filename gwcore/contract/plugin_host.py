@@ -1,8 +1,8 @@
 """Loading a site's plugin stack and calling its hooks.
 
-Every site gets its own :class:`PluginStack`: the essential plugins (which cannot be
-disabled) plus the plugins its ``plugins`` list names, in that order. A name is
-resolved, in this order, as
+Every site gets its own :class:`PluginStack`: the plugins its ``plugins`` list names,
+in that order, then the essential plugins it does not name (they cannot be disabled;
+naming one moves it). A name is resolved, in this order, as
 
 1. a built-in plugin (:data:`DEFAULT_PLUGINS`),
 2. an installed plugin from the ``tgw`` entry-point group,
@@ -31,7 +31,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from gwcore.contract import hookspecs
-from gwcore.policy.config import ConfigProblem, GatewayConfig, SiteConfig
+from gwcore.contract.addon_lifecycle import AddonContext, lifecycle_objects
+from gwcore.contract.plugin_checks import ProviderShapeError, check_event_impl, check_providers
+from gwcore.contract.plugin_names import closest_name, dropin_names, entry_point_names
+from gwcore.policy.config import ConfigProblem, GatewayConfig, SiteConfig, section_name
 
 if TYPE_CHECKING:
     from twisted.logger import Logger
@@ -141,20 +144,57 @@ def resolve_plugin(name: str, gateway: GatewayConfig) -> object:
         dropin = f"no {name}.py in " + ", ".join(str(p) for p in gateway.plugin_paths)
     else:
         dropin = f"no {name}.py (no [gateway] plugin_paths configured)"
+    installed = [*DEFAULT_PLUGINS, *entry_point_names(), *dropin_names(gateway.plugin_paths)]
+    guess = closest_name(name, installed)
+    hint = f"; did you mean {guess!r}?" if guess else ""
     raise PluginLoadError(
         f"unknown plugin {name!r}: not built-in ({', '.join(DEFAULT_PLUGINS)}), "
-        f"not an installed '{ENTRY_POINT_GROUP}' entry point, {dropin}"
+        f"not an installed '{ENTRY_POINT_GROUP}' entry point, {dropin}{hint}"
     )
 
 
-def _plugin_objects(name: str, plugin: object) -> Iterator[tuple[str, object]]:
+def _plugin_objects(entry: str, plugin: object) -> Iterator[tuple[str, object]]:
+    # A drop-in path or a module path is known by its last component (its section).
+    name = section_name(entry)
     addons = getattr(plugin, "addons", None)
     if isinstance(addons, list | tuple):
         for index, addon in enumerate(addons):
+            if isinstance(addon, type):  # a class: one instance per stack (site and load)
+                addon = addon()
             label = getattr(addon, "name", None) or type(addon).__name__
             yield f"{name}[{index}:{label}]", addon
     else:
         yield name, plugin
+
+
+def plugin_label(entry: str, plugin: object) -> str:
+    """A plugin's own name: its ``name`` attribute, else the stack entry without a
+    directory, ``.py`` or package path (``contrib/x.py`` and ``pkg.x`` are both ``x``)."""
+    own = getattr(plugin, "name", None)
+    if isinstance(own, str) and own:
+        return own
+    return section_name(entry)
+
+
+def _refuse_duplicates(plugins: Sequence[tuple[str, object]]) -> None:
+    """Two stack entries that are one plugin (an entry point and its drop-in copy, a
+    module listed twice) would both run and double-count: refuse the second."""
+    seen: dict[str, tuple[int, str]] = {}
+    for position, (entry, plugin) in enumerate(plugins):
+        labels = [plugin_label(entry, plugin)]
+        addons = getattr(plugin, "addons", None)
+        if isinstance(addons, list | tuple):
+            labels = [
+                plugin_label(a.__name__ if isinstance(a, type) else type(a).__name__, a)
+                for a in addons
+            ]
+        for label in labels:
+            first_position, first = seen.setdefault(label, (position, entry))
+            if first_position != position:
+                raise PluginLoadError(
+                    f"plugin {label!r} is loaded twice: by stack entry {first!r} and by "
+                    f"{entry!r}; keep one of them"
+                )
 
 
 class PluginStack:
@@ -170,12 +210,14 @@ class PluginStack:
         self.pm = _Manager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._position: dict[str, int] = {}
+        self._registered: list[tuple[str, object]] = []
         plugins = [(name, resolve_plugin(name, gateway)) for name in site.plugins]
         plugins += [
             (name, importlib.import_module(module))
             for name, module in ESSENTIAL_PLUGINS.items()
             if name not in site.plugins
         ]
+        _refuse_duplicates(plugins)
         for index, (entry, plugin) in enumerate(plugins):
             for reg_name, obj in _plugin_objects(entry, plugin):
                 try:
@@ -183,6 +225,7 @@ class PluginStack:
                 except (ValueError, pluggy.PluginValidationError) as e:
                     raise PluginLoadError(f"plugin {entry!r}: {e}") from e
                 self._position[reg_name] = index
+                self._registered.append((reg_name, obj))
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as e:
@@ -190,6 +233,12 @@ class PluginStack:
         self._events: dict[str, tuple[_Impl, ...]] = {
             hook: self._ordered(hook) for hook in hookspecs.EVENT_HOOKS
         }
+        for hook, impls in self._events.items():
+            for impl in impls:
+                try:
+                    check_event_impl(impl.plugin_name, hook, impl.function)
+                except ProviderShapeError as e:
+                    raise PluginLoadError(str(e)) from e
 
     def _ordered(self, hook: str) -> tuple[_Impl, ...]:
         caller = getattr(self.pm.hook, hook)
@@ -225,18 +274,27 @@ class PluginStack:
                 keys = impl.function(**{a: self.site for a in impl.argnames})
             except Exception:
                 continue
-            section = impl.plugin_name.split("[", 1)[0]  # an addon list shares its entry's
+            # an addon list shares its entry's section; a path's section is its stem
+            section = section_name(impl.plugin_name.split("[", 1)[0])
             table = f"{self.site.prefix}.{section}"
             found[table] = found.get(table, frozenset()) | frozenset(keys or ())
         return found
 
     def collect(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Call a provider hook in stack order and concatenate the returned sequences."""
+        """Call a provider hook in stack order and concatenate the returned sequences.
+
+        Each plugin's result is checked against the hook's protocol
+        (:func:`gwcore.contract.plugin_checks.check_providers`); a wrong shape raises
+        :class:`PluginLoadError` naming the plugin and the member, so the site does
+        not start.
+        """
         found: list[Any] = []
         for impl in self._ordered(hook):
             result = impl.function(**{a: kwargs[a] for a in impl.argnames})
-            if result:
-                found.extend(result)
+            try:
+                found.extend(check_providers(hook, impl.plugin_name, result))
+            except ProviderShapeError as e:
+                raise PluginLoadError(str(e)) from e
         return found
 
     def listeners(self, hook: str) -> tuple[_Impl, ...]:
@@ -245,8 +303,12 @@ class PluginStack:
 
     def dispatch(self, hook: str, event: Any, log: Logger, metrics: GatewayMetrics | None) -> None:
         """Call every implementation of an event hook; a raising addon is logged and skipped."""
+        conn = getattr(event, "conn", None)
         for impl in self._events[hook]:
             vetoed_before = getattr(event, "veto_reason", None)
+            rerouted_before = getattr(event, "rerouted_to", None)
+            if conn is not None:
+                conn.writer = impl.plugin_name  # annotation keys belong to their writer
             try:
                 impl.function(**{a: event for a in impl.argnames})
             except Exception:
@@ -257,10 +319,48 @@ class PluginStack:
                 if vetoed_before is None and getattr(event, "veto_reason", None) is not None:
                     event.veto_reason = None
                     event.vetoed_by = None
+                if rerouted_before is None and getattr(event, "rerouted_to", None) is not None:
+                    event.rerouted_to = event.rerouted_by = None  # nor reroute
                 continue
             vetoed_now = vetoed_before is None and getattr(event, "veto_reason", None) is not None
             if vetoed_now and event.vetoed_by in (None, "addon"):
                 event.vetoed_by = impl.plugin_name
+            if getattr(event, "rerouted_by", None) == "addon":
+                event.rerouted_by = impl.plugin_name
+            if getattr(event, "chosen_by", None) == "addon":
+                event.chosen_by = impl.plugin_name
+        if conn is not None:
+            conn.writer = None
+
+    def load_addons(self, site: Any) -> None:
+        """``load(ctx)`` then ``configure(updated)`` on every addon that defines them, in
+        stack order (:mod:`gwcore.contract.addon_lifecycle`); raising refuses the start by name."""
+        from twisted.logger import Logger
+
+        for reg_name, obj in lifecycle_objects(self._registered):
+            section = section_name(reg_name.split("[", 1)[0])
+            table = self.site.plugin_section(section)
+            log = Logger(namespace=f"tgw.addon.{section}")
+            ctx = AddonContext(reg_name, section, site, table, log)
+            try:
+                if callable(getattr(obj, "load", None)):
+                    obj.load(ctx)  # type: ignore[attr-defined]
+                if callable(getattr(obj, "configure", None)):
+                    obj.configure(frozenset(table))  # type: ignore[attr-defined]
+            except Exception as e:
+                raise PluginLoadError(
+                    f"addon {reg_name!r} raised in load/configure: {type(e).__name__}: {e}"
+                ) from e
+
+    def addons_done(self, log: Logger) -> None:
+        """``done()`` on every addon that defines it, in reverse stack order; a raising
+        one is logged and the others still run."""
+        for reg_name, obj in reversed(lifecycle_objects(self._registered)):
+            if callable(getattr(obj, "done", None)):
+                try:
+                    obj.done()  # type: ignore[attr-defined]
+                except Exception:
+                    log.failure("addon {addon} raised in done()", addon=reg_name)
 
     @property
     def plugin_names(self) -> Sequence[str]:

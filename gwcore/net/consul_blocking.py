@@ -6,6 +6,7 @@ The rules of the loop are listed in :mod:`gwcore.net.consul`.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -216,7 +217,16 @@ class ConsulFreshness:
             "known good (since start when it never was).",
             ["site", "plugin"],
         )
-        staleness.labels(site=site.name, plugin=plugin).set_function(self.staleness)
+        self._last_success_gauge = site.metrics.family(
+            Gauge,
+            "tgw_consul_last_success_timestamp_seconds",
+            "When every Consul endpoint a plugin reads last answered successfully.",
+            ["site", "plugin"],
+            multiprocess_mode="livemax",
+        ).labels(site=site.name, plugin=plugin)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # A callback gauge is exported as 0 by workers: there, use the timestamp.
+            staleness.labels(site=site.name, plugin=plugin).set_function(self.staleness)
 
     def staleness(self) -> float:
         if not self._failing and self.last_success is not None:
@@ -235,6 +245,7 @@ class ConsulFreshness:
             )
         if not self._failing:
             self.last_success = self._clock.seconds()
+            self._last_success_gauge.set(self.last_success)
 
     def failed(self, error: ConsulError) -> None:
         self._errors.labels(

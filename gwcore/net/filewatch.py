@@ -28,12 +28,14 @@ Fingerprint = tuple[int, int, str]  # (inode, size, content digest)
 log = Logger()
 
 
-def expand(paths: Sequence[Path], pattern: str) -> list[Path]:
-    """Files named directly, plus files matching ``pattern`` in named directories, sorted."""
+def expand(paths: Sequence[Path], pattern: str | tuple[str, ...]) -> list[Path]:
+    """Files named directly, plus files matching ``pattern`` (one glob or several) in
+    named directories, sorted."""
+    patterns = (pattern,) if isinstance(pattern, str) else pattern
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.glob(pattern) if p.is_file()))
+            found.extend(sorted({p for g in patterns for p in path.glob(g) if p.is_file()}))
         else:
             found.append(path)
     return found
@@ -65,12 +67,14 @@ class FileWatcher:
         on_change: Callable[[], None],
         *,
         interval: float = 1.0,
-        pattern: str = "*",
+        pattern: str | tuple[str, ...] = "*",
+        on_unchanged: Callable[[], None] | None = None,
     ) -> None:
         self.paths = list(paths)
         self.pattern = pattern
         self.interval = interval
         self._on_change = on_change
+        self._on_unchanged = on_unchanged  # a successful check that found nothing new
         self._state: dict[Path, Fingerprint | None] = {}
         self._loop = LoopingCall(self.check)
         self._loop.clock = clock
@@ -90,6 +94,8 @@ class FileWatcher:
         """Compare with the last state; call back (once) if anything changed."""
         state = self.current()
         if state == self._state:
+            if self._on_unchanged is not None:
+                self._on_unchanged()
             return False
         self._state = state
         try:

@@ -22,7 +22,6 @@ another datacenter. States and the rules between them::
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gwcore.contract.events import ConnectionClosed, ConnectionInfo
+from gwcore.net.access_fields import next_connection_id
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol
 from gwcore.policy.clienthello import NEED_MORE, ClientHello, ClientHelloParser, HelloError
 from gwcore.policy.mesh import MeshRoute, NoRoute, route_by_sni
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from gwcore.policy.model import Destination, Endpoint
 
 log = Logger(namespace="tgw.mesh")
-_ids = itertools.count(1)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -62,8 +61,9 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
         self._init_splice()
         self.site = site
         self.state = State.HANDSHAKE
-        self.connection_id = next(_ids)
+        self.connection_id = next_connection_id()
         self.started = time.time()
+        self.started_monotonic = time.monotonic()
         self.routes, _ = site.current()
         self.gateways = site.catalog_view().mesh_gateways
         self.info: ConnectionInfo | None = None
@@ -187,6 +187,7 @@ class PassthroughProtocol(SplicedClient, TwistedProtocol):
         self._pending = None
         if self.state is State.CLOSED:
             return
+        self.endpoint_tried = getattr(failure.value, "endpoint", None)
         self.close_cause_detail = str(failure.value)
         self.site.metrics.rejected.labels(site=self.site.name, reason="upstream_unavailable").inc()
         self._close("upstream_unavailable")

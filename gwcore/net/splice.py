@@ -29,6 +29,8 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gwcore.net.access_fields import address_of, complete, host_port, process_fields, rfc3339
+
 _log = Logger(namespace="tgw.connection")
 
 BIO_CHUNK = 1 << 17
@@ -209,6 +211,7 @@ class SplicedClient:
 
     def _splice(self, upstream: UpstreamProtocol, early: list[bytes]) -> None:
         """Join ``upstream`` (already attached and ``SPLICING``): send ``early`` bytes first."""
+        self.upstream_local_address = address_of(upstream.transport, local=True)
         for chunk in early:
             self.bytes_up += len(chunk)
             upstream.send(chunk)
@@ -282,6 +285,17 @@ class SplicedClient:
             self._send_close_notify()
         self._close(cause)
 
+    def close_for_addon(self, reason: str) -> None:
+        """An addon closes this connection (``ConnectionInfo.close``)."""
+        if self.state is State.CLOSED or self.close_cause is not None:
+            return  # already ending: the first cause stays
+        self.close_cause_detail = reason
+        self.site.metrics.rejected.labels(site=self.site.name, reason="addon_close").inc()
+        _log.info(
+            "closing {client} for an addon: {reason}", client=self.client_label(), reason=reason
+        )
+        self.close("addon_close")
+
     def _close(self, cause: str, abort: bool = False) -> None:
         if self.close_cause is None:
             self.close_cause = cause
@@ -341,12 +355,14 @@ class SplicedClient:
         from gwcore.contract.events import ConnectionInfo
 
         peer = self.transport.getPeer()
+        self.local_address = address_of(self.transport, local=True)
         self.info = ConnectionInfo(
             site=self.site.name,
             connection_id=self.connection_id,
             client_address=getattr(peer, "host", str(peer)),
             client_port=getattr(peer, "port", 0),
             started=self.started,
+            closer=self.close_for_addon,
         )
         if not self.site.connection_opened(self):
             self.close_cause = "overflow"
@@ -364,37 +380,45 @@ class SplicedClient:
     def client_label(self) -> str:
         if self.info is None:
             return "?"
-        return f"{self.info.client_address}:{self.info.client_port}"
+        return host_port(self.info.client_address, self.info.client_port) or "?"
 
     def access_record(self) -> dict[str, Any]:
-        """The JSON access-log record (also the ``tgw_connection_closed`` payload): the
-        fields every driver has, then the driver's own (:meth:`record_fields`)."""
+        """The JSON access-log record (also the ``tgw_connection_closed`` payload): every
+        key of :data:`~gwcore.net.access_fields.RECORD_KEYS`, ``null`` when unknown."""
         started = self.started
+        endpoint = self.endpoint or getattr(self, "endpoint_tried", None)
+        meta = endpoint.meta if endpoint is not None else {}
+        start_time = rfc3339(started)
+        duration = time.monotonic() - getattr(self, "started_monotonic", time.monotonic())
         record: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
-            + f".{int(started % 1 * 1000):03d}Z",
+            "time": start_time,
+            "record_type": "closed",
+            "start_time": start_time,
+            "end_time": rfc3339(started + duration),
             "site": self.site.name,
             "connection_id": self.connection_id,
-            "client": self.client_label(),
+            **process_fields(),
+            "client": self.client_label() if self.info is not None else None,
+            "downstream_local_address": getattr(self, "local_address", None),
             "sni": self.sni,
             **self.record_fields(),
+            "upstream_host": str(endpoint) if endpoint is not None else None,
             "endpoint": str(self.endpoint) if self.endpoint else None,
+            "endpoint_hostname": meta.get("hostname") if "address_source" in meta else None,
+            "endpoint_source": meta.get("address_source"),
+            "upstream_local_address": getattr(self, "upstream_local_address", None),
             "bytes_upstream": self.bytes_up,
             "bytes_downstream": self.bytes_down,
-            "duration_seconds": round(time.time() - started, 6),
+            "duration_seconds": round(duration, 6),
             "connect_seconds": round(self.connect_seconds, 6) if self.connect_seconds else None,
             "connect_attempts": self.attempts,
             "close_cause": self.close_cause,
+            "close_detail": self.close_cause_detail or None,
+            "annotations": dict(self.info.annotations)
+            if self.info is not None and self.info.annotations
+            else None,
         }
-        if self.endpoint is not None and "address_source" in self.endpoint.meta:
-            # A host-name endpoint: the name and what answered it (hosts, localhost, dns).
-            record["endpoint_hostname"] = self.endpoint.meta.get("hostname")
-            record["endpoint_source"] = self.endpoint.meta["address_source"]
-        if self.close_cause_detail:
-            record["close_detail"] = self.close_cause_detail
-        if self.info is not None and self.info.annotations:
-            record["annotations"] = dict(self.info.annotations)
-        return record
+        return complete(record)
 
     def record_fields(self) -> dict[str, Any]:
         """Driver-specific access-log fields (who, what was decided, where to)."""

@@ -28,7 +28,6 @@ States and the rules between them::
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +47,8 @@ from gwcore.contract.events import (
     ConnectionInfo,
     HandshakeDone,
 )
+from gwcore.net import conn_observe as observe
+from gwcore.net.access_fields import certificate_fields, next_connection_id
 from gwcore.net.bio import pieces, send_bounded
 from gwcore.net.client_trust import VERIFY_ERROR_REASONS
 from gwcore.net.first_hello import FirstHello
@@ -72,7 +73,6 @@ MAX_EARLY_BYTES = 256 * 1024
 RECV_CHUNK = 1 << 16
 
 log = Logger(namespace="tgw.connection")
-_ids = itertools.count(1)
 
 
 class Dataplane(Protocol):
@@ -112,8 +112,9 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def __init__(self, site: Dataplane) -> None:
         self.site = site
         self.state = State.HANDSHAKE
-        self.connection_id = next(_ids)
+        self.connection_id = next_connection_id()
         self.started = time.time()
+        observe.init_facts(self)  # monotonic start, TLS and certificate fields (access log)
         self.routes, self.material = site.current()
         self.tls: SSL.Connection | None = None
         self.info: ConnectionInfo | None = None
@@ -183,6 +184,10 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             if event.veto_reason is not None:
                 self.hello_veto = f"vetoed by {event.vetoed_by}: {event.veto_reason}"
                 return None
+            if event.rerouted_to is not None:  # an addon chose the route (events.route_to)
+                raw = event.rerouted_to
+                sni = normalize_sni(raw)
+                destination = self.routes.lookup(sni) if sni else None
         if raw is None or sni is None:
             self.route_miss = "missing_sni" if raw is None else "invalid_sni"
             return None
@@ -206,7 +211,9 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
                 return candidate
         return SSL.NO_OVERLAPPING_PROTOCOLS
 
-    def on_verify(self, errnum: int, ok: int) -> bool:
+    def on_verify(self, errnum: int, ok: int, leaf: Any = None) -> bool:
+        if leaf is not None:  # the presented leaf, for the access log even if refused
+            self.peer_certificate = certificate_fields(leaf)
         if not ok and self.verify_error is None:
             self.verify_error = errnum
         return bool(ok)
@@ -216,6 +223,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         tls = self.tls
         if tls is None:
+            self.saw_bytes = True
             hello = self._hello
             if hello is None or not hello.feed(data):
                 return
@@ -371,7 +379,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def _handshake_completed(self) -> None:
         tls = self.tls
         assert tls is not None
-        self.handshake_seconds = time.time() - self.started
+        observe.handshake_completed(self, tls)
         self.site.handshake_finished(self)  # frees its handshake slot (admission)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
@@ -381,6 +389,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self._handshake_failed(None)
             return
         cert = tls.get_peer_certificate()
+        self.peer_certificate = certificate_fields(cert)  # logged even when refused
         if cert is None:
             self._handshake_failed(None)
             return
@@ -476,6 +485,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if self.state is State.CLOSED:
             return
         reason = getattr(failure.value, "reason", "error")
+        self.endpoint_tried = getattr(failure.value, "endpoint", None)
         self.close_cause_detail = str(failure.value)
         self._refuse("no_strategy" if reason == "no_strategy" else "upstream_unavailable", None)
 
@@ -501,7 +511,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def readConnectionLost(self) -> None:
         """TCP FIN from the client (with or without close_notify before it)."""
         if self.state is State.HANDSHAKE:
-            self._handshake_failed(None, "client_closed")
+            observe.fin_in_handshake(self)  # a bare TCP connect is no TLS failure
             return
         self._client_finished_writing()
 
@@ -549,11 +559,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.state is State.HANDSHAKE and self.close_cause is None:
-            # The client went away mid-handshake (or a scanner connected and left).
-            self.site.metrics.handshake_errors.labels(
-                site=self.site.name, reason="client_closed"
-            ).inc()
-            self.close_cause = "handshake:client_closed"
+            observe.handshake_abandoned(self)  # or a bare TCP connect: no_data
         super().connectionLost(reason)
 
     def _finishing(self) -> None:
@@ -562,18 +568,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     # --- reporting ------------------------------------------------------------
 
     def record_fields(self) -> dict[str, Any]:
-        decision = self.decision
-        return {
-            "source": self.identity.uri if self.identity else None,
-            "destination": self.destination.name if self.destination else None,
-            "decision": decision.verdict.value if decision else None,
-            "engine": decision.engine if decision else None,
-            "reason": decision.reason if decision else None,
-            "alpn": self.alpn.decode("ascii", "replace") if self.alpn else None,
-            "handshake_seconds": round(self.handshake_seconds, 6)
-            if self.handshake_seconds
-            else None,
-        }
+        return observe.record_fields(self)
 
     def closed_event(self, record: dict[str, Any]) -> ConnectionClosed | None:
         return ConnectionClosed(conn=self.info, record=record) if self.info is not None else None

@@ -33,10 +33,12 @@ if TYPE_CHECKING:
 class UpstreamConnectError(Exception):
     """A connect attempt (or all of them) failed; ``reason`` is a metric label."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, endpoint: Endpoint | None = None) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.endpoint = endpoint
+        """The last endpoint tried (the access log's ``upstream_host``), if any."""
 
 
 def classify_connect_error(exc: BaseException) -> str:
@@ -209,7 +211,9 @@ class _Attempts:
             return
         self.result.errback(
             UpstreamConnectError(
-                "unavailable", f"all {len(self.endpoints)} attempts failed, last: {self.last}"
+                "unavailable",
+                f"all {len(self.endpoints)} attempts failed, last: {self.last}",
+                endpoint,
             )
         )
 

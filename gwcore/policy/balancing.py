@@ -6,18 +6,25 @@ Rules, applied in this order:
 2. Endpoints ejected by passive outlier detection are skipped — unless that would
    leave nothing to try, in which case ejections are ignored (an ejection must never
    turn a degraded service into an unreachable one).
-3. Passing endpoints come before warning ones: a warning instance serves only when
-   no passing one accepts the connection. Inside a health tier, endpoints of a lower
-   ``priority`` (an SRV record's, RFC 2782) all come before any of a higher one.
+3. Health: by default (``health_order = "weighted"``, as Consul) warning instances are
+   as eligible as passing ones, with their ``Weights.Warning`` weight. With the site's
+   ``health_order = "passing_first"`` passing endpoints come before warning ones: a
+   warning instance serves only when no passing one accepts the connection. Inside a
+   tier, endpoints of a lower ``priority`` (an SRV record's, RFC 2782) all come before
+   any of a higher one.
 4. Within each (health, priority) tier the destination's ``lb_policy`` orders the endpoints,
    respecting their weights (Consul's ``Weights.Passing``/``Warning``):
 
    - ``round_robin`` (default): smooth weighted round robin; over any window the
      first choices are proportional to the weights, with no bursts.
    - ``least_request`` (Consul's name; ``least_connections`` is accepted): fewest
-     open connections per unit of weight first, round robin among equals.
+     open connections per unit of weight first, round robin among equals. From a
+     service-resolver (``LoadBalancer.LeastRequestConfig.ChoiceCount``) it is Envoy's
+     power of N choices (:func:`gwcore.policy.lb.power_of_choices`).
    - ``random``: weighted random order (each endpoint drawn with probability
      proportional to its weight, without replacement).
+   - ``ring_hash`` / ``maglev`` (from a service-resolver): consistent hashing of the
+     connection's hash key (:mod:`gwcore.policy.lb`).
 
 The net layer tries the returned list in order, moving on after a connect failure,
 and reports every outcome back (:meth:`EndpointPicker.failed`, :meth:`succeeded`,
@@ -30,9 +37,13 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gwcore.policy.lb import Maglev, Member, Ring, power_of_choices
 from gwcore.policy.model import Destination, Endpoint, Health, ServiceName
 
-POLICIES = ("round_robin", "least_request", "random")
+POLICIES = ("round_robin", "least_request", "random")  # the site's lb_policy choices
+RESOLVER_POLICIES = (*POLICIES, "ring_hash", "maglev")  # a service-resolver's too
+HEALTH_ORDERS = ("weighted", "passing_first")
+_HASH_CACHE = 64  # hash structures kept (one per destination tier in use)
 ALIASES = {"least_connections": "least_request", "": "round_robin"}
 
 EndpointKey = tuple[ServiceName, str, str, int]  # (service, datacenter, address, port)
@@ -110,10 +121,19 @@ class OutlierDetector:
         state.failures = 0
         return length
 
-    def success(self, key: EndpointKey) -> None:
+    def success(self, key: EndpointKey) -> bool:
+        """Reset the failure count; whether the endpoint was :meth:`failing` before."""
         state = self._state.get(key)
+        was = self.failing(key)
         if state is not None:
             state.failures = 0
+        return was
+
+    def failing(self, key: EndpointKey) -> bool:
+        """At least ``consecutive`` failures in a row and not ejected (the last endpoint
+        of a destination stays in rotation then, but is not healthy)."""
+        state = self._state.get(key)
+        return state is not None and state.failures >= self.consecutive
 
     def forget(self, keep: set[EndpointKey]) -> None:
         """Drop state of endpoints no longer in any destination."""
@@ -128,9 +148,11 @@ class EndpointPicker:
     ) -> None:
         self.outliers = outliers or OutlierDetector()
         self._rng = rng or random.Random()
+        self._key = ""
         self._current: dict[EndpointKey, float] = {}  # smooth weighted round robin state
         self._active: dict[EndpointKey, int] = {}
         self._turns: dict[tuple[ServiceName, str], int] = {}
+        self._hashes: dict[tuple[object, ...], Ring | Maglev] = {}
 
     # --- ordering -----------------------------------------------------------------
 
@@ -140,25 +162,66 @@ class EndpointPicker:
         kept = [e for e in live if not self.outliers.ejected(endpoint_key(destination, e), now)]
         return kept or live
 
-    def candidates(self, destination: Destination, now: float = 0.0) -> list[Endpoint]:
-        """Endpoints to try for one new connection, in order; empty if none is usable."""
+    def candidates(
+        self,
+        destination: Destination,
+        now: float = 0.0,
+        key: str = "",
+        passing_first: bool = False,
+    ) -> list[Endpoint]:
+        """Endpoints to try for one new connection, in order; empty if none is usable.
+
+        ``key`` is the connection's hash key (``ring_hash``, ``maglev``);
+        ``passing_first`` is the site's ``health_order = "passing_first"``.
+        """
         passing, warning = health_tiers(self.usable(destination, now))
         if not passing and not warning:
             return []
-        policy = policy_name(destination.lb_policy) or "round_robin"
+        tiers = (passing, warning) if passing_first else (self.usable_in_order(destination, now),)
+        policy = destination.lb_policy if destination.lb_policy in RESOLVER_POLICIES else ""
+        policy = policy or policy_name(destination.lb_policy) or "round_robin"
         order = {
             "round_robin": self._round_robin,
             "least_request": self._least_request,
             "random": self._random,
+            "ring_hash": self._hashed,
+            "maglev": self._hashed,
         }[policy]
-        key = (destination.service, destination.datacenter)
-        turn = self._turns.get(key, 0)
-        self._turns[key] = turn + 1
+        self._key = key
+        turn_key = (destination.service, destination.datacenter)
+        turn = self._turns.get(turn_key, 0)
+        self._turns[turn_key] = turn + 1
         ordered: list[Endpoint] = []
-        for tier in (passing, warning):
+        for tier in tiers:
             for group in priority_groups(tier):
                 ordered += order(destination, group, turn)
         return ordered
+
+    def usable_in_order(self, destination: Destination, now: float) -> list[Endpoint]:
+        """Passing and warning endpoints together, in catalog order."""
+        return [
+            e for e in self.usable(destination, now) if e.health in (Health.PASSING, Health.WARNING)
+        ]
+
+    def _hashed(self, destination: Destination, tier: list[Endpoint], turn: int) -> list[Endpoint]:
+        if len(tier) <= 1:
+            return tier
+        lb = destination.load_balancer
+        members = tuple(Member(f"{e.address}:{e.port}", e.weight) for e in tier)
+        cache_key = (destination.lb_policy, lb.min_ring, lb.max_ring, members)
+        table = self._hashes.get(cache_key)
+        if table is None:
+            if len(self._hashes) >= _HASH_CACHE:
+                self._hashes.pop(next(iter(self._hashes)))
+            table = (
+                Ring(members, lb.min_ring, lb.max_ring)
+                if destination.lb_policy == "ring_hash"
+                else Maglev(members)
+            )
+            self._hashes[cache_key] = table
+        if not self._key:  # nothing to hash on: behave as random, as Envoy does
+            return self._random(destination, tier, turn)
+        return [tier[i] for i in table.order(self._key)]
 
     def _round_robin(
         self, destination: Destination, tier: list[Endpoint], turn: int
@@ -188,6 +251,9 @@ class EndpointPicker:
             active = self._active.get(endpoint_key(destination, tier[i]), 0)
             return (active / max(tier[i].weight, 1), (i - turn) % n)
 
+        if destination.load_balancer.policy == "least_request":  # a resolver's ChoiceCount
+            choices = destination.load_balancer.choice_count
+            return [tier[i] for i in power_of_choices(choices, lambda i: load(i)[0], n, self._rng)]
         return [tier[i] for i in sorted(range(n), key=load)]
 
     def _random(self, destination: Destination, tier: list[Endpoint], turn: int) -> list[Endpoint]:
@@ -209,8 +275,18 @@ class EndpointPicker:
         ]
         return self.outliers.failure(key, now, may_eject=bool(others))
 
-    def succeeded(self, destination: Destination, endpoint: Endpoint) -> None:
-        self.outliers.success(endpoint_key(destination, endpoint))
+    def succeeded(self, destination: Destination, endpoint: Endpoint) -> bool:
+        """Whether the endpoint was failing before this success (its health changed)."""
+        return self.outliers.success(endpoint_key(destination, endpoint))
+
+    def healthy(self, destination: Destination, now: float) -> list[Endpoint]:
+        """:meth:`usable` endpoints that are not failing every connect."""
+        out = self.outliers
+        return [
+            e
+            for e in self.usable(destination, now)
+            if not out.failing(key := endpoint_key(destination, e)) and not out.ejected(key, now)
+        ]
 
     def opened(self, destination: Destination, endpoint: Endpoint) -> None:
         key = endpoint_key(destination, endpoint)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gwcore.policy.balancing import HEALTH_ORDERS, policy_name
 from gwcore.policy.balancing import POLICIES as LB_POLICIES
-from gwcore.policy.balancing import policy_name
 from gwcore.policy.config_reader import (
     ConfigProblem,
     SectionReader,
@@ -80,6 +80,8 @@ class SiteConfig:
     session_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     idle_timeout: float = 3600.0
+    access_log_flush_interval: float = 0.0  # periodic records of open connections (0: off)
+    access_log_no_data: bool = True  # records of bare TCP connects (health checks)
     authz_timeout: float = 5.0
     drain_timeout: float = 10.0
     proxy_protocol: bool = False  # PROXY v1/v2 header in, v2 to plain upstreams: net.proxied
@@ -87,6 +89,7 @@ class SiteConfig:
     max_connections: int = 10000
     max_connect_attempts: int = 3
     lb_policy: str = "round_robin"
+    health_order: str = "weighted"  # or "passing_first"; see gwcore.policy.balancing
     outlier_consecutive_failures: int = 5
     outlier_base_ejection: float = 30.0
     outlier_max_ejection: float = 300.0
@@ -212,6 +215,15 @@ def load_config(path: str | Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([ConfigProblem(file, "(syntax)", str(e))]) from e
     return parse_config(data, file, path.resolve().parent)
+
+
+def section_name(entry: str) -> str:
+    """The config section (and stack name) of a stack entry: the entry itself, or, for a
+    drop-in path or a dotted module path, its last component (``addons/rate.py`` and
+    ``mycompany.rate`` are both configured in ``[sites.NAME.rate]``)."""
+    if entry.endswith(".py"):
+        return Path(entry).stem
+    return entry.rsplit(".", 1)[-1]
 
 
 def parse_config(data: Mapping[str, Any], file: str, base_dir: Path) -> GatewayConfig:
@@ -350,9 +362,11 @@ def _parse_site(
         "session_lifetime": r.duration("session_lifetime", 3600.0, minimum=1.0),
         "connect_timeout": r.duration("connect_timeout", 5.0, minimum=0.001),
         "idle_timeout": r.duration("idle_timeout", 3600.0),
+        "access_log_flush_interval": r.duration("access_log_flush_interval", 0.0),
         "authz_timeout": r.duration("authz_timeout", 5.0, minimum=0.001),
         "drain_timeout": r.duration("drain_timeout", 10.0),
         "proxy_protocol": r.boolean("proxy_protocol", False),
+        "access_log_no_data": r.boolean("access_log_no_data", True),
         "upstream_proxy_protocol": r.boolean("upstream_proxy_protocol", False),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
@@ -387,9 +401,12 @@ def _parse_site(
     choices = (*LB_POLICIES, "least_connections")
     lb_policy = r.string("lb_policy", "round_robin", choices=choices) or "round_robin"
     values["lb_policy"] = policy_name(lb_policy) or "round_robin"
+    order = r.string("health_order", "weighted", choices=HEALTH_ORDERS)
+    values["health_order"] = order or "weighted"
     sections = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+    own_sections = {section_name(p) for p in plugins} | set(plugins)
     for section in sections:
-        if section not in plugins and section not in ESSENTIAL_SECTIONS:
+        if section not in own_sections and section not in ESSENTIAL_SECTIONS:
             r.problem(
                 section, "is a plugin section, but the plugin is not in this site's plugins list"
             )

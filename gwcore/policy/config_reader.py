@@ -89,6 +89,11 @@ class SectionReader:
             self.problem(name, "is required")
         return _MISSING if required else default
 
+    def raw(self, name: str, default: Any = None) -> Any:
+        """The value as written (marked as read), for shapes the typed readers do not
+        cover, such as a list of tables; check it yourself and :meth:`problem` it."""
+        return self._get(name, default, False)
+
     def string(
         self,
         name: str,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gwcore.policy.consul_decode import (
+    _MISSING,
     _Object,
     _Sink,
 )
 from gwcore.policy.consul_values import PROTOCOLS, WILDCARD, _wildcard_problem
+from gwcore.policy.destinations import EgressDestination, parse_destination
 from gwcore.policy.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_PARTITION,
@@ -24,6 +26,7 @@ class ServiceDefaults:
     protocol: str
     origin: str
     where: str
+    destination: EgressDestination | None = None  # gwcore.policy.destinations
 
 
 def _parse_service_defaults(sink: _Sink, doc: _Object) -> ServiceDefaults:
@@ -39,4 +42,9 @@ def _parse_service_defaults(sink: _Sink, doc: _Object) -> ServiceDefaults:
         doc.string("Namespace") or DEFAULT_NAMESPACE,
         doc.string("Partition") or DEFAULT_PARTITION,
     )
-    return ServiceDefaults(service, protocol, sink.origin, doc.where)
+    destination = None
+    if doc.raw("Destination") is not _MISSING:
+        destination, found = parse_destination(doc.raw("Destination"))
+        for key, message in found:
+            doc.problem(f"Destination.{key}".rstrip("."), message)
+    return ServiceDefaults(service, protocol, sink.origin, doc.where, destination)

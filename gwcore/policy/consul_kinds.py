@@ -26,8 +26,8 @@ KINDS: Mapping[str, str] = MappingProxyType(
         "service-intentions": READ,
         "service-defaults": READ,  # only Protocol is used
         "proxy-defaults": SKIP,
-        # Skipped by this decoder and reported as such: terminating sites do not use it
-        # yet. gwcore.policy.resolver_entry reads its Subsets for mesh sites.
+        # Skipped by this decoder: gwcore.policy.resolver_entry reads it (subsets and
+        # settings, for terminating and mesh sites) and does not count it as skipped.
         "service-resolver": SKIP,
         "service-router": SKIP,
         "service-splitter": SKIP,

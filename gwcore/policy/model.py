@@ -106,6 +106,39 @@ class UpstreamTLS:
 
 PLAIN_TLS = UpstreamTLS()
 
+# Envoy's defaults, which Consul leaves in place: ring 1024..8M entries, 2 choices.
+DEFAULT_MIN_RING = 1024
+DEFAULT_MAX_RING = 8 * 1024 * 1024
+DEFAULT_CHOICES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class HashPolicy:
+    field: str = ""  # header | cookie | query_parameter; "" with source_ip
+    field_value: str = ""
+    source_ip: bool = False
+    terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    """A service-resolver's ``LoadBalancer`` (:mod:`gwcore.policy.resolver_settings`)."""
+
+    policy: str = ""
+    min_ring: int = DEFAULT_MIN_RING
+    max_ring: int = DEFAULT_MAX_RING
+    choice_count: int = DEFAULT_CHOICES
+    hash_policies: tuple[HashPolicy, ...] = ()
+
+    @property
+    def hashes_source_ip(self) -> bool:
+        """L4 hashing key: the source address if a ``SourceIP`` policy is set, else the
+        source identity."""
+        return any(p.source_ip for p in self.hash_policies)
+
+
+DEFAULT_LB = LoadBalancer()
+
 
 @dataclass(frozen=True, slots=True)
 class Destination:
@@ -119,9 +152,20 @@ class Destination:
     from_wildcard: bool = False
     lb_policy: str = ""  # "" = the site's lb_policy; else a gwcore.policy.balancing policy
     connect_timeout: float | None = None  # seconds; None = the site's connect_timeout
+    # ring sizes, ChoiceCount, hash policies of the resolver's LoadBalancer
+    load_balancer: LoadBalancer = DEFAULT_LB
     meta: Mapping[str, str] = field(default_factory=lambda: _EMPTY, compare=False, hash=False)
     # service-resolver subsets at a mesh site: (subset name, its endpoints), sorted by name
     subsets: tuple[tuple[str, tuple[Endpoint, ...]], ...] = ()
+    # The subset this route serves (a terminating site's subset route), "" for the service
+    subset: str = ""
+    # A Consul destination (service-defaults Destination): its addresses, one route each
+    egress: tuple[str, ...] = ()
+    # service-resolver settings reported in /routes (DefaultSubset, Redirect, Failover,
+    # LoadBalancer, RequestTimeout): decided by callers or by L7, not by an L4 route
+    resolver: Mapping[str, object] = field(
+        default_factory=lambda: _EMPTY, compare=False, hash=False
+    )
 
     @property
     def name(self) -> str:

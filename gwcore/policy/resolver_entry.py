@@ -15,6 +15,7 @@ Keys match as Consul's decoder does: case-insensitively, with or without ``_``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -29,7 +30,8 @@ from gwcore.policy.consul_shapes import (
     decode_documents,
     parse_documents,
 )
-from gwcore.policy.model import DEFAULT_NAMESPACE, DEFAULT_PARTITION, ServiceName
+from gwcore.policy.model import DEFAULT_NAMESPACE, DEFAULT_PARTITION, Destination, ServiceName
+from gwcore.policy.resolver_settings import ResolverSettings, parse_settings
 
 SERVICE_RESOLVER = "service-resolver"
 
@@ -71,6 +73,7 @@ class ResolverEntry:
     default_subset: str = ""
     origin: str = ""
     where: str = ""
+    settings: ResolverSettings = field(default_factory=ResolverSettings, compare=False)
 
 
 def _norm(key: str) -> str:
@@ -158,6 +161,8 @@ def parse_resolver(
     default = fields.get("defaultsubset", ("DefaultSubset", ""))[1]
     if default and default not in subsets and not any(w.startswith(at("Subsets")) for w, _ in raw):
         raw.append((at("DefaultSubset"), f"DefaultSubset {default!r} is not a valid subset"))
+    settings, found = parse_settings(value, where)
+    raw += found
     problems = [ShapeProblem(origin, w or "(document)", m) for w, m in raw]
     if problems:
         return None, problems
@@ -166,7 +171,7 @@ def parse_resolver(
         fields.get("namespace", ("", ""))[1] or DEFAULT_NAMESPACE,
         fields.get("partition", ("", ""))[1] or DEFAULT_PARTITION,
     )
-    entry = ResolverEntry(service, MappingProxyType(subsets), default, origin, where)
+    entry = ResolverEntry(service, MappingProxyType(subsets), default, origin, where, settings)
     return entry, []
 
 
@@ -194,6 +199,10 @@ def decode_with_resolvers(
         if entry is not None:
             resolvers.append(entry)
     docs, shape_problems = parse_documents([(origin, value)])
+    # Read here, so not "skipped" (no info line, not in tgw_catalog_skipped_entries).
+    docs = dataclasses.replace(
+        docs, skipped=tuple(s for s in docs.skipped if s.kind != SERVICE_RESOLVER)
+    )
     # consul_shapes does not read service-resolver entries (it reports their Kind): drop that.
     problems += [p for p in shape_problems if not (p.where in skipped and "Kind" in p.where)]
     return docs, tuple(resolvers), problems
@@ -218,3 +227,27 @@ def merge_resolvers(
                     )
                 )
     return merged, problems
+
+
+def apply_settings(
+    destinations: Iterable[Destination], resolvers: Mapping[ServiceName, ResolverEntry]
+) -> tuple[Destination, ...]:
+    """Each destination with a resolver takes its ``ConnectTimeout`` and ``LoadBalancer``
+    and carries the settings ``/routes`` reports (:mod:`gwcore.policy.resolver_settings`)."""
+    out = []
+    for destination in destinations:
+        entry = resolvers.get(destination.service)
+        if entry is None:
+            out.append(destination)
+            continue
+        s = entry.settings
+        out.append(
+            dataclasses.replace(
+                destination,
+                connect_timeout=s.connect_timeout or destination.connect_timeout,
+                lb_policy=s.load_balancer.policy or destination.lb_policy,
+                load_balancer=s.load_balancer,
+                resolver=s.report,
+            )
+        )
+    return tuple(out)

@@ -7,7 +7,10 @@ Rules:
    intentions from every snapshot that speaks about intentions are concatenated.
 2. Each destination is reachable under exactly one name, Consul's service SNI built
    with the *gateway's* datacenter (a terminating gateway's filter chains use its own
-   DC, whatever DC the client addressed through mesh gateways).
+   DC, whatever DC the client addressed through mesh gateways) — plus, for a service
+   with ``service-resolver`` subsets, one name per subset (``<subset>.<svc>...``, Consul's
+   subset SNI) reaching only the subset's endpoints. A subset the resolver does not
+   define has no name, so it is refused like any unknown SNI.
 3. A :class:`RouteTable` never changes. A new catalog builds a new table and the site
    swaps the reference; a connection keeps the table it started with.
 """
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+from gwcore.policy.destinations import destination_sni
 from gwcore.policy.model import CatalogSnapshot, Destination, Endpoint, Intention, ServiceName
 from gwcore.policy.sni import service_sni
 
@@ -92,8 +97,21 @@ class RouteTable:
         """
         routes: dict[str, Destination] = {}
         for destination in destinations:
+            if destination.egress:
+                routes.update(_egress_routes(destination, datacenter, trust_domain))
+                continue
             sni = service_sni(destination.service, datacenter, trust_domain)
             routes.setdefault(sni, destination)
+        # service-resolver subsets: one route per subset at Consul's subset SNI, after
+        # every service so a subset name never shadows a service's (Consul's filter chains).
+        for destination in destinations:
+            if destination.datacenter != datacenter:
+                continue  # another DC's subsets are that DC's gateway's business
+            for name, endpoints in destination.subsets:
+                sni = service_sni(destination.service, datacenter, trust_domain, name)
+                routes.setdefault(
+                    sni, replace(destination, endpoints=endpoints, subsets=(), subset=name)
+                )
         return cls(routes, version)
 
     @classmethod
@@ -135,6 +153,9 @@ class RouteTable:
                 "protocol": d.protocol,
                 "tls": d.tls.mode.value,
                 "lb_policy": d.lb_policy,
+                "subset": d.subset,
+                **({"destination": list(d.egress)} if d.egress else {}),
+                **({"resolver": dict(d.resolver)} if d.resolver else {}),
                 "endpoints": [
                     {
                         "address": e.address,
@@ -147,3 +168,18 @@ class RouteTable:
             }
             for sni, d in self._routes.items()
         ]
+
+
+def _egress_routes(
+    destination: Destination, datacenter: str, trust_domain: str
+) -> dict[str, Destination]:
+    """A Consul destination's routes: one per address, reaching that address's endpoints
+    (a host name's resolved addresses carry it as ``meta["hostname"]``)."""
+    routes: dict[str, Destination] = {}
+    for address in destination.egress:
+        endpoints = tuple(
+            e for e in destination.endpoints if e.meta.get("hostname", e.address) == address
+        )
+        sni = destination_sni(destination.service, address, datacenter, trust_domain)
+        routes[sni] = replace(destination, endpoints=endpoints)
+    return routes

@@ -8,15 +8,15 @@ flight, and re-checking live connections, is :mod:`gwcore.runtime.recheck`.
 
 from __future__ import annotations
 
-from inspect import iscoroutine
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from gwcore.contract.metrics import GatewayMetrics, SiteChildren
+from gwcore.contract.plugin_checks import engine_answer, engine_error_reason
 from gwcore.contract.providers import AuthorizationEngine, AuthzRequest
 from gwcore.net.connection_facts import local_address, peer_certificate_der, requested_server_name
 from gwcore.policy.config import SiteConfig
@@ -77,15 +77,13 @@ class Authorizer:
         waiting = False
         for engine in self.engines:
             try:
-                answer = engine.authorize(request)
+                answer = engine_answer(engine, request)  # checks the answer's type
             except Exception:
                 failed = self._engine_failed(Failure(), engine)
                 answers.append(
                     failed if isinstance(failed, Decision) else failure(engine.name, "cancelled")
                 )
                 continue
-            if iscoroutine(answer):
-                answer = Deferred.fromCoroutine(answer)
             if isinstance(answer, Deferred):
                 if not answer.called:
                     answer.addTimeout(self.config.authz_timeout, self.reactor)
@@ -113,8 +111,13 @@ class Authorizer:
             detail = f"timed out after {self.config.authz_timeout:g}s"
         else:
             detail = f"{type(reason.value).__name__}: {reason.value}"
-        self.metrics.authz_errors.labels(site=self.name, engine=engine.name).inc()
+        why = engine_error_reason(reason.value)
+        self.metrics.authz_errors.labels(site=self.name, engine=engine.name, reason=why).inc()
         self.log.warn(
-            "authorization engine {engine} failed: {detail}", engine=engine.name, detail=detail
+            "authorization engine {engine} failed ({why}), denied: {detail}",
+            engine=engine.name,
+            why=why,
+            detail=detail,
         )
+        self.log.failure("engine {engine}", reason, level=LogLevel.debug, engine=engine.name)
         return failure(engine.name, detail)

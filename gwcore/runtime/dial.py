@@ -9,7 +9,6 @@ carries the bytes once connected comes from the forward step.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -17,12 +16,15 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 
+from gwcore.contract.endpoint_choice import choose_endpoints
 from gwcore.contract.events import EventSink, UpstreamConnected, UpstreamFailed
 from gwcore.contract.metrics import GatewayMetrics, SiteChildren
+from gwcore.contract.metrics_series import remove_series
 from gwcore.contract.providers import UpstreamStrategy
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
 from gwcore.policy.balancing import EndpointPicker, OutlierDetector
 from gwcore.policy.config import SiteConfig
+from gwcore.policy.lb import hash_key
 from gwcore.policy.model import Destination, Endpoint, Health
 from gwcore.policy.routes import RouteTable
 
@@ -84,9 +86,17 @@ class Dialer:
         dialled = getattr(strategy, "endpoints_for", None)
         if dialled is not None:
             destination = replace(destination, endpoints=tuple(dialled(destination)))
-        endpoints = self.picker.candidates(destination, self.reactor.seconds())
-        endpoints = endpoints[: self.config.max_connect_attempts]
+        endpoints = self.picker.candidates(
+            destination,
+            self.reactor.seconds(),
+            key=hash_key(destination, conn),
+            passing_first=self.config.health_order == "passing_first",
+        )
         info = conn.info
+        if self._events.has_listeners("tgw_choose_endpoint"):
+            # addons may reorder (gwcore.contract.endpoint_choice)
+            endpoints = choose_endpoints(self._events, info, destination, endpoints)
+        endpoints = endpoints[: self.config.max_connect_attempts]
         timeout = destination.connect_timeout or self.config.connect_timeout
 
         def on_failure(endpoint: Endpoint, reason: str, detail: str, final: bool) -> None:
@@ -104,7 +114,7 @@ class Dialer:
                         service=service,
                         seconds=ejected,
                     )
-                    self.export_endpoints(destination)
+                self.export_endpoints(destination)  # ejected, or failing every connect
             self.log.info(
                 "upstream {endpoint} of {service} failed: {reason} ({detail})",
                 endpoint=str(endpoint),
@@ -126,7 +136,8 @@ class Dialer:
 
         def connected(result: tuple[Any, Endpoint, int, float]) -> tuple[Any, Endpoint, int, float]:
             _, endpoint, attempts, seconds = result
-            self.picker.succeeded(destination, endpoint)
+            if self.picker.succeeded(destination, endpoint):
+                self.export_endpoints(destination)  # healthy again
             self.picker.opened(destination, endpoint)
             if attempts > 1:
                 self.metrics.upstream_retries.labels(site=self.name, service=service).inc(
@@ -176,13 +187,15 @@ class Dialer:
         self.picker.prune(destinations)
         gone = {d.name for _, d in old} - {d.name for _, d in routes}
         for service in gone:
+            self.children.forget(service)
             for state in ("healthy", "ejected", "total"):
-                with contextlib.suppress(KeyError):
-                    self.metrics.upstream_endpoints.remove(self.name, service, state)
+                remove_series(self.metrics.upstream_endpoints, self.name, service, state)
         for _, destination in routes:
             self.export_endpoints(destination)
 
     def export_endpoints(self, destination: Destination) -> None:
+        if destination.subset or destination.egress:
+            return  # a subset: the service's route reports; a destination: one per address
         now = self.reactor.seconds()
         live = [e for e in destination.endpoints if e.health is not Health.CRITICAL]
         usable = self.picker.usable(destination, now)
@@ -191,5 +204,6 @@ class Dialer:
         gauge.labels(site=self.name, service=destination.name, state="total").set(
             len(destination.endpoints)
         )
-        gauge.labels(site=self.name, service=destination.name, state="healthy").set(len(usable))
+        healthy = len(self.picker.healthy(destination, now))
+        gauge.labels(site=self.name, service=destination.name, state="healthy").set(healthy)
         gauge.labels(site=self.name, service=destination.name, state="ejected").set(ejected)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from gwcore.contract.events import EventSink
 from gwcore.contract.metrics import SiteChildren
+from gwcore.net.access_flush import periodic_record
 from gwcore.net.proxied import upstream_factory
 from gwcore.net.splice import State
 from gwcore.policy.config import SiteConfig
@@ -75,8 +76,8 @@ class Forwarder:
             self._sweep.stop()
 
     def sweep_interval(self) -> float:
-        idle = self.config.idle_timeout
-        return min(SWEEP_INTERVAL, idle / 4) if idle > 0 else SWEEP_INTERVAL
+        limits = (self.config.idle_timeout, self.config.access_log_flush_interval)
+        return min([SWEEP_INTERVAL, *(t / 4 for t in limits if t > 0)])
 
     def flush_bytes(self, conn: DownstreamProtocol) -> None:
         if conn.destination is None:
@@ -96,6 +97,7 @@ class Forwarder:
         idle = self.config.idle_timeout
         for conn in list(self._live()):
             self.flush_bytes(conn)
+            periodic_record(self, conn, now)  # access_log_flush_interval
             if idle <= 0 or conn.state is not State.SPLICING:
                 continue
             moved = conn.bytes_up + conn.bytes_down
@@ -110,6 +112,8 @@ class Forwarder:
     def closed(self, conn: DownstreamProtocol) -> None:
         """Flush ``conn``'s bytes, observe its duration, write its record, send the event."""
         self.flush_bytes(conn)
+        service = conn.destination.name if conn.destination is not None else ""
+        self.children.closed(service, conn.close_cause or "unknown").inc()
         if conn.destination is not None and conn.endpoint is not None:
             self.children.service(conn.destination.name).connection_seconds.observe(
                 time.time() - conn.started
@@ -118,6 +122,8 @@ class Forwarder:
         writer = self.access_log
         if writer is not None and not getattr(writer, "enabled", True):
             writer = None
+        if conn.close_cause == "no_data" and not self.config.access_log_no_data:
+            writer = None  # a load balancer's TCP health check, left out by setting
         if writer is None and not listeners:
             return  # nobody reads the record: do not build it
         record = conn.access_record()

@@ -30,6 +30,8 @@ from twisted.logger import (
     formatEvent,
 )
 
+from gwcore.net.access_fields import process_fields
+
 LEVELS = {
     "debug": LogLevel.debug,
     "info": LogLevel.info,
@@ -59,6 +61,7 @@ def json_line(event: dict[str, Any]) -> str:
         "level": level.name if isinstance(level, type(LogLevel.info)) else "info",
         "namespace": event.get("log_namespace", ""),
         "message": formatEvent(event),
+        **process_fields(),  # host, pid, worker: as in the access log
     }
     failure = event.get("log_failure")
     if failure is not None:

@@ -129,7 +129,8 @@ class Router:
 
     def _on_verify(self, conn: Any, cert: Any, errnum: int, depth: int, ok: int) -> bool:
         proto = conn.get_app_data()
-        return proto.on_verify(errnum, ok) if proto is not None else bool(ok)
+        leaf = cert if depth == 0 else None
+        return proto.on_verify(errnum, ok, leaf) if proto is not None else bool(ok)
 
     # --- control plane ----------------------------------------------------------
 

@@ -43,6 +43,7 @@ from gwcore.runtime.config_check import CheckedConfig, check_config
 from gwcore.runtime.drain import drain_sites
 from gwcore.runtime.mesh_site import MeshSite
 from gwcore.runtime.reload_diff import describe_changes
+from gwcore.runtime.saturation import SaturationSampler
 from gwcore.runtime.site import Site
 from gwcore.runtime.worker_role import WorkerRole
 
@@ -111,6 +112,8 @@ class GatewayService(Service):
         self.access_log = AccessLog(
             config.access_log, config.base_dir, self.metrics.access_log_dropped.inc
         )
+        self.saturation = SaturationSampler(self.metrics, self.reactor)
+        self.saturation.start()
         shared = self.worker is None or self.worker.index == 0  # one admin, one sample
         if self.worker is not None and self.worker.count > 1:
             await self._listen_worker_admin(self.worker)
@@ -213,6 +216,8 @@ class GatewayService(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if getattr(self, "saturation", None) is not None:
+            self.saturation.stop()
         if self.worker is None:
             notify("STOPPING=1", "STATUS=draining")
         # Withdraw, keep accepting for drain_delay, drain; the admin endpoint (/ready

@@ -91,6 +91,7 @@ class Site:
         self.reactor = reactor
         self.metrics = metrics
         self.children = SiteChildren(metrics, config.key)
+        metrics.max_connections.labels(site=config.key).set(config.max_connections)
         self.log = Logger(namespace=f"tgw.site.{config.key}")
         self.state_dir: Path = gateway.state_dir
         self.stack = stack or PluginStack(config, gateway)
@@ -261,6 +262,8 @@ class Site:
 
     async def start(self) -> None:
         """Build providers, wait for first snapshots, then listen."""
+        # addons' load(ctx)/configure (gwcore.contract.addon_lifecycle)
+        self.stack.load_addons(self)
         self.sources = self.stack.collect("tgw_catalog_sources", site=self)
         # A mesh site never terminates TLS: no provider is built, so no key is ever held.
         if self.config.role != "mesh":
@@ -322,6 +325,7 @@ class Site:
                 await maybeDeferred(provider.stop)
             except Exception:
                 self.log.failure("stopping {name} failed", name=getattr(provider, "name", provider))
+        self.stack.addons_done(self.log)
 
     def listening_address(self) -> tuple[str, int] | None:
         """The (host, port) the site listens on, once it does."""

@@ -270,6 +270,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reactor", choices=("tgw", "default"), default="tgw")
     parser.add_argument("--log-level", default="")
     args = parser.parse_args(argv)
+    os.environ["TGW_WORKER_INDEX"] = str(args.index)  # logs name the worker (access_fields)
     listeners = {k: (int(v[0]), int(v[1])) for k, v in json.loads(args.listeners).items()}
     if args.reactor == "tgw":  # what the supervisor runs, unless twistd --reactor chose
         from gwcore.net.reactor import install_if_unset

@@ -16,7 +16,9 @@ What it emulates:
   indexes, not the ``services``/``checks`` tables; config entries read back carry
   ``Hash`` (uint64), ``CreateIndex`` and ``ModifyIndex``, and intention sources inherit
   the destination's namespace and partition (``normalize()``);
-- ``GET /v1/catalog/gateway-services/:gw`` from the ``terminating-gateway`` entry,
+- ``GET /v1/catalog/gateway-services/:gw`` from the ``terminating-gateway`` entry
+  (``ServiceKind: "destination"`` for a linked name with no instances whose
+  ``service-defaults`` has a ``Destination``, as Consul's catalog classifies it),
   wildcards expanded to non-Connect services with ``FromWildcard: true``;
 - ``GET /v1/health/service/:svc`` (``{Node, Service, Checks}``, ``?passing``, ``?ns=``,
   ``?partition=``), ``GET /v1/health/state/any``, ``GET /v1/catalog/services``,
@@ -570,7 +572,12 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints):
                 item[key] = linked[key]
         if wildcard:
             item["FromWildcard"] = True
-        item["ServiceKind"] = "service"
+        # Consul's gatewayServiceKind: a catalog service, else a service-defaults
+        # Destination (1.13+); tgw reads "service" for an unregistered one either way.
+        defaults = self.store.entry("service-defaults", linked["Name"]) or {}
+        registered = any(s["Service"] == linked["Name"] for s in self.services.values())
+        destination = not registered and bool(defaults.get("Destination"))
+        item["ServiceKind"] = "destination" if destination else "service"
         item["CreateIndex"] = entry["CreateIndex"]
         item["ModifyIndex"] = entry["ModifyIndex"]
         return item

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from gwcore.contract.metrics import GatewayMetrics, SiteChildren
 
 
@@ -50,3 +54,81 @@ def test_a_reloaded_site_with_the_same_name_counts_on_the_same_series() -> None:
     SiteChildren(metrics, "main").service("db").connections.inc()
     labels = {"site": "main", "service": "db"}
     assert sample(metrics, "tgw_downstream_connections_total", **labels) == 2
+
+
+_MULTIPROCESS_SCRIPT = """
+from types import SimpleNamespace
+from prometheus_client import Gauge, generate_latest
+from twisted.internet.task import Clock
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.net.consul import ConsulFreshness
+
+metrics = GatewayMetrics()
+metrics.family(Gauge, "tgw_plugin_gauge", "A plugin's gauge.", ["site"]).labels(site="main").set(7)
+clock = Clock()
+clock.advance(100)
+freshness = ConsulFreshness(SimpleNamespace(metrics=metrics, reactor=clock, name="main"), "p")
+freshness.ok("catalog")
+print(generate_latest(metrics.exposition).decode())
+"""
+
+
+def test_with_workers_plugin_gauges_and_consul_freshness_are_exported_right(tmp_path) -> None:
+    """In multiprocess mode (a worker, ``PROMETHEUS_MULTIPROC_DIR`` set): a plugin gauge
+    made by ``family()`` has a live mode (no ``pid`` label), and Consul freshness is a
+    last-success timestamp; the callback staleness gauge, which workers would export as
+    a constant 0 (a stale catalog looking fresh), is not exported."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _MULTIPROCESS_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert 'tgw_plugin_gauge{site="main"} 7.0' in out, out
+    assert 'tgw_consul_last_success_timestamp_seconds{plugin="p",site="main"} 100.0' in out, out
+    assert "tgw_consul_staleness_seconds{" not in out, out
+
+
+_REMOVE_SCRIPT = """
+from prometheus_client import generate_latest
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.contract.metrics_series import remove_series
+
+metrics = GatewayMetrics()
+gauge = metrics.certificate_expiry
+gauge.labels(site="main", kind="upstream_ca", name="billing").set(1.0)
+gauge.labels(site="main", kind="upstream_ca", name="payments").set(2.0)
+remove_series(gauge, "main", "upstream_ca", "billing")
+print(generate_latest(metrics.exposition).decode())
+"""
+
+
+def test_with_workers_a_removed_series_leaves_the_exposition(tmp_path) -> None:
+    """In multiprocess mode ``Gauge.remove()`` leaves the value in the worker's file
+    (and warns); ``remove_series`` makes the series leave ``/metrics`` without a
+    warning (warnings are errors here), and the other series stay."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _REMOVE_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert 'name="payments"' in out, out
+    assert 'name="billing"' not in out, out
+
+
+def test_in_one_process_remove_series_deletes_the_child() -> None:
+    """Without workers ``remove_series`` is ``Gauge.remove()`` (a missing child is no error)."""
+    from gwcore.contract.metrics_series import remove_series
+
+    metrics = GatewayMetrics()
+    metrics.routes.labels(site="a").set(3)
+    remove_series(metrics.routes, "a")
+    remove_series(metrics.routes, "a")
+    assert metrics.registry.get_sample_value("tgw_routes", {"site": "a"}) is None

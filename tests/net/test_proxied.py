@@ -103,7 +103,7 @@ async def test_v1_and_v2_clients_are_seen_by_the_access_log_and_authorization(pr
     records = proxied.access_records()
     assert [r["client"] for r in records] == [
         "198.51.100.7:40001",
-        "2001:db8::5:40002",
+        "[2001:db8::5]:40002",  # IPv6 bracketed (RFC 3986)
         "203.0.113.66:40003",
     ]
     assert [r["decision"] for r in records] == ["allow", "allow", "deny"]

@@ -11,7 +11,13 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from tests.harness import HandshakeRefusedError, in_thread, sni_for, tls_connect
+from tests.harness import (
+    HandshakeRefusedError,
+    handshake_transcript,
+    in_thread,
+    sni_for,
+    tls_connect,
+)
 from tests.net.test_terminator import setup_catalog
 
 
@@ -24,8 +30,11 @@ async def test_unknown_sni_gets_the_unrecognized_name_alert(gateway, upstreams) 
     with pytest.raises(HandshakeRefusedError) as refused:
         await in_thread(tls_connect, gateway.port, sni_for("ledger"), cert, key, root)
     assert "UNRECOGNIZED_NAME" in str(refused.value.error), refused.value
-    assert refused.value.server_cert_seen is False
-    await gateway.wait_for(lambda: gateway.metric("tgw_no_route_total", reason="unknown_sni") == 1)
+    transcript = await in_thread(
+        handshake_transcript, gateway.port, sni_for("ledger"), (cert, key, root)
+    )
+    assert transcript.error is not None and not transcript.certificate_received, transcript.states
+    await gateway.wait_for(lambda: gateway.metric("tgw_no_route_total", reason="unknown_sni") == 2)
 
 
 @pytest_twisted.ensureDeferred

@@ -417,3 +417,28 @@ def test_origination_contexts_release_idle_record_buffers(tmp_path) -> None:
         mesh_client_context(mesh.leaf("gw"), [mesh.cert]),
     ):
         assert ctx.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry_series_leave_with_the_service(gateway, upstreams, tmp_path):
+    """``tgw_certificate_expiry_timestamp_seconds{kind="upstream_ca"}`` exists while the
+    service is originated with TLS and is deleted when the service leaves the catalog:
+    an expiry alert must not fire for a service no longer served."""
+    ext = ExternalPKI(tmp_path / "ext")
+    cert, key = ext.leaf("billing", [SERVICE_NAME])
+    up = upstreams(tls_server(cert, key))
+    link(gateway, up, CAFile=str(ext.ca_file), SNI=SERVICE_NAME)
+    await gateway.start()
+    assert await in_thread(attempt, gateway, b"x") == b"x"
+    registry = gateway.service.metrics.registry
+    labels = {"site": "main", "kind": "upstream_ca", "name": "billing"}
+    expected = ext.cert.not_valid_after_utc.timestamp()
+    value = lambda: registry.get_sample_value(  # noqa: E731
+        "tgw_certificate_expiry_timestamp_seconds", labels
+    )
+    assert value() == expected
+    write_json(
+        gateway.catalog / "gw.json",
+        {"Kind": "terminating-gateway", "Name": "legacy-gw", "Services": []},
+    )
+    await gateway.wait_for(lambda: value() is None)

@@ -49,10 +49,21 @@ def dest(*endpoints: Endpoint, name: str = "billing", dc: str = "dc1") -> Destin
     ],
 )
 def test_candidates_sequence(endpoints: tuple[Endpoint, ...], calls: list[list[Endpoint]]) -> None:
-    """Successive calls rotate within each health tier; critical endpoints never appear."""
+    """With health_order = "passing_first", successive calls rotate within each health
+    tier; critical endpoints never appear."""
     picker = EndpointPicker()
     destination = dest(*endpoints)
-    assert [picker.candidates(destination) for _ in calls] == calls
+    assert [picker.candidates(destination, passing_first=True) for _ in calls] == calls
+
+
+def test_default_health_order_treats_warning_like_passing_as_consul() -> None:
+    """By default (Consul's rule: a warning instance is healthy, with Weights.Warning)
+    warning endpoints share the rotation with passing ones; critical ones never appear."""
+    picker = EndpointPicker()
+    destination = dest(W1, P1, C1, P2)
+    orders = [picker.candidates(destination) for _ in range(3)]
+    assert [o[0] for o in orders] == [W1, P1, P2]
+    assert all(sorted(map(str, o)) == sorted(map(str, (W1, P1, P2))) for o in orders)
 
 
 def test_counters_are_per_service() -> None:
@@ -107,7 +118,7 @@ def test_candidates_invariants(endpoints: list[Endpoint], calls: int) -> None:
     destination = dest(*endpoints)
     usable = Counter(e for e in endpoints if e.health is not Health.CRITICAL)
     for _ in range(calls):
-        order = picker.candidates(destination)
+        order = picker.candidates(destination, passing_first=True)
         assert Counter(order) == usable
         healths = [e.health for e in order]
         assert healths == sorted(healths, key=lambda h: h is Health.WARNING)
@@ -119,7 +130,7 @@ def test_round_robin_spreads_first_choice_evenly(endpoints: list[Endpoint]) -> N
     picker = EndpointPicker()
     destination = dest(*endpoints)
     passing = [e for e in endpoints if e.health is Health.PASSING]
-    firsts = Counter(picker.candidates(destination)[0] for _ in passing)
+    firsts = Counter(picker.candidates(destination, passing_first=True)[0] for _ in passing)
     assert firsts == Counter(passing)
 
 

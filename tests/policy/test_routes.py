@@ -193,6 +193,7 @@ def test_describe_is_json_ready() -> None:
         "protocol": "tcp",
         "tls": "tls",
         "lb_policy": "least_request",
+        "subset": "",
         "endpoints": [
             {"address": "10.0.0.1", "port": 443, "health": "passing", "weight": 3},
             {"address": "::1", "port": 8443, "health": "critical", "weight": 1},
@@ -252,3 +253,24 @@ def test_merge_takes_each_service_from_the_first_snapshot(
     for d in destinations:
         assert d is next(e for e in everything if e.service == d.service)
     assert len(intentions) == sum(1 for s in snapshots if s.intentions is not None)
+
+
+def test_subset_routes_use_consuls_subset_sni_in_both_forms() -> None:
+    """A destination with service-resolver subsets gets one extra route per subset at
+    ``<subset>.<svc>.<ns>.<dc>.internal.<td>`` (``internal-v1`` with the partition in a
+    non-default partition), each reaching only the subset's endpoints; another DC's
+    subsets get no route, and a subset never shadows a service's own name."""
+    one, two = Endpoint("10.0.0.1", 1), Endpoint("10.0.0.2", 2)
+    billing = Destination(ServiceName("billing"), "dc1", (one, two), subsets=(("v1", (one,)),))
+    ledger = Destination(
+        ServiceName("ledger", "fin", "acct"), "dc1", (one, two), subsets=(("v2", (two,)),)
+    )
+    far = Destination(ServiceName("far"), "dc2", (one,), subsets=(("v1", (one,)),))
+    table = RouteTable.build([billing, ledger, far], "dc1", TD)
+    v1 = table.lookup(f"v1.billing.default.dc1.internal.{TD}")
+    assert v1 is not None and v1.endpoints == (one,) and v1.subset == "v1"
+    assert v1.service == billing.service and v1.subsets == ()
+    v2 = table.lookup(f"v2.ledger.fin.acct.dc1.internal-v1.{TD}")
+    assert v2 is not None and v2.endpoints == (two,)
+    assert table.lookup(f"v1.far.default.dc1.internal.{TD}") is None
+    assert len(table) == 5

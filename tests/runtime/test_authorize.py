@@ -102,6 +102,6 @@ def test_a_slow_engine_is_a_deny_after_authz_timeout(tmp_path: Path) -> None:
     decision = decided(d)
     assert decision.verdict is Verdict.DENY and "timed out after 2s" in decision.reason
     errors = step.metrics.registry.get_sample_value(
-        "tgw_authz_errors_total", {"site": "main", "engine": "slow"}
+        "tgw_authz_errors_total", {"site": "main", "engine": "slow", "reason": "timeout"}
     )
     assert errors == 1.0

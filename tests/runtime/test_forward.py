@@ -32,6 +32,7 @@ class Conn:
     idle_mark: tuple[int, float] = (0, 0.0)
     started: float = 0.0
     idled: int = 0
+    close_cause: str | None = None
 
     def close_idle(self) -> None:
         self.idled += 1

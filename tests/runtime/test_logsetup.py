@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -118,3 +120,8 @@ def test_json_format_writes_one_object_per_line() -> None:
     ]
     assert "ZeroDivisionError" in records[-1]["traceback"]
     assert all(r["time"].endswith("+00:00") for r in records)
+    # The same process fields as the access log: which host, process and worker wrote it.
+    assert all(
+        (r["host"], r["pid"], r["worker"]) == (socket.gethostname(), os.getpid(), None)
+        for r in records
+    )

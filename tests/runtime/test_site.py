@@ -19,6 +19,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from gwcore.contract.events import ConnectionInfo
@@ -87,6 +88,8 @@ class Engine:
             verdict = mode.removeprefix("later-")
             if verdict == "raise":
                 return self.later[-1].addCallback(lambda _: 1 / 0)
+            if verdict == "none":  # fires with what the test gives it
+                return self.later[-1]
             return self.later[-1].addCallback(
                 lambda _: Decision(Verdict(verdict), self.name, self.name + " says " + verdict)
             )
@@ -97,6 +100,10 @@ class Engine:
                 return Decision(Verdict(verdict), self.name, self.name + " says " + verdict)
 
             return decide()
+        if mode == "none":
+            return None
+        if mode == "wrong":
+            return {"allow": True}
         return Decision(Verdict(mode), self.name, self.name + " says " + mode)
 
 
@@ -334,7 +341,7 @@ def test_decide_is_deny_overrides_and_an_engine_error_is_a_deny(
     if first == "raise" or second == "raise":
         assert decision.reason == f"engine error: RuntimeError: {engine} exploded"
     if "raise" in first + second:
-        assert metric(site, "tgw_authz_errors_total", engine=engine) == 1
+        assert metric(site, "tgw_authz_errors_total", engine=engine, reason="exception") == 1
     labels = {"service": "billing", "engine": engine, "decision": verdict.value}
     assert metric(site, "tgw_authz_decisions_total", **labels) == 1
 
@@ -404,7 +411,44 @@ def test_an_engine_that_never_answers_is_a_deny_after_authz_timeout(tmp_path: Pa
     [decision] = decisions
     assert (decision.verdict, decision.engine) == (Verdict.DENY, "slow")
     assert decision.reason.startswith("engine error: ")
-    assert metric(site, "tgw_authz_errors_total", engine="slow") == 1
+    assert metric(site, "tgw_authz_errors_total", engine="slow", reason="timeout") == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("raise", "exception"),
+        ("hang", "timeout"),
+        ("none", "none"),
+        ("wrong", "wrong_type"),
+        ("later-none", "none"),
+        ("later-raise", "exception"),
+    ],
+)
+def test_a_misbehaving_engine_is_a_deny_counted_and_named(
+    tmp_path: Path, mode: str, reason: str
+) -> None:
+    """Every kind of engine misbehaviour (an exception, no answer in time, ``None``, an
+    answer that is not a Decision, a Deferred firing ``None``) goes through the
+    fail-closed path: a deny by that engine even though another engine allowed, counted
+    in ``tgw_authz_errors_total`` with its reason, and one warning naming the engine."""
+    engines = [{"name": "odd", "mode": mode}, {"name": "fine", "mode": "allow"}]
+    site = started(tmp_path, ["fake"], {"fake": {"engines": engines, "certs": True}})
+    logged: list[dict[str, Any]] = []
+    site.log.observer = logged.append  # type: ignore[misc]
+    decisions: list[Decision] = []
+    site.decide(authz_request(site)).addCallback(decisions.append)
+    for d in [d for engine in site.engines for d in engine.later]:
+        d.callback(None)
+    site.reactor.advance(site.config.authz_timeout)
+    [decision] = decisions
+    assert (decision.verdict, decision.engine) == (Verdict.DENY, "odd")
+    assert metric(site, "tgw_authz_errors_total", engine="odd", reason=reason) == 1
+    warnings = [e for e in logged if e["log_level"] is LogLevel.warn]
+    [warning] = warnings
+    assert (warning["engine"], warning["why"]) == ("odd", reason)
+    debug = [e for e in logged if e["log_level"] is LogLevel.debug and "log_failure" in e]
+    assert len(debug) == 1, "one traceback, at debug level"
 
 
 def test_no_engines_means_the_default_policy_decides(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ site feeds connection outcomes back into them over real sockets on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from typing import Any
 
@@ -145,3 +146,72 @@ async def test_the_only_endpoint_is_never_ejected(gateway):
         == 3
     )
     assert gateway.metric("tgw_upstream_ejections_total", service="billing") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_last_endpoint_refusing_every_connect_is_not_reported_healthy(gateway):
+    """A destination's only endpoint is never ejected (it stays in rotation), but after
+    ``outlier_consecutive_failures`` refused connects ``tgw_upstream_endpoints`` no
+    longer reports it healthy; a successful connect makes it healthy again."""
+    gateway.site_options.update(outlier_consecutive_failures=2)
+    dead_port = free_port()
+    link(gateway, [weighted("billing", dead_port, 1)])
+    await gateway.start()
+    files = gateway.client_files("web")
+    healthy = lambda: gateway.metric(  # noqa: E731
+        "tgw_upstream_endpoints", service="billing", state="healthy"
+    )
+    assert healthy() == 1
+    for _ in range(2):
+        with contextlib.suppress(Exception):
+            await in_thread(request, gateway.port, sni_for("billing"), files)
+    await gateway.wait_for(
+        lambda: (
+            gateway.metric(
+                "tgw_upstream_connect_failures_total", service="billing", reason="refused"
+            )
+            == 2
+        )
+    )
+    assert healthy() == 0
+    assert gateway.metric("tgw_upstream_endpoints", service="billing", state="ejected") == 0
+    revived = Upstream(hello(b"revived"), port=dead_port)
+    try:
+        assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"revived"
+        assert healthy() == 1
+    finally:
+        revived.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_service_series_leave_with_the_service(gateway, upstreams):
+    """When a service leaves the catalog its per-service series (connections, bytes,
+    decisions, close causes, endpoints) are deleted, so no dashboard or alert shows a
+    service that is no longer served."""
+    up = upstreams(hello(b"ok"))
+    link(gateway, [weighted("billing", up.port, 1)])
+    await gateway.start()
+    assert (
+        await in_thread(request, gateway.port, sni_for("billing"), gateway.client_files("web"))
+        == b"ok"
+    )
+    registry = gateway.service.metrics.registry
+    billing = {"site": "main", "service": "billing"}
+    await gateway.wait_for(
+        lambda: (
+            registry.get_sample_value(
+                "tgw_connections_closed_total", {**billing, "cause": "completed"}
+            )
+            == 1
+        )
+    )
+    assert registry.get_sample_value("tgw_downstream_connections_total", billing) == 1
+    write_json(gateway.catalog / "gw.json", gateway_entry("other"))
+    await gateway.wait_for(lambda: "billing" not in {d.name for _, d in gateway.site.router.routes})
+    exported = {
+        (s.name, s.labels.get("service"))
+        for family in registry.collect()
+        for s in family.samples
+        if s.labels.get("service") == "billing"
+    }
+    assert exported == set(), exported

@@ -54,6 +54,16 @@ def two_workers(twistd: Program) -> dict[int, int] | None:
     return found if len(found) == 2 else None
 
 
+def access_records(root: Path, count: int) -> list[dict] | None:
+    """The access log's records once there are ``count`` of them."""
+    import json
+
+    path = root / "access.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    return records if len(records) >= count else None
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -105,6 +115,11 @@ def test_two_workers_serve_one_socket_aggregate_metrics_reload_and_stop_together
     )
     assert allowed == 2.0
     assert metric(ports.admin, "tgw_downstream_connections_active", site="main") == 0.0
+    # Each access record names the worker that served it; ids never collide.
+    records = wait_for(lambda: access_records(tmp_path, 2), "both access records", twistd)
+    assert sorted(r["worker"] for r in records) == [0, 1], records
+    assert {r["pid"] for r in records} == set(pids.values()), records
+    assert len({r["connection_id"] for r in records}) == 2, records
 
     twistd.popen.send_signal(signal.SIGHUP)
     wait_for(

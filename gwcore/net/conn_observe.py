@@ -1,0 +1,67 @@
+"""What a terminating connection reports at the end of its handshake (metrics, and
+the access log's TLS fields), kept apart from the driver (gwcore.net.terminator)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def init_facts(conn: Any) -> None:
+    """The facts a new connection fills in as it goes, unknown (``None``) at accept."""
+    conn.started_monotonic = time.monotonic()
+    conn.tls_version = None
+    conn.tls_cipher = None
+    conn.peer_certificate = {}  # the presented leaf (access_fields.certificate_fields)
+    conn.saw_bytes = False  # a connect that sends nothing is a health check, not TLS
+
+
+def handshake_completed(conn: Any, tls: Any) -> None:
+    """Record the handshake's duration (monotonic), TLS version and cipher on ``conn``
+    and in ``tgw_tls_handshake_seconds`` / ``tgw_tls_handshakes_total{version}``."""
+    conn.handshake_seconds = time.monotonic() - conn.started_monotonic
+    conn.tls_version = tls.get_protocol_version_name()
+    conn.tls_cipher = tls.get_cipher_name()
+    site = conn.site
+    site.children.handshake_seconds.observe(conn.handshake_seconds)
+    site.metrics.handshakes.labels(site=site.name, version=conn.tls_version).inc()
+
+
+def handshake_abandoned(conn: Any) -> None:
+    """The client left mid-handshake. Without a single byte sent it was a bare TCP
+    connect (a load balancer's health check, a port scan): ``no_data``, counted apart
+    from TLS failures; otherwise the handshake error ``client_closed``."""
+    site = conn.site
+    if conn.saw_bytes:
+        site.metrics.handshake_errors.labels(site=site.name, reason="client_closed").inc()
+        conn.close_cause = "handshake:client_closed"
+    else:
+        site.metrics.no_data.labels(site=site.name).inc()
+        conn.close_cause = "no_data"
+
+
+def fin_in_handshake(conn: Any) -> None:
+    """The client's FIN arrived before the handshake completed: a handshake failure
+    (``client_closed``) after some bytes, else a bare TCP connect (``no_data``)."""
+    if conn.saw_bytes:
+        conn._handshake_failed(None, "client_closed")
+    else:
+        handshake_abandoned(conn)
+        conn._close(conn.close_cause, abort=False)
+
+
+def record_fields(conn: Any) -> dict[str, Any]:
+    """The TLS-terminating connection's own access-log fields (decision, TLS facts)."""
+    decision = conn.decision
+    return {
+        "source": conn.identity.uri if conn.identity else None,
+        "destination": conn.destination.name if conn.destination else None,
+        "decision": decision.verdict.value if decision else None,
+        "engine": decision.engine if decision else None,
+        "reason": decision.reason if decision else None,
+        "alpn": conn.alpn.decode("ascii", "replace") if conn.alpn else None,
+        "tls_version": conn.tls_version,
+        "tls_cipher": conn.tls_cipher,
+        **conn.peer_certificate,
+        "handshake_seconds": round(conn.handshake_seconds, 6) if conn.handshake_seconds else None,
+    }
