@@ -79,8 +79,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from twisted.internet.defer import Deferred
     from twisted.internet.threads import deferToThread
 
-    from gwcore.service import GatewayService
-    from gwcore.validation import check_config
+    from gwcore.runtime.config_check import check_config
+    from gwcore.runtime.service import GatewayService
 
     m = Material.create(workdir / "pki")
     upstream = free_port()

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.gateways import DC, HOST, PLAIN, REPO, TRUST_DOMAIN, free_port, sni, wait_port
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.policy.model import ServiceName
 
 
@@ -161,8 +161,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from twisted.internet.task import deferLater
     from twisted.internet.threads import deferToThread
 
-    from gwcore.service import GatewayService
-    from gwcore.validation import check_config
+    from gwcore.runtime.config_check import check_config
+    from gwcore.runtime.service import GatewayService
 
     pki_dir = workdir / "pki"
     pki_dir.mkdir()

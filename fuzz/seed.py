@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 from fuzz.targets import TRUST_DOMAIN
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.policy.model import ServiceName
 
 ROOT = Path(__file__).resolve().parent

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.policy.clienthello import NEED_MORE, ClientHello, ClientHelloParser, HelloError
 from gwcore.policy.config import ConfigError, parse_config
 from gwcore.policy.consul_shapes import (
@@ -154,7 +154,7 @@ _CHECKED = Path(tempfile.mkdtemp(prefix="tgw-fuzz-")) / "tgw.toml"
 
 def config_check(data: bytes) -> None:
     """``tgw check-config`` on the bytes: plugin sections validated too; never raises."""
-    from gwcore.validation import check_config  # above policy: plugins are loaded
+    from gwcore.runtime.config_check import check_config  # above policy: plugins are loaded
 
     _CHECKED.write_bytes(data)
     result = check_config(_CHECKED)

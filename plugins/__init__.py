@@ -1,4 +1,4 @@
 """Built-in plugins, installed as ``gwcore.plugins``.
 
-They register through the same door as third-party ones (see gwcore.plugin_host).
+They register through the same door as third-party ones (see gwcore.contract.plugin_host).
 """

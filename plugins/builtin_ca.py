@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from gwcore import pki
-from gwcore.hookspecs import hookimpl
+from gwcore.contract import pki
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import LeafCertificate, SourceHealth
 from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig
 from gwcore.policy.model import ServiceName
-from gwcore.providers import LeafCertificate, SourceHealth
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
     from twisted.internet.interfaces import IDelayedCall
 
-    from gwcore.providers import CertificateProvider, SiteContext
+    from gwcore.contract.providers import CertificateProvider, SiteContext
 
 NAME = "builtin_ca"
 
@@ -192,7 +192,7 @@ class _Issued:
 
 
 class BuiltinCA:
-    """A :class:`~gwcore.providers.CertificateProvider` backed by the embedded CA.
+    """A :class:`~gwcore.contract.providers.CertificateProvider` backed by the embedded CA.
 
     All times come from ``site.reactor.seconds()``, so a fake clock drives both the
     rotation timer and the validity of issued leaves. Loading (or creating) the CA

@@ -19,7 +19,7 @@ Section ``[sites.NAME.consul_catalog]`` (all optional):
 - ``check``: ``"tcp"`` (default: the agent connects to the listener) or ``"http"``:
   the agent GETs the admin endpoint's ``/ready`` (``check_http`` overrides the URL),
   so the instance turns critical when it is not ready, and while it drains
-  (``gwcore.drain``). On stop the instance is deregistered before it drains;
+  (``gwcore.runtime.drain``). On stop the instance is deregistered before it drains;
 - ``health_watches`` (128): linked services with their own blocking health query.
 
 What it reads (reference §3, §5), every watch a blocking query:
@@ -60,7 +60,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import SourceHealth
 from gwcore.net.consul import (
     BlockingWatch,
     ConsulClient,
@@ -92,11 +93,10 @@ from gwcore.policy.model import (
     Destination,
     ServiceName,
 )
-from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.events import SiteStarted
-    from gwcore.providers import CatalogSource, SiteContext
+    from gwcore.contract.events import SiteStarted
+    from gwcore.contract.providers import CatalogSource, SiteContext
 
 NAME = "consul_catalog"
 MODULE = "gwcore.plugins.consul_catalog"
@@ -187,7 +187,7 @@ def _digest(value: Any) -> str:
 
 
 class ConsulCatalogSource(SelfRegistration):
-    """A :class:`~gwcore.providers.CatalogSource` fed by a Consul agent (module docstring)."""
+    """A :class:`~gwcore.contract.providers.CatalogSource` fed by a Consul agent."""
 
     name = NAME
 
@@ -289,7 +289,7 @@ class ConsulCatalogSource(SelfRegistration):
 
     def withdraw(self) -> Deferred[None]:
         """Deregister now, before the site drains, and never register again
-        (``gwcore.drain``: clients stop picking this instance first)."""
+        (``gwcore.runtime.drain``: clients stop picking this instance first)."""
         if self in _sources:
             _sources.remove(self)
         return self.withdraw_registration()

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from gwcore import pki
-from gwcore.hookspecs import hookimpl
+from gwcore.contract import pki
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import LeafCertificate, SourceHealth
 from gwcore.net.consul import (
     BlockingWatch,
     ConsulClient,
@@ -46,10 +47,9 @@ from gwcore.net.consul import (
 from gwcore.net.consul_watch import scope_query
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.model import ServiceName, SpiffeID
-from gwcore.providers import LeafCertificate, SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.providers import CertificateProvider, SiteContext
+    from gwcore.contract.providers import CertificateProvider, SiteContext
 
 NAME = "consul_certs"
 MODULE = "gwcore.plugins.consul_certs"
@@ -125,7 +125,7 @@ def parse_leaf(body: Any, expected_uri: str) -> tuple[LeafCertificate, str]:
 
 
 class ConsulCertificates:
-    """A :class:`~gwcore.providers.CertificateProvider` backed by Consul's Connect CA."""
+    """A :class:`~gwcore.contract.providers.CertificateProvider` backed by Consul's Connect CA."""
 
     name = NAME
 

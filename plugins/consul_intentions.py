@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import AuthzRequest, CatalogView, SourceHealth
 from gwcore.net.consul import (
     BlockingWatch,
     ConsulClient,
@@ -63,10 +64,9 @@ from gwcore.policy.consul_default import UNREAD, AgentDefault, agent_default
 from gwcore.policy.consul_shapes import build_intentions, parse_documents
 from gwcore.policy.intentions import IntentionSet
 from gwcore.policy.model import CatalogSnapshot, Decision, Intention, ServiceName, Verdict
-from gwcore.providers import AuthzRequest, CatalogView, SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.providers import AuthorizationEngine, CatalogSource, SiteContext
+    from gwcore.contract.providers import AuthorizationEngine, CatalogSource, SiteContext
 
 NAME = "consul_intentions"
 MODULE = "gwcore.plugins.consul_intentions"

@@ -11,7 +11,7 @@ the service its node's address, so the check dials the agent's node address
 With ``check = "http"`` the check is an HTTP GET of the admin endpoint's ``/ready``
 instead (:func:`gwcore.policy.registration.http_check`). On SIGTERM,
 :meth:`SelfRegistration.withdraw_registration` deregisters before the site drains
-(``gwcore.drain``) and stops any retry from registering again.
+(``gwcore.runtime.drain``) and stops any retry from registering again.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class SelfRegistration:
         if self.settings.check == "http":
             ready = http_check(self.service_id, self._site, self.settings)
             if ready is not None:
-                body["Check"] = ready  # the agent GETs /ready (gwcore.drain)
+                body["Check"] = ready  # the agent GETs /ready (gwcore.runtime.drain)
         self._register_body = body
         self._check_host = check_host
         self._try_register()

@@ -58,7 +58,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge
 from twisted.internet.defer import Deferred, DeferredList
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import SourceHealth
 from gwcore.net.resolver import (
     AddressAnswer,
     DNSResolver,
@@ -88,10 +89,9 @@ from gwcore.policy.model import (
     UpstreamTLS,
 )
 from gwcore.policy.resolv import DEFAULT_EDNS_PAYLOAD
-from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.providers import CatalogSource, SiteContext
+    from gwcore.contract.providers import CatalogSource, SiteContext
 
 NAME = "dns_catalog"
 MODULE = "gwcore.plugins.dns_catalog"
@@ -353,7 +353,7 @@ def _content_version(destinations: tuple[Destination, ...]) -> str:
 
 
 class DNSCatalogSource:
-    """A :class:`~gwcore.providers.CatalogSource` whose endpoints come from DNS.
+    """A :class:`~gwcore.contract.providers.CatalogSource` whose endpoints come from DNS.
 
     One :class:`~gwcore.net.resolver.DNSWatch` per destination keeps its name fresh;
     :meth:`start` publishes the first snapshot once every destination's first lookup

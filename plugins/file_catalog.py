@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Gauge
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import SourceHealth
 from gwcore.net.filewatch import FileWatcher, expand
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import (
@@ -59,10 +60,9 @@ from gwcore.policy.resolver_entry import (
 )
 from gwcore.policy.subsets import apply_subsets
 from gwcore.policy.wanfed import build_consul_servers
-from gwcore.providers import SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.providers import CatalogSource, SiteContext
+    from gwcore.contract.providers import CatalogSource, SiteContext
 
 NAME = "file_catalog"
 PATTERN = ("*.json", "*.hcl")
@@ -177,7 +177,7 @@ def _content_version(
 
 
 class FileCatalogSource:
-    """A :class:`~gwcore.providers.CatalogSource` reading Consul-shaped JSON files.
+    """A :class:`~gwcore.contract.providers.CatalogSource` reading Consul-shaped JSON files.
 
     :meth:`start` reads every file, publishes the first snapshot synchronously and
     starts polling; after a change it re-reads and publishes only if the built content

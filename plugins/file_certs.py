@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from gwcore import pki
-from gwcore.hookspecs import hookimpl
+from gwcore.contract import pki
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import LeafCertificate, SourceHealth
 from gwcore.net.filewatch import FileWatcher
 from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig
 from gwcore.policy.model import ServiceName
-from gwcore.providers import LeafCertificate, SourceHealth
 
 if TYPE_CHECKING:
-    from gwcore.providers import CertificateProvider, SiteContext
+    from gwcore.contract.providers import CertificateProvider, SiteContext
 
 NAME = "file_certs"
 
@@ -158,7 +158,7 @@ def _read(path: Path, field: str) -> bytes:
 
 
 class FileCertificates:
-    """A :class:`~gwcore.providers.CertificateProvider` reading PEM files from disk.
+    """A :class:`~gwcore.contract.providers.CertificateProvider` reading PEM files from disk.
 
     Material is loaded in the constructor (so ``trust_roots`` and ``leaf`` answer
     before ``start``) and again whenever a watched file changes. Each root file and

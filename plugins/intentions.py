@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import AuthorizationEngine, AuthzRequest, CatalogView, SiteContext
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.intentions import ENGINE, IntentionSet
 from gwcore.policy.model import Decision, Verdict
-from gwcore.providers import AuthorizationEngine, AuthzRequest, CatalogView, SiteContext
 
 NAME = "intentions"
 

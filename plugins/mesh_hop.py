@@ -58,7 +58,8 @@ from OpenSSL import SSL
 from prometheus_client import Counter
 from twisted.internet.defer import Deferred
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import CatalogSource, SiteContext, SourceHealth, UpstreamStrategy
 from gwcore.net.tls import roots_digest
 from gwcore.net.upstream import UpstreamConnectError
 from gwcore.net.upstream_tls import (
@@ -71,7 +72,6 @@ from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig
 from gwcore.policy.model import CatalogSnapshot, Destination, Endpoint, MeshGateways
 from gwcore.policy.sni import service_sni
 from gwcore.policy.spiffe import service_spiffe_id
-from gwcore.providers import CatalogSource, SiteContext, SourceHealth, UpstreamStrategy
 
 NAME = "mesh_hop"
 MODES = ("none", "local", "remote")

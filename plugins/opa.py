@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Histogram
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import CatalogView
 from gwcore.net.filewatch import FileWatcher
 from gwcore.plugins.opa_rego import (
     PATTERN,
@@ -65,12 +66,11 @@ from gwcore.plugins.opa_rego import (
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.model import Decision, Verdict
 from gwcore.policy.opa_input import Evaluation, build_input, cache_key, rule_name, valid_path
-from gwcore.providers import CatalogView
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from gwcore.providers import AuthorizationEngine, AuthzRequest, SiteContext
+    from gwcore.contract.providers import AuthorizationEngine, AuthzRequest, SiteContext
 
 NAME = "opa"
 DEFAULT_PATH = "envoy/authz/allow"
@@ -250,7 +250,7 @@ class _Metrics:
 
 
 class OpaEngine:
-    """An :class:`~gwcore.providers.AuthorizationEngine` asking Rego (see the module doc)."""
+    """An :class:`~gwcore.contract.providers.AuthorizationEngine` asking Rego."""
 
     name = NAME
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.providers import SiteContext, UpstreamStrategy
 from gwcore.net.upstream import PlainTCPStrategy
-from gwcore.providers import SiteContext, UpstreamStrategy
 
 NAME = "plain_upstream"
 

@@ -30,8 +30,9 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 
-from gwcore.hookspecs import hookimpl
-from gwcore.metrics_series import remove_series
+from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.metrics_series import remove_series
+from gwcore.contract.providers import CatalogView, SiteContext, UpstreamStrategy
 from gwcore.net.filewatch import FileWatcher
 from gwcore.net.upstream import UpstreamConnectError
 from gwcore.net.upstream_tls import (
@@ -43,7 +44,6 @@ from gwcore.net.upstream_tls import (
 )
 from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig
 from gwcore.policy.model import Destination, Endpoint, TLSMode
-from gwcore.providers import CatalogView, SiteContext, UpstreamStrategy
 
 NAME = "upstream_tls"
 _VERSIONS = tuple(TLS_VERSIONS)

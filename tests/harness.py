@@ -28,13 +28,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.plugins.builtin_ca import load_or_create_ca
 from gwcore.policy.model import ServiceName
 from gwcore.policy.sni import service_sni
-from gwcore.service import GatewayService
+from gwcore.runtime.config_check import check_config
+from gwcore.runtime.service import GatewayService
 from gwcore.testing import TRUST_DOMAIN, MeshCA
-from gwcore.validation import check_config
 
 DC = "dc1"
 GATEWAY = "legacy-gw"

@@ -16,9 +16,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from gwcore.plugins.builtin_ca import load_or_create_ca
-from gwcore.service import GatewayService
+from gwcore.runtime.config_check import check_config
+from gwcore.runtime.service import GatewayService
 from gwcore.testing import TRUST_DOMAIN, MeshCA
-from gwcore.validation import check_config
 from tests.harness import registration, sleep, write_json
 
 

@@ -1,4 +1,4 @@
-"""Tests for gwcore.addon_lifecycle: addons get load(ctx), configure(updated) and done(),
+"""Tests for gwcore.contract.addon_lifecycle: addons get load(ctx), configure(updated) and done(),
 one instance per site per load, and metric families of their own on the gateway's
 registry."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gwcore.plugin_host import PluginLoadError
+from gwcore.contract.plugin_host import PluginLoadError
 from gwcore.testing import connection_closed, load_stack
 
 PER_DESTINATION = """

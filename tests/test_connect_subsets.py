@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from gwcore.connect import ConnectFactory, LeafSource, upstream_sni
+from gwcore.cli.connect import ConnectFactory, LeafSource, upstream_sni
 from gwcore.policy.config import load_config
 from gwcore.policy.model import ServiceName, SpiffeID
 from gwcore.testing import TRUST_DOMAIN

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gwcore import pki
-from gwcore.validation import check_config
+from gwcore.contract import pki
+from gwcore.runtime.config_check import check_config
 from tests.harness import Gateway
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "certificates.md"

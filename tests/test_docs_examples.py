@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from gwcore.cli import build_parser, main
-from gwcore.tap import Options
-from gwcore.validation import check_config
+from gwcore.runtime.config_check import check_config
+from gwcore.runtime.tap import Options
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]

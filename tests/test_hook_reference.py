@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gwcore import hookspecs
-from gwcore.hook_reference import all_hooks, generate
+from gwcore.cli.hook_reference import all_hooks, generate
+from gwcore.contract import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = all_hooks()
@@ -24,9 +24,9 @@ def test_the_hook_list_is_complete() -> None:
 
 
 def test_the_generated_reference_is_up_to_date() -> None:
-    """docs/hook-reference.md is exactly what ``python -m gwcore.hook_reference`` writes."""
+    """docs/hook-reference.md is exactly what ``python -m gwcore.cli.hook_reference`` writes."""
     assert (ROOT / "docs" / "hook-reference.md").read_text() == generate(), (
-        "run: python -m gwcore.hook_reference > docs/hook-reference.md"
+        "run: python -m gwcore.cli.hook_reference > docs/hook-reference.md"
     )
 
 

@@ -1,4 +1,4 @@
-"""Tests for gwcore.plugin_checks: provider shapes checked when a stack loads, async event
+"""Tests for gwcore.contract.plugin_checks: provider shapes checked when a stack loads, async event
 hooks refused, and one plugin loaded twice refused, each naming the plugin."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from gwcore.cli import main as tgw_main
-from gwcore.plugin_checks import EngineAnswerError, engine_answer
-from gwcore.plugin_host import PluginLoadError
+from gwcore.contract.plugin_checks import EngineAnswerError, engine_answer
+from gwcore.contract.plugin_host import PluginLoadError
 from gwcore.policy.model import Decision, Verdict
 from gwcore.testing import authz_request, client_connected, clienthello_seen, load_stack
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.plugins.builtin_ca import load_or_create_ca
 from gwcore.testing import MeshCA
 from tests.harness import (

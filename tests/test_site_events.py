@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import Deferred
 
-from gwcore.plugin_host import PluginLoadError
-from tests.test_site import BILLING, destination, result_of, snapshot, started
+from gwcore.contract.plugin_host import PluginLoadError
+from tests.runtime.test_site import BILLING, destination, result_of, snapshot, started
 
 EVENTS = """
 seen = []

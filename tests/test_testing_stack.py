@@ -1,4 +1,4 @@
-"""Tests for the plugin author's harness in gwcore.testing (gwcore/testing_stack.py):
+"""Tests for the plugin author's harness in gwcore.testing (gwcore/testing/stack.py):
 payload builders, load_stack dispatching events without sockets, metric_value, and
 metric families claimed by one plugin."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import Counter
 
-from gwcore import hookspecs
-from gwcore.metrics import GatewayMetrics
+from gwcore.contract import hookspecs
+from gwcore.contract.metrics import GatewayMetrics
 from gwcore.policy.model import Verdict
 from gwcore.testing import (
     EVENT_HOOK_OF,

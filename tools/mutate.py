@@ -99,14 +99,14 @@ TARGETS: tuple[Target, ...] = (
         (
             "tests/plugins/test_intentions_engine.py",
             "tests/plugins/test_file_catalog.py",
-            "tests/test_site.py",
+            "tests/runtime/test_site.py",
         ),
     ),
     # The identity an upstream (or, for tgw connect, the gateway) must present: checked
     # inside the handshake by gwcore.net.peer_verify with these rules.
     Target(
         "gwcore/net/upstream_tls.py",
-        ("tests/test_connect.py", "tests/net/test_upstream_tls.py"),
+        ("tests/cli/test_connect.py", "tests/net/test_upstream_tls.py"),
         ("Verification.check",),
     ),
 )

@@ -17,7 +17,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from gwcore.hookspecs import hookimpl
+from gwcore.contract.hookspecs import hookimpl
 from gwcore.policy.config import SectionReader
 from gwcore.policy.model import Decision, Verdict
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def periodic_record(site: Any, conn: Any, now: float) -> None:
-    """Called by the site's sweep for each open connection (``now``: reactor seconds)."""
-    interval = site.config.access_log_flush_interval
-    writer = site._access_log
+def periodic_record(owner: Any, conn: Any, now: float) -> None:
+    """Called by the forward step's sweep for each open connection (``now``: reactor
+    seconds); ``owner`` has ``config``, ``access_log`` and ``log``."""
+    interval = owner.config.access_log_flush_interval
+    writer = owner.access_log
     if interval <= 0 or writer is None or not getattr(writer, "enabled", True):
         return
     if now - getattr(conn, "flushed_at", conn.started) < interval:
@@ -26,4 +27,4 @@ def periodic_record(site: Any, conn: Any, now: float) -> None:
     try:
         writer(record)
     except Exception:
-        site.log.failure("writing the access log failed")
+        owner.log.failure("writing the access log failed")

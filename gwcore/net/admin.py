@@ -15,12 +15,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gwcore import __version__
-from gwcore.metrics import GatewayMetrics
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.contract.providers import AuthzRequest
 from gwcore.net.admin_guard import AdminGuard
 from gwcore.policy.decision import combine, failure
 from gwcore.policy.model import DEFAULT_NAMESPACE, SpiffeID
 from gwcore.policy.sni import service_sni
-from gwcore.providers import AuthzRequest
 
 log = Logger(namespace="tgw.admin")
 
@@ -104,7 +104,7 @@ class AdminResource(Resource):
 
     def _ready(self, request: Request) -> bytes:
         sites = {s.name: s.readiness() for s in self.sites()}
-        # A stopping instance says so while it drains (gwcore.drain).
+        # A stopping instance says so while it drains (gwcore.runtime.drain).
         draining = bool(getattr(self.config, "draining", False))
         ready = bool(sites) and all(s["ready"] for s in sites.values()) and not draining
         body = {"ready": ready, "draining": draining, "version": __version__, "sites": sites}

@@ -16,7 +16,7 @@ user can reach it): :func:`listen_private`. Worker 0's public admin endpoint has
 
 A worker that does not answer within :data:`ASK_TIMEOUT` makes ``/ready`` 503 and
 the other endpoints 502, naming it. ``/metrics`` is not asked around: the workers'
-multiprocess files are already added up (``gwcore.metrics``).
+multiprocess files are already added up (``gwcore.contract.metrics``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
-from gwcore import pki
+from gwcore.contract import pki
 
 # OpenSSL X509_V_ERR_* codes we name in metrics; anything else is "bad_client_cert".
 VERIFY_ERROR_REASONS: dict[int, str] = {

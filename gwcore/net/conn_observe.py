@@ -48,3 +48,20 @@ def fin_in_handshake(conn: Any) -> None:
     else:
         handshake_abandoned(conn)
         conn._close(conn.close_cause, abort=False)
+
+
+def record_fields(conn: Any) -> dict[str, Any]:
+    """The TLS-terminating connection's own access-log fields (decision, TLS facts)."""
+    decision = conn.decision
+    return {
+        "source": conn.identity.uri if conn.identity else None,
+        "destination": conn.destination.name if conn.destination else None,
+        "decision": decision.verdict.value if decision else None,
+        "engine": decision.engine if decision else None,
+        "reason": decision.reason if decision else None,
+        "alpn": conn.alpn.decode("ascii", "replace") if conn.alpn else None,
+        "tls_version": conn.tls_version,
+        "tls_cipher": conn.tls_cipher,
+        **conn.peer_certificate,
+        "handshake_seconds": round(conn.handshake_seconds, 6) if conn.handshake_seconds else None,
+    }

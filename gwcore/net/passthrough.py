@@ -31,7 +31,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gwcore.events import ConnectionClosed, ConnectionInfo
+from gwcore.contract.events import ConnectionClosed, ConnectionInfo
 from gwcore.net.access_fields import next_connection_id
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol
 from gwcore.policy.clienthello import NEED_MORE, ClientHello, ClientHelloParser, HelloError
@@ -50,7 +50,7 @@ log = Logger(namespace="tgw.mesh")
 class PassthroughProtocol(SplicedClient, TwistedProtocol):
     """One connection through a mesh site (see the module docstring).
 
-    ``site`` is a :class:`gwcore.mesh_site.MeshSite`: it supplies the route table and
+    ``site`` is a :class:`gwcore.runtime.mesh_site.MeshSite`: it supplies the route table and
     mesh gateways (read once, at accept), ``connect_upstream`` and the metrics.
     """
 

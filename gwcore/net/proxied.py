@@ -2,7 +2,7 @@
 
 With ``proxy_protocol = true`` every connection must start with a PROXY v1 or v2
 header (:mod:`gwcore.policy.proxy_protocol`); the client address it names replaces
-the load balancer's in the connection's :class:`~gwcore.events.ConnectionInfo`, so
+the load balancer's in the connection's :class:`~gwcore.contract.events.ConnectionInfo`, so
 authorization (``client_address``), addons and the access log (``client``) see the
 real client. The header must arrive within ``handshake_timeout``; a connection
 without a valid one is closed (handshake failure reason ``proxy_protocol``, one log

@@ -352,7 +352,7 @@ class SplicedClient:
         Returns ``False`` (after aborting the socket, cause ``overflow``) when the
         site is at ``max_connections``.
         """
-        from gwcore.events import ConnectionInfo
+        from gwcore.contract.events import ConnectionInfo
 
         peer = self.transport.getPeer()
         self.local_address = address_of(self.transport, local=True)

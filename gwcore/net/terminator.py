@@ -39,7 +39,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from gwcore.events import (
+from gwcore.contract.events import (
     AuthorizationDone,
     ClientConnected,
     ClientHelloSeen,
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IDelayedCall
 
-    from gwcore.metrics import GatewayMetrics
+    from gwcore.contract.metrics import GatewayMetrics
     from gwcore.policy.config import SiteConfig
 
 MAX_EARLY_BYTES = 256 * 1024
@@ -76,7 +76,7 @@ log = Logger(namespace="tgw.connection")
 
 
 class Dataplane(Protocol):
-    """What a connection needs from its site (implemented by ``gwcore.site.Site``)."""
+    """What a connection needs from its site (implemented by ``gwcore.runtime.site.Site``)."""
 
     name: str
     config: SiteConfig
@@ -166,7 +166,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self.site.config.handshake_timeout, self._handshake_expired
         )
 
-    # --- callbacks from OpenSSL (via gwcore.site's servername/verify hooks) ------
+    # --- callbacks from OpenSSL (via gwcore.runtime.site's servername/verify hooks) ------
 
     def on_servername(self, conn: SSL.Connection) -> None:
         # Runs again for the second ClientHello after a HelloRetryRequest: that hello
@@ -568,21 +568,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     # --- reporting ------------------------------------------------------------
 
     def record_fields(self) -> dict[str, Any]:
-        decision = self.decision
-        return {
-            "source": self.identity.uri if self.identity else None,
-            "destination": self.destination.name if self.destination else None,
-            "decision": decision.verdict.value if decision else None,
-            "engine": decision.engine if decision else None,
-            "reason": decision.reason if decision else None,
-            "alpn": self.alpn.decode("ascii", "replace") if self.alpn else None,
-            "tls_version": self.tls_version,
-            "tls_cipher": self.tls_cipher,
-            **self.peer_certificate,
-            "handshake_seconds": round(self.handshake_seconds, 6)
-            if self.handshake_seconds
-            else None,
-        }
+        return observe.record_fields(self)
 
     def closed_event(self, record: dict[str, Any]) -> ConnectionClosed | None:
         return ConnectionClosed(conn=self.info, record=record) if self.info is not None else None

@@ -27,9 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
+from gwcore.contract.providers import LeafCertificate
 from gwcore.net.client_trust import TrustBundles, VerifiedChains
 from gwcore.policy.model import ServiceName
-from gwcore.providers import LeafCertificate
 
 VERIFY_CLIENT = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 SESSION_ID_CONTEXT = b"tgw"

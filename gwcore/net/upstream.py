@@ -27,7 +27,7 @@ from gwcore.policy.model import Destination, Endpoint, TLSMode
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 
-    from gwcore.providers import UpstreamStrategy
+    from gwcore.contract.providers import UpstreamStrategy
 
 
 class UpstreamConnectError(Exception):

@@ -28,6 +28,7 @@ from service_identity.cryptography import verify_certificate_hostname, verify_ce
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 
+from gwcore.contract.providers import LeafCertificate
 from gwcore.net.bio import pieces, send_bounded
 from gwcore.net.peer_verify import verify_peer_in_handshake
 from gwcore.net.splice import UpstreamProtocol, flush_bio
@@ -36,7 +37,6 @@ from gwcore.net.tls import _add_roots
 from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
 from gwcore.policy.model import Endpoint
 from gwcore.policy.tlsrecords import RecordCounter
-from gwcore.providers import LeafCertificate
 
 # OpenSSL X509_V_ERR_* codes seen while verifying the service's chain.
 _VERIFY_REASONS = {

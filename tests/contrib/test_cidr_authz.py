@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 
 from gwcore.cli import main as tgw_main
-from gwcore.plugin_host import PluginLoadError
+from gwcore.contract.plugin_host import PluginLoadError
 from gwcore.policy.model import Verdict
 from gwcore.testing import authz_request, load_stack
 from tests.harness import (

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gwcore.net.systemd import endpoint_problem, notify
-from gwcore.validation import check_config
+from gwcore.runtime.config_check import check_config
 from tests.integration.test_twistd import (
     BIN,
     REPO,

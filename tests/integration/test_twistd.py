@@ -523,7 +523,7 @@ def test_sighup_rejects_a_bad_config_and_applies_a_good_one_without_cutting_conn
 def test_connection_held_across_a_reload_outlives_the_old_sites_drain_timeout(
     tmp_path: Path, spawn: Callable[..., Program], upstreams
 ) -> None:
-    """A reload never cuts a live connection (gwcore/service.py's contract): a connection
+    """A reload never cuts a live connection (gwcore/runtime/service.py's contract): a connection
     on a replaced site still echoes after that site's drain_timeout has passed."""
     echo_upstream = upstreams()
     ports = Ports.pick()

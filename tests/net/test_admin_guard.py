@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 
 from gwcore.net.admin_guard import host_allowed, host_name
-from gwcore.validation import check_config
+from gwcore.runtime.config_check import check_config
 from tests.harness import gateway_entry, in_thread, registration, write_json
 
 TOKEN = "s3cr3t-admin-token-0123456789"

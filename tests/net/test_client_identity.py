@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.testing import MeshCA
 from tests.harness import (
     HandshakeRefusedError,

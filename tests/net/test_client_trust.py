@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.net.client_trust import TrustBundles, VerifiedChains, bundle_domain
 from gwcore.testing import MeshCA
 

@@ -18,13 +18,13 @@ from gwcore.net.consul import (
     ConsulClient,
     ConsulError,
     ConsulSettings,
-    _TokenBucket,
     acquire_client,
     backoff_delay,
     release_client,
 )
+from gwcore.net.consul_blocking import _TokenBucket
 from gwcore.testing import MeshCA
-from gwcore.testing_consul import ConsulDouble, Recorder, server_certificate
+from gwcore.testing.consul import ConsulDouble, Recorder, server_certificate
 from tests.harness import TimersOnClock, sleep
 
 

@@ -10,7 +10,7 @@ from twisted.internet import reactor
 
 from gwcore.net.consul import ConsulSettings
 from gwcore.net.consul_watch import ServiceHealthWatches, scope_query
-from gwcore.testing_consul import ConsulDouble, find
+from gwcore.testing.consul import ConsulDouble, find
 from tests.harness import sleep
 
 

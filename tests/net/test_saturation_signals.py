@@ -100,7 +100,7 @@ async def test_fixed_reasons_exist_at_zero_from_the_start(gateway):
     """Before any traffic, every fixed reason of the handshake-error, no-route and
     rejected counters is exported at 0, so ``increase()`` sees the first event after
     a restart."""
-    from gwcore.metrics import HANDSHAKE_REASONS, NO_ROUTE_REASONS, REJECTED_REASONS
+    from gwcore.contract.metrics import HANDSHAKE_REASONS, NO_ROUTE_REASONS, REJECTED_REASONS
 
     write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
     await gateway.start()

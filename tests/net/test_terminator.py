@@ -664,7 +664,7 @@ poll_interval = "0.05s"
 [sites.main.file_certs.leaves]
 billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"}" }}
 """
-    from gwcore import pki
+    from gwcore.contract import pki
     from gwcore.plugins.builtin_ca import load_or_create_ca
     from tests.harness import TRUST_DOMAIN
 

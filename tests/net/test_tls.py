@@ -10,11 +10,11 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from gwcore import pki
+from gwcore.contract import pki
+from gwcore.contract.providers import LeafCertificate
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.policy.model import ServiceName
 from gwcore.policy.sni import service_sni
-from gwcore.providers import LeafCertificate
 from gwcore.testing import TRUST_DOMAIN, MeshCA
 
 BILLING = ServiceName("billing")

@@ -12,7 +12,7 @@ import pytest_twisted
 from cryptography import x509
 from OpenSSL import SSL
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.net.upstream_tls import client_context, mesh_client_context
 from gwcore.testing import MeshCA
 from tests.harness import (

@@ -9,11 +9,11 @@ from typing import Any
 import pluggy
 import pytest
 
-from gwcore import hookspecs, pki
+from gwcore.contract import hookspecs, pki
+from gwcore.contract.providers import CertificateProvider
 from gwcore.plugins import builtin_ca
 from gwcore.policy.config import SiteConfig, parse_config
 from gwcore.policy.model import ServiceName, SpiffeID
-from gwcore.providers import CertificateProvider
 from gwcore.testing import FakeSite
 
 TD = "example.consul"

@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.net.consul import ConsulError
 from gwcore.plugins.consul_catalog import ConsulCatalogSource
 from gwcore.plugins.consul_catalog import read_settings as catalog_settings
@@ -22,7 +22,7 @@ from gwcore.plugins.consul_intentions import intentions_from_match
 from gwcore.policy.intentions import IntentionSet
 from gwcore.policy.model import Health, ServiceName, TLSMode, Verdict
 from gwcore.testing import TRUST_DOMAIN, FakeSite, MeshCA, site_config
-from gwcore.testing_consul import ConsulDouble
+from gwcore.testing.consul import ConsulDouble
 
 CATALOG = "gwcore.plugins.consul_catalog"
 

@@ -1,6 +1,6 @@
 """consul_catalog sees every change of a linked service's instances, a node that moved
 included (issue 17 item 1). Every test here runs against the Consul double
-(gwcore/testing_consul.py), whose indexes follow Consul's catalog.go: a node update moves
+(gwcore/testing/consul.py), whose indexes follow Consul's catalog.go: a node update moves
 the node's and its services' indexes, not the services or checks tables."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from twisted.internet import reactor
 
 from gwcore.plugins.consul_catalog import ConsulCatalogSource
 from gwcore.testing import FakeSite, site_config
-from gwcore.testing_consul import ConsulDouble, wait_deferred
+from gwcore.testing.consul import ConsulDouble, wait_deferred
 
 CATALOG = "gwcore.plugins.consul_catalog"
 FAST = {"wait": "2s", "timeout": "3s", "retry_min": "0.05s", "retry_max": "0.3s", "rate": 50}

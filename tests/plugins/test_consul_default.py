@@ -1,7 +1,7 @@
 """With the Consul intentions source, a connection no intention matches is decided as
 the agent decides it (issue 17 item 5): default_intention_policy, else the ACL default,
 allow when ACLs are off. Gateway tests run the full Consul stack against the Consul
-double (gwcore/testing_consul.py), whose /v1/agent/self reports those settings."""
+double (gwcore/testing/consul.py), whose /v1/agent/self reports those settings."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from gwcore.policy.consul_default import agent_default
 from gwcore.policy.decision import combine
 from gwcore.policy.model import Decision, Verdict
-from gwcore.testing_consul import ConsulDouble
+from gwcore.testing.consul import ConsulDouble
 from tests.harness import hello, in_thread, request, sni_for
 from tests.plugins.test_consul_gateway import ConsulGateway, external
 

@@ -17,11 +17,11 @@ from cryptography import x509
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from gwcore import pki
-from gwcore.service import GatewayService
+from gwcore.contract import pki
+from gwcore.runtime.config_check import check_config
+from gwcore.runtime.service import GatewayService
 from gwcore.testing import TRUST_DOMAIN, MeshCA
-from gwcore.testing_consul import ConsulDouble
-from gwcore.validation import check_config
+from gwcore.testing.consul import ConsulDouble
 from tests.harness import (
     DC,
     GATEWAY,

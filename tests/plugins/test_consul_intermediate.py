@@ -1,6 +1,6 @@
 """The Consul stack with a CA that signs through an intermediate (issue 17 item 7): the
 gateway presents billing's leaf with the intermediate, so a client trusting only the
-roots verifies it. Runs against the Consul double (gwcore/testing_consul.py) with
+roots verifies it. Runs against the Consul double (gwcore/testing/consul.py) with
 intermediate=True, whose leaves' CertPEM is leaf then intermediate, as Consul's."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
-from gwcore import pki
-from gwcore.testing_consul import ConsulDouble
+from gwcore.contract import pki
+from gwcore.testing.consul import ConsulDouble
 from tests.harness import in_thread, peer_uris, request, sni_for, tls_connect
 from tests.plugins.test_consul_gateway import ConsulGateway, serve
 

@@ -2,7 +2,7 @@
 service linked in namespace finance is routed under its own SNI, its leaf and its
 intentions are read with ?ns=finance, its leaf carries finance's SPIFFE ID, and an
 intention source without a namespace is finance's (Consul's normalize()). Runs against
-the Consul double (gwcore/testing_consul.py), which answers per namespace as an
+the Consul double (gwcore/testing/consul.py), which answers per namespace as an
 Enterprise agent does."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet import reactor
 
-from gwcore import pki
+from gwcore.contract import pki
 from gwcore.policy.model import ServiceName
 from gwcore.policy.sni import service_sni
 from gwcore.testing import TRUST_DOMAIN, MeshCA
-from gwcore.testing_consul import ConsulDouble, find
+from gwcore.testing.consul import ConsulDouble, find
 from tests.harness import DC, GATEWAY, hello, in_thread, peer_uris, request, tls_connect
 from tests.plugins.test_consul_gateway import ConsulGateway
 

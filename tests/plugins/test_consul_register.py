@@ -1,6 +1,6 @@
 """Self-registration's TCP check targets the address the service is registered with
 (issue 17 item 6), so an agent in another network namespace can reach it. Runs against
-the Consul double (gwcore/testing_consul.py), which records each agent registration and
+the Consul double (gwcore/testing/consul.py), which records each agent registration and
 answers /v1/agent/self with its node address as Member.Addr."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from twisted.internet import reactor
 
 from gwcore.plugins.consul_catalog import ConsulCatalogSource
 from gwcore.testing import FakeSite, site_config
-from gwcore.testing_consul import ConsulDouble, wait_deferred
+from gwcore.testing.consul import ConsulDouble, wait_deferred
 
 CATALOG = "gwcore.plugins.consul_catalog"
 FAST = {"wait": "2s", "timeout": "3s", "retry_min": "0.05s", "retry_max": "0.3s", "rate": 50}

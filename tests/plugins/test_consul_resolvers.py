@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from gwcore.testing_consul import ConsulDouble
+from gwcore.testing.consul import ConsulDouble
 from tests.harness import GATEWAY, hello, in_thread, request, sni_for
 from tests.plugins.test_consul_gateway import _refused, cgw, consul
 from tests.plugins.test_destinations import defaults, dsni

@@ -12,12 +12,12 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import Logger
 
-from gwcore.plugin_host import DEFAULT_PLUGINS
+from gwcore.contract.plugin_host import DEFAULT_PLUGINS
+from gwcore.contract.providers import CatalogSource
 from gwcore.plugins import dns_catalog
 from gwcore.plugins.dns_catalog import DNSCatalogSource, read_settings
 from gwcore.policy.dns_records import Family
 from gwcore.policy.model import CatalogSnapshot, Health
-from gwcore.providers import CatalogSource
 from gwcore.testing import FakeSite, site_config
 from tests.dns_dnsmasq import dnsmasq
 from tests.dns_server import a, aaaa, dns_server, srv

@@ -14,7 +14,7 @@ from gwcore.plugins import dns_catalog
 from gwcore.plugins.dns_catalog import DNSCatalogSource, read_settings
 from gwcore.policy.balancing import EndpointPicker
 from gwcore.policy.model import Health
-from gwcore.validation import check_config
+from gwcore.runtime.config_check import check_config
 from tests.dns_dnsmasq import dnsmasq
 from tests.dns_server import a, dns_server, srv
 from tests.plugins.test_dns_catalog import (

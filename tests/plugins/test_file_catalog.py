@@ -13,13 +13,13 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from gwcore import hookspecs
-from gwcore.metrics import GatewayMetrics
+from gwcore.contract import hookspecs
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.contract.providers import CatalogSource
 from gwcore.plugins import file_catalog
 from gwcore.plugins.file_catalog import FileCatalogSource
 from gwcore.policy.config import SiteConfig, parse_config
 from gwcore.policy.model import CatalogSnapshot, Health
-from gwcore.providers import CatalogSource
 
 INTERVAL = 0.5
 REPO_CATALOG = Path(__file__).resolve().parents[2] / "etc" / "catalog"

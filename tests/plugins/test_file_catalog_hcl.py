@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest_twisted
 
 from gwcore.plugins.file_catalog import decode_catalog_file
-from gwcore.validation import check_config
+from gwcore.runtime.config_check import check_config
 from tests.harness import Gateway, hello, in_thread, intentions, request, sni_for, write_json
 from tests.plugins.test_tgw_subsets import instance, sni
 

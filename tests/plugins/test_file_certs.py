@@ -10,11 +10,11 @@ import pluggy
 import pytest
 from twisted.logger import formatEvent
 
-from gwcore import hookspecs, pki
+from gwcore.contract import hookspecs, pki
+from gwcore.contract.providers import CertificateProvider, LeafCertificate
 from gwcore.plugins import file_certs
 from gwcore.policy.config import SiteConfig, parse_config
 from gwcore.policy.model import ServiceName
-from gwcore.providers import CertificateProvider, LeafCertificate
 from gwcore.testing import FakeSite
 
 TD = "example.consul"

@@ -4,9 +4,9 @@ section) only to sites whose stack names it."""
 
 from __future__ import annotations
 
+from gwcore.contract.providers import CatalogView
 from gwcore.plugins import intentions as plugin
 from gwcore.policy.model import Intention, ServiceName
-from gwcore.providers import CatalogView
 from gwcore.testing import FakeSite, site_config
 
 ALLOW_WEB = Intention(ServiceName("web"), ServiceName("billing"), "allow", origin="test")

@@ -183,7 +183,7 @@ def impostor(federation: Federation, seen: list):
             der = tls.getpeercert(binary_form=True)
             from cryptography import x509
 
-            from gwcore import pki
+            from gwcore.contract import pki
 
             seen.append(("client", pki.uri_sans(x509.load_der_x509_certificate(der))))
             with contextlib.suppress(OSError, ssl.SSLError):

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from gwcore.policy.consul_shapes import parse_documents
-from gwcore.testing_consul import ConsulDouble
+from gwcore.testing.consul import ConsulDouble
 from tests.harness import (
     free_port,
     gateway_entry,

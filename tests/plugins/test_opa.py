@@ -15,10 +15,10 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
+from gwcore.contract.providers import AuthorizationEngine, AuthzRequest, CatalogView
 from gwcore.plugins import opa
 from gwcore.policy.model import Destination, ServiceName, SpiffeID, Verdict
 from gwcore.policy.sni import service_sni
-from gwcore.providers import AuthorizationEngine, AuthzRequest, CatalogView
 from gwcore.testing import TRUST_DOMAIN, FakeSite, site_config
 from tests.opa_server import opa_servers_fixture  # noqa: F401  (provides opa_servers)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from gwcore.runtime.config_check import check_config
 from gwcore.testing import TRUST_DOMAIN
-from gwcore.validation import check_config
 from tests.harness import (
     Gateway,
     HandshakeRefusedError,

@@ -70,7 +70,7 @@ def test_x509_parsing_still_differs_from_opa():
     regopy upgrade fixes this, this test fails and the refusal can go."""
     import base64
 
-    from gwcore.pki import certificate_pem, new_ca
+    from gwcore.contract.pki import certificate_pem, new_ca
 
     pem = certificate_pem(new_ca("example.consul")[0])
     interpreter = Interpreter()

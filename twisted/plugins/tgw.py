@@ -1,5 +1,5 @@
 from twisted.application.service import ServiceMaker
 
 tgw = ServiceMaker(
-    "tgw", "gwcore.tap", "Terminating gateway for a Consul-style service mesh", "tgw"
+    "tgw", "gwcore.runtime.tap", "Terminating gateway for a Consul-style service mesh", "tgw"
 )

@@ -1,0 +1,134 @@
+"""gwcore.contract.metrics: the labelled children a site resolves once and reuses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from gwcore.contract.metrics import GatewayMetrics, SiteChildren
+
+
+def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_site_children_are_the_families_own_children_resolved_once() -> None:
+    """What a connection increments through the cache lands in the exported series,
+    and asking again returns the same child objects (no second ``labels()``)."""
+    metrics = GatewayMetrics()
+    children = SiteChildren(metrics, "main")
+    billing = children.service("billing")
+    assert children.service("billing") is billing
+    assert billing.connections is metrics.connections.labels(site="main", service="billing")
+    children.accepted.inc()
+    children.active.inc()
+    billing.connections.inc()
+    billing.bytes_upstream.inc(10)
+    billing.bytes_downstream.inc(20)
+    billing.upstream_connect_seconds.observe(0.002)
+    billing.connection_seconds.observe(1.5)
+    allow = children.decision("billing", "intentions", "allow")
+    assert children.decision("billing", "intentions", "allow") is allow
+    allow.inc()
+    site = {"site": "main"}
+    svc = {"site": "main", "service": "billing"}
+    assert sample(metrics, "tgw_downstream_accepted_total", **site) == 1
+    assert sample(metrics, "tgw_downstream_connections_active", **site) == 1
+    assert sample(metrics, "tgw_downstream_connections_total", **svc) == 1
+    assert sample(metrics, "tgw_bytes_total", direction="upstream", **svc) == 10
+    assert sample(metrics, "tgw_bytes_total", direction="downstream", **svc) == 20
+    assert sample(metrics, "tgw_upstream_connect_seconds_count", **svc) == 1
+    assert sample(metrics, "tgw_connection_duration_seconds_sum", **svc) == 1.5
+    assert (
+        sample(metrics, "tgw_authz_decisions_total", engine="intentions", decision="allow", **svc)
+        == 1
+    )
+
+
+def test_a_reloaded_site_with_the_same_name_counts_on_the_same_series() -> None:
+    """A reload builds a new Site (and a new cache) on the same process metrics: the
+    counts continue rather than restart."""
+    metrics = GatewayMetrics()
+    SiteChildren(metrics, "main").service("db").connections.inc()
+    SiteChildren(metrics, "main").service("db").connections.inc()
+    labels = {"site": "main", "service": "db"}
+    assert sample(metrics, "tgw_downstream_connections_total", **labels) == 2
+
+
+_MULTIPROCESS_SCRIPT = """
+from types import SimpleNamespace
+from prometheus_client import Gauge, generate_latest
+from twisted.internet.task import Clock
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.net.consul import ConsulFreshness
+
+metrics = GatewayMetrics()
+metrics.family(Gauge, "tgw_plugin_gauge", "A plugin's gauge.", ["site"]).labels(site="main").set(7)
+clock = Clock()
+clock.advance(100)
+freshness = ConsulFreshness(SimpleNamespace(metrics=metrics, reactor=clock, name="main"), "p")
+freshness.ok("catalog")
+print(generate_latest(metrics.exposition).decode())
+"""
+
+
+def test_with_workers_plugin_gauges_and_consul_freshness_are_exported_right(tmp_path) -> None:
+    """In multiprocess mode (a worker, ``PROMETHEUS_MULTIPROC_DIR`` set): a plugin gauge
+    made by ``family()`` has a live mode (no ``pid`` label), and Consul freshness is a
+    last-success timestamp; the callback staleness gauge, which workers would export as
+    a constant 0 (a stale catalog looking fresh), is not exported."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _MULTIPROCESS_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert 'tgw_plugin_gauge{site="main"} 7.0' in out, out
+    assert 'tgw_consul_last_success_timestamp_seconds{plugin="p",site="main"} 100.0' in out, out
+    assert "tgw_consul_staleness_seconds{" not in out, out
+
+
+_REMOVE_SCRIPT = """
+from prometheus_client import generate_latest
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.contract.metrics_series import remove_series
+
+metrics = GatewayMetrics()
+gauge = metrics.certificate_expiry
+gauge.labels(site="main", kind="upstream_ca", name="billing").set(1.0)
+gauge.labels(site="main", kind="upstream_ca", name="payments").set(2.0)
+remove_series(gauge, "main", "upstream_ca", "billing")
+print(generate_latest(metrics.exposition).decode())
+"""
+
+
+def test_with_workers_a_removed_series_leaves_the_exposition(tmp_path) -> None:
+    """In multiprocess mode ``Gauge.remove()`` leaves the value in the worker's file
+    (and warns); ``remove_series`` makes the series leave ``/metrics`` without a
+    warning (warnings are errors here), and the other series stay."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _REMOVE_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert 'name="payments"' in out, out
+    assert 'name="billing"' not in out, out
+
+
+def test_in_one_process_remove_series_deletes_the_child() -> None:
+    """Without workers ``remove_series`` is ``Gauge.remove()`` (a missing child is no error)."""
+    from gwcore.contract.metrics_series import remove_series
+
+    metrics = GatewayMetrics()
+    metrics.routes.labels(site="a").set(3)
+    remove_series(metrics.routes, "a")
+    remove_series(metrics.routes, "a")
+    assert metrics.registry.get_sample_value("tgw_routes", {"site": "a"}) is None
