@@ -3,7 +3,7 @@
     python -m gwcore.cli.hook_reference > docs/hook-reference.md
 
 The hook specifications are the contract; this page is their docstrings, grouped by
-phase, with each hook's signature. ``tests/test_hook_reference.py`` fails when the page
+phase, with each hook's signature. ``tests/cli/test_hook_reference.py`` fails when the page
 is out of date, when a hook has no docstring, when ``docs/hooks.md`` does not explain a
 hook, or when no test exercises it (datasette's habit).
 """
@@ -47,7 +47,7 @@ def generate() -> str:
         "",
         "<!-- Generated from gwcore/contract/hookspecs.py by",
         "`python -m gwcore.cli.hook_reference > docs/hook-reference.md`;",
-        "do not edit (tests/test_hook_reference.py checks it). -->",
+        "do not edit (tests/cli/test_hook_reference.py checks it). -->",
         "",
         "Every hook a plugin may implement, with its specification's docstring. How to write",
         "plugins, payload fields and examples: [hooks.md](hooks.md).",

@@ -5,7 +5,7 @@ connection. Feeding a whole 256 KiB socket read into it (or ``sendall`` of a who
 upstream read) left every connection that once moved a burst holding about 670 KiB
 while idle. Handing OpenSSL at most :data:`BIO_FEED` bytes at a time, and draining
 in between, keeps it to about 40 KiB (docs/reliability.md, held connections;
-tests/test_held_memory.py). Outgoing plaintext in :data:`BIO_SEND` pieces also makes
+tests/net/test_held_memory.py). Outgoing plaintext in :data:`BIO_SEND` pieces also makes
 records of at most 4 KiB.
 """
 

@@ -11,7 +11,7 @@ import pytest
 from gwcore.cli.hook_reference import all_hooks, generate
 from gwcore.contract import hookspecs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = all_hooks()
 # Modules that name every hook generically; they do not test any one hook.
 NOT_A_HOOK_TEST = {"test_hook_reference.py", "test_hookspecs.py", "test_testing_stack.py"}
