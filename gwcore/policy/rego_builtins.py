@@ -80,23 +80,34 @@ UNLIKE_OPA: Mapping[str, str] = {
     "crypto.parse_private_keys": "rego-cpp returns no key for PEM keys OPA parses",
 }
 
-# Comments and strings first, so a name inside them is skipped; then a call: a name
-# not preceded by a word character or a dot (so `data.lib.net.cidr_contains(` is the
-# policy's own function, not the built-in) followed by `(`.
-_TOKEN_RE = re.compile(
-    r"""(?P<skip>\#[^\n]*|"(?:[^"\\\n]|\\.)*"|`[^`]*`)"""
-    r"""|(?<![\w.])(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)[ \t]*\("""
-)
+# Comments and strings are blanked first (same length, newlines kept, so positions stay
+# true), so a name inside them is never taken for a call. Then a call is a dotted name
+# followed by `(`, with any white space (newlines too) around its dots and before the
+# parenthesis, as rego-cpp's parser allows: `net .cidr_contains\n(` is the built-in.
+_SKIP_RE = re.compile(r"""\#[^\n]*|"(?:[^"\\\n]|\\.)*"|`[^`]*`""")
+_CALL_RE = re.compile(r"(?<!\w)(?P<name>[A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)\s*\(")
+_SPACE_RE = re.compile(r"\s+")
+
+
+def _blank(text: str) -> str:
+    return _SKIP_RE.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), text)
 
 
 def builtin_calls(text: str) -> Iterator[tuple[str, int, int]]:
     """``(name, line, column)`` (1-based, column in characters) of every call of an OPA
-    built-in in one module's ``text``."""
-    for match in _TOKEN_RE.finditer(text):
-        name = match.group("name")
-        if name is None or name not in OPA_BUILTINS:
+    built-in in one module's ``text``. A name after a dot is the tail of a longer
+    reference (``data.lib.net.cidr_contains(`` is the policy's own function)."""
+    code = _blank(text)
+    for match in _CALL_RE.finditer(code):
+        name = _SPACE_RE.sub("", match.group("name"))
+        if name not in OPA_BUILTINS:
             continue
         start = match.start("name")
+        previous = start - 1
+        while previous >= 0 and code[previous].isspace():
+            previous -= 1
+        if previous >= 0 and code[previous] == ".":
+            continue
         line = text.count("\n", 0, start) + 1
         column = start - (text.rfind("\n", 0, start) + 1) + 1
         yield name, line, column

@@ -4,6 +4,8 @@ file:line:column (real Rego, FakeSite and a fake clock)."""
 
 from __future__ import annotations
 
+import pytest
+
 from gwcore.plugins import opa
 from gwcore.policy.model import Verdict
 from gwcore.testing import site_config
@@ -106,3 +108,28 @@ def test_tgw_check_config_command_prints_the_refusal(tmp_path, capsys):
     assert main(["check-config", str(path)]) == 1
     err = capsys.readouterr().err
     assert "authz.rego:4:12: built-in net.cidr_contains is not implemented" in err
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param('net.cidr_contains\n\t("127.0.0.0/8", ADDR)', id="newline-before-paren"),
+        pytest.param('net .cidr_contains("127.0.0.0/8", ADDR)', id="space-before-dot"),
+        pytest.param('net. cidr_contains ("127.0.0.0/8", ADDR)', id="space-after-dot"),
+        pytest.param('net.cidr_contains # a comment\n("127.0.0.0/8", ADDR)', id="comment"),
+    ],
+)
+def test_a_call_spelled_with_white_space_is_refused_too(tmp_path, call):
+    """rego-cpp parses these spellings as the built-in call (an outside review found the
+    first two passing check-config and allowing 10.1.2.3): each is refused at
+    check-config, naming the built-in, so none can evaluate to undefined and allow."""
+    address = "input.attributes.source.address.socketAddress.address"
+    policy = BLOCK_LOOPBACK.replace(
+        'net.cidr_contains("127.0.0.0/8", input.attributes.source.address.socketAddress.address)',
+        call.replace("ADDR", address),
+    )
+    write(tmp_path / "p" / "authz.rego", policy)
+    config = site_config(tmp_path, [ENTRY], {ENTRY: {"policies": ["p"]}})
+    problems = [str(p) for p in opa.tgw_validate_site_config(site=config)]
+    assert len(problems) == 1, problems
+    assert f"{tmp_path / 'p' / 'authz.rego'}:4:12: built-in net.cidr_contains" in problems[0]
