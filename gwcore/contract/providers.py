@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cryptography import x509
 
+from gwcore.policy.http_facts import DEFAULT_MESH_HTTP, HttpRequestFacts, MeshHttp
 from gwcore.policy.model import (
     CatalogSnapshot,
     Decision,
@@ -80,6 +81,8 @@ class CatalogView:
     version: str
     mesh_gateways: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
     """Mesh gateway endpoints per datacenter (catalog first, then configured ones)."""
+    mesh_http: MeshHttp = DEFAULT_MESH_HTTP
+    """Consul's ``mesh`` entry HTTP options (the first source in stack order that has one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,9 @@ class AuthzRequest:
     peer_certificate: bytes = b""
     """The client's certificate (its leaf), DER; empty unless an engine of the site sets
     ``wants_peer_certificate`` (or when not known, as in ``tgw explain``)."""
+    http: HttpRequestFacts | None = None
+    """The request being decided at an L7 destination (``service-defaults`` protocol
+    http, http2 or grpc): one decision per request. ``None`` for an L4 connection."""
 
 
 class SiteContext(Protocol):

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gwcore.policy.http_facts import MeshHttp
+
 DEFAULT_NAMESPACE = "default"
 DEFAULT_PARTITION = "default"
 
@@ -224,6 +226,8 @@ class CatalogSnapshot:
     intentions: tuple[Intention, ...] | None = None
     version: str = ""
     mesh_gateways: tuple[MeshGateways, ...] = ()
+    mesh_http: MeshHttp | None = None
+    """The HTTP part of Consul's ``mesh`` entry; ``None`` when the source has none."""
 
 
 @dataclass(frozen=True, slots=True)
