@@ -1,0 +1,276 @@
+"""Mesh sites fed by Consul (``consul_catalog`` on ``role = "mesh"``, ``plugins/consul_mesh.py``),
+in a two-datacenter chain on 127.0.0.1 with real TLS:
+
+client (dc1) -> mesh site of dc1 (Consul dc1) -> mesh site of dc2 (Consul dc2)
+-> terminating site of dc2 -> the real upstream.
+
+Both mesh sites read the Consul double (one double per datacenter, joined with
+:func:`~gwcore.testing.consul_mesh.federate` so ``?dc=`` crosses over as a WAN-federated
+agent's does): dc2's mesh site learns ``billing`` from ``/v1/health/connect/billing``
+(the terminating gateway linking it), dc1's learns dc2's mesh gateways from
+``/v1/catalog/datacenters`` and ``/v1/health/service/mesh-gateway?dc=dc2``, at their WAN
+address. The dc2 terminating site reads files, as before."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from gwcore.testing.consul import ConsulDouble
+from gwcore.testing.consul_mesh import federate
+from tests.harness import (
+    HandshakeRefusedError,
+    free_port,
+    gateway_entry,
+    hello,
+    in_thread,
+    intentions,
+    peer_uris,
+    read_all,
+    registration,
+    sleep,
+    sni_for,
+    tls_connect,
+)
+from tests.multidc import DCGateway, Federation, federation, service_in, settle, spiffe
+
+__all__ = ["federation"]
+
+BODY = b"ledger of dc2 via Consul\n" * 1500
+
+
+def call(port: int, files, sni: str) -> tuple[list[str], bytes]:
+    cert, key, root = files
+    with tls_connect(port, sni, cert, key, root) as sock:
+        uris = peer_uris(sock)
+        sock.sendall(b"hi")
+        return uris, read_all(sock)
+
+
+def refused(port: int, files, sni: str) -> bool:
+    """Whether the gateway closed the connection without a handshake."""
+    try:
+        call(port, files, sni)
+    except (OSError, HandshakeRefusedError):
+        return True
+    return False
+
+
+def tgw_node(port: int) -> dict:
+    """dc2's terminating gateway as its agent registers it, with a passing check."""
+    return {
+        "Node": "tgw-dc2-node",
+        "Address": "127.0.0.1",
+        "Service": {"ID": "tgw-dc2", "Service": "tgw-dc2", "Kind": "terminating-gateway",
+                    "Port": port},
+        "Checks": [{"CheckID": "tgw-tcp", "Name": "tcp", "Status": "passing",
+                    "ServiceID": "tgw-dc2"}],
+    }  # fmt: skip
+
+
+def mgw_node(port: int, node: str = "mgw-dc2") -> dict:
+    """dc2's mesh gateway: LAN address closed, WAN address served (Consul's BestAddress)."""
+    return {
+        "Node": node,
+        "Address": "127.0.0.1",
+        "TaggedAddresses": {"lan": "127.0.0.1", "wan": "127.0.0.1"},
+        "Service": {
+            "ID": node, "Service": "mesh-gateway", "Kind": "mesh-gateway", "Port": free_port(),
+            "TaggedAddresses": {"wan": {"Address": "127.0.0.1", "Port": port}},
+        },
+        "Checks": [{"CheckID": f"{node}-tcp", "Name": "tcp", "Status": "passing",
+                    "ServiceID": node}],
+    }  # fmt: skip
+
+
+def consul_section(key: str, double: ConsulDouble, **extra: str) -> str:
+    lines = "".join(f'{k} = "{v}"\n' for k, v in extra.items())
+    return (
+        f'[sites.{key}.consul_catalog]\naddress = "{double.address}"\nregister = false\n'
+        f'datacenters_interval = "0.2s"\nretry_min = "0.05s"\nretry_max = "0.2s"\n{lines}'
+    )
+
+
+async def eventually(check: Any, what: str, timeout: float = 8.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        await sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Chain:
+    """Two Consul datacenters, their doubles and gateways (module docstring)."""
+
+    def __init__(self, fed: Federation, upstreams: Any) -> None:
+        self.fed = fed
+        self.upstreams = upstreams
+        self.consul1 = ConsulDouble(reactor, datacenter="dc1", jitter=False)
+        self.consul2 = ConsulDouble(reactor, datacenter="dc2", jitter=False)
+        self.up: Any = None
+        self.tgw2: DCGateway | None = None
+        self.mesh1: DCGateway | None = None
+        self.mesh2: DCGateway | None = None
+
+    async def start(self, *, register_mgw: bool = True) -> Chain:
+        await self.consul1.start()
+        await self.consul2.start()
+        federate(self.consul1, self.consul2)
+        self.up = self.upstreams(hello(BODY))
+        self.tgw2 = await self.fed.start(
+            "tgw-dc2",
+            "dc2",
+            [
+                gateway_entry("billing", name="tgw-dc2"),
+                service_in("billing", self.up.port, "dc2"),
+                intentions("billing", ("web", "allow")),
+            ],
+        )
+        self.consul2.register(registration("billing", self.up.port))
+        self.consul2.register(tgw_node(self.tgw2.port))
+        self.consul2.link("tgw-dc2", "billing")
+        self.mesh2 = await self.fed.start(
+            "mesh-dc2", "dc2", [], role="mesh", plugins=["consul_catalog"],
+            extra=consul_section("mesh-dc2", self.consul2),
+        )  # fmt: skip
+        if register_mgw:
+            self.consul2.register(mgw_node(self.mesh2.port))
+        self.mesh1 = await self.fed.start(
+            "mesh-dc1", "dc1", [], role="mesh", plugins=["consul_catalog"],
+            extra=consul_section("mesh-dc1", self.consul1),
+        )  # fmt: skip
+        return self
+
+    def files(self) -> Any:
+        return self.fed.client_files("web")
+
+    async def call_dc2(self) -> tuple[list[str], bytes]:
+        assert self.mesh1 is not None
+        return await in_thread(call, self.mesh1.port, self.files(), sni_for("billing", "dc2"))
+
+    async def refused_dc2(self) -> bool:
+        assert self.mesh1 is not None
+        return await in_thread(refused, self.mesh1.port, self.files(), sni_for("billing", "dc2"))
+
+    def dc2_gateways(self) -> list[tuple[str, int]]:
+        assert self.mesh1 is not None
+        view = self.mesh1.site.catalog_view().mesh_gateways
+        return [(e.address, e.port) for e in view.get("dc2", ())]
+
+    def local_routes(self, gateway: DCGateway) -> dict[str, list[str]]:
+        return {sni: [str(e) for e in d.endpoints] for sni, d in gateway.site.router.routes}
+
+    async def stop(self) -> None:
+        await self.consul1.stop()
+        await self.consul2.stop()
+
+
+@pytest.fixture
+def chain(federation: Federation, upstreams: Any):
+    made = Chain(federation, upstreams)
+    yield made
+    pytest_twisted.blockon(Deferred.fromCoroutine(made.stop()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_datacenter_chain_through_consul_fed_mesh_sites(chain: Chain):
+    """A dc1 client reaches dc2's upstream through two Consul-fed mesh sites: dc1's dials
+    dc2's mesh gateway at its WAN address (from ``?dc=dc2``), dc2's routes the service
+    name to the terminating gateway that links it (``/v1/health/connect/billing``), and
+    the client's session ends at dc2's terminating gateway, untouched in between."""
+    await chain.start()
+    assert chain.mesh2 is not None and chain.tgw2 is not None and chain.mesh1 is not None
+    assert chain.dc2_gateways() == [("127.0.0.1", chain.mesh2.port)]
+    routes = chain.local_routes(chain.mesh2)
+    assert [sni for sni in routes if sni.startswith("billing.")] == [sni_for("billing", "dc2")]
+    uris, answer = await chain.call_dc2()
+    assert uris == [spiffe("billing", "dc2")]
+    assert answer == BODY and chain.up.accepted == 1
+    await settle(chain.mesh1, chain.mesh2, chain.tgw2)
+    assert chain.mesh1.metric("tgw_mesh_connections_total", datacenter="dc2", via="mesh_gateways")
+    assert chain.mesh2.metric("tgw_mesh_connections_total", datacenter="dc2", via="local") == 1
+    (record,) = chain.tgw2.access_records()
+    assert record["source"] == spiffe("web", "dc1")
+    paths = {r.path for r in chain.consul1.requests}
+    assert {"/v1/catalog/datacenters", "/v1/health/service/mesh-gateway"} <= paths
+    assert any(r.args.get("dc") == ["dc2"] for r in chain.consul1.requests)
+    assert "/v1/health/connect/billing" in {r.path for r in chain.consul2.requests}
+    described = chain.mesh1.site.describe_routes()
+    assert described["mesh_gateways"]["dc2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_changes_without_restart(chain: Chain):
+    """Consul changes reach both mesh sites live: dc2's mesh gateway registered after
+    start is dialled; unlinking the service removes dc2's route (the connection is
+    refused, counted as unknown_service) and linking it again restores it; removing
+    dc2's mesh gateway leaves dc1 without a route to dc2 (unknown_datacenter) until a
+    new one is registered."""
+    await chain.start(register_mgw=False)
+    assert chain.mesh1 is not None and chain.mesh2 is not None
+    assert chain.dc2_gateways() == []
+    assert await chain.refused_dc2()
+    assert chain.mesh1.metric("tgw_mesh_no_route_total", reason="unknown_datacenter") == 1
+
+    chain.consul2.register(mgw_node(chain.mesh2.port))  # a gateway added
+    await eventually(lambda: chain.dc2_gateways(), "dc2's mesh gateway")
+    assert (await chain.call_dc2())[1] == BODY
+
+    chain.consul2.link("tgw-dc2")  # billing unlinked
+    sni = sni_for("billing", "dc2")
+    await eventually(lambda: sni not in chain.local_routes(chain.mesh2), "the route to go")
+    assert await chain.refused_dc2()
+    await eventually(
+        lambda: chain.mesh2.metric("tgw_mesh_no_route_total", reason="unknown_service") == 1,
+        "the refusal to be counted",
+    )
+    chain.consul2.link("tgw-dc2", "billing")
+    await eventually(lambda: sni in chain.local_routes(chain.mesh2), "the route to return")
+    assert (await chain.call_dc2())[1] == BODY
+
+    chain.consul2.deregister("mgw-dc2")  # the gateway removed
+    await eventually(lambda: not chain.dc2_gateways(), "dc2's gateway to go")
+    assert await chain.refused_dc2()
+    chain.consul2.register(mgw_node(chain.mesh2.port, node="mgw-dc2-b"))
+    await eventually(lambda: chain.dc2_gateways(), "the new gateway")
+    assert (await chain.call_dc2())[1] == BODY
+    assert chain.up.accepted == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_consul_failure_keeps_the_last_good_state(chain: Chain):
+    """When Consul fails (500s) or answers garbage, both mesh sites keep their last good
+    routes and gateways, count the errors and say so in ``/ready``; they recover."""
+    await chain.start()
+    assert chain.mesh1 is not None and chain.mesh2 is not None
+    errors = "tgw_catalog_errors_total"
+    chain.consul2.fail(500)
+    chain.consul1.fail(200, prefix="/v1/catalog/datacenters")  # 200 with a body not JSON
+    chain.consul2.register(mgw_node(chain.mesh2.port, node="mgw-dc2-b"))  # wakes the watches
+    await eventually(
+        lambda: (
+            chain.mesh1.metric(errors, source="consul_catalog") > 0
+            and chain.mesh2.metric(errors, source="consul_catalog") > 0
+        ),
+        "the errors to be counted",
+    )
+    for gateway in (chain.mesh1, chain.mesh2):
+        ready = gateway.site.readiness()
+        assert ready["ready"]
+        assert ready["catalog_sources"]["consul_catalog"]["last_error"]
+    assert chain.dc2_gateways() == [("127.0.0.1", chain.mesh2.port)]
+    uris, answer = await chain.call_dc2()
+    assert answer == BODY
+    chain.consul1.clear()
+    chain.consul2.clear()
+    await eventually(
+        lambda: (
+            len(chain.dc2_gateways()) == 2
+            and not chain.mesh1.site.readiness()["catalog_sources"]["consul_catalog"]["last_error"]
+        ),
+        "recovery",
+    )
