@@ -103,6 +103,8 @@ class ConsulMeshSource(SelfRegistration):
         self._remote_failed: set[str] = set()  # datacenters that failed before answering
         self._datacenters: list[str] | None = None
         self._fedstates: dict[str, Any] = {}
+        # Read (or failed) once: only then is a first snapshot complete.
+        self._fedstates_tried = not self._wan_federation
         self._watches: list[BlockingWatch] = []
         self._connect_watches: ServiceHealthWatches | None = None
         self._watch_pool_stopped: Any = None
@@ -135,7 +137,7 @@ class ConsulMeshSource(SelfRegistration):
         self._watch("config-resolver", "/v1/config/service-resolver", self._on_resolvers)
         if self._wan_federation:
             path = "/v1/internal/federation-states/mesh-gateways"
-            self._watch("federation-states", path, self._on_fedstates)
+            self._watch("federation-states", path, self._on_fedstates, self._on_fedstates_failed)
         self._connect_watches = ServiceHealthWatches(
             self._site.reactor,
             self.settings.consul,
@@ -153,13 +155,19 @@ class ConsulMeshSource(SelfRegistration):
             self._pending.append(self)
         return self._first
 
-    def _watch(self, endpoint: str, path: str, on_change: Callable[[ConsulResponse], Any]) -> None:
+    def _watch(
+        self,
+        endpoint: str,
+        path: str,
+        on_change: Callable[[ConsulResponse], Any],
+        on_error: Callable[[ConsulError], None] | None = None,
+    ) -> None:
         w = BlockingWatch(
             self.client,
             endpoint,
             path,
             on_change,
-            self._failed,
+            on_error or self._failed,
             on_ok=self.freshness.ok,
             rng=self._rng,
         )
@@ -280,6 +288,12 @@ class ConsulMeshSource(SelfRegistration):
 
     def _on_fedstates(self, response: ConsulResponse) -> None:
         self._fedstates = self._expect(response, "federation-states", dict)
+        self._fedstates_tried = True
+        self._rebuild()
+
+    def _on_fedstates_failed(self, error: ConsulError) -> None:
+        self._fedstates_tried = True  # the datacenters' own answers may do without
+        self._failed(error)
         self._rebuild()
 
     # --- other datacenters ----------------------------------------------------------
@@ -352,7 +366,7 @@ class ConsulMeshSource(SelfRegistration):
             dc in self._remote or dc in self._remote_failed for dc in self._datacenters
         )
         settings = self._defaults is not None and self._resolvers.loaded
-        return local and remote and settings
+        return local and remote and settings and self._fedstates_tried
 
     def build(self) -> CatalogSnapshot:
         problems: list[Any] = []

@@ -24,7 +24,11 @@ What it emulates:
   ``?partition=``), ``GET /v1/health/state/any``, ``GET /v1/catalog/services``,
   ``GET /v1/catalog/nodes``; ``GET /v1/agent/self`` (``DebugConfig`` with the ACL and
   default-intention settings given to the constructor, ``Member.Addr``);
-- ``?dc=`` naming another datacenter: a 500, as an agent without a WAN path answers;
+- ``?dc=`` naming another datacenter: answered by that datacenter's double once the
+  doubles are joined (:func:`gwcore.testing.consul_mesh.federate`), else a 500, as an
+  agent without a WAN path answers; ``GET /v1/health/connect/:svc``,
+  ``/v1/catalog/datacenters`` and ``/v1/internal/federation-states/mesh-gateways``, what
+  a mesh gateway reads (:mod:`gwcore.testing.consul_mesh`);
 - ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one), one
   entry per kind, name, namespace and partition (``?ns=``, ``?partition=``);
 - ``GET /v1/agent/connect/ca/roots`` with every root listed and one active, root
@@ -47,7 +51,7 @@ What it emulates:
   port closes and reopens), and :meth:`restart` with a lower index (connections
   dropped, every index reset, data kept as after a snapshot restore).
 
-What it does not emulate: ``ns=*`` listings, multiple datacenters,
+What it does not emulate: ``ns=*`` listings, WAN latency or a partitioned WAN,
 ``?filter=``/``?near=``/``?tag=``, hash-based blocking, ``X-Cache``/``Age``, the legacy
 intentions CRUD API, ``/v1/agent/connect/authorize``, ``service-resolver`` subsets,
 anti-entropy, ACL policies (one token grants everything except what :meth:`deny`
@@ -159,6 +163,7 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints, _MeshEndpoints):
         self.node_address = node_address
         self.agent_services: dict[str, dict[str, Any]] = {}  # bodies of agent registrations
         self.federation: dict[str, ConsulDouble] = {}  # datacenter -> double (federate())
+        self._connect_names: dict[str, set[str]] = {}  # consul_mesh.connect_index
         self.indexes = Indexes()
         self.store = CatalogStore(datacenter, self.indexes)
         self.nodes = self.store.nodes

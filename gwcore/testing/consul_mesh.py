@@ -55,6 +55,7 @@ class _MeshEndpoints:
     datacenter: str
     federation: dict[str, Any]
     _fedstate_seen: str = ""
+    _connect_names: dict[str, set[str]]
 
     # --- gateway-services ------------------------------------------------------
 
@@ -148,10 +149,17 @@ class _MeshEndpoints:
         return answer
 
     def connect_index(self, service: str) -> int:
-        """The index ``/v1/health/connect/<service>`` answers with (module docstring)."""
-        names = {service} | {n["Service"]["Service"] for n in self.health_connect(service, False)}
+        """The index ``/v1/health/connect/<service>`` answers with: the highest index of
+        every service that ever appeared in its answer (so a removal moves it), of the
+        service itself and of the ``terminating-gateway`` entries; for an empty answer
+        also the last extinction of a service (``catalog.go``'s rule for a service that
+        does not exist)."""
+        answer = self.health_connect(service, False)
+        names = self._connect_names.setdefault(service, {service})
+        names.update(n["Service"]["Service"] for n in answer)
         keys = [f"service.{n}" for n in sorted(names)]
-        return self.indexes.get(*keys, "config:terminating-gateway", "service_last_extinction")
+        keys += ["config:terminating-gateway"] + ([] if answer else ["service_last_extinction"])
+        return self.indexes.get(*keys)
 
     # --- several datacenters -----------------------------------------------------
 

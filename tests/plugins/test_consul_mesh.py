@@ -116,7 +116,7 @@ class Chain:
         self.mesh1: DCGateway | None = None
         self.mesh2: DCGateway | None = None
 
-    async def start(self, *, register_mgw: bool = True) -> Chain:
+    async def start(self, *, register_mgw: bool = True, mesh1_extra: str = "") -> Chain:
         await self.consul1.start()
         await self.consul2.start()
         federate(self.consul1, self.consul2)
@@ -141,7 +141,7 @@ class Chain:
             self.consul2.register(mgw_node(self.mesh2.port))
         self.mesh1 = await self.fed.start(
             "mesh-dc1", "dc1", [], role="mesh", plugins=["consul_catalog"],
-            extra=consul_section("mesh-dc1", self.consul1),
+            extra=consul_section("mesh-dc1", self.consul1) + mesh1_extra,
         )  # fmt: skip
         return self
 
@@ -273,3 +273,22 @@ async def test_consul_failure_keeps_the_last_good_state(chain: Chain):
         ),
         "recovery",
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_wan_federation_reads_the_federation_states(chain: Chain):
+    """With ``wan_federation = true`` dc1's mesh site also reads
+    ``/v1/internal/federation-states/mesh-gateways`` (as Consul's mesh gateway does with
+    the ``consul-wan-federation`` meta): while dc2 answers no ``?dc=dc2`` query for its
+    mesh gateways, the gateways its federation state lists are used, and the chain works."""
+    chain.consul2.fail(500, prefix="/v1/health/service/mesh-gateway")
+    await chain.start(mesh1_extra="[sites.mesh-dc1.mesh_hop]\nwan_federation = true\n")
+    assert chain.mesh1 is not None and chain.mesh2 is not None
+    # The site started when the ?dc=dc2 query failed; the federation state follows.
+    await eventually(lambda: chain.dc2_gateways(), "dc2's gateways from its federation state")
+    assert chain.dc2_gateways() == [("127.0.0.1", chain.mesh2.port)]
+    assert "/v1/internal/federation-states/mesh-gateways" in {
+        r.path for r in chain.consul1.requests
+    }
+    assert chain.mesh1.site.readiness()["catalog_sources"]["consul_catalog"]["last_error"]
+    assert (await chain.call_dc2()) == ([spiffe("billing", "dc2")], BODY)
