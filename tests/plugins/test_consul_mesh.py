@@ -87,11 +87,11 @@ def mgw_node(port: int, node: str = "mgw-dc2") -> dict:
     }  # fmt: skip
 
 
-def consul_section(key: str, double: ConsulDouble, **extra: str) -> str:
-    lines = "".join(f'{k} = "{v}"\n' for k, v in extra.items())
+def consul_section(key: str, double: ConsulDouble, register: bool = False) -> str:
     return (
-        f'[sites.{key}.consul_catalog]\naddress = "{double.address}"\nregister = false\n'
-        f'datacenters_interval = "0.2s"\nretry_min = "0.05s"\nretry_max = "0.2s"\n{lines}'
+        f'[sites.{key}.consul_catalog]\naddress = "{double.address}"\n'
+        f"register = {str(register).lower()}\n"
+        'datacenters_interval = "0.2s"\nretry_min = "0.05s"\nretry_max = "0.2s"\n'
     )
 
 
@@ -116,7 +116,9 @@ class Chain:
         self.mesh1: DCGateway | None = None
         self.mesh2: DCGateway | None = None
 
-    async def start(self, *, register_mgw: bool = True, mesh1_extra: str = "") -> Chain:
+    async def start(
+        self, *, register_mgw: bool = True, mesh1_extra: str = "", self_register: bool = False
+    ) -> Chain:
         await self.consul1.start()
         await self.consul2.start()
         federate(self.consul1, self.consul2)
@@ -134,8 +136,8 @@ class Chain:
         self.consul2.register(tgw_node(self.tgw2.port))
         self.consul2.link("tgw-dc2", "billing")
         self.mesh2 = await self.fed.start(
-            "mesh-dc2", "dc2", [], role="mesh", plugins=["consul_catalog"],
-            extra=consul_section("mesh-dc2", self.consul2),
+            "mesh-dc2", "dc2", [], role="mesh", plugins=["consul_catalog"], name="mesh-gateway",
+            extra=consul_section("mesh-dc2", self.consul2, self_register),
         )  # fmt: skip
         if register_mgw:
             self.consul2.register(mgw_node(self.mesh2.port))
@@ -291,4 +293,41 @@ async def test_wan_federation_reads_the_federation_states(chain: Chain):
         r.path for r in chain.consul1.requests
     }
     assert chain.mesh1.site.readiness()["catalog_sources"]["consul_catalog"]["last_error"]
+    assert (await chain.call_dc2()) == ([spiffe("billing", "dc2")], BODY)
+
+
+@pytest_twisted.ensureDeferred
+async def test_resolver_subsets_from_consul_live(chain: Chain):
+    """A ``service-resolver`` written in dc2's Consul gives dc2's mesh site the subset
+    routes (each subset's Filter evaluated on the Connect endpoint's own catalog entry,
+    here the terminating gateway's); deleting the entry removes them, without restart."""
+    await chain.start()
+    assert chain.mesh2 is not None and chain.tgw2 is not None
+    sni = sni_for("billing", "dc2")
+    chain.consul2.put_config(
+        {"Kind": "service-resolver", "Name": "billing",
+         "Subsets": {"gw": {"Filter": 'Service.Kind == "terminating-gateway"'},
+                     "v9": {"Filter": "Service.Meta.version == v9"}}}
+    )  # fmt: skip
+    subsets = lambda: chain.mesh2.site.describe_routes()["subsets"].get(sni)  # noqa: E731
+    await eventually(lambda: subsets() is not None, "the subsets")
+    assert subsets() == {"gw": [f"127.0.0.1:{chain.tgw2.port}"], "v9": []}
+    chain.consul2.delete_config("service-resolver", "billing")
+    await eventually(lambda: subsets() is None, "the subsets to go")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consul_fed_mesh_site_registers_as_a_mesh_gateway(chain: Chain):
+    """With ``register = true`` dc2's mesh site (``name = "mesh-gateway"``, Consul's usual
+    name) registers itself with its agent as a ``Kind: "mesh-gateway"`` service (its
+    listener, a TCP check); dc1's mesh site finds it through ``?dc=dc2`` and the chain
+    works with no other registration."""
+    await chain.start(register_mgw=False, self_register=True)
+    assert chain.mesh2 is not None
+    await eventually(lambda: chain.consul2.agent_services, "the registration")
+    (body,) = chain.consul2.agent_services.values()
+    assert (body["Kind"], body["Name"]) == ("mesh-gateway", "mesh-gateway")
+    assert body["Port"] == chain.mesh2.port
+    await eventually(lambda: chain.dc2_gateways(), "dc1 to learn the registered gateway")
+    assert chain.dc2_gateways() == [("127.0.0.1", chain.mesh2.port)]
     assert (await chain.call_dc2()) == ([spiffe("billing", "dc2")], BODY)
