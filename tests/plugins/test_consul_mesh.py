@@ -331,3 +331,20 @@ async def test_a_consul_fed_mesh_site_registers_as_a_mesh_gateway(chain: Chain):
     await eventually(lambda: chain.dc2_gateways(), "dc1 to learn the registered gateway")
     assert chain.dc2_gateways() == [("127.0.0.1", chain.mesh2.port)]
     assert (await chain.call_dc2()) == ([spiffe("billing", "dc2")], BODY)
+
+
+def test_mesh_keys_are_checked(tmp_path):
+    """``mesh_gateway_service`` and ``datacenters_interval`` are read on mesh sites and
+    refused, naming the key, on terminating sites."""
+    from gwcore.plugins.consul_catalog import read_settings
+    from gwcore.testing import site_config
+
+    section = {"consul_catalog": {"mesh_gateway_service": "mgw", "datacenters_interval": "5s"}}
+    mesh = site_config(tmp_path, ["consul_catalog"], section, role="mesh")
+    settings, problems = read_settings(mesh, "consul_catalog")
+    assert problems == [] and settings.mesh_gateway_service == "mgw"
+    assert settings.datacenters_interval == 5.0
+    terminating = site_config(tmp_path, ["consul_catalog"], section)
+    _, problems = read_settings(terminating, "consul_catalog")
+    keys = sorted(p.key.rpartition(".")[2] for p in problems)
+    assert keys == ["datacenters_interval", "mesh_gateway_service"], problems
