@@ -20,7 +20,13 @@ Section ``[sites.NAME.consul_catalog]`` (all optional):
   the agent GETs the admin endpoint's ``/ready`` (``check_http`` overrides the URL),
   so the instance turns critical when it is not ready, and while it drains
   (``gwcore.runtime.drain``). On stop the instance is deregistered before it drains;
-- ``health_watches`` (128): linked services with their own blocking health query.
+- ``health_watches`` (128): linked services with their own blocking health query;
+- mesh sites only: ``mesh_gateway_service`` (``mesh-gateway``), ``datacenters_interval``
+  (``30s``).
+
+On a mesh site (``role = "mesh"``) the source is :class:`~gwcore.plugins.consul_mesh.
+ConsulMeshSource`, which reads what Consul's own mesh gateway reads (its docstring);
+what follows is the terminating site's.
 
 What it reads (reference §3, §5), every watch a blocking query:
 
