@@ -8,8 +8,10 @@ source, every watch a blocking query unless said otherwise:
   endpoints, i.e. its sidecar proxies, its Connect-native instances and the instances of
   every terminating gateway that links it. Each becomes the route of
   ``<svc>.<ns>.<dc>.internal.<td>``; a service with no Connect endpoint has none. At most
-  ``health_watches`` services are watched so; the others are read again whenever
-  ``/v1/catalog/services`` or ``/v1/health/state/any`` moves;
+  ``health_watches`` services are watched so; the others (the overflow) are read again
+  whenever one of the change detectors moves: ``/v1/catalog/services``,
+  ``/v1/catalog/nodes``, ``/v1/health/state/any`` (an instance, a node, a check) and
+  ``/v1/config/terminating-gateway`` (a link);
 - ``/v1/config/service-resolver`` (subset routes, as ``file_catalog`` builds them for
   mesh sites) and ``/v1/config/service-defaults`` (protocols, for ``/routes``);
 - ``/v1/catalog/datacenters`` (not a blocking query in Consul: polled every
@@ -133,6 +135,8 @@ class ConsulMeshSource(SelfRegistration):
         self._first = Deferred()
         self._watch("catalog-services", "/v1/catalog/services", self._on_services)
         self._watch("health-state", "/v1/health/state/any", self._on_checks)
+        self._watch("catalog-nodes", "/v1/catalog/nodes", self._on_nodes)
+        self._watch("config-terminating", "/v1/config/terminating-gateway", self._on_links)
         self._watch("config", "/v1/config/service-defaults", self._on_defaults)
         self._watch("config-resolver", "/v1/config/service-resolver", self._on_resolvers)
         if self._wan_federation:
@@ -228,18 +232,24 @@ class ConsulMeshSource(SelfRegistration):
             known = await self._read_connect(added)
         if self._connect_watches is not None:
             self._connect_watches.update(services, known)
-        await self._on_detector("catalog-services", skip=bool(added))
+        await self._on_detector("catalog-services")
 
     async def _on_checks(self, response: ConsulResponse) -> None:
         await self._on_detector("health-state")
 
-    async def _on_detector(self, endpoint: str, skip: bool = False) -> None:
+    async def _on_nodes(self, response: ConsulResponse) -> None:
+        await self._on_detector("catalog-nodes")
+
+    async def _on_links(self, response: ConsulResponse) -> None:
+        await self._on_detector("config-terminating")
+
+    async def _on_detector(self, endpoint: str) -> None:
         # The first answer of a detector says nothing new; watched services see their
         # own changes, only the overflow needs reading again.
         first = endpoint not in self._detectors_seen
         self._detectors_seen.add(endpoint)
         overflow = self._connect_watches.overflow if self._connect_watches is not None else ()
-        if overflow and not first and not skip:
+        if overflow and not first:
             await self._read_connect(list(overflow))
         self._rebuild()
 
@@ -323,6 +333,7 @@ class ConsulMeshSource(SelfRegistration):
             self._remote_watches.pop(gone).stop()
             self._remote.pop(gone, None)
             self._remote_failed.discard(gone)
+            self.freshness.ok(f"mesh-gateways:{gone}")  # its failure is no staleness now
         for dc in others:
             if dc not in self._remote_watches:
                 service = quote(self.settings.mesh_gateway_service, safe="")

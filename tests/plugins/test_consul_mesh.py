@@ -87,10 +87,12 @@ def mgw_node(port: int, node: str = "mgw-dc2") -> dict:
     }  # fmt: skip
 
 
-def consul_section(key: str, double: ConsulDouble, register: bool = False) -> str:
+def consul_section(
+    key: str, double: ConsulDouble, register: bool = False, watches: int = 128
+) -> str:
     return (
         f'[sites.{key}.consul_catalog]\naddress = "{double.address}"\n'
-        f"register = {str(register).lower()}\n"
+        f"register = {str(register).lower()}\nhealth_watches = {watches}\n"
         'datacenters_interval = "0.2s"\nretry_min = "0.05s"\nretry_max = "0.2s"\n'
     )
 
@@ -117,7 +119,12 @@ class Chain:
         self.mesh2: DCGateway | None = None
 
     async def start(
-        self, *, register_mgw: bool = True, mesh1_extra: str = "", self_register: bool = False
+        self,
+        *,
+        register_mgw: bool = True,
+        mesh1_extra: str = "",
+        self_register: bool = False,
+        watches: int = 128,
     ) -> Chain:
         await self.consul1.start()
         await self.consul2.start()
@@ -137,7 +144,7 @@ class Chain:
         self.consul2.link("tgw-dc2", "billing")
         self.mesh2 = await self.fed.start(
             "mesh-dc2", "dc2", [], role="mesh", plugins=["consul_catalog"], name="mesh-gateway",
-            extra=consul_section("mesh-dc2", self.consul2, self_register),
+            extra=consul_section("mesh-dc2", self.consul2, self_register, watches),
         )  # fmt: skip
         if register_mgw:
             self.consul2.register(mgw_node(self.mesh2.port))
@@ -206,13 +213,15 @@ async def test_two_datacenter_chain_through_consul_fed_mesh_sites(chain: Chain):
 
 
 @pytest_twisted.ensureDeferred
-async def test_live_changes_without_restart(chain: Chain):
+@pytest.mark.parametrize("watches", [128, 0], ids=["watched", "detectors"])
+async def test_live_changes_without_restart(chain: Chain, watches: int):
     """Consul changes reach both mesh sites live: dc2's mesh gateway registered after
     start is dialled; unlinking the service removes dc2's route (the connection is
     refused, counted as unknown_service) and linking it again restores it; removing
     dc2's mesh gateway leaves dc1 without a route to dc2 (unknown_datacenter) until a
-    new one is registered."""
-    await chain.start(register_mgw=False)
+    new one is registered. With ``health_watches = 0`` dc2's mesh site sees the same
+    through the change detectors alone."""
+    await chain.start(register_mgw=False, watches=watches)
     assert chain.mesh1 is not None and chain.mesh2 is not None
     assert chain.dc2_gateways() == []
     assert await chain.refused_dc2()
