@@ -36,7 +36,15 @@ from tests.harness import (
     sni_for,
     tls_connect,
 )
-from tests.multidc import DCGateway, Federation, federation, service_in, settle, spiffe
+from tests.multidc import (
+    DCGateway,
+    Federation,
+    federation,
+    gateway_instance,
+    service_in,
+    settle,
+    spiffe,
+)
 
 __all__ = ["federation"]
 
@@ -136,7 +144,7 @@ class Chain:
             [
                 gateway_entry("billing", name="tgw-dc2"),
                 service_in("billing", self.up.port, "dc2"),
-                intentions("billing", ("web", "allow")),
+                intentions("billing", ("web", "allow"), ("tgw-dc1", "allow")),
             ],
         )
         self.consul2.register(registration("billing", self.up.port))
@@ -357,3 +365,31 @@ def test_mesh_keys_are_checked(tmp_path):
     _, problems = read_settings(terminating, "consul_catalog")
     keys = sorted(p.key.rpartition(".")[2] for p in problems)
     assert keys == ["datacenters_interval", "mesh_gateway_service"], problems
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminating_hop_through_consul_fed_mesh_sites(chain: Chain):
+    """The dc1 hop of the chain may be a terminating site: with ``mesh_hop`` mode local it
+    authorizes the client, then opens its own mTLS session to dc2's ``billing`` through
+    dc1's Consul-fed mesh site, which forwards it to dc2's (found through ``?dc=dc2``);
+    dc2's terminating gateway sees the dc1 gateway's identity and the upstream answers."""
+    await chain.start()
+    assert chain.mesh1 is not None and chain.tgw2 is not None and chain.mesh2 is not None
+    tgw1 = await chain.fed.start(
+        "tgw-dc1",
+        "dc1",
+        [
+            gateway_entry("billing", name="tgw-dc1"),
+            service_in("billing", free_port(), "dc2"),  # billing lives in dc2
+            gateway_instance("mesh-gateway", "mesh-gateway", chain.mesh1.port, "dc1"),
+            intentions("billing", ("web", "allow")),
+        ],
+        extra='[sites.tgw-dc1.mesh_hop]\nmode = "local"',
+    )
+    uris, answer = await in_thread(call, tgw1.port, chain.files(), sni_for("billing"))
+    assert uris == [spiffe("billing", "dc1")]
+    assert answer == BODY and chain.up.accepted == 1
+    await settle(tgw1, chain.mesh1, chain.mesh2, chain.tgw2)
+    assert chain.mesh1.metric("tgw_mesh_connections_total", datacenter="dc2", via="mesh_gateways")
+    (record,) = chain.tgw2.access_records()
+    assert record["source"] == spiffe("tgw-dc1", "dc1")
