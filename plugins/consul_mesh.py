@@ -47,6 +47,7 @@ from gwcore.net.consul import (
     ConsulFreshness,
     ConsulResponse,
     acquire_client,
+    backoff_delay,
     release_client,
 )
 from gwcore.net.consul_watch import ServiceHealthWatches
@@ -111,6 +112,8 @@ class ConsulMeshSource(SelfRegistration):
         self._connect_watches: ServiceHealthWatches | None = None
         self._watch_pool_stopped: Any = None
         self._poll: Any = None
+        self._retry: Any = None
+        self._retry_failures = 0
         self._publish: Callable[[CatalogSnapshot], None] | None = None
         self._first: Deferred[None] | None = None
         self._version: str | None = None
@@ -183,7 +186,7 @@ class ConsulMeshSource(SelfRegistration):
             w.stop()
         watches, self._connect_watches = self._connect_watches, None
         self._watch_pool_stopped = watches.stop() if watches is not None else None
-        for call in (self._poll, self._register_call):
+        for call in (self._poll, self._retry, self._register_call):
             if call is not None and call.active():
                 call.cancel()
         if self in self._pending:
@@ -282,9 +285,33 @@ class ConsulMeshSource(SelfRegistration):
             if self._services is not None and service in self._services:
                 self._connect[service] = body
                 indexes[service] = response.index
-        if not failed:
+        if failed:
+            self._schedule_retry()
+        else:
+            self._retry_failures = 0
             self.freshness.ok("health-service")
         return indexes
+
+    def _schedule_retry(self) -> None:
+        """Read again, with back-off, what a failed read left unknown (and the overflow,
+        which no watch of its own covers)."""
+        if not self._running or (self._retry is not None and self._retry.active()):
+            return
+        self._retry_failures += 1
+        consul = self.settings.consul
+        delay = backoff_delay(self._retry_failures, consul.retry_min, consul.retry_max, self._rng)
+
+        def again() -> None:
+            self._retry = None
+            overflow = self._connect_watches.overflow if self._connect_watches else ()
+            unread = [s for s in self._services or () if s not in self._connect]
+            wanted = sorted({*overflow, *unread})
+            if self._running and wanted:
+                d = Deferred.fromCoroutine(self._read_connect(wanted))
+                d.addCallback(lambda _: self._rebuild())
+                d.addErrback(lambda f: self._site.log.failure("consul_catalog retry failed", f))
+
+        self._retry = self._site.reactor.callLater(delay, again)
 
     def _on_defaults(self, response: ConsulResponse) -> None:
         self._defaults = self._expect(response, "config", list)

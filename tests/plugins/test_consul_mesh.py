@@ -393,3 +393,23 @@ async def test_terminating_hop_through_consul_fed_mesh_sites(chain: Chain):
     assert chain.mesh1.metric("tgw_mesh_connections_total", datacenter="dc2", via="mesh_gateways")
     (record,) = chain.tgw2.access_records()
     assert record["source"] == spiffe("tgw-dc1", "dc1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_reads_are_retried_without_a_catalog_change(chain: Chain):
+    """With every service on the change detectors (``health_watches = 0``), Connect
+    endpoints whose first reads failed are read again with back-off, so the routes come
+    without waiting for a change in Consul."""
+    chain.consul2.fail(500, prefix="/v1/health/connect/", count=4)
+    await chain.start(watches=0, register_mgw=False)  # nothing moves in dc2 from now on
+    assert chain.mesh2 is not None
+    sni = sni_for("billing", "dc2")
+    await eventually(lambda: sni in chain.local_routes(chain.mesh2), "the route")
+    chain.consul2.register(mgw_node(chain.mesh2.port))
+    await eventually(lambda: chain.dc2_gateways(), "dc2's mesh gateway")
+    assert (await chain.call_dc2())[1] == BODY
+    failures = chain.mesh2.metric(
+        "tgw_consul_errors_total", plugin="consul_catalog", endpoint="health-service",
+        kind="http_500",
+    )  # fmt: skip
+    assert failures >= 1
