@@ -413,3 +413,24 @@ async def test_failed_reads_are_retried_without_a_catalog_change(chain: Chain):
         kind="http_500",
     )  # fmt: skip
     assert failures >= 1
+
+
+def test_a_403_for_another_datacenters_gateways_names_the_permission(tmp_path):
+    """A refused ``mesh-gateways:<dc>`` query is logged once, naming the permission its
+    token needs in that datacenter (looked up by the endpoint's prefix)."""
+    from twisted.logger import formatEvent
+
+    from gwcore.net.consul import ConsulError, ConsulFreshness
+    from gwcore.testing import FakeSite, site_config
+
+    site = FakeSite(site_config(tmp_path, ["consul_catalog"], role="mesh"), tmp_path / "state")
+    freshness = ConsulFreshness(site, "consul_catalog")
+    for _ in range(3):
+        freshness.failed(ConsulError("mesh-gateways:dc2", "acl_denied", "HTTP 403", 403))
+    lines = [
+        formatEvent(e)
+        for e in site.events
+        if "403" in formatEvent(e) or "refused" in formatEvent(e)
+    ]
+    assert len(lines) == 1, lines
+    assert "the token needs service:read and node:read on the mesh gateways" in lines[0]
