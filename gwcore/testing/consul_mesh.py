@@ -56,6 +56,7 @@ class _MeshEndpoints:
     federation: dict[str, Any]
     _fedstate_seen: str = ""
     _connect_names: dict[str, set[str]]
+    requests: list[Any]
 
     # --- gateway-services ------------------------------------------------------
 
@@ -206,6 +207,11 @@ class _MeshEndpoints:
         if other.port is None or failing:
             request.setResponseCode(500)
             return f"rpc error: No path to datacenter {other.datacenter!r}".encode()
+        token = self.requests[-1].token if self.requests else None  # set by _handle
+        refused = other.acl_token is not None and token != other.acl_token
+        if refused or any(path.startswith(p) for p in other._denied):
+            request.setResponseCode(403)  # the remote servers check the same token
+            return b"Permission denied"
         try:
             return other._route(request, method, path, args)
         except _HTTPError as e:

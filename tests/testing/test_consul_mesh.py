@@ -113,8 +113,8 @@ async def test_health_connect_blocking_query_returns_on_unlink_and_removal(dcs):
 @pytest_twisted.ensureDeferred
 async def test_dc_query_is_answered_by_the_federated_datacenter(dcs):
     """?dc=dc2 on dc1's agent answers with dc2's catalog and blocks on dc2's index (a
-    write in dc2 returns it); a datacenter outside the federation, or one whose servers
-    are down, is a 500."""
+    write in dc2 returns it); what dc2 refuses the token is a 403; a datacenter outside
+    the federation, or one whose servers are down, is a 500."""
     one, two = dcs
     client = _client(one)
     try:
@@ -130,6 +130,9 @@ async def test_dc_query_is_answered_by_the_federated_datacenter(dcs):
         assert _ids(moved.json()) == ["mgw-1", "mgw-2"]
         with pytest.raises(ConsulError, match="500"):
             await client.get("m", "/v1/health/service/mesh-gateway", [("dc", "dc9")])
+        two.deny("/v1/health/service/mesh-gateway")  # dc2's servers check the token
+        with pytest.raises(ConsulError, match="403"):
+            await client.get("m", "/v1/health/service/mesh-gateway", [("dc", "dc2")])
         await two.down()
         with pytest.raises(ConsulError, match="500"):
             await client.get("m", "/v1/health/service/mesh-gateway", [("dc", "dc2")])
