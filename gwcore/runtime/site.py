@@ -22,7 +22,7 @@ so it keeps the table it started with whatever happens later.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,10 @@ class Site:
     def trust_roots(self) -> list[Any]:
         """Every current trust root of the site's certificate providers."""
         return self.router.trust_roots()
+
+    def trust_bundles(self) -> Mapping[str, Sequence[Any]]:
+        """The current roots by the trust domain each is configured for."""
+        return self.router.trust_bundles()
 
     # --- Dataplane: what each connection's protocol calls, step by step -------------
 
