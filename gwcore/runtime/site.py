@@ -394,7 +394,11 @@ class Site:
         tls = self.router.tls
         return {
             "site": self.name,
-            "roots": [_cert_info(r) for r in tls.roots],
+            "roots": [
+                {**_cert_info(root), "trust_domain": domain}
+                for domain, roots in sorted(tls.trust.roots.items())
+                for root in roots
+            ],
             "leaves": {
                 sni: _cert_info(leaf.certificate) for sni, leaf in sorted(tls.leaves.items())
             },
