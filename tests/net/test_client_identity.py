@@ -207,6 +207,40 @@ async def test_a_peer_identity_never_matches_a_local_intention(gateway, upstream
     assert allowed["decision"] == "allow" and allowed["engine"] == "intentions"
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_reload_with_a_peer_bundle_naming_the_local_domain_keeps_the_bundles(
+    gateway, upstreams
+):
+    """A SIGHUP reload that lists the mesh's own root (it names the local trust
+    domain) as peer.consul's bundle is rejected with one line naming the key: the
+    running bundles stay as they were, per domain, and the peer's client is still
+    served."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    up = upstreams(hello(b"billing"))
+    peer = with_peer_bundle(gateway)
+    gateway.site_options = {**gateway.site_options, "default_policy": "allow"}
+    setup_catalog(gateway, {"billing": up.port}, [])
+    await gateway.start()
+    before = dict(gateway.site.current()[1].trust.roots)
+    gateway.ca.write_root(gateway.root / "mesh-root.pem")
+    gateway.extra_site = gateway.extra_site.replace('["peer-root.pem"]', '["mesh-root.pem"]')
+    gateway.write_config()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await gateway.service.reload()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = "\n".join(formatEvent(e) for e in events)
+    assert "reload rejected" in logged
+    assert 'sites.main.file_certs.trust_bundles."peer.consul"' in logged
+    assert dict(gateway.site.current()[1].trust.roots) == before
+    assert before[PEER_TD] == (peer.cert,) and before[TRUST] == (gateway.ca.cert,)
+    peer_web = gateway.client_files("peer-web", peer.leaf("web"))
+    assert await in_thread(attempt, gateway.port, sni_for("billing"), peer_web) == b"billing"
+
+
 def resuming_client(files, max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
     cert, key, root = files
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
