@@ -164,6 +164,11 @@ class SiteContext(Protocol):
         """Every trust root of the site's certificate providers (deduplicated)."""
         ...
 
+    def trust_bundles(self) -> Mapping[str, Sequence[x509.Certificate]]:
+        """The trust roots by the trust domain each is configured for: verify a peer
+        claiming an identity of domain ``td`` against ``trust_bundles()[td]`` only."""
+        ...
+
 
 @runtime_checkable
 class CatalogSource(Protocol):
