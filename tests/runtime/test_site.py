@@ -70,6 +70,7 @@ class Engine:
         self.later = []
         self.changed = None
         self.bare = False
+        self.domain = ""  # tag the roots with this trust domain instead of the CA's
 
     def start(self, changed):
         self.changed = changed
@@ -159,7 +160,7 @@ class Certs:
     def trust_roots(self):
         if self.bare:  # the 0.1 contract: no trust domain
             return [self.ca.cert]
-        return [TrustRoot(self.ca.cert, self.ca.trust_domain)]
+        return [TrustRoot(self.ca.cert, self.domain or self.ca.trust_domain)]
 
     def health(self):
         return SourceHealth(last_success=0.0)
@@ -182,6 +183,7 @@ def tgw_certificate_providers(site):
         return []
     certs = Certs()
     certs.bare = site.plugin_config(NAME).get("bare", False)
+    certs.domain = site.plugin_config(NAME).get("domain", "")
     return [certs]
 """
 
@@ -700,3 +702,31 @@ def test_a_provider_of_bare_roots_keeps_working_with_one_deprecation_warning(
     assert len([w for w in caught if w.category is DeprecationWarning]) == 1
     lines = [formatEvent(e) for e in events if "without a trust domain" in formatEvent(e)]
     assert len(lines) == 1 and repr(certs.name) in lines[0]
+
+
+def test_a_root_tagged_with_another_domain_than_it_names_is_left_out_and_logged(
+    tmp_path: Path,
+) -> None:
+    """A third-party provider tagging the mesh root (spiffe://<local td>) as
+    peer.consul's: the root is in no bundle and not in ``trust_roots()``, with an error
+    line naming the subject and both domains; peer.consul, now without a bundle, is a
+    warning line (its clients cannot connect)."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        site = started(
+            tmp_path,
+            ["fake", "fake_certs"],
+            {"fake_certs": {"certs": True, "domain": "peer.consul"}},
+            extra_trust_domains=["peer.consul"],
+        )
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert dict(site.trust_bundles()) == {} and site.trust_roots() == []
+    lines = [formatEvent(e) for e in events]
+    refused = [line for line in lines if "refused" in line and "trust root" in line]
+    assert len(refused) == 1
+    assert "peer.consul" in refused[0] and TRUST_DOMAIN in refused[0]
+    assert any("extra trust domain peer.consul has no trust bundle" in line for line in lines)
