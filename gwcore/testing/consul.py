@@ -26,7 +26,8 @@ What it emulates:
   default-intention settings given to the constructor, ``Member.Addr``);
 - ``?dc=`` naming another datacenter: a 500, as an agent without a WAN path answers;
 - ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one), one
-  entry per kind, name, namespace and partition (``?ns=``, ``?partition=``);
+  entry per kind, name, namespace and partition (``?ns=``, ``?partition=``), one index
+  per kind; ``proxy-defaults``/``mesh`` have fixed names (consul_state rule 7);
 - ``GET /v1/agent/connect/ca/roots`` with every root listed and one active, root
   rotation (:meth:`ConsulDouble.rotate_root`) and removal;
 - ``GET /v1/agent/connect/ca/leaf/:svc`` (``?ns=``, ``?partition=``): leaves signed by
@@ -82,7 +83,7 @@ from gwcore.testing.consul_http import (
     parse_wait,
     wait_deferred,
 )
-from gwcore.testing.consul_state import CatalogStore, Indexes
+from gwcore.testing.consul_state import CatalogStore, ConfigEntryError, Indexes
 from gwcore.testing.fakes import TRUST_DOMAIN
 
 if TYPE_CHECKING:
@@ -454,7 +455,10 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints):
                 self.deregister(body["Node"], body.get("ServiceID"))
                 return b"true"
             if rest == ["config"]:
-                self.put_config(body)
+                try:
+                    self.put_config(body)
+                except ConfigEntryError as e:
+                    raise _HTTPError(500, str(e)) from None
                 return b"true"
             if rest[:3] == ["agent", "service", "register"]:
                 self._agent_register(body)

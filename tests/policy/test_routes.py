@@ -191,6 +191,7 @@ def test_describe_is_json_ready() -> None:
         "partition": "default",
         "datacenter": "dc1",
         "protocol": "tcp",
+        "l7": False,
         "tls": "tls",
         "lb_policy": "least_request",
         "subset": "",
