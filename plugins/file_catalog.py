@@ -221,7 +221,7 @@ class FileCatalogSource:
         self._skipped = site.metrics.family(
             Gauge,
             "tgw_catalog_skipped_entries",
-            "Config entries of kinds tgw does not use (proxy-defaults, mesh, ...), "
+            "Config entries of kinds tgw does not use (service-router, exported-services, ...), "
             "left out on purpose, by kind.",
             ["site", "source", "kind"],
         )
