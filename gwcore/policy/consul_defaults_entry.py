@@ -86,7 +86,7 @@ def _parse_proxy_defaults(sink: _Sink, doc: _Object) -> ProxyDefaults:
     name = doc.string("Name")
     if name not in ("", PROXY_CONFIG_GLOBAL):
         # Consul's ProxyConfigEntry.Normalize/Validate, word for word.
-        doc.problem("Name", f"invalid name ({name!r}), only {PROXY_CONFIG_GLOBAL!r} is supported")
+        doc.problem("Name", f'invalid name ("{name}"), only "{PROXY_CONFIG_GLOBAL}" is supported')
     declared = ""
     config = doc.raw("Config")
     if config is not _MISSING and not isinstance(config, Mapping):

@@ -89,7 +89,7 @@ def test_a_proxy_defaults_entry_not_named_global_is_refused_with_consuls_words()
         [("f.json", [GATEWAY, _proxy({"protocol": "http"}, Name="x")])]
     )
     assert [(p.origin, p.where) for p in problems] == [("f.json", "[1].Name")]
-    assert "invalid name ('x'), only 'global' is supported" in problems[0].message
+    assert problems[0].message == 'invalid name ("x"), only "global" is supported'
     assert docs.proxy_defaults == ()
     unnamed = {"Kind": "proxy-defaults", "Config": {"protocol": "http"}}
     assert _protocols(unnamed)["billing"] == "http"
