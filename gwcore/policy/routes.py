@@ -79,9 +79,13 @@ def serves_l7(destination: Destination) -> bool:
 
     A linked service whose protocol is HTTP-like (``http``, ``http2``, ``grpc``) is; a
     ``service-defaults`` ``Destination`` (the ``destination.`` routes) is always served
-    at L4, whatever its protocol: Consul does not support L7 intentions for
-    destinations (reference §3), so tgw keeps them byte-exact and an intention with
-    ``Permissions`` to one denies, as it does for a ``tcp`` service.
+    at L4, whatever its protocol: Consul's documentation says L7 intentions are not
+    supported for destinations (reference §3; :mod:`gwcore.policy.destinations`), so
+    tgw keeps them byte-exact and an intention with ``Permissions`` to one denies, as it
+    does for a ``tcp`` service. (Consul's xDS code is more lenient than its documentation:
+    ``makeFilterChainTerminatingGateway`` in ``agent/xds/listeners.go`` builds a
+    destination's filter chain from its protocol, HTTP filter and L7 RBAC included; tgw
+    keeps the documented, stricter rule and ``tgw check-config`` warns.)
     """
     return is_l7(destination.protocol) and not destination.egress
 
