@@ -341,3 +341,38 @@ async def test_client_reaches_service_found_only_by_srv_and_follows_port_change(
     assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"second\n"
     assert first.accepted == 1 and second.accepted == 1
     assert gateway.metric("tgw_dns_resolutions_total", service="billing", result="success") >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_freshness_moves_on_every_lookup_even_with_the_same_answer(
+    tmp_path, dns_server
+):
+    """Against a real DNS server (Twisted Names on 127.0.0.1) whose answer never changes:
+    each re-resolution (TTL 1 s, max_ttl 1 s) moves
+    ``tgw_catalog_last_success_timestamp_seconds{source="dns_catalog"}`` and the
+    source's ``last_success``, while no new snapshot is published; so an alert on its
+    age fires for a failing resolver, never for a quiet one."""
+    dns_server.set("db.example.test", [a("127.0.0.2")], ttl=1)
+    services = {"db": {"hostname": "db.example.test", "port": 5432}}
+    site = fake_site(tmp_path, section(dns_server, services))
+    source = DNSCatalogSource(site)
+    published = Published()
+    await source.start(published)
+    try:
+        labels = {"site": "main", "source": "dns_catalog"}
+        registry = site.metrics.registry
+        first = registry.get_sample_value("tgw_catalog_last_success_timestamp_seconds", labels)
+        assert first is not None and source.health().last_success is not None
+        queried = dns_server.count("db.example.test")
+        await until(lambda: dns_server.count("db.example.test") >= queried + 2, timeout=4)
+        await until(
+            lambda: (
+                registry.get_sample_value("tgw_catalog_last_success_timestamp_seconds", labels)
+                > first + 0.5
+            ),
+            timeout=2,
+        )
+        assert source.health().last_success > first + 0.5
+        assert len(published.snapshots) == 1  # the answer never changed
+    finally:
+        source.stop()
