@@ -84,3 +84,26 @@ def test_every_documented_name_is_exported_by_the_code() -> None:
     for name in reference_rows():
         base = re.sub(r"_(total|info)$", "", name)
         assert f'"{base}"' in sources or f'"{name}"' in sources, name
+
+
+def table_values(heading: str) -> set[str]:
+    """The backticked values in the first column of the table under ``heading`` (its
+    header row, ``| `reason` | ...``, left out)."""
+    section = DOC.read_text().split(heading, 1)[1].split("\n#", 1)[0]
+    return {
+        m.group(1)
+        for line in section.splitlines()
+        if (m := re.match(r"\|\s*`([a-z_]+)`\s*\|", line.strip()))
+    } - {"reason"}
+
+
+def test_the_reasons_created_at_zero_are_the_documented_reasons() -> None:
+    """Every documented reason of ``tgw_downstream_rejected_total`` and
+    ``tgw_tls_handshake_errors_total`` is pre-created at 0 with each site (so
+    ``increase()`` sees its first event after a restart), and no undocumented one is."""
+    from gwcore.contract.metrics import HANDSHAKE_REASONS, REJECTED_REASONS
+
+    rejected = table_values("### `tgw_downstream_rejected_total` reasons")
+    assert set(REJECTED_REASONS) == rejected
+    handshake = table_values("### Handshake and identity rejection reasons")
+    assert set(HANDSHAKE_REASONS) == handshake

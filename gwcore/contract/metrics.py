@@ -68,10 +68,12 @@ HANDSHAKE_REASONS = (
     *("bad_client_cert", "tls_version", "not_tls", "protocol_error", "client_closed"),
     *("timeout", "no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"),
     *("wrong_trust_bundle", "ca_certificate", "bad_key_usage", "not_a_service"),
+    "proxy_protocol",
 )
 NO_ROUTE_REASONS = ("missing_sni", "invalid_sni", "unknown_sni", "no_certificate")
 REJECTED_REASONS = (
-    *("overflow", "addon_veto", "early_data_overflow", "denied", "upstream_unavailable"),
+    *("overflow", "process_overflow", "handshake_overflow", "addon_veto", "addon_close"),
+    *("early_data_overflow", "denied", "upstream_unavailable"),
     *("no_strategy", "policy_revoked", "route_removed", "route_changed", "trust_root_removed"),
 )
 _HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -159,8 +161,8 @@ class GatewayMetrics:
         self.rejected = Counter(
             "tgw_downstream_rejected",
             "Downstream connections refused or closed by the gateway, by reason (overflow, "
-            "process_overflow, handshake_overflow, "
-            "addon_veto, denied, early_data_overflow, upstream_unavailable, no_strategy, "
+            "process_overflow, handshake_overflow, addon_veto, addon_close, denied, "
+            "early_data_overflow, upstream_unavailable, no_strategy, "
             "policy_revoked, route_removed, route_changed, trust_root_removed).",
             ["site", "reason"],
             registry=r,
