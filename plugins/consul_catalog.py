@@ -287,7 +287,7 @@ class ConsulCatalogSource(SelfRegistration):
                 path,
                 on_change,
                 self._failed,
-                on_ok=self.freshness.ok,
+                on_ok=self._answered,
                 rng=self._rng,
             )
             self._watches.append(w)
@@ -305,7 +305,7 @@ class ConsulCatalogSource(SelfRegistration):
             self.settings.health_watches,
             self._on_health,
             self._failed,
-            on_ok=self.freshness.ok,
+            on_ok=self._answered,
             rng=self._rng,
             path=self._health_path,
             query=self._scope,
@@ -315,6 +315,15 @@ class ConsulCatalogSource(SelfRegistration):
         if self.settings.register:
             _sources.append(self)
         return self._first
+
+    def _answered(self, endpoint: str) -> None:
+        """Every successful answer, changed or not (a blocking query whose wait ended
+        with the same index is a successful check): once the catalog has been read and
+        nothing fails, its last-success time moves, so its age measures freshness and
+        not how long the catalog has been quiet."""
+        self.freshness.ok(endpoint)
+        if self._version is not None and self.freshness.error is None:
+            self._last_success_gauge.set(self._site.reactor.seconds())
 
     def stop(self) -> Deferred[None]:
         self._running = False
