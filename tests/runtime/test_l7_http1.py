@@ -6,16 +6,22 @@ real TLS client holding a mesh leaf, and a real HTTP/1.1 service on 127.0.0.1 po
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import socket
 import ssl
+import threading
 
 import pytest_twisted
 
 from tests.harness import (
+    free_port,
     gateway_entry,
+    hello,
     in_thread,
     intentions,
     registration,
+    request,
     sleep,
     sni_for,
     tls_connect,
@@ -216,3 +222,151 @@ def _read_until_closed(sock: ssl.SSLSocket | socket.socket) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_bodies_stream_both_ways_in_order(gateway, upstreams):
+    """A 6 MiB chunked upload with a trailer reaches the service whole, in order, with
+    its trailer; a 6 MiB response comes back whole and in order."""
+    big = bytes(range(256)) * (6 * 4096)
+    service = HttpService(
+        upstreams,
+        lambda r: (
+            200,
+            [("content-length", str(len(big))), ("x-got", hashlib.sha256(r.body).hexdigest())],
+            big,
+        ),
+    )
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def run() -> tuple[bytes, bytes]:
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            head = b"POST /upload HTTP/1.1\r\nHost: billing\r\nTransfer-Encoding: chunked\r\n\r\n"
+            sock.sendall(head)
+            for i in range(0, len(big), 65536):
+                piece = big[i : i + 65536]
+                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            sock.sendall(b"0\r\nx-checksum: done\r\n\r\n")
+            conn = http.client.HTTPConnection("billing")
+            conn.sock = sock
+            response = http.client.HTTPResponse(sock, method="POST")
+            response.begin()
+            return response.getheader("x-got", "").encode(), response.read()
+        finally:
+            sock.close()
+
+    got, body = await in_thread(run)
+    assert got == hashlib.sha256(big).hexdigest().encode()
+    assert body == big
+    assert service.requests[0].trailers == [("x-checksum", "done")]
+    assert service.requests[0].header("transfer-encoding") == "chunked"
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_down_is_502(gateway, upstreams):
+    """No endpoint reachable: the request is answered 502 (the connection was accepted
+    and authorized per request; the failure is the upstream's)."""
+    link(gateway, free_port(), ("web", "allow"))
+    await gateway.start()
+
+    def run() -> int:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return get(conn, "/")[0]
+        finally:
+            conn.close()
+
+    assert await in_thread(run) == 502
+    await gateway.wait_for(lambda: len(requests_of(gateway)) == 1)
+    assert requests_of(gateway)[0]["status"] == 502
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_timeout_of_the_resolver_is_504(gateway, upstreams):
+    """A service-resolver ``RequestTimeout`` bounds a request: a service that answers
+    later gets the client a 504."""
+    release = threading.Event()
+
+    def slow(request):
+        release.wait(5)
+        return 200, [("content-length", "0")], b""
+
+    service = HttpService(upstreams, slow)
+    link(gateway, service.port, ("web", "allow"))
+    write_json(
+        gateway.catalog / "resolver.json",
+        {"Kind": "service-resolver", "Name": "billing", "RequestTimeout": "300ms"},
+    )
+    await gateway.start()
+
+    def run() -> int:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return get(conn, "/slow")[0]
+        finally:
+            conn.close()
+
+    try:
+        assert await in_thread(run) == 504
+    finally:
+        release.set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_100_continue_is_answered_after_authorization(gateway, upstreams):
+    """``Expect: 100-continue``: an allowed request gets ``100 Continue`` and its body
+    goes through; a denied one gets the 403 without a 100 and its body never moves."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"), ("batch", "deny"))
+    await gateway.start()
+
+    def run(source: str) -> bytes:
+        cert, key, root = gateway.client_files(source)
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            sock.sendall(
+                b"PUT /p HTTP/1.1\r\nHost: billing\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            first = sock.recv(65536)
+            if first.startswith(b"HTTP/1.1 100"):
+                sock.sendall(b"hello")
+                rest = b""
+                while b"PUT /p 5" not in rest:
+                    rest += sock.recv(65536)
+                return first + rest
+            return first
+        finally:
+            sock.close()
+
+    allowed = await in_thread(run, "web")
+    assert allowed.startswith(b"HTTP/1.1 100") and b"PUT /p 5" in allowed
+    denied = await in_thread(run, "batch")
+    assert denied.startswith(b"HTTP/1.1 403")
+    assert [r.body for r in service.requests] == [b"hello"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_route_beside_an_http_one_stays_a_byte_splice(gateway, upstreams):
+    """A tcp destination is still spliced byte for byte (no HTTP parsing: non-HTTP
+    bytes go both ways), and it gets no request records."""
+    echo_up = upstreams(hello(b"\x00raw answer\r\n\r\n"))
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing", "ledger"))
+    write_json(
+        gateway.catalog / "regs.json",
+        [registration("billing", free_port()), registration("ledger", echo_up.port)],
+    )
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing"))
+    write_json(gateway.catalog / "ixn.json", intentions("ledger", ("web", "allow")))
+    await gateway.start()
+    files = gateway.client_files("web")
+    payload = b"\x00not http at all\r\n\r\n"
+    answer = await in_thread(request, gateway.port, sni_for("ledger"), files, payload)
+    assert answer == b"\x00raw answer\r\n\r\n"
+    await gateway.wait_for(
+        lambda: any(r["record_type"] == "closed" for r in gateway.access_records())
+    )
+    assert requests_of(gateway) == []
