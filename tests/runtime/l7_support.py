@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +45,15 @@ def ok(request: SeenRequest) -> tuple[int, list[tuple[str, str]], bytes]:
 class HttpService:
     """An HTTP/1.1 service on 127.0.0.1 (port 0) built on :class:`Upstream`."""
 
-    def __init__(self, upstreams: Callable[..., Upstream], responder: Responder = ok) -> None:
+    def __init__(
+        self,
+        upstreams: Callable[..., Upstream],
+        responder: Responder = ok,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.responder = responder
+        self.tls = tls
+        self.alpn: list[str | None] = []
         self.requests: list[SeenRequest] = []
         self.raw = bytearray()
         self.upstream = upstreams(self._serve)
@@ -59,6 +67,9 @@ class HttpService:
         return self.upstream.accepted
 
     def _serve(self, sock: socket.socket, _: Upstream) -> None:
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True)
+            self.alpn.append(sock.selected_alpn_protocol())
         conn = h11.Connection(h11.SERVER)
         current: SeenRequest | None = None
         while True:

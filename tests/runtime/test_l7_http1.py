@@ -27,6 +27,7 @@ from tests.harness import (
     tls_connect,
     write_json,
 )
+from tests.net.test_upstream_tls import SERVICE_NAME, ExternalPKI
 from tests.runtime.l7_support import HttpService, get, mesh_http, service_defaults
 
 
@@ -370,3 +371,34 @@ async def test_tcp_route_beside_an_http_one_stays_a_byte_splice(gateway, upstrea
         lambda: any(r["record_type"] == "closed" for r in gateway.access_records())
     )
     assert requests_of(gateway) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_origination_to_an_http_service_offers_http11(gateway, upstreams, tmp_path):
+    """A destination with ``CAFile`` + ``SNI``: requests reach the HTTPS service over the
+    TLS strategy (verified), ALPN ``http/1.1`` is offered, and keep-alive reuses the one
+    TLS connection."""
+    ext = ExternalPKI(tmp_path / "ext")
+    cert, key = ext.leaf("billing", [SERVICE_NAME])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    service = HttpService(upstreams, tls=ctx)
+    write_json(
+        gateway.catalog / "gw.json",
+        gateway_entry({"Name": "billing", "CAFile": str(ext.ca_file), "SNI": SERVICE_NAME}),
+    )
+    write_json(gateway.catalog / "regs.json", [registration("billing", service.port)])
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing"))
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    await gateway.start()
+
+    def run() -> list[int]:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return [get(conn, f"/s/{i}")[0] for i in range(2)]
+        finally:
+            conn.close()
+
+    assert await in_thread(run) == [200, 200]
+    assert service.connections == 1 and service.alpn == ["http/1.1"]
