@@ -15,6 +15,7 @@ import threading
 import pytest_twisted
 
 from tests.harness import (
+    TRUST_DOMAIN,
     free_port,
     gateway_entry,
     hello,
@@ -402,3 +403,36 @@ async def test_tls_origination_to_an_http_service_offers_http11(gateway, upstrea
 
     assert await in_thread(run) == [200, 200]
     assert service.connections == 1 and service.alpn == ["http/1.1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_receives_the_normalised_path_and_an_xfcc_element(gateway, upstreams):
+    """Dot segments and encoded unreserved characters are normalised before the request
+    goes upstream (the query is kept as sent); a path that cannot be normalised safely
+    is 400 and never reaches the service. The service gets ``x-forwarded-client-cert``
+    with the client's SPIFFE ID (``URI``), the gateway's (``By``) and the leaf's hash,
+    appended to what the client sent (APPEND_FORWARD, Consul's default)."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+
+    def run() -> list[int]:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            first = get(
+                conn, "/a/./b/../%7Eitem?q=%2e%2e", headers={"X-Forwarded-Client-Cert": "By=x"}
+            )
+            second = get(conn, "/bad%zz")
+            return [first[0], second[0]]
+        finally:
+            conn.close()
+
+    assert await in_thread(run) == [200, 400]
+    assert [r.target for r in service.requests] == ["/a/~item?q=%2e%2e"]
+    xfcc = service.requests[0].header("x-forwarded-client-cert")
+    assert xfcc is not None and xfcc.startswith("By=x,By=spiffe://")
+    assert (
+        "/svc/billing;Hash=" in xfcc
+        and f"URI=spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/web" in xfcc
+    )
+    assert gateway.metric("tgw_http_bad_requests_total", reason="path") == 1
