@@ -453,6 +453,12 @@ class Http1Pool:
         if self.waiting and not self._full() and not self.closed:
             self._connect(self.waiting[0].owner)
 
+    def retain(self, endpoints: set[Endpoint]) -> None:
+        """Close idle connections to endpoints not in ``endpoints`` (the catalog changed)."""
+        for connection in list(self.idle):
+            if connection.endpoint not in endpoints:
+                connection.close("endpoint left the catalog")
+
     def forget(self, stream: Http1Stream) -> None:
         """A waiting request was cancelled."""
         with contextlib.suppress(ValueError):

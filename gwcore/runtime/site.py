@@ -348,6 +348,7 @@ class Site:
 
     def _routes_installed(self, old: RouteTable, routes: RouteTable, view: CatalogView) -> None:
         self.dialer.routes_installed(old, routes, view.destinations)
+        self.l7.routes_installed(routes)
         self.recheck.routes_changed()
 
     def _certs_changed(self) -> None:

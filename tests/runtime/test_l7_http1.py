@@ -541,3 +541,27 @@ async def test_pool_full_and_queue_full_is_503(gateway, upstreams):
         release.set()
     assert await first == 200
     assert service.connections == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_alive_connection_follows_the_catalog_to_a_new_endpoint(gateway, upstreams):
+    """The service moves to another instance while a client connection stays open: its
+    next request goes to the new instance (the idle pooled connection to the old one is
+    closed, and new ones dial the live route's endpoints, not the handshake's)."""
+    old, new = HttpService(upstreams), HttpService(upstreams)
+    link(gateway, old.port, ("web", "allow"))
+    await gateway.start()
+    conn = await in_thread(mesh_http, gateway, "billing", "web")
+    try:
+        assert (await in_thread(get, conn, "/before"))[0] == 200
+        write_json(gateway.catalog / "regs.json", [registration("billing", new.port)])
+        await gateway.wait_for(
+            lambda: any(
+                e.port == new.port for _, d in gateway.site.router.routes for e in d.endpoints
+            )
+        )
+        assert (await in_thread(get, conn, "/after"))[0] == 200
+    finally:
+        conn.close()
+    assert [r.target for r in old.requests] == ["/before"]
+    assert [r.target for r in new.requests] == ["/after"]
