@@ -84,6 +84,7 @@ class Http1Server:
         self.response_producer: Producer | None = None
         self.reading = True
         self.draining = False
+        self.stopping = False  # drain(): the response in flight is the last one
 
     # --- DownstreamCodec -----------------------------------------------------------
 
@@ -123,6 +124,12 @@ class Http1Server:
                 producer.resumeProducing()
             else:
                 producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.stopping = True
+        if not self.closed and self.answering is None and self.exchange is None:
+            self.closed = True
+            self.link.close("shutdown")
 
     # --- Producer of request bytes (given to the exchange) -------------------------
 
@@ -292,7 +299,9 @@ class _Answer:
         if codec.closed or self.finished:
             return
         headers = [(k, v) for k, v in response.headers]
-        if codec.h11.their_state is not h11.DONE and codec.h11.they_are_waiting_for_100_continue:
+        if codec.stopping:
+            headers.append(("connection", "close"))  # the last response (drain)
+        elif codec.h11.their_state is not h11.DONE and codec.h11.they_are_waiting_for_100_continue:
             # Answered before the body was asked for: the client may still send it,
             # or may never; only a close keeps the framing certain.
             headers.append(("connection", "close"))

@@ -133,6 +133,17 @@ class L7Session:
         if down is not None:
             down.upstream_lost()
 
+    def drain(self) -> None:
+        """Finish what is in flight, then close (the site stops or was replaced)."""
+        if self.lost:
+            return
+        codec = self.codec
+        drain = getattr(codec, "drain", None) if codec is not None else None
+        if codec is None:
+            self.close("shutdown")  # no request started yet
+        elif drain is not None:
+            drain()
+
     def client_writable(self, writable: bool) -> None:
         self._writable = writable
         if self.codec is not None:

@@ -239,6 +239,14 @@ class L7Step:
         except Exception:
             log.failure("writing the access log failed")
 
+    def drain(self, conns: Any) -> None:
+        """The site stops accepting: L7 connections finish their request in flight and
+        close, instead of idling until ``drain_timeout``."""
+        for conn in list(conns):
+            upstream = getattr(conn, "upstream", None)
+            if isinstance(upstream, L7Session):
+                upstream.drain()
+
     def stop(self) -> None:
         for pool in self.pools.values():
             pool.close()

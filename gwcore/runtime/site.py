@@ -322,6 +322,7 @@ class Site:
         (``gwcore.runtime.recheck``) end on their own terms.
         """
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.l7.drain(self.active)  # keep-alive HTTP connections end after their request
         await self.acceptor.drain(drain)
         self.forwarder.stop()
         self.l7.stop()

@@ -11,8 +11,10 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 
 import pytest_twisted
+from twisted.internet import defer
 
 from tests.harness import (
     TRUST_DOMAIN,
@@ -565,3 +567,40 @@ async def test_a_kept_alive_connection_follows_the_catalog_to_a_new_endpoint(gat
         conn.close()
     assert [r.target for r in old.requests] == ["/before"]
     assert [r.target for r in new.requests] == ["/after"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_ends_kept_alive_connections_after_their_request(gateway, upstreams):
+    """At stop, an idle kept-alive connection is closed at once and one with a request
+    in flight gets its response (with ``Connection: close``) before it closes: the stop
+    does not wait for ``drain_timeout`` (10 s) on idle HTTP clients."""
+    release = threading.Event()
+
+    def answer(request):
+        if request.target == "/slow":
+            release.wait(10)
+        return 200, [("content-length", "2")], b"ok"
+
+    service = HttpService(upstreams, answer)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    idle = await in_thread(mesh_http, gateway, "billing", "web")
+    busy = await in_thread(mesh_http, gateway, "billing", "web")
+    try:
+        assert (await in_thread(get, idle, "/fast"))[0] == 200
+        slow = in_thread(get, busy, "/slow")
+        await gateway.wait_for(lambda: any(r.target == "/slow" for r in service.requests))
+        started = time.monotonic()
+        stopping = defer.ensureDeferred(gateway.stop())
+        await sleep(0.2)
+        release.set()
+        status, body, response = await slow
+        await stopping
+        assert time.monotonic() - started < 5
+        assert (status, body) == (200, b"ok")
+        assert response.getheader("connection") == "close"
+        assert await in_thread(idle.sock.recv, 10) == b""  # closed, not left idling
+    finally:
+        release.set()
+        idle.close()
+        busy.close()
