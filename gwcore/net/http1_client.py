@@ -209,13 +209,11 @@ class Http1Connection:
             self.upstream.send(data)
 
     def end_request(self, trailers: Headers | None) -> None:
-        fields = list(trailers) if trailers is not None else []
-        try:
-            data = self.h11.send(h11.EndOfMessage(headers=fields))
-        except h11.LocalProtocolError:  # trailers on a body framed by Content-Length
-            data = self.h11.send(h11.EndOfMessage())
-        if data:
-            self.upstream.send(data)
+        stream = self.stream
+        chunked = stream is not None and "transfer-encoding" in stream.request.headers
+        # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
+        fields = list(trailers) if trailers is not None and chunked else []
+        self.write(h11.EndOfMessage(headers=fields))
 
     def pause_reading(self) -> None:
         if not self.closed:
