@@ -233,7 +233,11 @@ class Http1Connection:
         except RuntimeError as e:
             self.fail("protocol", str(e))
             return
-        self._drain()
+        try:
+            self._drain()
+        except Exception:
+            log.failure("HTTP response handling failed")
+            self.fail("internal_error", "internal error")
 
     def upstream_eof(self) -> None:
         if self.closed:
