@@ -326,13 +326,13 @@ class GatewayMetrics:
             "tgw_http_requests",
             "HTTP requests answered at L7 destinations, by method class (GET, HEAD, POST, PUT, "
             "DELETE, PATCH, OPTIONS, other) and response code class (1xx..5xx).",
-            ["site", "service", "method_class", "code_class"],
+            ["site", *SERVICE_LABELS, "method_class", "code_class"],
             registry=r,
         )
         self.http_request_seconds = Histogram(
             "tgw_http_request_duration_seconds",
             "From a request's head to the end of its response, at L7 destinations.",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             buckets=_CONNECT_BUCKETS,
             registry=r,
         )
@@ -340,7 +340,7 @@ class GatewayMetrics:
             "tgw_http_denied",
             "HTTP requests denied (403) at L7 destinations, by the engine that denied "
             "(engine_error when one failed).",
-            ["site", "service", "reason"],
+            ["site", *SERVICE_LABELS, "reason"],
             registry=r,
         )
         self.http_bad_requests = Counter(
@@ -467,6 +467,9 @@ class SiteChildren:
         for key in [k for k in self._closed if k[0] == service]:
             remove_series(m.closed, site, *key[0], key[1])
             del self._closed[key]
+        remove_series(m.http_request_seconds, site, *service)
+        for family in (m.http_requests, m.http_denied):
+            _remove_service_series(family, site, service)
 
     def decision(self, destination: Destination, engine: str, verdict: str) -> Any:
         key = (service_key(destination), engine, verdict)
@@ -476,6 +479,17 @@ class SiteChildren:
                 self.site, *key[0], engine, verdict
             )
         return child
+
+
+def _remove_service_series(family: Any, site: str, service: ServiceKey) -> None:
+    """Every series of ``family`` for (``site``, ``service``), whatever its other labels
+    (method and code classes, denial reasons): the children the family made so far."""
+    from gwcore.contract.metrics_series import remove_series
+
+    prefix = (site, *service)
+    for labels in list(getattr(family, "_metrics", {})):
+        if tuple(labels[: len(prefix)]) == prefix:
+            remove_series(family, *labels)
 
 
 class ServiceChildren:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from gwcore.contract.metrics import GatewayMetrics, SiteChildren
+from gwcore.contract.metrics import GatewayMetrics, SiteChildren, service_key, service_labels
 from gwcore.policy.model import Destination, ServiceName
 
 BILLING = Destination(ServiceName("billing"), "dc1")
@@ -108,6 +108,32 @@ def test_one_name_in_two_namespaces_partitions_or_datacenters_keeps_apart_series
     )
     assert left is None
     assert sample(metrics, "tgw_downstream_connections_total", site="main", **SERVICE) == 1
+
+
+def test_the_l7_request_series_of_a_service_leave_with_it() -> None:
+    """L7 request counters, durations and denials carry the four service labels, and
+    ``forget`` deletes every one of a service's series (whatever its method class, code
+    class or denial reason) while another namespace's ``billing`` keeps its own."""
+    metrics = GatewayMetrics()
+    children = SiteChildren(metrics, "main")
+    team = Destination(ServiceName("billing", "team"), "dc1")
+    for destination in (BILLING, team):
+        labels = service_labels(destination)
+        for code_class in ("2xx", "4xx"):
+            metrics.http_requests.labels("main", *labels.values(), "GET", code_class).inc()
+        metrics.http_denied.labels(site="main", **labels, reason="intentions").inc()
+        metrics.http_request_seconds.labels(site="main", **labels).observe(0.01)
+    children.forget(service_key(BILLING))
+    left = {
+        (s.name, s.labels.get("namespace"))
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name.startswith("tgw_http_") and s.labels.get("service") == "billing"
+    }
+    assert {ns for _, ns in left} == {"team"}
+    assert ("tgw_http_requests_total", "team") in left
+    assert ("tgw_http_denied_total", "team") in left
+    assert ("tgw_http_request_duration_seconds_count", "team") in left
 
 
 def test_before_routing_a_close_cause_has_empty_service_labels() -> None:
