@@ -27,6 +27,17 @@ if TYPE_CHECKING:
     from gwcore.policy.model import Decision, Destination, SpiffeID
 
 
+SENSITIVE_HEADER_WORDS: tuple[str, ...] = ("auth", "cookie", "key", "token", "secret")
+"""A header whose lower-cased name contains one of these has its value shown as
+``<redacted>`` by :meth:`Headers.__repr__` (``Authorization``, ``Cookie``, ``X-Api-Key``...)."""
+
+
+def is_sensitive(name: str) -> bool:
+    """Whether a header's value may be a credential (see :data:`SENSITIVE_HEADER_WORDS`)."""
+    lowered = name.lower()
+    return any(word in lowered for word in SENSITIVE_HEADER_WORDS)
+
+
 class Headers:
     """An ordered multi-map of header fields with case-insensitive names.
 
@@ -77,7 +88,9 @@ class Headers:
         return list(self._fields)
 
     def __repr__(self) -> str:
-        return f"Headers({self._fields!r})"
+        # A repr ends up in logs and tracebacks: never show a credential's value.
+        shown = [(k, "<redacted>" if is_sensitive(k) else v) for k, v in self._fields]
+        return f"Headers({shown!r})"
 
 
 @dataclass(slots=True)
@@ -116,6 +129,9 @@ class HttpFlow:
     error: str | None = None
     answered_by: str | None = None
     """The addon that answered with :meth:`respond` (``None``: the upstream answers)."""
+    addon_error: str | None = None
+    """``"<addon> raised in <hook>"`` when an addon failed and the request or response
+    was failed closed (:mod:`gwcore.contract.http_addons`)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free space for addons to pass facts between their hooks."""
 
@@ -128,6 +144,8 @@ class HttpFlow:
         addon: str = "addon",
     ) -> None:
         """Answer the request here (from ``tgw_http_requestheaders`` or
-        ``tgw_http_request``); the upstream never sees it."""
+        ``tgw_http_request``); the upstream never sees it. ``addon`` names the answer
+        in the access log (``answered_by``); left at its default, the calling addon's
+        registration name is recorded."""
         self.response = HttpResponse(status, Headers(headers), body)
         self.answered_by = addon
