@@ -307,3 +307,20 @@ def test_header_repr_never_shows_a_credential() -> None:
     flow = http_flow(headers=headers.items())
     assert SECRET not in repr(headers) and SECRET not in repr(flow)
     assert "*/*" in repr(headers)
+
+
+def test_the_stack_dispatch_the_site_uses_keeps_the_http_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``site.dispatch(hook, flow)`` goes through PluginStack.dispatch: an addon raising
+    there fails the request closed too (not the connection events' log-and-go-on), and
+    an answer given earlier is never replaced."""
+    monkeypatch.setenv("RAISE_IN", "requestheaders")
+    loaded, calls = _stack(tmp_path, {"raises": RAISES, "second": SECOND})
+    flow = http_flow()
+    loaded.stack.dispatch("tgw_http_requestheaders", flow, loaded.site.log, loaded.site.metrics)
+    assert (flow.response.status, flow.answered_by) == (500, "tgw")
+    assert calls["second"] == []
+    loaded.stack.dispatch("tgw_http_request", flow, loaded.site.log, loaded.site.metrics)
+    assert "request" not in calls["raises"]
+    assert loaded.metric("tgw_addon_errors_total", hook="tgw_http_requestheaders") == 1
