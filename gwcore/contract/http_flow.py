@@ -38,6 +38,52 @@ def is_sensitive(name: str) -> bool:
     return any(word in lowered for word in SENSITIVE_HEADER_WORDS)
 
 
+TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+"""RFC 9110 ``tchar``: what a field name is made of."""
+
+GATEWAY_OWNED_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+    }
+)
+"""Fields the L7 driver owns (framing, hop-by-hop, the authority): configuration that
+would set or remove them is refused (a rewrite of the authority is the link's)."""
+
+
+def header_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a configured header name (``None``: it can)."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if not set(name) <= TOKEN_CHARS:
+        return f"{name!r} is not an HTTP field name (RFC 9110 token characters only)"
+    if name.lower() in GATEWAY_OWNED_HEADERS:
+        return f"{name!r} is managed by the gateway and cannot be configured"
+    return None
+
+
+def header_value_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a header value (``None``: it can). Visible ASCII,
+    spaces and tabs inside only: a CR, LF or NUL would split or end the header. The
+    value is never quoted in the message (it may be a credential)."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if value != value.strip(" \t"):
+        return "must not start or end with white space"
+    if any(not (" " <= ch <= "~" or ch == "\t") for ch in value):
+        return "contains a control or non-ASCII character"
+    return None
+
+
 class Headers:
     """An ordered multi-map of header fields with case-insensitive names.
 
