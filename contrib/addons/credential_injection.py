@@ -52,7 +52,7 @@ FAILED_BODY = b"credential unavailable\n"
 REASONS = ("missing", "unreadable", "too_large", "empty", "invalid")
 
 
-class CredentialUnavailable(Exception):
+class CredentialUnavailableError(Exception):
     """The credential cannot be used; ``reason`` is one of :data:`REASONS`. The message
     names the file, never its content."""
 
@@ -113,14 +113,14 @@ class Credential:
         """The reason of the last failure, ``None`` while the credential is usable."""
 
     def current(self) -> str:
-        """The header value, or :class:`CredentialUnavailable`."""
+        """The header value, or :class:`CredentialUnavailableError`."""
         path = self.source.path
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise CredentialUnavailable("missing", f"{path} does not exist") from None
+            raise CredentialUnavailableError("missing", f"{path} does not exist") from None
         except OSError as e:
-            raise CredentialUnavailable("unreadable", f"{path}: {e.strerror}") from None
+            raise CredentialUnavailableError("unreadable", f"{path}: {e.strerror}") from None
         stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if stamp != self._stamp or self._value is None:
             self._value = None
@@ -133,20 +133,20 @@ class Credential:
             with open(path, "rb") as f:
                 data = f.read(MAX_BYTES + 1)
         except FileNotFoundError:
-            raise CredentialUnavailable("missing", f"{path} does not exist") from None
+            raise CredentialUnavailableError("missing", f"{path} does not exist") from None
         except OSError as e:
-            raise CredentialUnavailable("unreadable", f"{path}: {e.strerror}") from None
+            raise CredentialUnavailableError("unreadable", f"{path}: {e.strerror}") from None
         if len(data) > MAX_BYTES:
-            raise CredentialUnavailable("too_large", f"{path} is over {MAX_BYTES} bytes")
+            raise CredentialUnavailableError("too_large", f"{path} is over {MAX_BYTES} bytes")
         secret = data.strip(b" \t\r\n")
         if not secret:
-            raise CredentialUnavailable("empty", f"{path} is empty")
+            raise CredentialUnavailableError("empty", f"{path} is empty")
         try:
             value = self.source.prefix + secret.decode("ascii")
         except UnicodeDecodeError:
-            raise CredentialUnavailable("invalid", f"{path} is not ASCII") from None
+            raise CredentialUnavailableError("invalid", f"{path} is not ASCII") from None
         if header_value_problem(value) is not None:
-            raise CredentialUnavailable("invalid", f"{path} holds a control character")
+            raise CredentialUnavailableError("invalid", f"{path} holds a control character")
         return value
 
 
@@ -176,7 +176,7 @@ class CredentialInjection:
     def _check(self, credential: Credential) -> str | None:
         try:
             value = credential.current()
-        except CredentialUnavailable as e:
+        except CredentialUnavailableError as e:
             if credential.failing != e.reason:
                 self.log.warn(
                     "credential for {destination} unavailable ({reason}): {problem}; "
