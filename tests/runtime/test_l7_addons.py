@@ -175,11 +175,14 @@ async def test_an_addon_raising_in_request_fails_closed_before_the_request_compl
 async def test_an_addon_raising_in_responseheaders_sends_502_not_the_response(
     gateway, upstreams, tmp_path
 ):
+    """The service answered, but the half-rewritten response is not sent: 502 with none
+    of its headers; the next request on the connection is served normally."""
     service, _ = await _start(gateway, upstreams, tmp_path)
     failed, after = await _exchange(gateway, "/boom-response", "/fine")
     assert failed[:2] == (502, b"addon error\n")
     assert "x-addon-response" not in failed[2] and "x-upstream-secret" not in failed[2]
     assert after[:2] == (200, b"GET /fine addon=1")
+    assert [r.target for r in service.requests] == ["/boom-response", "/fine"]
     assert gateway.metric("tgw_addon_errors_total", hook="tgw_http_responseheaders") == 1
 
 
