@@ -219,13 +219,13 @@ def tgw_http_requestheaders(flow: HttpFlow) -> None:
 
 @hookspec
 def tgw_http_request(flow: HttpFlow) -> None:
-    """The whole request was read (after ``tgw_http_requestheaders``). Bodies are
-    streamed, so ``flow.request.body`` is ``None`` unless the driver buffered it, and
-    headers already sent upstream cannot change any more. ``flow.respond(...)``
-    answers as in ``tgw_http_requestheaders``; if the driver already streamed the
-    request to the upstream, that upstream exchange is abandoned (its connection is
-    not reused) and the client gets the addon's answer. Raising fails the request
-    closed with ``500``."""
+    """The whole request was read (after ``tgw_http_requestheaders``), before its end
+    goes upstream. Bodies are streamed, so the upstream already has the head and the
+    body (``flow.request.body`` is ``None``); ``flow.request.trailers`` may still
+    change. ``flow.respond(...)`` answers the client instead of the upstream, whose
+    stream is cancelled (a chunked request never completes there; one framed by
+    Content-Length already has every byte). Raising fails the request closed the same
+    way, with ``500``. Not called after an answer in ``tgw_http_requestheaders``."""
 
 
 @hookspec

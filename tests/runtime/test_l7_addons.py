@@ -11,6 +11,7 @@ import socket
 import textwrap
 from pathlib import Path
 
+import h11
 import pytest_twisted
 
 from tests.harness import gateway_entry, in_thread, intentions, registration, write_json
@@ -54,6 +55,21 @@ def tgw_http_error(flow):
 """
 
 
+class Service(HttpService):
+    """The l7 test service, noting requests that ended before their end (a cancelled
+    upstream stream) instead of failing the test's teardown."""
+
+    def __init__(self, upstreams, responder) -> None:
+        self.incomplete: list[str] = []
+        super().__init__(upstreams, responder)
+
+    def _serve(self, sock, upstream) -> None:
+        try:
+            super()._serve(sock, upstream)
+        except h11.RemoteProtocolError as e:
+            self.incomplete.append(str(e))
+
+
 def _responder(request):
     body = f"{request.method} {request.target} addon={request.header('x-addon')}".encode()
     headers = [("content-length", str(len(body))), ("x-upstream-secret", "internal")]
@@ -73,7 +89,7 @@ async def _start(gateway, upstreams, tmp_path: Path, port: int | None = None):
     addons = tmp_path / "l7-addons"
     addons.mkdir()
     (addons / "recorder.py").write_text(textwrap.dedent(RECORDER))
-    service = HttpService(upstreams, _responder)
+    service = Service(upstreams, _responder)
     _link(gateway, service.port if port is None else port)
     gateway.plugin_paths = [str(addons)]
     gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "recorder"]
@@ -159,16 +175,31 @@ async def test_an_addon_raising_in_requestheaders_fails_closed(gateway, upstream
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_addon_raising_in_request_fails_closed_before_the_request_completes(
-    gateway, upstreams, tmp_path
-):
-    """The body was streamed, but the request never completes upstream: the stream is
-    cancelled before its end, the service records no request, the client gets 500."""
+async def test_an_addon_raising_in_request_fails_closed(gateway, upstreams, tmp_path):
+    """tgw_http_request runs when the whole request was read, before its end goes
+    upstream: the client gets 500 instead of the service's answer, and a chunked
+    request never completes at the service (its last chunk is never sent)."""
     service, _ = await _start(gateway, upstreams, tmp_path)
     [(status, body, _)] = await _exchange(gateway, "/boom-request", method="POST")
     assert (status, body) == (500, b"addon error\n")
-    assert service.requests == []
-    assert gateway.metric("tgw_addon_errors_total", hook="tgw_http_request") == 1
+
+    def chunked() -> int:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            conn.request("POST", "/boom-request", body=iter([b"abc", b"def"]), encode_chunked=True)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    assert await in_thread(chunked) == 500
+    assert [r.body for r in service.requests if r.target == "/boom-request"] in (
+        [],
+        [b"0123456789"],
+    )
+    assert all(r.body != b"abcdef" for r in service.requests)
+    await gateway.wait_for(lambda: bool(service.incomplete))
+    assert "incomplete chunked read" in service.incomplete[0]
+    assert gateway.metric("tgw_addon_errors_total", hook="tgw_http_request") == 2
 
 
 @pytest_twisted.ensureDeferred
