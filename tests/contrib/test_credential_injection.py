@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 
 from gwcore.contract.plugin_host import PluginLoadError
@@ -171,3 +172,76 @@ def test_bad_config_is_refused_naming_file_and_key(
     assert message in str(raised.value)
     assert str(tmp_path / "tgw.toml") in str(raised.value)
     assert SECRET not in str(raised.value)
+
+
+# --- through a real gateway ------------------------------------------------------------
+
+
+def _admin(port: int, path: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return answer.read().decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_the_gateway_the_service_gets_the_secret_and_nothing_else_does(
+    gateway, upstreams, logged
+):
+    """A real HTTP service records the headers it got: exactly the file's credential
+    (the caller's own Authorization replaced), the rotated one from the next request
+    on, and none at all while the file is missing (the caller gets 500 and the service
+    not one byte). The secrets appear in no output the gateway writes: the access log,
+    the application log, /metrics, /config."""
+    from tests.harness import gateway_entry, in_thread, intentions, registration, write_json
+    from tests.runtime.l7_support import HttpService, get, mesh_http, service_defaults
+
+    service = HttpService(upstreams)
+    token = gateway.root / "secrets" / "billing.token"
+    token.parent.mkdir()
+    token.write_text(SECRET + "\n")
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", service.port)])
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing"))
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    gateway.plugin_paths = [str(Path(ADDON).parent)]
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "credential_injection"]
+    gateway.extra_site = (
+        "[sites.main.credential_injection.billing]\n"
+        'file = "secrets/billing.token"\nprefix = "Bearer "\n'
+    )
+    await gateway.start()
+
+    def call(path: str) -> tuple[int, bytes]:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return get(conn, path, headers={"Authorization": "Bearer caller-own"})[:2]
+        finally:
+            conn.close()
+
+    assert (await in_thread(call, "/first"))[0] == 200
+    token.write_text(ROTATED)
+    assert (await in_thread(call, "/second"))[0] == 200
+    token.unlink()
+    assert await in_thread(call, "/third") == (500, b"credential unavailable\n")
+
+    assert [r.target for r in service.requests] == ["/first", "/second"]
+    got = [[v for k, v in r.headers if k == "authorization"] for r in service.requests]
+    assert got == [[f"Bearer {SECRET}"], [f"Bearer {ROTATED}"]]
+    assert b"/third" not in bytes(service.raw)
+
+    await gateway.wait_for(lambda: len(gateway.access_records()) >= 3)
+    third = [r for r in gateway.access_records() if r.get("path") == "/third"]
+    assert third and third[0]["answered_by"] == "credential_injection"
+    labels = {"destination": "billing", "reason": "missing"}
+    assert gateway.metric("tgw_credential_injection_failures_total", **labels) == 1
+    outputs = {
+        "access log": (gateway.root / "access.log").read_text(),
+        "application log": _everything_logged(logged),
+        "/metrics": await in_thread(_admin, gateway.admin_port, "/metrics"),
+        "/config": await in_thread(_admin, gateway.admin_port, "/config"),
+    }
+    assert "secrets/billing.token" in outputs["/config"]  # the path is shown, not its content
+    for name, text in outputs.items():
+        for secret in (SECRET, ROTATED):
+            assert secret not in text, f"the secret is in the {name}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from gwcore.contract.plugin_host import PluginLoadError
 from gwcore.testing import LoadedStack, http_flow, http_response, load_stack
@@ -108,3 +109,54 @@ def test_bad_rules_are_refused_naming_file_and_key(
     assert message in str(raised.value)
     assert "sites.main.header_rewrite.billing." in str(raised.value)
     assert str(tmp_path / "tgw.toml") in str(raised.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_the_gateway_both_directions_are_rewritten(gateway, upstreams):
+    """A real HTTP service records what it got: the client's x-debug gone, x-env set,
+    x-via added, the path prefix swapped; the client sees the response rules applied
+    to the service's headers."""
+    from tests.harness import gateway_entry, in_thread, intentions, registration, write_json
+    from tests.runtime.l7_support import HttpService, get, mesh_http, service_defaults
+
+    def responder(request):
+        body = request.target.encode()
+        return 200, [("content-length", str(len(body))), ("server", "upstream/1.0")], body
+
+    service = HttpService(upstreams, responder)
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", service.port)])
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing"))
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    gateway.plugin_paths = [str(Path(ADDON).parent)]
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "header_rewrite"]
+    gateway.extra_site = """
+[sites.main.header_rewrite.billing]
+request_remove = ["x-debug"]
+request_set = { "x-env" = "prod" }
+request_add = { "x-via" = "tgw" }
+response_remove = ["server"]
+response_set = { "cache-control" = "no-store" }
+path_prefix = "/api/"
+path_prefix_rewrite = "/v2/"
+"""
+    await gateway.start()
+
+    def call():
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            headers = {"x-debug": "1", "x-env": "dev", "x-via": "client"}
+            status, body, response = get(conn, "/api/charges?limit=5", headers=headers)
+            return status, body, response.getheaders()
+        finally:
+            conn.close()
+
+    status, body, headers = await in_thread(call)
+    assert (status, body) == (200, b"/v2/charges?limit=5")
+    [seen] = service.requests
+    assert seen.header("x-debug") is None
+    assert [v for k, v in seen.headers if k == "x-env"] == ["prod"]
+    assert [v for k, v in seen.headers if k == "x-via"] == ["client", "tgw"]
+    names = [k.lower() for k, _ in headers]
+    assert "server" not in names
+    assert [v for k, v in headers if k.lower() == "cache-control"] == ["no-store"]
