@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="tgw.http")
 
+UPSTREAM_CLIENTS: dict[str, Any] = {"http": Http1Pool}
+"""Upstream client (pool) class per destination protocol. A protocol is served in L7
+mode only once it has one (HTTP/2 and gRPC register theirs with their codec); until
+then its destinations stay L4."""
+
 PER_REQUEST = Decision(Verdict.ALLOW, "l7", "decided per request")
 """The connection-level answer for an L7 connection: each request is decided anew."""
 
@@ -78,6 +83,7 @@ class L7Step:
             and destination is not None
             and not destination.egress
             and is_l7(destination.protocol)
+            and destination.protocol in UPSTREAM_CLIENTS
         )
 
     def session(self, conn: Any) -> Deferred[Any]:
@@ -108,7 +114,7 @@ class L7Step:
         pool = self.pools.get(key)
         if pool is None:
             site = self.site
-            pool = self.pools[key] = Http1Pool(
+            pool = self.pools[key] = UPSTREAM_CLIENTS[destination.protocol](
                 site.reactor,
                 lambda owner, factory: site.dialer.connect(owner, lambda strategy: factory),
                 self.pool_limits,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +46,20 @@ def ok(request: SeenRequest) -> tuple[int, list[tuple[str, str]], bytes]:
 class HttpService:
     """An HTTP/1.1 service on 127.0.0.1 (port 0) built on :class:`Upstream`."""
 
-    def __init__(self, upstreams: Callable[..., Upstream], responder: Responder = ok) -> None:
+    def __init__(
+        self,
+        upstreams: Callable[..., Upstream],
+        responder: Responder = ok,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.responder = responder
+        self.tls = tls
+        self.alpn: list[str | None] = []
         self.requests: list[SeenRequest] = []
         self.raw = bytearray()
+        self.sent = 0  # body bytes of streamed responses written so far
+        self.read_gate = threading.Event()  # cleared: the service stops reading bodies
+        self.read_gate.set()
         self.upstream = upstreams(self._serve)
 
     @property
@@ -59,11 +71,16 @@ class HttpService:
         return self.upstream.accepted
 
     def _serve(self, sock: socket.socket, _: Upstream) -> None:
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True)
+            self.alpn.append(sock.selected_alpn_protocol())
         conn = h11.Connection(h11.SERVER)
         current: SeenRequest | None = None
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if current is not None:
+                    self.read_gate.wait(30)
                 try:
                     data = sock.recv(65536)
                 except OSError:
@@ -86,10 +103,13 @@ class HttpService:
                 current.trailers = [(k.decode(), v.decode()) for k, v in event.headers]
                 self.requests.append(current)
                 status, headers, body = self.responder(current)
-                out = conn.send(h11.Response(status_code=status, headers=headers))
-                out += conn.send(h11.Data(data=body)) if body else b""
-                out += conn.send(h11.EndOfMessage())
-                sock.sendall(out)
+                current = None
+                sock.sendall(conn.send(h11.Response(status_code=status, headers=headers)))
+                chunks = body if isinstance(body, list) else [body] if body else []
+                for chunk in chunks:
+                    sock.sendall(conn.send(h11.Data(data=chunk)))
+                    self.sent += len(chunk)
+                sock.sendall(conn.send(h11.EndOfMessage()))
                 if conn.our_state is h11.MUST_CLOSE:
                     sock.close()
                     return

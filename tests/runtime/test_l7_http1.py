@@ -6,21 +6,29 @@ real TLS client holding a mesh leaf, and a real HTTP/1.1 service on 127.0.0.1 po
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import socket
 import ssl
+import threading
 
 import pytest_twisted
 
 from tests.harness import (
+    TRUST_DOMAIN,
+    free_port,
     gateway_entry,
+    hello,
     in_thread,
     intentions,
     registration,
+    request,
     sleep,
     sni_for,
     tls_connect,
     write_json,
 )
+from tests.net.test_upstream_tls import SERVICE_NAME, ExternalPKI
 from tests.runtime.l7_support import HttpService, get, mesh_http, service_defaults
 
 
@@ -216,3 +224,319 @@ def _read_until_closed(sock: ssl.SSLSocket | socket.socket) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_bodies_stream_both_ways_in_order(gateway, upstreams):
+    """A 6 MiB chunked upload with a trailer reaches the service whole, in order, with
+    its trailer; a 6 MiB response comes back whole and in order."""
+    big = bytes(range(256)) * (6 * 4096)
+    service = HttpService(
+        upstreams,
+        lambda r: (
+            200,
+            [("content-length", str(len(big))), ("x-got", hashlib.sha256(r.body).hexdigest())],
+            big,
+        ),
+    )
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def run() -> tuple[bytes, bytes]:
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            head = b"POST /upload HTTP/1.1\r\nHost: billing\r\nTransfer-Encoding: chunked\r\n\r\n"
+            sock.sendall(head)
+            for i in range(0, len(big), 65536):
+                piece = big[i : i + 65536]
+                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            sock.sendall(b"0\r\nx-checksum: done\r\n\r\n")
+            conn = http.client.HTTPConnection("billing")
+            conn.sock = sock
+            response = http.client.HTTPResponse(sock, method="POST")
+            response.begin()
+            return response.getheader("x-got", "").encode(), response.read()
+        finally:
+            sock.close()
+
+    got, body = await in_thread(run)
+    assert got == hashlib.sha256(big).hexdigest().encode()
+    assert body == big
+    assert service.requests[0].trailers == [("x-checksum", "done")]
+    assert service.requests[0].header("transfer-encoding") == "chunked"
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_down_is_502(gateway, upstreams):
+    """No endpoint reachable: the request is answered 502 (the connection was accepted
+    and authorized per request; the failure is the upstream's)."""
+    link(gateway, free_port(), ("web", "allow"))
+    await gateway.start()
+
+    def run() -> int:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return get(conn, "/")[0]
+        finally:
+            conn.close()
+
+    assert await in_thread(run) == 502
+    await gateway.wait_for(lambda: len(requests_of(gateway)) == 1)
+    assert requests_of(gateway)[0]["status"] == 502
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_timeout_of_the_resolver_is_504(gateway, upstreams):
+    """A service-resolver ``RequestTimeout`` bounds a request: a service that answers
+    later gets the client a 504."""
+    release = threading.Event()
+
+    def slow(request):
+        release.wait(5)
+        return 200, [("content-length", "0")], b""
+
+    service = HttpService(upstreams, slow)
+    link(gateway, service.port, ("web", "allow"))
+    write_json(
+        gateway.catalog / "resolver.json",
+        {"Kind": "service-resolver", "Name": "billing", "RequestTimeout": "300ms"},
+    )
+    await gateway.start()
+
+    def run() -> int:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return get(conn, "/slow")[0]
+        finally:
+            conn.close()
+
+    try:
+        assert await in_thread(run) == 504
+    finally:
+        release.set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_100_continue_is_answered_after_authorization(gateway, upstreams):
+    """``Expect: 100-continue``: an allowed request gets ``100 Continue`` and its body
+    goes through; a denied one gets the 403 without a 100 and its body never moves."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"), ("batch", "deny"))
+    await gateway.start()
+
+    def run(source: str) -> bytes:
+        cert, key, root = gateway.client_files(source)
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            sock.sendall(
+                b"PUT /p HTTP/1.1\r\nHost: billing\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            first = sock.recv(65536)
+            if first.startswith(b"HTTP/1.1 100"):
+                sock.sendall(b"hello")
+                rest = b""
+                while b"PUT /p 5" not in rest:
+                    rest += sock.recv(65536)
+                return first + rest
+            return first
+        finally:
+            sock.close()
+
+    allowed = await in_thread(run, "web")
+    assert allowed.startswith(b"HTTP/1.1 100") and b"PUT /p 5" in allowed
+    denied = await in_thread(run, "batch")
+    assert denied.startswith(b"HTTP/1.1 403")
+    assert [r.body for r in service.requests] == [b"hello"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_route_beside_an_http_one_stays_a_byte_splice(gateway, upstreams):
+    """A tcp destination is still spliced byte for byte (no HTTP parsing: non-HTTP
+    bytes go both ways), and it gets no request records."""
+    echo_up = upstreams(hello(b"\x00raw answer\r\n\r\n"))
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing", "ledger"))
+    write_json(
+        gateway.catalog / "regs.json",
+        [registration("billing", free_port()), registration("ledger", echo_up.port)],
+    )
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing"))
+    write_json(gateway.catalog / "ixn.json", intentions("ledger", ("web", "allow")))
+    await gateway.start()
+    files = gateway.client_files("web")
+    payload = b"\x00not http at all\r\n\r\n"
+    answer = await in_thread(request, gateway.port, sni_for("ledger"), files, payload)
+    assert answer == b"\x00raw answer\r\n\r\n"
+    await gateway.wait_for(
+        lambda: any(r["record_type"] == "closed" for r in gateway.access_records())
+    )
+    assert requests_of(gateway) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_origination_to_an_http_service_offers_http11(gateway, upstreams, tmp_path):
+    """A destination with ``CAFile`` + ``SNI``: requests reach the HTTPS service over the
+    TLS strategy (verified), ALPN ``http/1.1`` is offered, and keep-alive reuses the one
+    TLS connection."""
+    ext = ExternalPKI(tmp_path / "ext")
+    cert, key = ext.leaf("billing", [SERVICE_NAME])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    service = HttpService(upstreams, tls=ctx)
+    write_json(
+        gateway.catalog / "gw.json",
+        gateway_entry({"Name": "billing", "CAFile": str(ext.ca_file), "SNI": SERVICE_NAME}),
+    )
+    write_json(gateway.catalog / "regs.json", [registration("billing", service.port)])
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing"))
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    await gateway.start()
+
+    def run() -> list[int]:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return [get(conn, f"/s/{i}")[0] for i in range(2)]
+        finally:
+            conn.close()
+
+    assert await in_thread(run) == [200, 200]
+    assert service.connections == 1 and service.alpn == ["http/1.1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_receives_the_normalised_path_and_an_xfcc_element(gateway, upstreams):
+    """Dot segments and encoded unreserved characters are normalised before the request
+    goes upstream (the query is kept as sent); a path that cannot be normalised safely
+    is 400 and never reaches the service. The service gets ``x-forwarded-client-cert``
+    with the client's SPIFFE ID (``URI``), the gateway's (``By``) and the leaf's hash,
+    appended to what the client sent (APPEND_FORWARD, Consul's default)."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+
+    def run() -> list[int]:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            first = get(
+                conn, "/a/./b/../%7Eitem?q=%2e%2e", headers={"X-Forwarded-Client-Cert": "By=x"}
+            )
+            second = get(conn, "/bad%zz")
+            return [first[0], second[0]]
+        finally:
+            conn.close()
+
+    assert await in_thread(run) == [200, 400]
+    assert [r.target for r in service.requests] == ["/a/~item?q=%2e%2e"]
+    xfcc = service.requests[0].header("x-forwarded-client-cert")
+    assert xfcc is not None and xfcc.startswith("By=x,By=spiffe://")
+    assert (
+        "/svc/billing;Hash=" in xfcc
+        and f"URI=spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/web" in xfcc
+    )
+    assert gateway.metric("tgw_http_bad_requests_total", reason="path") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_client_pauses_the_service_and_gets_every_byte(gateway, upstreams):
+    """Flow control, response direction: while the client reads nothing, the service
+    cannot write much more than the socket buffers hold (the gateway stops reading it
+    rather than buffering); then every byte arrives, in order."""
+    piece = bytes(range(256)) * 256  # 64 KiB
+    chunks = [piece] * 512  # 32 MiB
+    service = HttpService(
+        upstreams,
+        lambda r: (200, [("content-length", str(len(piece) * len(chunks)))], chunks),
+    )
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    try:
+        await in_thread(sock.sendall, b"GET /big HTTP/1.1\r\nHost: billing\r\n\r\n")
+        await gateway.wait_for(lambda: service.sent > 0)
+        await sleep(0.5)  # the client reads nothing meanwhile
+        held = service.sent
+        assert held < 16 * 1024 * 1024, f"{held} bytes left the service with nobody reading"
+
+        def read_rest() -> bytes:
+            response = http.client.HTTPResponse(sock, method="GET")
+            response.begin()
+            return response.read()
+
+        body = await in_thread(read_rest)
+    finally:
+        sock.close()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(piece * len(chunks)).digest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_service_pauses_the_client_upload(gateway, upstreams):
+    """Flow control, request direction: while the service reads nothing, the client
+    cannot push much more than the socket buffers hold; then the whole body arrives in
+    order."""
+    body = bytes(range(256)) * (4096 * 32)  # 32 MiB
+    service = HttpService(upstreams)
+    service.read_gate.clear()
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    pushed = [0]
+
+    def upload() -> bytes:
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: billing\r\nContent-Length: %d\r\n\r\n" % len(body))
+        view = memoryview(body)
+        for i in range(0, len(body), 65536):
+            sock.sendall(view[i : i + 65536])
+            pushed[0] = i + 65536
+        response = http.client.HTTPResponse(sock, method="PUT")
+        response.begin()
+        return response.read()
+
+    try:
+        done = in_thread(upload)
+        await sleep(0.8)
+        held = pushed[0]
+        assert held < 16 * 1024 * 1024, f"{held} bytes accepted with the service not reading"
+        service.read_gate.set()
+        assert await done == b"PUT /up %d" % len(body)
+    finally:
+        service.read_gate.set()
+        sock.close()
+    assert hashlib.sha256(service.requests[0].body).digest() == hashlib.sha256(body).digest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_full_and_queue_full_is_503(gateway, upstreams):
+    """With one upstream connection allowed and no queue, a second request while the
+    first holds the connection is answered 503 (``overflow``) at once."""
+    gateway.site_options["http_max_upstream_connections"] = 1
+    gateway.site_options["http_max_pending_requests"] = 0
+    release = threading.Event()
+
+    def held(request):
+        if request.target == "/hold":
+            release.wait(10)
+        return 200, [("content-length", "0")], b""
+
+    service = HttpService(upstreams, held)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+
+    def call(path: str) -> int:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return get(conn, path)[0]
+        finally:
+            conn.close()
+
+    first = in_thread(call, "/hold")
+    await gateway.wait_for(lambda: service.connections == 1)
+    try:
+        assert await in_thread(call, "/second") == 503
+    finally:
+        release.set()
+    assert await first == 200
+    assert service.connections == 1
