@@ -160,3 +160,21 @@ path_prefix_rewrite = "/v2/"
     names = [k.lower() for k, _ in headers]
     assert "server" not in names
     assert [v for k, v in headers if k.lower() == "cache-control"] == ["no-store"]
+
+
+def test_tgw_plugins_lists_both_http_addons_with_their_hooks() -> None:
+    """``tgw plugins`` (with contrib/addons in plugin_paths) shows the HTTP hooks each
+    implements, so an operator sees where a request may be changed."""
+    from gwcore.cli.plugin_listing import installed_plugins
+
+    found = {p.name: p for p in installed_plugins([Path(ADDON).parent])}
+    assert found["header_rewrite"].hooks == (
+        "tgw_validate_site_config",
+        "tgw_http_requestheaders",
+        "tgw_http_responseheaders",
+    )
+    assert found["credential_injection"].hooks == (
+        "tgw_validate_site_config",
+        "tgw_http_requestheaders",
+    )
+    assert not found["header_rewrite"].error and not found["credential_injection"].error
