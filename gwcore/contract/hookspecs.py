@@ -240,7 +240,8 @@ def tgw_http_responseheaders(flow: HttpFlow) -> None:
 @hookspec
 def tgw_http_response(flow: HttpFlow) -> None:
     """The response is complete: from the upstream, or made by an addon's
-    ``respond()`` (then ``flow.answered_by`` names it). The head has already gone to
+    ``respond()`` (then ``flow.answered_by`` names it; ``tgw`` for the gateway's
+    fail-closed answer). The head has already gone to
     the client, so this hook observes (and may write ``metadata`` or annotations);
     raising is logged and counted, nothing else."""
 
