@@ -16,8 +16,9 @@ Rules (mitmproxy's model, with Envoy ext_proc's ``failure_mode_allow = false``):
   the later implementations of that request hook (and ``tgw_http_request``) are not
   called: the first answer wins and nothing replaces it.
 - **Fail closed.** An addon that raises in a request hook may have meant to block or
-  to strip something: the request is answered ``500`` by the gateway and never
-  forwarded. Raising in ``tgw_http_responseheaders`` replaces the upstream's response
+  to strip something: the request is answered ``500`` by the gateway instead of the
+  upstream (from ``tgw_http_requestheaders`` nothing is forwarded; from
+  ``tgw_http_request`` the upstream stream is cancelled before its end). Raising in ``tgw_http_responseheaders`` replaces the upstream's response
   by ``502``. Raising in ``tgw_http_response`` or ``tgw_http_error`` (the head is
   already sent) is only logged. Every failure is one warning line (addon, hook,
   exception type; the traceback at debug level), counted in
@@ -143,6 +144,8 @@ def _call_each(
                 continue
             if answered_before is None and flow.answered_by == "addon":
                 flow.answered_by = impl.plugin_name  # respond() left at its default
+            if stop_on_answer and flow.answered_by is None and flow.response is not None:
+                flow.answered_by = impl.plugin_name  # set flow.response itself (mitmproxy)
             if stop_on_answer and flow.answered_by is not None:
                 return False
     finally:

@@ -324,3 +324,19 @@ def test_the_stack_dispatch_the_site_uses_keeps_the_http_rules(
     loaded.stack.dispatch("tgw_http_request", flow, loaded.site.log, loaded.site.metrics)
     assert "request" not in calls["raises"]
     assert loaded.metric("tgw_addon_errors_total", hook="tgw_http_requestheaders") == 1
+
+
+def test_a_response_set_directly_counts_as_that_addons_answer(tmp_path: Path) -> None:
+    """mitmproxy addons write ``flow.response = ...``; that is an answer too: the chain
+    stops and answered_by names the addon, so the access log says who answered."""
+    (tmp_path / "direct.py").write_text(
+        "from gwcore.contract.http_flow import HttpResponse\n\n"
+        "def tgw_http_requestheaders(flow):\n"
+        "    flow.response = HttpResponse(204)\n"
+    )
+    (tmp_path / "second.py").write_text(textwrap.dedent(SECOND))
+    loaded = load_stack(tmp_path, ["direct.py", "second.py"])
+    flow = http_flow()
+    loaded.http.request_headers(flow)
+    assert (flow.response.status, flow.answered_by) == (204, "direct")
+    assert loaded.stack.pm.get_plugin("second").calls == []
