@@ -19,8 +19,9 @@ Rules (mitmproxy's model, with Envoy ext_proc's ``failure_mode_allow = false``):
   to strip something: the request is answered ``500`` by the gateway instead of the
   upstream (from ``tgw_http_requestheaders`` nothing is forwarded; from
   ``tgw_http_request`` the upstream stream is cancelled before its end). Raising in
-  ``tgw_http_responseheaders`` replaces the upstream's response by ``502``. Raising in ``tgw_http_response`` or ``tgw_http_error`` (the head is
-  already sent) is only logged. Every failure is one warning line (addon, hook,
+  ``tgw_http_responseheaders`` replaces the upstream's response by ``502``. Raising
+  in ``tgw_http_response`` or ``tgw_http_error`` (the head is already sent) is only
+  logged. Every failure is one warning line (addon, hook,
   exception type; the traceback at debug level), counted in
   ``tgw_addon_errors_total{site,hook}``, and recorded as ``flow.addon_error``.
 - A hook nobody implements costs nothing (``site.has_listeners(hook)``).
