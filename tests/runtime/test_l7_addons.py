@@ -48,6 +48,7 @@ def tgw_http_responseheaders(flow):
 
 def tgw_http_response(flow):
     calls.append(("response", flow.response.status, flow.answered_by))
+    flow.conn.annotate("recorder.last_status", flow.response.status)
 
 
 def tgw_http_error(flow):
@@ -141,6 +142,12 @@ async def test_hooks_run_in_order_and_their_changes_reach_both_sides(gateway, up
     await gateway.wait_for(lambda: len(_requests(gateway)) == 1)
     record = _requests(gateway)[0]
     assert record["path"] == "/charges?x=1" and record["answered_by"] is None
+    # an annotation written from an HTTP hook lands in the connection's own record
+    await gateway.wait_for(
+        lambda: any(r.get("record_type") == "closed" for r in gateway.access_records())
+    )
+    [closed] = [r for r in gateway.access_records() if r.get("record_type") == "closed"]
+    assert closed["annotations"] == {"recorder.last_status": 200}
 
 
 @pytest_twisted.ensureDeferred
