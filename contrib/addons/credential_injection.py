@@ -25,10 +25,10 @@ visible ASCII (at most 16 KiB).
 **Fail closed.** A missing, unreadable, empty or invalid file answers the request
 ``500`` (``credential unavailable``; ``answered_by`` = ``credential_injection``): it is
 never forwarded without its credential. Each failing request is counted in
-``tgw_credential_injection_failures_total{site,destination,reason}`` (``missing``,
-``unreadable``, ``too_large``, ``empty``, ``invalid``); one warning line is logged when a
-destination starts failing (or fails for another reason) and one info line when it
-recovers. Neither the logs, the metrics, ``/config`` (the section holds paths only)
+``credential_injection_failures_total`` (labels ``site``, the four service labels and
+``reason``: ``missing``, ``unreadable``, ``too_large``, ``empty``, ``invalid``); one
+warning line is logged when a destination starts failing (or fails for another
+reason) and one info line when it recovers. Neither the logs, the metrics, ``/config`` (the section holds paths only)
 nor any exception carries the secret.
 """
 
@@ -43,6 +43,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from gwcore.contract.http_flow import header_name_problem, header_value_problem
+from gwcore.contract.metrics import SERVICE_LABELS, service_labels
 from gwcore.policy.config_reader import ConfigProblem, SectionReader
 
 NAME = "credential_injection"
@@ -164,9 +165,9 @@ class CredentialInjection:
         self.site = ctx.site.name
         self.failures = ctx.family(
             Counter,
-            "tgw_credential_injection_failures",
+            "credential_injection_failures",
             "Requests answered 500 because a destination's credential file could not be used.",
-            ["site", "destination", "reason"],
+            ["site", *SERVICE_LABELS, "reason"],
         )
         sources, _ = read_sources(ctx.site.config)
         self.credentials = {name: Credential(source) for name, source in sources.items()}
@@ -207,7 +208,7 @@ class CredentialInjection:
         if value is None:
             reason = credential.failing or "unreadable"
             self.failures.labels(
-                site=self.site, destination=credential.source.destination, reason=reason
+                site=self.site, **service_labels(flow.destination), reason=reason
             ).inc()
             flow.respond(FAILED_STATUS, FAILED_BODY, [("content-type", "text/plain")], addon=NAME)
             return

@@ -18,6 +18,12 @@ from gwcore.testing import LoadedStack, http_flow, load_stack
 ADDON = str(Path(__file__).resolve().parents[2] / "contrib" / "addons" / "credential_injection.py")
 SECRET = "tok-1f0c2b7e-never-in-logs"
 ROTATED = "tok-9a8b7c6d-the-next-one!"
+SERVICE = {
+    "service": "billing",
+    "namespace": "default",
+    "partition": "default",
+    "datacenter": "dc1",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -117,8 +123,8 @@ def test_an_unusable_file_fails_the_request_closed(
         assert flow.response.status == 500
         assert flow.response.body == b"credential unavailable\n"
         assert flow.answered_by == "credential_injection"
-    labels = {"destination": "billing", "reason": reason}
-    assert loaded.metric("tgw_credential_injection_failures_total", **labels) == 2
+    labels = {**SERVICE, "reason": reason}
+    assert loaded.metric("credential_injection_failures_total", **labels) == 2
     [warning] = _addon_lines(logged, "warn")
     assert f"({reason})" in warning and "billing.token" in warning
     assert SECRET not in _everything_logged(logged) + _metrics_text(loaded)
@@ -233,8 +239,8 @@ async def test_through_the_gateway_the_service_gets_the_secret_and_nothing_else_
     await gateway.wait_for(lambda: len(gateway.access_records()) >= 3)
     third = [r for r in gateway.access_records() if r.get("path") == "/third"]
     assert third and third[0]["answered_by"] == "credential_injection"
-    labels = {"destination": "billing", "reason": "missing"}
-    assert gateway.metric("tgw_credential_injection_failures_total", **labels) == 1
+    labels = {**SERVICE, "reason": "missing"}
+    assert gateway.metric("credential_injection_failures_total", **labels) == 1
     outputs = {
         "access log": (gateway.root / "access.log").read_text(),
         "application log": _everything_logged(logged),
