@@ -28,8 +28,8 @@ never forwarded without its credential. Each failing request is counted in
 ``credential_injection_failures_total`` (labels ``site``, the four service labels and
 ``reason``: ``missing``, ``unreadable``, ``too_large``, ``empty``, ``invalid``); one
 warning line is logged when a destination starts failing (or fails for another
-reason) and one info line when it recovers. Neither the logs, the metrics, ``/config`` (the section holds paths only)
-nor any exception carries the secret.
+reason) and one info line when it recovers. Neither the logs, the metrics,
+``/config`` (the section holds paths only) nor any exception carries the secret.
 """
 
 from __future__ import annotations
