@@ -169,16 +169,26 @@ class HttpPermission:
         if self.methods and facts.method not in self.methods:
             return False
         if self.path_exact or self.path_prefix or self._path_regex is not None:
-            path = facts.path_only
+            # The path without its query, compared in place (no slice per request).
+            path = facts.path
+            end = path.find("?")
+            if end == -1:
+                end = len(path)
             if self.path_exact:
-                if path != self.path_exact:
+                wanted = self.path_exact
+                if end != len(wanted) or not path.startswith(wanted):
                     return False
             elif self.path_prefix:
-                if not path.startswith(self.path_prefix):
+                wanted = self.path_prefix
+                if len(wanted) > end or not path.startswith(wanted):
                     return False
-            elif self._path_regex.fullmatch(path) is None:
+            # RE2's endpos does not end the text for "$", so the regex gets a slice.
+            elif self._path_regex.fullmatch(path[:end] if end < len(path) else path) is None:
                 return False
-        return all(h.matches(facts) for h in self.headers)
+        for header in self.headers:
+            if not header.matches(facts):
+                return False
+        return True
 
     def describe(self) -> str:
         """The criteria, e.g. ``PathPrefix "/admin", Methods GET|HEAD``."""
