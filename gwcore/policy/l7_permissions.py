@@ -185,10 +185,7 @@ class HttpPermission:
             # RE2's endpos does not end the text for "$", so the regex gets a slice.
             elif self._path_regex.fullmatch(path[:end] if end < len(path) else path) is None:
                 return False
-        for header in self.headers:
-            if not header.matches(facts):
-                return False
-        return True
+        return all(header.matches(facts) for header in self.headers)
 
     def describe(self) -> str:
         """The criteria, e.g. ``PathPrefix "/admin", Methods GET|HEAD``."""
