@@ -257,7 +257,8 @@ def parse_permission(obj: _Object) -> HttpPermission | None:
     http = obj.child("HTTP", _HTTP_FIELDS)
     obj.finish()
     if http is None:
-        obj.sink.problem(obj.at("HTTP"), "is required")
+        if obj.raw("HTTP") is _MISSING:  # else child() has said what is wrong with it
+            obj.problem("HTTP", "is required")
         return None
     paths: dict[str, str] = {}
     for key in ("PathExact", "PathPrefix", "PathRegex"):
@@ -292,23 +293,20 @@ def parse_permission(obj: _Object) -> HttpPermission | None:
     if ok and not (paths or headers or methods):
         http.sink.problem(http.where, "should not be empty")
         return None
-    regex = paths.get("PathRegex", "")
-    if regex:
-        try:
-            _compile(regex)
-        except ValueError as exc:
-            http.problem("PathRegex", str(exc))
-            return None
     if not ok:
         return None
-    return HttpPermission.build(
-        action,
-        path_exact=paths.get("PathExact", ""),
-        path_prefix=paths.get("PathPrefix", ""),
-        path_regex=regex,
-        methods=tuple(methods),
-        headers=tuple(headers),
-    )
+    try:
+        return HttpPermission.build(
+            action,
+            path_exact=paths.get("PathExact", ""),
+            path_prefix=paths.get("PathPrefix", ""),
+            path_regex=paths.get("PathRegex", ""),
+            methods=tuple(methods),
+            headers=tuple(headers),
+        )
+    except ValueError as exc:  # the only thing build() refuses: a regex RE2 will not take
+        http.problem("PathRegex", str(exc))
+        return None
 
 
 def permission_from_mapping(

@@ -273,3 +273,9 @@ def test_invert_negates_unless_the_header_is_absent(kind, value, values):
     else:
         assert not plain.matches(r)
         assert inverted.matches(r) is (kind == "Present")
+
+
+def test_http_of_the_wrong_type_is_one_problem():
+    """An HTTP that is not an object is reported once (not also as missing)."""
+    found = problems_of({"Action": "allow", "HTTP": "/admin"})
+    assert found == [("Sources[1].Permissions[0].HTTP", "must be an object, not a string")]
