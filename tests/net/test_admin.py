@@ -53,6 +53,7 @@ async def test_admin_endpoints_describe_the_running_gateway(gateway, upstreams):
         f"spiffe://{gateway.ca.trust_domain}/ns/default/dc/dc1/svc/billing"
     ]
     assert len(certs["roots"]) == 1
+    assert certs["roots"][0]["trust_domain"] == gateway.ca.trust_domain
 
     status, _, body = await in_thread(get, port, "/config")
     assert status == 200 and json.loads(body)["sites"]["main"]["name"] == "legacy-gw"
