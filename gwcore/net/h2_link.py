@@ -1,0 +1,371 @@
+"""One HTTP/2 connection driven by the sans-IO ``h2`` library: the part both sides share.
+
+An :class:`H2Link` is a Twisted protocol around one :class:`h2.connection.H2Connection`.
+The downstream (server) and upstream (client) drivers subclass it; each stream is an
+:class:`H2Stream` whose events go to a :class:`StreamPeer` (the relay or the exchange).
+
+Flow control is the whole point of this module, and its rules are:
+
+- Received DATA is acknowledged (``acknowledge_received_data``, which is what lets
+  the peer send more) only by :meth:`H2Stream.ack`, which the relay calls when the
+  *other* side took the bytes. A slow reader therefore stalls its writer through the
+  HTTP/2 windows, not through our buffers.
+- Data to send waits in its stream's queue until the stream and connection windows
+  admit it; each queued chunk may carry an ``on_sent`` callback, called once the
+  whole chunk went to the transport (the relay acknowledges the other side there).
+  What is queued is bounded by what the other side may send unacknowledged: its
+  window, which is ours to set (:data:`STREAM_WINDOW`, :data:`CONNECTION_WINDOW`).
+- The link is its transport's producer: while the transport is paused, nothing is
+  written, so nothing is acknowledged either.
+
+A protocol error of the peer (bad framing, an oversized header list, a flow-control
+violation) ends the connection with GOAWAY, one log line and a counted reason; it
+never raises into the reactor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+HeaderList = list[tuple[bytes, bytes]]
+
+STREAM_WINDOW = 256 * 1024
+"""Per-stream receive window we advertise: bytes a peer may send before we ack."""
+CONNECTION_WINDOW = 1024 * 1024
+"""Connection receive window: bounds the unacknowledged bytes of all streams together."""
+MAX_CONCURRENT_STREAMS = 100
+"""Streams a peer may open on one downstream connection (Envoy's default is 2^31-1;
+nginx and HAProxy use 128 and 100)."""
+
+
+class StreamPeer(Protocol):
+    """What receives the events of one stream (the relay, or the exchange)."""
+
+    def headers_received(self, headers: HeaderList) -> None: ...
+
+    def data_received(self, data: bytes, flow_length: int) -> None: ...
+
+    def trailers_received(self, headers: HeaderList) -> None: ...
+
+    def end_received(self) -> None: ...
+
+    def reset_received(self, code: int) -> None: ...
+
+
+def protocol_error_reason(error: Exception) -> str:
+    """A bounded label for a peer's HTTP/2 protocol error (metrics, access log)."""
+    if isinstance(error, h2.exceptions.DenialOfServiceError):
+        return "header_list_too_large" if "header" in str(error).lower() else "abuse"
+    if isinstance(error, h2.exceptions.FlowControlError):
+        return "flow_control"
+    if isinstance(error, h2.exceptions.FrameTooLargeError):
+        return "frame_too_large"
+    if isinstance(error, h2.exceptions.TooManyStreamsError):
+        return "too_many_streams"
+    return "protocol_error"
+
+
+def error_code_for(reason: str) -> ErrorCodes:
+    return {
+        "flow_control": ErrorCodes.FLOW_CONTROL_ERROR,
+        "frame_too_large": ErrorCodes.FRAME_SIZE_ERROR,
+        "too_many_streams": ErrorCodes.REFUSED_STREAM,
+        "abuse": ErrorCodes.ENHANCE_YOUR_CALM,
+    }.get(reason, ErrorCodes.PROTOCOL_ERROR)
+
+
+class H2Stream:
+    """One stream of an :class:`H2Link`: its send queue and the peer of its events."""
+
+    __slots__ = ("_end", "_out", "_trailers", "closed", "id", "link", "peer", "queued")
+
+    def __init__(self, link: H2Link, stream_id: int) -> None:
+        self.link = link
+        self.id = stream_id
+        self.peer: StreamPeer | None = None
+        self._out: deque[tuple[bytes, Callable[[], None] | None]] = deque()
+        self.queued = 0
+        self._trailers: HeaderList | None = None
+        self._end = False
+        self.closed = False
+
+    def send_headers(self, headers: Iterable[tuple[bytes, bytes]], end: bool = False) -> None:
+        if self.closed:
+            return
+        self.link.conn.send_headers(self.id, list(headers), end_stream=end)
+        if end:
+            self.closed = True
+        self.link.flush()
+
+    def send_data(self, data: bytes, on_sent: Callable[[], None] | None = None) -> None:
+        """Queue ``data``; ``on_sent`` runs once all of it went out (never if reset)."""
+        if self.closed or self._end:
+            return
+        if not data:
+            if on_sent is not None:
+                on_sent()
+            return
+        self._out.append((data, on_sent))
+        self.queued += len(data)
+        self.link.pump(self)
+
+    def send_trailers(self, headers: HeaderList) -> None:
+        """End the stream with trailers, after every queued byte."""
+        if self.closed or self._end:
+            return
+        self._trailers = headers
+        self._end = True
+        self.link.pump(self)
+
+    def end(self) -> None:
+        """End the stream (an empty DATA with END_STREAM), after every queued byte."""
+        if self.closed or self._end:
+            return
+        self._end = True
+        self.link.pump(self)
+
+    def reset(self, code: int = ErrorCodes.CANCEL) -> None:
+        # Also after our END_STREAM: the peer's half may still be open (a response).
+        if self.link.streams.get(self.id) is not self:
+            return
+        self.closed = True
+        self._out.clear()
+        self.queued = 0
+        self.link.reset_stream(self, code)
+
+    def ack(self, flow_length: int) -> None:
+        """The other side took ``flow_length`` received bytes: let the peer send more."""
+        self.link.acknowledge(self.id, flow_length)
+
+    def pump(self, conn: h2.connection.H2Connection, max_frame: int) -> None:
+        """Send what the windows admit; returns with the rest still queued."""
+        out = self._out
+        while out and not self.link.paused:
+            window = conn.local_flow_control_window(self.id)
+            if window <= 0:
+                return
+            chunk, on_sent = out[0]
+            n = min(window, max_frame, len(chunk))
+            conn.send_data(self.id, chunk[:n])
+            self.queued -= n
+            if n == len(chunk):
+                out.popleft()
+                self.link.flush()
+                if on_sent is not None:
+                    on_sent()
+                if self.closed:  # on_sent may reset us
+                    return
+            else:
+                out[0] = (chunk[n:], on_sent)
+                self.link.flush()
+        if not out and self._end and not self.closed and not self.link.paused:
+            self.closed = True
+            if self._trailers is not None:
+                conn.send_headers(self.id, self._trailers, end_stream=True)
+            else:
+                conn.end_stream(self.id)
+            self.link.flush()
+
+
+@implementer(IPushProducer)
+class H2Link(TwistedProtocol):
+    """The shared HTTP/2 connection driver (module docstring)."""
+
+    log = Logger()
+    client_side = False
+
+    def __init__(
+        self,
+        *,
+        max_header_list_size: int = 64 * 1024,
+        max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        on_protocol_error: Callable[[str], None] | None = None,
+    ) -> None:
+        config = h2.config.H2Configuration(
+            client_side=self.client_side, header_encoding=None, validate_inbound_headers=True
+        )
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.local_settings = h2.settings.Settings(
+            client=self.client_side,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        # Until our SETTINGS are acknowledged hpack uses its own default: use ours now.
+        self.conn.decoder.max_header_list_size = max_header_list_size
+        self.streams: dict[int, H2Stream] = {}
+        self.paused = False
+        self.closed = False
+        self.close_reason: str | None = None
+        self._on_protocol_error = on_protocol_error
+
+    # --- Twisted ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            self.protocol_error(protocol_error_reason(error), str(error))
+            return
+        for event in events:
+            self.handle(event)
+            if self.closed:
+                return
+        self.flush()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.closed = True
+            if stream.peer is not None:
+                stream.peer.reset_received(ErrorCodes.CANCEL)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for stream in list(self.streams.values()):
+            self.pump(stream)
+            if self.paused:
+                return
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    # --- events -------------------------------------------------------------------
+
+    def handle(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None or stream.peer is None:
+                # Nobody will read it (a stream we reset): give the window back.
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+            else:
+                stream.peer.data_received(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.TrailersReceived):
+            peer = self._peer(event.stream_id)
+            if peer is not None:
+                peer.trailers_received(list(event.headers))
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.peer is not None:
+                stream.peer.end_received()
+            self._maybe_forget(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.closed = True
+                if stream.peer is not None:
+                    stream.peer.reset_received(event.error_code)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    self.pump(stream)
+            elif not self.paused:
+                self.resumeProducing()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.terminated(event)
+        else:
+            self.other_event(event)
+
+    def _peer(self, stream_id: int) -> StreamPeer | None:
+        stream = self.streams.get(stream_id)
+        return stream.peer if stream is not None else None
+
+    def _maybe_forget(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.closed:
+            del self.streams[stream_id]
+
+    def other_event(self, event: h2.events.Event) -> None:
+        """Subclasses: request/response heads, settings changes."""
+
+    def terminated(self, event: h2.events.ConnectionTerminated) -> None:
+        """GOAWAY from the peer: streams above ``last_stream_id`` were not processed."""
+        self.closed = True
+        self.close_reason = "goaway"
+        self.flush()
+        self.transport.loseConnection()
+
+    # --- sending ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def pump(self, stream: H2Stream) -> None:
+        if self.closed:
+            return
+        try:
+            stream.pump(self.conn, self.conn.max_outbound_frame_size)
+        except h2.exceptions.StreamClosedError:
+            stream.closed = True
+        if stream.closed and not stream._out:
+            self._forget_if_done(stream)
+
+    def _forget_if_done(self, stream: H2Stream) -> None:
+        h2_stream = self.conn.streams.get(stream.id)
+        if h2_stream is None or h2_stream.closed:
+            self.streams.pop(stream.id, None)
+
+    def acknowledge(self, stream_id: int, flow_length: int) -> None:
+        if self.closed or flow_length <= 0:
+            return
+        self.conn.acknowledge_received_data(flow_length, stream_id)
+        self.flush()
+
+    def reset_stream(self, stream: H2Stream, code: int) -> None:
+        self.streams.pop(stream.id, None)
+        if self.closed:
+            return
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self.conn.reset_stream(stream.id, code)
+        self.flush()
+
+    def protocol_error(self, reason: str, detail: str) -> None:
+        """The peer broke HTTP/2: GOAWAY with the right code, count, one line, close."""
+        if self.closed:
+            return
+        self.close_reason = reason
+        self.log.info(
+            "HTTP/2 {side} protocol error ({reason}): {detail}",
+            side="upstream" if self.client_side else "client",
+            reason=reason,
+            detail=detail,
+        )
+        if self._on_protocol_error is not None:
+            self._on_protocol_error(reason)
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # already closing
+            self.conn.close_connection(error_code=error_code_for(reason))
+        self.flush()
+        self.closed = True
+        self.transport.loseConnection()
