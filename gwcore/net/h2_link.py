@@ -1,6 +1,6 @@
 """One HTTP/2 connection driven by the sans-IO ``h2`` library: the part both sides share.
 
-An :class:`H2Link` is a Twisted protocol around one :class:`h2.connection.H2Connection`.
+An :class:`H2Link` drives one :class:`h2.connection.H2Connection`.
 The downstream (server) and upstream (client) drivers subclass it; each stream is an
 :class:`H2Stream` whose events go to a :class:`StreamPeer` (the relay or the exchange).
 
@@ -15,8 +15,8 @@ Flow control is the whole point of this module, and its rules are:
   whole chunk went to the transport (the relay acknowledges the other side there).
   What is queued is bounded by what the other side may send unacknowledged: its
   window, which is ours to set (:data:`STREAM_WINDOW`, :data:`CONNECTION_WINDOW`).
-- The link is its transport's producer: while the transport is paused, nothing is
-  written, so nothing is acknowledged either.
+- While the transport cannot take more (:meth:`H2Link.set_writable`), no DATA is
+  written, so nothing is acknowledged to the other side either.
 
 A protocol error of the peer (bad framing, an oversized header list, a flow-control
 violation) ends the connection with GOAWAY, one log line and a counted reason; it
@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import h2.config
 import h2.connection
@@ -36,10 +36,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -181,11 +178,16 @@ class H2Stream:
             self.link.flush()
 
 
-@implementer(IPushProducer)
-class H2Link(TwistedProtocol):
-    """The shared HTTP/2 connection driver (module docstring)."""
+class H2Link:
+    """The shared HTTP/2 connection driver (module docstring).
 
-    log = Logger()
+    Not a Twisted protocol: the downstream codec sits on the L7 session's
+    ``ClientLink`` and the upstream connection on an ``UpstreamProtocol``, so a
+    subclass says how bytes leave (:meth:`write_out`) and how the connection ends
+    (:meth:`close_out`); bytes come in through :meth:`receive`.
+    """
+
+    log = Logger(namespace="tgw.http")
     client_side = False
 
     def __init__(
@@ -193,7 +195,7 @@ class H2Link(TwistedProtocol):
         *,
         max_header_list_size: int = 64 * 1024,
         max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
-        on_protocol_error: Callable[[str], None] | None = None,
+        on_protocol_error: Callable[[str, str], None] | None = None,
     ) -> None:
         config = h2.config.H2Configuration(
             client_side=self.client_side, header_encoding=None, validate_inbound_headers=True
@@ -216,15 +218,23 @@ class H2Link(TwistedProtocol):
         self.close_reason: str | None = None
         self._on_protocol_error = on_protocol_error
 
-    # --- Twisted ------------------------------------------------------------------
+    # --- what a subclass provides --------------------------------------------------
 
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)
+    def write_out(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close_out(self, cause: str) -> None:
+        raise NotImplementedError
+
+    # --- the connection's life -----------------------------------------------------
+
+    def start(self) -> None:
+        """Send our preface/SETTINGS and open the connection window."""
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
 
-    def dataReceived(self, data: bytes) -> None:
+    def receive(self, data: bytes) -> None:
         if self.closed:
             return
         try:
@@ -238,7 +248,8 @@ class H2Link(TwistedProtocol):
                 return
         self.flush()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def lost(self) -> None:
+        """The transport is gone: every stream still open hears a reset."""
         self.closed = True
         streams, self.streams = self.streams, {}
         for stream in streams.values():
@@ -246,18 +257,17 @@ class H2Link(TwistedProtocol):
             if stream.peer is not None:
                 stream.peer.reset_received(ErrorCodes.CANCEL)
 
-    def pauseProducing(self) -> None:
-        self.paused = True
+    def set_writable(self, writable: bool) -> None:
+        """The transport's buffer is full (False) or drained (True)."""
+        self.paused = not writable
+        if writable:
+            self.pump_all()
 
-    def resumeProducing(self) -> None:
-        self.paused = False
+    def pump_all(self) -> None:
         for stream in list(self.streams.values()):
-            self.pump(stream)
-            if self.paused:
+            if self.paused or self.closed:
                 return
-
-    def stopProducing(self) -> None:
-        self.paused = True
+            self.pump(stream)
 
     # --- events -------------------------------------------------------------------
 
@@ -284,13 +294,14 @@ class H2Link(TwistedProtocol):
                 stream.closed = True
                 if stream.peer is not None:
                     stream.peer.reset_received(event.error_code)
+            self.stream_closed()
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
                     self.pump(stream)
             elif not self.paused:
-                self.resumeProducing()
+                self.pump_all()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated(event)
         else:
@@ -304,23 +315,44 @@ class H2Link(TwistedProtocol):
         stream = self.streams.get(stream_id)
         if stream is not None and stream.closed:
             del self.streams[stream_id]
+            self.stream_closed()
+
+    def stream_closed(self) -> None:
+        """A stream ended both ways or was reset (the upstream pool has room again)."""
 
     def other_event(self, event: h2.events.Event) -> None:
         """Subclasses: request/response heads, settings changes."""
 
     def terminated(self, event: h2.events.ConnectionTerminated) -> None:
-        """GOAWAY from the peer: streams above ``last_stream_id`` were not processed."""
+        """GOAWAY from the peer. ``h2`` allows nothing after it, so every stream still
+        open hears a reset: REFUSED_STREAM above ``last_stream_id`` (never processed,
+        safe to retry), CANCEL at or below it."""
+        self.log.info(
+            "HTTP/2 GOAWAY from the {side} ({code}, last stream {last})",
+            side="service" if self.client_side else "client",
+            code=event.error_code,
+            last=event.last_stream_id,
+        )
         self.closed = True
         self.close_reason = "goaway"
         self.flush()
-        self.transport.loseConnection()
+        streams, self.streams = self.streams, {}
+        last = event.last_stream_id
+        for stream in streams.values():
+            stream.closed = True
+            if stream.peer is not None:
+                refused = last is not None and stream.id > last
+                stream.peer.reset_received(
+                    ErrorCodes.REFUSED_STREAM if refused else ErrorCodes.CANCEL
+                )
+        self.close_out("goaway")
 
     # --- sending ------------------------------------------------------------------
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
+        if data:
+            self.write_out(data)
 
     def pump(self, stream: H2Stream) -> None:
         if self.closed:
@@ -334,8 +366,8 @@ class H2Link(TwistedProtocol):
 
     def _forget_if_done(self, stream: H2Stream) -> None:
         h2_stream = self.conn.streams.get(stream.id)
-        if h2_stream is None or h2_stream.closed:
-            self.streams.pop(stream.id, None)
+        if (h2_stream is None or h2_stream.closed) and self.streams.pop(stream.id, None):
+            self.stream_closed()
 
     def acknowledge(self, stream_id: int, flow_length: int) -> None:
         if self.closed or flow_length <= 0:
@@ -350,22 +382,24 @@ class H2Link(TwistedProtocol):
         with contextlib.suppress(h2.exceptions.StreamClosedError):
             self.conn.reset_stream(stream.id, code)
         self.flush()
+        self.stream_closed()
 
     def protocol_error(self, reason: str, detail: str) -> None:
         """The peer broke HTTP/2: GOAWAY with the right code, count, one line, close."""
         if self.closed:
             return
         self.close_reason = reason
-        self.log.info(
-            "HTTP/2 {side} protocol error ({reason}): {detail}",
-            side="upstream" if self.client_side else "client",
-            reason=reason,
-            detail=detail,
-        )
         if self._on_protocol_error is not None:
-            self._on_protocol_error(reason)
+            self._on_protocol_error(reason, detail)
+        else:
+            self.log.info(
+                "HTTP/2 protocol error of the {side} ({reason}): {detail}",
+                side="service" if self.client_side else "client",
+                reason=reason,
+                detail=detail,
+            )
         with contextlib.suppress(h2.exceptions.ProtocolError):  # already closing
             self.conn.close_connection(error_code=error_code_for(reason))
         self.flush()
-        self.closed = True
-        self.transport.loseConnection()
+        self.lost()
+        self.close_out(f"http2_{reason}")

@@ -54,13 +54,23 @@ def grpc_denial(message: str = DENIAL_MESSAGE) -> Headers:
     ]
 
 
-def http_denial(body_length: int) -> Headers:
-    """The head of the 403 a denied non-gRPC request gets (body ``RBAC: access denied``)."""
-    return [
-        (b":status", b"403"),
-        (b"content-type", b"text/plain"),
-        (b"content-length", str(body_length).encode()),
-    ]
+# HTTP status of a local reply → gRPC status, as Envoy's Grpc::Utility::httpToGrpcStatus
+# and gRPC's doc/http-grpc-status-mapping.md.
+_GRPC_STATUS_BY_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+GRPC_UNKNOWN = 2
+
+
+def grpc_status_for(http_status: int) -> int:
+    """The ``grpc-status`` a gRPC client gets for a local reply with this HTTP status."""
+    return _GRPC_STATUS_BY_HTTP.get(http_status, GRPC_UNKNOWN)
+
+
+def grpc_local_reply(http_status: int, message: str) -> Headers:
+    """A local reply (403, 503, 400 ...) to a gRPC request, as one trailers-only HEADERS
+    frame: what Envoy sends instead of an HTTP error a gRPC client could not read."""
+    head = grpc_denial(message.strip())
+    head[2] = (b"grpc-status", str(grpc_status_for(http_status)).encode())
+    return head
 
 
 def _percent_encode(message: str) -> str:
