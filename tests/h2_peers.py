@@ -66,6 +66,9 @@ class H2TestServer(Protocol):
             if isinstance(event, h2.events.RequestReceived):
                 seen = SeenStream(headers=dict(event.headers))
                 self.streams[sid] = seen
+                self.service.max_open_seen = max(
+                    self.service.max_open_seen, self.conn.open_inbound_streams
+                )
                 self.service.requests.append(seen)
                 if seen.headers.get(b"x-test") == b"goaway":
                     self.conn.close_connection(last_stream_id=0)
@@ -148,6 +151,7 @@ class H2TestService(Factory):
         self.requests: list[SeenStream] = []
         self.reading = True
         self.max_streams = max_streams
+        self.max_open_seen = 0
         self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
 
     def buildProtocol(self, addr: Any) -> H2TestServer:

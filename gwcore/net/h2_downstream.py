@@ -276,4 +276,3 @@ class _ServerStream:
         self._response_producer = producer
         if producer is not None and self._response_paused:
             producer.pauseProducing()
-

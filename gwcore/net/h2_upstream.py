@@ -25,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -381,7 +382,7 @@ class Http2Pool:
     def _grow(self, owner: Any) -> None:
         if self.closed or len(self.connections) + self.connecting >= self.max_connections:
             return
-        if any(not c.settled and not c.closed for c in self.connections):
+        if self.connecting or any(not c.settled and not c.closed for c in self.connections):
             return  # one is starting: its SETTINGS say how much room it has
         self.connecting += 1
         d = self.dial(owner, UpstreamFactory(_Alpn()))
@@ -402,9 +403,7 @@ class Http2Pool:
         endpoint = getattr(error, "endpoint", None)
         # One dial serves the first waiting request; the next ones try their own.
         if self.waiting:
-            self.waiting.popleft().failed(
-                UpstreamFailure("unavailable", str(error), 502, endpoint)
-            )
+            self.waiting.popleft().failed(UpstreamFailure("unavailable", str(error), 502, endpoint))
         if self.waiting:
             self._grow(self.waiting[0].owner)
 
@@ -429,10 +428,8 @@ class Http2Pool:
 
     def forget(self, stream: Http2Stream) -> None:
         """A waiting request was cancelled."""
-        try:
+        with contextlib.suppress(ValueError):
             self.waiting.remove(stream)
-        except ValueError:
-            pass
 
     def protocol_error(self, reason: str, detail: str) -> None:
         self.protocol_errors.append(reason)

@@ -1,9 +1,11 @@
-"""HTTP/2 at an L7 destination, end to end over real sockets: a real ``h2`` client over
-real TLS (Python's ssl) → the gateway's HTTP/2 driver (gwcore.net.h2_downstream,
-h2_exchange, h2_upstream on Twisted's TLS) → a real ``h2`` server on 127.0.0.1:0.
+"""HTTP/2 at an L7 destination over real sockets: a real ``h2`` client over real TLS
+(Python's ssl) → the HTTP/2 downstream codec (gwcore.net.h2_downstream) → an exchange
+→ the HTTP/2 upstream pool (gwcore.net.h2_upstream) → a real ``h2`` server on
+127.0.0.1:0.
 
-The driver is wired here the way the L7 core wires it (a decide callable, a pool per
-destination); these tests prove the codec, relay and flow-control behaviour.
+The exchange here is a small stand-in keeping the core's contract
+(gwcore.net.l7_core: decide, answer 403 or open an upstream stream, relay with the
+producers); these tests prove the codec, the pool and flow control.
 """
 
 from __future__ import annotations
@@ -18,38 +20,157 @@ from h2.errors import ErrorCodes
 from OpenSSL import crypto
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 
-from gwcore.net.h2_downstream import H2Downstream
-from gwcore.net.h2_exchange import H2Exchange, H2Outcome
+from gwcore.contract.http_flow import Headers, HttpResponse
+from gwcore.net.h2_downstream import Http2Server
 from gwcore.net.h2_link import CONNECTION_WINDOW, STREAM_WINDOW
-from gwcore.net.h2_upstream import H2Pool, H2Upstream
-from gwcore.policy.model import Decision, Verdict
+from gwcore.net.h2_upstream import Http2Pool
+from gwcore.net.l7_core import L7Limits, UpstreamFailure
+from gwcore.policy.model import Endpoint
 from gwcore.testing import MeshCA
 from tests.h2_peers import H2SocketClient, H2TestService, request_head, tls_h2_socket
 from tests.harness import in_thread
 
-ALLOW = Decision(Verdict.ALLOW, "test", "allowed")
-DENY = Decision(Verdict.DENY, "test", "denied by test")
+
+class StandInExchange:
+    """The core's exchange reduced to its contract (module docstring)."""
+
+    def __init__(self, front: Front, request: Any, writer: Any) -> None:
+        self.front, self.request, self.writer = front, request, writer
+        self._producer: Any = None
+        self.stream: Any = None
+        self.status: int | None = None
+        self.error: str | None = None
+        if not front.allow:
+            body = b"RBAC: access denied"
+            self._answer(403, body, "denied")
+            return
+        self.stream = front.pool.open(request, self)
+
+    def _answer(self, status: int, body: bytes, error: str) -> None:
+        self.status, self.error = status, error
+        self.front.outcomes.append(self)
+        head = Headers([("content-type", "text/plain"), ("content-length", str(len(body)))])
+        self.writer.write_head(HttpResponse(status, head))
+        self.writer.write_data(body)
+        self.writer.write_end(None)
+
+    # Exchange
+    @property
+    def request_producer(self) -> Any:
+        return self._producer
+
+    @request_producer.setter
+    def request_producer(self, producer: Any) -> None:
+        self._producer = producer
+        if self.stream is not None:
+            self.stream.set_request_producer(producer)
+
+    def request_data(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream.send_data(data)
+
+    def request_end(self, trailers: Any = None) -> None:
+        if self.stream is not None:
+            self.stream.send_end(trailers)
+
+    def client_gone(self, reason: str) -> None:
+        self.error = "client_gone"
+        if self.stream is not None:
+            self.stream.cancel(reason)
+
+    # ResponseSink
+    def response_head(self, response: HttpResponse) -> None:
+        self.status = response.status
+        self.writer.write_head(response)
+        self.writer.set_response_producer(self.stream)
+
+    def response_data(self, data: bytes) -> None:
+        self.writer.write_data(data)
+
+    def response_end(self, trailers: Any = None) -> None:
+        self.front.outcomes.append(self)
+        self.writer.set_response_producer(None)
+        self.writer.write_end(trailers)
+
+    def response_failed(self, failure: UpstreamFailure) -> None:
+        self.front.failures.append(failure)
+        if self.status is not None:
+            self.writer.abort(failure.detail)
+        else:
+            self._answer(failure.status, failure.detail.encode(), failure.reason)
+
+
+class CodecHost(Protocol):
+    """A ClientLink on Twisted's TLS: what the L7 session is to the codec."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.codec: Http2Server | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.codec = Http2Server(self, self.front, L7Limits(max_request_headers_kb=4))
+        self.front.codecs.append(self.codec)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.codec is not None
+        self.codec.data_received(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.codec is not None:
+            self.codec.connection_lost()
+
+    # producer of client-bound bytes (Twisted's TLS pauses us)
+    def pauseProducing(self) -> None:
+        if self.codec is not None:
+            self.codec.set_client_writable(False)
+
+    def resumeProducing(self) -> None:
+        if self.codec is not None:
+            self.codec.set_client_writable(True)
+
+    def stopProducing(self) -> None:
+        return None
+
+    # ClientLink
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
+
+    def close(self, cause: str) -> None:
+        self.front.closes.append(cause)
+        self.transport.loseConnection()
+
+    def bad_request(self, reason: str, detail: str) -> None:
+        self.front.errors.append(reason)
 
 
 class Front:
     """The gateway's HTTP/2 side for one destination, on 127.0.0.1:0 over TLS."""
 
-    def __init__(self, tmp_path: Any, service: H2TestService, max_connections: int = 2) -> None:
+    def __init__(self, tmp_path: Any, service: H2TestService) -> None:
         self.ca = MeshCA()
         leaf = self.ca.leaf("billing", dns_names=["billing.example"])
-        client = self.ca.leaf("web")
-        cert, key = self.ca.write(tmp_path, "web", client)
+        cert, key = self.ca.write(tmp_path, "web", self.ca.leaf("web"))
         self.files = (cert, key, self.ca.write_root(tmp_path / "root.pem"))
         self.service = service
-        self.decision = ALLOW
-        self.outcomes: list[H2Outcome] = []
+        self.allow = True
+        self.outcomes: list[StandInExchange] = []
+        self.failures: list[UpstreamFailure] = []
         self.errors: list[str] = []
-        self.downstreams: list[H2Downstream] = []
-        self.pool = H2Pool(self._connect, max_connections=max_connections)
+        self.closes: list[str] = []
+        self.codecs: list[Http2Server] = []
+        self.dials = 0
+        self.pool = Http2Pool(reactor, self._dial, None)
         options = CertificateOptions(
             privateKey=crypto.PKey.from_cryptography_key(leaf.key),
             certificate=crypto.X509.from_cryptography(leaf.certificate),
@@ -58,35 +179,27 @@ class Front:
             requireCertificate=True,
             acceptableProtocols=[b"h2"],
         )
-        self.port = reactor.listenSSL(
-            0, Factory.forProtocol(self._downstream), options, interface="127.0.0.1"
-        )
+        factory = Factory.forProtocol(lambda: CodecHost(self))
+        self.port = reactor.listenSSL(0, factory, options, interface="127.0.0.1")
         self.port_number = self.port.getHost().port
 
-    def _downstream(self) -> H2Downstream:
-        proto = H2Downstream(
-            self._open, max_request_headers_kb=4, on_protocol_error=self.errors.append
-        )
-        self.downstreams.append(proto)
-        return proto
+    def start(self, request: Any, writer: Any) -> StandInExchange:  # ExchangeStarter
+        return StandInExchange(self, request, writer)
 
-    def _open(self, stream: Any, head: Any) -> H2Exchange:
-        return H2Exchange(
-            stream,
-            head,
-            decide=lambda facts: self.decision,
-            pool=self.pool,
-            on_done=self.outcomes.append,
-        )
-
-    def _connect(self) -> Any:
+    def _dial(self, owner: Any, factory: Any) -> Deferred[Any]:
+        self.dials += 1
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.service.port_number)
-        return connectProtocol(endpoint, H2Upstream())
+        chosen = Endpoint("127.0.0.1", self.service.port_number)
+        return endpoint.connect(factory).addCallback(lambda proto: (proto, chosen, 1, 0.0))
 
     def client(self, validate: bool = True) -> H2SocketClient:
-        return H2SocketClient(
-            tls_h2_socket(self.port_number, "billing.example", self.files), validate
-        )
+        sock = tls_h2_socket(self.port_number, "billing.example", self.files)
+        return H2SocketClient(sock, validate)
+
+    def held(self) -> int:
+        """Bytes the gateway holds in its HTTP/2 send queues, both sides."""
+        down = sum(s.queued for c in self.codecs for s in c.streams.values())
+        return down + sum(s.queued for c in self.pool.connections for s in c.streams.values())
 
     async def close(self) -> None:
         self.pool.close()
@@ -105,7 +218,7 @@ def front(tmp_path: Any) -> Iterator[Front]:
 async def test_concurrent_streams_share_bounded_upstream_connections(front: Front) -> None:
     """Twenty requests opened at once on one client connection each get their own
     body echoed back with the service's trailers, the path and ``:authority`` arrive
-    unchanged, and the upstream sees them on at most the pool's two connections."""
+    unchanged, and the upstream sees them all on one multiplexed connection."""
 
     def run() -> dict[int, Any]:
         client = front.client()
@@ -125,16 +238,17 @@ async def test_concurrent_streams_share_bounded_upstream_connections(front: Fron
         assert response.trailers == {b"x-trailer": b"done"}
         assert response.headers[b"x-path"] == f"/item/{i}".encode()
         assert response.headers[b"x-authority"] == b"billing.example"
-    assert 1 <= len(front.service.connections) <= 2
+    assert len(front.service.connections) == 1
     assert len(front.outcomes) == 20 and all(o.status == 200 for o in front.outcomes)
 
 
 @pytest_twisted.ensureDeferred
 async def test_streams_wait_for_the_peers_max_concurrent_streams(tmp_path: Any) -> None:
-    """A service allowing 2 concurrent streams on 1 pooled connection never sees a
-    third open stream: the others wait in the pool and all complete in the end."""
+    """A service allowing 2 concurrent streams never sees a third open stream on a
+    connection: the others wait in the pool (or go to a second connection, at most
+    the pool's bound) and all complete in the end."""
     service = H2TestService(max_streams=2)
-    front = Front(tmp_path, service, max_connections=1)
+    front = Front(tmp_path, service)
     try:
 
         def run() -> list[Any]:
@@ -148,8 +262,8 @@ async def test_streams_wait_for_the_peers_max_concurrent_streams(tmp_path: Any) 
             (r.headers, r.reset) for r in responses
         ]
         assert [r.body for r in responses] == [bytearray(b"x" * 10)] * 6
-        assert len(service.connections) == 1
-        assert service.connections[0].conn.highest_inbound_stream_id == 11
+        assert 1 <= len(service.connections) <= front.pool.max_connections
+        assert service.max_open_seen == 2
     finally:
         await front.close()
 
@@ -177,9 +291,7 @@ async def test_large_upload_to_a_slow_service_is_held_by_windows_not_buffers(fro
     await _sleep(0.3)  # long enough for an unbounded relay to buffer megabytes
     received = len(front.service.requests[0].body)
     assert received == 65535  # the service's default window, never more
-    held = sum(s.queued for d in front.downstreams for s in d.streams.values())
-    held += sum(s.queued for c in front.pool.connections for s in c.streams.values())
-    assert held <= STREAM_WINDOW
+    assert front.held() <= STREAM_WINDOW
     front.service.read_again()
     response = await done
     assert response.headers[b"x-request-sha256"] == hashlib.sha256(body).hexdigest().encode()
@@ -204,8 +316,7 @@ async def test_large_download_to_a_slow_client_stalls_the_service(front: Front) 
 
     sid = await in_thread(download)
     await _sleep(0.3)
-    held = sum(s.queued for d in front.downstreams for s in d.streams.values())
-    assert held <= STREAM_WINDOW
+    assert front.held() <= STREAM_WINDOW
     assert sum(len(b) for b in front.service.connections[0].pending.values()) >= size - 2 * (
         STREAM_WINDOW + CONNECTION_WINDOW
     )
@@ -252,8 +363,8 @@ async def test_upstream_goaway_resets_its_streams_and_new_requests_use_a_new_con
     front: Front,
 ) -> None:
     """A service that sends GOAWAY (last stream 0) refuses the stream in flight: the
-    client gets RST_STREAM REFUSED_STREAM, not a hang; the next request opens a new
-    upstream connection and succeeds."""
+    exchange hears a ``reset`` failure with status 503 (not a hang), and the next
+    request opens a new upstream connection and succeeds."""
 
     def run() -> Any:
         client = front.client()
@@ -264,7 +375,8 @@ async def test_upstream_goaway_resets_its_streams_and_new_requests_use_a_new_con
         return client.responses[first], client.responses[second]
 
     first, second = await in_thread(run)
-    assert first.reset == ErrorCodes.REFUSED_STREAM
+    assert first.headers[b":status"] == b"503"
+    assert [f.reason for f in front.failures] == ["reset"]
     assert bytes(second.body) == b"2"
     assert len(front.service.connections) == 2
 
@@ -276,10 +388,10 @@ async def test_denied_request_gets_403_and_the_connection_stays_usable(front: Fr
 
     def run() -> Any:
         client = front.client()
-        front.decision = DENY
+        front.allow = False
         denied = client.request(request_head(path="/secret"), body=b"payload" * 1000)
         client.wait(client.finished(denied))
-        front.decision = ALLOW
+        front.allow = True
         allowed = client.request(request_head(path="/open"), body=b"hi")
         client.wait(client.finished(allowed))
         return client.responses[denied], client.responses[allowed]
@@ -295,7 +407,7 @@ async def test_denied_request_gets_403_and_the_connection_stays_usable(front: Fr
 async def test_denied_grpc_request_gets_a_trailers_only_permission_denied(front: Front) -> None:
     """A denied gRPC call gets one HEADERS frame: ``:status 200``, ``content-type:
     application/grpc``, ``grpc-status 7``, ``grpc-message RBAC: access denied``."""
-    front.decision = DENY
+    front.allow = False
 
     def run() -> Any:
         client = front.client()
@@ -317,20 +429,42 @@ async def test_denied_grpc_request_gets_a_trailers_only_permission_denied(front:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_request_without_path_is_reset_and_never_reaches_the_service(front: Front) -> None:
+async def test_a_head_without_path_is_a_connection_error(front: Front) -> None:
     """A request head missing ``:path`` (sent by a client that skips validation) is
-    reset with PROTOCOL_ERROR, counted in the outcome, and the service sees nothing."""
+    malformed HTTP/2: GOAWAY PROTOCOL_ERROR, counted once, the service sees nothing."""
 
     def run() -> Any:
         client = front.client(validate=False)
         head = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"x")]
         sid = client.request(head)
         client.wait(client.finished(sid))
-        return client.responses[sid], client.goaway
+        return client.goaway
 
-    response, goaway = await in_thread(run)
-    assert response.reset == ErrorCodes.PROTOCOL_ERROR or goaway is not None
+    goaway = await in_thread(run)
+    assert goaway is not None and goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert front.errors == ["protocol_error"]
     assert not front.service.requests
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_request_is_reset_and_the_connection_goes_on(front: Front) -> None:
+    """CONNECT (a tunnel, not a request an L7 destination serves) gets RST_STREAM
+    PROTOCOL_ERROR, counted as ``connect_refused``; the next request on the same
+    connection is served."""
+
+    def run() -> Any:
+        client = front.client(validate=False)
+        sid = client.request([(b":method", b"CONNECT"), (b":authority", b"x:443")], keep_open=True)
+        client.wait(client.finished(sid))
+        again = client.request(request_head(path="/after"), body=b"ok")
+        client.wait(client.finished(again))
+        return client.responses[sid], client.responses[again]
+
+    refused, again = await in_thread(run)
+    assert refused.reset == ErrorCodes.PROTOCOL_ERROR
+    assert bytes(again.body) == b"ok"
+    assert front.errors == ["connect_refused"]
+    assert [r.headers[b":path"] for r in front.service.requests] == [b"/after"]
 
 
 @pytest_twisted.ensureDeferred

@@ -789,6 +789,38 @@ async def test_alpn_is_agreed_by_the_destination_protocol(gateway, upstreams):
     assert [r["alpn"] for r in gateway.access_records()] == ["h2", None]
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_http2_destination_also_agrees_to_http1_with_a_client_offering_only_it(
+    gateway, upstreams
+):
+    """ALPN for http2/grpc destinations offers h2 first and http/1.1 too, so a client
+    that speaks only HTTP/1.1 is still served (Envoy's codec AUTO); one offering both
+    gets h2."""
+    setup_catalog(gateway, {"grpcsvc": [upstreams(hello(b"served")).port]})
+    write_json(
+        gateway.catalog / "defaults.json",
+        {"Kind": "service-defaults", "Name": "grpcsvc", "Protocol": "grpc"},
+    )
+    await gateway.start()
+    await gateway.wait_for(
+        lambda: gateway.site.current()[0].lookup(sni_for("grpcsvc")).protocol == "grpc"
+    )
+    cert, key, root = gateway.client_files("web")
+
+    def agreed(offer: list[str]) -> tuple[bytes, str | None]:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(str(root))
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.set_alpn_protocols(offer)
+        raw_sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        with ctx.wrap_socket(raw_sock, server_hostname=sni_for("grpcsvc")) as sock:
+            return read_all(sock), sock.selected_alpn_protocol()
+
+    assert (await in_thread(agreed, ["http/1.1"]))[1] == "http/1.1"
+    assert (await in_thread(agreed, ["http/1.1", "h2"]))[1] == "h2"
+
+
 class MemoryClient:
     """A pyOpenSSL client on memory BIOs over a blocking socket, so a test decides
     exactly how the ciphertext is cut into TCP writes."""
