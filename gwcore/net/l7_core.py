@@ -18,7 +18,7 @@ The life of one request, and who calls whom::
 
     codec ── start(conn, request, writer) ──▶ ExchangeStarter      → Exchange
     codec ── request_data / request_end / client_gone ──▶ Exchange
-    Exchange ── open(request, sink) ──▶ UpstreamClient           → UpstreamStream
+    Exchange ── open(request, sink, owner) ──▶ UpstreamClient           → UpstreamStream
     Exchange ── send_data / send_end / cancel ──▶ UpstreamStream
     upstream ── response_head / response_data / response_end / response_failed ──▶ sink
     Exchange ── write_head / write_data / write_end / abort ──▶ ResponseWriter (codec)
@@ -60,7 +60,7 @@ Rules both sides keep:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import Headers, HttpRequest, HttpResponse
@@ -174,9 +174,13 @@ class UpstreamStream(Protocol):
 class UpstreamClient(Protocol):
     """Carries requests to one destination's endpoints (a bounded pool of connections)."""
 
-    def open(self, request: HttpRequest, sink: ResponseSink) -> UpstreamStream:
+    def open(self, request: HttpRequest, sink: ResponseSink, owner: Any) -> UpstreamStream:
         """Start ``request`` (head only; the body follows through the stream). Failures
-        arrive later at ``sink.response_failed``, never as an exception here."""
+        arrive later at ``sink.response_failed``, never as an exception or a call from
+        inside ``open``. ``owner`` is the client connection that asked (the dial step
+        hashes and logs by it). ``request.headers`` carry ``content-length`` when the
+        body's length is known, and ``transfer-encoding: chunked`` when a body of
+        unknown length follows (the HTTP/1.1 client frames it so; HTTP/2 drops it)."""
 
     def close(self) -> None:
         """Close idle connections and refuse new requests (site stop, route removed)."""
