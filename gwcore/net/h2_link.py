@@ -88,7 +88,17 @@ def error_code_for(reason: str) -> ErrorCodes:
 class H2Stream:
     """One stream of an :class:`H2Link`: its send queue and the peer of its events."""
 
-    __slots__ = ("_end", "_out", "_trailers", "closed", "id", "link", "peer", "queued")
+    __slots__ = (
+        "_end",
+        "_out",
+        "_trailers",
+        "closed",
+        "id",
+        "link",
+        "peer",
+        "queued",
+        "remote_done",
+    )
 
     def __init__(self, link: H2Link, stream_id: int) -> None:
         self.link = link
@@ -98,7 +108,8 @@ class H2Stream:
         self.queued = 0
         self._trailers: HeaderList | None = None
         self._end = False
-        self.closed = False
+        self.closed = False  # we sent END_STREAM (or a reset): nothing more to send
+        self.remote_done = False  # the peer sent END_STREAM: nothing more to receive
 
     def send_headers(self, headers: Iterable[tuple[bytes, bytes]], end: bool = False) -> None:
         if self.closed:
@@ -313,9 +324,11 @@ class H2Link:
 
     def _maybe_forget(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if stream is not None and stream.closed:
-            del self.streams[stream_id]
-            self.stream_closed()
+        if stream is not None:
+            stream.remote_done = True
+            if stream.closed:
+                del self.streams[stream_id]
+                self.stream_closed()
 
     def stream_closed(self) -> None:
         """A stream ended both ways or was reset (the upstream pool has room again)."""
@@ -365,8 +378,8 @@ class H2Link:
             self._forget_if_done(stream)
 
     def _forget_if_done(self, stream: H2Stream) -> None:
-        h2_stream = self.conn.streams.get(stream.id)
-        if (h2_stream is None or h2_stream.closed) and self.streams.pop(stream.id, None):
+        # Both halves done: the stream is over (a peer still sending keeps it).
+        if stream.remote_done and self.streams.pop(stream.id, None):
             self.stream_closed()
 
     def acknowledge(self, stream_id: int, flow_length: int) -> None:

@@ -1,0 +1,226 @@
+"""L7 mode over HTTP/2 and gRPC through a real gateway: mesh mTLS in, HTTP/2 out.
+
+The gateway runs in-process (file catalog, builtin CA, intentions). Clients are real:
+the ``h2`` library over Python's ssl with a mesh leaf, and ``grpcio`` with the mesh
+client certificate; services are a real ``h2`` server and a real ``grpcio`` server
+on 127.0.0.1 port 0, spoken to with prior knowledge (plain TCP).
+"""
+
+from __future__ import annotations
+
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+import pytest_twisted
+
+from gwcore.plugins.builtin_ca import load_or_create_ca
+from gwcore.testing import TRUST_DOMAIN, MeshCA
+from tests.h2_peers import H2SocketClient, H2TestService, request_head, tls_h2_socket
+from tests.harness import (
+    gateway_entry,
+    in_thread,
+    intentions,
+    registration,
+    sni_for,
+    write_json,
+)
+from tests.runtime.l7_support import service_defaults
+
+
+def link(gateway: Any, port: int, protocol: str, *sources: tuple[str, str]) -> None:
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", port)])
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing", protocol))
+    write_json(gateway.catalog / "ixn.json", intentions("billing", *sources))
+
+
+def requests_of(gateway: Any) -> list[dict]:
+    return [r for r in gateway.access_records() if r.get("record_type") == "request"]
+
+
+def h2_client(gateway: Any, source: str = "web") -> H2SocketClient:
+    files = gateway.client_files(source)
+    return H2SocketClient(tls_h2_socket(gateway.port, sni_for("billing"), files))
+
+
+@pytest.fixture
+def h2_service() -> Any:
+    service = H2TestService()
+    yield service
+    pytest_twisted.blockon(service.port.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_streams_through_the_gateway_with_trailers_and_authority(gateway, h2_service):
+    """Ten concurrent streams on one mesh connection (ALPN h2) reach an http2 service
+    on one upstream connection, bodies echoed, the service's trailers forwarded,
+    ``:authority`` kept; each request gets its access-log record with ``HTTP/2``."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+
+    def run() -> list[Any]:
+        client = h2_client(gateway)
+        sids = [
+            client.request(request_head("billing.example", f"/item/{i}"), keep_open=True)
+            for i in range(10)
+        ]
+        for i, sid in enumerate(sids):
+            client.send_body(sid, f"payload-{i}".encode() * 50)
+        client.wait(client.finished(*sids))
+        return [client.responses[s] for s in sids]
+
+    responses = await in_thread(run)
+    for i, response in enumerate(responses):
+        assert response.headers[b":status"] == b"200", response
+        assert bytes(response.body) == f"payload-{i}".encode() * 50
+        assert response.trailers == {b"x-trailer": b"done"}
+        assert response.headers[b"x-authority"] == b"billing.example"
+        assert response.headers[b"x-path"] == f"/item/{i}".encode()
+    assert len(h2_service.connections) == 1
+    await gateway.wait_for(lambda: len(requests_of(gateway)) == 10)
+    record = requests_of(gateway)[0]
+    assert record["status"] == 200 and record["decision"] == "allow"
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_denied_request_is_403_and_grpc_gets_status_7(gateway, h2_service):
+    """A denied source gets 403 ``RBAC: access denied`` on a plain HTTP/2 request and
+    a trailers-only ``grpc-status: 7`` on a gRPC one, on the same connection; the
+    service sees neither."""
+    link(gateway, h2_service.port_number, "grpc", ("web", "deny"))
+    await gateway.start()
+
+    def run() -> tuple[Any, Any]:
+        client = h2_client(gateway)
+        plain = client.request(request_head("billing", "/x", "GET"))
+        client.wait(client.finished(plain))
+        call = client.request(
+            request_head(
+                "billing", "/pkg.Svc/Call", content_type="application/grpc", te="trailers"
+            ),
+            body=b"\x00\x00\x00\x00\x00",
+        )
+        client.wait(client.finished(call))
+        return client.responses[plain], client.responses[call]
+
+    plain, call = await in_thread(run)
+    assert plain.headers[b":status"] == b"403" and bytes(plain.body) == b"RBAC: access denied"
+    assert call.headers == {
+        b":status": b"200",
+        b"content-type": b"application/grpc",
+        b"grpc-status": b"7",
+        b"grpc-message": b"RBAC: access denied",
+    }
+    assert not h2_service.requests
+
+
+class GrpcService:
+    """A grpcio server with generic handlers (bytes in, bytes out; no protoc)."""
+
+    def __init__(self) -> None:
+        self.seen_metadata: list[dict[str, str]] = []
+        handler = grpc.method_handlers_generic_handler(
+            "test.Echo",
+            {
+                "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+                "Count": grpc.unary_stream_rpc_method_handler(self.count),
+            },
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def unary(self, request: bytes, context: Any) -> bytes:
+        self.seen_metadata.append(dict(context.invocation_metadata()))
+        context.send_initial_metadata((("x-initial", "hello"),))
+        context.set_trailing_metadata((("x-trailing", "bye"),))
+        return b"echo:" + request
+
+    def count(self, request: bytes, context: Any) -> Any:
+        context.set_trailing_metadata((("x-count", request.decode()),))
+        for i in range(int(request)):
+            yield f"item-{i}".encode()
+
+
+@pytest.fixture
+def grpc_service() -> Any:
+    service = GrpcService()
+    yield service
+    service.server.stop(None)
+
+
+def serve_named_leaf(gateway: Any) -> None:
+    """Certificates from ``file_certs``: billing's leaf also names its SNI as a DNS SAN.
+
+    grpcio always checks the server's name (``grpc.ssl_target_name_override`` sets the
+    SNI and the name to check) and a mesh leaf carries only a SPIFFE URI, so the
+    gateway presents a leaf from the same mesh CA that has the SNI as a DNS name too.
+    """
+    cert, key = load_or_create_ca(gateway.root / "ca", TRUST_DOMAIN)
+    ca = MeshCA(TRUST_DOMAIN, cert, key)
+    leaf = ca.leaf("billing", dns_names=[sni_for("billing")])
+    ca.write(gateway.root / "served", "billing", leaf)
+    ca.write_root(gateway.root / "served" / "root.pem")
+    gateway.plugins = ["file_catalog", "file_certs", "intentions"]
+    gateway.extra_site = """
+[sites.main.file_certs]
+roots = ["served/root.pem"]
+poll_interval = "0.1s"
+
+[sites.main.file_certs.leaves]
+billing = { cert = "served/billing.pem", key = "served/billing-key.pem" }
+"""
+
+
+def grpc_channel(gateway: Any, source: str) -> grpc.Channel:
+    cert, key, root = gateway.client_files(source)
+    credentials = grpc.ssl_channel_credentials(
+        root.read_bytes(), key.read_bytes(), cert.read_bytes()
+    )
+    return grpc.secure_channel(
+        f"127.0.0.1:{gateway.port}",
+        credentials,
+        options=[("grpc.ssl_target_name_override", sni_for("billing"))],
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_grpc_calls_through_the_gateway(gateway, grpc_service):
+    """A grpcio client with the mesh certificate calls a grpcio service behind a grpc
+    destination: a unary call (initial and trailing metadata arrive), a
+    server-streaming call (every message, then its trailers), and a call from a
+    denied source fails with PERMISSION_DENIED ``RBAC: access denied``."""
+    link(gateway, grpc_service.port, "grpc", ("web", "allow"), ("api", "deny"))
+    serve_named_leaf(gateway)
+    await gateway.start()
+
+    def run() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with grpc_channel(gateway, "web") as channel:
+            unary = channel.unary_unary("/test.Echo/Unary")
+            reply, call = unary.with_call(b"ping", timeout=10, metadata=(("x-caller", "web"),))
+            out["unary"] = reply
+            out["initial"] = dict(call.initial_metadata())
+            out["trailing"] = dict(call.trailing_metadata())
+            stream = channel.unary_stream("/test.Echo/Count")(b"5", timeout=10)
+            out["stream"] = list(stream)
+            out["stream_trailing"] = dict(stream.trailing_metadata())
+        with grpc_channel(gateway, "api") as channel:
+            try:
+                channel.unary_unary("/test.Echo/Unary")(b"ping", timeout=10)
+            except grpc.RpcError as error:
+                out["denied"] = (error.code(), error.details())
+        return out
+
+    out = await in_thread(run)
+    assert out["unary"] == b"echo:ping"
+    assert out["initial"]["x-initial"] == "hello"
+    assert out["trailing"]["x-trailing"] == "bye"
+    assert out["stream"] == [f"item-{i}".encode() for i in range(5)]
+    assert out["stream_trailing"]["x-count"] == "5"
+    assert out["denied"] == (grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied")
+    assert grpc_service.seen_metadata[0]["x-caller"] == "web"
+    assert len(grpc_service.seen_metadata) == 1
