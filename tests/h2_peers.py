@@ -309,3 +309,35 @@ def request_head(
         (b":path", path.encode()),
     ]
     return head + [(k.replace("_", "-").encode(), v.encode()) for k, v in extra.items()]
+
+
+def serve_h2_echo(sock: socket.socket) -> None:
+    """A blocking HTTP/2 server on one (already TLS-wrapped) socket, for threaded
+    upstreams: each request is answered 200 with its body and a trailer."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    bodies: dict[int, bytearray] = {}
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (OSError, ssl.SSLError):
+            return
+        if not data:
+            return
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                bodies[event.stream_id] = bytearray()
+            elif isinstance(event, h2.events.DataReceived):
+                bodies[event.stream_id] += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                sid = event.stream_id
+                conn.send_headers(sid, [(b":status", b"200")])
+                conn.send_data(sid, bytes(bodies.pop(sid)))
+                conn.send_headers(sid, [(b"x-trailer", b"done")], end_stream=True)
+        out = conn.data_to_send()
+        if out:
+            sock.sendall(out)
