@@ -80,7 +80,6 @@ def error_code_for(reason: str) -> ErrorCodes:
     return {
         "flow_control": ErrorCodes.FLOW_CONTROL_ERROR,
         "frame_too_large": ErrorCodes.FRAME_SIZE_ERROR,
-        "too_many_streams": ErrorCodes.REFUSED_STREAM,
         "abuse": ErrorCodes.ENHANCE_YOUR_CALM,
     }.get(reason, ErrorCodes.PROTOCOL_ERROR)
 
