@@ -109,7 +109,7 @@ class H2TestServer(Protocol):
         if kind == b"hold":  # answer nothing: the test resets or waits
             return
         size = int(seen.headers.get(b"x-size", b"0"))
-        body = bytes(seen.body) if kind == b"echo" else _pattern(size)
+        body = bytes(seen.body) if kind == b"echo" else pattern(size)
         self.conn.send_headers(
             sid,
             [
@@ -138,7 +138,7 @@ class H2TestServer(Protocol):
         self.transport.write(self.conn.data_to_send())
 
 
-def _pattern(size: int) -> bytes:
+def pattern(size: int) -> bytes:
     block = bytes(range(256)) * 64
     return (block * (size // len(block) + 1))[:size]
 
@@ -195,6 +195,7 @@ class H2SocketClient:
         self.reading.set()
         self.unacked: dict[int, int] = {}
         self.received = 0
+        self.sent = 0  # body bytes the windows let this client send so far
         self.conn.initiate_connection()
         self.flush()
 
@@ -230,6 +231,7 @@ class H2SocketClient:
                 self.read_once()
                 continue
             self.conn.send_data(sid, bytes(view[:window]))
+            self.sent += min(window, len(view))
             view = view[window:]
             self.flush()
         if trailers:

@@ -292,6 +292,7 @@ async def test_large_upload_to_a_slow_service_is_held_by_windows_not_buffers(fro
     received = len(front.service.requests[0].body)
     assert received == 65535  # the service's default window, never more
     assert front.held() <= STREAM_WINDOW
+    assert client_box[0].sent <= 65535 + STREAM_WINDOW  # not the 4 MiB
     front.service.read_again()
     response = await done
     assert response.headers[b"x-request-sha256"] == hashlib.sha256(body).hexdigest().encode()

@@ -8,6 +8,7 @@ on 127.0.0.1 port 0, spoken to with prior knowledge (plain TCP).
 
 from __future__ import annotations
 
+import hashlib
 from concurrent import futures
 from typing import Any
 
@@ -15,14 +16,16 @@ import grpc
 import pytest
 import pytest_twisted
 
+from gwcore.net.h2_link import STREAM_WINDOW
 from gwcore.plugins.builtin_ca import load_or_create_ca
 from gwcore.testing import TRUST_DOMAIN, MeshCA
-from tests.h2_peers import H2SocketClient, H2TestService, request_head, tls_h2_socket
+from tests.h2_peers import H2SocketClient, H2TestService, pattern, request_head, tls_h2_socket
 from tests.harness import (
     gateway_entry,
     in_thread,
     intentions,
     registration,
+    sleep,
     sni_for,
     write_json,
 )
@@ -224,3 +227,96 @@ async def test_grpc_calls_through_the_gateway(gateway, grpc_service):
     assert out["denied"] == (grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied")
     assert grpc_service.seen_metadata[0]["x-caller"] == "web"
     assert len(grpc_service.seen_metadata) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_prior_knowledge_without_alpn_is_served(gateway, h2_service):
+    """A client that agreed no ALPN but opens with the HTTP/2 preface is served HTTP/2
+    (RFC 9113 §3.4)."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+    files = gateway.client_files("web")
+
+    def run() -> Any:
+        sock = tls_h2_socket(gateway.port, sni_for("billing"), files, alpn=())
+        assert sock.selected_alpn_protocol() is None
+        client = H2SocketClient(sock)
+        sid = client.request(request_head("billing", "/pk"), body=b"prior")
+        client.wait(client.finished(sid))
+        return client.responses[sid]
+
+    response = await in_thread(run)
+    assert bytes(response.body) == b"prior" and response.trailers == {b"x-trailer": b"done"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_slow_client_stalls_the_service_through_windows(gateway, h2_service):
+    """A client that stops acknowledging an 8 MiB response: the service is stalled by
+    the HTTP/2 windows (most of the body is still unsent at the service), and when the
+    client reads again every byte arrives, in order, with the trailers."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+    size = 8 * 1024 * 1024
+    box: list[Any] = []
+
+    def start() -> int:
+        client = h2_client(gateway)
+        box.append(client)
+        client.reading.clear()
+        sid = client.request(request_head("billing", "/big", "GET", x_test="big", x_size=str(size)))
+        client.wait(lambda: client.received >= 65535)
+        return sid
+
+    sid = await in_thread(start)
+    await gateway.wait_for(
+        lambda: bool(h2_service.connections and h2_service.connections[0].pending)
+    )
+    await sleep(0.3)  # time enough for an unbounded relay to pull megabytes
+    unsent = sum(len(b) for b in h2_service.connections[0].pending.values())
+    # What left the service: at most the gateway's windows plus the client's 64 KiB.
+    assert size - unsent <= 2 * 1024 * 1024
+    client = box[0]
+
+    def finish() -> Any:
+        client.read_again()
+        client.wait(client.finished(sid))
+        return client.responses[sid]
+
+    response = await in_thread(finish)
+    assert len(response.body) == size
+    assert hashlib.sha256(response.body).digest() == hashlib.sha256(pattern(size)).digest()
+    assert response.trailers == {b"x-trailer": b"done"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_upload_to_a_slow_service_blocks_the_client(gateway, h2_service):
+    """A 4 MiB upload to a service that stops reading: the client can send no more than
+    the windows allow (the service's 64 KiB plus the gateway's stream window, so the
+    gateway holds at most that), and once the service reads again the whole body
+    arrives intact."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+    h2_service.reading = False
+    body = bytes(range(256)) * (4 * 4096)
+    box: list[H2SocketClient] = []
+
+    def upload() -> Any:
+        client = h2_client(gateway)
+        box.append(client)
+        sid = client.request(request_head("billing", "/up"), keep_open=True)
+        client.send_body(sid, body)
+        client.wait(client.finished(sid))
+        return client.responses[sid]
+
+    done = in_thread(upload)
+    await gateway.wait_for(
+        lambda: bool(h2_service.requests) and len(h2_service.requests[0].body) >= 65535
+    )
+    await sleep(0.3)
+    assert len(h2_service.requests[0].body) == 65535
+    # The service's window plus the gateway's stream window, not the 4 MiB body.
+    assert box[0].sent <= 65535 + STREAM_WINDOW
+    assert not done.called
+    h2_service.read_again()
+    response = await done
+    assert response.headers[b"x-request-sha256"] == hashlib.sha256(body).hexdigest().encode()
