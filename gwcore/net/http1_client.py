@@ -216,7 +216,6 @@ class Http1Connection:
             data = self.h11.send(h11.EndOfMessage())
         if data:
             self.upstream.send(data)
-        self._maybe_reuse()
 
     def pause_reading(self) -> None:
         if not self.closed:
@@ -292,19 +291,20 @@ class Http1Connection:
                 return
 
     def _maybe_reuse(self, response_complete: bool = False) -> None:
-        if self.h11.their_state is not h11.DONE and not response_complete:
+        """After a complete response: idle again if both messages are complete and the
+        service keeps the connection; otherwise close it. A response that ended before
+        the request did (the service answered early) also closes it: the rest of the
+        request body has nowhere to go."""
+        if not response_complete:
             return
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.connection = None
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            stream, self.stream = self.stream, None
-            if stream is not None:
-                stream.connection = None
             self.h11.start_next_cycle()
             self.pool.idle_again(self)
-        elif self.h11.their_state in (h11.MUST_CLOSE, h11.CLOSED):
-            stream, self.stream = self.stream, None
-            if stream is not None:
-                stream.connection = None
-            self.close("the service closes after this response")
+        else:
+            self.close("not reusable after this exchange")
 
     # --- ending -------------------------------------------------------------------
 

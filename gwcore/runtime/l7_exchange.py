@@ -36,7 +36,15 @@ from gwcore.net.access_fields import rfc3339
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.policy.http_facts import HttpRequestFacts
 from gwcore.policy.model import Decision
-from gwcore.runtime.l7_seams import PathRejected, hop_by_hop, normalize_path
+from gwcore.policy.xfcc import apply_xfcc
+from gwcore.runtime.l7_rules import (
+    PathRejected,
+    RedirectPath,
+    headers_with_underscores,
+    hop_by_hop,
+    normalize_path,
+    xfcc_element_of,
+)
 
 if TYPE_CHECKING:
     from gwcore.net.l7_core import Producer, ResponseWriter, UpstreamStream
@@ -121,29 +129,24 @@ class L7Exchange:
     # --- 1. normalise, 2. authorize ---------------------------------------------------
 
     def begin(self) -> L7Exchange:
-        options = self.step.mesh_http().normalization
+        mesh = self.mesh = self.step.mesh_http()
+        options = mesh.normalization
         try:
-            path = normalize_path(self.request.path, options)
+            path = normalize_path(self.request.path, options, method=self.request.method)
+            kept = headers_with_underscores(
+                self.request.headers.items(), options.headers_with_underscores_action
+            )
         except PathRejected as e:
-            self.step.bad_request(self.conn, "path", f"{e}: {self.request.path[:200]!r}")
-            self._answer(400, b"Bad Request\n", "path_rejected")
+            reason = "header_underscore" if e.reason == "header_underscore" else "path"
+            self.step.bad_request(self.conn, reason, f"{e.reason}: {self.request.path[:200]!r}")
+            self._answer(400, b"Bad Request\n", f"{reason}_rejected")
             return self
-        if (
-            options.path_with_escaped_slashes_action == "UNESCAPE_AND_REDIRECT"
-            and "%2f" in self.request.path.lower()
-        ):
-            self._answer(307, b"", "redirect", [("location", path)])
+        if isinstance(path, RedirectPath):
+            self._answer(307, b"", "redirect", [("location", str(path))])
             return self
-        self.path = path
-        underscores = options.headers_with_underscores_action
-        if underscores in ("REJECT_REQUEST", "DROP_HEADER"):
-            named = [k for k, _ in self.request.headers if "_" in k]
-            if named and underscores == "REJECT_REQUEST":
-                self.step.bad_request(self.conn, "header_underscore", f"header {named[0]!r}")
-                self._answer(400, b"Bad Request\n", "header_underscore")
-                return self
-            for name in named:
-                self.request.headers.remove(name)
+        self.path = path = str(path)
+        if len(kept) != len(self.request.headers):
+            self.request.headers = Headers(kept)
         facts = HttpRequestFacts(
             method=self.request.method,
             path=path,
@@ -197,6 +200,16 @@ class L7Exchange:
         outgoing = flow.request
         drop = hop_by_hop(outgoing.headers)
         headers = Headers((k, v) for k, v in outgoing.headers if k.lower() not in drop)
+        # After the addons, so none can forge it: what the client sent is forwarded with
+        # this hop's element appended, or dropped under SanitizeXForwardedClientCert.
+        xfcc = apply_xfcc(
+            headers.get_all("x-forwarded-client-cert"),
+            xfcc_element_of(conn),
+            self.mesh.sanitize_x_forwarded_client_cert,
+        )
+        headers.remove("x-forwarded-client-cert")
+        if xfcc is not None:
+            headers.add("x-forwarded-client-cert", xfcc)
         if self._chunked:
             headers.add("transfer-encoding", "chunked")  # a body of unknown length follows
         upstream = HttpRequest(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,9 @@ class HttpService:
         self.alpn: list[str | None] = []
         self.requests: list[SeenRequest] = []
         self.raw = bytearray()
+        self.sent = 0  # body bytes of streamed responses written so far
+        self.read_gate = threading.Event()  # cleared: the service stops reading bodies
+        self.read_gate.set()
         self.upstream = upstreams(self._serve)
 
     @property
@@ -75,6 +79,8 @@ class HttpService:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if current is not None:
+                    self.read_gate.wait(30)
                 try:
                     data = sock.recv(65536)
                 except OSError:
@@ -97,10 +103,13 @@ class HttpService:
                 current.trailers = [(k.decode(), v.decode()) for k, v in event.headers]
                 self.requests.append(current)
                 status, headers, body = self.responder(current)
-                out = conn.send(h11.Response(status_code=status, headers=headers))
-                out += conn.send(h11.Data(data=body)) if body else b""
-                out += conn.send(h11.EndOfMessage())
-                sock.sendall(out)
+                current = None
+                sock.sendall(conn.send(h11.Response(status_code=status, headers=headers)))
+                chunks = body if isinstance(body, list) else [body] if body else []
+                for chunk in chunks:
+                    sock.sendall(conn.send(h11.Data(data=chunk)))
+                    self.sent += len(chunk)
+                sock.sendall(conn.send(h11.EndOfMessage()))
                 if conn.our_state is h11.MUST_CLOSE:
                     sock.close()
                     return

@@ -15,6 +15,7 @@ import threading
 import pytest_twisted
 
 from tests.harness import (
+    TRUST_DOMAIN,
     free_port,
     gateway_entry,
     hello,
@@ -402,3 +403,140 @@ async def test_tls_origination_to_an_http_service_offers_http11(gateway, upstrea
 
     assert await in_thread(run) == [200, 200]
     assert service.connections == 1 and service.alpn == ["http/1.1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_receives_the_normalised_path_and_an_xfcc_element(gateway, upstreams):
+    """Dot segments and encoded unreserved characters are normalised before the request
+    goes upstream (the query is kept as sent); a path that cannot be normalised safely
+    is 400 and never reaches the service. The service gets ``x-forwarded-client-cert``
+    with the client's SPIFFE ID (``URI``), the gateway's (``By``) and the leaf's hash,
+    appended to what the client sent (APPEND_FORWARD, Consul's default)."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+
+    def run() -> list[int]:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            first = get(
+                conn, "/a/./b/../%7Eitem?q=%2e%2e", headers={"X-Forwarded-Client-Cert": "By=x"}
+            )
+            second = get(conn, "/bad%zz")
+            return [first[0], second[0]]
+        finally:
+            conn.close()
+
+    assert await in_thread(run) == [200, 400]
+    assert [r.target for r in service.requests] == ["/a/~item?q=%2e%2e"]
+    xfcc = service.requests[0].header("x-forwarded-client-cert")
+    assert xfcc is not None and xfcc.startswith("By=x,By=spiffe://")
+    assert (
+        "/svc/billing;Hash=" in xfcc
+        and f"URI=spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/web" in xfcc
+    )
+    assert gateway.metric("tgw_http_bad_requests_total", reason="path") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_client_pauses_the_service_and_gets_every_byte(gateway, upstreams):
+    """Flow control, response direction: while the client reads nothing, the service
+    cannot write much more than the socket buffers hold (the gateway stops reading it
+    rather than buffering); then every byte arrives, in order."""
+    piece = bytes(range(256)) * 256  # 64 KiB
+    chunks = [piece] * 512  # 32 MiB
+    service = HttpService(
+        upstreams,
+        lambda r: (200, [("content-length", str(len(piece) * len(chunks)))], chunks),
+    )
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    try:
+        await in_thread(sock.sendall, b"GET /big HTTP/1.1\r\nHost: billing\r\n\r\n")
+        await gateway.wait_for(lambda: service.sent > 0)
+        await sleep(0.5)  # the client reads nothing meanwhile
+        held = service.sent
+        assert held < 16 * 1024 * 1024, f"{held} bytes left the service with nobody reading"
+
+        def read_rest() -> bytes:
+            response = http.client.HTTPResponse(sock, method="GET")
+            response.begin()
+            return response.read()
+
+        body = await in_thread(read_rest)
+    finally:
+        sock.close()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(piece * len(chunks)).digest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_service_pauses_the_client_upload(gateway, upstreams):
+    """Flow control, request direction: while the service reads nothing, the client
+    cannot push much more than the socket buffers hold; then the whole body arrives in
+    order."""
+    body = bytes(range(256)) * (4096 * 32)  # 32 MiB
+    service = HttpService(upstreams)
+    service.read_gate.clear()
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+    sock = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    pushed = [0]
+
+    def upload() -> bytes:
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: billing\r\nContent-Length: %d\r\n\r\n" % len(body))
+        view = memoryview(body)
+        for i in range(0, len(body), 65536):
+            sock.sendall(view[i : i + 65536])
+            pushed[0] = i + 65536
+        response = http.client.HTTPResponse(sock, method="PUT")
+        response.begin()
+        return response.read()
+
+    try:
+        done = in_thread(upload)
+        await sleep(0.8)
+        held = pushed[0]
+        assert held < 16 * 1024 * 1024, f"{held} bytes accepted with the service not reading"
+        service.read_gate.set()
+        assert await done == b"PUT /up %d" % len(body)
+    finally:
+        service.read_gate.set()
+        sock.close()
+    assert hashlib.sha256(service.requests[0].body).digest() == hashlib.sha256(body).digest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_full_and_queue_full_is_503(gateway, upstreams):
+    """With one upstream connection allowed and no queue, a second request while the
+    first holds the connection is answered 503 (``overflow``) at once."""
+    gateway.site_options["http_max_upstream_connections"] = 1
+    gateway.site_options["http_max_pending_requests"] = 0
+    release = threading.Event()
+
+    def held(request):
+        if request.target == "/hold":
+            release.wait(10)
+        return 200, [("content-length", "0")], b""
+
+    service = HttpService(upstreams, held)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+
+    def call(path: str) -> int:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return get(conn, path)[0]
+        finally:
+            conn.close()
+
+    first = in_thread(call, "/hold")
+    await gateway.wait_for(lambda: service.connections == 1)
+    try:
+        assert await in_thread(call, "/second") == 503
+    finally:
+        release.set()
+    assert await first == 200
+    assert service.connections == 1
