@@ -29,7 +29,7 @@ from tests.harness import (
     sni_for,
     write_json,
 )
-from tests.runtime.l7_support import service_defaults
+from tests.runtime.l7_support import get, mesh_http, service_defaults
 
 
 def link(gateway: Any, port: int, protocol: str, *sources: tuple[str, str]) -> None:
@@ -320,3 +320,75 @@ async def test_h2_upload_to_a_slow_service_blocks_the_client(gateway, h2_service
     h2_service.read_again()
     response = await done
     assert response.headers[b"x-request-sha256"] == hashlib.sha256(body).hexdigest().encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_reset_through_the_gateway_cancels_the_upstream_stream(gateway, h2_service):
+    """RST_STREAM from the client while the service holds its request resets the
+    upstream stream with CANCEL; the client's connection serves the next request."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+    box: list[Any] = []
+
+    def send() -> int:
+        client = h2_client(gateway)
+        box.append(client)
+        return client.request(request_head("billing", "/hold", x_test="hold"), body=b"x")
+
+    sid = await in_thread(send)
+    await gateway.wait_for(lambda: bool(h2_service.requests) and h2_service.requests[0].ended)
+
+    def reset_then_again() -> Any:
+        client = box[0]
+        client.conn.reset_stream(sid)
+        client.flush()
+        again = client.request(request_head("billing", "/after"), body=b"next")
+        client.wait(client.finished(again))
+        return client.responses[again]
+
+    again = await in_thread(reset_then_again)
+    assert bytes(again.body) == b"next"
+    await gateway.wait_for(lambda: h2_service.requests[0].reset is not None)
+    assert h2_service.requests[0].reset == 8  # CANCEL
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_goaway_through_the_gateway(gateway, h2_service):
+    """A service that answers a request with GOAWAY (last stream 0): that request gets
+    503 (refused, safe to retry), and the next one goes on a new upstream connection."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+
+    def run() -> tuple[Any, Any]:
+        client = h2_client(gateway)
+        first = client.request(request_head("billing", "/a", x_test="goaway"), body=b"1")
+        client.wait(client.finished(first))
+        second = client.request(request_head("billing", "/b"), body=b"2")
+        client.wait(client.finished(second))
+        return client.responses[first], client.responses[second]
+
+    first, second = await in_thread(run)
+    assert first.headers[b":status"] == b"503"
+    assert bytes(second.body) == b"2"
+    assert len(h2_service.connections) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_http1_client_to_an_http2_destination(gateway, h2_service):
+    """A client that speaks HTTP/1.1 (no ALPN, no preface) to an http2 destination is
+    served HTTP/1.1 while the gateway speaks HTTP/2 to the service: its Host becomes
+    ``:authority``."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+
+    def run() -> tuple[int, bytes, Any]:
+        conn = mesh_http(gateway, "billing", "web")
+        try:
+            return get(conn, "/via-h1", method="POST", body=b"hello h2")
+        finally:
+            conn.close()
+
+    status, body, response = await in_thread(run)
+    assert (status, body) == (200, b"hello h2")
+    assert response.getheader("x-authority") == "billing"
+    assert h2_service.requests[0].headers[b":path"] == b"/via-h1"
