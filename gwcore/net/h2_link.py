@@ -76,6 +76,14 @@ def protocol_error_reason(error: Exception) -> str:
     return "protocol_error"
 
 
+def unsendable_field(fields: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a header block cannot go out in HTTP/2 (RFC 9113 §8.2.1), or None."""
+    for name, value in fields:
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            return f"field {name!r} has a CR, LF or NUL in its value"
+    return None
+
+
 def error_code_for(reason: str) -> ErrorCodes:
     return {
         "flow_control": ErrorCodes.FLOW_CONTROL_ERROR,
@@ -113,7 +121,19 @@ class H2Stream:
     def send_headers(self, headers: Iterable[tuple[bytes, bytes]], end: bool = False) -> None:
         if self.closed:
             return
-        self.link.conn.send_headers(self.id, list(headers), end_stream=end)
+        fields = list(headers)
+        try:
+            # h2 checks names on the way out but not every value: a CR, LF or NUL (an
+            # addon's header, say) would make the peer drop the whole connection.
+            problem = unsendable_field(fields)
+            if problem is not None:
+                raise h2.exceptions.ProtocolError(problem)
+            self.link.conn.send_headers(self.id, fields, end_stream=end)
+        except h2.exceptions.ProtocolError as error:
+            # The stream cannot be answered: reset it (a counted line, not a traceback).
+            self.link.log.info("HTTP/2 head not sendable: {error}", error=str(error))
+            self.reset(ErrorCodes.INTERNAL_ERROR)
+            return
         if end:
             self.closed = True
         self.link.flush()

@@ -35,7 +35,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 
 from gwcore.contract.http_flow import Headers, HttpResponse
-from gwcore.net.h2_link import H2Link, H2Stream, HeaderList
+from gwcore.net.h2_link import H2Link, H2Stream, HeaderList, unsendable_field
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.splice import UpstreamFactory
 
@@ -45,6 +45,10 @@ if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpRequest
     from gwcore.net.l7_core import Producer, ResponseSink
     from gwcore.policy.model import Endpoint
+
+SETTINGS_TIMEOUT = 5.0
+"""Seconds a new connection may take to send its first SETTINGS (an HTTP/1.1-only or
+silent service never does); then it is closed and a waiting request fails with 502."""
 
 Dial = Callable[[Any, Any], "Deferred[tuple[Any, Endpoint, int, float]]"]
 """``dial(owner, factory)``: connect for ``owner`` (the client connection that asked)."""
@@ -245,6 +249,9 @@ class Http2Connection(H2Link):
         upstream.downstream = self
         # The service's socket tells us when it cannot take more (set_writable).
         upstream.transport.registerProducer(self, True)
+        self._settle_timer: Any = pool.reactor.callLater(
+            SETTINGS_TIMEOUT, self.close_out, "no HTTP/2 SETTINGS from the service"
+        )
         self.start()
 
     def capacity(self) -> int:
@@ -254,6 +261,9 @@ class Http2Connection(H2Link):
         return max(0, limit - self.conn.open_outbound_streams)
 
     def open_stream(self, head: HeaderList, peer: Http2Stream, end: bool) -> H2Stream:
+        problem = unsendable_field(head)
+        if problem is not None:  # an addon's value: the service would drop the connection
+            raise h2.exceptions.ProtocolError(problem)
         stream_id = self.conn.get_next_available_stream_id()
         self.conn.send_headers(stream_id, head, end_stream=end)
         stream = H2Stream(self, stream_id)
@@ -281,6 +291,7 @@ class Http2Connection(H2Link):
             self.upstream.send(data)
 
     def close_out(self, cause: str) -> None:
+        self._cancel_settle_timer()
         self.closed = True
         self.close_cause = self.close_cause or cause
         self.upstream.transport.loseConnection()
@@ -294,7 +305,13 @@ class Http2Connection(H2Link):
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             if not self.settled:
                 self.settled = True
+                self._cancel_settle_timer()
             self.pool.has_room(self)
+
+    def _cancel_settle_timer(self) -> None:
+        timer, self._settle_timer = self._settle_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def stream_closed(self) -> None:
         self.pool.has_room(self)
@@ -308,6 +325,7 @@ class Http2Connection(H2Link):
         self.upstream_lost()
 
     def upstream_lost(self) -> None:
+        self._cancel_settle_timer()
         if self.closed and not self.streams:
             self.pool.gone(self)
             return
@@ -420,9 +438,21 @@ class Http2Pool:
 
     def gone(self, connection: Http2Connection) -> None:
         """``connection`` closed (its picker count is released)."""
-        if connection in self.connections:
-            self.connections.remove(connection)
-            self.released(connection.endpoint)
+        if connection not in self.connections:
+            return
+        self.connections.remove(connection)
+        self.released(connection.endpoint)
+        if not connection.settled and self.waiting:
+            # It never spoke HTTP/2 (an HTTP/1.1-only or silent service): like a failed
+            # connect, the first waiting request hears why; the next ones try their own.
+            self.waiting.popleft().failed(
+                UpstreamFailure(
+                    "protocol",
+                    f"the service did not speak HTTP/2 ({connection.close_cause or 'closed'})",
+                    502,
+                    connection.endpoint,
+                )
+            )
         if self.waiting and not self.closed:
             self.has_room(connection)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -497,3 +498,61 @@ async def _until(predicate: Any, timeout: float = 10.0) -> None:
             return
         await _sleep(0.02)
     raise AssertionError("condition not reached in time")
+
+
+class _MemoryLink:
+    """A ClientLink in memory: what the codec writes, and why it closed."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed: str | None = None
+        self.bad: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def close(self, cause: str) -> None:
+        self.closed = cause
+
+    def bad_request(self, reason: str, detail: str) -> None:
+        self.bad.append(reason)
+
+
+class _AnswersWith:
+    """An ExchangeStarter whose exchanges answer at once with ``response``."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        self.response = response
+
+    def start(self, request: Any, writer: Any) -> Any:
+        writer.write_head(self.response)
+        writer.write_end(None)
+        return SimpleNamespace(request_producer=None)  # answered: nothing more is asked
+
+
+def test_a_response_head_http2_cannot_carry_resets_the_stream_not_the_reactor() -> None:
+    """A response field HTTP/2 cannot carry (a value with a newline) resets that stream
+    with INTERNAL_ERROR; nothing raises out of the codec and the connection stays open."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    link = _MemoryLink()
+    bad = HttpResponse(200, Headers([("x-bad", "a\nb")]))
+    codec = Http2Server(link, _AnswersWith(bad), L7Limits())
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    client.initiate_connection()
+    client.send_headers(1, request_head(path="/", method="GET"), end_stream=True)
+    codec.data_received(client.data_to_send())
+    events = client.receive_data(bytes(link.out))
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(1, ErrorCodes.INTERNAL_ERROR)]
+    assert link.closed is None

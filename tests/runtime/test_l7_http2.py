@@ -9,6 +9,7 @@ on 127.0.0.1 port 0, spoken to with prior knowledge (plain TCP).
 from __future__ import annotations
 
 import hashlib
+import socket
 from concurrent import futures
 from typing import Any
 
@@ -16,6 +17,7 @@ import grpc
 import pytest
 import pytest_twisted
 
+from gwcore.net import h2_upstream
 from gwcore.net.h2_link import STREAM_WINDOW
 from gwcore.plugins.builtin_ca import load_or_create_ca
 from gwcore.testing import TRUST_DOMAIN, MeshCA
@@ -392,3 +394,41 @@ async def test_http1_client_to_an_http2_destination(gateway, h2_service):
     assert (status, body) == (200, b"hello h2")
     assert response.getheader("x-authority") == "billing"
     assert h2_service.requests[0].headers[b":path"] == b"/via-h1"
+
+
+def http1_only(sock: socket.socket, upstream: Any) -> None:
+    """A service that speaks only HTTP/1.1: the h2 preface gets a 400 and a close."""
+    sock.recv(65536)
+    sock.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    sock.close()
+
+
+def silent(sock: socket.socket, upstream: Any) -> None:
+    """A service that accepts and never says anything (until the peer closes)."""
+    while sock.recv(65536):
+        pass
+
+
+@pytest.mark.parametrize("behaviour", [http1_only, silent])
+@pytest_twisted.ensureDeferred
+async def test_a_service_that_never_speaks_http2_is_502_once(
+    gateway, upstreams, monkeypatch, behaviour
+):
+    """An http2 destination whose service answers the preface with HTTP/1.1, or says
+    nothing at all (given ``SETTINGS_TIMEOUT``), gets the waiting request a 502;
+    the pool does not redial it in a loop."""
+    monkeypatch.setattr(h2_upstream, "SETTINGS_TIMEOUT", 0.3)
+    service = upstreams(behaviour)
+    link(gateway, service.port, "http2", ("web", "allow"))
+    await gateway.start()
+
+    def run() -> Any:
+        client = h2_client(gateway)
+        sid = client.request(request_head("billing", "/x", "GET"))
+        client.wait(client.finished(sid))
+        return client.responses[sid]
+
+    response = await in_thread(run)
+    assert response.headers[b":status"] == b"502"
+    await sleep(0.5)
+    assert service.accepted == 1
