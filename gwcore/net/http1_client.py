@@ -209,13 +209,11 @@ class Http1Connection:
             self.upstream.send(data)
 
     def end_request(self, trailers: Headers | None) -> None:
-        fields = list(trailers) if trailers is not None else []
-        try:
-            data = self.h11.send(h11.EndOfMessage(headers=fields))
-        except h11.LocalProtocolError:  # trailers on a body framed by Content-Length
-            data = self.h11.send(h11.EndOfMessage())
-        if data:
-            self.upstream.send(data)
+        stream = self.stream
+        chunked = stream is not None and "transfer-encoding" in stream.request.headers
+        # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
+        fields = list(trailers) if trailers is not None and chunked else []
+        self.write(h11.EndOfMessage(headers=fields))
 
     def pause_reading(self) -> None:
         if not self.closed:
@@ -235,7 +233,11 @@ class Http1Connection:
         except RuntimeError as e:
             self.fail("protocol", str(e))
             return
-        self._drain()
+        try:
+            self._drain()
+        except Exception:
+            log.failure("HTTP response handling failed")
+            self.fail("internal_error", "internal error")
 
     def upstream_eof(self) -> None:
         if self.closed:
@@ -452,6 +454,12 @@ class Http1Pool:
         self.released(connection.endpoint)
         if self.waiting and not self._full() and not self.closed:
             self._connect(self.waiting[0].owner)
+
+    def retain(self, endpoints: set[Endpoint]) -> None:
+        """Close idle connections to endpoints not in ``endpoints`` (the catalog changed)."""
+        for connection in list(self.idle):
+            if connection.endpoint not in endpoints:
+                connection.close("endpoint left the catalog")
 
     def forget(self, stream: Http1Stream) -> None:
         """A waiting request was cancelled."""

@@ -25,12 +25,15 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import h11
+from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpRequest
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpResponse
     from gwcore.net.l7_core import ClientLink, Exchange, ExchangeStarter, L7Limits, Producer
+
+log = Logger(namespace="tgw.http")
 
 _BAD_REASONS = (
     ("Content-Length", "bad_content_length"),
@@ -84,6 +87,7 @@ class Http1Server:
         self.response_producer: Producer | None = None
         self.reading = True
         self.draining = False
+        self.stopping = False  # drain(): the response in flight is the last one
 
     # --- DownstreamCodec -----------------------------------------------------------
 
@@ -123,6 +127,12 @@ class Http1Server:
                 producer.resumeProducing()
             else:
                 producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.stopping = True
+        if not self.closed and self.answering is None and self.exchange is None:
+            self.closed = True
+            self.link.close("shutdown")
 
     # --- Producer of request bytes (given to the exchange) -------------------------
 
@@ -221,7 +231,7 @@ class Http1Server:
             headers=headers,
         )
         self.body_wanted = False
-        answer = self.answering = _Answer(self)
+        answer = self.answering = _Answer(self, request.method)
         exchange = answer.exchange = self.starter.start(request, answer)
         if answer.finished:
             return  # answered at once (403, an addon's answer): the body is dropped
@@ -245,10 +255,23 @@ class Http1Server:
 
     # --- writing -------------------------------------------------------------------
 
-    def _send(self, event: object) -> None:
-        data = self.h11.send(event)
+    def _send(self, event: object) -> bool:
+        """Write ``event``; a response h11 refuses (an addon's header with a line break,
+        more body than its Content-Length) ends the connection, not the process."""
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError as e:
+            self.refuse_response(str(e))
+            return False
         if data:
             self.link.write(data)
+        return True
+
+    def refuse_response(self, error: str) -> None:
+        log.warn("cannot send the response: {error}", error=error)
+        if not self.closed:
+            self.closed = True
+            self.link.close("bad_response")
 
     def _bad_request(self, reason: str, detail: str, status: int) -> None:
         self.link.bad_request(reason, detail)
@@ -258,21 +281,14 @@ class Http1Server:
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self.answering is None:
             status = 431 if status == 431 else 400
             body = b"Bad Request\n" if status == 400 else b"Request Header Fields Too Large\n"
-            try:
-                self._send(
-                    h11.Response(
-                        status_code=status,
-                        headers=[
-                            ("content-type", "text/plain"),
-                            ("content-length", str(len(body))),
-                            ("connection", "close"),
-                        ],
-                    )
-                )
+            head = [
+                ("content-type", "text/plain"),
+                ("content-length", str(len(body))),
+                ("connection", "close"),
+            ]
+            if self._send(h11.Response(status_code=status, headers=head)):
                 self._send(h11.Data(data=body))
                 self._send(h11.EndOfMessage())
-            except h11.LocalProtocolError:
-                pass
         self.closed = True
         self.link.close("bad_request")
 
@@ -280,27 +296,40 @@ class Http1Server:
 class _Answer:
     """The :class:`~gwcore.net.l7_core.ResponseWriter` of one request."""
 
-    __slots__ = ("codec", "exchange", "finished")
+    __slots__ = ("codec", "exchange", "finished", "method", "trailers_ok")
 
-    def __init__(self, codec: Http1Server) -> None:
+    def __init__(self, codec: Http1Server, method: str = "GET") -> None:
         self.codec = codec
         self.exchange: Exchange = None  # type: ignore[assignment]  # set right after start
         self.finished = False
+        self.method = method
+        self.trailers_ok = False  # only a chunked response carries trailers
 
     def write_head(self, response: HttpResponse) -> None:
         codec = self.codec
         if codec.closed or self.finished:
             return
         headers = [(k, v) for k, v in response.headers]
-        if codec.h11.their_state is not h11.DONE and codec.h11.they_are_waiting_for_100_continue:
+        if codec.stopping:
+            headers.append(("connection", "close"))  # the last response (drain)
+        elif codec.h11.their_state is not h11.DONE and codec.h11.they_are_waiting_for_100_continue:
             # Answered before the body was asked for: the client may still send it,
             # or may never; only a close keeps the framing certain.
             headers.append(("connection", "close"))
-        codec._send(
-            h11.Response(
+        self.trailers_ok = (
+            codec.h11.their_http_version == b"1.1"
+            and response.status not in (204, 304)
+            and self.method != "HEAD"
+            and not any(k.lower() == "content-length" for k, _ in headers)
+        )
+        try:  # h11 checks names and values as it builds the event
+            head = h11.Response(
                 status_code=response.status, headers=headers, reason=_phrase(response.status)
             )
-        )
+        except h11.LocalProtocolError as e:
+            codec.refuse_response(str(e))
+            return
+        codec._send(head)
 
     def write_data(self, data: bytes) -> None:
         codec = self.codec
@@ -314,11 +343,14 @@ class _Answer:
             return
         self.finished = True
         codec.response_producer = None
-        fields = list(trailers) if trailers is not None else []
+        fields = list(trailers) if trailers is not None and self.trailers_ok else []
         try:
-            codec._send(h11.EndOfMessage(headers=fields))
-        except h11.LocalProtocolError:  # trailers on a response framed by Content-Length
-            codec._send(h11.EndOfMessage())
+            end = h11.EndOfMessage(headers=fields)
+        except h11.LocalProtocolError as e:
+            codec.refuse_response(str(e))
+            return
+        if not codec._send(end):
+            return
         if codec.answering is self:
             codec.answering = None
         if codec.h11.their_state is h11.SEND_BODY:
@@ -343,17 +375,10 @@ class _Answer:
         if codec.h11.our_state is h11.SEND_RESPONSE:
             # Nothing written yet: a 502 says more than a closed connection.
             body = b"upstream connect error or disconnect/reset before headers\n"
-            try:
-                codec._send(
-                    h11.Response(
-                        status_code=502,
-                        headers=[("content-length", str(len(body))), ("connection", "close")],
-                    )
-                )
+            head = [("content-length", str(len(body))), ("connection", "close")]
+            if codec._send(h11.Response(status_code=502, headers=head)):
                 codec._send(h11.Data(data=body))
                 codec._send(h11.EndOfMessage())
-            except h11.LocalProtocolError:
-                pass
         codec.closed = True
         codec.link.close("upstream_reset")
 

@@ -221,6 +221,12 @@ class DownstreamCodec(Protocol):
     def set_client_writable(self, writable: bool) -> None:
         """The client transport's buffer is full (False) or drained again (True)."""
 
+    def drain(self) -> None:
+        """The site stops (or a reload replaced it): finish the requests in flight, take
+        no new ones, then close (HTTP/1.1: ``Connection: close`` on the last response,
+        at once when idle; HTTP/2: GOAWAY). Optional: a codec without it is closed at
+        the end of ``drain_timeout``."""
+
 
 @dataclass(frozen=True, slots=True)
 class L7Limits:

@@ -106,12 +106,20 @@ class L7Session:
         """Decrypted client bytes."""
         if self.lost:
             return
-        codec = self.codec
-        if codec is None:
-            codec = self._start_codec(data)
+        try:
+            codec = self.codec
             if codec is None:
-                return
-        codec.data_received(data)
+                codec = self._start_codec(data)
+                if codec is None:
+                    return
+            codec.data_received(data)
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        # A bug of ours must cost this connection, not the reactor's read loop.
+        log.failure("HTTP session failed")
+        self.close("internal_error")
 
     def send_eof(self) -> None:
         """The client finished writing."""
@@ -120,7 +128,10 @@ class L7Session:
         if self.codec is None:
             self.close("completed")
             return
-        self.codec.eof_received()
+        try:
+            self.codec.eof_received()
+        except Exception:
+            self._internal_error()
 
     def shutdown(self) -> None:
         """The client side closes (its connection lost, a policy close, a site stop)."""
@@ -133,6 +144,17 @@ class L7Session:
         down = self.downstream
         if down is not None:
             down.upstream_lost()
+
+    def drain(self) -> None:
+        """Finish what is in flight, then close (the site stops or was replaced)."""
+        if self.lost:
+            return
+        codec = self.codec
+        drain = getattr(codec, "drain", None) if codec is not None else None
+        if codec is None:
+            self.close("shutdown")  # no request started yet
+        elif drain is not None:
+            drain()
 
     def client_writable(self, writable: bool) -> None:
         self._writable = writable

@@ -59,6 +59,18 @@ class _Starter:
         return L7Exchange(self.step, self.conn, request, writer).begin()
 
 
+class _DialFor:
+    """What the dial step reads of a connection, with the destination of now."""
+
+    __slots__ = ("destination", "identity", "info", "sni")
+
+    def __init__(self, conn: Any, destination: Destination) -> None:
+        self.destination = destination
+        self.identity = conn.identity
+        self.info = conn.info
+        self.sni = conn.sni
+
+
 class L7Step:
     """The L7 step of one site; see the module docstring."""
 
@@ -117,11 +129,36 @@ class L7Step:
             site = self.site
             pool = self.pools[key] = UPSTREAM_CLIENTS[destination.protocol](
                 site.reactor,
-                lambda owner, factory: site.dialer.connect(owner, lambda strategy: factory),
+                lambda owner, factory: site.dialer.connect(
+                    _DialFor(owner, self.current(owner)), lambda strategy: factory
+                ),
                 self.pool_limits,
                 lambda endpoint: site.picker.closed(destination, endpoint),
             )
         return pool
+
+    def current(self, conn: Any) -> Destination:
+        """``conn``'s destination as the live route table has it now: a connection kept
+        alive for hours dials the endpoints of today, not those of its handshake (a
+        route that went or moved closes the connection: runtime.recheck)."""
+        routes, _ = self.site.current()
+        now = routes.lookup(conn.sni) if conn.sni else None
+        if now is None or now.service != conn.destination.service:
+            return conn.destination
+        return now
+
+    def routes_installed(self, routes: Any) -> None:
+        """A new route table: pools of destinations no longer routed close; idle
+        connections to endpoints a destination no longer has close."""
+        live = {(d.name, d.subset): d for _, d in routes}
+        for key in list(self.pools):
+            destination = live.get(key)
+            pool = self.pools[key]
+            if destination is None:
+                del self.pools[key]
+                pool.close()
+            else:
+                pool.retain(set(destination.endpoints))
 
     def request_timeout(self, destination: Destination) -> float | None:
         """The resolver's ``RequestTimeout`` of ``destination`` (None: none)."""
@@ -202,6 +239,14 @@ class L7Step:
             writer(exchange.record())
         except Exception:
             log.failure("writing the access log failed")
+
+    def drain(self, conns: Any) -> None:
+        """The site stops accepting: L7 connections finish their request in flight and
+        close, instead of idling until ``drain_timeout``."""
+        for conn in list(conns):
+            upstream = getattr(conn, "upstream", None)
+            if isinstance(upstream, L7Session):
+                upstream.drain()
 
     def stop(self) -> None:
         for pool in self.pools.values():

@@ -322,6 +322,7 @@ class Site:
         (``gwcore.runtime.recheck``) end on their own terms.
         """
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.l7.drain(self.active)  # keep-alive HTTP connections end after their request
         await self.acceptor.drain(drain)
         self.forwarder.stop()
         self.l7.stop()
@@ -348,6 +349,7 @@ class Site:
 
     def _routes_installed(self, old: RouteTable, routes: RouteTable, view: CatalogView) -> None:
         self.dialer.routes_installed(old, routes, view.destinations)
+        self.l7.routes_installed(routes)
         self.recheck.routes_changed()
 
     def _certs_changed(self) -> None:

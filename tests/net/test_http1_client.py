@@ -165,3 +165,20 @@ def test_an_unreachable_service_fails_the_request_with_502() -> None:
     sink = Sink()
     p.open(get("/"), sink, None)
     assert sink.failure.status == 502 and sink.failure.reason == "unavailable"
+
+
+def test_trailers_on_a_request_framed_by_content_length_are_dropped_not_fatal() -> None:
+    """Trailers (from an HTTP/2 client, say) on a body with Content-Length cannot be
+    sent in HTTP/1.1: they are dropped and the request completes."""
+    p, dialer, _ = pool()
+    request = HttpRequest(
+        "POST", "/t", "svc", headers=Headers([("host", "svc"), ("content-length", "2")])
+    )
+    sink = Sink()
+    stream = p.open(request, sink, None)
+    stream.send_data(b"hi")
+    stream.send_end(Headers([("grpc-status", "0")]))
+    protocol, transport = dialer.made[0]
+    assert transport.value().endswith(b"\r\n\r\nhi")
+    answer(protocol, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert sink.ended and sink.failure is None and not transport.disconnecting

@@ -180,3 +180,27 @@ def test_an_answer_before_the_body_drops_the_body_and_keeps_the_connection() -> 
         (403, b"RBAC: access denied"),
     ]
     assert link.closed is None
+
+
+def test_trailers_on_a_content_length_response_are_dropped_and_the_connection_lives() -> None:
+    starter = Starter()
+    server, link = codec(starter)
+    server.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    exchange = starter.exchanges[0]
+    exchange.request_producer.resumeProducing()
+    exchange.writer.write_head(HttpResponse(200, Headers([("content-length", "2")])))
+    exchange.writer.write_data(b"ok")
+    exchange.writer.write_end(Headers([("x-trailer", "1")]))
+    assert responses(bytes(link.out)) == [(200, b"ok")]
+    assert link.closed is None
+
+
+def test_a_response_h11_refuses_closes_the_connection_without_raising() -> None:
+    """An addon's header value with a line break: the connection ends (``bad_response``),
+    nothing is raised into the data path."""
+    starter = Starter()
+    server, link = codec(starter)
+    server.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    exchange = starter.exchanges[0]
+    exchange.writer.write_head(HttpResponse(200, Headers([("x-bad", "a\r\nInjected: 1")])))
+    assert link.closed == "bad_response" and b"Injected" not in bytes(link.out)

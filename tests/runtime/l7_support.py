@@ -60,6 +60,7 @@ class HttpService:
         self.sent = 0  # body bytes of streamed responses written so far
         self.read_gate = threading.Event()  # cleared: the service stops reading bodies
         self.read_gate.set()
+        self.cut_ok = False  # the gateway may cut the connection (a timeout): not an error
         self.upstream = upstreams(self._serve)
 
     @property
@@ -70,7 +71,14 @@ class HttpService:
     def connections(self) -> int:
         return self.upstream.accepted
 
-    def _serve(self, sock: socket.socket, _: Upstream) -> None:
+    def _serve(self, sock: socket.socket, up: Upstream) -> None:
+        try:
+            self._exchanges(sock)
+        except OSError:
+            if not self.cut_ok:
+                raise
+
+    def _exchanges(self, sock: socket.socket) -> None:
         if self.tls is not None:
             sock = self.tls.wrap_socket(sock, server_side=True)
             self.alpn.append(sock.selected_alpn_protocol())

@@ -11,8 +11,10 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 
 import pytest_twisted
+from twisted.internet import defer
 
 from tests.harness import (
     TRUST_DOMAIN,
@@ -297,6 +299,7 @@ async def test_request_timeout_of_the_resolver_is_504(gateway, upstreams):
         return 200, [("content-length", "0")], b""
 
     service = HttpService(upstreams, slow)
+    service.cut_ok = True  # the gateway gives up on it at the timeout
     link(gateway, service.port, ("web", "allow"))
     write_json(
         gateway.catalog / "resolver.json",
@@ -540,3 +543,64 @@ async def test_pool_full_and_queue_full_is_503(gateway, upstreams):
         release.set()
     assert await first == 200
     assert service.connections == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_alive_connection_follows_the_catalog_to_a_new_endpoint(gateway, upstreams):
+    """The service moves to another instance while a client connection stays open: its
+    next request goes to the new instance (the idle pooled connection to the old one is
+    closed, and new ones dial the live route's endpoints, not the handshake's)."""
+    old, new = HttpService(upstreams), HttpService(upstreams)
+    link(gateway, old.port, ("web", "allow"))
+    await gateway.start()
+    conn = await in_thread(mesh_http, gateway, "billing", "web")
+    try:
+        assert (await in_thread(get, conn, "/before"))[0] == 200
+        write_json(gateway.catalog / "regs.json", [registration("billing", new.port)])
+        await gateway.wait_for(
+            lambda: any(
+                e.port == new.port for _, d in gateway.site.router.routes for e in d.endpoints
+            )
+        )
+        assert (await in_thread(get, conn, "/after"))[0] == 200
+    finally:
+        conn.close()
+    assert [r.target for r in old.requests] == ["/before"]
+    assert [r.target for r in new.requests] == ["/after"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_ends_kept_alive_connections_after_their_request(gateway, upstreams):
+    """At stop, an idle kept-alive connection is closed at once and one with a request
+    in flight gets its response (with ``Connection: close``) before it closes: the stop
+    does not wait for ``drain_timeout`` (10 s) on idle HTTP clients."""
+    release = threading.Event()
+
+    def answer(request):
+        if request.target == "/slow":
+            release.wait(10)
+        return 200, [("content-length", "2")], b"ok"
+
+    service = HttpService(upstreams, answer)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    idle = await in_thread(mesh_http, gateway, "billing", "web")
+    busy = await in_thread(mesh_http, gateway, "billing", "web")
+    try:
+        assert (await in_thread(get, idle, "/fast"))[0] == 200
+        slow = in_thread(get, busy, "/slow")
+        await gateway.wait_for(lambda: any(r.target == "/slow" for r in service.requests))
+        started = time.monotonic()
+        stopping = defer.ensureDeferred(gateway.stop())
+        await sleep(0.2)
+        release.set()
+        status, body, response = await slow
+        await stopping
+        assert time.monotonic() - started < 5
+        assert (status, body) == (200, b"ok")
+        assert response.getheader("connection") == "close"
+        assert await in_thread(idle.sock.recv, 10) == b""  # closed, not left idling
+    finally:
+        release.set()
+        idle.close()
+        busy.close()
