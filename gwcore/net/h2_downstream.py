@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import h2.events
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.h2_link import H2Link, H2Stream, HeaderList
@@ -87,6 +88,24 @@ class Http2Server(H2Link):
     def set_client_writable(self, writable: bool) -> None:
         self.set_writable(writable)
 
+    def drain(self) -> None:
+        """The site stops: GOAWAY (NO_ERROR, last stream = the newest one seen), finish
+        the streams in flight, refuse newer ones, close when none is left.
+
+        ``h2`` accepts nothing more once it sent a GOAWAY itself, so the frame is
+        written here, beside its state machine; streams it already knows go on.
+        """
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        self.flush()
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.error_code = ErrorCodes.NO_ERROR
+        self.write_out(goaway.serialize())
+        if not self.streams:
+            self.close_out("shutdown")
+
     # --- H2Link -----------------------------------------------------------------------
 
     eof = False
@@ -98,14 +117,19 @@ class Http2Server(H2Link):
         self.closed = True
         self.link.close(cause)
 
+    draining = False
+
     def stream_closed(self) -> None:
-        if self.eof and not self.streams and not self.closed:
-            self.close_out("completed")
+        if (self.eof or self.draining) and not self.streams and not self.closed:
+            self.close_out("shutdown" if self.draining else "completed")
 
     def other_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
             stream = H2Stream(self, event.stream_id)
             self.streams[event.stream_id] = stream
+            if self.draining:  # newer than our GOAWAY's last stream: never processed
+                stream.reset(ErrorCodes.REFUSED_STREAM)
+                return
             self.requests += 1
             head = list(event.headers or ())
             request = request_from_head(head)

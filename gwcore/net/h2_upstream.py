@@ -254,8 +254,11 @@ class Http2Connection(H2Link):
         )
         self.start()
 
+    retired = False
+    """Its endpoint left the destination: no new streams, closed once idle."""
+
     def capacity(self) -> int:
-        if self.closed or not self.settled:
+        if self.closed or not self.settled or self.retired:
             return 0
         limit = self.conn.remote_settings.max_concurrent_streams
         return max(0, limit - self.conn.open_outbound_streams)
@@ -314,6 +317,9 @@ class Http2Connection(H2Link):
             timer.cancel()
 
     def stream_closed(self) -> None:
+        if self.retired and not self.streams and not self.closed:
+            self.close_out("endpoint removed")
+            return
         self.pool.has_room(self)
 
     # --- what the UpstreamProtocol calls ---------------------------------------------
@@ -455,6 +461,15 @@ class Http2Pool:
             )
         if self.waiting and not self.closed:
             self.has_room(connection)
+
+    def retain(self, endpoints: set[Endpoint]) -> None:
+        """The destination's endpoints now: connections to others take no new streams
+        and close once their streams are done (at once when idle)."""
+        for connection in list(self.connections):
+            if connection.endpoint not in endpoints:
+                connection.retired = True
+                if not connection.streams:
+                    connection.close_out("endpoint removed")
 
     def forget(self, stream: Http2Stream) -> None:
         """A waiting request was cancelled."""

@@ -556,3 +556,89 @@ def test_a_response_head_http2_cannot_carry_resets_the_stream_not_the_reactor() 
     resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
     assert [(e.stream_id, e.error_code) for e in resets] == [(1, ErrorCodes.INTERNAL_ERROR)]
     assert link.closed is None
+
+
+class _Holds:
+    """An ExchangeStarter whose exchanges wait: the test answers through ``writers``."""
+
+    def __init__(self) -> None:
+        self.writers: list[Any] = []
+
+    def start(self, request: Any, writer: Any) -> Any:
+        self.writers.append(writer)
+        return SimpleNamespace(
+            request_producer=None,
+            request_data=lambda data: None,
+            request_end=lambda trailers=None: None,
+            client_gone=lambda reason: None,
+        )
+
+
+def _frames(data: bytes) -> list[Any]:
+    """The HTTP/2 frames in ``data`` (hyperframe; no connection state to trip over)."""
+    from hyperframe.frame import Frame
+
+    out, view = [], memoryview(data)
+    while len(view) >= 9:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9 : 9 + length])
+        out.append(frame)
+        view = view[9 + length :]
+    return out
+
+
+def test_drain_sends_goaway_finishes_open_streams_and_refuses_newer_ones() -> None:
+    """``drain`` (the site stops): GOAWAY NO_ERROR naming the newest stream; that stream
+    is still answered, a newer one the client sent before reading the GOAWAY is
+    refused (REFUSED_STREAM, never an exchange), and the connection closes once
+    nothing is in flight."""
+    import h2.config
+    import h2.connection
+    from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame
+
+    link = _MemoryLink()
+    starter = _Holds()
+    codec = Http2Server(link, starter, L7Limits())
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    client.initiate_connection()
+    client.send_headers(1, request_head(path="/first", method="GET"), end_stream=True)
+    codec.data_received(client.data_to_send())
+    codec.drain()
+    client.send_headers(3, request_head(path="/late", method="GET"), end_stream=True)
+    codec.data_received(client.data_to_send())
+    assert len(starter.writers) == 1 and link.closed is None
+
+    writer = starter.writers[0]
+    writer.write_head(HttpResponse(200, Headers([("content-length", "2")])))
+    writer.write_data(b"ok")
+    writer.write_end(None)
+    frames = _frames(bytes(link.out))
+    goaway = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert [(f.error_code, f.last_stream_id) for f in goaway] == [(ErrorCodes.NO_ERROR, 1)]
+    resets = [(f.stream_id, f.error_code) for f in frames if isinstance(f, RstStreamFrame)]
+    assert resets == [(3, ErrorCodes.REFUSED_STREAM)]
+    body = b"".join(f.data for f in frames if isinstance(f, DataFrame) and f.stream_id == 1)
+    assert body == b"ok"
+    assert link.closed == "shutdown"
+
+
+@pytest_twisted.ensureDeferred
+async def test_retain_closes_idle_connections_to_endpoints_that_left(front: Front) -> None:
+    """When the destination's endpoints change, an idle HTTP/2 connection to an
+    endpoint that left closes; one to a kept endpoint stays."""
+
+    def run() -> Any:
+        client = front.client()
+        sid = client.request(request_head(path="/"), body=b"x")
+        client.wait(client.finished(sid))
+        return client.responses[sid]
+
+    assert bytes((await in_thread(run)).body) == b"x"
+    (connection,) = front.pool.connections
+    front.pool.retain({connection.endpoint})
+    assert front.pool.connections == [connection]
+    front.pool.retain(set())
+    assert front.pool.connections == [] and connection.closed
+    await _until(lambda: front.service.connections[0].transport.disconnected)
