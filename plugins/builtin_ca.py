@@ -29,7 +29,7 @@ from cryptography import x509
 
 from gwcore.contract import pki
 from gwcore.contract.hookspecs import hookimpl
-from gwcore.contract.providers import LeafCertificate, SourceHealth
+from gwcore.contract.providers import LeafCertificate, SourceHealth, TrustRoot
 from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig
 from gwcore.policy.model import ServiceName
 
@@ -244,8 +244,9 @@ class BuiltinCA:
             self._schedule()
         return issued.leaf
 
-    def trust_roots(self) -> Sequence[x509.Certificate]:
-        return [self.ca_cert]
+    def trust_roots(self) -> Sequence[TrustRoot]:
+        """The CA's root, for the site's own trust domain (the one it was made for)."""
+        return [TrustRoot(self.ca_cert, self._site.config.trust_domain)]
 
     def health(self) -> SourceHealth:
         return SourceHealth(last_success=self._last_success, last_error=None)

@@ -31,7 +31,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
 from gwcore.contract import pki
 from gwcore.contract.hookspecs import hookimpl
-from gwcore.contract.providers import LeafCertificate, SourceHealth
+from gwcore.contract.providers import LeafCertificate, SourceHealth, TrustRoot
 from gwcore.net.consul import (
     BlockingWatch,
     ConsulClient,
@@ -138,6 +138,7 @@ class ConsulCertificates:
         self.freshness = ConsulFreshness(site, NAME)
         self._rng = random.Random()
         self._roots: list[x509.Certificate] = []
+        self._roots_domain = ""
         self._active_root = ""
         self._held: dict[ServiceName, _Held] = {}
         self._wanted: set[ServiceName] = {ServiceName(site.config.name)}
@@ -200,8 +201,11 @@ class ConsulCertificates:
         held = self._held.get(service)
         return held.leaf if held is not None else None
 
-    def trust_roots(self) -> Sequence[x509.Certificate]:
-        return list(self._roots)
+    def trust_roots(self) -> Sequence[TrustRoot]:
+        """Consul's roots, for the trust domain Consul's ``TrustDomain`` names (the
+        site's own when Consul omits it; a mismatch is reported in ``health``)."""
+        domain = self._roots_domain or self._config.trust_domain
+        return [TrustRoot(root, domain) for root in self._roots]
 
     def health(self) -> SourceHealth:
         return SourceHealth(self.freshness.last_success, self.freshness.error)
@@ -242,6 +246,7 @@ class ConsulCertificates:
             r.fingerprint(_sha256()) for r in self._roots
         ]
         self._roots = roots
+        self._roots_domain = (trust_domain or "").lower()
         self._active_root = active
         for root in roots:
             self._site.metrics.certificate_expiry.labels(

@@ -9,14 +9,23 @@ certificate stays in use, the problem is logged once, counted in
 
 Config in ``[sites.NAME.file_certs]`` (paths relative to the config file)::
 
-    roots = ["roots.pem"]          # each file may hold several certificates
+    roots = ["roots.pem"]          # the site's own trust domain's roots (several per file)
     poll_interval = "1s"
+
+    [sites.NAME.file_certs.trust_bundles]   # a peer's roots, by trust domain
+    "peer.consul" = ["peer-root.pem"]       # the domain must be in extra_trust_domains
 
     [sites.NAME.file_certs.leaves]
     billing = { cert = "billing.pem", key = "billing-key.pem" }   # cert may hold the chain
 
 A leaf's key is a service name: ``name``, ``namespace/name`` or
 ``partition/namespace/name``.
+
+A root vouches only for the trust domain it is listed under, whatever it says itself
+(so a peer's root without a ``spiffe://`` URI SAN cannot mint local identities); a
+root whose ``spiffe://`` URI SAN names another trust domain than the one it is
+listed under is refused, naming the file and key (start fails, a reload keeps the
+previous material).
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from cryptography.hazmat.primitives import hashes
 
 from gwcore.contract import pki
 from gwcore.contract.hookspecs import hookimpl
-from gwcore.contract.providers import LeafCertificate, SourceHealth
+from gwcore.contract.providers import LeafCertificate, SourceHealth, TrustRoot
+from gwcore.net.client_trust import misconfigured
 from gwcore.net.filewatch import FileWatcher
 from gwcore.policy.config import ConfigProblem, SectionReader, SiteConfig
 from gwcore.policy.model import ServiceName
@@ -60,6 +70,8 @@ class Settings:
     """The validated ``[sites.NAME.file_certs]`` section."""
 
     roots: tuple[str, ...] = ()
+    #: (trust domain, its root files) for each peer trust domain.
+    trust_bundles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     poll_interval: float = DEFAULT_POLL_INTERVAL
     leaves: tuple[LeafFiles, ...] = ()
 
@@ -93,7 +105,31 @@ def read_settings(site: SiteConfig) -> tuple[Settings, list[ConfigProblem]]:
     roots = r.strings("roots") if "roots" in r.table else ()
     poll_interval = r.duration("poll_interval", DEFAULT_POLL_INTERVAL, minimum=MIN_POLL_INTERVAL)
     leaves_table = r.table_value("leaves")
+    bundles_table = r.table_value("trust_bundles")
     problems = r.finish()
+    bundles: list[tuple[str, tuple[str, ...]]] = []
+    br = SectionReader(site.file, r.key("trust_bundles"), bundles_table)
+    for domain in bundles_table:
+        files = br.strings(domain)
+        where = f"{r.prefix}.{bundle_field(domain)}"
+        if domain.lower() == site.trust_domain:
+            problems.append(
+                ConfigProblem(
+                    site.file, where, "is the site's own trust domain: list its roots in `roots`"
+                )
+            )
+        elif domain.lower() not in site.extra_trust_domains:
+            problems.append(
+                ConfigProblem(
+                    site.file,
+                    where,
+                    "is not in extra_trust_domains: a bundle for a trust domain the site "
+                    "does not trust would never be used",
+                )
+            )
+        elif files:
+            bundles.append((domain.lower(), files))
+    problems += br.problems
     leaves: list[LeafFiles] = []
     for key, table in leaves_table.items():
         dotted = f"{r.key('leaves')}.{key}"
@@ -117,15 +153,37 @@ def read_settings(site: SiteConfig) -> tuple[Settings, list[ConfigProblem]]:
         problems += lr.finish()
         if service is not None and cert and key_file:
             leaves.append(LeafFiles(key, service, cert, key_file))
-    return Settings(roots, poll_interval, tuple(leaves)), problems
+    return Settings(roots, tuple(bundles), poll_interval, tuple(leaves)), problems
 
 
-def load_roots(path: Path) -> tuple[x509.Certificate, ...]:
-    """Every certificate in the root file ``path``; :class:`CertificateFileError` if unusable."""
+def load_roots(path: Path, domain: str, field: str = "roots") -> tuple[x509.Certificate, ...]:
+    """Every certificate in the root file ``path``, listed for trust domain ``domain``
+    under the config key ``field``; :class:`CertificateFileError` if unusable or if a
+    root names another trust domain in its ``spiffe://`` URI SAN."""
     try:
-        return tuple(pki.load_certificates(_read(path, "roots")))
+        certs = tuple(pki.load_certificates(_read(path, field)))
     except ValueError as e:
-        raise CertificateFileError("roots", path, str(e)) from None
+        raise CertificateFileError(field, path, str(e)) from None
+    for cert in certs:
+        problem = misconfigured(TrustRoot(cert, domain))
+        if problem is not None:
+            raise CertificateFileError(
+                field, path, f"{problem} ({cert.subject.rfc4514_string()}); it is refused"
+            )
+    return certs
+
+
+def bundle_field(domain: str) -> str:
+    """The config key (below the section) of ``domain``'s bundle, as TOML spells it."""
+    return f'trust_bundles."{domain}"'
+
+
+def root_files(settings: Settings, site: SiteConfig) -> list[tuple[str, str, str]]:
+    """(trust domain, config key, path as written) for every configured root file."""
+    files = [(site.trust_domain, "roots", p) for p in settings.roots]
+    for domain, paths in settings.trust_bundles:
+        files += [(domain, bundle_field(domain), p) for p in paths]
+    return files
 
 
 def load_leaf_files(cert_path: Path, key_path: Path) -> LeafCertificate:
@@ -170,17 +228,26 @@ class FileCertificates:
     def __init__(self, site: SiteContext) -> None:
         self._site = site
         settings, _ = read_settings(site.config)
-        self.root_files = tuple(site.resolve_path(p) for p in settings.roots)
+        #: (trust domain, config key, path) of every root file.
+        self.root_files = tuple(
+            (domain, field, site.resolve_path(p))
+            for domain, field, p in root_files(settings, site.config)
+        )
         self.leaf_files = {
             lf.service: (site.resolve_path(lf.cert), site.resolve_path(lf.key_file))
             for lf in settings.leaves
         }
-        self._roots: dict[Path, tuple[x509.Certificate, ...]] = {}
+        self._roots: dict[tuple[str, Path], tuple[x509.Certificate, ...]] = {}
         self._leaves: dict[ServiceName, LeafCertificate] = {}
         self._errors: dict[str, str] = {}  # item -> message while it is failing
         self._last_success: float | None = None
         self._changed: Callable[[], None] | None = None
-        watched = [*self.root_files, *(p for pair in self.leaf_files.values() for p in pair)]
+        watched = list(
+            dict.fromkeys(
+                [*(p for _, _, p in self.root_files)]
+                + [p for pair in self.leaf_files.values() for p in pair]
+            )
+        )
         self._watcher = FileWatcher(
             site.reactor,  # type: ignore[arg-type]
             watched,
@@ -207,15 +274,16 @@ class FileCertificates:
     def leaf(self, service: ServiceName) -> LeafCertificate | None:
         return self._leaves.get(service)
 
-    def trust_roots(self) -> Sequence[x509.Certificate]:
-        seen: set[bytes] = set()
-        roots: list[x509.Certificate] = []
-        for path in self.root_files:
-            for cert in self._roots.get(path, ()):
-                fp = cert.fingerprint(hashes.SHA256())
-                if fp not in seen:
-                    seen.add(fp)
-                    roots.append(cert)
+    def trust_roots(self) -> Sequence[TrustRoot]:
+        """Each root with the trust domain it is listed under (``roots``: the site's)."""
+        seen: set[tuple[str, bytes]] = set()
+        roots: list[TrustRoot] = []
+        for domain, _, path in self.root_files:
+            for cert in self._roots.get((domain, path), ()):
+                key = (domain, cert.fingerprint(hashes.SHA256()))
+                if key not in seen:
+                    seen.add(key)
+                    roots.append(TrustRoot(cert, domain))
         return roots
 
     def health(self) -> SourceHealth:
@@ -230,16 +298,16 @@ class FileCertificates:
         Calls ``changed`` (once) after a change once started.
         """
         changed = False
-        for path in self.root_files:
-            item = f"roots {path}"
+        for domain, field, path in self.root_files:
+            item = f"{field} {path}"
             try:
-                certs = load_roots(path)
+                certs = load_roots(path, domain, field)
             except CertificateFileError as e:
                 self._failed(item, e)
                 continue
             self._errors.pop(item, None)
-            if self._roots.get(path) != certs:
-                self._roots[path] = certs
+            if self._roots.get((domain, path)) != certs:
+                self._roots[(domain, path)] = certs
                 changed = True
                 self._gauge("root", path.name).set(
                     min(c.not_valid_after_utc.timestamp() for c in certs)
@@ -270,7 +338,8 @@ class FileCertificates:
         self._errors[item] = message
         self._site.metrics.certificate_errors.labels(site=self._site.name, provider=NAME).inc()
         self._site.log.warn(
-            "file_certs: {file}: {problem}; keeping the previous material",
+            "file_certs: {key}: {file}: {problem}; keeping the previous material",
+            key=f"{self._site.config.prefix}.{NAME}.{problem.field}",
             file=str(problem.path),
             problem=problem.message,
         )
@@ -291,11 +360,11 @@ def tgw_validate_site_config(site: SiteConfig) -> Sequence[ConfigProblem]:
         return []
     settings, problems = read_settings(site)
     prefix = f"{site.prefix}.{NAME}"
-    for root in settings.roots:
+    for domain, field, root in root_files(settings, site):
         try:
-            load_roots(site.base_dir / root)
+            load_roots(site.base_dir / root, domain, field)
         except CertificateFileError as e:
-            problems.append(ConfigProblem(site.file, f"{prefix}.roots", str(e)))
+            problems.append(ConfigProblem(site.file, f"{prefix}.{field}", str(e)))
     for lf in settings.leaves:
         try:
             load_leaf_files(site.base_dir / lf.cert, site.base_dir / lf.key_file)

@@ -215,7 +215,9 @@ class MeshHopStrategy:
                 f"no leaf for the gateway's own identity {self.site.config.name!r}: the "
                 "certificate provider must supply one for the mesh-gateway hop",
             )
-        roots = list(self.site.trust_roots())
+        # Mesh gateways carry identities of the site's own trust domain: only its
+        # bundle may vouch for them, never a peer's (issue 16).
+        roots = list(self.site.trust_bundles().get(self.site.config.trust_domain, ()))
         key = leaf.fingerprint + roots_digest(roots)
         if self._context is None or self._context[0] != key:
             self._context = (key, mesh_client_context(leaf, roots))

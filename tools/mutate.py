@@ -14,8 +14,10 @@ site of these operators:
 - ``guard``: an ``if`` whose body ends the function early (``return``/``raise``) removed,
   as if the check had never been written.
 
-A mutant is written over the source file (restored afterwards, also on Ctrl-C), the
-target's tests run in a fresh ``pytest -x`` (no bytecode written, so no stale cache),
+Mutants are written into a private copy of the tree (a temporary directory made by
+:func:`private_copy`, imported ahead of the editable install), never into the checkout,
+so a test run, an editor or a commit in the checkout never sees mutated code. The
+target's tests run there in a fresh ``pytest -x`` (no bytecode written, so no stale cache),
 and the mutant is *killed* when they fail or time out, *survived* when they pass. A
 survivor that is listed in ``EQUIVALENT`` with the reason it cannot change behaviour
 is reported but does not fail the run; any other survivor does (exit status 1).
@@ -27,7 +29,7 @@ Usage (``make mutate`` runs the first)::
     python tools/mutate.py --list                # the mutants, without running them
     python tools/mutate.py --only gwcore/policy/sni.py
 
-Do not edit the mutated files while it runs: each is rewritten in place.
+The checkout is only read: editing it while the tool runs changes nothing it tests.
 """
 
 from __future__ import annotations
@@ -37,15 +39,60 @@ import ast
 import copy
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT  # where tests run and mutants are written: a private copy once main() starts
+
+_NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv", "var", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", "bench"
+)
+
+
+def private_copy(root: Path, into: Path) -> Path:
+    """A copy of ``root`` at ``into``/tree that imports as ``gwcore`` ahead of the editable
+    install (``plugins/`` is installed as ``gwcore.plugins``: a link gives the copy the
+    same layout). :func:`check_copy` proves the copy is what the tests import."""
+    tree = into / "tree"
+    shutil.copytree(root, tree, ignore=_NOT_COPIED, symlinks=True)
+    link = tree / "gwcore" / "plugins"
+    if not link.exists():
+        link.symlink_to(Path("..") / "plugins", target_is_directory=True)
+    return tree
+
+
+def _env(work: Path) -> dict[str, str]:
+    path = [str(work), os.environ.get("PYTHONPATH", "")]
+    return {
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in path if p),
+    }
+
+
+def check_copy(work: Path) -> None:
+    """Refuse to run when the tests would import the checkout instead of the copy (a
+    mutant that is never imported would "survive" for nothing)."""
+    probe = "import gwcore.policy, gwcore.plugins; print(gwcore.policy.__file__)"
+    probe += "; print(gwcore.plugins.__path__[0])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=work, env=_env(work), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    lines = done.stdout.split()
+    if done.returncode != 0 or len(lines) != 2:
+        raise SystemExit(f"tools/mutate.py: the copy does not import: {done.stderr.strip()}")
+    for line in lines:
+        if not Path(line).resolve().is_relative_to(work.resolve()):
+            raise SystemExit(f"tools/mutate.py: tests would import {line}, not the copy {work}")
 
 
 @dataclass(frozen=True)
@@ -267,14 +314,14 @@ def mutants(target: Target) -> list[Mutant]:
 
 def run_tests(target: Target, timeout: float) -> str:
     """``killed``, ``survived`` or ``error`` (no test ran) for what is on disk now."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = _env(WORK)
     cmd = [
         sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
         "-p", "no:randomly", "-o", "addopts=--strict-markers", *target.tests,
     ]  # fmt: skip
     try:
         done = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, timeout=timeout, check=False
+            cmd, cwd=WORK, env=env, capture_output=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
         return "killed"  # a hang is a failing test (and pytest-timeout would say so)
@@ -327,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(todo)} mutants")
         return 0
 
+    global WORK
+    scratch = tempfile.TemporaryDirectory(prefix="tgw-mutate-")
+    WORK = private_copy(ROOT, Path(scratch.name))
+    check_copy(WORK)
     restorer = Restorer()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()
@@ -340,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.budget and time.monotonic() - began > args.budget:
                 results["skipped"].extend(todo[number - 1 :])
                 break
-            path = ROOT / m.target.path
+            path = WORK / m.target.path
             original = path.read_text()
             module = ast.parse(original)
             m.apply(module)
@@ -355,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         restorer.restore()
         signal.signal(signal.SIGTERM, previous)
+        scratch.cleanup()
     print()
     unexplained = [m for m in results["survived"] if m.key not in EQUIVALENT]
     for m in results["survived"]:

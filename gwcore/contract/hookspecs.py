@@ -101,7 +101,8 @@ def tgw_catalog_sources(site: SiteContext) -> Sequence[CatalogSource]:
 def tgw_certificate_providers(site: SiteContext) -> Sequence[CertificateProvider]:
     """Return certificate providers for ``site``.
 
-    Trust roots of all providers are combined; a destination's leaf comes from the
+    Trust roots of all providers are combined, each into the bundle of the trust
+    domain it is tagged with (``TrustRoot``); a destination's leaf comes from the
     first provider (in stack order) that has one. All results are collected.
     """
 

@@ -38,6 +38,21 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustRoot:
+    """A trust root and the trust domain it is *configured* to vouch for.
+
+    The domain comes from configuration (or, for Consul, from the API's
+    ``TrustDomain``), never from the certificate: a root vouches only for client
+    identities of ``trust_domain``. A root whose ``spiffe://`` URI SAN names another
+    trust domain is refused (see docs/security.md). ``trust_domain`` is compared
+    lower-case.
+    """
+
+    certificate: x509.Certificate
+    trust_domain: str
+
+
+@dataclass(frozen=True, slots=True)
 class LeafCertificate:
     """A certificate chain (leaf first) and its private key."""
 
@@ -149,6 +164,11 @@ class SiteContext(Protocol):
         """Every trust root of the site's certificate providers (deduplicated)."""
         ...
 
+    def trust_bundles(self) -> Mapping[str, Sequence[x509.Certificate]]:
+        """The trust roots by the trust domain each is configured for: verify a peer
+        claiming an identity of domain ``td`` against ``trust_bundles()[td]`` only."""
+        ...
+
 
 @runtime_checkable
 class CatalogSource(Protocol):
@@ -191,7 +211,11 @@ class CertificateProvider(Protocol):
 
     def leaf(self, service: ServiceName) -> LeafCertificate | None: ...
 
-    def trust_roots(self) -> Sequence[x509.Certificate]: ...
+    def trust_roots(self) -> Sequence[TrustRoot]:
+        """Each root with the trust domain it is configured for. A bare
+        ``x509.Certificate`` (the contract of 0.1) still counts as a root of the
+        site's own trust domain, with a DeprecationWarning; support ends next release."""
+        ...
 
     def health(self) -> SourceHealth: ...
 

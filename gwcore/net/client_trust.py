@@ -8,8 +8,11 @@ SPIFFE certificate validator, each trust domain has its own *bundle* and a clien
 certificate is valid only if it chains to the bundle of the trust domain named in
 its own URI SAN:
 
-- A root belongs to the trust domain of its ``spiffe://<td>`` URI SAN (Consul's CA
-  roots carry one); a root without one belongs to the site's own trust domain.
+- A root belongs to the trust domain it is *configured* for (a
+  :class:`~gwcore.contract.providers.TrustRoot`), never to the one it names itself:
+  a peer root without a ``spiffe://`` URI SAN (Vault, cert-manager) must not count
+  as local. A root whose ``spiffe://`` URI SAN names another trust domain than the
+  configured one is left out of every bundle (:attr:`TrustBundles.refused`).
 - After a full handshake, the anchor of the chain OpenSSL built must be in the
   bundle of the leaf's trust domain. If it is not (a cross-signed path), the chain
   is verified again against that bundle alone; failing that: ``wrong_trust_bundle``.
@@ -32,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from gwcore.contract import pki
+from gwcore.contract.providers import TrustRoot
 
 # OpenSSL X509_V_ERR_* codes we name in metrics; anything else is "bad_client_cert".
 VERIFY_ERROR_REASONS: dict[int, str] = {
@@ -47,9 +51,31 @@ VERIFY_ERROR_REASONS: dict[int, str] = {
 VERIFIED_CHAINS_SIZE = 4096
 
 
-def bundle_domain(root: x509.Certificate, local_domain: str) -> str:
-    """The trust domain a root vouches for: its ``spiffe://<td>`` URI SAN, else the local one."""
-    return pki.trust_domain_of(root) or local_domain.lower()
+def named_domains(root: x509.Certificate) -> frozenset[str]:
+    """The trust domains of every ``spiffe://`` URI SAN of ``root``, lower-cased (with or
+    without a path); empty when it has none or its SANs do not parse."""
+    try:
+        uris = pki.uri_sans(root)
+    except ValueError:
+        return frozenset({""})  # unparsable names: never matches a configured domain
+    found = set()
+    for uri in uris:
+        if uri[:9].lower() == "spiffe://":
+            found.add(uri[9:].split("/", 1)[0].lower())
+    return frozenset(found)
+
+
+def misconfigured(root: TrustRoot) -> str | None:
+    """Why ``root`` cannot vouch for its configured trust domain (its ``spiffe://`` URI
+    SAN names another one), or ``None``."""
+    domain = root.trust_domain.lower()
+    other = sorted(named_domains(root.certificate) - {domain})
+    if other:
+        return (
+            f"the root names trust domain {other[0]!r} in its spiffe:// URI SAN but is "
+            f"configured for {domain!r}"
+        )
+    return None
 
 
 class VerifiedChains:
@@ -84,18 +110,26 @@ class TrustBundles:
     roots: Mapping[str, tuple[x509.Certificate, ...]]
     ders: Mapping[str, frozenset[bytes]]  # each domain's roots, DER-encoded
     chains: VerifiedChains = field(default_factory=VerifiedChains)
+    #: Roots left out because they name another trust domain, with the reason.
+    refused: tuple[tuple[TrustRoot, str], ...] = ()
     _stores: dict[str, crypto.X509Store] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
-        cls,
-        roots: Iterable[x509.Certificate],
-        local_domain: str,
-        chains: VerifiedChains | None = None,
+        cls, roots: Iterable[TrustRoot], chains: VerifiedChains | None = None
     ) -> TrustBundles:
+        """Group ``roots`` by their configured trust domain; a misconfigured root (see
+        :func:`misconfigured`) goes to ``refused`` instead, with the reason."""
         grouped: dict[str, list[x509.Certificate]] = {}
+        refused: list[tuple[TrustRoot, str]] = []
         for root in roots:
-            grouped.setdefault(bundle_domain(root, local_domain), []).append(root)
+            problem = misconfigured(root)
+            if problem is not None:
+                refused.append((root, problem))
+                continue
+            certs = grouped.setdefault(root.trust_domain.lower(), [])
+            if root.certificate not in certs:
+                certs.append(root.certificate)
         return cls(
             roots={td: tuple(certs) for td, certs in grouped.items()},
             ders={
@@ -103,7 +137,15 @@ class TrustBundles:
                 for td, certs in grouped.items()
             },
             chains=chains if chains is not None else VerifiedChains(),
+            refused=tuple(refused),
         )
+
+    def accepted(self) -> list[x509.Certificate]:
+        """Every root of every bundle, each once (what OpenSSL's store holds)."""
+        out: list[x509.Certificate] = []
+        for certs in self.roots.values():
+            out.extend(c for c in certs if c not in out)
+        return out
 
     def _store(self, domain: str) -> crypto.X509Store:
         store = self._stores.get(domain)

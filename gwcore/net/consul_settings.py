@@ -114,7 +114,16 @@ def read_consul_settings(reader: SectionReader, base_dir: Path) -> ConsulSetting
     """Read the connection keys of a Consul plugin section (problems go to ``reader``)."""
     address = reader.string("address", DEFAULT_ADDRESS) or DEFAULT_ADDRESS
     parts = urlsplit(address)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if "@" in address:
+        # user:password@ would be shown by /config and in every retry warning; Consul's
+        # API authenticates with ACL tokens anyway. The value is not echoed.
+        reader.problem(
+            "address",
+            "must not hold credentials (user:password@host): Consul's API takes an ACL "
+            "token, set `token` or `token_file` instead",
+        )
+        address = DEFAULT_ADDRESS
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
         reader.problem("address", f"must be an http:// or https:// URL, not {address!r}")
         address = DEFAULT_ADDRESS
     elif parts.path not in ("", "/"):

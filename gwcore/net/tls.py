@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
-from gwcore.contract.providers import LeafCertificate
+from gwcore.contract.providers import LeafCertificate, TrustRoot
 from gwcore.net.client_trust import TrustBundles, VerifiedChains
 from gwcore.policy.model import ServiceName
 
@@ -52,10 +52,18 @@ ALPN_BY_PROTOCOL: dict[str, tuple[bytes, ...]] = {
 }
 
 
-def roots_digest(roots: Sequence[x509.Certificate]) -> bytes:
+def roots_digest(roots: Sequence[x509.Certificate | TrustRoot]) -> bytes:
+    """A digest of the roots, and of the trust domain each is configured for."""
     h = hashlib.sha256()
-    for root in sorted(r.public_bytes(serialization.Encoding.DER) for r in roots):
-        h.update(root)
+    parts = []
+    for r in roots:
+        if isinstance(r, TrustRoot):
+            td, cert = r.trust_domain.lower().encode(), r.certificate
+        else:
+            td, cert = b"", r
+        parts.append(hashlib.sha256(td).digest() + cert.public_bytes(serialization.Encoding.DER))
+    for part in sorted(parts):
+        h.update(part)
     return h.digest()
 
 
@@ -143,22 +151,21 @@ class ServerTLSBuilder:
         self,
         routes: Iterable[tuple[str, ServiceName]],
         leaf_for: Callable[[ServiceName], LeafCertificate | None],
-        roots: Sequence[x509.Certificate],
+        tagged: Sequence[TrustRoot],
         previous: ServerTLS | None = None,
     ) -> tuple[ServerTLS, list[str]]:
-        """Contexts for every (sni, service) route; returns the snapshot and the SNIs
-        left out because no leaf was available (those routes cannot handshake)."""
-        key = roots_digest(roots)
+        """Contexts for every (sni, service) route, verifying clients against the
+        bundles of ``tagged`` (roots by configured trust domain); returns the snapshot
+        and the SNIs left out because no leaf was available (those routes cannot
+        handshake). Roots refused by the bundles are in ``snapshot.trust.refused``."""
+        key = roots_digest(tagged)
         reuse = previous is not None and previous.roots_key == key
         cache: dict[tuple[str, bytes, bytes], SSL.Context] = (
             dict(previous._cache) if reuse and previous else {}
         )
+        trust = previous.trust if reuse and previous else TrustBundles.build(tagged, self._chains)
+        roots = trust.accepted()
         base = previous.base if reuse and previous else self._context(None, roots)
-        trust = (
-            previous.trust
-            if reuse and previous
-            else TrustBundles.build(roots, self._trust_domain, self._chains)
-        )
         by_sni: dict[str, SSL.Context] = {}
         leaves: dict[str, LeafCertificate] = {}
         missing: list[str] = []

@@ -14,7 +14,7 @@ close cause says which change it was:
                            terminating-gateway entry, left the catalog, or its site was
                            removed by a reload)
 ``route_changed``          its SNI now routes to another service
-``trust_root_removed``     its client certificate no longer chains to a current trust root
+``trust_root_removed``     its client certificate no longer chains to its trust domain's bundle
 ========================  ==================================================================
 
 A reload that replaces a site hands the old site's live connections to the new one
@@ -30,7 +30,7 @@ when it arrives, so no connection is let through on a superseded answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,7 +71,7 @@ class Site(Protocol):
 
     def current(self) -> tuple[RouteTable, ServerTLS]: ...
 
-    def trust_roots(self) -> list[Any]: ...
+    def trust_bundles(self) -> Mapping[str, Sequence[Any]]: ...
 
 
 CANNOT_DENY = frozenset(
@@ -139,7 +139,7 @@ class LiveRecheck:
         """Rises on every change that can deny; a decision asked before it rose is stale."""
         self.successor: Site | None = None
         self._adopted: list[Site] = []
-        self._root_certs: list[Any] | None = None
+        self._bundles: Mapping[str, Sequence[Any]] | None = None
 
     # --- which connections ---------------------------------------------------------
 
@@ -229,27 +229,39 @@ class LiveRecheck:
                     f"{conn.sni} now routes to {destination.name}, not {conn.destination.name}",
                 )
 
-    def roots_changed(self, before: list[Any] | None = None) -> None:
-        """Certificates changed: if a trust root went, close the clients it vouched for.
+    def roots_changed(self, before: Mapping[str, Sequence[Any]] | None = None) -> None:
+        """Certificates changed: if a trust root left a trust domain's bundle, close
+        the clients of that domain it vouched for.
 
-        A connection is closed when its client chain verifies against the roots
-        ``before`` (default: those of the last call) and not against the current ones;
-        one whose chain cannot be rebuilt either way (a resumed session keeps no
-        intermediates) is not this change's business.
+        A connection is closed when its client chain verifies against its identity's
+        trust domain's bundle ``before`` (default: those of the last call) and not
+        against the current one (a root removed, or now configured for another
+        domain); one whose chain cannot be rebuilt either way (a resumed session
+        keeps no intermediates) is not this change's business.
         """
-        roots = self.site.trust_roots()
+        bundles = self.site.trust_bundles()
         if before is None:
-            before = self._root_certs
-        self._root_certs = roots
-        if (
-            self.successor is not None
-            or before is None
-            or not _fingerprints(before) - _fingerprints(roots)
-        ):
-            return  # first material, or roots only added: nobody can be refused
+            before = self._bundles
+        self._bundles = bundles
+        if self.successor is not None or before is None:
+            return  # first material: nobody can be refused
+        shrunk = {
+            td
+            for td, roots in before.items()
+            if _fingerprints(roots) - _fingerprints(bundles.get(td, ()))
+        }
+        if not shrunk:
+            return  # roots only added: nobody can be refused
         self.epoch += 1
-        old, new = _store(before), _store(roots)
+        stores: dict[str, tuple[crypto.X509Store, crypto.X509Store]] = {}
         for conn in list(self.live()):
+            identity = conn.identity
+            if identity is None or identity.trust_domain not in shrunk:
+                continue
+            td = identity.trust_domain
+            if td not in stores:
+                stores[td] = (_store(before[td]), _store(bundles.get(td, ())))
+            old, new = stores[td]
             if _chains(conn.tls, old) and not _chains(conn.tls, new):
                 self.close(conn, "trust_root_removed", "its issuing root is no longer trusted")
 
@@ -262,7 +274,7 @@ class LiveRecheck:
             return  # listener tuning only: the old connections drain
         old.recheck.epoch += 1  # decisions in flight on the old site are stale
         self._check_routes(old.recheck.live())
-        self.roots_changed(before=old.trust_roots())
+        self.roots_changed(before=old.trust_bundles())
         self.policy_changed()
 
     def retire(self, reason: str) -> None:
@@ -295,11 +307,11 @@ class LiveRecheck:
         conn.close(cause)
 
 
-def _fingerprints(roots: list[Any]) -> frozenset[bytes]:
+def _fingerprints(roots: Sequence[Any]) -> frozenset[bytes]:
     return frozenset(r.fingerprint(hashes.SHA256()) for r in roots)
 
 
-def _store(roots: list[Any]) -> crypto.X509Store:
+def _store(roots: Sequence[Any]) -> crypto.X509Store:
     store = crypto.X509Store()
     for root in roots:
         store.add_cert(crypto.X509.from_cryptography(root))

@@ -14,7 +14,8 @@ catalog subscribers and sends ``tgw_routes_changed``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +26,13 @@ from twisted.logger import Logger
 
 from gwcore.contract.events import EventSink, RoutesChanged
 from gwcore.contract.metrics import GatewayMetrics
-from gwcore.contract.providers import CatalogView, CertificateProvider, LeafCertificate
+from gwcore.contract.providers import (
+    CatalogView,
+    CertificateProvider,
+    LeafCertificate,
+    TrustRoot,
+)
+from gwcore.net.client_trust import TrustBundles, misconfigured
 from gwcore.net.hostnames import HostnameEndpoints
 from gwcore.net.resolver import DNSResolver
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
@@ -62,6 +69,7 @@ class Router:
         self._accepting = accepting
         self._installed = installed
         self._events = events
+        self._warned_untagged: set[str] = set()
         # A mesh site terminates nothing: it keeps the certificate-less base context.
         self.terminates_tls = terminates_tls
         self._tls_builder = ServerTLSBuilder(
@@ -96,17 +104,48 @@ class Router:
                 return leaf
         return None
 
-    def trust_roots(self) -> list[Any]:
-        """Every current trust root of the certificate providers, each once."""
-        roots: list[Any] = []
-        seen: set[bytes] = set()
+    def tagged_roots(self) -> list[TrustRoot]:
+        """Every current root of the certificate providers with the trust domain it is
+        configured for, each (domain, root) once. A provider still answering bare
+        certificates (the 0.1 contract) has them counted as the local domain's."""
+        roots: list[TrustRoot] = []
+        seen: set[tuple[str, bytes]] = set()
         for provider in self._certificates():
-            for root in provider.trust_roots():
-                fp = root.fingerprint(hashes.SHA256())
-                if fp not in seen:
-                    seen.add(fp)
-                    roots.append(root)
+            for item in provider.trust_roots():
+                if not isinstance(item, TrustRoot):
+                    self._untagged(provider.name)
+                    item = TrustRoot(item, self.config.trust_domain)
+                key = (item.trust_domain.lower(), item.certificate.fingerprint(hashes.SHA256()))
+                if key not in seen:
+                    seen.add(key)
+                    roots.append(item)
         return roots
+
+    def trust_roots(self) -> list[Any]:
+        """Every current trust root of the certificate providers, each once, except
+        those refused because they name another trust domain than their own."""
+        roots: list[Any] = []
+        for root in self.tagged_roots():
+            if misconfigured(root) is None and root.certificate not in roots:
+                roots.append(root.certificate)
+        return roots
+
+    def trust_bundles(self) -> Mapping[str, Sequence[Any]]:
+        """The current roots by configured trust domain (misconfigured ones left out)."""
+        return TrustBundles.build(self.tagged_roots()).roots
+
+    def _untagged(self, provider: str) -> None:
+        if provider in self._warned_untagged:
+            return
+        self._warned_untagged.add(provider)
+        message = (
+            f"certificate provider {provider!r} returns trust roots without a trust domain; "
+            "they count as the site's own trust domain's. Return TrustRoot(certificate, "
+            "trust_domain) (gwcore.contract.providers): bare certificates stop working in "
+            "the next release"
+        )
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        self.log.warn("{message}", message=message)
 
     # --- TLS callbacks (called by OpenSSL during handshakes) --------------------
 
@@ -225,14 +264,33 @@ class Router:
         material, missing = self._tls_builder.build(
             [(sni, dest.service) for sni, dest in routes],
             self.leaf_for,
-            self.trust_roots(),
+            self.tagged_roots(),
             self.tls,
         )
+        if material.trust is not self.tls.trust:
+            self._report_bundles(material.trust)
         for sni in missing:
             self.log.error(
                 "no leaf certificate for route {sni}; it cannot accept connections", sni=sni
             )
         return material
+
+    def _report_bundles(self, trust: TrustBundles) -> None:
+        """Log, when the bundles change, each root left out and each trusted domain
+        without a bundle (its clients are all refused as ``wrong_trust_bundle``)."""
+        for root, problem in trust.refused:
+            self.log.error(
+                "trust root {subject} refused: {problem}",
+                subject=root.certificate.subject.rfc4514_string(),
+                problem=problem,
+            )
+        for domain in self.config.extra_trust_domains:
+            if domain not in trust.roots:
+                self.log.warn(
+                    "extra trust domain {domain} has no trust bundle: no certificate "
+                    "provider gives roots for it, so none of its clients can connect",
+                    domain=domain,
+                )
 
     def _install(self, routes: RouteTable, view: CatalogView) -> None:
         old = self.routes

@@ -22,7 +22,7 @@ so it keeps the table it started with whatever happens later.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,10 @@ class Site:
         """Every current trust root of the site's certificate providers."""
         return self.router.trust_roots()
 
+    def trust_bundles(self) -> Mapping[str, Sequence[Any]]:
+        """The current roots by the trust domain each is configured for."""
+        return self.router.trust_bundles()
+
     # --- Dataplane: what each connection's protocol calls, step by step -------------
 
     def has_listeners(self, hook: str) -> bool:
@@ -399,7 +403,11 @@ class Site:
         tls = self.router.tls
         return {
             "site": self.name,
-            "roots": [_cert_info(r) for r in tls.roots],
+            "roots": [
+                {**_cert_info(root), "trust_domain": domain}
+                for domain, roots in sorted(tls.trust.roots.items())
+                for root in roots
+            ],
             "leaves": {
                 sni: _cert_info(leaf.certificate) for sni, leaf in sorted(tls.leaves.items())
             },

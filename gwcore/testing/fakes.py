@@ -105,6 +105,10 @@ class FakeSite:
     def trust_roots(self) -> list[x509.Certificate]:
         return list(self.roots)
 
+    def trust_bundles(self) -> dict[str, list[x509.Certificate]]:
+        """``roots`` as the site's own trust domain's bundle."""
+        return {self.config.trust_domain: list(self.roots)} if self.roots else {}
+
     def publish_view(self, view: CatalogView) -> None:
         """Replace the merged catalog and notify subscribers, as the site does."""
         self.view = view

@@ -39,7 +39,7 @@ from gwcore.contract.plugin_checks import engine_answer
 from gwcore.contract.plugin_host import PluginLoadError, PluginStack
 from gwcore.contract.providers import AuthzRequest
 from gwcore.policy.config import SiteConfig, parse_config
-from gwcore.policy.decision import combine
+from gwcore.policy.decision import combine, failure
 from gwcore.policy.model import Decision, Destination, Endpoint, ServiceName, SpiffeID, Verdict
 
 TRUST_DOMAIN = "11111111-2222-3333-4444-555555555555.consul"
@@ -236,10 +236,18 @@ class LoadedStack:
 
     def decide(self, request: AuthzRequest) -> Decision:
         """The site's decision for ``request`` from engines that answer at once (an engine
-        returning a Deferred must be tested by firing it; this raises then)."""
+        returning a Deferred must be tested by firing it; this raises then).
+
+        As in the site, an engine that raises or answers something that is not a
+        :class:`Decision` (``None``, a bool) is a deny naming the engine and the error:
+        the harness fails closed exactly where the gateway does."""
         answers = []
         for engine in self.engines:
-            answer = engine_answer(engine, request)
+            try:
+                answer = engine_answer(engine, request)
+            except Exception as e:
+                answers.append(failure(engine.name, f"{type(e).__name__}: {e}"))
+                continue
             if not isinstance(answer, Decision):
                 raise AssertionError(f"engine {engine.name!r} did not answer at once")
             answers.append(answer)

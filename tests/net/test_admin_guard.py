@@ -266,3 +266,36 @@ def test_consul_settings_never_print_the_acl_token() -> None:
     settings = ConsulSettings(token="consul-acl-secret-1234")
     assert "consul-acl-secret-1234" not in repr(settings)
     assert settings.token == "consul-acl-secret-1234"
+
+
+@pytest_twisted.ensureDeferred
+async def test_consul_credentials_in_the_address_never_reach_config_or_logs(gateway, upstreams):
+    """Issue 16 (low): a reload whose ``consul_catalog.address`` holds
+    ``user:password@`` is rejected with one line naming the key and ``token`` (not
+    the password), the running site keeps serving, and ``/config`` (the running
+    configuration) holds no credentials either; check-config refuses it the same way."""
+    password = "consul-pw-0f1e2d3c4b5a"
+    gateway.gateway_table = f'admin_token = "{TOKEN}"'
+    up = upstreams()
+    minimal_catalog(gateway, up.port)
+    await gateway.start()
+    config = gateway.root / "tgw.toml"
+    gateway.plugins = [*gateway.plugins, "consul_catalog"]
+    gateway.extra_site = (
+        f'[sites.main.consul_catalog]\naddress = "http://tgw:{password}@127.0.0.1:1"\n'
+    )
+    gateway.write_config()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await gateway.service.reload()
+        status, _, body = await in_thread(fetch, gateway.admin_port, "/config", token=TOKEN)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = "\n".join(formatEvent(e) for e in events)
+    assert "reload rejected" in logged and "sites.main.consul_catalog.address" in logged
+    assert "token_file" in logged
+    assert status == 200 and "consul_catalog" not in json.loads(body)["sites"]["main"]
+    assert password not in logged and password not in body.decode()
+    checked = check_config(config)
+    assert not checked.ok and all(password not in str(p) for p in checked.problems)

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from gwcore.contract import pki
+from gwcore.plugins.builtin_ca import load_or_create_ca
+from gwcore.testing import TRUST_DOMAIN as TRUST
 from gwcore.testing import MeshCA
 from tests.harness import (
     HandshakeRefusedError,
@@ -29,6 +31,7 @@ from tests.harness import (
     sni_for,
     write_json,
 )
+from tests.net.test_client_trust import ca_without_spiffe_uri
 
 
 def setup_catalog(gateway, services: dict[str, int], rules: list[dict] | None = None) -> None:
@@ -80,17 +83,69 @@ async def test_leaves_that_are_no_client_end_entity_are_refused(
 PEER_TD = "peer.consul"
 
 
-def with_peer_bundle(gateway) -> MeshCA:
+def with_peer_bundle(gateway, peer: MeshCA | None = None) -> MeshCA:
     """A site that also trusts the peer cluster ``peer.consul``: its trust domain in
-    ``extra_trust_domains`` and its root, beside the mesh root, from ``file_certs``."""
-    peer = MeshCA(PEER_TD)
+    ``extra_trust_domains`` and its root as that domain's bundle, from ``file_certs``
+    (``trust_bundles``); the mesh's own root comes from ``builtin_ca``."""
+    peer = peer or MeshCA(PEER_TD)
     peer.write_root(gateway.root / "peer-root.pem")
     gateway.plugins = ["file_catalog", "builtin_ca", "file_certs", "intentions"]
     gateway.extra_site = (
-        '[sites.main.file_certs]\nroots = ["peer-root.pem"]\npoll_interval = "0.05s"\n'
+        '[sites.main.file_certs]\npoll_interval = "0.05s"\n'
+        f'[sites.main.file_certs.trust_bundles]\n"{PEER_TD}" = ["peer-root.pem"]\n'
     )
     gateway.site_options = {"extra_trust_domains": [PEER_TD]}
     return peer
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_root_without_spiffe_uri_cannot_mint_a_local_identity(gateway, upstreams):
+    """Issue 16 §1, the outside review's repro: the peer's root has no spiffe:// URI
+    SAN (as Vault's or cert-manager's often have) and is configured as peer.consul's
+    bundle. A leaf it signed naming the *local* web is refused as
+    ``wrong_trust_bundle`` (the root vouches for peer.consul only, whatever it says),
+    never forwarded; its leaf naming the peer's web is a valid peer identity that the
+    local ``* => billing`` intention does not speak for (denied); the local web is
+    served."""
+    up = upstreams(hello(b"billing"))
+    cert, key = ca_without_spiffe_uri()
+    peer = with_peer_bundle(gateway, MeshCA(PEER_TD, cert, key))
+    setup_catalog(gateway, {"billing": up.port})  # * => billing allow
+    await gateway.start()
+    local_web = f"spiffe://{gateway.ca.trust_domain}/ns/default/dc/dc1/svc/web"
+    forged = gateway.client_files("web", peer.leaf_with_uris([local_web]))
+    assert await in_thread(attempt, gateway.port, sni_for("billing"), forged) in (b"refused", b"")
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_tls_handshake_errors_total", reason="wrong_trust_bundle") == 1
+    )
+    assert up.accepted == 0
+    peer_web = gateway.client_files("peer-web", peer.leaf("web"))
+    assert await in_thread(attempt, gateway.port, sni_for("billing"), peer_web) == b""
+    local = gateway.client_files("web")
+    assert await in_thread(attempt, gateway.port, sni_for("billing"), local) == b"billing"
+    await gateway.wait_for(lambda: len(gateway.access_records()) == 3)
+    records = gateway.access_records()
+    assert [(r["source"], r["close_cause"]) for r in records[1:]] == [
+        (f"spiffe://{PEER_TD}/ns/default/dc/dc1/svc/web", "denied"),
+        (local_web, "completed"),
+    ]
+    assert records[0]["close_cause"] == "identity:wrong_trust_bundle"
+    assert up.accepted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_bundle_root_naming_the_local_domain_is_refused_at_load(gateway):
+    """A root configured as the peer's bundle whose spiffe:// URI SAN names the local
+    trust domain (here: the mesh's own root, listed by mistake or by an attacker with
+    write access to one config line) is a config error naming the key and the file:
+    the gateway does not start."""
+    with_peer_bundle(gateway, MeshCA(PEER_TD, *load_or_create_ca(gateway.root / "ca", TRUST)))
+    with pytest.raises(AssertionError) as refused:
+        await gateway.start()
+    text = str(refused.value)
+    assert 'sites.main.file_certs.trust_bundles."peer.consul"' in text
+    assert str(gateway.root / "peer-root.pem") in text
+    assert "names trust domain" in text and TRUST in text
 
 
 @pytest_twisted.ensureDeferred
@@ -150,6 +205,40 @@ async def test_a_peer_identity_never_matches_a_local_intention(gateway, upstream
     assert denied["source"] == f"spiffe://{PEER_TD}/ns/default/dc/dc1/svc/web"
     assert denied["decision"] == "deny" and denied["close_cause"] == "denied"
     assert allowed["decision"] == "allow" and allowed["engine"] == "intentions"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_with_a_peer_bundle_naming_the_local_domain_keeps_the_bundles(
+    gateway, upstreams
+):
+    """A SIGHUP reload that lists the mesh's own root (it names the local trust
+    domain) as peer.consul's bundle is rejected with one line naming the key: the
+    running bundles stay as they were, per domain, and the peer's client is still
+    served."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    up = upstreams(hello(b"billing"))
+    peer = with_peer_bundle(gateway)
+    gateway.site_options = {**gateway.site_options, "default_policy": "allow"}
+    setup_catalog(gateway, {"billing": up.port}, [])
+    await gateway.start()
+    before = dict(gateway.site.current()[1].trust.roots)
+    gateway.ca.write_root(gateway.root / "mesh-root.pem")
+    gateway.extra_site = gateway.extra_site.replace('["peer-root.pem"]', '["mesh-root.pem"]')
+    gateway.write_config()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await gateway.service.reload()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = "\n".join(formatEvent(e) for e in events)
+    assert "reload rejected" in logged
+    assert 'sites.main.file_certs.trust_bundles."peer.consul"' in logged
+    assert dict(gateway.site.current()[1].trust.roots) == before
+    assert before[PEER_TD] == (peer.cert,) and before[TRUST] == (gateway.ca.cert,)
+    peer_web = gateway.client_files("peer-web", peer.leaf("web"))
+    assert await in_thread(attempt, gateway.port, sni_for("billing"), peer_web) == b"billing"
 
 
 def resuming_client(files, max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
@@ -386,7 +475,8 @@ async def test_a_session_does_not_outlive_the_removal_of_its_root(gateway, upstr
     """After the peer's root is replaced (a root rotation that drops the old root), a
     client of the old root offering its session is not served: the site's contexts,
     ticket keys included, are replaced with the roots, and a resumption would be
-    verified against the current bundle anyway. Refused as ``untrusted_ca``."""
+    verified against the current bundle anyway. Refused as ``untrusted_ca``. The new
+    root is the peer's bundle, the local one unchanged."""
     up = upstreams(hello(b"billing"))
     peer = with_peer_bundle(gateway)
     gateway.site_options = {**gateway.site_options, "default_policy": "allow"}
@@ -398,8 +488,12 @@ async def test_a_session_does_not_outlive_the_removal_of_its_root(gateway, upstr
     again, reused, _ = await in_thread(call, ctx, gateway.port, sni, session)
     assert (first, again, reused) == (b"billing", b"billing", True)
     old_root = peer.cert
-    MeshCA(PEER_TD).write_root(gateway.root / "peer-root.pem")
+    rotated = MeshCA(PEER_TD)
+    rotated.write_root(gateway.root / "peer-root.pem")
     await gateway.wait_for(lambda: old_root not in gateway.site.trust_roots())
+    bundles = gateway.site.current()[1].trust.roots
+    assert bundles[PEER_TD] == (rotated.cert,), "the rotated root stays the peer's"
+    assert bundles[TRUST] == (gateway.ca.cert,)
     late, _, _ = await in_thread(call, ctx, gateway.port, sni, session)
     assert late == b""
     await gateway.wait_for(

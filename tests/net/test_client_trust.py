@@ -10,13 +10,20 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
 from gwcore.contract import pki
-from gwcore.net.client_trust import TrustBundles, VerifiedChains, bundle_domain
+from gwcore.contract.providers import TrustRoot
+from gwcore.net.client_trust import TrustBundles, VerifiedChains, misconfigured
 from gwcore.testing import MeshCA
 
 LOCAL = "11111111-2222-3333-4444-555555555555.consul"
 
 
 def root_without_spiffe_uri() -> x509.Certificate:
+    """A CA root with no URI SAN at all, as Vault's or cert-manager's often are."""
+    return ca_without_spiffe_uri()[0]
+
+
+def ca_without_spiffe_uri() -> tuple[x509.Certificate, object]:
+    """Such a root and its key."""
     key = pki.new_key()
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vault root")])
@@ -30,17 +37,46 @@ def root_without_spiffe_uri() -> x509.Certificate:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
-    )
+    ), key
 
 
-def test_roots_are_grouped_by_their_spiffe_trust_domain() -> None:
-    """A root belongs to the trust domain of its spiffe:// URI SAN (lower-cased); one
-    without such a SAN belongs to the site's own trust domain."""
+def test_roots_are_grouped_by_their_configured_trust_domain() -> None:
+    """A root belongs to the trust domain it is configured for (lower-cased), not to
+    the one it names: a root without a spiffe:// URI SAN configured for the peer is
+    the peer's, never the local domain's (issue 16 §1)."""
     local, peer, other = MeshCA(LOCAL), MeshCA("peer.consul"), root_without_spiffe_uri()
-    bundles = TrustBundles.build([local.cert, peer.cert, other], LOCAL.upper())
-    assert bundles.roots == {LOCAL: (local.cert, other), "peer.consul": (peer.cert,)}
-    assert bundles.ders["peer.consul"] == {peer.cert.public_bytes(serialization.Encoding.DER)}
-    assert bundle_domain(other, "Mine.Consul") == "mine.consul"
+    bundles = TrustBundles.build(
+        [
+            TrustRoot(local.cert, LOCAL.upper()),
+            TrustRoot(peer.cert, "peer.consul"),
+            TrustRoot(other, "Peer.Consul"),
+        ]
+    )
+    assert bundles.roots == {LOCAL: (local.cert,), "peer.consul": (peer.cert, other)}
+    assert bundles.ders["peer.consul"] == {
+        c.public_bytes(serialization.Encoding.DER) for c in (peer.cert, other)
+    }
+    assert bundles.refused == ()
+    assert bundles.accepted() == [local.cert, peer.cert, other]
+
+
+def test_a_root_naming_another_trust_domain_is_refused() -> None:
+    """A root configured for one trust domain whose spiffe:// URI SAN names another
+    (a peer root listed as a local one, or the local root listed as a peer's) is in
+    no bundle, with the reason naming both domains."""
+    local, peer = MeshCA(LOCAL), MeshCA("peer.consul")
+    bundles = TrustBundles.build(
+        [TrustRoot(peer.cert, LOCAL), TrustRoot(local.cert, "peer.consul")]
+    )
+    assert bundles.roots == {} and bundles.accepted() == []
+    reasons = [reason for _, reason in bundles.refused]
+    assert reasons == [
+        f"the root names trust domain 'peer.consul' in its spiffe:// URI SAN but is "
+        f"configured for {LOCAL!r}",
+        f"the root names trust domain {LOCAL!r} in its spiffe:// URI SAN but is "
+        "configured for 'peer.consul'",
+    ]
+    assert misconfigured(TrustRoot(peer.cert, "PEER.consul")) is None
 
 
 def _x509(cert: x509.Certificate) -> crypto.X509:
@@ -52,7 +88,9 @@ def test_a_leaf_verifies_only_against_its_own_domains_bundle() -> None:
     ``untrusted_ca`` against the local one, and a domain without roots is
     ``wrong_trust_bundle``; an expired leaf is ``expired_cert``."""
     local, peer = MeshCA(LOCAL), MeshCA("peer.consul")
-    bundles = TrustBundles.build([local.cert, peer.cert], LOCAL)
+    bundles = TrustBundles.build(
+        [TrustRoot(local.cert, LOCAL), TrustRoot(peer.cert, "peer.consul")]
+    )
     forged = _x509(peer.leaf_with_uris([f"spiffe://{LOCAL}/ns/default/dc/dc1/svc/web"]).certificate)
     assert bundles._verify("peer.consul", forged, ()) is None
     assert bundles._verify(LOCAL, forged, ()) == "untrusted_ca"

@@ -11,7 +11,7 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from gwcore.contract import pki
-from gwcore.contract.providers import LeafCertificate
+from gwcore.contract.providers import LeafCertificate, TrustRoot
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.policy.model import ServiceName
 from gwcore.policy.sni import service_sni
@@ -52,7 +52,9 @@ class Server:
         self, leaves: dict[ServiceName, LeafCertificate], roots: list[x509.Certificate]
     ) -> ServerTLS:
         routes = [(sni(service), service) for service in leaves]
-        self.tls, missing = self.builder.build(routes, leaves.get, roots, self.tls)
+        # Every root here is the site's own trust domain's (as a provider tags it).
+        tagged = [TrustRoot(root, TRUST_DOMAIN) for root in roots]
+        self.tls, missing = self.builder.build(routes, leaves.get, tagged, self.tls)
         assert missing == []
         return self.tls
 
@@ -183,7 +185,7 @@ def test_a_route_without_a_leaf_is_reported_missing_and_left_out(ca: MeshCA) -> 
     builder = Server().builder
     leaves = {BILLING: ca.leaf("billing")}
     routes = [(sni(BILLING), BILLING), (sni(PAYMENTS), PAYMENTS)]
-    tls, missing = builder.build(routes, leaves.get, [ca.cert])
+    tls, missing = builder.build(routes, leaves.get, [TrustRoot(ca.cert, TRUST_DOMAIN)])
     assert missing == [sni(PAYMENTS)]
     assert tls.context_for(sni(PAYMENTS)) is None
     assert set(tls.by_sni) == set(tls.leaves) == {sni(BILLING)}

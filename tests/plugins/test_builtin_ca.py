@@ -100,8 +100,8 @@ def test_providers_share_the_ca_in_the_state_dir(tmp_path: Path) -> None:
     first = builtin_ca.BuiltinCA(make_site(tmp_path))
     second = builtin_ca.BuiltinCA(make_site(tmp_path))
     assert (tmp_path / "state" / "ca" / TD / "ca.pem").exists()
-    assert pki.fingerprint_hex(first.trust_roots()[0]) == pki.fingerprint_hex(
-        second.trust_roots()[0]
+    assert pki.fingerprint_hex(first.trust_roots()[0].certificate) == pki.fingerprint_hex(
+        second.trust_roots()[0].certificate
     )
 
 
@@ -130,7 +130,8 @@ def test_prepare_issues_a_leaf_per_service_with_its_spiffe_id(tmp_path: Path) ->
     api = provider.leaf(ServiceName("api", "team", "eu"))
     assert pki.uri_sans(billing.certificate) == [SpiffeID(TD, "default", "dc7", "billing").uri]
     assert pki.uri_sans(api.certificate) == [f"spiffe://{TD}/ap/eu/ns/team/dc/dc7/svc/api"]
-    root = provider.trust_roots()[0]
+    root = provider.trust_roots()[0].certificate
+    assert provider.trust_roots()[0].trust_domain == TD
     billing.certificate.verify_directly_issued_by(root)
     assert billing.not_after == START + 72 * 3600  # validity comes from the site's clock
     assert expiry(site, "leaf", "billing") == billing.not_after

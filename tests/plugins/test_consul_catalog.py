@@ -177,6 +177,29 @@ def test_catalog_section_problems_are_reported(tmp_path, section, problem):
     assert any(p.key.endswith(problem) for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "http://tgw:pw-s3cret-4242@127.0.0.1:8500",
+        "https://pw-s3cret-4242@consul.internal:8501",
+        "tgw:pw-s3cret-4242@127.0.0.1:8500",  # no scheme: would be echoed as a bad URL
+        "ftp://tgw:pw-s3cret-4242@x",
+    ],
+)
+def test_credentials_in_the_address_are_refused_without_echoing_them(tmp_path, address):
+    """Issue 16 (low): ``address = "http://user:password@host"`` is a config problem
+    naming the key and pointing at ``token``/``token_file``; the message never holds
+    the password (check-config, a rejected reload and start-up errors print it), and
+    the settings fall back to the default address rather than keep the credentials."""
+    config = site_config(tmp_path, [CATALOG], {CATALOG: {"address": address}})
+    settings, problems = catalog_settings(config, CATALOG)
+    (problem,) = problems
+    assert problem.key == f"sites.main.{CATALOG}.address"
+    assert "credentials" in problem.message and "token_file" in problem.message
+    assert "pw-s3cret-4242" not in str(problem)
+    assert "pw-s3cret-4242" not in settings.consul.address
+
+
 @pytest_twisted.ensureDeferred
 async def test_403_is_reported_once_with_the_permission_and_counted(tmp_path):
     """A token without service:read on the gateway: one log line naming the endpoint and

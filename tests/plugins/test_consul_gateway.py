@@ -206,7 +206,8 @@ async def _refused(port: int, sni: str, files: tuple[Path, Path, Path]) -> Hands
 async def test_consul_stack_serves_a_client_with_the_doubles_certificates(cgw, consul, upstreams):
     """Catalog, certificates and intentions all from Consul: the client reaches billing,
     sees billing's SPIFFE ID on a leaf signed by Consul's root, and the access log names
-    the Consul intention that allowed it."""
+    the Consul intention that allowed it. Consul's roots are tagged with the trust
+    domain the roots endpoint names."""
     serve(consul, upstreams, "billing")
     await cgw.start()
     files = cgw.client("web")
@@ -234,6 +235,9 @@ async def test_consul_stack_serves_a_client_with_the_doubles_certificates(cgw, c
     ready = cgw.site.readiness()
     assert set(ready["catalog_sources"]) == {"consul_catalog", "consul_intentions"}
     assert ready["certificate_providers"]["consul_certs"]["ok"]
+    # Consul's roots vouch for the trust domain /v1/connect/ca/roots names, only.
+    roots = [(r.trust_domain, r.certificate) for p in cgw.site.certs for r in p.trust_roots()]
+    assert roots == [(TRUST_DOMAIN, consul.active_root.cert)]
 
 
 @pytest_twisted.ensureDeferred

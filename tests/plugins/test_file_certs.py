@@ -16,6 +16,7 @@ from gwcore.plugins import file_certs
 from gwcore.policy.config import SiteConfig, parse_config
 from gwcore.policy.model import ServiceName
 from gwcore.testing import FakeSite
+from tests.net.test_client_trust import root_without_spiffe_uri
 
 TD = "example.consul"
 START = 1_800_000_000.0
@@ -108,6 +109,12 @@ def expiry(site: FakeSite, kind: str, name: str) -> float | None:
     )
 
 
+def local_roots(provider: file_certs.FileCertificates) -> list[Any]:
+    """The provider's roots, each checked to be the site's own trust domain's."""
+    assert all(r.trust_domain == TD for r in provider.trust_roots())
+    return [r.certificate for r in provider.trust_roots()]
+
+
 # --- loading ---------------------------------------------------------------------
 
 
@@ -115,7 +122,7 @@ def test_loads_roots_and_leaves_at_construction(tmp_path: Path, files: Pki) -> N
     site = make_site(tmp_path)
     provider = file_certs.FileCertificates(site)
     assert isinstance(provider, CertificateProvider)
-    assert provider.trust_roots() == [files.ca]
+    assert local_roots(provider) == [files.ca]
     leaf = provider.leaf(BILLING)
     assert leaf is not None
     assert pki.leaf_pem(leaf) == (
@@ -131,12 +138,12 @@ def test_loads_roots_and_leaves_at_construction(tmp_path: Path, files: Pki) -> N
 def test_root_files_may_hold_several_certificates_and_duplicates_collapse(
     tmp_path: Path, files: Pki
 ) -> None:
-    other, _ = pki.new_ca("other.consul", now=START, valid_for=86400)
+    other, _ = pki.new_ca(TD, now=START, valid_for=86400)
     files.write("roots.pem", pki.certificate_pem(files.ca) + pki.certificate_pem(other))
     files.write("more.pem", pki.certificate_pem(files.ca))
     site = make_site(tmp_path, {**SECTION, "roots": ["roots.pem", "more.pem"]})
     provider = file_certs.FileCertificates(site)
-    assert provider.trust_roots() == [files.ca, other]
+    assert local_roots(provider) == [files.ca, other]
     assert expiry(site, "root", "roots.pem") == START + 86400, "earliest notAfter in the file"
 
 
@@ -184,7 +191,7 @@ def test_rewritten_roots_are_picked_up(tmp_path: Path, files: Pki, atomic: bool)
         "roots.pem", pki.certificate_pem(files.ca) + pki.certificate_pem(new_ca), atomic=atomic
     )
     site.reactor.advance(1)
-    assert provider.trust_roots() == [files.ca, new_ca]
+    assert local_roots(provider) == [files.ca, new_ca]
     assert calls == [None]
     provider.stop()
 
@@ -288,7 +295,7 @@ def test_a_file_bad_at_start_is_reported_and_loaded_once_fixed(tmp_path: Path, f
     site = make_site(tmp_path)
     provider, calls = started(site)
     assert provider.leaf(BILLING) is None
-    assert provider.trust_roots() == [files.ca], "a bad leaf does not hold back the roots"
+    assert local_roots(provider) == [files.ca], "a bad leaf does not hold back the roots"
     assert errors(site) == 1
     assert provider.health().last_success is None
     files.write_leaf(files.leaf())
@@ -391,3 +398,111 @@ def test_hooks_register_through_pluggy_and_provide_only_when_stacked(
     assert [p.name for p in providers] == ["file_certs"]
     unstacked = FakeSite(site_config(tmp_path, None, plugins=[]), tmp_path / "state")
     assert pm.hook.tgw_certificate_providers(site=unstacked) == [[]]
+
+
+# --- trust bundles per trust domain (issue 16 §1) ----------------------------------
+
+PEER = "peer.consul"
+
+
+def bundle_section(**bundles: list[str]) -> dict:
+    return {**SECTION, "trust_bundles": {PEER: bundles.get("peer", ["peer.pem"])}}
+
+
+def test_trust_bundles_give_roots_for_the_trust_domain_they_are_listed_under(
+    tmp_path: Path, files: Pki
+) -> None:
+    """``roots`` are the site's own trust domain's; a ``trust_bundles`` entry's roots
+    are that peer domain's, whether they name it (spiffe://peer.consul) or nothing at
+    all: the domain comes from the configuration, never from the root."""
+    peer_ca, _ = pki.new_ca(PEER, now=START)
+    bare = root_without_spiffe_uri()
+    files.write("peer.pem", pki.certificate_pem(peer_ca) + pki.certificate_pem(bare))
+    site = FakeSite(
+        site_config(tmp_path, bundle_section(), extra_trust_domains=[PEER]), tmp_path / "state"
+    )
+    site.reactor.advance(START)
+    provider = file_certs.FileCertificates(site)
+    assert [(r.trust_domain, r.certificate) for r in provider.trust_roots()] == [
+        (TD, files.ca),
+        (PEER, peer_ca),
+        (PEER, bare),
+    ]
+
+
+def test_validation_refuses_a_root_naming_another_trust_domain_with_file_and_key(
+    tmp_path: Path, files: Pki
+) -> None:
+    """A peer's root listed in ``roots`` (it names peer.consul), and the local root
+    listed as the peer's bundle (it names the local domain), are each refused naming
+    the key and file: such a root would vouch for a domain it does not belong to."""
+    peer_ca, _ = pki.new_ca(PEER, now=START)
+    files.write("peer-in-roots.pem", pki.certificate_pem(peer_ca))
+    files.write("local-as-peer.pem", pki.certificate_pem(files.ca))
+    section = {
+        **SECTION,
+        "roots": ["roots.pem", "peer-in-roots.pem"],
+        "trust_bundles": {PEER: ["local-as-peer.pem"]},
+    }
+    problems = [
+        (p.key, p.message)
+        for p in file_certs.tgw_validate_site_config(
+            site=site_config(tmp_path, section, extra_trust_domains=[PEER])
+        )
+    ]
+    assert [k for k, _ in problems] == [
+        "sites.main.file_certs.roots",
+        'sites.main.file_certs.trust_bundles."peer.consul"',
+    ]
+    assert str(tmp_path / "peer-in-roots.pem") in problems[0][1]
+    assert f"names trust domain '{PEER}'" in problems[0][1]
+    assert str(tmp_path / "local-as-peer.pem") in problems[1][1]
+    assert f"names trust domain '{TD}'" in problems[1][1]
+
+
+@pytest.mark.parametrize(
+    ("domain", "message"),
+    [(PEER, "not in extra_trust_domains"), (TD, "the site's own trust domain")],
+)
+def test_validation_refuses_a_bundle_for_an_untrusted_or_the_local_domain(
+    tmp_path: Path, files: Pki, domain: str, message: str
+) -> None:
+    """A bundle only makes sense for a domain in ``extra_trust_domains``; the site's
+    own domain's roots belong in ``roots`` (one place, one meaning)."""
+    files.write("peer.pem", pki.certificate_pem(pki.new_ca(domain, now=START)[0]))
+    problems = validate(tmp_path, {**SECTION, "trust_bundles": {domain: ["peer.pem"]}})
+    assert problems == [(f'sites.main.file_certs.trust_bundles."{domain}"', problems[0][1])]
+    assert message in problems[0][1]
+
+
+def test_a_rotated_bundle_naming_another_domain_keeps_the_previous_bundle(
+    tmp_path: Path, files: Pki
+) -> None:
+    """Reload: a peer bundle file rewritten with a root that names the local domain
+    is refused (counted, one line naming key and file); the peer's previous root stays,
+    still the peer's. A good rotation afterwards is picked up, per domain."""
+    peer_ca, _ = pki.new_ca(PEER, now=START)
+    files.write("peer.pem", pki.certificate_pem(peer_ca))
+    site = FakeSite(
+        site_config(tmp_path, bundle_section(), extra_trust_domains=[PEER]), tmp_path / "state"
+    )
+    site.reactor.advance(START)
+    provider, calls = started(site)
+    before = provider.trust_roots()
+    files.write("peer.pem", pki.certificate_pem(files.ca))
+    site.reactor.advance(1)
+    assert provider.trust_roots() == before and calls == []
+    assert errors(site) == 1
+    (line,) = [formatEvent(e) for e in site.events]
+    assert 'sites.main.file_certs.trust_bundles."peer.consul"' in line
+    assert str(tmp_path / "peer.pem") in line and "\n" not in line
+    rotated, _ = pki.new_ca(PEER, now=START)
+    files.write("peer.pem", pki.certificate_pem(peer_ca) + pki.certificate_pem(rotated))
+    site.reactor.advance(1)
+    assert [(r.trust_domain, r.certificate) for r in provider.trust_roots()] == [
+        (TD, files.ca),
+        (PEER, peer_ca),
+        (PEER, rotated),
+    ]
+    assert calls == [None]
+    provider.stop()

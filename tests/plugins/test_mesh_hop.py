@@ -159,13 +159,14 @@ async def test_dc1_intention_denying_web_refuses_before_any_cross_dc_connection(
     assert tgw2.metric("tgw_downstream_accepted_total") == 0
 
 
-def impostor(federation: Federation, seen: list):
+def impostor(federation: Federation, seen: list, ca=None, leaf=None):
     """A TLS server posing as dc2's mesh gateway path, presenting ``ledger``'s leaf (a
-    valid certificate of the same CA, the wrong identity). Records the hop's SNI, the
-    client identity it received (if any) and how its handshake ended."""
-    cert, key = federation.ca.write(
-        federation.root / "impostor", "ledger", federation.ca.leaf("ledger", "dc2")
-    )
+    valid certificate of the same CA, the wrong identity) unless given another ``leaf``
+    of ``ca``. Records the hop's SNI, the client identity it received (if any) and how
+    its handshake ended."""
+    ca = ca or federation.ca
+    leaf = leaf or federation.ca.leaf("ledger", "dc2")
+    cert, key = ca.write(federation.root / "impostor", "ledger", leaf)
     root = federation.ca.write_root(federation.root / "impostor" / "root.pem")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
@@ -224,6 +225,49 @@ async def test_far_end_with_the_wrong_identity_is_refused_and_counted(
     (record,) = tgw1.access_records()
     assert record["close_cause"] == "upstream_unavailable"
     assert "do not include " + spiffe("billing", "dc2") in record["close_detail"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_bundle_cannot_vouch_for_the_far_end(federation: Federation, upstreams):
+    """Issue 16 §1 on the hop: the site also trusts peer.consul, whose root (no
+    spiffe:// URI SAN) is that domain's bundle. A far end presenting the right
+    identity (billing in dc2, local trust domain) on a leaf that peer CA signed is
+    refused inside the handshake: mesh gateways are verified against the site's own
+    trust domain's bundle only; the gateway's certificate is never sent."""
+    from gwcore.testing import MeshCA
+    from tests.net.test_client_trust import ca_without_spiffe_uri
+
+    peer = MeshCA("peer.consul", *ca_without_spiffe_uri())
+    peer_root = peer.write_root(federation.root / "peer-root.pem")
+    seen: list = []
+    forged = peer.leaf_with_uris([spiffe("billing", "dc2")])
+    fake = upstreams(impostor(federation, seen, peer, forged))
+    tgw1 = await federation.start(
+        "tgw-dc1",
+        "dc1",
+        [
+            gateway_entry("billing", name="tgw-dc1"),
+            service_in("billing", free_port(), "dc2"),
+            gateway_instance("mesh-gateway", "mesh-gateway", fake.port, "dc2"),
+            intentions("billing", ("web", "allow")),
+        ],
+        plugins=["file_catalog", "builtin_ca", "file_certs", "intentions"],
+        options={"extra_trust_domains": ["peer.consul"]},
+        extra=(
+            '[sites.tgw-dc1.mesh_hop]\nmode = "remote"\n'
+            f'[sites.tgw-dc1.file_certs.trust_bundles]\n"peer.consul" = ["{peer_root}"]\n'
+        ),
+    )
+    _, answer = await in_thread(call, tgw1.port, federation.client_files("web"), sni_for("billing"))
+    assert answer == b""
+    await settle(tgw1)
+    for _ in range(250):
+        if len(seen) >= 2:
+            break
+        await sleep(0.02)
+    assert [kind for kind, _ in seen[1:]] == ["error"], seen
+    (record,) = tgw1.access_records()
+    assert record["close_cause"] == "upstream_unavailable"
 
 
 @pytest_twisted.ensureDeferred

@@ -393,6 +393,46 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_root_moved_to_a_peer_bundle_closes_the_local_clients_it_issued(gateway, upstreams):
+    """Issue 16 §1: a reload that moves a root (one without a spiffe:// URI SAN) from
+    the local ``roots`` to the peer's ``trust_bundles`` takes it out of the local
+    bundle, though the site still trusts it: the local identity it issued is closed
+    within a second as ``trust_root_removed``; one from the builtin CA keeps
+    streaming."""
+    from gwcore.testing import MeshCA
+    from tests.net.test_client_trust import ca_without_spiffe_uri
+
+    up = upstreams()
+    catalog(gateway.catalog, up.port, ("*", "allow"))
+    other = MeshCA(TRUST_DOMAIN, *ca_without_spiffe_uri())
+    other.write_root(gateway.root / "other.pem")
+    gateway.plugins = ["file_catalog", "builtin_ca", "file_certs", "intentions"]
+    gateway.site_options["extra_trust_domains"] = ["peer.consul"]
+    gateway.extra_site = '[sites.main.file_certs]\nroots = ["other.pem"]\n'
+    await gateway.start()
+    kept = await open_echo(gateway)
+    cert, key, root = gateway.client_files("web", other.leaf("web"))
+    moved = await in_thread(tls_connect, gateway.port, sni_for("billing"), cert, key, root)
+    await in_thread(moved.sendall, b"hi")
+    assert await in_thread(moved.recv, 10) == b"hi"
+
+    gateway.extra_site = '[sites.main.file_certs.trust_bundles]\n"peer.consul" = ["other.pem"]\n'
+    gateway.write_config()
+    closing = in_thread(closed_at, moved)
+    await gateway.service.reload()
+    applied = time.monotonic()
+    closed = await closing
+    moved.close()
+    assert closed is not None and closed - applied < CLOSE_WITHIN
+    assert other.cert in gateway.site.trust_roots(), "still trusted, for the peer only"
+    await in_thread(kept.sendall, b"still")
+    assert await in_thread(kept.recv, 10) == b"still"
+    kept.close()
+    await gateway.wait_for(lambda: len(gateway.access_records()) >= 1)
+    assert gateway.access_records()[0]["close_cause"] == "trust_root_removed"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_decision_in_flight_across_a_reload_is_asked_of_the_new_site(
     gateway, upstreams, tmp_path: Path
 ):

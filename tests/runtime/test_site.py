@@ -53,7 +53,7 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 
 from gwcore.policy.model import Decision, Verdict
-from gwcore.contract.providers import SourceHealth
+from gwcore.contract.providers import SourceHealth, TrustRoot
 from gwcore.testing import MeshCA
 
 NAME = Path(__file__).stem
@@ -69,6 +69,8 @@ class Engine:
         self.requests = []
         self.later = []
         self.changed = None
+        self.bare = False
+        self.domain = ""  # tag the roots with this trust domain instead of the CA's
 
     def start(self, changed):
         self.changed = changed
@@ -133,6 +135,7 @@ class Certs:
         self.hold = False  # prepare returns a Deferred the test fires
         self.held = []
         self.changed = None
+        self.bare = False
 
     def start(self, changed):
         self.changed = changed
@@ -155,7 +158,9 @@ class Certs:
         return self.leaves.get(service)
 
     def trust_roots(self):
-        return [self.ca.cert]
+        if self.bare:  # the 0.1 contract: no trust domain
+            return [self.ca.cert]
+        return [TrustRoot(self.ca.cert, self.domain or self.ca.trust_domain)]
 
     def health(self):
         return SourceHealth(last_success=0.0)
@@ -174,7 +179,12 @@ def tgw_catalog_sources(site):
 
 
 def tgw_certificate_providers(site):
-    return [Certs()] if site.plugin_config(NAME).get("certs", False) else []
+    if not site.plugin_config(NAME).get("certs", False):
+        return []
+    certs = Certs()
+    certs.bare = site.plugin_config(NAME).get("bare", False)
+    certs.domain = site.plugin_config(NAME).get("domain", "")
+    return [certs]
 """
 
 ALLOW_ALL = """
@@ -664,3 +674,59 @@ def test_two_sites_with_different_stacks_decide_differently(tmp_path: Path) -> N
     assert (decision_a.verdict, decision_a.engine) == (Verdict.DENY, "intentions")
     assert (decision_b.verdict, decision_b.engine) == (Verdict.ALLOW, "allow_all")
     assert len(a.current()[0]) == 1 and len(b.current()[0]) == 0
+
+
+def test_a_provider_of_bare_roots_keeps_working_with_one_deprecation_warning(
+    tmp_path: Path,
+) -> None:
+    """A third-party provider of the 0.1 contract (``trust_roots`` answering bare
+    certificates, no trust domain) keeps working for one release: its roots are the
+    bundle of the site's own trust domain, with one DeprecationWarning and one log
+    line per provider however often the roots are read (issue 16 §1)."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        with pytest.warns(DeprecationWarning, match="returns trust roots without") as caught:
+            site = started(
+                tmp_path, ["fake", "fake_certs"], {"fake_certs": {"certs": True, "bare": True}}
+            )
+            for _ in range(3):
+                site.trust_bundles()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (certs,) = site.certs
+    assert dict(site.trust_bundles()) == {TRUST_DOMAIN: (certs.ca.cert,)}
+    assert site.trust_roots() == [certs.ca.cert]
+    assert len([w for w in caught if w.category is DeprecationWarning]) == 1
+    lines = [formatEvent(e) for e in events if "without a trust domain" in formatEvent(e)]
+    assert len(lines) == 1 and repr(certs.name) in lines[0]
+
+
+def test_a_root_tagged_with_another_domain_than_it_names_is_left_out_and_logged(
+    tmp_path: Path,
+) -> None:
+    """A third-party provider tagging the mesh root (spiffe://<local td>) as
+    peer.consul's: the root is in no bundle and not in ``trust_roots()``, with an error
+    line naming the subject and both domains; peer.consul, now without a bundle, is a
+    warning line (its clients cannot connect)."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        site = started(
+            tmp_path,
+            ["fake", "fake_certs"],
+            {"fake_certs": {"certs": True, "domain": "peer.consul"}},
+            extra_trust_domains=["peer.consul"],
+        )
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert dict(site.trust_bundles()) == {} and site.trust_roots() == []
+    lines = [formatEvent(e) for e in events]
+    refused = [line for line in lines if "refused" in line and "trust root" in line]
+    assert len(refused) == 1
+    assert "peer.consul" in refused[0] and TRUST_DOMAIN in refused[0]
+    assert any("extra trust domain peer.consul has no trust bundle" in line for line in lines)

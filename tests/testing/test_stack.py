@@ -144,3 +144,41 @@ def test_a_family_claimed_by_one_plugin_is_refused_to_another() -> None:
         metrics.family(Counter, "x_events", "X.", ["site"], owner="beta")
     with pytest.raises(ValueError, match=r"exists with labels \['site'\] \(plugin 'alpha'\)"):
         metrics.family(Counter, "x_events", "X.", ["site", "service"])
+
+
+BROKEN_ENGINE = """
+class Engine:
+    name = "broken"
+    policy_version = "1"
+
+    def start(self, changed):
+        return None
+
+    def stop(self):
+        return None
+
+    def authorize(self, request):
+        return None  # forgot to return a Decision
+
+
+class Broken:
+    name = "broken"
+
+    def tgw_authorization_engines(self, site):
+        return [Engine()]
+
+
+addons = [Broken()]
+"""
+
+
+def test_harness_decide_fails_closed_on_an_engine_that_answers_none(tmp_path: Path) -> None:
+    """An engine answering ``None`` is a deny naming the engine in the harness, as in the
+    gateway (fail closed), even under ``default_policy = "allow"`` — not an exception the
+    plugin author's test would have to catch."""
+    (tmp_path / "broken.py").write_text(textwrap.dedent(BROKEN_ENGINE))
+    loaded = load_stack(tmp_path, ["broken.py"], default_policy="allow")
+    decision = loaded.decide(authz_request("web"))
+    assert decision.verdict is Verdict.DENY
+    assert decision.engine == "broken"
+    assert "NoneType" in decision.reason or "None" in decision.reason
