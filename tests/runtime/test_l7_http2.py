@@ -432,3 +432,71 @@ async def test_a_service_that_never_speaks_http2_is_502_once(
     assert response.headers[b":status"] == b"502"
     await sleep(0.5)
     assert service.accepted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_grpc_method_denied_by_an_l7_intention(gateway, grpc_service):
+    """An L7 intention (Consul's ``Permissions``) allows ``/test.Echo/Count`` and denies
+    ``/test.Echo/Unary`` for the same source: grpcio gets PERMISSION_DENIED with
+    ``RBAC: access denied`` on one method and its stream on the other, on one
+    channel, decided per call."""
+    link(gateway, grpc_service.port, "grpc")
+    write_json(
+        gateway.catalog / "ixn.json",
+        {
+            "Kind": "service-intentions",
+            "Name": "billing",
+            "Sources": [
+                {
+                    "Name": "web",
+                    "Permissions": [
+                        {"Action": "deny", "HTTP": {"PathExact": "/test.Echo/Unary"}},
+                        {"Action": "allow", "HTTP": {"PathPrefix": "/test.Echo/"}},
+                    ],
+                }
+            ],
+        },
+    )
+    serve_named_leaf(gateway)
+    await gateway.start()
+
+    def run() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with grpc_channel(gateway, "web") as channel:
+            try:
+                channel.unary_unary("/test.Echo/Unary")(b"ping", timeout=10)
+            except grpc.RpcError as error:
+                out["unary"] = (error.code(), error.details())
+            out["count"] = list(channel.unary_stream("/test.Echo/Count")(b"2", timeout=10))
+        return out
+
+    out = await in_thread(run)
+    assert out["unary"] == (grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied")
+    assert out["count"] == [b"item-0", b"item-1"]
+    assert grpc_service.seen_metadata == []  # Unary never reached the service
+    await gateway.wait_for(lambda: len(requests_of(gateway)) == 2)
+    records = {r["path"]: r for r in requests_of(gateway)}
+    assert records["/test.Echo/Unary"]["decision"] == "deny"
+    assert records["/test.Echo/Count"]["protocol"] == "HTTP/2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_protocol_error_is_counted_through_the_gateway(gateway, h2_service):
+    """A header list over ``max_request_headers_kb`` ends the HTTP/2 connection with
+    GOAWAY and counts ``header_list_too_large`` in ``tgw_http_bad_requests_total``."""
+    gateway.site_options["max_request_headers_kb"] = 1
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+
+    def run() -> Any:
+        client = h2_client(gateway)
+        client.request(request_head("billing", "/", "GET", x_big="v" * 4000))
+        client.wait(lambda: False)
+        return client.goaway
+
+    goaway = await in_thread(run)
+    assert goaway is not None and goaway.error_code != 0
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_http_bad_requests_total", reason="header_list_too_large") == 1
+    )
+    assert not h2_service.requests
