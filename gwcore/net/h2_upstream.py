@@ -16,6 +16,7 @@ Rules:
   windows allow, and while some waits the request producer is paused; response DATA
   is acknowledged to the service only while the exchange's client keeps taking it
   (``pauseProducing`` on the stream holds the acknowledgements).
+- A connection without streams for the pool's ``idle_timeout`` closes.
 - A GOAWAY or a lost connection takes no new streams; its open streams fail
   (``reset``, 502 before a response head). ``h2`` allows nothing after a GOAWAY, so
   streams the service had accepted end too; the next requests use a new connection.
@@ -263,12 +264,27 @@ class Http2Connection(H2Link):
         limit = self.conn.remote_settings.max_concurrent_streams
         return max(0, limit - self.conn.open_outbound_streams)
 
+    _idle_timer: Any = None
+
+    def _idle_again(self) -> None:
+        """No stream left: close after the pool's ``idle_timeout`` unless one opens."""
+        if self.closed or self.streams or self._idle_timer is not None:
+            return
+        seconds = getattr(self.pool.limits, "idle_timeout", 60.0)
+        self._idle_timer = self.pool.reactor.callLater(seconds, self.close_out, "idle_timeout")
+
+    def _busy_again(self) -> None:
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def open_stream(self, head: HeaderList, peer: Http2Stream, end: bool) -> H2Stream:
         problem = unsendable_field(head)
         if problem is not None:  # an addon's value: the service would drop the connection
             raise h2.exceptions.ProtocolError(problem)
         stream_id = self.conn.get_next_available_stream_id()
         self.conn.send_headers(stream_id, head, end_stream=end)
+        self._busy_again()
         stream = H2Stream(self, stream_id)
         stream.peer = peer
         stream.closed = end
@@ -295,6 +311,7 @@ class Http2Connection(H2Link):
 
     def close_out(self, cause: str) -> None:
         self._cancel_settle_timer()
+        self._busy_again()
         self.closed = True
         self.close_cause = self.close_cause or cause
         self.upstream.transport.loseConnection()
@@ -310,6 +327,7 @@ class Http2Connection(H2Link):
                 self.settled = True
                 self._cancel_settle_timer()
             self.pool.has_room(self)
+            self._idle_again()
 
     def _cancel_settle_timer(self) -> None:
         timer, self._settle_timer = self._settle_timer, None
@@ -321,6 +339,7 @@ class Http2Connection(H2Link):
             self.close_out("endpoint removed")
             return
         self.pool.has_room(self)
+        self._idle_again()
 
     # --- what the UpstreamProtocol calls ---------------------------------------------
 
@@ -332,6 +351,7 @@ class Http2Connection(H2Link):
 
     def upstream_lost(self) -> None:
         self._cancel_settle_timer()
+        self._busy_again()
         if self.closed and not self.streams:
             self.pool.gone(self)
             return

@@ -158,7 +158,7 @@ class CodecHost(Protocol):
 class Front:
     """The gateway's HTTP/2 side for one destination, on 127.0.0.1:0 over TLS."""
 
-    def __init__(self, tmp_path: Any, service: H2TestService) -> None:
+    def __init__(self, tmp_path: Any, service: H2TestService, limits: Any = None) -> None:
         self.ca = MeshCA()
         leaf = self.ca.leaf("billing", dns_names=["billing.example"])
         cert, key = self.ca.write(tmp_path, "web", self.ca.leaf("web"))
@@ -171,7 +171,7 @@ class Front:
         self.closes: list[str] = []
         self.codecs: list[Http2Server] = []
         self.dials = 0
-        self.pool = Http2Pool(reactor, self._dial, None)
+        self.pool = Http2Pool(reactor, self._dial, limits)
         options = CertificateOptions(
             privateKey=crypto.PKey.from_cryptography_key(leaf.key),
             certificate=crypto.X509.from_cryptography(leaf.certificate),
@@ -642,3 +642,26 @@ async def test_retain_closes_idle_connections_to_endpoints_that_left(front: Fron
     front.pool.retain(set())
     assert front.pool.connections == [] and connection.closed
     await _until(lambda: front.service.connections[0].transport.disconnected)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_upstream_connection_closes_after_idle_timeout(tmp_path: Any) -> None:
+    """An HTTP/2 connection to the service with no stream for the pool's
+    ``idle_timeout`` closes; the next request opens a new one."""
+    limits = SimpleNamespace(idle_timeout=0.2, max_connections=4, max_pending=16)
+    front = Front(tmp_path, H2TestService(), limits)
+    try:
+
+        def call(path: str) -> Any:
+            client = front.client()
+            sid = client.request(request_head(path=path), body=b"x")
+            client.wait(client.finished(sid))
+            return client.responses[sid]
+
+        assert bytes((await in_thread(call, "/one")).body) == b"x"
+        (first,) = front.pool.connections
+        await _until(lambda: first.closed and not front.pool.connections)
+        assert bytes((await in_thread(call, "/two")).body) == b"x"
+        assert len(front.service.connections) == 2
+    finally:
+        await front.close()
