@@ -17,7 +17,14 @@ from typing import Any
 
 import h11
 
-from tests.harness import Upstream, tls_connect
+from tests.harness import (
+    Upstream,
+    gateway_entry,
+    intentions,
+    registration,
+    tls_connect,
+    write_json,
+)
 
 
 @dataclass
@@ -129,6 +136,13 @@ class HttpService:
 
 def service_defaults(service: str, protocol: str = "http") -> dict[str, Any]:
     return {"Kind": "service-defaults", "Name": service, "Protocol": protocol}
+
+
+def link(gateway, port: int, *sources: tuple[str, str], protocol: str = "http") -> None:
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", port)])
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing", protocol))
+    write_json(gateway.catalog / "ixn.json", intentions("billing", *sources))
 
 
 def mesh_http(gateway: Any, service: str, source: str) -> http.client.HTTPConnection:
