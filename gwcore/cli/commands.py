@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="the application log's level (default: [gateway] log_level, else info)",
     )
-    run.add_argument("--logfile", help="write the application log here (default: stdout)")
+    run.add_argument(
+        "--logfile",
+        help='write the application log here (default: standard error; "-" standard output)',
+    )
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check-config", help="validate a config file and explain it")

@@ -39,7 +39,12 @@ from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.policy.config import SiteConfig
 from gwcore.policy.dns_records import Family, RefreshPolicy, parse_nameserver
 from gwcore.policy.model import CatalogSnapshot, ServiceName
-from gwcore.policy.routes import RouteTable, merge_mesh_gateways, merge_snapshots
+from gwcore.policy.routes import (
+    RouteTable,
+    merge_mesh_gateways,
+    merge_mesh_http,
+    merge_snapshots,
+)
 
 Installed = Callable[[RouteTable, RouteTable, CatalogView], None]
 """``installed(old, new, view)``: called once the new table and TLS material are in place."""
@@ -229,7 +234,9 @@ class Router:
                             "{provider} could not prepare leaves: {e}", provider=provider.name, e=e
                         )
                 gateways = merge_mesh_gateways(snapshots)
-                self._install(routes, CatalogView(destinations, intentions, version, gateways))
+                mesh_http = merge_mesh_http(snapshots)
+                view = CatalogView(destinations, intentions, version, gateways, mesh_http)
+                self._install(routes, view)
                 if not self._rebuild_again:
                     return
         finally:

@@ -48,6 +48,7 @@ from gwcore.net.tls import ServerTLS
 from gwcore.policy.admission import Admission
 from gwcore.policy.balancing import EndpointPicker
 from gwcore.policy.config import GatewayConfig, SiteConfig
+from gwcore.policy.consul_mesh_entry import describe_mesh_http
 from gwcore.policy.model import Decision, ServiceName
 from gwcore.policy.routes import RouteTable
 from gwcore.runtime.accept import Acceptor
@@ -397,6 +398,8 @@ class Site:
             "trust_domain": self.config.trust_domain,
             "version": self.router.routes.version,
             "routes": self.router.routes.describe(),
+            # The mesh entry's HTTP options in force (L7 routes normalise paths so).
+            "mesh_http": describe_mesh_http(self.router.view.mesh_http),
         }
 
     def describe_certificates(self) -> dict[str, Any]:

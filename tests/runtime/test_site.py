@@ -41,6 +41,7 @@ from gwcore.policy.model import (
 from gwcore.policy.sni import service_sni
 from gwcore.runtime.site import FIRST_SNAPSHOT_TIMEOUT, Site
 from gwcore.testing import TRUST_DOMAIN
+from tests.harness import sample_sum
 
 # A drop-in whose providers are described by its own section, [sites.KEY.<file stem>]:
 #   engines = [{name = "e1", mode = "allow"}]  # allow | deny | abstain | raise | hang
@@ -303,7 +304,7 @@ def started(
 
 
 def metric(site: Site, name: str, **labels: str) -> float:
-    value = site.metrics.registry.get_sample_value(name, {"site": site.name, **labels})
+    value = sample_sum(site.metrics.registry, name, {"site": site.name, **labels})
     return value or 0.0
 
 
