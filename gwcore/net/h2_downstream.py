@@ -137,6 +137,8 @@ class Http2Server(H2Link):
                 self.link.bad_request(request, f"HTTP/2 stream {event.stream_id}")
                 stream.reset(ErrorCodes.PROTOCOL_ERROR)
                 return
+            if event.stream_ended is not None:
+                request.body = b""  # the head ended the stream: known to have no body
             served = _ServerStream(self, stream, http2_rules.is_grpc(head))
             stream.peer = served
             served.exchange = self.starter.start(request, served)

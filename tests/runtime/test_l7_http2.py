@@ -31,7 +31,7 @@ from tests.harness import (
     sni_for,
     write_json,
 )
-from tests.runtime.l7_support import get, mesh_http, service_defaults
+from tests.runtime.l7_support import HttpService, get, mesh_http, service_defaults
 
 
 def link(gateway: Any, port: int, protocol: str, *sources: tuple[str, str]) -> None:
@@ -500,3 +500,32 @@ async def test_h2_protocol_error_is_counted_through_the_gateway(gateway, h2_serv
         lambda: gateway.metric("tgw_http_bad_requests_total", reason="header_list_too_large") == 1
     )
     assert not h2_service.requests
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_prior_knowledge_to_an_http_destination_reaches_an_http1_service(
+    gateway, upstreams
+):
+    """An HTTP/2 client (prior knowledge) at an ``http`` destination is translated to
+    HTTP/1.1 for the service: ``Host`` comes from ``:authority`` (RFC 9113 §8.3.1), and a
+    body of unknown length goes chunked, so a bodiless GET and a POST with a body both
+    reach the service whole (they were 502 while no ``Host`` was sent)."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, "http", ("web", "allow"))
+    await gateway.start()
+    files = gateway.client_files("web")
+
+    def run() -> Any:
+        sock = tls_h2_socket(gateway.port, sni_for("billing"), files, alpn=())
+        client = H2SocketClient(sock)
+        get_sid = client.request(request_head("billing.example", "/get", method="GET"))
+        client.wait(client.finished(get_sid))
+        post_sid = client.request(request_head("billing.example", "/post"), body=b"x" * 70000)
+        client.wait(client.finished(post_sid))
+        return client.responses[get_sid], client.responses[post_sid]
+
+    got, posted = await in_thread(run)
+    assert got.headers[b":status"] == b"200" and bytes(got.body) == b"GET /get 0"
+    assert posted.headers[b":status"] == b"200" and bytes(posted.body) == b"POST /post 70000"
+    assert [r.header("host") for r in service.requests] == ["billing.example"] * 2
+    assert service.requests[1].body == b"x" * 70000
