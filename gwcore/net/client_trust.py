@@ -170,6 +170,19 @@ class TrustBundles:
             return VERIFY_ERROR_REASONS.get(code, "bad_client_cert")
         return None
 
+    def still_trusted(self, previous: TrustBundles, domain: str, leaf: crypto.X509) -> str | None:
+        """Verify ``leaf``, which ``previous`` (an older snapshot) accepted, against this
+        snapshot's bundle of ``domain`` now, with the intermediates ``previous`` saw;
+        ``None`` or the reason. A handshake that began before the roots changed ends
+        under the new ones (:meth:`gwcore.runtime.recheck.LiveRecheck.accepted`)."""
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)
+        return self._verify(domain, leaf, previous.chains.get(der))
+
+    def intermediates(self, leaf: crypto.X509) -> tuple[crypto.X509, ...]:
+        """The intermediates remembered for ``leaf`` when it was verified in full (a
+        resumed session's own chain holds none)."""
+        return self.chains.get(crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf))
+
     def check(
         self, tls: SSL.Connection, domain: str, leaf: crypto.X509, leaf_der: bytes
     ) -> str | None:

@@ -35,7 +35,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
-from OpenSSL import SSL, crypto
+from OpenSSL import crypto
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -216,8 +216,11 @@ class LiveRecheck:
         if self.successor is None:
             self._check_routes(self.live())
 
-    def _check_routes(self, conns: Iterator[DownstreamProtocol]) -> None:
-        routes, _ = self.site.current()
+    def _check_routes(
+        self, conns: Iterator[DownstreamProtocol], routes: RouteTable | None = None
+    ) -> None:
+        if routes is None:
+            routes, _ = self.site.current()
         for conn in list(conns):
             destination = routes.lookup(conn.sni) if conn.sni else None
             if destination is None:
@@ -228,6 +231,32 @@ class LiveRecheck:
                     "route_changed",
                     f"{conn.sni} now routes to {destination.name}, not {conn.destination.name}",
                 )
+
+    def accepted(self, conn: DownstreamProtocol) -> bool:
+        """``conn`` just finished its handshake, verified and routed against the routes
+        and roots of its accept time: if either changed since (a client may hold a bare
+        TCP connection open across the change), check it against those of now, as the
+        re-check did for the connections already live. True: it was closed. (A live
+        connection asked again after a policy change is not this check's business.)"""
+        if conn.state is not State.AUTHORIZING:
+            return False
+        routes, material = self.authority().current()
+        if routes is not conn.routes:
+            self._check_routes(iter([conn]), routes)
+        identity = conn.identity
+        if conn.state is State.CLOSED or material is conn.material or identity is None:
+            return conn.state is State.CLOSED
+        leaf = conn.tls.get_peer_certificate() if conn.tls is not None else None
+        if leaf is not None:
+            refused = material.trust.still_trusted(conn.material.trust, identity.trust_domain, leaf)
+            if refused is not None:
+                self.close(
+                    conn,
+                    "trust_root_removed",
+                    f"its issuing root left the {identity.trust_domain} bundle "
+                    f"during its handshake ({refused})",
+                )
+        return conn.state is State.CLOSED
 
     def roots_changed(self, before: Mapping[str, Sequence[Any]] | None = None) -> None:
         """Certificates changed: if a trust root left a trust domain's bundle, close
@@ -262,7 +291,7 @@ class LiveRecheck:
             if td not in stores:
                 stores[td] = (_store(before[td]), _store(bundles.get(td, ())))
             old, new = stores[td]
-            if _chains(conn.tls, old) and not _chains(conn.tls, new):
+            if _chains(conn, old) and not _chains(conn, new):
                 self.close(conn, "trust_root_removed", "its issuing root is no longer trusted")
 
     def adopt(self, old: Site) -> None:
@@ -320,17 +349,20 @@ def _store(roots: Sequence[Any]) -> crypto.X509Store:
     return store
 
 
-def _chains(tls: SSL.Connection | None, store: crypto.X509Store) -> bool:
-    """Whether the client certificate of ``tls`` verifies against ``store``."""
+def _chains(conn: DownstreamProtocol, store: crypto.X509Store) -> bool:
+    """Whether the client certificate of ``conn`` verifies against ``store``."""
+    tls = conn.tls
     if tls is None:
         return True
     leaf = tls.get_peer_certificate()
     if leaf is None:
         return True  # nothing was verified by a certificate: nothing to revoke here
-    # On a server the peer chain holds the intermediates, without the leaf.
+    # On a server the peer chain holds the intermediates, without the leaf; a resumed
+    # session's holds none, so add those remembered when the leaf was first verified.
     chain = [
         c for c in tls.get_peer_cert_chain() or () if c.digest("sha256") != leaf.digest("sha256")
     ]
+    chain += conn.material.trust.intermediates(leaf)
     try:
         crypto.X509StoreContext(store, leaf, chain).verify_certificate()
     except crypto.X509StoreContextError:
