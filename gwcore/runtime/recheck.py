@@ -265,8 +265,9 @@ class LiveRecheck:
         A connection is closed when its client chain verifies against its identity's
         trust domain's bundle ``before`` (default: those of the last call) and not
         against the current one (a root removed, or now configured for another
-        domain); one whose chain cannot be rebuilt either way (a resumed session
-        keeps no intermediates) is not this change's business.
+        domain); a resumed session's chain is rebuilt with the intermediates
+        remembered from its full handshake. One whose chain cannot be rebuilt either
+        way is not this change's business.
         """
         bundles = self.site.trust_bundles()
         if before is None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 
 from gwcore.testing import TRUST_DOMAIN
@@ -138,4 +140,67 @@ async def test_a_handshake_finished_after_a_reload_removed_its_root_is_refused(g
     await gateway.service.reload()
     sock = await in_thread(handshake, raw, files)
     assert await in_thread(served, sock) == b""
+    await closed_record(gateway, "trust_root_removed")
+
+
+@pytest.mark.parametrize("max_version", [None, ssl.TLSVersion.TLSv1_2], ids=["tls1.3", "tls1.2"])
+@pytest_twisted.ensureDeferred
+async def test_a_resumed_session_through_an_intermediate_is_closed_when_its_root_goes(
+    gateway, upstreams, max_version
+):
+    """Issue 16 review F2: a client leaf issued by an intermediate of a root that is then
+    removed from roots.pem, on a live connection that *resumed* its session (whose peer
+    chain holds no intermediate): it is closed as ``trust_root_removed`` within a second,
+    using the intermediates remembered from the full handshake."""
+    from gwcore.contract import pki
+    from gwcore.plugins.builtin_ca import load_or_create_ca
+    from gwcore.testing import MeshCA
+    from tests.net.test_client_identity import intermediate_ca, resuming_client
+    from tests.runtime.test_recheck import CLOSE_WITHIN, closed_at
+
+    up = upstreams()
+    catalog(gateway.catalog, up.port, ("*", "allow"))
+    certs = gateway.root / "certs"
+    gateway.plugins = ["file_catalog", "file_certs", "intentions"]
+    gateway.extra_site = f"""
+[sites.main.file_certs]
+roots = ["{certs / "roots.pem"}"]
+poll_interval = "0.05s"
+[sites.main.file_certs.leaves]
+billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"}" }}
+"""
+    ca = MeshCA(TRUST_DOMAIN, *load_or_create_ca(gateway.root / "ca", TRUST_DOMAIN))
+    retired = MeshCA(TRUST_DOMAIN)
+    ca.write(certs, "billing", ca.leaf("billing"))
+    (certs / "roots.pem").write_bytes(
+        pki.certificate_pem(ca.cert) + pki.certificate_pem(retired.cert)
+    )
+    await gateway.start()
+    leaf = intermediate_ca(retired).leaf("web")
+    assert len(leaf.chain) == 2  # leaf and intermediate
+    cert, key = retired.write(gateway.root / "retired", "web", leaf)
+    ctx = resuming_client((cert, key, ca.write_root(gateway.root / "retired" / "root.pem")))
+    if max_version is not None:
+        ctx.maximum_version = max_version
+
+    def echoed(session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        sock = ctx.wrap_socket(raw, server_hostname=sni_for("billing"), session=session)
+        sock.sendall(b"hi")
+        assert sock.recv(10) == b"hi"  # the TLS 1.3 ticket came before the echo
+        return sock
+
+    first = await in_thread(echoed)
+    assert not first.session_reused
+    session = first.session
+    first.close()
+    live = await in_thread(echoed, session)
+    assert live.session_reused
+    (certs / "roots.pem").write_bytes(pki.certificate_pem(ca.cert))
+    await gateway.wait_for(lambda: len(gateway.site.current()[1].roots) == 1)
+    applied = time.monotonic()
+    closed = await in_thread(closed_at, live)
+    live.close()
+    assert closed is not None, "the resumed connection was left open"
+    assert closed - applied < CLOSE_WITHIN
     await closed_record(gateway, "trust_root_removed")
