@@ -78,6 +78,23 @@ def misconfigured(root: TrustRoot) -> str | None:
     return None
 
 
+def malformed(item: object) -> str | None:
+    """Why a certificate provider's ``trust_roots()`` item cannot be used, or ``None``:
+    a :class:`TrustRoot` must hold a certificate and a non-empty trust domain without
+    surrounding blanks (a root that names no domain could vouch for none, and guessing
+    one would widen trust); a bare item (the 0.1 contract) must be a certificate."""
+    if not isinstance(item, TrustRoot):
+        if isinstance(item, x509.Certificate):
+            return None
+        return f"an item of type {type(item).__name__} is not a certificate"
+    if not isinstance(item.certificate, x509.Certificate):
+        return f"TrustRoot.certificate is a {type(item.certificate).__name__}, not a certificate"
+    domain = item.trust_domain
+    if not isinstance(domain, str) or not domain or domain.strip() != domain:
+        return f"TrustRoot.trust_domain is {domain!r}, not a trust domain name"
+    return None
+
+
 class VerifiedChains:
     """The intermediates of leaves verified in a full handshake, by leaf fingerprint
     (bounded, least recently used out). A session ticket carries only the leaf; a
