@@ -355,7 +355,9 @@ class IntentionsGuard:
                     f"source {request.source.uri} is from trust domain "
                     f"{request.source.trust_domain}, not {self._trust_domain}",
                 )
-            matched = self._set.decide(request.source.service, service)
+            # Per request (L7) a matching intention whose permissions all miss abstains,
+            # so the agent's default decides, as Consul does.
+            matched = self._set.decide(request.source.service, service, request.http)
             if matched.verdict is not Verdict.ABSTAIN:
                 return Decision(Verdict.ABSTAIN, NAME, "an intention matches")
             default = self._source.default
