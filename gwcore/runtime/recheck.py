@@ -140,6 +140,8 @@ class LiveRecheck:
         self.successor: Site | None = None
         self._adopted: list[Site] = []
         self._bundles: Mapping[str, Sequence[Any]] | None = None
+        self.retired: str | None = None
+        """Why a reload removed the site, once it did."""
 
     # --- which connections ---------------------------------------------------------
 
@@ -240,7 +242,11 @@ class LiveRecheck:
         connection asked again after a policy change is not this check's business.)"""
         if conn.state is not State.AUTHORIZING:
             return False
-        routes, material = self.authority().current()
+        authority = self.authority()
+        if authority.recheck.retired is not None:
+            self.close(conn, "route_removed", authority.recheck.retired)
+            return True
+        routes, material = authority.current()
         if routes is not conn.routes:
             self._check_routes(iter([conn]), routes)
         identity = conn.identity
@@ -308,7 +314,9 @@ class LiveRecheck:
         self.policy_changed()
 
     def retire(self, reason: str) -> None:
-        """The site is removed by a reload: its routes are gone with it."""
+        """The site is removed by a reload: its routes are gone with it (also for the
+        connections still in their handshake: :meth:`accepted`)."""
+        self.retired = reason
         for conn in list(self.live()):
             self.close(conn, "route_removed", reason)
 

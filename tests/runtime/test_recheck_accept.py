@@ -204,3 +204,24 @@ billing = {{ cert = "{certs / "billing.pem"}", key = "{certs / "billing-key.pem"
     assert closed is not None, "the resumed connection was left open"
     assert closed - applied < CLOSE_WITHIN
     await closed_record(gateway, "trust_root_removed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handshake_finished_after_its_site_was_removed_is_not_routed(gateway, upstreams):
+    """A reload removes the site (renamed) while a client holds a bare TCP connection
+    on it: its handshake, finished after the reload, is closed as ``route_removed``."""
+    up = upstreams()
+    catalog(gateway.catalog, up.port, ("web", "allow"))
+    await gateway.start()
+    files = gateway.client_files("web")
+    old_site = gateway.site
+    raw = await bare_connection(gateway)
+    path = gateway.root / "tgw.toml"
+    path.write_text(path.read_text().replace("[sites.main", "[sites.renamed"))
+    await gateway.service.reload()
+    assert old_site.recheck.retired is not None
+    sock = await in_thread(handshake, raw, files)
+    assert await in_thread(served, sock) == b""
+    await gateway.wait_for(lambda: len(gateway.access_records()) >= 1)
+    assert [r["close_cause"] for r in gateway.access_records()] == ["route_removed"]
+    assert up.accepted == 0
