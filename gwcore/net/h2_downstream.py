@@ -140,6 +140,7 @@ class Http2Server(H2Link):
             if event.stream_ended is not None:
                 request.body = b""  # the head ended the stream: known to have no body
             served = _ServerStream(self, stream, http2_rules.is_grpc(head))
+            served.head_only = request.method == "HEAD"
             stream.peer = served
             served.exchange = self.starter.start(request, served)
             served.exchange.request_producer = served
@@ -180,6 +181,7 @@ class _ServerStream:
         self._response_paused = False
         self._local: tuple[int, bytearray] | None = None  # a gRPC local reply's status, body
         self._answered = False
+        self.head_only = False  # a HEAD request: its response has no DATA
 
     # --- the request body (Producer for the exchange) ---------------------------------
 
@@ -258,6 +260,8 @@ class _ServerStream:
             body = self._local[1]
             body += data[: max(0, GRPC_MESSAGE_LIMIT - len(body))]
             return
+        if self.head_only:
+            return  # RFC 9110 §9.3.2: a local answer's body is dropped, not sent as DATA
         self.stream.send_data(data, self._sent)
         if self.stream.queued and not self._response_paused:
             self._response_paused = True

@@ -333,7 +333,9 @@ class _Answer:
 
     def write_data(self, data: bytes) -> None:
         codec = self.codec
-        if codec.closed or self.finished or not data:
+        if codec.closed or self.finished or not data or self.method == "HEAD":
+            # A response to HEAD has no body (RFC 9110 §9.3.2), whoever made it: a
+            # local answer's body is dropped, its Content-Length kept.
             return
         codec._send(h11.Data(data=data))
 

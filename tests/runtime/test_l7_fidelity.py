@@ -1,0 +1,99 @@
+"""L7 fidelity findings of an outside review (issue 22), each through a real gateway.
+
+The gateway runs in-process (file catalog, builtin CA, intentions); clients are real
+TLS clients holding a mesh leaf (raw HTTP/1.1 bytes, or the ``h2`` library), services
+real HTTP/1.1 / HTTP/2 servers on 127.0.0.1 port 0.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from tests.h2_peers import H2SocketClient, H2TestService, request_head, tls_h2_socket
+from tests.harness import in_thread, sni_for, tls_connect
+from tests.runtime.l7_support import HttpService, link
+
+
+def _read_until_closed(sock: socket.socket, limit: float = 10.0) -> bytes:
+    sock.settimeout(limit)
+    out = bytearray()
+    while True:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            out += b"<still open>"
+            return bytes(out)
+        if not data:
+            return bytes(out)
+        out += data
+
+
+@pytest.fixture
+def h2_service() -> Any:
+    service = H2TestService()
+    yield service
+    pytest_twisted.blockon(service.port.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_denied_head_request_gets_headers_only_and_the_next_pipelined_request(
+    gateway, upstreams
+):
+    """A HEAD request the gateway answers itself (403) gets the status and headers and
+    no body (RFC 9110 §9.3.2); the GET pipelined behind it on the same HTTP/1.1
+    connection is answered too (before the fix the 403's body broke h11's framing and
+    the connection closed with the GET unanswered)."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "deny"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def run() -> bytes:
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            sock.sendall(
+                b"HEAD /h HTTP/1.1\r\nHost: billing\r\n\r\n"
+                b"GET /g HTTP/1.1\r\nHost: billing\r\nConnection: close\r\n\r\n"
+            )
+            return _read_until_closed(sock)
+        finally:
+            sock.close()
+
+    data = await in_thread(run)
+    first, sep, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 403") and sep
+    # No body after the HEAD answer's head: the next bytes are the GET's answer.
+    assert rest.startswith(b"HTTP/1.1 403"), data
+    assert rest.endswith(b"RBAC: access denied"), data
+    assert data.count(b"RBAC: access denied") == 1
+    assert service.connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_denied_http2_head_request_gets_no_data_frame(gateway, h2_service):
+    """Over HTTP/2 a denied HEAD gets a HEADERS frame that ends the stream and no DATA
+    (a DATA frame on a HEAD response is a protocol error for the client); a GET on
+    the same connection afterwards is answered."""
+    from tests.runtime.test_l7_http2 import link as link_h2
+
+    link_h2(gateway, h2_service.port_number, "http2", ("web", "deny"))
+    await gateway.start()
+
+    def run() -> tuple[Any, Any, Any]:
+        files = gateway.client_files("web")
+        client = H2SocketClient(tls_h2_socket(gateway.port, sni_for("billing"), files))
+        head = client.request(request_head("billing", "/h", "HEAD"))
+        client.wait(client.finished(head))
+        get = client.request(request_head("billing", "/g", "GET"))
+        client.wait(client.finished(get))
+        return client.responses[head], client.responses[get], client.goaway
+
+    head, get, goaway = await in_thread(run)
+    assert goaway is None
+    assert head.headers[b":status"] == b"403" and head.ended and bytes(head.body) == b""
+    assert get.headers[b":status"] == b"403" and bytes(get.body) == b"RBAC: access denied"
+    assert not h2_service.requests
