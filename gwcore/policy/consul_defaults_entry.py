@@ -34,6 +34,7 @@ class ServiceDefaults:
 
     service: ServiceName
     protocol: str
+    """``""`` when the entry sets no ``Protocol`` (proxy-defaults' protocol applies)."""
     origin: str
     where: str
     destination: EgressDestination | None = None  # gwcore.policy.destinations
@@ -44,8 +45,8 @@ def _parse_service_defaults(sink: _Sink, doc: _Object) -> ServiceDefaults:
     name = doc.string("Name", required=True)
     if name == WILDCARD or _wildcard_problem(name):
         doc.problem("Name", "must name one service")
-    protocol = doc.string("Protocol", "tcp").lower() or "tcp"
-    if protocol not in PROTOCOLS:
+    protocol = doc.string("Protocol", "").lower()
+    if protocol and protocol not in PROTOCOLS:
         doc.problem("Protocol", f"must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     service = ServiceName(
         name,
@@ -116,9 +117,11 @@ def resolve_protocol(
 ) -> str:
     """A service's protocol as Consul resolves it: its ``service-defaults`` ``Protocol``,
     else the ``Config.protocol`` of its partition's ``proxy-defaults`` entry, else
-    ``tcp``."""
+    ``tcp``. A ``service-defaults`` entry without ``Protocol`` does not force ``tcp``:
+    Consul's ``ComputeResolvedServiceConfig`` takes it only ``if serviceConf.Protocol
+    != ""``."""
     defaults = service_defaults.get(service)
-    if defaults is not None:
+    if defaults is not None and defaults.protocol:
         return defaults.protocol
     proxy = proxy_defaults.get(service.partition)
     return proxy.protocol if proxy is not None and proxy.protocol else "tcp"

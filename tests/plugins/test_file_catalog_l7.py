@@ -58,7 +58,9 @@ def test_proxy_defaults_sets_the_protocol_and_an_edit_applies_on_the_next_poll(
 ):
     """Without entries billing is tcp; a proxy-defaults file makes it http; editing the
     file to grpc republishes (the site rebuilds its routes: new connections use it); a
-    service-defaults entry then wins over proxy-defaults; removing both gives tcp."""
+    service-defaults entry without ``Protocol`` keeps proxy-defaults' grpc (Consul's
+    ``ComputeResolvedServiceConfig`` takes only a non-empty ``Protocol``); one with
+    ``Protocol: tcp`` wins over proxy-defaults; removing both gives tcp."""
     assert _protocol(running) == "tcp"
     write(catalog / "proxy.json", PROXY)
     running.tick()
@@ -68,7 +70,13 @@ def test_proxy_defaults_sets_the_protocol_and_an_edit_applies_on_the_next_poll(
     assert _protocol(running) == "grpc"
     write(catalog / "defaults.json", {"Kind": "service-defaults", "Name": "billing"})
     running.tick()
-    assert _protocol(running) == "tcp"  # service-defaults without Protocol: its tcp wins
+    assert _protocol(running) == "grpc"  # service-defaults without Protocol: no say
+    write(
+        catalog / "defaults.json",
+        {"Kind": "service-defaults", "Name": "billing", "Protocol": "tcp"},
+    )
+    running.tick()
+    assert _protocol(running) == "tcp"  # an explicit Protocol wins
     (catalog / "defaults.json").unlink()
     (catalog / "proxy.json").unlink()
     running.tick()
