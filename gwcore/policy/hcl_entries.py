@@ -1,7 +1,13 @@
 """Consul config entries written in HCL (``consul config write x.hcl``), read into the
 same JSON value a ``.json`` catalog file holds (sans-IO).
 
-Parsing is python-hcl2's (an HCL2 parser, the registry's maintained one). Consul reads
+Parsing is python-hcl2's (an HCL2 parser, the registry's maintained one), then, for
+what HCL2 refuses, pyhcl's (HCL v1). Consul's ``consul config write`` uses HCL v1, which
+also takes a block inside an object inside a list -- the form of Consul's own L7
+intention examples (``Permissions = [{ Action = "allow" HTTP { PathPrefix = "/" } }]``).
+python-hcl2 stays first because pyhcl flattens repeated top-level blocks
+(``Services { ... } Services { ... }``) into pieces; a file neither takes is reported
+with python-hcl2's error (file and line). Consul reads
 HCL files with its own decoder (command/config/write: ``hcl.Decode`` then
 ``lib.TranslateKeys`` and ``PatchSliceOfMaps``); the result here is the same value:
 
@@ -48,6 +54,28 @@ def _plain(value: Any, key: str = "") -> Any:
     return value
 
 
+def _as_lists(value: Any, key: str = "") -> Any:
+    """pyhcl's output with Consul's ``PatchSliceOfMaps``: a single block given for a
+    list field (``HTTP { Header { ... } }``) is a list of one object."""
+    if isinstance(value, dict):
+        patched = {k: _as_lists(v, k) for k, v in value.items()}
+        return [patched] if _norm(key) in LIST_FIELDS else patched
+    if isinstance(value, list):
+        return [_as_lists(v) for v in value]
+    return value
+
+
+def _hcl_v1(text: str) -> Any:
+    """``text`` read by pyhcl (HCL v1, as ``consul config write``), or ``None``."""
+    import hcl
+
+    try:
+        value = hcl.loads(text)
+    except Exception:  # ply's ValueError and friends: python-hcl2's error is reported
+        return None
+    return _as_lists(value) if isinstance(value, dict) else None
+
+
 def decode_hcl(origin: str, data: bytes) -> tuple[bytes | None, ShapeProblem | None]:
     """The JSON bytes of an HCL config entry, or ``None`` and why (naming file and line)."""
     import hcl2  # imported when an .hcl file is read: its grammar takes a while to build
@@ -63,6 +91,9 @@ def decode_hcl(origin: str, data: bytes) -> tuple[bytes | None, ShapeProblem | N
     try:
         value = hcl2.loads(text, serialization_options=options)
     except Exception as e:  # lark's errors (UnexpectedToken, ...) carry line and column
+        v1 = _hcl_v1(text)
+        if v1 is not None:
+            return json.dumps(v1).encode(), None
         line = getattr(e, "line", None)
         where = f"line {line}" if isinstance(line, int) and line > 0 else "(file)"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -4,6 +4,7 @@ errors naming the file and the key (or the line, when the HCL does not parse).""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest_twisted
@@ -107,3 +108,149 @@ async def test_a_gateway_fed_by_hcl_entries_serves_subsets(gateway: Gateway, ups
         lambda: [e.port for e in dict(gateway.site.current()[0])[sni()].endpoints] == [two.port]
     )
     assert await in_thread(request, gateway.port, sni(), files) == b"v2 here"
+
+
+# Consul's documented service-intentions examples (service-intentions config entry
+# reference: "REST Access", "gRPC", "L4 and L7"), written as `consul config write`
+# takes them: HCL v1, a block (HTTP { ... }) inside an object inside a list.
+REST_HCL = """
+Kind = "service-intentions"
+Name = "api"
+Sources = [
+  {
+    Name = "admin-dashboard"
+    Permissions = [
+      {
+        Action = "allow"
+        HTTP {
+          PathPrefix = "/v2"
+          Methods    = ["GET", "PUT", "POST", "DELETE", "HEAD"]
+        }
+      }
+    ]
+  },
+  {
+    Name = "report-generator"
+    Permissions = [
+      {
+        Action = "allow"
+        HTTP {
+          PathPrefix = "/v2/widgets"
+          Methods    = ["GET"]
+        }
+      }
+    ]
+  }
+  # NOTE: a default catch-all based on the default ACL policy will apply to
+  # unmatched connections and requests. Typically this will be DENY.
+]
+"""
+
+GRPC_HCL = """
+Kind = "service-intentions"
+Name = "billing"
+Sources = [
+  {
+    Name = "frontend-web"
+    Permissions = [
+      {
+        Action = "deny"
+        HTTP {
+          PathExact = "/mycompany.BillingService/IssueRefund"
+        }
+      },
+      {
+        Action = "allow"
+        HTTP {
+          PathPrefix = "/mycompany.BillingService/"
+        }
+      }
+    ]
+  },
+  {
+    Name = "support-portal"
+    Permissions = [
+      {
+        Action = "allow"
+        HTTP {
+          PathPrefix = "/mycompany.BillingService/"
+        }
+      }
+    ]
+  }
+]
+"""
+
+L4_L7_HCL = """
+Kind = "service-intentions"
+Name = "api"
+Sources = [
+  {
+    Name   = "hackathon-project"
+    Action = "deny"
+  },
+  {
+    Name   = "web"
+    Action = "allow"
+  },
+  {
+    Name = "nightly-reconciler"
+    Permissions = [
+      {
+        Action = "allow"
+        HTTP {
+          PathExact = "/v1/reconcile-data"
+          Methods   = ["POST"]
+          Header {
+            Name    = "x-reconcile"
+            Present = true
+          }
+        }
+      }
+    ]
+  }
+]
+"""
+
+
+def test_consuls_documented_l7_intention_examples_load_from_hcl(tmp_path: Path):
+    """Consul's own service-intentions examples in HCL v1 (``HTTP { ... }`` blocks inside
+    objects inside lists, which python-hcl2 refuses) load as their JSON form does:
+    every source, every permission, methods and a single ``Header`` block as a list."""
+    from gwcore.policy.hcl_entries import decode_hcl
+
+    rest, problem = decode_hcl("rest.hcl", REST_HCL.encode())
+    assert problem is None
+    assert json.loads(rest)["Sources"][0]["Permissions"] == [
+        {
+            "Action": "allow",
+            "HTTP": {"PathPrefix": "/v2", "Methods": ["GET", "PUT", "POST", "DELETE", "HEAD"]},
+        }
+    ]
+    grpc, problem = decode_hcl("grpc.hcl", GRPC_HCL.encode())
+    assert problem is None
+    assert [p["HTTP"] for p in json.loads(grpc)["Sources"][0]["Permissions"]] == [
+        {"PathExact": "/mycompany.BillingService/IssueRefund"},
+        {"PathPrefix": "/mycompany.BillingService/"},
+    ]
+    mixed, problem = decode_hcl("mixed.hcl", L4_L7_HCL.encode())
+    assert problem is None
+    sources = json.loads(mixed)["Sources"]
+    assert [s.get("Action") for s in sources] == ["deny", "allow", None]
+    assert sources[2]["Permissions"][0]["HTTP"]["Header"] == [
+        {"Name": "x-reconcile", "Present": True}
+    ]
+    for name, text in (("rest", REST_HCL), ("grpc", GRPC_HCL), ("mixed", L4_L7_HCL)):
+        path = tmp_path / f"{name}.hcl"
+        path.write_text(text)
+        docs, _, problems = decode_catalog_file(path, text.encode())
+        assert problems == [] and len(docs.intentions) == 1, (name, problems)
+
+
+def test_hcl_that_neither_parser_takes_names_the_file_and_line(tmp_path: Path):
+    """A file broken for both HCL dialects is still reported with the file and line."""
+    from gwcore.policy.hcl_entries import decode_hcl
+
+    value, problem = decode_hcl("bad.hcl", b'Kind = "service-intentions"\nSources = [ {\n')
+    assert value is None and problem is not None
+    assert problem.origin == "bad.hcl" and "HCL" in problem.message
