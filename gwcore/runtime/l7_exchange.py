@@ -135,6 +135,8 @@ class L7Exchange:
 
     def begin(self) -> L7Exchange:
         mesh = self.mesh = self.step.mesh_http()
+        if self._refused_as_envoy_does():
+            return self
         options = mesh.normalization
         try:
             path = normalize_path(self.request.path, options, method=self.request.method)
@@ -165,6 +167,22 @@ class L7Exchange:
         pending.addCallback(self._decided)
         pending.addErrback(self._internal_error)
         return self
+
+    def _refused_as_envoy_does(self) -> bool:
+        """Requests Consul's Envoy listener never routes (``docs/l7.md``, "Refused
+        requests"): an HTTP/1.0 request (``accept_http_10`` is off: 426, then close),
+        an HTTP/1.1 ``CONNECT`` (no route matches it without a ``connect_matcher``:
+        404). Counted as bad requests, recorded, never sent upstream."""
+        request = self.request
+        if request.http_version == "HTTP/1.0":
+            self.step.bad_request(self.conn, "http_1_0", f"{request.method} {request.path[:200]!r}")
+            self._answer(426, b"", "http_1_0_rejected", [("connection", "close")])
+            return True
+        if request.method == "CONNECT":
+            self.step.bad_request(self.conn, "connect_refused", f"CONNECT {request.path[:200]!r}")
+            self._answer(404, b"", "route_not_found")
+            return True
+        return False
 
     def _decided(self, decision: Decision) -> None:
         self._pending = None

@@ -97,3 +97,67 @@ async def test_denied_http2_head_request_gets_no_data_frame(gateway, h2_service)
     assert head.headers[b":status"] == b"403" and head.ended and bytes(head.body) == b""
     assert get.headers[b":status"] == b"403" and bytes(get.body) == b"RBAC: access denied"
     assert not h2_service.requests
+
+
+def _requests_of(gateway: Any) -> list[dict]:
+    return [r for r in gateway.access_records() if r.get("record_type") == "request"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_http11_connect_is_404_counted_recorded_and_not_forwarded(gateway, upstreams):
+    """An HTTP/1.1 ``CONNECT`` at an L7 destination is answered 404 as Envoy's route
+    table answers it (no ``connect_matcher`` route), counted as ``connect_refused`` and
+    recorded; the service sees no byte and the connection serves the next request
+    (before the fix the CONNECT was forwarded and a 2xx left the connection stuck)."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def run() -> bytes:
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            sock.sendall(
+                b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+                b"GET /after HTTP/1.1\r\nHost: billing\r\nConnection: close\r\n\r\n"
+            )
+            return _read_until_closed(sock)
+        finally:
+            sock.close()
+
+    data = await in_thread(run)
+    assert data.startswith(b"HTTP/1.1 404"), data
+    assert b"HTTP/1.1 200" in data and data.endswith(b"GET /after 0"), data
+    assert [r.target for r in service.requests] == ["/after"]
+    assert b"CONNECT" not in bytes(service.raw)
+    assert gateway.metric("tgw_http_bad_requests_total", reason="connect_refused") == 1
+    await gateway.wait_for(lambda: len(_requests_of(gateway)) == 2)
+    record = _requests_of(gateway)[0]
+    assert record["method"] == "CONNECT" and record["status"] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_http10_request_is_426_and_the_connection_closes(gateway, upstreams):
+    """An HTTP/1.0 request is refused as Envoy refuses it when ``accept_http_10`` is off
+    (Consul never enables it): 426 Upgrade Required, then the connection closes;
+    counted as ``http_1_0``, recorded, and nothing reaches the service."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def run() -> bytes:
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            sock.sendall(b"GET /old HTTP/1.0\r\nHost: billing\r\nConnection: keep-alive\r\n\r\n")
+            return _read_until_closed(sock)
+        finally:
+            sock.close()
+
+    data = await in_thread(run)
+    assert data.startswith(b"HTTP/1.1 426"), data
+    assert not data.endswith(b"<still open>"), data
+    assert service.connections == 0
+    assert gateway.metric("tgw_http_bad_requests_total", reason="http_1_0") == 1
+    await gateway.wait_for(lambda: len(_requests_of(gateway)) == 1)
+    assert _requests_of(gateway)[0]["status"] == 426
