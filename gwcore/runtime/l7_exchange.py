@@ -36,14 +36,14 @@ from gwcore.net.access_fields import rfc3339
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.policy.http_facts import HttpRequestFacts
 from gwcore.policy.model import Decision
-from gwcore.policy.xfcc import apply_xfcc
 from gwcore.runtime.l7_rules import (
     PathRejected,
     RedirectPath,
+    gateway_headers,
     headers_with_underscores,
     hop_by_hop,
     normalize_path,
-    xfcc_element_of,
+    with_request_id,
 )
 
 if TYPE_CHECKING:
@@ -87,6 +87,8 @@ class L7Exchange:
         self.upstream_seconds: float | None = None
         self._pending: Any = None
         self._timer: Any = None
+        self.outgoing: Headers = request.headers  # gateway_headers(), set in begin()
+        self.xfcc: str | None = None
         self._chunked = "chunked" in (request.headers.get("transfer-encoding") or "").lower()
 
     # --- the codec's side (l7_core.Exchange) -------------------------------------------
@@ -154,13 +156,17 @@ class L7Exchange:
         self.path = path = str(path)
         if len(kept) != len(self.request.headers):
             self.request.headers = Headers(kept)
+        # What the service will get, decided on as such (OPA input, header matches).
+        self.outgoing, self.xfcc = gateway_headers(
+            self.request.headers, self.conn, mesh.sanitize_x_forwarded_client_cert
+        )
         facts = HttpRequestFacts(
             method=self.request.method,
             path=path,
             authority=self.request.authority,
             scheme=self.request.scheme,
             protocol="HTTP/2" if self.request.http_version == "HTTP/2" else "HTTP/1.1",
-            headers=tuple((k.lower(), v) for k, v in self.request.headers),
+            headers=tuple((k.lower(), v) for k, v in self.outgoing),
             original_path=self.request.path,
         )
         pending = self._pending = self.step.decide(self.conn, facts)
@@ -207,7 +213,7 @@ class L7Exchange:
                 authority=request.authority,
                 scheme=request.scheme,
                 http_version=request.http_version,
-                headers=Headers(request.headers.items()),
+                headers=with_request_id(Headers(self.outgoing.items())),
             ),
             source=conn.identity,
             destination=conn.destination,
@@ -223,16 +229,10 @@ class L7Exchange:
         outgoing = flow.request
         drop = hop_by_hop(outgoing.headers)
         headers = Headers((k, v) for k, v in outgoing.headers if k.lower() not in drop)
-        # After the addons, so none can forge it: what the client sent is forwarded with
-        # this hop's element appended, or dropped under SanitizeXForwardedClientCert.
-        xfcc = apply_xfcc(
-            headers.get_all("x-forwarded-client-cert"),
-            xfcc_element_of(conn),
-            self.mesh.sanitize_x_forwarded_client_cert,
-        )
+        # Again after the addons, so none can forge it: the value decided on.
         headers.remove("x-forwarded-client-cert")
-        if xfcc is not None:
-            headers.add("x-forwarded-client-cert", xfcc)
+        if self.xfcc is not None:
+            headers.add("x-forwarded-client-cert", self.xfcc)
         if self._chunked:
             headers.add("transfer-encoding", "chunked")  # a body of unknown length follows
         upstream = HttpRequest(

@@ -9,12 +9,14 @@ connection.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
+from gwcore.contract.http_flow import Headers
 from gwcore.net.connection_facts import peer_certificate_der
 from gwcore.policy.http_headers import HOP_BY_HOP
 from gwcore.policy.http_path import (
@@ -23,14 +25,16 @@ from gwcore.policy.http_path import (
     headers_with_underscores,
     normalize_path,
 )
-from gwcore.policy.xfcc import client_cert_element
+from gwcore.policy.xfcc import apply_xfcc, client_cert_element
 
 __all__ = [
     "PathRejected",
     "RedirectPath",
+    "gateway_headers",
     "headers_with_underscores",
     "hop_by_hop",
     "normalize_path",
+    "with_request_id",
     "xfcc_element_of",
 ]
 
@@ -65,3 +69,34 @@ def xfcc_element_of(conn: Any) -> str:
     element = client_cert_element(by, peer_certificate_der(tls))
     conn.l7_xfcc_element = element
     return element
+
+
+def gateway_headers(headers: Headers, conn: Any, sanitize_xfcc: bool) -> tuple[Headers, str | None]:
+    """The request's fields as the service gets them, built *before* authorization
+    (Envoy's connection manager mutates the request before its RBAC and ext_authz
+    filters run), and the ``x-forwarded-client-cert`` value (``None``: none).
+
+    Hop-by-hop fields removed (RFC 9110 §7.6.1); ``x-forwarded-client-cert`` appended
+    to (APPEND_FORWARD) or dropped (``SanitizeXForwardedClientCert``);
+    ``x-forwarded-proto: https`` when the client sent none (the mesh leg is TLS). The
+    ``x-request-id`` Envoy generates is added after the decision (:func:`with_request_id`).
+    """
+    drop = hop_by_hop(headers)
+    out = Headers((k, v) for k, v in headers if k.lower() not in drop)
+    xfcc = apply_xfcc(out.get_all("x-forwarded-client-cert"), xfcc_element_of(conn), sanitize_xfcc)
+    out.remove("x-forwarded-client-cert")
+    if xfcc is not None:
+        out.add("x-forwarded-client-cert", xfcc)
+    if out.get("x-forwarded-proto") is None:
+        out.add("x-forwarded-proto", "https")
+    return out, xfcc
+
+
+def with_request_id(headers: Headers) -> Headers:
+    """``headers`` with an ``x-request-id`` (a UUID4) when the client sent none, as
+    Envoy's ``generate_request_id`` (on in Consul's listeners) does. Added after the
+    decision, not before as in Envoy: a fresh id in every input would make identical
+    requests distinct for the OPA decision cache; a client's own id is decided on."""
+    if headers.get("x-request-id") is None:
+        headers.add("x-request-id", str(uuid.uuid4()))
+    return headers

@@ -161,3 +161,64 @@ async def test_http10_request_is_426_and_the_connection_closes(gateway, upstream
     assert gateway.metric("tgw_http_bad_requests_total", reason="http_1_0") == 1
     await gateway.wait_for(lambda: len(_requests_of(gateway)) == 1)
     assert _requests_of(gateway)[0]["status"] == 426
+
+
+@pytest_twisted.ensureDeferred
+async def test_intentions_match_the_headers_the_service_gets(gateway, upstreams):
+    """L7 intention header matches see the request as the service gets it, as Envoy's
+    RBAC filter sees it after the connection manager's mutations: the XFCC element
+    and ``x-forwarded-proto: https`` the gateway adds are there, a field the client's
+    ``Connection`` names (hop-by-hop) is not. The service gets the same fields, plus an
+    ``x-request-id``. (Before the fix the decision saw the client's raw fields.)"""
+    from tests.harness import write_json
+
+    service = HttpService(upstreams)
+    link(gateway, service.port)
+    write_json(
+        gateway.catalog / "ixn.json",
+        {
+            "Kind": "service-intentions",
+            "Name": "billing",
+            "Sources": [
+                {
+                    "Name": "web",
+                    "Permissions": [
+                        {
+                            "Action": "deny",
+                            "HTTP": {"Header": [{"Name": "x-hop", "Present": True}]},
+                        },
+                        {
+                            "Action": "allow",
+                            "HTTP": {
+                                "PathPrefix": "/",
+                                "Header": [
+                                    {"Name": "x-forwarded-client-cert", "Present": True},
+                                    {"Name": "x-forwarded-proto", "Exact": "https"},
+                                ],
+                            },
+                        },
+                    ],
+                }
+            ],
+        },
+    )
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def run() -> bytes:
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            sock.sendall(
+                b"GET /x HTTP/1.1\r\nHost: billing\r\nConnection: x-hop, close\r\nX-Hop: 1\r\n\r\n"
+            )
+            return _read_until_closed(sock)
+        finally:
+            sock.close()
+
+    data = await in_thread(run)
+    assert data.startswith(b"HTTP/1.1 200"), data
+    (seen,) = service.requests
+    assert seen.header("x-hop") is None
+    assert seen.header("x-forwarded-proto") == "https"
+    assert (seen.header("x-forwarded-client-cert") or "").startswith("By=spiffe://")
+    assert len(seen.header("x-request-id") or "") == 36
