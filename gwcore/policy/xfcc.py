@@ -2,12 +2,19 @@
 
 Envoy's format (``config/http/conn_man/headers`` docs, ``x-forwarded-client-cert``):
 the header is a ``,``-separated list of elements, one per proxy hop; an element is a
-``;``-separated list of ``Key=value`` pairs. A value holding ``,``, ``;``, ``=`` or
-``"`` is double-quoted, and a ``"`` or ``\\`` inside quotes is backslash-escaped.
-Envoy always quotes ``Subject``. The gateway's element is::
+``;``-separated list of ``Key=value`` pairs. The element is built as Envoy's
+``mutateXfccRequestHeader`` (``conn_manager_utility.cc``) builds it with the details
+Consul sets (``set_current_client_cert_details {subject, cert, chain, dns, uri}``),
+keys in Envoy's order and values written as Envoy writes them -- ``Cert``, ``Chain``
+and ``Subject`` inside quotes with nothing escaped, the others bare::
 
     By=<URI SAN of the certificate tgw presented>;Hash=<sha256 hex of the client leaf
-    DER>;Subject="<client subject, RFC 2253>";URI=<client URI SAN>;DNS=<each DNS SAN>
+    DER>;Cert="<client leaf, URL-encoded PEM>";Chain="<client chain from the leaf on,
+    URL-encoded PEMs>";Subject="<client subject, RFC 2253>";URI=<client URI SAN>;
+    DNS=<each DNS SAN>
+
+``URI=`` is there even when the leaf has no URI SAN (as Envoy); the URL encoding is
+Envoy's: ``\n`` ``%0A``, space ``%20``, ``+`` ``%2B``, ``/`` ``%2F``, ``=`` ``%3D``.
 
 ``Subject`` is printed as OpenSSL's ``X509_NAME_print_ex(..., XN_FLAG_RFC2253)`` does
 (what Envoy uses): RDNs in reverse order, short attribute names, ``,`` between RDNs,
@@ -24,13 +31,21 @@ with this hop's element appended. :func:`apply_xfcc` implements both.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-__all__ = ["XFCC_HEADER", "apply_xfcc", "client_cert_element", "rfc2253_subject", "xfcc_element"]
+__all__ = [
+    "XFCC_HEADER",
+    "apply_xfcc",
+    "client_cert_element",
+    "rfc2253_subject",
+    "url_encoded_pem",
+    "xfcc_element",
+]
 
 XFCC_HEADER = "x-forwarded-client-cert"
 
@@ -106,27 +121,49 @@ def rfc2253_subject(name: x509.Name) -> str:
     return ",".join(rdns)
 
 
-def _quote(value: str, *, always: bool = False) -> str:
-    if always or any(ch in value for ch in ',;="'):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
+_URL_ENCODING = str.maketrans({"\n": "%0A", " ": "%20", "+": "%2B", "/": "%2F", "=": "%3D"})
 
 
-def xfcc_element(by: str, cert_hash: str, subject: str, uri: str, dns: Sequence[str] = ()) -> str:
-    """One XFCC element from its parts (keys in Envoy's order, values quoted)."""
-    pairs = [f"By={_quote(by)}", f"Hash={cert_hash}", f"Subject={_quote(subject, always=True)}"]
-    if uri:
-        pairs.append(f"URI={_quote(uri)}")
-    pairs += [f"DNS={_quote(name)}" for name in dns]
+def url_encoded_pem(der: bytes) -> str:
+    """``der`` as OpenSSL's ``PEM_write_bio_X509`` writes it (64-column base64), then
+    URL-encoded as Envoy's ``urlEncodedPemEncodedPeerCertificate`` does."""
+    body = base64.b64encode(der).decode("ascii")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    pem = "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    return pem.translate(_URL_ENCODING)
+
+
+def xfcc_element(
+    by: str,
+    cert_hash: str,
+    subject: str,
+    uri: str,
+    dns: Sequence[str] = (),
+    cert: str = "",
+    chain: str = "",
+) -> str:
+    """One XFCC element from its parts, as Envoy writes it (module docstring); ``cert``
+    and ``chain`` are already URL-encoded PEM (left out when empty, as Envoy)."""
+    pairs = [f"By={by}"] if by else []
+    pairs.append(f"Hash={cert_hash}")
+    if cert:
+        pairs.append(f'Cert="{cert}"')
+    if chain:
+        pairs.append(f'Chain="{chain}"')
+    pairs.append(f'Subject="{subject}"')
+    pairs.append(f"URI={uri}")
+    pairs += [f"DNS={name}" for name in dns]
     return ";".join(pairs)
 
 
-def client_cert_element(by: str, client_leaf_der: bytes) -> str:
+def client_cert_element(by: str, client_leaf_der: bytes, chain_der: Sequence[bytes] = ()) -> str:
     """The gateway's XFCC element for a client presenting ``client_leaf_der``.
 
     ``by`` is the URI SAN (SPIFFE ID) of the certificate the gateway presented on that
     connection. ``URI`` is the client's first URI SAN (its SPIFFE ID; tgw admits only
-    leaves with exactly one), ``DNS`` each DNS SAN in certificate order.
+    leaves with exactly one), ``DNS`` each DNS SAN in certificate order. ``chain_der``
+    is what the client sent after its leaf (the leaf itself is skipped if repeated):
+    ``Chain`` starts with the leaf, as BoringSSL's ``SSL_get_peer_full_cert_chain``.
     """
     cert = x509.load_der_x509_certificate(client_leaf_der)
     uris: list[str] = []
@@ -138,12 +175,16 @@ def client_cert_element(by: str, client_leaf_der: bytes) -> str:
     else:
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
         dns = san.get_values_for_type(x509.DNSName)
+    leaf_pem = url_encoded_pem(client_leaf_der)
+    rest = [url_encoded_pem(der) for der in chain_der if der != client_leaf_der]
     return xfcc_element(
         by,
         hashlib.sha256(client_leaf_der).hexdigest(),
         rfc2253_subject(cert.subject),
         uris[0] if uris else "",
         dns,
+        cert=leaf_pem,
+        chain="".join([leaf_pem, *rest]),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
+from OpenSSL import crypto
 
 from gwcore.contract.http_flow import Headers
 from gwcore.net.connection_facts import peer_certificate_der
@@ -66,7 +67,9 @@ def xfcc_element_of(conn: Any) -> str:
             by = uris[0] if uris else ""
         except x509.ExtensionNotFound:
             pass
-    element = client_cert_element(by, peer_certificate_der(tls))
+    chain = tls.get_peer_cert_chain() if tls is not None else None
+    chain_der = [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain or ()]
+    element = client_cert_element(by, peer_certificate_der(tls), chain_der)
     conn.l7_xfcc_element = element
     return element
 

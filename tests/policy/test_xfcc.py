@@ -13,7 +13,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from gwcore.policy.xfcc import apply_xfcc, client_cert_element, rfc2253_subject, xfcc_element
+from gwcore.policy.xfcc import (
+    apply_xfcc,
+    client_cert_element,
+    rfc2253_subject,
+    url_encoded_pem,
+    xfcc_element,
+)
 
 CLIENT = "spiffe://td.consul/ns/default/dc/dc1/svc/web"
 GATEWAY = "spiffe://td.consul/ns/default/dc/dc1/svc/tgw"
@@ -87,25 +93,54 @@ def test_subject_matches_openssl_rfc2253(subject, tmp_path):
 
 
 def test_client_cert_element_fields():
-    """By, Hash (sha256 of the leaf DER), quoted Subject, URI and each DNS SAN, in order."""
+    """By, Hash (sha256 of the leaf DER), Cert and Chain (URL-encoded PEM, the chain
+    from the leaf on), quoted Subject, URI and each DNS SAN, in Envoy's order (what
+    Consul's set_current_client_cert_details {subject, cert, chain, dns, uri} makes)."""
     der = _leaf(SUBJECTS[0], dns=("web.example", "alt.example"))
-    element = client_cert_element(GATEWAY, der)
+    other = _leaf(SUBJECTS[1])
+    element = client_cert_element(GATEWAY, der, [der, other])
+    leaf_pem = url_encoded_pem(der)
     assert element == (
-        f'By={GATEWAY};Hash={hashlib.sha256(der).hexdigest()};Subject="CN=web";'
+        f'By={GATEWAY};Hash={hashlib.sha256(der).hexdigest()};Cert="{leaf_pem}";'
+        f'Chain="{leaf_pem}{url_encoded_pem(other)}";Subject="CN=web";'
         f"URI={CLIENT};DNS=web.example;DNS=alt.example"
     )
 
 
-def test_values_with_separators_are_quoted_and_escaped():
-    """A value holding , ; = or a quote is quoted; quotes and backslashes are escaped."""
-    element = xfcc_element("spiffe://a/b", "00", 'CN=x\\,y "q"', "spiffe://t/u;v")
-    assert element == ('By=spiffe://a/b;Hash=00;Subject="CN=x\\\\,y \\"q\\"";URI="spiffe://t/u;v"')
+def test_cert_is_openssl_pem_url_encoded_as_envoy_does():
+    """``Cert`` decodes (Envoy's five replacements undone) to the PEM OpenSSL writes for
+    the leaf, byte for byte (``openssl x509 -outform PEM``)."""
+    der = _leaf(SUBJECTS[0])
+    encoded = url_encoded_pem(der)
+    assert not any(ch in encoded for ch in "\n +/=")
+    decoded = (
+        encoded.replace("%0A", "\n")
+        .replace("%20", " ")
+        .replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=")
+    )
+    pem = subprocess.run(
+        ["openssl", "x509", "-inform", "DER", "-outform", "PEM"],
+        input=der,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    ).stdout.decode()
+    assert decoded == pem
 
 
-def test_no_uri_san_leaves_uri_out():
-    """A leaf without a URI SAN yields no URI pair (Envoy omits empty fields)."""
+def test_values_are_written_as_envoy_writes_them():
+    """Envoy puts the Subject inside quotes unchanged (no doubled backslash, no escaped
+    quote) and writes By and URI bare, whatever they hold."""
+    element = xfcc_element("spiffe://a/b", "00", 'CN=x\\,y \\"q\\"', "spiffe://t/u;v")
+    assert element == 'By=spiffe://a/b;Hash=00;Subject="CN=x\\,y \\"q\\"";URI=spiffe://t/u;v'
+
+
+def test_no_uri_san_gives_an_empty_uri():
+    """A leaf without a URI SAN yields ``URI=`` (Envoy keeps the key) and no DNS pair."""
     element = client_cert_element(GATEWAY, _leaf(SUBJECTS[0], uris=()))
-    assert "URI=" not in element and "DNS=" not in element
+    assert element.endswith(";URI=") and "DNS=" not in element
 
 
 def test_append_forward_and_sanitize():

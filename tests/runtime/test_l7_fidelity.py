@@ -220,5 +220,9 @@ async def test_intentions_match_the_headers_the_service_gets(gateway, upstreams)
     (seen,) = service.requests
     assert seen.header("x-hop") is None
     assert seen.header("x-forwarded-proto") == "https"
-    assert (seen.header("x-forwarded-client-cert") or "").startswith("By=spiffe://")
+    xfcc = seen.header("x-forwarded-client-cert") or ""
+    assert xfcc.startswith("By=spiffe://")
+    # Envoy under Consul also sends the client's leaf and chain, URL-encoded PEM.
+    assert ';Cert="-----BEGIN%20CERTIFICATE-----%0A' in xfcc
+    assert ';Chain="-----BEGIN%20CERTIFICATE-----%0A' in xfcc
     assert len(seen.header("x-request-id") or "") == 36
