@@ -296,7 +296,7 @@ class Http1Server:
 class _Answer:
     """The :class:`~gwcore.net.l7_core.ResponseWriter` of one request."""
 
-    __slots__ = ("codec", "exchange", "finished", "method", "trailers_ok")
+    __slots__ = ("codec", "exchange", "finished", "method", "trailers_ok", "unsent_body")
 
     def __init__(self, codec: Http1Server, method: str = "GET") -> None:
         self.codec = codec
@@ -304,6 +304,7 @@ class _Answer:
         self.finished = False
         self.method = method
         self.trailers_ok = False  # only a chunked response carries trailers
+        self.unsent_body = False  # answered while the client waited for 100 Continue
 
     def write_head(self, response: HttpResponse) -> None:
         codec = self.codec
@@ -314,8 +315,10 @@ class _Answer:
             headers.append(("connection", "close"))  # the last response (drain)
         elif codec.h11.their_state is not h11.DONE and codec.h11.they_are_waiting_for_100_continue:
             # Answered before the body was asked for: the client may still send it,
-            # or may never; only a close keeps the framing certain.
+            # or may never; only a close keeps the framing certain. (h11 forgets the
+            # wait once a response goes out: remembered for write_end.)
             headers.append(("connection", "close"))
+            self.unsent_body = True
         self.trailers_ok = (
             codec.h11.their_http_version == b"1.1"
             and response.status not in (204, 304)
@@ -358,7 +361,7 @@ class _Answer:
         if codec.h11.their_state is h11.SEND_BODY:
             # Answered before the whole request was read (a denial, an addon): read the
             # rest and drop it, so the connection stays usable.
-            if codec.h11.they_are_waiting_for_100_continue:
+            if self.unsent_body or codec.h11.they_are_waiting_for_100_continue:
                 codec.exchange = None
                 codec.closed = True
                 codec.link.close("completed")

@@ -226,3 +226,31 @@ async def test_intentions_match_the_headers_the_service_gets(gateway, upstreams)
     assert ';Cert="-----BEGIN%20CERTIFICATE-----%0A' in xfcc
     assert ';Chain="-----BEGIN%20CERTIFICATE-----%0A' in xfcc
     assert len(seen.header("x-request-id") or "") == 36
+
+
+@pytest_twisted.ensureDeferred
+async def test_denied_expect_100_continue_is_403_and_the_connection_closes(gateway, upstreams):
+    """A denied request that waits for ``100 Continue`` gets 403 with ``Connection:
+    close`` and the gateway then closes the connection (the client may or may not send
+    the body: only a close keeps the framing certain); no 100, nothing upstream."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "deny"))
+    await gateway.start()
+    cert, key, root = gateway.client_files("web")
+
+    def run() -> bytes:
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            sock.sendall(
+                b"POST /up HTTP/1.1\r\nHost: billing\r\nExpect: 100-continue\r\n"
+                b"Content-Length: 5\r\n\r\n"
+            )
+            return _read_until_closed(sock, limit=5.0)
+        finally:
+            sock.close()
+
+    data = await in_thread(run)
+    assert data.startswith(b"HTTP/1.1 403") and b"connection: close" in data.lower(), data
+    assert b"100 Continue" not in data
+    assert data.endswith(b"RBAC: access denied"), data  # closed, not "<still open>"
+    assert service.connections == 0
