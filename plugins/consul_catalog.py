@@ -557,6 +557,11 @@ class ConsulCatalogSource(SelfRegistration):
         unusable += egress_problems
         destinations, bad_subsets = self._resolvers.apply(destinations, docs, self._datacenter)
         for problem in [*problems, *unusable, *bad_subsets]:
+            if problem.in_force:  # a caveat, not a rejection: logged once as a warning
+                if f"shape:{problem}" not in self._reported:
+                    self._reported.add(f"shape:{problem}")
+                    self._site.log.warn("consul_catalog: in force: {problem}", problem=problem)
+                continue
             self._report_once(f"shape:{problem}", f"left out: {problem}")
         wildcard = {s for s, item in self._linked.items() if item.get("FromWildcard")}
         return tuple(

@@ -205,6 +205,7 @@ class FileCatalogSource:
         self._mesh_role = site.config.role == "mesh"
         self._files: dict[Path, _FileState] = {}
         self._unresolved: dict[str, str] = {}  # problem key -> text, most recent last
+        self._caveats: set[str] = set()  # problems of entries in force, warned once
         self._version: str | None = None
         self._last_success: float | None = None
         self._publish: Callable[[CatalogSnapshot], None] | None = None
@@ -363,13 +364,17 @@ class FileCatalogSource:
         self._report(f"file:{path}", text, "catalog file rejected, its last good content stays")
 
     def _note_catalog_problems(self, problems: Sequence[ShapeProblem]) -> None:
-        current = {f"catalog:{p}": str(p) for p in problems}
+        current = {f"catalog:{p}": p for p in problems if not p.in_force}
+        caveats = {str(p) for p in problems if p.in_force}
+        for text in sorted(caveats - self._caveats):  # a caveat, not a rejection
+            self._site.log.warn("catalog entry in force: {problem}", problem=text)
+        self._caveats = caveats
         for key in [k for k in self._unresolved if k.startswith("catalog:")]:
             if key not in current:
                 del self._unresolved[key]
-        for key, text in current.items():
+        for key, problem in current.items():
             if key not in self._unresolved:
-                self._report(key, text, "catalog documents left out")
+                self._report(key, str(problem), "catalog documents left out")
 
     def _report(self, key: str, text: str, what: str) -> None:
         self._unresolved.pop(key, None)

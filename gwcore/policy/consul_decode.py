@@ -88,6 +88,8 @@ class ShapeProblem:
     origin: str  # where the document came from, e.g. a file path
     where: str  # a JSON location such as ``Services[1].CertFile``, or ``(document)``
     message: str
+    in_force: bool = False
+    """The document is used as it is; the problem is a caveat (logged as a warning)."""
 
     def __str__(self) -> str:
         return f"{self.origin}: {self.where}: {self.message}"

@@ -139,7 +139,9 @@ def apply_destinations(
                         entry_.origin,
                         entry_.where or "(document)",
                         f"L7 intention {intention} names a destination: L7 intentions "
-                        "are not supported for destinations (it denies)",
+                        "are not supported for destinations, so every connection it "
+                        "matches is denied (the entry is in force)",
+                        in_force=True,
                     )
                 )
     return tuple(out), problems

@@ -57,10 +57,14 @@ _HEADER_FIELDS = ("Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Inve
 _HEADER_KINDS = ("Present", "Exact", "Prefix", "Suffix", "Regex")
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # RE2's own "E0000 re2.cc" stderr line: tgw's error says it
+
+
 def _compile(pattern: str) -> Any:
     """An RE2 pattern compiled for full matches; ``ValueError`` if RE2 refuses it."""
     try:
-        return re2.compile(pattern)
+        return re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
         raise ValueError(f"is not an RE2 regular expression: {exc}") from None
 

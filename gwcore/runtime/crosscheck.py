@@ -87,8 +87,10 @@ def _catalog_warnings(site: SiteConfig, docs: CatalogDocuments) -> list[ConfigPr
             )
         )
     else:
+        # A service-defaults Destination is served without registered instances.
+        egress = {sd.service.name for sd in docs.service_defaults if sd.destination is not None}
         for linked in entry.services:
-            if linked.name != "*" and linked.name not in registered:
+            if linked.name != "*" and linked.name not in registered and linked.name not in egress:
                 warnings.append(
                     ConfigProblem(
                         site.file,

@@ -138,3 +138,42 @@ def test_the_sites_view_takes_the_first_source_in_stack_order_that_has_a_mesh_en
     assert merge_mesh_http([silent, first, second]) == first.mesh_http
     assert merge_mesh_http([second, first]) == MeshHttp(origin="other")
     assert merge_mesh_http([silent]) == DEFAULT_MESH_HTTP
+
+
+def test_an_l7_intention_naming_a_destination_is_a_warning_not_an_error(
+    running: Running, catalog: Path
+):
+    """An L7 intention naming a service-defaults Destination stays in force (it denies
+    what it matches): file_catalog logs one warning saying so, not an error about
+    documents "left out", and counts no catalog error; the source stays healthy."""
+    write(
+        catalog / "gateway.json",
+        {**GATEWAY, "Services": [{"Name": "billing"}, {"Name": "api"}]},
+    )
+    write(
+        catalog / "api.json",
+        {
+            "Kind": "service-defaults",
+            "Name": "api",
+            "Destination": {"Addresses": ["api.example.com"], "Port": 443},
+        },
+    )
+    write(
+        catalog / "ixn.json",
+        {
+            "Kind": "service-intentions",
+            "Name": "api",
+            "Sources": [
+                {"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/"}}]}
+            ],
+        },
+    )
+    running.tick()
+    running.tick()
+    assert running.site.errors() == 0
+    events = [e for e in running.site.log_events if "names a destination" in str(e.get("problem"))]
+    assert len(events) == 1
+    assert events[0]["log_level"].name == "warn"
+    assert "in force" in events[0]["log_format"] and "left out" not in events[0]["log_format"]
+    assert running.source.health().last_error is None
+    assert {d.name for d in running.last.destinations} >= {"api", "billing"}

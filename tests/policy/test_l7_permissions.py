@@ -279,3 +279,16 @@ def test_http_of_the_wrong_type_is_one_problem():
     """An HTTP that is not an object is reported once (not also as missing)."""
     found = problems_of({"Action": "allow", "HTTP": "/admin"})
     assert found == [("Sources[1].Permissions[0].HTTP", "must be an object, not a string")]
+
+
+def test_a_regex_re2_refuses_is_reported_by_tgw_only(capfd):
+    """RE2's own error log (``E0000 ... re2.cc``) is silenced (``log_errors=False``):
+    the only report of a bad PathRegex or Header Regex is tgw's problem naming the key;
+    nothing reaches the process's stderr."""
+    found = problems_of(
+        {"Action": "allow", "HTTP": {"PathRegex": "(unclosed"}},
+        {"Action": "allow", "HTTP": {"Header": [{"Name": "x", "Regex": "a{1001}"}]}},
+    )
+    assert len(found) == 2 and all("RE2" in message for _, message in found), found
+    captured = capfd.readouterr()
+    assert "re2" not in captured.err.lower() and captured.err == "", captured.err
