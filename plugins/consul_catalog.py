@@ -496,12 +496,12 @@ class ConsulCatalogSource(SelfRegistration):
 
     # --- building the snapshot ------------------------------------------------------
 
-    def _report_once(self, key: str, text: str) -> None:
+    def _report_once(self, key: str, text: str, caveat: bool = False) -> None:
         if key in self._reported:
             return
         self._reported.add(key)
-        self._errors.inc()
-        self._site.log.error("consul_catalog: {problem}", problem=text)
+        self._errors.inc(0 if caveat else 1)  # a caveat (entry in force) is a warning
+        (self._site.log.warn if caveat else self._site.log.error)("consul_catalog: {p}", p=text)
 
     def _name(self, service: str) -> ServiceName:
         return self._names.get(service) or ServiceName(service)
@@ -556,13 +556,10 @@ class ConsulCatalogSource(SelfRegistration):
         destinations, egress_problems = apply_destinations(destinations, docs, self.gateway)
         unusable += egress_problems
         destinations, bad_subsets = self._resolvers.apply(destinations, docs, self._datacenter)
-        for problem in [*problems, *unusable, *bad_subsets]:
-            if problem.in_force:  # a caveat, not a rejection: logged once as a warning
-                if f"shape:{problem}" not in self._reported:
-                    self._reported.add(f"shape:{problem}")
-                    self._site.log.warn("consul_catalog: in force: {problem}", problem=problem)
-                continue
-            self._report_once(f"shape:{problem}", f"left out: {problem}")
+        for p in [*problems, *unusable, *bad_subsets]:
+            self._report_once(
+                f"shape:{p}", f"{'in force' if p.in_force else 'left out'}: {p}", p.in_force
+            )
         wildcard = {s for s, item in self._linked.items() if item.get("FromWildcard")}
         return tuple(
             dataclasses.replace(d, from_wildcard=True) if str(d.service) in wildcard else d
