@@ -52,7 +52,11 @@ async def test_routes_show_protocol_l7_and_the_mesh_options_and_follow_edits(gat
         gateway.catalog / "regs.json",
         [registration("billing", up.port), registration("ldap", up.port)],
     )
-    write_json(gateway.catalog / "ldap.json", {"Kind": "service-defaults", "Name": "ldap"})
+    # An explicit Protocol: one without it would keep proxy-defaults' http, as in Consul.
+    write_json(
+        gateway.catalog / "ldap.json",
+        {"Kind": "service-defaults", "Name": "ldap", "Protocol": "tcp"},
+    )
     write_json(gateway.catalog / "proxy.json", PROXY)
     write_json(gateway.catalog / "mesh.json", MESH)
     await gateway.start()
