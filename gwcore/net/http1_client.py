@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
 from gwcore.net.l7_core import UpstreamFailure
+from gwcore.net.l7_retry import ReplayBuffer
 from gwcore.net.splice import UpstreamFactory
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ class Http1Stream:
         self.request_producer: Producer | None = None
         self.pending: list[bytes] = []  # body written before a connection (bounded: see send_data)
         self.ended: Headers | bool | None = False
+        self.sent_end: Headers | bool = False  # the end went out on the connection
+        self.replay = ReplayBuffer(request.method)
         self.done = False
         self.paused = False
 
@@ -93,6 +96,7 @@ class Http1Stream:
             # already on their way wait here (at most one read of the client).
             self.pending.append(data)
             return
+        self.replay.wrote(data)
         self.connection.write(h11.Data(data=data))
 
     def send_end(self, trailers: Headers | None = None) -> None:
@@ -101,6 +105,7 @@ class Http1Stream:
         if self.connection is None:
             self.ended = trailers if trailers is not None else True
             return
+        self.sent_end = trailers if trailers is not None else True
         self.connection.end_request(trailers)
 
     def set_request_producer(self, producer: Producer | None) -> None:
@@ -133,11 +138,15 @@ class Http1Stream:
     def attach(self, connection: Http1Connection) -> None:
         self.connection = connection
         self.endpoint = connection.endpoint
+        if not connection.reused:
+            self.replay.retried = True  # only a reused connection's failure is retried
         connection.start(self)
         pending, self.pending = self.pending, []
         for chunk in pending:
+            self.replay.wrote(chunk)
             connection.write(h11.Data(data=chunk))
         if self.ended is not False:
+            self.sent_end = self.ended if isinstance(self.ended, Headers) else True
             connection.end_request(self.ended if isinstance(self.ended, Headers) else None)
         elif self.request_producer is not None:
             self.request_producer.resumeProducing()
@@ -150,6 +159,16 @@ class Http1Stream:
         self.done = True
         self.connection = None
         self.sink.response_failed(failure)
+
+    def rewind(self) -> None:
+        """Ready to go again on another connection (``l7_retry``): what was sent of the
+        body is sent again, and the client's body waits until then."""
+        self.connection = None
+        self.pending = self.replay.take() + self.pending
+        if self.sent_end is not False:
+            self.ended, self.sent_end = self.sent_end, False
+        if self.request_producer is not None and self.ended is False:
+            self.request_producer.pauseProducing()
 
 
 class Http1Connection:
@@ -165,6 +184,7 @@ class Http1Connection:
         self.idle_call: Any = None
         self.alpn = _Alpn.alpn
         self.close_cause: str | None = None
+        self.reused = False  # it carried an exchange before the current one
         upstream.downstream = self
         # The service's socket pauses the client's body while it cannot take more.
         upstream.transport.registerProducer(self, True)
@@ -228,6 +248,8 @@ class Http1Connection:
     def send_to_client(self, data: bytes) -> None:
         if self.closed:
             return
+        if data and self.stream is not None:
+            self.stream.replay.answered()
         try:
             self.h11.receive_data(data)
         except RuntimeError as e:
@@ -241,6 +263,11 @@ class Http1Connection:
 
     def upstream_eof(self) -> None:
         if self.closed:
+            return
+        if self.stream is not None and self.h11.their_state is h11.SEND_RESPONSE:
+            # Closed before a complete response head (h11 calls this a protocol error):
+            # a reset, which on a reused connection may be retried (l7_retry).
+            self.fail("reset", "the service closed the connection before its response")
             return
         with contextlib.suppress(RuntimeError):
             self.h11.receive_data(b"")
@@ -304,6 +331,7 @@ class Http1Connection:
             stream.connection = None
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
+            self.reused = True
             self.pool.idle_again(self)
         else:
             self.close("not reusable after this exchange")
@@ -312,6 +340,25 @@ class Http1Connection:
 
     def fail(self, reason: str, detail: str) -> None:
         stream, self.stream = self.stream, None
+        if (
+            stream is not None
+            and reason == "reset"
+            and self.reused
+            and not stream.done
+            and stream.replay.may_retry()
+        ):
+            # A stale kept-alive connection (l7_retry): once more on a fresh one. Queued
+            # first, so closing this connection dials for it.
+            log.info(
+                "retrying {method} on a fresh connection to {endpoint}: {detail}",
+                method=stream.request.method,
+                endpoint=self.endpoint,
+                detail=detail,
+            )
+            stream.rewind()
+            self.pool.retry(stream)
+            self.close(detail)
+            return
         self.close(detail)
         if stream is not None:
             stream.failed(UpstreamFailure(reason, detail, 502, self.endpoint))
@@ -460,6 +507,13 @@ class Http1Pool:
         for connection in list(self.idle):
             if connection.endpoint not in endpoints:
                 connection.close("endpoint left the catalog")
+
+    def retry(self, stream: Http1Stream) -> None:
+        """``stream`` goes again, ahead of the requests waiting (see ``l7_retry``)."""
+        if self.closed:
+            self._fail_later(stream, UpstreamFailure("unavailable", "the site is stopping", 503))
+            return
+        self.waiting.appendleft(stream)
 
     def forget(self, stream: Http1Stream) -> None:
         """A waiting request was cancelled."""
