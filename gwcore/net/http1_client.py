@@ -150,8 +150,12 @@ class Http1Stream:
             connection.end_request(self.ended if isinstance(self.ended, Headers) else None)
         elif self.request_producer is not None:
             self.request_producer.resumeProducing()
+        # The connection reads as this request's client allows, whatever the previous
+        # request on it left (a pause it never lifted would stall this response).
         if self.paused:
             connection.pause_reading()
+        else:
+            connection.resume_reading()
 
     def failed(self, failure: UpstreamFailure) -> None:
         if self.done:
@@ -332,6 +336,9 @@ class Http1Connection:
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
             self.reused = True
+            # The client may have paused this response's reading just before its end:
+            # idle (or the next request's), the connection reads again.
+            self.resume_reading()
             self.pool.idle_again(self)
         else:
             self.close("not reusable after this exchange")
