@@ -9,6 +9,7 @@ traceback on the gateway's stderr) fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import struct
@@ -33,10 +34,8 @@ class Service(HttpService):
 
     def _serve(self, sock: socket.socket, up) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
+        with contextlib.suppress(h11.RemoteProtocolError):
             super()._serve(sock, up)
-        except h11.RemoteProtocolError:
-            pass
 
 
 def raw_exchange(gateway, payload: bytes, half_close: bool) -> bytes:
