@@ -344,7 +344,9 @@ class IntentionsGuard:
         if service in self._source.loaded:
             if self._source.settings.default_policy == "site":
                 return Decision(Verdict.ABSTAIN, NAME, "intentions loaded from Consul")
-            matched = self._set.decide(request.source.service, service)
+            # Per request (L7) a matching intention whose permissions all miss abstains,
+            # so the agent's default decides, as Consul does.
+            matched = self._set.decide(request.source.service, service, request.http)
             if matched.verdict is not Verdict.ABSTAIN:
                 return Decision(Verdict.ABSTAIN, NAME, "an intention matches")
             default = self._source.default

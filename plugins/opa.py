@@ -390,6 +390,7 @@ class OpaEngine:
             gateway_port=request.gateway_port,
             requested_server_name=request.requested_server_name,
             peer_certificate_pem=self._peer_pem(request),
+            http=request.http,
         )
 
     def _peer_pem(self, request: AuthzRequest) -> str | None:

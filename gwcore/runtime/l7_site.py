@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gwcore.contract.metrics import service_labels
+from gwcore.net.h2_upstream import Http2Pool
 from gwcore.net.http1_client import Http1Pool, PoolLimits
 from gwcore.net.l7_core import L7Limits, UpstreamFailure
 from gwcore.net.l7_session import L7Session
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="tgw.http")
 
-UPSTREAM_CLIENTS: dict[str, Any] = {"http": Http1Pool}
+UPSTREAM_CLIENTS: dict[str, Any] = {"http": Http1Pool, "http2": Http2Pool, "grpc": Http2Pool}
 """Upstream client (pool) class per destination protocol. A protocol is served in L7
 mode only once it has one (HTTP/2 and gRPC register theirs with their codec); until
 then its destinations stay L4."""
