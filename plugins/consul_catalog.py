@@ -161,7 +161,7 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
     )
     check_address = reader.string("check_address", "") or ""
     check = reader.string("check", "tcp", choices=CHECK_KINDS) or "tcp"
-    check_http = reader.string("check_http", "") or ""
+    check_http = (reader.credential_free_url("check_http") and reader.string("check_http")) or ""
     mesh_gateway_service = (
         reader.string("mesh_gateway_service", DEFAULT_MESH_GATEWAY_SERVICE)
         or DEFAULT_MESH_GATEWAY_SERVICE

@@ -121,7 +121,11 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[OpaSettings, list[Confi
     reader = site.reader(entry)
     table = reader.table
     policies = reader.strings("policies")
-    url = reader.string("url", pattern=_URL_RE, what="an http:// or https:// URL")
+    url = (  # a password or ?token= would be shown by /config and in every denial
+        reader.string("url", pattern=_URL_RE, what="an http:// or https:// URL")
+        if reader.credential_free_url("url")
+        else None
+    )
     if ("policies" in table) == ("url" in table):
         reader.problem(
             "policies",

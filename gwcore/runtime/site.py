@@ -49,7 +49,7 @@ from gwcore.policy.admission import Admission
 from gwcore.policy.balancing import EndpointPicker
 from gwcore.policy.config import GatewayConfig, SiteConfig
 from gwcore.policy.consul_mesh_entry import describe_mesh_http
-from gwcore.policy.model import Decision, ServiceName
+from gwcore.policy.model import Decision, ServiceName, Verdict
 from gwcore.policy.routes import RouteTable
 from gwcore.runtime.accept import Acceptor
 from gwcore.runtime.authorize import Authorizer
@@ -247,6 +247,8 @@ class Site:
         return self.router.current()
 
     def authorize(self, conn: DownstreamProtocol) -> Deferred[Decision]:
+        if self.recheck.accepted(conn):  # routes or roots changed during its handshake
+            return succeed(Decision(Verdict.DENY, "recheck", conn.close_cause or "closed"))
         if self.l7.serves(conn):
             return succeed(PER_REQUEST)  # each request is decided (runtime.l7_exchange)
         request = self.authorizer.request(conn)

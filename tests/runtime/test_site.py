@@ -392,7 +392,9 @@ def test_authorization_requests_describe_the_connection_and_the_listener(
         sni=sni(BILLING),
         info=ConnectionInfo("main", 1, "127.0.0.9", 40000, 0.0),
         transport=SimpleNamespace(getHost=lambda: IPv4Address("TCP", "127.0.0.5", 8443)),
+        state=State.AUTHORIZING,
     )
+    conn.routes, conn.material = site.current()  # accepted under the current routes
     for _ in range(2):
         assert result_of(site.authorize(conn)).allowed  # type: ignore[arg-type]
     [engine] = site.engines
@@ -602,6 +604,8 @@ class StubConnection:
     )
     decision: Decision | None = None
     closed: list[str] = field(default_factory=list)
+    routes: Any = None  # the site's routes and TLS material at accept (site.current())
+    material: Any = None
 
     def close(self, cause: str) -> None:
         self.closed.append(cause)
