@@ -141,10 +141,19 @@ class Gateway:
 
 
 def start_tgw(
-    procs: Processes, m: Material, up: Upstream, workers: int | None, policy: str = "intentions"
+    procs: Processes,
+    m: Material,
+    up: Upstream,
+    workers: int | None,
+    policy: str = "intentions",
+    prefix: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+    start_timeout: float = 30.0,
 ) -> Gateway:
     """tgw with ``workers``; ``policy="allow"`` runs no authorization engine at all
-    (``default_policy = "allow"``), to price the intentions engine on handshakes."""
+    (``default_policy = "allow"``), to price the intentions engine on handshakes.
+    ``prefix`` runs twistd under a tool (``bench.cost``: valgrind), with twistd
+    ``options`` (a profiler)."""
     name = f"tgw-w{workers or 1}" + ("-allow" if policy == "allow" else "")
     root = m.dir / name
     catalog = root / "catalog"
@@ -217,10 +226,19 @@ roots = ["{m.ca}"]
 """)
     proc = procs.start(
         name,
-        [str(BIN / "twistd"), "--pidfile=", "-n", "tgw", "--config", str(config)],
+        [
+            *prefix,
+            str(BIN / "twistd"),
+            "--pidfile=",
+            *options,
+            "-n",
+            "tgw",
+            "--config",
+            str(config),
+        ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    wait_port(port, timeout=30, proc=proc)
+    wait_port(port, timeout=start_timeout, proc=proc)
     info: dict[str, Any] = {"workers": workers or 1, "policy": policy}
     if policy == "allow":
         info["scenarios"] = ("new_conn",)  # only the handshake depends on the engine

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gwcore.net.client_trust import VERIFY_ERROR_REASONS
+
 
 def init_facts(conn: Any) -> None:
     """The facts a new connection fills in as it goes, unknown (``None``) at accept."""
@@ -25,6 +27,25 @@ def handshake_completed(conn: Any, tls: Any) -> None:
     site = conn.site
     site.children.handshake_seconds.observe(conn.handshake_seconds)
     site.metrics.handshakes.labels(site=site.name, version=conn.tls_version).inc()
+
+
+def handshake_reason(conn: Any, error: Exception | None) -> str:
+    """Why ``conn``'s handshake failed, as a bounded metric label: what the driver saw
+    (an addon veto, a route miss, a certificate verify error), else OpenSSL's error."""
+    if conn.hello_veto is not None:
+        return "addon_veto"
+    if conn.route_miss is not None:
+        return conn.route_miss
+    if conn.verify_error is not None:
+        return VERIFY_ERROR_REASONS.get(conn.verify_error, "bad_client_cert")
+    text = str(error or "")
+    if "peer did not return a certificate" in text or "certificate required" in text:
+        return "no_client_cert"
+    if ("version" in text and "wrong" in text) or "unsupported protocol" in text:
+        return "tls_version"
+    if "http request" in text:
+        return "not_tls"
+    return "protocol_error"
 
 
 def handshake_abandoned(conn: Any) -> None:

@@ -30,10 +30,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gwcore.net.access_fields import address_of, complete, host_port, process_fields, rfc3339
+from gwcore.net.bio import BIO_CHUNK
 
 _log = Logger(namespace="tgw.connection")
-
-BIO_CHUNK = 1 << 17
 
 
 def flush_bio(tls: Any, write: Any) -> None:
