@@ -20,7 +20,13 @@ Section ``[sites.NAME.consul_catalog]`` (all optional):
   the agent GETs the admin endpoint's ``/ready`` (``check_http`` overrides the URL),
   so the instance turns critical when it is not ready, and while it drains
   (``gwcore.runtime.drain``). On stop the instance is deregistered before it drains;
-- ``health_watches`` (128): linked services with their own blocking health query.
+- ``health_watches`` (128): linked services with their own blocking health query;
+- mesh sites only: ``mesh_gateway_service`` (``mesh-gateway``), ``datacenters_interval``
+  (``30s``).
+
+On a mesh site (``role = "mesh"``) the source is :class:`~gwcore.plugins.consul_mesh.
+ConsulMeshSource`, which reads what Consul's own mesh gateway reads (its docstring);
+what follows is the terminating site's.
 
 What it reads (reference §3, §5), every watch a blocking query:
 
@@ -81,6 +87,7 @@ from gwcore.net.consul_watch import (
     health_path,
     scope_query,
 )
+from gwcore.plugins.consul_mesh import ConsulMeshSource
 from gwcore.plugins.consul_registration import SelfRegistration
 from gwcore.plugins.consul_resolvers import ConsulResolvers
 from gwcore.policy.config import ConfigProblem, SiteConfig
@@ -102,6 +109,9 @@ NAME = "consul_catalog"
 MODULE = "gwcore.plugins.consul_catalog"
 DEFAULT_CHECK_INTERVAL = 10.0
 CHECK_KINDS = ("tcp", "http")
+DEFAULT_MESH_GATEWAY_SERVICE = "mesh-gateway"
+DEFAULT_DATACENTERS_INTERVAL = 30.0  # Consul's mesh gateway: MaxAge of the datacenters list
+MESH_ONLY = ("mesh_gateway_service", "datacenters_interval")
 
 
 def stack_entry(plugins: Sequence[str]) -> str | None:
@@ -121,6 +131,8 @@ class Settings:
     check_address: str = ""
     check: str = "tcp"
     check_http: str = ""
+    mesh_gateway_service: str = DEFAULT_MESH_GATEWAY_SERVICE  # mesh sites (consul_mesh)
+    datacenters_interval: float = DEFAULT_DATACENTERS_INTERVAL
 
 
 def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigProblem]]:
@@ -137,6 +149,17 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
     check_address = reader.string("check_address", "") or ""
     check = reader.string("check", "tcp", choices=CHECK_KINDS) or "tcp"
     check_http = reader.string("check_http", "") or ""
+    mesh_gateway_service = (
+        reader.string("mesh_gateway_service", DEFAULT_MESH_GATEWAY_SERVICE)
+        or DEFAULT_MESH_GATEWAY_SERVICE
+    )
+    datacenters_interval = reader.duration(
+        "datacenters_interval", DEFAULT_DATACENTERS_INTERVAL, minimum=0.05
+    )
+    if site.role != "mesh":
+        for key in MESH_ONLY:
+            if key in reader.table:
+                reader.problem(key, 'applies to mesh sites (role = "mesh") only')
     connection_problems(reader, consul)
     settings = Settings(
         consul,
@@ -149,6 +172,8 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
         check_address,
         check,
         check_http,
+        mesh_gateway_service,
+        datacenters_interval,
     )
     return settings, reader.finish()
 
@@ -161,7 +186,7 @@ def tgw_validate_site_config(site: SiteConfig) -> Sequence[ConfigProblem]:
     return read_settings(site, entry)[1]
 
 
-_sources: list[ConsulCatalogSource] = []  # started sources waiting for their listener
+_sources: list[Any] = []  # started sources waiting for their listener
 
 
 @hookimpl
@@ -169,6 +194,8 @@ def tgw_catalog_sources(site: SiteContext) -> Sequence[CatalogSource]:
     entry = stack_entry(site.config.plugins)
     if entry is None:
         return []
+    if site.config.role == "mesh":  # what Consul's mesh gateway watches (consul_mesh)
+        return [ConsulMeshSource(site, read_settings(site.config, entry)[0], _sources)]
     return [ConsulCatalogSource(site, entry)]
 
 

@@ -42,6 +42,7 @@ class SelfRegistration:
     _withdrawn: bool
     _register_call: Any
     _register_failures: int
+    registration_kind = "terminating-gateway"  # a mesh site registers as "mesh-gateway"
 
     def owns_listener(self, site: str, address: str) -> bool:
         """Whether the site that started at ``address`` is this source's site."""
@@ -72,7 +73,7 @@ class SelfRegistration:
         body = {
             "ID": self.service_id,
             "Name": self.gateway,
-            "Kind": "terminating-gateway",
+            "Kind": self.registration_kind,
             "Address": reg_address,
             "Port": port,
             "Meta": {"tgw-site": self._site.name},

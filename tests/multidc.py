@@ -121,6 +121,12 @@ class Federation:
             **(options or {}),
         }
         lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
+        files = "file_catalog" in plugins
+        catalog_section = (
+            f'[sites.{key}.file_catalog]\npaths = ["catalog"]\npoll_interval = "0.1s"'
+            if files
+            else ""
+        )
         ca = (
             f'[sites.{key}.builtin_ca]\nca_dir = "{self.ca_dir}"' if "builtin_ca" in plugins else ""
         )
@@ -141,9 +147,7 @@ role = "{role}"
 plugins = {json.dumps(plugins)}
 {lines}
 
-[sites.{key}.file_catalog]
-paths = ["catalog"]
-poll_interval = "0.1s"
+{catalog_section}
 
 {ca}
 {extra}

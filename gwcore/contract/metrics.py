@@ -297,6 +297,34 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+        # L7 destinations (docs/l7.md): per request, bounded labels (never a path).
+        self.http_requests = Counter(
+            "tgw_http_requests",
+            "HTTP requests answered at L7 destinations, by method class (GET, HEAD, POST, PUT, "
+            "DELETE, PATCH, OPTIONS, other) and response code class (1xx..5xx).",
+            ["site", "service", "method_class", "code_class"],
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "tgw_http_request_duration_seconds",
+            "From a request's head to the end of its response, at L7 destinations.",
+            ["site", "service"],
+            buckets=_CONNECT_BUCKETS,
+            registry=r,
+        )
+        self.http_denied = Counter(
+            "tgw_http_denied",
+            "HTTP requests denied (403) at L7 destinations, by the engine that denied "
+            "(engine_error when one failed).",
+            ["site", "service", "reason"],
+            registry=r,
+        )
+        self.http_bad_requests = Counter(
+            "tgw_http_bad_requests",
+            "Malformed HTTP requests answered 400 (or 431) at L7 destinations, by reason.",
+            ["site", "reason"],
+            registry=r,
+        )
         self.admin_refused = Counter(
             "tgw_admin_refused",
             "Admin endpoint requests refused, by reason (host: a Host header that is not "

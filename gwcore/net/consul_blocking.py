@@ -262,7 +262,7 @@ class ConsulFreshness:
                 "the last good data stays in force",
                 plugin=self._plugin,
                 endpoint=error.endpoint,
-                permission=PERMISSIONS.get(error.endpoint, "more permissions"),
+                permission=PERMISSIONS.get(error.endpoint.partition(":")[0], "more permissions"),
             )
         elif first:
             self._site.log.warn(

@@ -41,6 +41,11 @@ PERMISSIONS: Mapping[str, str] = {
     "intentions-match": "intentions:read",
     "agent-register": "service:write on the gateway name",
     "agent-deregister": "service:write on the gateway name",
+    # a mesh site (plugins/consul_mesh.py); "mesh-gateways:<dc>" is looked up by its prefix
+    "config-terminating": "service:read on the terminating gateways (config entries)",
+    "catalog-datacenters": "none",
+    "mesh-gateways": "service:read and node:read on the mesh gateways, in that datacenter",
+    "federation-states": "service:read and node:read on the mesh gateways",
 }
 
 

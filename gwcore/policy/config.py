@@ -88,6 +88,11 @@ class SiteConfig:
     upstream_proxy_protocol: bool = False
     max_connections: int = 10000
     max_connect_attempts: int = 3
+    max_request_headers_kb: int = 60  # L7: largest request head (Consul's MaxRequestHeadersKB)
+    http_max_upstream_connections: int = 64  # L7: per destination (gwcore.net.http1_client)
+    http_max_idle_upstream_connections: int = 16
+    http_upstream_idle_timeout: float = 60.0
+    http_max_pending_requests: int = 256  # L7: waiting for a pool connection; more: 503
     lb_policy: str = "round_robin"
     health_order: str = "weighted"  # or "passing_first"; see gwcore.policy.balancing
     outlier_consecutive_failures: int = 5
@@ -370,6 +375,13 @@ def _parse_site(
         "upstream_proxy_protocol": r.boolean("upstream_proxy_protocol", False),
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
+        "max_request_headers_kb": r.integer("max_request_headers_kb", 60, minimum=1, maximum=8192),
+        "http_max_upstream_connections": r.integer("http_max_upstream_connections", 64, minimum=1),
+        "http_max_idle_upstream_connections": r.integer(
+            "http_max_idle_upstream_connections", 16, minimum=0
+        ),
+        "http_upstream_idle_timeout": r.duration("http_upstream_idle_timeout", 60.0, minimum=0.001),
+        "http_max_pending_requests": r.integer("http_max_pending_requests", 256, minimum=0),
         "outlier_consecutive_failures": r.integer("outlier_consecutive_failures", 5, minimum=1),
         "outlier_base_ejection": r.duration("outlier_base_ejection", 30.0, minimum=0.001),
         "outlier_max_ejection": r.duration("outlier_max_ejection", 300.0, minimum=0.001),

@@ -7,7 +7,7 @@ The rules (health is the worst check, weights, wildcard links) are listed in
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from gwcore.policy.consul_decode import (
@@ -259,6 +259,39 @@ def build_mesh_destinations(docs: CatalogDocuments, datacenter: str) -> tuple[De
         )
         for name in sorted(endpoints, key=_service_order)
     )
+
+
+def build_connect_destinations(
+    answers: Mapping[ServiceName, CatalogDocuments],
+    datacenter: str,
+    protocols: Mapping[ServiceName, str] | None = None,
+) -> tuple[Destination, ...]:
+    """The services a mesh gateway of ``datacenter`` routes to, from Consul's answers.
+
+    ``answers`` holds, per service, what ``/v1/health/connect/<svc>`` answered (sidecars,
+    Connect-native instances, the terminating gateways that link it), as Consul's mesh
+    gateway watches it (``agent/proxycfg/mesh_gateway.go``, ``connect-service:``). Each
+    instance carries its own checks. A service with no such instance has no route, as
+    Consul's mesh gateway drops the service group of an empty answer. Sorted like
+    :func:`build_destinations`.
+    """
+    protocols = protocols or {}
+    out = []
+    for name in sorted(answers, key=_service_order):
+        found = {
+            _endpoint(reg, reg.service, reg.checks)
+            for reg in answers[name].registrations
+            if reg.service is not None and reg.service.port != 0
+        }
+        if found:
+            endpoints = tuple(sorted(found, key=lambda e: (e.node, e.instance_id, e.address)))
+            protocol = protocols.get(name, "tcp")
+            out.append(
+                Destination(
+                    service=name, datacenter=datacenter, endpoints=endpoints, protocol=protocol
+                )
+            )
+    return tuple(out)
 
 
 def build_intentions(docs: CatalogDocuments) -> tuple[Intention, ...]:

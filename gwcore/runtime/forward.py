@@ -2,7 +2,8 @@
 
 Today forwarding is the byte-exact splice of :mod:`gwcore.net.splice`, optionally after
 a PROXY v2 header (:mod:`gwcore.net.proxied`); the forwarder hands the dial step the
-protocol for the upstream side. An HTTP exchange will plug in here. The forwarder also
+protocol for the upstream side (an L7 destination's HTTP session comes from
+:mod:`gwcore.runtime.l7_site` instead). The forwarder also
 owns what is counted while bytes flow and when they stop: byte metrics flushed on a
 periodic sweep and at close, the idle timeout, the connection's duration, its access-log
 record and the ``tgw_connection_closed`` event.

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from gwcore.contract.events import SiteStarted
@@ -54,6 +54,7 @@ from gwcore.runtime.accept import Acceptor
 from gwcore.runtime.authorize import Authorizer
 from gwcore.runtime.dial import CONFIG_FAILURES, Dialer
 from gwcore.runtime.forward import SWEEP_INTERVAL, AccessLogWriter, Forwarder
+from gwcore.runtime.l7_site import PER_REQUEST, L7Step
 from gwcore.runtime.recheck import LiveRecheck
 from gwcore.runtime.route import Router
 from gwcore.runtime.upstream_files import destination_file_problems
@@ -133,6 +134,7 @@ class Site:
             self.listening_address,
         )
         self.recheck = LiveRecheck(self)
+        self.l7 = L7Step(self)  # HTTP-like destinations: per request (docs/l7.md)
 
     # --- the steps' state, under the names plugins, the service and tests use -------
 
@@ -244,6 +246,8 @@ class Site:
         return self.router.current()
 
     def authorize(self, conn: DownstreamProtocol) -> Deferred[Decision]:
+        if self.l7.serves(conn):
+            return succeed(PER_REQUEST)  # each request is decided (runtime.l7_exchange)
         request = self.authorizer.request(conn)
         # A decision in flight when the policy changes is asked again (runtime.recheck).
         return self.recheck.decide(conn, lambda: self.decide(request))
@@ -253,6 +257,8 @@ class Site:
         return self.authorizer.decide(request)
 
     def connect_upstream(self, conn: DownstreamProtocol) -> Deferred[Any]:
+        if self.l7.serves(conn):
+            return self.l7.session(conn)  # an HTTP session in place of the upstream
         return self.dialer.connect(
             conn, lambda strategy: self.forwarder.upstream_factory(conn, strategy)
         )
@@ -320,8 +326,10 @@ class Site:
         (``gwcore.runtime.recheck``) end on their own terms.
         """
         drain = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        self.l7.drain(self.active)  # keep-alive HTTP connections end after their request
         await self.acceptor.drain(drain)
         self.forwarder.stop()
+        self.l7.stop()
         self.router.stop()
         stoppable = [p for p in self.strategies if hasattr(p, "stop")]
         for provider in [*self.sources, *self.engines, *self.certs, *stoppable]:
@@ -345,6 +353,7 @@ class Site:
 
     def _routes_installed(self, old: RouteTable, routes: RouteTable, view: CatalogView) -> None:
         self.dialer.routes_installed(old, routes, view.destinations)
+        self.l7.routes_installed(routes)
         self.recheck.routes_changed()
 
     def _certs_changed(self) -> None:

@@ -24,7 +24,11 @@ What it emulates:
   ``?partition=``), ``GET /v1/health/state/any``, ``GET /v1/catalog/services``,
   ``GET /v1/catalog/nodes``; ``GET /v1/agent/self`` (``DebugConfig`` with the ACL and
   default-intention settings given to the constructor, ``Member.Addr``);
-- ``?dc=`` naming another datacenter: a 500, as an agent without a WAN path answers;
+- ``?dc=`` naming another datacenter: answered by that datacenter's double once the
+  doubles are joined (:func:`gwcore.testing.consul_mesh.federate`), else a 500, as an
+  agent without a WAN path answers; ``GET /v1/health/connect/:svc``,
+  ``/v1/catalog/datacenters`` and ``/v1/internal/federation-states/mesh-gateways``, what
+  a mesh gateway reads (:mod:`gwcore.testing.consul_mesh`);
 - ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one), one
   entry per kind, name, namespace and partition (``?ns=``, ``?partition=``);
 - ``GET /v1/agent/connect/ca/roots`` with every root listed and one active, root
@@ -47,7 +51,7 @@ What it emulates:
   port closes and reopens), and :meth:`restart` with a lower index (connections
   dropped, every index reset, data kept as after a snapshot restore).
 
-What it does not emulate: ``ns=*`` listings, multiple datacenters,
+What it does not emulate: ``ns=*`` listings, WAN latency or a partitioned WAN,
 ``?filter=``/``?near=``/``?tag=``, hash-based blocking, ``X-Cache``/``Age``, the legacy
 intentions CRUD API, ``/v1/agent/connect/authorize``, ``service-resolver`` subsets,
 anti-entropy, ACL policies (one token grants everything except what :meth:`deny`
@@ -82,14 +86,12 @@ from gwcore.testing.consul_http import (
     parse_wait,
     wait_deferred,
 )
+from gwcore.testing.consul_mesh import _MeshEndpoints
 from gwcore.testing.consul_state import CatalogStore, Indexes
 from gwcore.testing.fakes import TRUST_DOMAIN
 
 if TYPE_CHECKING:
     from gwcore.testing.consul_connect import _Leaf, _Root
-
-TYPICAL = ("", "typical")
-
 
 __all__ = [
     "ConsulDouble",
@@ -125,7 +127,7 @@ class _AgentResource(resource.Resource):
         return self.double._handle(request)
 
 
-class ConsulDouble(_ConnectCA, _AgentEndpoints):
+class ConsulDouble(_ConnectCA, _AgentEndpoints, _MeshEndpoints):
     """One Consul agent (and its datacenter) in the reactor; see the module docstring."""
 
     def __init__(
@@ -160,6 +162,8 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints):
         self.intermediate = intermediate
         self.node_address = node_address
         self.agent_services: dict[str, dict[str, Any]] = {}  # bodies of agent registrations
+        self.federation: dict[str, ConsulDouble] = {}  # datacenter -> double (federate())
+        self._connect_names: dict[str, set[str]] = {}  # consul_mesh.connect_index
         self.indexes = Indexes()
         self.store = CatalogStore(datacenter, self.indexes)
         self.nodes = self.store.nodes
@@ -280,6 +284,7 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints):
 
     def _changed(self) -> None:
         self.reactor.callLater(0, self._wake)
+        self.wake_federation()
 
     def _topic(self, *topics: str) -> int:
         return self.indexes.get(*topics)
@@ -359,6 +364,8 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints):
             request.setResponseCode(403)
             return b"Permission denied"
         dc = (args.get("dc") or [self.datacenter])[0]
+        if dc != self.datacenter and dc in self.federation:  # over the WAN (consul_mesh)
+            return self._remote(self.federation[dc], request, method, path, args)
         if dc != self.datacenter:
             request.setResponseCode(500)  # what an agent without a WAN path answers
             return f"No path to datacenter {dc!r}".encode()
@@ -401,6 +408,17 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints):
                     lambda: self.store.service_index(svc),
                     lambda: self.store.health_service(svc, passing, *_scope(args)),
                 )
+            if rest[:2] == ["health", "connect"] and len(rest) == 3:
+                svc, passing = rest[2], "passing" in args
+                return self._blocking(
+                    request,
+                    lambda: self.connect_index(svc),
+                    lambda: self.health_connect(svc, passing, *_scope(args)),
+                )
+            if rest == ["catalog", "datacenters"]:
+                return json.dumps(self.datacenters()).encode()
+            if rest == ["internal", "federation-states", "mesh-gateways"]:
+                return self._blocking(request, self.fedstate_index, self.mesh_gateways_by_dc)
             if rest[:2] == ["health", "state"] and len(rest) == 3:
                 state = rest[2]
                 return self._blocking(
@@ -522,65 +540,6 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints):
         return len(self._waiters)
 
     # --- bodies (the JSON shapes of reference §5) --------------------------------
-
-    def _connect_capable(self) -> set[str]:
-        capable = set()
-        for svc in self.services.values():
-            connect = svc.get("Connect") or {}
-            if connect.get("Native") or connect.get("SidecarService"):
-                capable.add(svc["Service"])
-            if svc["Kind"] == "connect-proxy":
-                capable.add((svc.get("Proxy") or {}).get("DestinationServiceName", ""))
-        return capable
-
-    def _gateway_services(self, gateway: str, *scope: str) -> list[dict[str, Any]]:
-        entry = self.store.entry("terminating-gateway", gateway, *scope)
-        if entry is None:
-            return []
-        out: dict[str, dict[str, Any]] = {}
-        wildcard = None
-        for linked in entry.get("Services") or []:
-            if linked["Name"] == "*":
-                wildcard = linked
-                continue
-            out[linked["Name"]] = self._gateway_service(gateway, linked, entry, False)
-        if wildcard is not None:
-            capable = self._connect_capable()
-            plain = {s["Service"] for s in self.services.values() if s["Kind"] in TYPICAL}
-            for name in sorted(plain - capable):
-                if name not in out:
-                    out[name] = self._gateway_service(
-                        gateway, {**wildcard, "Name": name}, entry, True
-                    )
-        return [out[name] for name in sorted(out)]
-
-    def _gateway_service(
-        self, gateway: str, linked: dict[str, Any], entry: dict[str, Any], wildcard: bool
-    ) -> dict[str, Any]:
-        # Enterprise: Namespace/Partition appear when the entry or the link names them.
-        scope = {k: entry[k] for k in ("Namespace", "Partition") if entry.get(k)}
-        service = {"Name": linked["Name"], **scope}
-        if linked.get("Namespace"):
-            service["Namespace"] = linked["Namespace"]
-        item: dict[str, Any] = {
-            "Gateway": {"Name": gateway, **scope},
-            "Service": service,
-            "GatewayKind": "terminating-gateway",
-        }
-        for key in ("CAFile", "CertFile", "KeyFile", "SNI"):
-            if linked.get(key):
-                item[key] = linked[key]
-        if wildcard:
-            item["FromWildcard"] = True
-        # Consul's gatewayServiceKind: a catalog service, else a service-defaults
-        # Destination (1.13+); tgw reads "service" for an unregistered one either way.
-        defaults = self.store.entry("service-defaults", linked["Name"]) or {}
-        registered = any(s["Service"] == linked["Name"] for s in self.services.values())
-        destination = not registered and bool(defaults.get("Destination"))
-        item["ServiceKind"] = "destination" if destination else "service"
-        item["CreateIndex"] = entry["CreateIndex"]
-        item["ModifyIndex"] = entry["ModifyIndex"]
-        return item
 
     # --- the agent: self-registration with a TCP check ---------------------------
 

@@ -295,6 +295,13 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
     assert site.drain_timeout == 10.0
     assert site.max_connections == 10000
     assert site.max_connect_attempts == 3
+    assert site.max_request_headers_kb == 60  # Consul's and Envoy's default
+    assert (
+        site.http_max_upstream_connections,
+        site.http_max_idle_upstream_connections,
+        site.http_upstream_idle_timeout,
+        site.http_max_pending_requests,
+    ) == (64, 16, 60.0, 256)
     assert site.trusted_domains == frozenset({"abcd.consul"})
     with pytest.raises(KeyError):
         config.site("missing")
@@ -475,6 +482,14 @@ def test_full_file(tmp_path: Path) -> None:
             MINIMAL_SITE + "extra_trust_domains = ['ok.consul', 'bad/domain']\n",
             [("sites.edge.extra_trust_domains", "'bad/domain' is not a trust domain")],
             id="bad-extra-trust-domain",
+        ),
+        pytest.param(
+            MINIMAL_SITE + "max_request_headers_kb = 0\nhttp_max_upstream_connections = 0\n",
+            [
+                ("sites.edge.max_request_headers_kb", "must be between 1 and 8192, not 0"),
+                ("sites.edge.http_max_upstream_connections", "must be at least 1, not 0"),
+            ],
+            id="l7-limits-out-of-range",
         ),
         pytest.param(
             MINIMAL_SITE + "plugins = ['a', 'b', 'a']\n",

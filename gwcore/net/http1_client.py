@@ -1,0 +1,475 @@
+"""HTTP/1.1 to a service, with h11, over a bounded pool of connections per destination.
+
+Rules:
+
+- A connection is opened through the site's dial step (the upstream strategies:
+  plain TCP, TLS or mTLS origination with ALPN ``http/1.1``; endpoint choice, connect
+  retries and outlier ejection), so those apply per upstream connection. The pool
+  only sits on ``UpstreamProtocol.downstream``: what the service sends arrives as
+  ``send_to_client``, its end as ``upstream_eof``/``upstream_lost``.
+- At most ``max_connections`` connections (open or being opened) per destination;
+  a request that finds none idle and the pool full waits in a queue of at most
+  ``max_pending`` requests; beyond that it fails at once with 503 (``overflow``).
+- A connection carries another request only after a complete request *and* a
+  complete response h11 says it may keep (HTTP/1.1 keep-alive, no ``Connection:
+  close``); then it goes back idle, at most ``max_idle`` of them, each closed after
+  ``idle_timeout``. Anything else closes it.
+- A request's body is asked for only once its head is written, and paused while the
+  connection's transport cannot take more; the response is read only as fast as the
+  client takes it (``pauseProducing`` on the stream pauses the service's socket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import h11
+from twisted.logger import Logger
+
+from gwcore.contract.http_flow import Headers, HttpResponse
+from gwcore.net.l7_core import UpstreamFailure
+from gwcore.net.splice import UpstreamFactory
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from gwcore.contract.http_flow import HttpRequest
+    from gwcore.net.l7_core import Producer, ResponseSink
+    from gwcore.policy.model import Endpoint
+
+log = Logger(namespace="tgw.http")
+
+Dial = Callable[[Any, Any], "Deferred[tuple[Any, Endpoint, int, float]]"]
+"""``dial(owner, factory)``: connect for ``owner`` (the client connection that asked)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """The site's upstream pool keys (``docs/l7.md``)."""
+
+    max_connections: int = 64
+    max_idle: int = 16
+    idle_timeout: float = 60.0
+    max_pending: int = 256
+
+
+class _Alpn:
+    """What the TLS strategy reads to offer ALPN (``factory.downstream.alpn``)."""
+
+    alpn = b"http/1.1"
+
+
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+class Http1Stream:
+    """One request on the pool (an :class:`~gwcore.net.l7_core.UpstreamStream`)."""
+
+    def __init__(self, pool: Http1Pool, request: HttpRequest, sink: ResponseSink, owner: Any):
+        self.pool = pool
+        self.request = request
+        self.sink = sink
+        self.owner = owner
+        self.endpoint: Endpoint | None = None
+        self.connection: Http1Connection | None = None
+        self.request_producer: Producer | None = None
+        self.pending: list[bytes] = []  # body written before a connection (bounded: see send_data)
+        self.ended: Headers | bool | None = False
+        self.done = False
+        self.paused = False
+
+    # --- UpstreamStream ------------------------------------------------------------
+
+    def send_data(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        if self.connection is None:
+            # The exchange asks for the body only once the head is out; bytes that were
+            # already on their way wait here (at most one read of the client).
+            self.pending.append(data)
+            return
+        self.connection.write(h11.Data(data=data))
+
+    def send_end(self, trailers: Headers | None = None) -> None:
+        if self.done:
+            return
+        if self.connection is None:
+            self.ended = trailers if trailers is not None else True
+            return
+        self.connection.end_request(trailers)
+
+    def set_request_producer(self, producer: Producer | None) -> None:
+        self.request_producer = producer
+        if producer is not None and self.connection is not None:
+            producer.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.connection is not None:
+            self.connection.pause_reading()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.connection is not None:
+            self.connection.resume_reading()
+
+    def cancel(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.discard(reason)
+        else:
+            self.pool.forget(self)
+
+    # --- from the pool and the connection --------------------------------------------
+
+    def attach(self, connection: Http1Connection) -> None:
+        self.connection = connection
+        self.endpoint = connection.endpoint
+        connection.start(self)
+        pending, self.pending = self.pending, []
+        for chunk in pending:
+            connection.write(h11.Data(data=chunk))
+        if self.ended is not False:
+            connection.end_request(self.ended if isinstance(self.ended, Headers) else None)
+        elif self.request_producer is not None:
+            self.request_producer.resumeProducing()
+        if self.paused:
+            connection.pause_reading()
+
+    def failed(self, failure: UpstreamFailure) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.connection = None
+        self.sink.response_failed(failure)
+
+
+class Http1Connection:
+    """One HTTP/1.1 connection to an endpoint; sits on ``UpstreamProtocol.downstream``."""
+
+    def __init__(self, pool: Http1Pool, upstream: Any, endpoint: Endpoint) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.endpoint = endpoint
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.stream: Http1Stream | None = None
+        self.closed = False
+        self.idle_call: Any = None
+        self.alpn = _Alpn.alpn
+        self.close_cause: str | None = None
+        upstream.downstream = self
+        # The service's socket pauses the client's body while it cannot take more.
+        upstream.transport.registerProducer(self, True)
+
+    # --- producer of request bytes (registered on the service's transport) ---------
+
+    def pauseProducing(self) -> None:
+        stream = self.stream
+        if stream is not None and stream.request_producer is not None:
+            stream.request_producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        stream = self.stream
+        if stream is not None and stream.request_producer is not None:
+            stream.request_producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        return None
+
+    # --- requests --------------------------------------------------------------------
+
+    def start(self, stream: Http1Stream) -> None:
+        self.stream = stream
+        request = stream.request
+        self.write(
+            h11.Request(
+                method=request.method,
+                target=request.path,
+                headers=[(k, v) for k, v in request.headers],
+            )
+        )
+
+    def write(self, event: Any) -> None:
+        if self.closed:
+            return
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError as e:
+            self.fail("protocol", f"cannot send the request: {e}")
+            return
+        if data:
+            self.upstream.send(data)
+
+    def end_request(self, trailers: Headers | None) -> None:
+        stream = self.stream
+        chunked = stream is not None and "transfer-encoding" in stream.request.headers
+        # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
+        fields = list(trailers) if trailers is not None and chunked else []
+        self.write(h11.EndOfMessage(headers=fields))
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self.upstream.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self.upstream.transport.resumeProducing()
+
+    # --- what the UpstreamProtocol calls ----------------------------------------------
+
+    def send_to_client(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.h11.receive_data(data)
+        except RuntimeError as e:
+            self.fail("protocol", str(e))
+            return
+        try:
+            self._drain()
+        except Exception:
+            log.failure("HTTP response handling failed")
+            self.fail("internal_error", "internal error")
+
+    def upstream_eof(self) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(RuntimeError):
+            self.h11.receive_data(b"")
+        self._drain()
+        if not self.closed:
+            self.fail("reset", "the service closed the connection")
+
+    def upstream_lost(self) -> None:
+        if not self.closed:
+            self.fail("reset", "the connection to the service was lost")
+
+    def upstream_tls_failed(self, reason: str, detail: str) -> None:
+        self.close_cause = f"upstream_{reason}"
+        self.fail("reset", f"TLS with the service failed: {reason}: {detail}")
+
+    def _drain(self) -> None:
+        while not self.closed:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                self.fail("protocol", f"bad HTTP from the service: {e}")
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            stream = self.stream
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue and friends are answered hop by hop
+            if stream is None:
+                if isinstance(event, h11.ConnectionClosed):
+                    self.close("idle connection closed by the service")
+                else:
+                    self.fail("protocol", "the service sent a response nobody asked for")
+                return
+            if isinstance(event, h11.Response):
+                headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+                version = "HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0"
+                stream.sink.response_head(
+                    HttpResponse(event.status_code, headers, None, None, version)
+                )
+            elif isinstance(event, h11.Data):
+                stream.sink.response_data(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                trailers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+                self._maybe_reuse(response_complete=True)
+                stream.done = True
+                stream.sink.response_end(trailers if len(trailers) else None)
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                self.fail("reset", "the service closed the connection")
+                return
+
+    def _maybe_reuse(self, response_complete: bool = False) -> None:
+        """After a complete response: idle again if both messages are complete and the
+        service keeps the connection; otherwise close it. A response that ended before
+        the request did (the service answered early) also closes it: the rest of the
+        request body has nowhere to go."""
+        if not response_complete:
+            return
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.connection = None
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            self.pool.idle_again(self)
+        else:
+            self.close("not reusable after this exchange")
+
+    # --- ending -------------------------------------------------------------------
+
+    def fail(self, reason: str, detail: str) -> None:
+        stream, self.stream = self.stream, None
+        self.close(detail)
+        if stream is not None:
+            stream.failed(UpstreamFailure(reason, detail, 502, self.endpoint))
+
+    def discard(self, reason: str) -> None:
+        """Its stream was cancelled mid-exchange: the connection cannot be reused."""
+        self.stream = None
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.idle_call is not None and self.idle_call.active():
+            self.idle_call.cancel()
+        self.idle_call = None
+        upstream = self.upstream
+        upstream.downstream = None
+        if not upstream.lost:
+            if getattr(upstream.transport, "producer", None) is not None:
+                upstream.transport.unregisterProducer()
+            upstream.transport.resumeProducing()
+            upstream.transport.loseConnection()
+        self.pool.gone(self)
+
+
+class Http1Pool:
+    """The HTTP/1.1 connections to one destination (an ``UpstreamClient``)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        dial: Dial,
+        limits: PoolLimits,
+        released: Callable[[Endpoint], None] = lambda endpoint: None,
+    ) -> None:
+        self.reactor = reactor
+        self.dial = dial
+        self.limits = limits
+        self.released = released
+        self.idle: deque[Http1Connection] = deque()
+        self.busy: set[Http1Connection] = set()
+        self.connecting = 0
+        self.waiting: deque[Http1Stream] = deque()
+        self.closed = False
+
+    def open(self, request: HttpRequest, sink: ResponseSink, owner: Any = None) -> Http1Stream:
+        stream = Http1Stream(self, request, sink, owner)
+        if self.closed:
+            self._fail_later(stream, UpstreamFailure("unavailable", "the site is stopping", 503))
+            return stream
+        while self.idle:
+            connection = self.idle.popleft()
+            if connection.idle_call is not None and connection.idle_call.active():
+                connection.idle_call.cancel()
+            connection.idle_call = None
+            if connection.closed or connection.upstream.lost:
+                continue
+            self.busy.add(connection)
+            stream.attach(connection)
+            return stream
+        if len(self.waiting) >= self.limits.max_pending and self._full():
+            self._fail_later(
+                stream,
+                UpstreamFailure(
+                    "overflow",
+                    f"{self.limits.max_connections} connections busy and "
+                    f"{self.limits.max_pending} requests waiting",
+                    503,
+                ),
+            )
+            return stream
+        self.waiting.append(stream)
+        if not self._full():
+            self._connect(stream.owner)
+        return stream
+
+    def _full(self) -> bool:
+        return len(self.busy) + self.connecting >= self.limits.max_connections
+
+    def _fail_later(self, stream: Http1Stream, failure: UpstreamFailure) -> None:
+        # Never call the sink from inside open(): the exchange has no stream yet.
+        self.reactor.callLater(0, stream.failed, failure)
+
+    def _connect(self, owner: Any) -> None:
+        self.connecting += 1
+        d = self.dial(owner, UpstreamFactory(_Alpn()))
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, result: tuple[Any, Endpoint, int, float]) -> None:
+        self.connecting -= 1
+        upstream, endpoint, _, _ = result
+        connection = Http1Connection(self, upstream, endpoint)
+        if self.closed:
+            connection.close("the site is stopping")
+            return
+        self.busy.add(connection)
+        self._next(connection)
+
+    def _connect_failed(self, failure: Any) -> None:
+        self.connecting -= 1
+        error = failure.value
+        detail = str(error)
+        endpoint = getattr(error, "endpoint", None)
+        # One dial serves the first waiting request; the next ones try their own.
+        if self.waiting:
+            stream = self.waiting.popleft()
+            stream.failed(UpstreamFailure("unavailable", detail, 502, endpoint))
+        if self.waiting and not self._full():
+            self._connect(self.waiting[0].owner)
+
+    def _next(self, connection: Http1Connection) -> None:
+        while self.waiting:
+            stream = self.waiting.popleft()
+            if stream.done:
+                continue
+            stream.attach(connection)
+            return
+        self.busy.discard(connection)
+        self._park(connection)
+
+    def idle_again(self, connection: Http1Connection) -> None:
+        """``connection`` finished an exchange and may carry another."""
+        self._next(connection)
+
+    def _park(self, connection: Http1Connection) -> None:
+        if self.closed or len(self.idle) >= self.limits.max_idle:
+            connection.close("idle connections at max_idle")
+            return
+        connection.idle_call = self.reactor.callLater(
+            self.limits.idle_timeout, connection.close, "idle_timeout"
+        )
+        self.idle.append(connection)
+
+    def gone(self, connection: Http1Connection) -> None:
+        """``connection`` closed (its picker count is released)."""
+        self.busy.discard(connection)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(connection)
+        self.released(connection.endpoint)
+        if self.waiting and not self._full() and not self.closed:
+            self._connect(self.waiting[0].owner)
+
+    def retain(self, endpoints: set[Endpoint]) -> None:
+        """Close idle connections to endpoints not in ``endpoints`` (the catalog changed)."""
+        for connection in list(self.idle):
+            if connection.endpoint not in endpoints:
+                connection.close("endpoint left the catalog")
+
+    def forget(self, stream: Http1Stream) -> None:
+        """A waiting request was cancelled."""
+        with contextlib.suppress(ValueError):
+            self.waiting.remove(stream)
+
+    def close(self) -> None:
+        self.closed = True
+        for connection in list(self.idle):
+            connection.close("the site is stopping")
+        waiting, self.waiting = self.waiting, deque()
+        for stream in waiting:
+            stream.failed(UpstreamFailure("unavailable", "the site is stopping", 503))

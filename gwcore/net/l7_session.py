@@ -1,0 +1,203 @@
+"""An L7 connection's far side: where the splice would put the upstream, an HTTP session.
+
+The terminating driver (:mod:`gwcore.net.terminator`) joins a client to an
+``UpstreamProtocol`` through the rules of :mod:`gwcore.net.splice`. For a destination
+served request by request, the site hands it an :class:`L7Session` instead: it quacks
+like an ``UpstreamProtocol`` (``send``/``send_eof``, ``transport`` with the producer
+methods and close, ``lost``, ``downstream``), so the driver and the splice stay as they
+are and the L4 path pays nothing for L7. Decrypted client bytes go to the session's
+downstream codec (:mod:`gwcore.net.l7_core`: HTTP/1.1 now, HTTP/2 by ALPN or preface);
+responses go back through ``downstream.send_to_client`` (TLS, byte counts).
+
+Flow control: the splice registers the client transport as the session's producer and
+the session's transport as the client's. The codec pauses the client while a request
+waits (pipelining) or its exchange's upstream cannot take more; the client transport
+pauses the session (``set_client_writable(False)``) while the client reads slowly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from gwcore.net.http1_server import Http1Server
+from gwcore.net.l7_core import DownstreamCodec, ExchangeStarter, L7Limits
+
+log = Logger(namespace="tgw.http")
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+CODECS: dict[str, Callable[..., DownstreamCodec]] = {"HTTP/1.1": Http1Server}
+"""Downstream codec classes by protocol; HTTP/2 registers ``"HTTP/2"`` here."""
+
+
+def choose_codec(alpn: bytes | None, first: bytes) -> str:
+    """The downstream protocol of a connection: ALPN ``h2``, else the HTTP/2 preface, else
+    HTTP/1.1 (a protocol without a registered codec falls back to HTTP/1.1)."""
+    wanted = "HTTP/2" if alpn == b"h2" or first.startswith(H2_PREFACE[: len(first)]) else ""
+    if wanted and first and not alpn and len(first) < len(H2_PREFACE):
+        wanted = ""  # too short to tell: only a whole preface (or ALPN) means HTTP/2
+    return wanted if wanted in CODECS else "HTTP/1.1"
+
+
+class _SessionTransport:
+    """The splice's view of the session as a transport: producer registry and close."""
+
+    disconnecting = False
+
+    def __init__(self, session: L7Session) -> None:
+        self.session = session
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def pauseProducing(self) -> None:
+        self.session.client_writable(False)
+
+    def resumeProducing(self) -> None:
+        self.session.client_writable(True)
+
+    def loseConnection(self) -> None:
+        self.session.shutdown()
+
+    def abortConnection(self) -> None:
+        self.session.shutdown()
+
+    def loseWriteConnection(self) -> None:
+        self.session.shutdown()
+
+    def getHost(self) -> Any:
+        return None
+
+
+class L7Session:
+    """One client connection served request by request; see the module docstring."""
+
+    def __init__(
+        self,
+        starter: ExchangeStarter,
+        limits: L7Limits,
+        on_bad_request: Callable[[str, str], None],
+        alpn: bytes | None = None,
+    ) -> None:
+        self.starter = starter
+        self.limits = limits
+        self.on_bad_request = on_bad_request
+        self.alpn = alpn
+        self.transport = _SessionTransport(self)
+        self.downstream: Any = None  # the client's DownstreamProtocol (the splice sets it)
+        self.codec: DownstreamCodec | None = None
+        self.protocol = ""
+        self.lost = False
+        self.read_closed = False
+        self._first = b""
+        self._writable = True
+
+    # --- the splice's side (what an UpstreamProtocol offers) -----------------------
+
+    def send(self, data: bytes) -> None:
+        """Decrypted client bytes."""
+        if self.lost:
+            return
+        try:
+            codec = self.codec
+            if codec is None:
+                codec = self._start_codec(data)
+                if codec is None:
+                    return
+            codec.data_received(data)
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        # A bug of ours must cost this connection, not the reactor's read loop.
+        log.failure("HTTP session failed")
+        self.close("internal_error")
+
+    def send_eof(self) -> None:
+        """The client finished writing."""
+        if self.lost:
+            return
+        if self.codec is None:
+            self.close("completed")
+            return
+        try:
+            self.codec.eof_received()
+        except Exception:
+            self._internal_error()
+
+    def shutdown(self) -> None:
+        """The client side closes (its connection lost, a policy close, a site stop)."""
+        if self.lost:
+            return
+        self.lost = True
+        codec = self.codec
+        if codec is not None:
+            codec.connection_lost()
+        down = self.downstream
+        if down is not None:
+            down.upstream_lost()
+
+    def drain(self) -> None:
+        """Finish what is in flight, then close (the site stops or was replaced)."""
+        if self.lost:
+            return
+        codec = self.codec
+        drain = getattr(codec, "drain", None) if codec is not None else None
+        if codec is None:
+            self.close("shutdown")  # no request started yet
+        elif drain is not None:
+            drain()
+
+    def client_writable(self, writable: bool) -> None:
+        self._writable = writable
+        if self.codec is not None:
+            self.codec.set_client_writable(writable)
+
+    def _start_codec(self, data: bytes) -> DownstreamCodec | None:
+        if self.alpn is None and len(self._first) + len(data) < len(H2_PREFACE):
+            first = self._first + data
+            if H2_PREFACE.startswith(first) and "HTTP/2" in CODECS:
+                self._first = first  # could still be the HTTP/2 preface: wait for more
+                return None
+        self.protocol = choose_codec(self.alpn, self._first + data)
+        codec = self.codec = CODECS[self.protocol](self, self.starter, self.limits)
+        if not self._writable:
+            codec.set_client_writable(False)
+        if self._first:
+            first, self._first = self._first, b""
+            codec.data_received(first)
+        return codec
+
+    # --- ClientLink (what the codec calls) -----------------------------------------
+
+    def write(self, data: bytes) -> None:
+        down = self.downstream
+        if down is not None and not self.lost:
+            down.send_to_client(data)
+
+    def pause_reading(self) -> None:
+        down = self.downstream
+        if down is not None and not self.lost:
+            down.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        down = self.downstream
+        if down is not None and not self.lost:
+            down.transport.resumeProducing()
+
+    def close(self, cause: str) -> None:
+        """End the client connection after what was written (close_notify, then FIN)."""
+        down = self.downstream
+        if down is not None and down.close_cause is None:
+            down.close_cause = cause
+        self.shutdown()
+
+    def bad_request(self, reason: str, detail: str) -> None:
+        self.on_bad_request(reason, detail)

@@ -1,0 +1,257 @@
+"""The L7 step of a terminating site: connections to HTTP-like destinations, per request.
+
+A connection whose destination's ``protocol`` is ``http``, ``http2`` or ``grpc``
+(and that is not a ``destination.`` egress route, which stays L4) is not authorized
+once and not spliced. The site's authorize step answers *allowed, decided per
+request* (:data:`PER_REQUEST`), so the live re-check never closes such a connection
+for a connection-level decision; its connect step hands the driver an
+:class:`~gwcore.net.l7_session.L7Session` in place of the upstream connection.
+Each request then runs :class:`~gwcore.runtime.l7_exchange.L7Exchange`.
+
+The step owns the upstream pools (one :class:`~gwcore.net.http1_client.Http1Pool`
+per destination; connections opened through the site's dial step) and what is
+counted per request: ``tgw_http_*`` metrics and one access-log record each.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from gwcore.net.http1_client import Http1Pool, PoolLimits
+from gwcore.net.l7_core import L7Limits, UpstreamFailure
+from gwcore.net.l7_session import L7Session
+from gwcore.policy.decision import ERROR_PREFIX
+from gwcore.policy.http_facts import DEFAULT_MESH_HTTP, HttpRequestFacts, MeshHttp, is_l7
+from gwcore.policy.model import Decision, Destination, Verdict
+from gwcore.policy.resolver_settings import parse_settings
+from gwcore.runtime.l7_exchange import L7Exchange, with_http
+
+if TYPE_CHECKING:
+    from gwcore.contract.http_flow import HttpRequest
+    from gwcore.net.l7_core import ResponseWriter
+
+log = Logger(namespace="tgw.http")
+
+UPSTREAM_CLIENTS: dict[str, Any] = {"http": Http1Pool}
+"""Upstream client (pool) class per destination protocol. A protocol is served in L7
+mode only once it has one (HTTP/2 and gRPC register theirs with their codec); until
+then its destinations stay L4."""
+
+PER_REQUEST = Decision(Verdict.ALLOW, "l7", "decided per request")
+"""The connection-level answer for an L7 connection: each request is decided anew."""
+
+
+class _Starter:
+    """One connection's :class:`~gwcore.net.l7_core.ExchangeStarter`."""
+
+    __slots__ = ("conn", "step")
+
+    def __init__(self, step: L7Step, conn: Any) -> None:
+        self.step = step
+        self.conn = conn
+
+    def start(self, request: HttpRequest, writer: ResponseWriter) -> L7Exchange:
+        return L7Exchange(self.step, self.conn, request, writer).begin()
+
+
+class _DialFor:
+    """What the dial step reads of a connection, with the destination of now."""
+
+    __slots__ = ("destination", "identity", "info", "sni")
+
+    def __init__(self, conn: Any, destination: Destination) -> None:
+        self.destination = destination
+        self.identity = conn.identity
+        self.info = conn.info
+        self.sni = conn.sni
+
+
+class L7Step:
+    """The L7 step of one site; see the module docstring."""
+
+    def __init__(self, site: Any) -> None:
+        self.site = site
+        config = site.config
+        self.limits = L7Limits(max_request_headers_kb=config.max_request_headers_kb)
+        self.pool_limits = PoolLimits(
+            max_connections=config.http_max_upstream_connections,
+            max_idle=config.http_max_idle_upstream_connections,
+            idle_timeout=config.http_upstream_idle_timeout,
+            max_pending=config.http_max_pending_requests,
+        )
+        self.pools: dict[tuple[str, str], Http1Pool] = {}
+        self._timeouts: dict[int, float | None] = {}
+
+    # --- entering L7 -------------------------------------------------------------
+
+    def serves(self, conn: Any) -> bool:
+        destination = conn.destination
+        return (
+            self.site.terminates_tls
+            and destination is not None
+            and not destination.egress
+            and is_l7(destination.protocol)
+            and destination.protocol in UPSTREAM_CLIENTS
+        )
+
+    def session(self, conn: Any) -> Deferred[Any]:
+        """The far side of ``conn``: an HTTP session (as the dial step's result tuple)."""
+        session = L7Session(
+            _Starter(self, conn),
+            self.limits,
+            lambda reason, detail: self.bad_request(conn, reason, detail),
+            alpn=conn.alpn,
+        )
+        return succeed((session, None, 0, 0.0))
+
+    # --- what an exchange asks --------------------------------------------------
+
+    def mesh_http(self) -> MeshHttp:
+        view = self.site.catalog_view()
+        return getattr(view, "mesh_http", None) or DEFAULT_MESH_HTTP
+
+    def decide(self, conn: Any, facts: HttpRequestFacts) -> Deferred[Decision]:
+        # The policy in force now: after a reload, the site that replaced this one.
+        authority = self.site.recheck.authority()
+        request = with_http(authority.authorizer.request(conn), facts)
+        return authority.decide(request)
+
+    def pool_for(self, conn: Any) -> Http1Pool:
+        destination: Destination = conn.destination
+        key = (destination.name, destination.subset)
+        pool = self.pools.get(key)
+        if pool is None:
+            site = self.site
+            pool = self.pools[key] = UPSTREAM_CLIENTS[destination.protocol](
+                site.reactor,
+                lambda owner, factory: site.dialer.connect(
+                    _DialFor(owner, self.current(owner)), lambda strategy: factory
+                ),
+                self.pool_limits,
+                lambda endpoint: site.picker.closed(destination, endpoint),
+            )
+        return pool
+
+    def current(self, conn: Any) -> Destination:
+        """``conn``'s destination as the live route table has it now: a connection kept
+        alive for hours dials the endpoints of today, not those of its handshake (a
+        route that went or moved closes the connection: runtime.recheck)."""
+        routes, _ = self.site.current()
+        now = routes.lookup(conn.sni) if conn.sni else None
+        if now is None or now.service != conn.destination.service:
+            return conn.destination
+        return now
+
+    def routes_installed(self, routes: Any) -> None:
+        """A new route table: pools of destinations no longer routed close; idle
+        connections to endpoints a destination no longer has close."""
+        live = {(d.name, d.subset): d for _, d in routes}
+        for key in list(self.pools):
+            destination = live.get(key)
+            pool = self.pools[key]
+            if destination is None:
+                del self.pools[key]
+                pool.close()
+            else:
+                pool.retain(set(destination.endpoints))
+
+    def request_timeout(self, destination: Destination) -> float | None:
+        """The resolver's ``RequestTimeout`` of ``destination`` (None: none)."""
+        resolver = destination.resolver
+        if not resolver:
+            return None
+        key = id(resolver)
+        if key not in self._timeouts:
+            settings, _ = parse_settings(resolver, "")
+            self._timeouts[key] = settings.request_timeout
+        return self._timeouts[key]
+
+    def wants(self, hook: str) -> bool:
+        """True when an addon listens to ``hook`` (False for a hook this build lacks)."""
+        try:
+            return bool(self.site.has_listeners(hook))
+        except KeyError:
+            return False
+
+    def dispatch(self, hook: str, flow: Any) -> None:
+        self.site.dispatch(hook, flow)
+
+    # --- counting ------------------------------------------------------------------
+
+    def bad_request(self, conn: Any, reason: str, detail: str) -> None:
+        site = self.site
+        site.metrics.http_bad_requests.labels(site=site.name, reason=reason).inc()
+        log.info(
+            "bad HTTP request from {client} ({reason}): {detail}",
+            client=conn.client_label(),
+            reason=reason,
+            detail=detail,
+        )
+
+    def denied(self, conn: Any, decision: Decision, exchange: L7Exchange) -> None:
+        site = self.site
+        reason = "engine_error" if decision.reason.startswith(ERROR_PREFIX) else decision.engine
+        service = conn.destination.name
+        site.metrics.http_denied.labels(site=site.name, service=service, reason=reason).inc()
+        log.info(
+            "denied {source} -> {destination} {method} {path}: {engine}: {reason}",
+            source=conn.identity,
+            destination=service,
+            method=exchange.request.method,
+            path=exchange.path[:200],
+            engine=decision.engine,
+            reason=decision.reason,
+        )
+
+    def upstream_failed(self, conn: Any, failure: UpstreamFailure) -> None:
+        log.info(
+            "HTTP request to {service} failed ({reason}): {detail}",
+            service=conn.destination.name,
+            reason=failure.reason,
+            detail=failure.detail,
+        )
+
+    def finished(self, exchange: L7Exchange) -> None:
+        site = self.site
+        conn = exchange.conn
+        service = conn.destination.name
+        status = exchange.status
+        code_class = f"{status // 100}xx" if status else "none"
+        metrics = site.metrics
+        metrics.http_requests.labels(
+            site=site.name,
+            service=service,
+            method_class=exchange.method_class(),
+            code_class=code_class,
+        ).inc()
+        metrics.http_request_seconds.labels(site=site.name, service=service).observe(
+            max(0.0, _elapsed(exchange))
+        )
+        writer = site.forwarder.access_log
+        if writer is None or not getattr(writer, "enabled", True):
+            return
+        try:
+            writer(exchange.record())
+        except Exception:
+            log.failure("writing the access log failed")
+
+    def drain(self, conns: Any) -> None:
+        """The site stops accepting: L7 connections finish their request in flight and
+        close, instead of idling until ``drain_timeout``."""
+        for conn in list(conns):
+            upstream = getattr(conn, "upstream", None)
+            if isinstance(upstream, L7Session):
+                upstream.drain()
+
+    def stop(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+
+
+def _elapsed(exchange: L7Exchange) -> float:
+    return time.monotonic() - exchange.started
