@@ -16,7 +16,8 @@ number of requests) and the benchmark's nginx upstream, in one of three ways:
 Scenarios: ``keepalive`` (1 KiB GETs on one kept-alive connection), ``originate``
 (the same to the TLS upstream: TLS origination), ``handshake`` (a new mTLS
 connection per 1 KiB GET), ``bulk`` (1 MiB GETs on one connection; the unit is a
-MB). The client runs requests one after another on one connection, so every
+MB), ``l7`` (1 KiB GETs to the L7 destination: HTTP/1.1 request by request, a pooled
+upstream connection). The client runs requests one after another on one connection, so every
 request is one read and one write each way: the gateway's cost without batching.
 """
 
@@ -40,13 +41,14 @@ import h11
 from bench.material import Material
 from bench.peers import start_nginx_upstream, start_tgw
 from bench.processes import Processes, cpu_seconds
-from bench.topology import HOST, ORIGINATE, PLAIN, sni
+from bench.topology import HOST, HTTP, ORIGINATE, PLAIN, sni
 
 SCENARIOS = {  # name -> (service, path, new connection per request)
     "keepalive": (PLAIN, "/1k", False),
     "originate": (ORIGINATE, "/1k", False),
     "handshake": (PLAIN, "/1k", True),
     "bulk": (PLAIN, "/1m", False),
+    "l7": (HTTP, "/1k", False),
 }
 
 

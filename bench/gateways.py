@@ -257,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenarios", default="", help=f"comma-separated scenarios ({', '.join(SCENARIOS)})"
     )
+    parser.add_argument(
+        "--reuseport",
+        action="store_true",
+        help='also tgw with worker_listeners = "reuseport" for each worker count above 1',
+    )
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     parser.add_argument(
         "--fallback", action="store_true", help="tgw alone with Python stand-ins (smoke test)"
@@ -300,6 +305,15 @@ def main(argv: list[str] | None = None) -> int:
         starters: list[tuple[str, Callable[[], Gateway]]] = [
             (f"tgw-w{w}", lambda w=w: start_tgw(procs, m, up, w)) for w in s.workers
         ]
+        if args.reuseport:
+            starters += [
+                (
+                    f"tgw-w{w}-reuseport",
+                    lambda w=w: start_tgw(procs, m, up, w, listeners="reuseport"),
+                )
+                for w in s.workers
+                if w > 1
+            ]
         if not s.fallback:
             starters = [
                 ("direct", lambda: Gateway("direct", "baseline", None, up.plain, up.plain)),

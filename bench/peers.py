@@ -158,12 +158,16 @@ def start_tgw(
     prefix: tuple[str, ...] = (),
     options: tuple[str, ...] = (),
     start_timeout: float = 30.0,
+    listeners: str = "shared",
 ) -> Gateway:
     """tgw with ``workers``; ``policy="allow"`` runs no authorization engine at all
     (``default_policy = "allow"``), to price the intentions engine on handshakes.
     ``prefix`` runs twistd under a tool (``bench.cost``: valgrind), with twistd
-    ``options`` (a profiler)."""
+    ``options`` (a profiler); ``listeners="reuseport"`` gives each worker its own
+    listening socket (``worker_listeners``)."""
     name = f"tgw-w{workers or 1}" + ("-allow" if policy == "allow" else "")
+    if listeners != "shared":
+        name += f"-{listeners}"
     root = m.dir / name
     catalog = root / "catalog"
     catalog.mkdir(parents=True, exist_ok=True)
@@ -206,6 +210,8 @@ def start_tgw(
         (catalog / file).write_text(json.dumps(doc))
     port, admin = free_port(), free_port()
     workers_line = f"workers = {workers}\n" if workers and workers > 1 else ""
+    if listeners != "shared":
+        workers_line += f'worker_listeners = "{listeners}"\n'
     leaves = "\n".join(
         f'{s} = {{ cert = "{m.leaves[s][0]}", key = "{m.leaves[s][1]}" }}'
         for s in (PLAIN, ORIGINATE, HTTP)
@@ -252,7 +258,7 @@ roots = ["{m.ca}"]
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     wait_port(port, timeout=start_timeout, proc=proc)
-    info: dict[str, Any] = {"workers": workers or 1, "policy": policy}
+    info: dict[str, Any] = {"workers": workers or 1, "policy": policy, "listeners": listeners}
     if policy == "allow":
         info["scenarios"] = ("new_conn",)  # only the handshake depends on the engine
     return Gateway(name, "tgw", proc, port, port, admin, info, l7=port)
