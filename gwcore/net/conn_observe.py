@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gwcore.net.access_fields import certificate_fields
 from gwcore.net.client_trust import VERIFY_ERROR_REASONS
 
 
@@ -14,7 +15,9 @@ def init_facts(conn: Any) -> None:
     conn.started_monotonic = time.monotonic()
     conn.tls_version = None
     conn.tls_cipher = None
-    conn.peer_certificate = {}  # the presented leaf (access_fields.certificate_fields)
+    # The presented leaf (pyOpenSSL), described (access_fields.certificate_fields) only
+    # when a record is built: most connections of a site without an access log never are.
+    conn.peer_x509 = None
     conn.saw_bytes = False  # a connect that sends nothing is a health check, not TLS
 
 
@@ -83,6 +86,6 @@ def record_fields(conn: Any) -> dict[str, Any]:
         "alpn": conn.alpn.decode("ascii", "replace") if conn.alpn else None,
         "tls_version": conn.tls_version,
         "tls_cipher": conn.tls_cipher,
-        **conn.peer_certificate,
+        **certificate_fields(conn.peer_x509),
         "handshake_seconds": round(conn.handshake_seconds, 6) if conn.handshake_seconds else None,
     }

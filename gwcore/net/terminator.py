@@ -48,7 +48,7 @@ from gwcore.contract.events import (
     HandshakeDone,
 )
 from gwcore.net import conn_observe as observe
-from gwcore.net.access_fields import certificate_fields, next_connection_id
+from gwcore.net.access_fields import next_connection_id
 from gwcore.net.bio import encrypt, pieces
 from gwcore.net.first_hello import FirstHello
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
@@ -212,7 +212,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
 
     def on_verify(self, errnum: int, ok: int, leaf: Any = None) -> bool:
         if leaf is not None:  # the presented leaf, for the access log even if refused
-            self.peer_certificate = certificate_fields(leaf)
+            self.peer_x509 = leaf
         if not ok and self.verify_error is None:
             self.verify_error = errnum
         return bool(ok)
@@ -378,7 +378,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self._handshake_failed(None)
             return
         cert = tls.get_peer_certificate()
-        self.peer_certificate = certificate_fields(cert)  # logged even when refused
+        self.peer_x509 = cert  # logged even when refused
         if cert is None:
             self._handshake_failed(None)
             return
