@@ -406,6 +406,16 @@ class SiteChildren:
         self._closed: dict[tuple[str, str], Any] = {}
         self._services: dict[str, ServiceChildren] = {}
         self._decisions: dict[tuple[str, str, str], Any] = {}
+        self._handshakes: dict[str, Any] = {}
+
+    def handshakes(self, version: str) -> Any:
+        """``tgw_tls_handshakes_total{site, version}`` (versions: a fixed set)."""
+        child = self._handshakes.get(version)
+        if child is None:
+            child = self._handshakes[version] = self.metrics.handshakes.labels(
+                site=self.site, version=version
+            )
+        return child
 
     def service(self, service: str) -> ServiceChildren:
         children = self._services.get(service)

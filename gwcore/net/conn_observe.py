@@ -29,7 +29,7 @@ def handshake_completed(conn: Any, tls: Any) -> None:
     conn.tls_cipher = tls.get_cipher_name()
     site = conn.site
     site.children.handshake_seconds.observe(conn.handshake_seconds)
-    site.metrics.handshakes.labels(site=site.name, version=conn.tls_version).inc()
+    site.children.handshakes(conn.tls_version).inc()
 
 
 def handshake_reason(conn: Any, error: Exception | None) -> str:
