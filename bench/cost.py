@@ -131,7 +131,9 @@ def _instructions(pid: int) -> int:
     return sum(int(t.replace(",", "")) for t in threads)
 
 
-def measure(scenario: str, how: str, count: int, warmup: int, workdir: Path) -> dict:
+def measure(
+    scenario: str, how: str, count: int, warmup: int, workdir: Path, workers: int = 1
+) -> dict:
     m = Material.create(workdir / "pki")
     procs = Processes(workdir)
     try:
@@ -144,9 +146,11 @@ def measure(scenario: str, how: str, count: int, warmup: int, workdir: Path) -> 
                 "--instr-atstart=no",
                 f"--callgrind-out-file={workdir}/callgrind.%p",
             )
-        gw = start_tgw(procs, m, up, None, prefix=prefix, start_timeout=600)
+        gw = start_tgw(procs, m, up, workers, prefix=prefix, start_timeout=600)
         assert gw.proc is not None
         pid = gw.proc.pid
+        if workers > 1:
+            time.sleep(2.0)  # every worker started
         run(m, gw.plain, scenario, warmup)
         result: dict = {"scenario": scenario, "measure": how, "count": count}
         if how == "instructions":
@@ -158,16 +162,18 @@ def measure(scenario: str, how: str, count: int, warmup: int, workdir: Path) -> 
             result["per_unit"] = (_instructions(pid) - before) / units
         elif how == "syscalls":
             out = workdir / "strace.txt"
-            tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(pid)])
+            pids = [str(p) for p in gw.pids() for _ in (0, 1)]
+            pids[0::2] = ["-p"] * (len(pids) // 2)
+            tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), *pids])
             time.sleep(1.0)  # attached
             units = run(m, gw.plain, scenario, count)
             tracer.send_signal(signal.SIGINT)
             tracer.wait(60)
             result["per_unit"], result["by_name"] = _strace_counts(out.read_text(), units)
         else:
-            cpu0 = cpu_seconds([pid])
+            cpu0 = cpu_seconds(gw.pids())
             units = run(m, gw.plain, scenario, count)
-            result["per_unit"] = (cpu_seconds([pid]) - cpu0) / units
+            result["per_unit"] = (cpu_seconds(gw.pids()) - cpu0) / units
         result["units"] = units
         return result
     finally:
@@ -193,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", choices=("instructions", "syscalls", "cpu"), default="cpu")
     parser.add_argument("-n", "--count", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="tgw workers (syscalls and cpu only)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     tool = {"instructions": "callgrind_control", "syscalls": "strace"}.get(args.measure)
@@ -204,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         stop = lambda: shutil.rmtree(workdir, ignore_errors=True)  # noqa: E731
     try:
-        r = measure(args.scenario, args.measure, args.count, args.warmup, workdir)
+        if args.workers > 1 and args.measure == "instructions":
+            parser.error("--measure instructions counts one process: --workers 1")
+        r = measure(args.scenario, args.measure, args.count, args.warmup, workdir, args.workers)
     finally:
         stop()
     unit = {"bulk": "MB", "handshake": "handshake"}.get(args.scenario, "request")
