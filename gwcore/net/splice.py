@@ -91,14 +91,18 @@ def _release(transport: Any) -> None:
 
     Twisted will not finish closing a transport whose producer is registered and
     paused, and a paused peer would never notice its own close; so the peer is
-    resumed as it is released.
+    resumed as it is released, unless it has already read its end of stream (an
+    upstream that sent FIN: reading it again only finds the same end, at the cost of
+    an epoll registration, a wake-up and a ``recv`` per connection).
     """
     producer = getattr(transport, "producer", None)
     if producer is None:
         return
     transport.unregisterProducer()
     if isinstance(producer, _PauseOnly):
-        producer.transport.resumeProducing()
+        peer = producer.transport
+        if not getattr(getattr(peer, "protocol", None), "read_closed", False):
+            peer.resumeProducing()
 
 
 @implementer(IHalfCloseableProtocol)
