@@ -107,10 +107,8 @@ def measure(
             pids = gw.pids()
             cpu0 = cpu_seconds(pids)
             sent0 = sent_to_clients(gw) if gw.proc is not None else 0.0
-            counted0 = (
-                tgw_metric(gw, "tgw_downstream_connections_total{") if gw.kind == "tgw" else 0
-            )
-            l7_requests0 = tgw_metric(gw, "tgw_http_requests_total{") if gw.kind == "tgw" else 0
+            counted0 = tgw_metric(gw, "tgw_downstream_connections_total") if gw.kind == "tgw" else 0
+            l7_requests0 = tgw_metric(gw, "tgw_http_requests_total") if gw.kind == "tgw" else 0
             if target is None:
                 r = run_python_load(m, port, server_name, path, conns, s.duration)
             else:
@@ -132,14 +130,14 @@ def measure(
                         f"{gw.name} {key}: the gateway counted {sent:.0f} bytes sent but the "
                         f"client read {r['bytes']:.0f}: traffic did not go through it"
                     )
-            if gw.kind == "tgw" and tgw_metric(gw, "tgw_downstream_connections_total{") <= counted0:
+            if gw.kind == "tgw" and tgw_metric(gw, "tgw_downstream_connections_total") <= counted0:
                 raise RuntimeError(
                     f"{gw.name} {key}: tgw_downstream_connections_total did not move"
                 )
             if gw.kind == "tgw" and key == "l7_keepalive_1k":
                 # Served request by request (L7 mode), not spliced: its request counter
                 # moved with every request wrk made.
-                served = tgw_metric(gw, "tgw_http_requests_total{") - l7_requests0
+                served = tgw_metric(gw, "tgw_http_requests_total") - l7_requests0
                 if served < r["requests"]:
                     raise RuntimeError(
                         f"{gw.name} {key}: tgw_http_requests_total moved by {served:.0f} for "

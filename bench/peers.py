@@ -264,8 +264,12 @@ roots = ["{m.ca}"]
     return Gateway(name, "tgw", proc, port, port, admin, info, l7=port)
 
 
-def tgw_metric(gw: Gateway, prefix: str) -> float:
-    """A tgw counter from its admin endpoint, summed over the series starting with ``prefix``."""
+def tgw_metric(gw: Gateway, name: str, **labels: str) -> float:
+    """A tgw counter from its admin endpoint, summed over its series that carry ``labels``
+    (whatever other labels they have: per-service series also name the namespace,
+    partition and datacenter)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     assert gw.admin is not None
     conn = http.client.HTTPConnection(HOST, gw.admin, timeout=10)
     try:
@@ -274,14 +278,17 @@ def tgw_metric(gw: Gateway, prefix: str) -> float:
     finally:
         conn.close()
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
     )
 
 
 def sent_to_clients(gw: Gateway) -> float:
     """Bytes the gateway says it sent to its clients, from its own counters."""
     if gw.kind == "tgw":
-        return tgw_metric(gw, 'tgw_bytes_total{direction="downstream"')
+        return tgw_metric(gw, "tgw_bytes_total", direction="downstream")
     if gw.kind == "haproxy":
         with socket.socket(socket.AF_UNIX) as unix:
             unix.settimeout(5)

@@ -32,7 +32,13 @@ What it reads (reference §3, §5), every watch a blocking query:
 
 - ``/v1/catalog/gateway-services/<gateway>``: the linked services, wildcard ones
   included (``FromWildcard``), with their ``CAFile``/``CertFile``/``KeyFile``/``SNI``;
-- ``/v1/config/service-defaults``: every service's ``Protocol``;
+- ``/v1/config/service-defaults``: every service's ``Protocol``; a service without one
+  takes ``Config.protocol`` of ``/v1/config/proxy-defaults`` (the ``global`` entry),
+  else ``tcp`` (a protocol change rebuilds the routes: new connections use it);
+- ``/v1/config/mesh``: the ``mesh`` entry's ``HTTP`` options (the snapshot's
+  ``mesh_http``; none listed = Consul's defaults). The listing is read rather than
+  ``/v1/config/mesh/mesh``, which answers a missing entry with a 404 a blocking watch
+  would count as a failure; the one entry of the partition is the same either way;
 - linked *destinations* (``ServiceKind: "destination"``): served from their
   ``service-defaults`` ``Destination`` (:mod:`gwcore.policy.destinations`), no health;
 - ``/v1/config/service-resolver``: subsets (one route per subset), ``ConnectTimeout``,
@@ -57,6 +63,7 @@ and reported. When Consul fails, the last good snapshot stays in force
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import random
@@ -91,8 +98,9 @@ from gwcore.plugins.consul_mesh import ConsulMeshSource
 from gwcore.plugins.consul_registration import SelfRegistration
 from gwcore.plugins.consul_resolvers import ConsulResolvers
 from gwcore.policy.config import ConfigProblem, SiteConfig
-from gwcore.policy.consul_shapes import build_destinations, parse_documents
+from gwcore.policy.consul_shapes import build_destinations, build_mesh_http, parse_documents
 from gwcore.policy.destinations import apply_destinations
+from gwcore.policy.http_facts import MeshHttp
 from gwcore.policy.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_PARTITION,
@@ -106,6 +114,11 @@ if TYPE_CHECKING:
     from gwcore.contract.providers import CatalogSource, SiteContext
 
 NAME = "consul_catalog"
+CONFIG_WATCHES = {  # watch (endpoint label) -> config-entry kind it lists
+    "config": "service-defaults",
+    "config-proxy-defaults": "proxy-defaults",
+    "config-mesh": "mesh",
+}
 MODULE = "gwcore.plugins.consul_catalog"
 DEFAULT_CHECK_INTERVAL = 10.0
 CHECK_KINDS = ("tcp", "http")
@@ -148,7 +161,7 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[Settings, list[ConfigPr
     )
     check_address = reader.string("check_address", "") or ""
     check = reader.string("check", "tcp", choices=CHECK_KINDS) or "tcp"
-    check_http = reader.string("check_http", "") or ""
+    check_http = (reader.credential_free_url("check_http") and reader.string("check_http")) or ""
     mesh_gateway_service = (
         reader.string("mesh_gateway_service", DEFAULT_MESH_GATEWAY_SERVICE)
         or DEFAULT_MESH_GATEWAY_SERVICE
@@ -232,10 +245,11 @@ class ConsulCatalogSource(SelfRegistration):
         self._health: dict[str, list[Any]] = {}
         self._names: dict[str, ServiceName] = {}  # linked key -> its full name
         self._watch_pool_stopped: Any = None
-        self._defaults: list[Any] = []
+        # service-defaults, proxy-defaults, mesh: each kind's last answer (a list)
+        self._config: dict[str, list[Any]] = {}
+        self._mesh_http: MeshHttp | None = None
         self._resolvers = ConsulResolvers()
         self._gateway_loaded = False
-        self._defaults_loaded = False
         self._version: str | None = None
         self._publish: Callable[[CatalogSnapshot], None] | None = None
         self._first: Deferred[None] | None = None
@@ -273,13 +287,14 @@ class ConsulCatalogSource(SelfRegistration):
                 path,
                 on_change,
                 self._failed,
-                on_ok=self.freshness.ok,
+                on_ok=self._answered,
                 rng=self._rng,
             )
             self._watches.append(w)
 
         watch("gateway-services", f"/v1/catalog/gateway-services/{gw}", self._on_gateway)
-        watch("config", "/v1/config/service-defaults", self._on_defaults)
+        for endpoint, kind in CONFIG_WATCHES.items():
+            watch(endpoint, f"/v1/config/{kind}", functools.partial(self._on_config, endpoint))
         watch("config-resolver", "/v1/config/service-resolver", self._on_resolvers)
         watch("catalog-services", "/v1/catalog/services", self._on_services)
         watch("catalog-nodes", "/v1/catalog/nodes", self._on_nodes)
@@ -290,7 +305,7 @@ class ConsulCatalogSource(SelfRegistration):
             self.settings.health_watches,
             self._on_health,
             self._failed,
-            on_ok=self.freshness.ok,
+            on_ok=self._answered,
             rng=self._rng,
             path=self._health_path,
             query=self._scope,
@@ -300,6 +315,15 @@ class ConsulCatalogSource(SelfRegistration):
         if self.settings.register:
             _sources.append(self)
         return self._first
+
+    def _answered(self, endpoint: str) -> None:
+        """Every successful answer, changed or not (a blocking query whose wait ended
+        with the same index is a successful check): once the catalog has been read and
+        nothing fails, its last-success time moves, so its age measures freshness and
+        not how long the catalog has been quiet."""
+        self.freshness.ok(endpoint)
+        if self._version is not None and self.freshness.error is None:
+            self._last_success_gauge.set(self._site.reactor.seconds())
 
     def stop(self) -> Deferred[None]:
         self._running = False
@@ -375,13 +399,12 @@ class ConsulCatalogSource(SelfRegistration):
         self._gateway_loaded = True
         self._rebuild()
 
-    def _on_defaults(self, response: ConsulResponse) -> None:
+    def _on_config(self, endpoint: str, response: ConsulResponse) -> None:
         entries = response.json() or []
         if not isinstance(entries, list):
-            raise ConsulError("config", "invalid", "expected a JSON list")
-        self._defaults = entries
-        self._defaults_loaded = True
-        self.freshness.ok("config")
+            raise ConsulError(endpoint, "invalid", "expected a JSON list")
+        self._config[CONFIG_WATCHES[endpoint]] = entries
+        self.freshness.ok(endpoint)
         self._rebuild()
 
     def _on_resolvers(self, response: ConsulResponse) -> None:
@@ -526,7 +549,8 @@ class ConsulCatalogSource(SelfRegistration):
         }
         items: list[tuple[str, Any]] = [("consul:gateway-services", entry)]
         items += [(f"consul:health/service/{s}", self._health[s]) for s in ready]
-        items.append(("consul:config/service-defaults", self._defaults))
+        for kind in ("service-defaults", "proxy-defaults"):
+            items.append((f"consul:config/{kind}", self._config.get(kind, [])))
         docs, problems = parse_documents(items)
         destinations, unusable = build_destinations(docs, self.gateway, self._datacenter)
         destinations, egress_problems = apply_destinations(destinations, docs, self.gateway)
@@ -540,15 +564,33 @@ class ConsulCatalogSource(SelfRegistration):
             for d in destinations
         )
 
+    def _read_mesh(self) -> MeshHttp | None:
+        """The gateway partition's ``mesh`` entry; a rejected one keeps the last good."""
+        docs, problems = parse_documents([("consul:config/mesh", self._config.get("mesh", []))])
+        for problem in problems:
+            self._report_once(f"mesh:{problem}", f"mesh entry kept as before: {problem}")
+        if not problems:
+            partition = next(
+                (self._name(s).partition for s in sorted(self._linked)), DEFAULT_PARTITION
+            )
+            self._mesh_http = build_mesh_http(docs, partition)
+        return self._mesh_http
+
     def _rebuild(self) -> None:
-        loaded = self._gateway_loaded and self._defaults_loaded and self._resolvers.loaded
+        configs = len(self._config) == len(CONFIG_WATCHES)
+        loaded = self._gateway_loaded and configs and self._resolvers.loaded
         if not loaded or self._publish is None:
             return
         destinations = self.build()
-        version = _digest(destinations)
+        mesh_http = self._read_mesh()
+        version = _digest((destinations, mesh_http) if mesh_http else destinations)
         if version != self._version:
             self._version = version
-            self._publish(CatalogSnapshot(source=NAME, destinations=destinations, version=version))
+            self._publish(
+                CatalogSnapshot(
+                    source=NAME, destinations=destinations, version=version, mesh_http=mesh_http
+                )
+            )
         now = self._site.reactor.seconds()
         if self.freshness.error is None:
             self._last_success_gauge.set(now)

@@ -323,6 +323,7 @@ class IntentionsGuard:
 
     def __init__(self, source: ConsulIntentionsSource, site: SiteContext) -> None:
         self._source = source
+        self._trust_domain = site.config.trust_domain
         self._set = IntentionSet(site.catalog_view().intentions)
         site.subscribe_catalog(self._on_catalog)
 
@@ -344,7 +345,19 @@ class IntentionsGuard:
         if service in self._source.loaded:
             if self._source.settings.default_policy == "site":
                 return Decision(Verdict.ABSTAIN, NAME, "intentions loaded from Consul")
-            matched = self._set.decide(request.source.service, service)
+            if request.source.trust_domain != self._trust_domain:
+                # Neither a local intention nor the agent's default speaks for a peer
+                # identity (Consul names peers with Peer sources): the site's
+                # default_policy decides, as with the intentions engine.
+                return Decision(
+                    Verdict.ABSTAIN,
+                    NAME,
+                    f"source {request.source.uri} is from trust domain "
+                    f"{request.source.trust_domain}, not {self._trust_domain}",
+                )
+            # Per request (L7) a matching intention whose permissions all miss abstains,
+            # so the agent's default decides, as Consul does.
+            matched = self._set.decide(request.source.service, service, request.http)
             if matched.verdict is not Verdict.ABSTAIN:
                 return Decision(Verdict.ABSTAIN, NAME, "an intention matches")
             default = self._source.default

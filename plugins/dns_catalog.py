@@ -59,6 +59,7 @@ from prometheus_client import Counter, Gauge
 from twisted.internet.defer import Deferred, DeferredList
 
 from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.metrics import SERVICE_LABELS, service_labels
 from gwcore.contract.providers import SourceHealth
 from gwcore.net.resolver import (
     AddressAnswer,
@@ -284,7 +285,7 @@ class _Metrics:
 
     def __init__(self, site: SiteContext) -> None:
         family = site.metrics.family
-        labels = ["site", "service"]
+        labels = ["site", *SERVICE_LABELS]  # as every per-service family
         self.resolutions = family(
             Counter,
             "tgw_dns_resolutions",
@@ -400,7 +401,8 @@ class DNSCatalogSource:
         registry = id(self._site.metrics.registry)
         for name in self._watches:
             _AGE_OWNERS[(registry, self._site.name, name)] = self
-            self._metrics.age.labels(site=self._site.name, service=name).set_function(
+            labels = self._labels(self._services[name])
+            self._metrics.age.labels(**labels).set_function(
                 partial(_age_of, registry, self._site.name, name)
             )
         firsts = [watch.start() for watch in self._watches.values()]
@@ -469,9 +471,12 @@ class DNSCatalogSource:
             meta=MappingProxyType({"dns_name": service.dns_name, "dns_type": service.kind}),
         )
 
+    def _labels(self, service: DNSService) -> dict[str, str]:
+        return {"site": self._site.name, **service_labels(self._destination(service, None))}
+
     def _on_update(self, service: DNSService, update: WatchUpdate[Any]) -> None:
         name = service.service.name
-        labels = {"site": self._site.name, "service": name}
+        labels = self._labels(service)
         m = self._metrics
         m.resolutions.labels(**labels, result=update.result).inc()
         step = update.step

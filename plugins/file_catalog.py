@@ -8,7 +8,10 @@ Section ``[sites.NAME.file_catalog]``:
 - ``poll_interval`` (default ``1s``, at least ``0.05s``): how often the files are checked.
 
 Each file holds Consul documents (see :mod:`gwcore.policy.consul_shapes`). The source is
-authoritative for intentions: its snapshots always carry an intentions tuple.
+authoritative for intentions: its snapshots always carry an intentions tuple. A linked
+service's protocol is its ``service-defaults`` ``Protocol``, else the ``proxy-defaults``
+``Config.protocol``, else ``tcp``; the ``mesh`` entry's ``HTTP`` options become the
+snapshot's ``mesh_http``.
 
 Multi-datacenter: registrations may carry ``Datacenter`` (as Consul's ``?dc=`` answers
 do). For a terminating site the destinations are the linked services of the
@@ -47,10 +50,12 @@ from gwcore.policy.consul_shapes import (
     build_intentions,
     build_mesh_destinations,
     build_mesh_gateways,
+    build_mesh_http,
     merge_documents,
 )
 from gwcore.policy.destinations import apply_destinations
 from gwcore.policy.hcl_entries import decode_hcl
+from gwcore.policy.http_facts import MeshHttp
 from gwcore.policy.model import CatalogSnapshot, Destination, Intention, MeshGateways
 from gwcore.policy.resolver_entry import (
     ResolverEntry,
@@ -169,10 +174,15 @@ def _content_version(
     destinations: tuple[Destination, ...],
     intentions: tuple[Intention, ...],
     gateways: tuple[MeshGateways, ...] = (),
+    mesh_http: MeshHttp | None = None,
 ) -> str:
     # Everything in a snapshot is a frozen dataclass whose repr is deterministic (meta
     # mappings are sorted when read), so the repr is a faithful fingerprint of content.
-    content = (destinations, intentions, gateways) if gateways else (destinations, intentions)
+    content: tuple[object, ...] = (destinations, intentions)
+    if gateways:
+        content += (gateways,)
+    if mesh_http is not None:
+        content += (mesh_http,)
     return hashlib.sha256(repr(content).encode()).hexdigest()[:16]
 
 
@@ -211,7 +221,7 @@ class FileCatalogSource:
         self._skipped = site.metrics.family(
             Gauge,
             "tgw_catalog_skipped_entries",
-            "Config entries of kinds tgw does not use (proxy-defaults, mesh, ...), "
+            "Config entries of kinds tgw does not use (service-router, exported-services, ...), "
             "left out on purpose, by kind.",
             ["site", "source", "kind"],
         )
@@ -263,7 +273,8 @@ class FileCatalogSource:
         self._note_skipped(merged)
         intentions = build_intentions(merged)
         gateways = build_mesh_gateways(merged, self._datacenter)
-        version = _content_version(destinations, intentions, gateways)
+        mesh_http = build_mesh_http(merged)
+        version = _content_version(destinations, intentions, gateways, mesh_http)
         if version != self._version and self._publish is not None:
             self._publish(
                 CatalogSnapshot(
@@ -272,6 +283,7 @@ class FileCatalogSource:
                     intentions=intentions,
                     version=version,
                     mesh_gateways=gateways,
+                    mesh_http=mesh_http,
                 )
             )
             self._version = version

@@ -3,7 +3,9 @@
 Intentions come from the site's catalog sources (the file catalog reads
 ``service-intentions`` config entries; a Consul source would read
 ``/v1/connect/intentions/match``), so there is one precedence engine whatever the
-source. No matching intention means *abstain*: the site's ``default_policy`` then
+source. At an L7 destination each request is decided on its own
+(``AuthzRequest.http``), with the policy in force at that request. No matching
+intention means *abstain*: the site's ``default_policy`` then
 decides, as Consul's default intention policy does.
 """
 
@@ -61,7 +63,9 @@ class IntentionsEngine:
                 f"source {source.uri} is from trust domain {source.trust_domain}, "
                 f"not {local}: no local intention matches it",
             )
-        return self._set.decide(source.service, request.destination.service)
+        # request.http is set per request at L7 destinations; None (L4) keeps the rule
+        # that an L7 intention denies a connection.
+        return self._set.decide(source.service, request.destination.service, request.http)
 
 
 @hookimpl

@@ -121,7 +121,11 @@ def read_settings(site: SiteConfig, entry: str) -> tuple[OpaSettings, list[Confi
     reader = site.reader(entry)
     table = reader.table
     policies = reader.strings("policies")
-    url = reader.string("url", pattern=_URL_RE, what="an http:// or https:// URL")
+    url = (  # a password or ?token= would be shown by /config and in every denial
+        reader.string("url", pattern=_URL_RE, what="an http:// or https:// URL")
+        if reader.credential_free_url("url")
+        else None
+    )
     if ("policies" in table) == ("url" in table):
         reader.problem(
             "policies",
@@ -390,6 +394,7 @@ class OpaEngine:
             gateway_port=request.gateway_port,
             requested_server_name=request.requested_server_name,
             peer_certificate_pem=self._peer_pem(request),
+            http=request.http,
         )
 
     def _peer_pem(self, request: AuthzRequest) -> str | None:

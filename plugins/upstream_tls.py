@@ -31,6 +31,7 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 
 from gwcore.contract.hookspecs import hookimpl
+from gwcore.contract.metrics import service_labels
 from gwcore.contract.metrics_series import remove_series
 from gwcore.contract.providers import CatalogView, SiteContext, UpstreamStrategy
 from gwcore.net.filewatch import FileWatcher
@@ -298,7 +299,7 @@ class TLSOriginationStrategy:
 
     def _count(self, reason: str, destination: Destination) -> None:
         self.site.metrics.upstream_tls_errors.labels(
-            site=self.site.name, service=destination.name, reason=reason
+            site=self.site.name, **service_labels(destination), reason=reason
         ).inc()
 
     # --- UpstreamStrategy -----------------------------------------------------

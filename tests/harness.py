@@ -46,6 +46,20 @@ start real processes (twistd, worker processes, the benchmark's peers). Every ot
 test has pyproject's ``timeout`` (60 s)."""
 
 
+def sample_sum(registry: Any, name: str, labels: dict[str, str]) -> float | None:
+    """PromQL's ``sum(name{labels})``: the sum of ``name``'s samples whose labels include
+    ``labels``, ``None`` when there is none. A per-service family also carries
+    ``namespace``, ``partition`` and ``datacenter``; a test naming only ``service`` means
+    every series of that name (one, in these single-namespace tests)."""
+    values = [
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+    return sum(values) if values else None
+
+
 def sni_for(service: str, datacenter: str = DC, trust_domain: str = TRUST_DOMAIN) -> str:
     return service_sni(ServiceName(service), datacenter, trust_domain)
 
@@ -295,7 +309,7 @@ poll_interval = "0.1s"
 
     def metric(self, name: str, **labels: str) -> float:
         assert self.service is not None
-        value = self.service.metrics.registry.get_sample_value(name, {"site": "main", **labels})
+        value = sample_sum(self.service.metrics.registry, name, {"site": "main", **labels})
         return value or 0.0
 
     def access_records(self) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from gwcore.plugins.builtin_ca import load_or_create_ca
 from gwcore.runtime.config_check import check_config
 from gwcore.runtime.service import GatewayService
 from gwcore.testing import TRUST_DOMAIN, MeshCA
-from tests.harness import registration, sleep, write_json
+from tests.harness import registration, sample_sum, sleep, write_json
 
 
 def located(doc: dict, datacenter: str) -> dict:
@@ -71,7 +71,7 @@ class DCGateway:
         return self.site.port.getHost().port
 
     def metric(self, name: str, **labels: str) -> float:
-        value = self.service.metrics.registry.get_sample_value(name, {"site": self.key, **labels})
+        value = sample_sum(self.service.metrics.registry, name, {"site": self.key, **labels})
         return value or 0.0
 
     def access_records(self) -> list[dict[str, Any]]:

@@ -81,9 +81,14 @@ def _explain(args: argparse.Namespace) -> int:
             return 1
         host, port = endpoint_address(config.admin)
         admin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    query = {"source": args.source, "destination": args.destination}
+    query: list[tuple[str, str]] = [("source", args.source), ("destination", args.destination)]
     if args.site:
-        query["site"] = args.site
+        query.append(("site", args.site))
+    if args.method:
+        query.append(("method", args.method))
+    if args.path:
+        query.append(("path", args.path))
+    query += [("header", h) for h in args.header or ()]
     url = f"{admin.rstrip('/')}/explain?{urllib.parse.urlencode(query)}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -103,6 +108,11 @@ def _explain(args: argparse.Namespace) -> int:
     print(
         f"{answer['source']} -> {answer['destination']} (site {answer['site']}): {final['verdict']}"
     )
+    if "request" in answer:
+        asked = answer["request"]
+        print(f"  request: {asked['method']} {asked['path']} (sent as {asked['original_path']})")
+        if asked.get("note"):
+            print(f"  note: {asked['note']}")
     for engine in answer["engines"]:
         print(f"  {engine['engine']}: {engine['verdict']} - {engine['reason']}")
     print(f"  decided by {final['engine']}: {final['reason']}")
@@ -152,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="the application log's level (default: [gateway] log_level, else info)",
     )
-    run.add_argument("--logfile", help="write the application log here (default: stdout)")
+    run.add_argument(
+        "--logfile",
+        help='write the application log here (default: standard error; "-" standard output)',
+    )
     run.set_defaults(func=_run)
 
     check = sub.add_parser("check-config", help="validate a config file and explain it")
@@ -215,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--source", required=True, help="source service name (e.g. web)")
     explain.add_argument("--destination", required=True, help="destination service (e.g. billing)")
     explain.add_argument("--site", help="site in the config (default: the first)")
+    explain.add_argument("--method", help="HTTP method of a request to decide (default GET)")
+    explain.add_argument(
+        "--path", help="request path (and query) to decide, normalised as the gateway would"
+    )
+    explain.add_argument(
+        "--header",
+        action="append",
+        metavar='"NAME: VALUE"',
+        help="a request header (repeatable); with --method/--path at an L7 destination the "
+        "answer names the intention permission that decides",
+    )
     explain.add_argument("--config", help=f"config naming the admin endpoint ({discovered})")
     explain.add_argument(
         "--admin", help="admin URL, e.g. http://127.0.0.1:19000 (overrides --config)"

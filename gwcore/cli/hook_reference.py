@@ -19,7 +19,8 @@ from gwcore.contract import hookspecs
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Configuration hooks", hookspecs.CONFIG_HOOKS),
     ("Provider hooks", hookspecs.PROVIDER_HOOKS),
-    ("Event hooks", hookspecs.EVENT_HOOKS),
+    ("Event hooks", tuple(h for h in hookspecs.EVENT_HOOKS if h not in hookspecs.HTTP_HOOKS)),
+    ("HTTP addon hooks", hookspecs.HTTP_HOOKS),
 )
 
 

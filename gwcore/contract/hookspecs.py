@@ -21,6 +21,11 @@ say which fields an addon may change (``veto``, ``annotate``). Event hooks are p
 functions: an ``async def`` implementation is refused when the stack loads (nobody
 would await its coroutine).
 
+**HTTP addon hooks** — part of the event hooks, called per request at an L7 (http,
+http2, grpc) destination with one mutable :class:`~gwcore.contract.http_flow.HttpFlow`
+named ``flow``, only after the engines allowed the request. Unlike the other event
+hooks they fail closed: see :mod:`gwcore.contract.http_addons`.
+
 Implementations are methods or functions named exactly like the hooks, marked
 with :data:`hookimpl` or (for drop-in addons) left unmarked. A name starting with
 ``tgw_`` that matches no hook is an error at start-up, so a typo never silently
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
         UpstreamConnected,
         UpstreamFailed,
     )
+    from gwcore.contract.http_flow import HttpFlow
     from gwcore.contract.providers import (
         AuthorizationEngine,
         CatalogSource,
@@ -190,6 +196,75 @@ def tgw_connection_closed(event: ConnectionClosed) -> None:
     """The connection ended; ``event.record`` is its access-log record."""
 
 
+# --- HTTP addon hooks (per request, at L7 destinations) -------------------------
+
+
+@hookspec
+def tgw_http_requestheaders(flow: HttpFlow) -> None:
+    """The request head was read and the engines **allowed** the request; its body is
+    not read yet. Called first of the five HTTP hooks, once per request.
+
+    ``flow.request`` is the request the upstream will receive (method, the normalised
+    ``path`` with its query, ``authority``, ``headers``): change it in place (add, set
+    or remove headers, rewrite ``path``). ``flow.source``, ``flow.destination`` and
+    ``flow.decision`` are facts; an addon answers or changes a request, it never
+    decides instead of the engines (a denied request never reaches the addons).
+
+    ``flow.respond(status, body, headers)`` answers here: the request never reaches
+    the upstream, later addons' request hooks are not called, ``tgw_http_response`` is
+    (``tgw_http_responseheaders`` is not), and the request's access-log record names
+    the addon in ``answered_by``. An addon that raises fails the request closed: the
+    client gets ``500``, nothing is forwarded, the error is logged and counted in
+    ``tgw_addon_errors_total{site,hook}``."""
+
+
+@hookspec
+def tgw_http_request(flow: HttpFlow) -> None:
+    """The whole request was read (after ``tgw_http_requestheaders``), before its end
+    goes upstream. Bodies are streamed, so the upstream already has the head and the
+    body (``flow.request.body`` is ``None``); ``flow.request.trailers`` may still
+    change. ``flow.respond(...)`` answers the client instead of the upstream, whose
+    stream is cancelled (a chunked request never completes there; one framed by
+    Content-Length already has every byte). Raising fails the request closed the same
+    way, with ``500``. Not called after an answer in ``tgw_http_requestheaders``."""
+
+
+@hookspec
+def tgw_http_responseheaders(flow: HttpFlow) -> None:
+    """The upstream's response head arrived (``flow.response``: status and headers,
+    body not read). Change ``flow.response.status`` or its headers in place; the
+    client receives them. Not called for a response an addon made with
+    ``respond()``. An addon that raises fails the response closed: the client gets
+    ``502`` instead of what the upstream sent, and the error is counted."""
+
+
+@hookspec
+def tgw_http_response(flow: HttpFlow) -> None:
+    """The response is complete: from the upstream, or made by an addon's
+    ``respond()`` (then ``flow.answered_by`` names it; ``tgw`` for the gateway's
+    fail-closed answer). The head has already gone to
+    the client, so this hook observes (and may write ``metadata`` or annotations);
+    raising is logged and counted, nothing else."""
+
+
+@hookspec
+def tgw_http_error(flow: HttpFlow) -> None:
+    """The exchange failed instead of completing: ``flow.error`` says why (no healthy
+    endpoint, connect failure, upstream reset or timeout, client gone). Called once,
+    instead of ``tgw_http_response``; ``flow.response`` is the error response the
+    client got, if any. Raising is logged and counted, nothing else."""
+
+
+HTTP_HOOKS: tuple[str, ...] = (
+    "tgw_http_requestheaders",
+    "tgw_http_request",
+    "tgw_http_responseheaders",
+    "tgw_http_response",
+    "tgw_http_error",
+)
+"""The per-request hooks, in the order of a request's life; their one argument is the
+:class:`~gwcore.contract.http_flow.HttpFlow`, named ``flow``."""
+
 EVENT_HOOKS: tuple[str, ...] = (
     "tgw_site_started",
     "tgw_routes_changed",
@@ -201,6 +276,7 @@ EVENT_HOOKS: tuple[str, ...] = (
     "tgw_upstream_connected",
     "tgw_upstream_failed",
     "tgw_connection_closed",
+    *HTTP_HOOKS,
 )
 
 PROVIDER_HOOKS: tuple[str, ...] = (

@@ -27,6 +27,63 @@ if TYPE_CHECKING:
     from gwcore.policy.model import Decision, Destination, SpiffeID
 
 
+SENSITIVE_HEADER_WORDS: tuple[str, ...] = ("auth", "cookie", "key", "token", "secret")
+"""A header whose lower-cased name contains one of these has its value shown as
+``<redacted>`` by :meth:`Headers.__repr__` (``Authorization``, ``Cookie``, ``X-Api-Key``...)."""
+
+
+def is_sensitive(name: str) -> bool:
+    """Whether a header's value may be a credential (see :data:`SENSITIVE_HEADER_WORDS`)."""
+    lowered = name.lower()
+    return any(word in lowered for word in SENSITIVE_HEADER_WORDS)
+
+
+TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+"""RFC 9110 ``tchar``: what a field name is made of."""
+
+GATEWAY_OWNED_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+    }
+)
+"""Fields the L7 driver owns (framing, hop-by-hop, the authority): configuration that
+would set or remove them is refused (a rewrite of the authority is the link's)."""
+
+
+def header_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a configured header name (``None``: it can)."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if not set(name) <= TOKEN_CHARS:
+        return f"{name!r} is not an HTTP field name (RFC 9110 token characters only)"
+    if name.lower() in GATEWAY_OWNED_HEADERS:
+        return f"{name!r} is managed by the gateway and cannot be configured"
+    return None
+
+
+def header_value_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a header value (``None``: it can). Visible ASCII,
+    spaces and tabs inside only: a CR, LF or NUL would split or end the header. The
+    value is never quoted in the message (it may be a credential)."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if value != value.strip(" \t"):
+        return "must not start or end with white space"
+    if any(not (" " <= ch <= "~" or ch == "\t") for ch in value):
+        return "contains a control or non-ASCII character"
+    return None
+
+
 class Headers:
     """An ordered multi-map of header fields with case-insensitive names.
 
@@ -77,7 +134,9 @@ class Headers:
         return list(self._fields)
 
     def __repr__(self) -> str:
-        return f"Headers({self._fields!r})"
+        # A repr ends up in logs and tracebacks: never show a credential's value.
+        shown = [(k, "<redacted>" if is_sensitive(k) else v) for k, v in self._fields]
+        return f"Headers({shown!r})"
 
 
 @dataclass(slots=True)
@@ -116,6 +175,9 @@ class HttpFlow:
     error: str | None = None
     answered_by: str | None = None
     """The addon that answered with :meth:`respond` (``None``: the upstream answers)."""
+    addon_error: str | None = None
+    """``"<addon> raised in <hook>"`` when an addon failed and the request or response
+    was failed closed (:mod:`gwcore.contract.http_addons`)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free space for addons to pass facts between their hooks."""
 
@@ -128,6 +190,8 @@ class HttpFlow:
         addon: str = "addon",
     ) -> None:
         """Answer the request here (from ``tgw_http_requestheaders`` or
-        ``tgw_http_request``); the upstream never sees it."""
+        ``tgw_http_request``); the upstream never sees it. ``addon`` names the answer
+        in the access log (``answered_by``); left at its default, the calling addon's
+        registration name is recorded."""
         self.response = HttpResponse(status, Headers(headers), body)
         self.answered_by = addon

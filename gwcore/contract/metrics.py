@@ -16,8 +16,30 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
 
 from gwcore import __version__
+from gwcore.policy.model import Destination
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
+
+# A destination in every per-service family: two `billing` services in two namespaces,
+# partitions or datacenters never share a series (Consul's Envoy stats tag the same four:
+# consul_destination_service/_namespace/_partition/_datacenter).
+SERVICE_LABELS = ("service", "namespace", "partition", "datacenter")
+ServiceKey = tuple[str, str, str, str]
+NO_SERVICE: ServiceKey = ("", "", "", "")
+
+
+def service_key(destination: Destination | None) -> ServiceKey:
+    """The values of :data:`SERVICE_LABELS` for ``destination`` (all ``""`` before routing)."""
+    if destination is None:
+        return NO_SERVICE
+    svc = destination.service
+    return (svc.name, svc.namespace, svc.partition, destination.datacenter)
+
+
+def service_labels(destination: Destination | None) -> dict[str, str]:
+    """``{"service": ..., "namespace": ..., "partition": ..., "datacenter": ...}``."""
+    return dict(zip(SERVICE_LABELS, service_key(destination), strict=True))
+
 
 # Loopback and same-rack connects take well under a millisecond: start at 100 µs.
 _CONNECT_BUCKETS = (
@@ -46,10 +68,12 @@ HANDSHAKE_REASONS = (
     *("bad_client_cert", "tls_version", "not_tls", "protocol_error", "client_closed"),
     *("timeout", "no_uri_san", "multiple_uri_sans", "bad_spiffe_id", "untrusted_domain"),
     *("wrong_trust_bundle", "ca_certificate", "bad_key_usage", "not_a_service"),
+    "proxy_protocol",
 )
 NO_ROUTE_REASONS = ("missing_sni", "invalid_sni", "unknown_sni", "no_certificate")
 REJECTED_REASONS = (
-    *("overflow", "addon_veto", "early_data_overflow", "denied", "upstream_unavailable"),
+    *("overflow", "process_overflow", "handshake_overflow", "addon_veto", "addon_close"),
+    *("early_data_overflow", "denied", "upstream_unavailable"),
     *("no_strategy", "policy_revoked", "route_removed", "route_changed", "trust_root_removed"),
 )
 _HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -85,7 +109,7 @@ class GatewayMetrics:
         self.connections = Counter(
             "tgw_downstream_connections",
             "Downstream connections that completed the mTLS handshake, by destination service.",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             registry=r,
         )
         self.active = Gauge(
@@ -111,7 +135,7 @@ class GatewayMetrics:
             "tgw_connections_closed",
             "Downstream connections ended, by destination service (empty before routing) "
             "and close cause (the access log's close_cause).",
-            ["site", "service", "cause"],
+            ["site", *SERVICE_LABELS, "cause"],
             registry=r,
         )
         self.handshake_seconds = Histogram(
@@ -137,8 +161,8 @@ class GatewayMetrics:
         self.rejected = Counter(
             "tgw_downstream_rejected",
             "Downstream connections refused or closed by the gateway, by reason (overflow, "
-            "process_overflow, handshake_overflow, "
-            "addon_veto, denied, early_data_overflow, upstream_unavailable, no_strategy, "
+            "process_overflow, handshake_overflow, addon_veto, addon_close, denied, "
+            "early_data_overflow, upstream_unavailable, no_strategy, "
             "policy_revoked, route_removed, route_changed, trust_root_removed).",
             ["site", "reason"],
             registry=r,
@@ -160,7 +184,7 @@ class GatewayMetrics:
         self.authz_decisions = Counter(
             "tgw_authz_decisions",
             "Authorization decisions, by the engine that decided and the verdict.",
-            ["site", "service", "engine", "decision"],
+            ["site", *SERVICE_LABELS, "engine", "decision"],
             registry=r,
         )
         self.authz_errors = Counter(
@@ -175,65 +199,65 @@ class GatewayMetrics:
             "tgw_upstream_connect_failures",
             "Failed upstream connect attempts, by reason (refused, timeout, dns, error, or a "
             "tls_* reason of tgw_upstream_tls_errors).",
-            ["site", "service", "reason"],
+            ["site", *SERVICE_LABELS, "reason"],
             registry=r,
         )
         self.upstream_tls_errors = Counter(
             "tgw_upstream_tls_errors",
             "Upstream TLS failures by reason (tls_san_mismatch, tls_untrusted, tls_expired, "
             "tls_not_yet_valid, tls_handshake, tls_client_cert_rejected, tls_config, tls_error).",
-            ["site", "service", "reason"],
+            ["site", *SERVICE_LABELS, "reason"],
             registry=r,
         )
         self.upstream_retries = Counter(
             "tgw_upstream_retries",
             "Connect attempts after the first for one client connection.",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             registry=r,
         )
         self.upstream_ejections = Counter(
             "tgw_upstream_ejections",
             "Endpoints ejected by passive outlier detection.",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             registry=r,
         )
         self.upstream_endpoints = Gauge(
             "tgw_upstream_endpoints",
             "Endpoints of a destination by state (healthy: usable now; ejected; total).",
-            ["site", "service", "state"],
+            ["site", *SERVICE_LABELS, "state"],
             registry=r,
             multiprocess_mode="livemax",
         )
         self.upstream_unavailable = Counter(
             "tgw_upstream_unavailable",
             "Connections closed because no endpoint could be reached (or none was healthy).",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             registry=r,
         )
         self.upstream_connect_seconds = Histogram(
             "tgw_upstream_connect_seconds",
             "Time to open a successful upstream connection.",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             buckets=_CONNECT_BUCKETS,
             registry=r,
         )
         self.bytes = Counter(
             "tgw_bytes",
             "Bytes forwarded; direction=upstream is client to service, downstream the reverse.",
-            ["site", "service", "direction"],
+            ["site", *SERVICE_LABELS, "direction"],
             registry=r,
         )
         self.connection_seconds = Histogram(
             "tgw_connection_duration_seconds",
             "Lifetime of forwarded connections.",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             buckets=_DURATION_BUCKETS,
             registry=r,
         )
         self.idle_timeouts = Counter(
             "tgw_idle_timeouts",
             "Connections closed for being idle.",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             registry=r,
         )
         self.hostname_resolutions = Counter(
@@ -302,13 +326,13 @@ class GatewayMetrics:
             "tgw_http_requests",
             "HTTP requests answered at L7 destinations, by method class (GET, HEAD, POST, PUT, "
             "DELETE, PATCH, OPTIONS, other) and response code class (1xx..5xx).",
-            ["site", "service", "method_class", "code_class"],
+            ["site", *SERVICE_LABELS, "method_class", "code_class"],
             registry=r,
         )
         self.http_request_seconds = Histogram(
             "tgw_http_request_duration_seconds",
             "From a request's head to the end of its response, at L7 destinations.",
-            ["site", "service"],
+            ["site", *SERVICE_LABELS],
             buckets=_CONNECT_BUCKETS,
             registry=r,
         )
@@ -316,7 +340,7 @@ class GatewayMetrics:
             "tgw_http_denied",
             "HTTP requests denied (403) at L7 destinations, by the engine that denied "
             "(engine_error when one failed).",
-            ["site", "service", "reason"],
+            ["site", *SERVICE_LABELS, "reason"],
             registry=r,
         )
         self.http_bad_requests = Counter(
@@ -403,9 +427,9 @@ class SiteChildren:
             metrics.no_route.labels(site=site, reason=reason)
         for reason in REJECTED_REASONS:
             metrics.rejected.labels(site=site, reason=reason)
-        self._closed: dict[tuple[str, str], Any] = {}
-        self._services: dict[str, ServiceChildren] = {}
-        self._decisions: dict[tuple[str, str, str], Any] = {}
+        self._closed: dict[tuple[ServiceKey, str], Any] = {}
+        self._services: dict[ServiceKey, ServiceChildren] = {}
+        self._decisions: dict[tuple[ServiceKey, str, str], Any] = {}
         self._handshakes: dict[str, Any] = {}
 
     def handshakes(self, version: str) -> Any:
@@ -417,22 +441,25 @@ class SiteChildren:
             )
         return child
 
-    def service(self, service: str) -> ServiceChildren:
-        children = self._services.get(service)
+    def service(self, destination: Destination) -> ServiceChildren:
+        key = service_key(destination)
+        children = self._services.get(key)
         if children is None:
-            children = self._services[service] = ServiceChildren(self.metrics, self.site, service)
+            children = self._services[key] = ServiceChildren(self.metrics, self.site, key)
         return children
 
-    def closed(self, service: str, cause: str) -> Any:
-        key = (service, cause)
+    def of(self, family: _M, destination: Destination | None, **labels: str) -> _M:
+        """``family``'s child for this site, ``destination`` and the other ``labels``."""
+        return family.labels(site=self.site, **service_labels(destination), **labels)
+
+    def closed(self, destination: Destination | None, cause: str) -> Any:
+        key = (service_key(destination), cause)
         child = self._closed.get(key)
         if child is None:
-            child = self._closed[key] = self.metrics.closed.labels(
-                site=self.site, service=service, cause=cause
-            )
+            child = self._closed[key] = self.metrics.closed.labels(self.site, *key[0], cause)
         return child
 
-    def forget(self, service: str) -> None:
+    def forget(self, service: ServiceKey) -> None:
         """The service left the catalog: delete its per-service series (connections,
         bytes, durations, connect times, decisions, close causes), so dashboards and
         alerts follow the catalog. A connection still open re-creates what it reports."""
@@ -441,24 +468,38 @@ class SiteChildren:
         m, site = self.metrics, self.site
         self._services.pop(service, None)
         for family in (m.connections, m.connection_seconds, m.upstream_connect_seconds):
-            remove_series(family, site, service)
+            remove_series(family, site, *service)
         for direction in ("upstream", "downstream"):
-            remove_series(m.bytes, site, service, direction)
+            remove_series(m.bytes, site, *service, direction)
         for key in [k for k in self._decisions if k[0] == service]:
-            remove_series(m.authz_decisions, site, *key)
+            remove_series(m.authz_decisions, site, *key[0], *key[1:])
             del self._decisions[key]
         for key in [k for k in self._closed if k[0] == service]:
-            remove_series(m.closed, site, *key)
+            remove_series(m.closed, site, *key[0], key[1])
             del self._closed[key]
+        remove_series(m.http_request_seconds, site, *service)
+        for family in (m.http_requests, m.http_denied):
+            _remove_service_series(family, site, service)
 
-    def decision(self, service: str, engine: str, verdict: str) -> Any:
-        key = (service, engine, verdict)
+    def decision(self, destination: Destination, engine: str, verdict: str) -> Any:
+        key = (service_key(destination), engine, verdict)
         child = self._decisions.get(key)
         if child is None:
             child = self._decisions[key] = self.metrics.authz_decisions.labels(
-                site=self.site, service=service, engine=engine, decision=verdict
+                self.site, *key[0], engine, verdict
             )
         return child
+
+
+def _remove_service_series(family: Any, site: str, service: ServiceKey) -> None:
+    """Every series of ``family`` for (``site``, ``service``), whatever its other labels
+    (method and code classes, denial reasons): the children the family made so far."""
+    from gwcore.contract.metrics_series import remove_series
+
+    prefix = (site, *service)
+    for labels in list(getattr(family, "_metrics", {})):
+        if tuple(labels[: len(prefix)]) == prefix:
+            remove_series(family, *labels)
 
 
 class ServiceChildren:
@@ -472,13 +513,9 @@ class ServiceChildren:
         "upstream_connect_seconds",
     )
 
-    def __init__(self, metrics: GatewayMetrics, site: str, service: str) -> None:
-        self.connections = metrics.connections.labels(site=site, service=service)
-        self.connection_seconds = metrics.connection_seconds.labels(site=site, service=service)
-        self.upstream_connect_seconds = metrics.upstream_connect_seconds.labels(
-            site=site, service=service
-        )
-        self.bytes_upstream = metrics.bytes.labels(site=site, service=service, direction="upstream")
-        self.bytes_downstream = metrics.bytes.labels(
-            site=site, service=service, direction="downstream"
-        )
+    def __init__(self, metrics: GatewayMetrics, site: str, service: ServiceKey) -> None:
+        self.connections = metrics.connections.labels(site, *service)
+        self.connection_seconds = metrics.connection_seconds.labels(site, *service)
+        self.upstream_connect_seconds = metrics.upstream_connect_seconds.labels(site, *service)
+        self.bytes_upstream = metrics.bytes.labels(site, *service, "upstream")
+        self.bytes_downstream = metrics.bytes.labels(site, *service, "downstream")

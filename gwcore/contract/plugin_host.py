@@ -32,6 +32,7 @@ import pluggy
 
 from gwcore.contract import hookspecs
 from gwcore.contract.addon_lifecycle import AddonContext, lifecycle_objects
+from gwcore.contract.http_addons import dispatch_http
 from gwcore.contract.plugin_checks import ProviderShapeError, check_event_impl, check_providers
 from gwcore.contract.plugin_names import closest_name, dropin_names, entry_point_names
 from gwcore.policy.config import ConfigProblem, GatewayConfig, SiteConfig, section_name
@@ -302,7 +303,12 @@ class PluginStack:
         return self._events[hook]
 
     def dispatch(self, hook: str, event: Any, log: Logger, metrics: GatewayMetrics | None) -> None:
-        """Call every implementation of an event hook; a raising addon is logged and skipped."""
+        """Call every implementation of an event hook; a raising addon is logged and skipped.
+        The HTTP hooks follow their own rules (answers, fail closed):
+        :func:`gwcore.contract.http_addons.dispatch_http`."""
+        if hook in hookspecs.HTTP_HOOKS:
+            dispatch_http(hook, event, self._events[hook], log, metrics, self.site.key)
+            return
         conn = getattr(event, "conn", None)
         for impl in self._events[hook]:
             vetoed_before = getattr(event, "veto_reason", None)

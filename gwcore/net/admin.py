@@ -19,6 +19,9 @@ from gwcore.contract.metrics import GatewayMetrics
 from gwcore.contract.providers import AuthzRequest
 from gwcore.net.admin_guard import AdminGuard
 from gwcore.policy.decision import combine, failure
+from gwcore.policy.explain_http import ExplainArgumentError, explain_request
+from gwcore.policy.http_facts import HttpRequestFacts, is_l7
+from gwcore.policy.http_path import RedirectPath
 from gwcore.policy.model import DEFAULT_NAMESPACE, SpiffeID
 from gwcore.policy.sni import service_sni
 
@@ -117,9 +120,13 @@ class _BadArgumentError(ValueError):
 
 class _Explain(Resource):
     """``/explain?source=web&destination=billing[&site=main][&namespace=..][&datacenter=..]``
+    ``[&method=GET][&path=/x][&header=Name:+value]...``
 
     Asks every engine of the live site what it would decide for that pair, and how
     the site combines the answers — without counting the decision in the metrics.
+    With ``method``, ``path`` or ``header`` at an L7 destination, the decision is the
+    per-request one, for the request as the data path would see it (path normalised
+    with the catalog's ``mesh`` options; :mod:`gwcore.policy.explain_http`).
     """
 
     isLeaf = True
@@ -131,7 +138,7 @@ class _Explain(Resource):
     def render_GET(self, request: Request) -> bytes | int:
         try:
             return self._explain(request)
-        except _BadArgumentError as e:
+        except (_BadArgumentError, ExplainArgumentError) as e:
             # Bad input from the client: one line, no traceback, and a 400.
             log.info("admin: bad request for /explain: {detail}", detail=str(e))
             return _json(request, {"error": str(e)}, 400)
@@ -161,6 +168,7 @@ class _Explain(Resource):
         if destination is None:
             return _json(request, {"error": f"{wanted!r} is not routed by site {site.name}"}, 404)
         config = site.config
+        http = self._http(request, site, destination)
         identity = SpiffeID(
             config.trust_domain,
             arg("namespace", DEFAULT_NAMESPACE),
@@ -178,6 +186,7 @@ class _Explain(Resource):
             client_port=0,
             gateway_address="",
             gateway_port=0,
+            http=http if http is not None and is_l7(destination.protocol) else None,
         )
         answers = []
         for engine in site.engines:
@@ -203,8 +212,48 @@ class _Explain(Resource):
                     "reason": final.reason,
                 },
             }
+            if http is not None:
+                body["request"] = _described(http, destination.protocol)
             request.write(_json(request, body))
             request.finish()
 
         DeferredList(answers, consumeErrors=True).addCallback(respond)
         return NOT_DONE_YET
+
+    @staticmethod
+    def _http(request: Request, site: Any, destination: Any) -> HttpRequestFacts | None:
+        def texts(name: str) -> list[str]:
+            try:
+                return [v.decode("utf-8") for v in request.args.get(name.encode(), [])]
+            except UnicodeDecodeError:
+                raise _BadArgumentError(f"{name}= is not UTF-8") from None
+
+        method, path, headers = texts("method"), texts("path"), texts("header")
+        if not (method or path or headers):
+            return None
+        return explain_request(
+            method[0] if method else "",
+            path[0] if path else "",
+            headers,
+            site.catalog_view().mesh_http,
+            authority=destination.name,
+        )
+
+
+def _described(http: HttpRequestFacts, protocol: str) -> dict[str, Any]:
+    """The request part of an /explain answer."""
+    described: dict[str, Any] = {
+        "method": http.method,
+        "path": http.path,
+        "original_path": http.original_path,
+        "headers": [f"{k}: {v}" for k, v in http.headers],
+        "protocol": protocol,
+    }
+    if isinstance(http.path, RedirectPath):
+        described["note"] = f"the gateway answers 307 to {http.path} (UNESCAPE_AND_REDIRECT)"
+    if not is_l7(protocol):
+        described["note"] = (
+            f"the destination's protocol is {protocol}: it is decided per connection, "
+            "so the request was not used (an L7 intention denies)"
+        )
+    return described

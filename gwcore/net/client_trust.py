@@ -78,6 +78,23 @@ def misconfigured(root: TrustRoot) -> str | None:
     return None
 
 
+def malformed(item: object) -> str | None:
+    """Why a certificate provider's ``trust_roots()`` item cannot be used, or ``None``:
+    a :class:`TrustRoot` must hold a certificate and a non-empty trust domain without
+    surrounding blanks (a root that names no domain could vouch for none, and guessing
+    one would widen trust); a bare item (the 0.1 contract) must be a certificate."""
+    if not isinstance(item, TrustRoot):
+        if isinstance(item, x509.Certificate):
+            return None
+        return f"an item of type {type(item).__name__} is not a certificate"
+    if not isinstance(item.certificate, x509.Certificate):
+        return f"TrustRoot.certificate is a {type(item.certificate).__name__}, not a certificate"
+    domain = item.trust_domain
+    if not isinstance(domain, str) or not domain or domain.strip() != domain:
+        return f"TrustRoot.trust_domain is {domain!r}, not a trust domain name"
+    return None
+
+
 class VerifiedChains:
     """The intermediates of leaves verified in a full handshake, by leaf fingerprint
     (bounded, least recently used out). A session ticket carries only the leaf; a
@@ -169,6 +186,19 @@ class TrustBundles:
             code = e.errors[0] if e.errors else 0
             return VERIFY_ERROR_REASONS.get(code, "bad_client_cert")
         return None
+
+    def still_trusted(self, previous: TrustBundles, domain: str, leaf: crypto.X509) -> str | None:
+        """Verify ``leaf``, which ``previous`` (an older snapshot) accepted, against this
+        snapshot's bundle of ``domain`` now, with the intermediates ``previous`` saw;
+        ``None`` or the reason. A handshake that began before the roots changed ends
+        under the new ones (:meth:`gwcore.runtime.recheck.LiveRecheck.accepted`)."""
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)
+        return self._verify(domain, leaf, previous.chains.get(der))
+
+    def intermediates(self, leaf: crypto.X509) -> tuple[crypto.X509, ...]:
+        """The intermediates remembered for ``leaf`` when it was verified in full (a
+        resumed session's own chain holds none)."""
+        return self.chains.get(crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf))
 
     def check(
         self, tls: SSL.Connection, domain: str, leaf: crypto.X509, leaf_der: bytes

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gwcore.policy.config import SectionReader
+from gwcore.policy.url_secrets import url_credentials
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8500"
 DEFAULT_WAIT = 300.0
@@ -119,13 +120,14 @@ def read_consul_settings(reader: SectionReader, base_dir: Path) -> ConsulSetting
     """Read the connection keys of a Consul plugin section (problems go to ``reader``)."""
     address = reader.string("address", DEFAULT_ADDRESS) or DEFAULT_ADDRESS
     parts = urlsplit(address)
-    if "@" in address:
-        # user:password@ would be shown by /config and in every retry warning; Consul's
-        # API authenticates with ACL tokens anyway. The value is not echoed.
+    secret = "@" in address or url_credentials(address, query=False)
+    if secret:
+        # user:password@ or ?token= would be shown by /config and in every retry
+        # warning; Consul's API authenticates with ACL tokens anyway. Not echoed.
+        why = "must not hold credentials (user:password@host)" if secret is True else secret
         reader.problem(
             "address",
-            "must not hold credentials (user:password@host): Consul's API takes an ACL "
-            "token, set `token` or `token_file` instead",
+            f"{why}: Consul's API takes an ACL token, set `token` or `token_file` instead",
         )
         address = DEFAULT_ADDRESS
     elif parts.scheme not in ("http", "https") or not parts.hostname:

@@ -162,6 +162,7 @@ class Http1Connection:
         self.h11 = h11.Connection(h11.CLIENT)
         self.stream: Http1Stream | None = None
         self.closed = False
+        self.chunked = False  # the request in flight is sent with chunked framing
         self.idle_call: Any = None
         self.alpn = _Alpn.alpn
         self.close_cause: str | None = None
@@ -189,13 +190,24 @@ class Http1Connection:
     def start(self, stream: Http1Stream) -> None:
         self.stream = stream
         request = stream.request
-        self.write(
-            h11.Request(
-                method=request.method,
-                target=request.path,
-                headers=[(k, v) for k, v in request.headers],
-            )
-        )
+        headers = [(k, v) for k, v in request.headers]
+        names = {k.lower() for k, _ in headers}
+        if "host" not in names and request.authority:
+            # From HTTP/2: :authority is the Host (RFC 9113 §8.3.1), first as in RFC 9112 §3.2.
+            headers.insert(0, ("host", request.authority))
+        self.chunked = "transfer-encoding" in names
+        # An HTTP/2 body has no length up front: send it chunked, unless ``body == b""``
+        # says its stream ended with the head (no body at all, nothing to frame).
+        unframed = not names & {"content-length", "transfer-encoding"}
+        if request.http_version == "HTTP/2" and unframed and request.body != b"":
+            headers.append(("transfer-encoding", "chunked"))
+            self.chunked = True
+        try:
+            event = h11.Request(method=request.method, target=request.path, headers=headers)
+        except h11.LocalProtocolError as e:
+            self.fail("protocol", f"cannot send the request: {e}")
+            return
+        self.write(event)
 
     def write(self, event: Any) -> None:
         if self.closed:
@@ -209,8 +221,7 @@ class Http1Connection:
             self.upstream.send(data)
 
     def end_request(self, trailers: Headers | None) -> None:
-        stream = self.stream
-        chunked = stream is not None and "transfer-encoding" in stream.request.headers
+        chunked = self.stream is not None and self.chunked
         # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
         fields = list(trailers) if trailers is not None and chunked else []
         self.write(h11.EndOfMessage(headers=fields))

@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from gwcore.net.h2_downstream import Http2Server
 from gwcore.net.http1_server import Http1Server
 from gwcore.net.l7_core import DownstreamCodec, ExchangeStarter, L7Limits
 
@@ -29,7 +30,7 @@ log = Logger(namespace="tgw.http")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-CODECS: dict[str, Callable[..., DownstreamCodec]] = {"HTTP/1.1": Http1Server}
+CODECS: dict[str, Callable[..., DownstreamCodec]] = {"HTTP/1.1": Http1Server, "HTTP/2": Http2Server}
 """Downstream codec classes by protocol; HTTP/2 registers ``"HTTP/2"`` here."""
 
 

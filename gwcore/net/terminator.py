@@ -402,7 +402,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             log.info("client identity refused: {uri} is not a service", uri=self.identity.uri)
             self._close("identity:not_a_service")
             return
-        self.site.children.service(destination.name).connections.inc()
+        self.site.children.service(destination).connections.inc()
         self.state = State.AUTHORIZING
         self.transport.pauseProducing()
         self._pump_early()  # plaintext that came with the client's Finished
@@ -515,9 +515,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def upstream_tls_failed(self, reason: str, detail: str) -> None:
         """The service's TLS failed after the handshake (e.g. it refused our client cert)."""
         service = self.destination.name if self.destination else "?"
-        self.site.metrics.upstream_tls_errors.labels(
-            site=self.site.name, service=service, reason=reason
-        ).inc()
+        errors = self.site.metrics.upstream_tls_errors
+        self.site.children.of(errors, self.destination, reason=reason).inc()
         log.warn(
             "upstream TLS of {service} failed: {reason}: {detail}",
             service=service,
@@ -531,9 +530,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def close_idle(self) -> None:
         """Called by the site's sweep when no byte moved for ``idle_timeout``."""
         if self.destination is not None:
-            self.site.metrics.idle_timeouts.labels(
-                site=self.site.name, service=self.destination.name
-            ).inc()
+            self.site.children.of(self.site.metrics.idle_timeouts, self.destination).inc()
         self.close(cause="idle_timeout")
 
     def _refuse(self, reason: str, detail: str | None) -> None:

@@ -39,13 +39,16 @@ ServernameCallback = Callable[[SSL.Connection], None]
 VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
 AlpnCallback = Callable[[SSL.Connection, list[bytes]], Any]
 
-# What a terminating gateway may agree to with the client, by destination protocol.
-# A TCP destination agrees to nothing (the client carries on without ALPN, as with
-# Consul's TCP filter chains); HTTP-like ones agree to what the service will speak.
+# What a terminating gateway may agree to with the client, by destination protocol,
+# in our order of preference. A TCP destination agrees to nothing (the client carries
+# on without ALPN, as with Consul's TCP filter chains). An http2/grpc destination
+# prefers h2 and also serves a client that offers only http/1.1 (as Envoy's HTTP
+# connection manager with codec AUTO, which Consul configures for those protocols):
+# the L7 path translates between the two.
 ALPN_BY_PROTOCOL: dict[str, tuple[bytes, ...]] = {
     "http": (b"http/1.1",),
-    "http2": (b"h2",),
-    "grpc": (b"h2",),
+    "http2": (b"h2", b"http/1.1"),
+    "grpc": (b"h2", b"http/1.1"),
 }
 
 

@@ -78,7 +78,13 @@ class Verification:
                 except x509.ExtensionNotFound:
                     return f"certificate has no SAN; expected URI {expected}"
                 uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-                return None if expected in uris else f"URI SANs {uris} do not include {expected}"
+                if expected not in uris:
+                    return f"URI SANs {uris} do not include {expected}"
+                if expected[:9].lower() == "spiffe://" and len(uris) != 1:
+                    # A SPIFFE identity is exactly one URI SAN (as a client leaf must be):
+                    # a second one would make the far end two identities at once.
+                    return f"URI SANs {uris}: a SPIFFE identity has exactly one URI SAN"
+                return None
             try:
                 ipaddress.ip_address(expected)
             except ValueError:

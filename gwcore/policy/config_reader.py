@@ -20,6 +20,7 @@ from gwcore.policy.resolv import (
     MAX_NDOTS,
     MIN_EDNS_PAYLOAD,
 )
+from gwcore.policy.url_secrets import url_credentials
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
@@ -117,6 +118,17 @@ class SectionReader:
             self.problem(name, f"{value!r} is not {what or 'valid'}")
             return default
         return value
+
+    def credential_free_url(self, name: str, *, query: bool = True) -> bool:
+        """False, with a problem naming the key (never the value), when the string at
+        ``name`` carries credentials (:mod:`gwcore.policy.url_secrets`); read it with
+        :meth:`string` only when True, so a bad-URL message cannot echo them."""
+        value = self.table.get(name)
+        why = url_credentials(value, query=query) if isinstance(value, str) else None
+        if why is not None:
+            self._seen.add(name)
+            self.problem(name, why)
+        return why is None
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self._get(name, default, False)

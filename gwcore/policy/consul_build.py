@@ -7,14 +7,16 @@ The rules (health is the worst check, weights, wildcard links) are listed in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from gwcore.policy.consul_decode import (
     ShapeProblem,
     _at,
 )
+from gwcore.policy.consul_defaults_entry import resolve_protocol
 from gwcore.policy.consul_values import MAX_WEIGHT, WILDCARD
+from gwcore.policy.http_facts import MeshHttp
 from gwcore.policy.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_PARTITION,
@@ -34,6 +36,20 @@ if TYPE_CHECKING:
 
 
 # --- building model objects ----------------------------------------------------------
+
+
+def protocols_of(docs: CatalogDocuments) -> Callable[[ServiceName], str]:
+    """Each service's protocol as Consul resolves it (:func:`resolve_protocol`):
+    ``service-defaults``, else its partition's ``proxy-defaults``, else ``tcp``."""
+    services = {sd.service: sd for sd in docs.service_defaults}
+    proxies = {pd.partition: pd for pd in docs.proxy_defaults}
+    return lambda name: resolve_protocol(name, services, proxies)
+
+
+def build_mesh_http(docs: CatalogDocuments, partition: str = DEFAULT_PARTITION) -> MeshHttp | None:
+    """The HTTP options of ``partition``'s ``mesh`` entry; ``None`` when there is none."""
+    entry = next((m for m in docs.mesh if m.partition == partition), None)
+    return entry.http if entry is not None else None
 
 
 def _service_order(name: ServiceName) -> tuple[str, str, str]:
@@ -102,7 +118,7 @@ def build_destinations(
         if wildcard is not None and name.partition == partition and name not in linked:
             linked[name] = (wildcard.tls, True)
 
-    protocols = {sd.service: sd.protocol for sd in docs.service_defaults}
+    protocol = protocols_of(docs)
     destinations = []
     for name in sorted(linked, key=_service_order):
         tls, from_wildcard = linked[name]
@@ -142,7 +158,7 @@ def build_destinations(
                 datacenter=located,
                 endpoints=tuple(endpoints),
                 tls=tls,
-                protocol=protocols.get(name, "tcp"),
+                protocol=protocol(name),
                 from_wildcard=from_wildcard,
             )
         )
@@ -247,7 +263,7 @@ def build_mesh_destinations(docs: CatalogDocuments, datacenter: str) -> tuple[De
         for destination in linked:
             if destination.datacenter == datacenter:
                 endpoints.setdefault(destination.service, []).extend(instances)
-    protocols = {sd.service: sd.protocol for sd in docs.service_defaults}
+    protocol = protocols_of(docs)
     return tuple(
         Destination(
             service=name,
@@ -255,7 +271,7 @@ def build_mesh_destinations(docs: CatalogDocuments, datacenter: str) -> tuple[De
             endpoints=tuple(
                 sorted(set(endpoints[name]), key=lambda e: (e.node, e.instance_id, e.address))
             ),
-            protocol=protocols.get(name, "tcp"),
+            protocol=protocol(name),
         )
         for name in sorted(endpoints, key=_service_order)
     )

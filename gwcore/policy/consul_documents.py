@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gwcore.policy.consul_defaults_entry import ServiceDefaults
+from gwcore.policy.consul_defaults_entry import ProxyDefaults, ServiceDefaults
 from gwcore.policy.consul_gateway_entry import GatewayEntry
 from gwcore.policy.consul_intentions_entry import IntentionsEntry
 from gwcore.policy.consul_kinds import SkippedEntry
+from gwcore.policy.consul_mesh_entry import MeshEntry
 from gwcore.policy.consul_registration import Registration
 
 
@@ -24,6 +25,8 @@ class CatalogDocuments:
     service_defaults: tuple[ServiceDefaults, ...] = ()
     intentions: tuple[IntentionsEntry, ...] = ()
     skipped: tuple[SkippedEntry, ...] = ()  # kinds tgw does not use (consul_kinds)
+    proxy_defaults: tuple[ProxyDefaults, ...] = ()  # one per partition after a merge
+    mesh: tuple[MeshEntry, ...] = ()  # one per partition after a merge
 
 
 EMPTY_DOCUMENTS = CatalogDocuments()

@@ -13,6 +13,7 @@ from gwcore.policy.consul_decode import (
     _Sink,
 )
 from gwcore.policy.consul_values import INTENTION_ACTIONS, MAX_HASH, WILDCARD, _wildcard_problem
+from gwcore.policy.l7_permissions import HttpPermission, parse_permission
 from gwcore.policy.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_PARTITION,
@@ -32,6 +33,7 @@ _INTENTIONS_FIELDS = (
     "ModifyIndex",
     "Hash",
 )
+_PERMISSION_FIELDS = ("Action", "HTTP", "JWT")
 _SOURCE_FIELDS = (
     "Name",
     "Namespace",
@@ -132,15 +134,18 @@ def _parse_source(sink: _Sink, src: _Object, destination: ServiceName) -> Intent
 
     action = src.string("Action")
     raw_permissions = src.raw("Permissions")
-    permissions: tuple[Mapping[str, object], ...] = ()
+    permissions: tuple[HttpPermission, ...] = ()
     if raw_permissions is not _MISSING:
         if not isinstance(raw_permissions, list) or not all(
             isinstance(p, Mapping) for p in raw_permissions
         ):
             src.problem("Permissions", "must be a list of objects")
         else:
-            permissions = tuple(raw_permissions)
-    if action and permissions:
+            parsed = [parse_permission(p) for p in src.children("Permissions", _PERMISSION_FIELDS)]
+            # A permission with a problem is left out, but the entry is refused anyway
+            # (its problems are in the sink), so nothing half-parsed is ever served.
+            permissions = tuple(p for p in parsed if p is not None)
+    if action and raw_permissions not in (_MISSING, []):
         src.problem("Action", "Action and Permissions are mutually exclusive")
     elif not action and raw_permissions is _MISSING:
         src.problem("Action", "one of Action or Permissions is required")
@@ -150,13 +155,13 @@ def _parse_source(sink: _Sink, src: _Object, destination: ServiceName) -> Intent
         action = action.lower()
         if action not in INTENTION_ACTIONS:
             src.problem("Action", f'must be "allow" or "deny", not {action!r}')
-    if permissions and destination.name == WILDCARD:
+    if raw_permissions not in (_MISSING, []) and destination.name == WILDCARD:
         src.problem("Permissions", "L7 Permissions cannot be used on a wildcard destination")
     src.finish()
     return Intention(
         source=ServiceName(name, namespace, partition),
         destination=destination,
-        action="" if permissions else action,
+        action="" if raw_permissions not in (_MISSING, []) else action,
         permissions=permissions,
         description=description,
         origin=sink.origin,

@@ -24,14 +24,14 @@ KINDS: Mapping[str, str] = MappingProxyType(
     {
         "terminating-gateway": READ,
         "service-intentions": READ,
-        "service-defaults": READ,  # only Protocol is used
-        "proxy-defaults": SKIP,
+        "service-defaults": READ,  # Protocol and Destination are used
+        "proxy-defaults": READ,  # only Config.protocol is used
+        "mesh": READ,  # only HTTP (request normalisation, XFCC sanitising) is used
         # Skipped by this decoder: gwcore.policy.resolver_entry reads it (subsets and
         # settings, for terminating and mesh sites) and does not count it as skipped.
         "service-resolver": SKIP,
         "service-router": SKIP,
         "service-splitter": SKIP,
-        "mesh": SKIP,
         "exported-services": SKIP,
         "sameness-group": SKIP,
         "ingress-gateway": SKIP,

@@ -12,7 +12,10 @@ Documents tgw reads (a file holds one JSON object or a list of them):
 
 - ``terminating-gateway`` config entries: which services a gateway links, with TLS options;
 - ``service-intentions`` config entries: who may talk to whom (L4 action or L7 permissions);
-- ``service-defaults`` config entries: a service's ``Protocol`` (default ``tcp``);
+- ``service-defaults`` config entries: a service's ``Protocol``;
+- ``proxy-defaults`` config entries (``global``): ``Config.protocol``, the protocol of a
+  service without ``service-defaults`` (else ``tcp``);
+- ``mesh`` config entries: the ``HTTP`` options (:mod:`gwcore.policy.consul_mesh_entry`);
 - catalog registrations: the body of ``PUT /v1/catalog/register`` (``Node`` is a name), or
   one element of a ``GET /v1/health/service/<svc>`` answer (``Node`` is an object).
 
@@ -52,6 +55,8 @@ from gwcore.policy.consul_build import (
     build_intentions,
     build_mesh_destinations,
     build_mesh_gateways,
+    build_mesh_http,
+    protocols_of,
 )
 from gwcore.policy.consul_decode import (
     _MISSING,
@@ -61,7 +66,12 @@ from gwcore.policy.consul_decode import (
     _Object,
     _Sink,
 )
-from gwcore.policy.consul_defaults_entry import ServiceDefaults, _parse_service_defaults
+from gwcore.policy.consul_defaults_entry import (
+    ProxyDefaults,
+    ServiceDefaults,
+    _parse_proxy_defaults,
+    _parse_service_defaults,
+)
 from gwcore.policy.consul_documents import EMPTY_DOCUMENTS, CatalogDocuments
 from gwcore.policy.consul_gateway_entry import (
     _GATEWAY_FIELDS,
@@ -75,6 +85,7 @@ from gwcore.policy.consul_intentions_entry import (
     _parse_intentions,
 )
 from gwcore.policy.consul_kinds import SkippedEntry, skipped_kind
+from gwcore.policy.consul_mesh_entry import MeshEntry, _parse_mesh
 from gwcore.policy.consul_registration import (
     CheckRecord,
     Registration,
@@ -87,7 +98,9 @@ from gwcore.policy.consul_values import (
     INTENTION_ACTIONS,
     MAX_HASH,
     MAX_WEIGHT,
+    MESH,
     PROTOCOLS,
+    PROXY_DEFAULTS,
     REGISTRATION,
     SERVICE_DEFAULTS,
     SERVICE_INTENTIONS,
@@ -145,6 +158,11 @@ def _parse_one(sink: _Sink, where: str, value: Any) -> CatalogDocuments | None:
     elif kind == SERVICE_DEFAULTS:
         defaults = _parse_service_defaults(sink, _Object(sink, where, value, weak=True))
         docs = CatalogDocuments(service_defaults=(defaults,))
+    elif kind == PROXY_DEFAULTS:
+        proxy = _parse_proxy_defaults(sink, _Object(sink, where, value, weak=True))
+        docs = CatalogDocuments(proxy_defaults=(proxy,))
+    elif kind == MESH:
+        docs = CatalogDocuments(mesh=(_parse_mesh(sink, _Object(sink, where, value, weak=True)),))
     elif kind == SKIPPED:
         obj = _Object(sink, where, value)
         entry = SkippedEntry(obj.string("Kind"), obj.string("Name"), sink.origin, where)
@@ -217,8 +235,9 @@ def merge_documents(
 
     Of two documents with the same identity the first is kept; the later one is
     reported and left out. Identities: a gateway's ``Name``; a ``service-defaults`` or
-    ``service-intentions`` entry's service; a registered instance's (datacenter, node,
-    service ID). Registrations without a service and checks never conflict.
+    ``service-intentions`` entry's service; a ``proxy-defaults`` or ``mesh`` entry's
+    partition; a registered instance's (datacenter, node, service ID). Registrations
+    without a service and checks never conflict.
     """
     problems: list[ShapeProblem] = []
     gateways: dict[str, GatewayEntry] = {}
@@ -227,6 +246,8 @@ def merge_documents(
     instances: dict[tuple[str, str, ServiceName, str], Registration] = {}
     registrations: list[Registration] = []
     skipped: list[SkippedEntry] = []
+    proxies: dict[str, ProxyDefaults] = {}
+    meshes: dict[str, MeshEntry] = {}
 
     def conflict(origin: str, where: str, what: str, first_origin: str, first_where: str) -> None:
         first = f"{first_origin} {first_where}" if first_where else first_origin
@@ -250,6 +271,20 @@ def merge_documents(
                 conflict(sd.origin, sd.where, what, first.origin, first.where)
             else:
                 defaults[sd.service] = sd
+        for pd in part.proxy_defaults:
+            if pd.partition in proxies:
+                first = proxies[pd.partition]
+                what = f"proxy-defaults 'global' of partition {pd.partition!r}"
+                conflict(pd.origin, pd.where, what, first.origin, first.where)
+            else:
+                proxies[pd.partition] = pd
+        for me in part.mesh:
+            if me.partition in meshes:
+                first = meshes[me.partition]
+                what = f"mesh entry of partition {me.partition!r}"
+                conflict(me.origin, me.where, what, first.origin, first.where)
+            else:
+                meshes[me.partition] = me
         for ie in part.intentions:
             if ie.destination in intentions:
                 first = intentions[ie.destination]
@@ -273,6 +308,8 @@ def merge_documents(
         service_defaults=tuple(defaults.values()),
         intentions=tuple(intentions.values()),
         skipped=tuple(skipped),
+        proxy_defaults=tuple(proxies.values()),
+        mesh=tuple(meshes.values()),
     )
     return merged, problems
 
@@ -285,8 +322,10 @@ __all__ = [
     "INTENTION_ACTIONS",
     "MAX_HASH",
     "MAX_WEIGHT",
+    "MESH",
     "MESH_GATEWAY_KIND",
     "PROTOCOLS",
+    "PROXY_DEFAULTS",
     "REGISTRATION",
     "SERVICE_DEFAULTS",
     "SERVICE_INTENTIONS",
@@ -301,6 +340,8 @@ __all__ = [
     "GatewayEntry",
     "IntentionsEntry",
     "LinkedService",
+    "MeshEntry",
+    "ProxyDefaults",
     "Registration",
     "ServiceDefaults",
     "ServiceRecord",
@@ -311,8 +352,10 @@ __all__ = [
     "build_intentions",
     "build_mesh_destinations",
     "build_mesh_gateways",
+    "build_mesh_http",
     "classify",
     "decode_documents",
     "merge_documents",
     "parse_documents",
+    "protocols_of",
 ]

@@ -12,13 +12,17 @@ from types import MappingProxyType
 TERMINATING_GATEWAY = "terminating-gateway"
 SERVICE_INTENTIONS = "service-intentions"
 SERVICE_DEFAULTS = "service-defaults"
+PROXY_DEFAULTS = "proxy-defaults"
+MESH = "mesh"
 REGISTRATION = "registration"
 UNKNOWN = "unknown"
 SKIPPED = "skipped"
-CONFIG_KINDS = (TERMINATING_GATEWAY, SERVICE_INTENTIONS, SERVICE_DEFAULTS)
+CONFIG_KINDS = (TERMINATING_GATEWAY, SERVICE_INTENTIONS, SERVICE_DEFAULTS, PROXY_DEFAULTS, MESH)
 
 WILDCARD = "*"
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
+PROXY_CONFIG_GLOBAL = "global"  # the one name a proxy-defaults entry may have
+MESH_CONFIG_NAME = "mesh"  # the one name a mesh entry may have
 CHECK_STATUSES = ("passing", "warning", "critical", "maintenance")
 INTENTION_ACTIONS = ("allow", "deny")
 MAX_WEIGHT = 128

@@ -1,4 +1,4 @@
-"""Evaluating Consul intentions for one L4 connection.
+"""Evaluating Consul intentions for one L4 connection or one L7 request.
 
 Rules (reference §6, ``website/content/docs/connect/intentions.mdx``):
 
@@ -12,10 +12,16 @@ Rules (reference §6, ``website/content/docs/connect/intentions.mdx``):
    input-order-independent key in which deny sorts before allow, so a conflict resolves
    the same way on every gateway and with the same :attr:`IntentionSet.version`.
 4. A matching ``allow`` allows and a matching ``deny`` denies. A matching L7 intention
-   (non-empty ``permissions``) denies: on an L4 connection there is no request to test
+   (non-empty ``permissions``) denies on an L4 connection: there is no request to test
    the permissions against, and Consul's authorize endpoint does the same.
-5. No match abstains; the site's ``default_policy`` then applies (see ``decision.py``).
-6. An intention whose source is in a cluster peer (``Peer``) or a sameness group
+5. Per request (``decide(..., http=facts)``), a matching L7 intention decides by its
+   first permission that matches the request (``l7_permissions.py``); when none
+   matches it ABSTAINS — the request falls to the default policy, never to the next
+   (less specific) intention, as Consul's ``intentions.mdx`` says. The reason names the
+   intention and the permission (``permission 1 (PathPrefix "/admin")``, the index of
+   ``Permissions[1]``).
+6. No match abstains; the site's ``default_policy`` then applies (see ``decision.py``).
+7. An intention whose source is in a cluster peer (``Peer``) or a sameness group
    (``SamenessGroup``) never matches: tgw cannot verify a peer's identity, so a local
    caller must not be taken for one. When such an intention would have matched by
    name, the abstain reason says so (what ``tgw explain`` shows).
@@ -28,6 +34,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from gwcore.policy.http_facts import HttpRequestFacts
 from gwcore.policy.model import Decision, Intention, ServiceName, Verdict
 
 WILDCARD = "*"
@@ -78,6 +85,9 @@ def _canonical(value: Any) -> Any:
         return [_canonical(v) for v in value]
     if isinstance(value, str | int | float | bool) or value is None:
         return value
+    as_consul = getattr(value, "as_consul", None)
+    if as_consul is not None:
+        return _canonical(as_consul())
     return repr(value)
 
 
@@ -129,7 +139,15 @@ class IntentionSet:
     to the destination, most specific first.
     """
 
-    __slots__ = ("_by_name", "_by_namespace", "_decisions", "_global", "_intentions", "_version")
+    __slots__ = (
+        "_by_name",
+        "_by_namespace",
+        "_decisions",
+        "_global",
+        "_intentions",
+        "_permission_decisions",
+        "_version",
+    )
 
     def __init__(self, intentions: Iterable[Intention] = ()) -> None:
         ordered = tuple(sorted(intentions, key=_order_key))
@@ -155,6 +173,7 @@ class IntentionSet:
                 exact.setdefault((dst.partition, dst.namespace, dst.name), []).append(i)
         # The decision an intention makes never changes: built once, on first match.
         self._decisions: dict[int, Decision] = {}
+        self._permission_decisions: dict[tuple[int, int], Decision] = {}
         self._global = tuple(anywhere)
         self._by_namespace = {k: _merge(v, anywhere) for k, v in by_ns.items()}
         self._by_name = {k: _merge(v, by_ns.get(k[:2], ()), anywhere) for k, v in exact.items()}
@@ -181,11 +200,18 @@ class IntentionSet:
             return found
         return self._by_namespace.get(key[:2], self._global)
 
-    def decide(self, source: ServiceName, destination: ServiceName) -> Decision:
-        """Allow, deny or abstain for ``source`` connecting to ``destination`` over L4.
+    def decide(
+        self,
+        source: ServiceName,
+        destination: ServiceName,
+        http: HttpRequestFacts | None = None,
+    ) -> Decision:
+        """Allow, deny or abstain for ``source`` reaching ``destination``.
 
-        The decision's engine is ``"intentions"`` and its reason names the intention
-        that matched, its precedence and its origin; with no match the verdict is
+        ``http`` is the request (its path already normalised) at an L7 destination, or
+        ``None`` for an L4 connection (module rules 4 and 5). The decision's engine is
+        ``"intentions"``; its reason names the intention that matched, its precedence,
+        its origin and, per request, the permission; with no match the verdict is
         ``ABSTAIN`` so the site's default policy decides.
         """
         unverifiable = 0
@@ -194,6 +220,8 @@ class IntentionSet:
                 unverifiable += _matches(intention.source, source)
                 continue
             if _matches(intention.source, source) and _matches(intention.destination, destination):
+                if http is not None and intention.permissions:
+                    return self._per_request(intention, http)
                 decision = self._decisions.get(id(intention))
                 if decision is None:
                     decision = self._decisions[id(intention)] = _decision_for(intention)
@@ -210,14 +238,46 @@ class IntentionSet:
             f"no intention matches {_pair(source)} => {_pair(destination)}{skipped}",
         )
 
+    def _per_request(self, intention: Intention, http: HttpRequestFacts) -> Decision:
+        for index, permission in enumerate(intention.permissions):
+            if permission.matches(http):
+                key = (id(intention), index)
+                decision = self._permission_decisions.get(key)
+                if decision is None:
+                    decision = self._permission_decisions[key] = _permission_decision(
+                        intention, index
+                    )
+                return decision
+        return Decision(
+            Verdict.ABSTAIN,
+            ENGINE,
+            f"{_matched(intention)}: no permission matches {http.method} {http.path_only}; "
+            "the default policy applies",
+        )
+
 
 def _pair(service: ServiceName) -> str:
     return f"{service.namespace}/{service.name}"
 
 
-def _decision_for(intention: Intention) -> Decision:
+def _matched(intention: Intention) -> str:
     where = f", from {intention.origin}" if intention.origin else ""
-    matched = f"matched intention {intention}, precedence {precedence(intention)}{where}"
+    return f"matched intention {intention}, precedence {precedence(intention)}{where}"
+
+
+def _permission_decision(intention: Intention, index: int) -> Decision:
+    permission = intention.permissions[index]
+    verdict = Verdict.ALLOW if permission.action == "allow" else Verdict.DENY
+    return Decision(
+        verdict,
+        ENGINE,
+        f"{_matched(intention)}: permission {index} ({permission.describe()}) "
+        + ("allows" if verdict is Verdict.ALLOW else "denies"),
+    )
+
+
+def _decision_for(intention: Intention) -> Decision:
+    matched = _matched(intention)
     if intention.permissions:
         return Decision(Verdict.DENY, ENGINE, f"{matched}: L7 intentions deny on L4 connections")
     if intention.action == "allow":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from gwcore.policy.http_facts import MeshHttp
+from gwcore.policy.l7_permissions import HttpPermission
 
 DEFAULT_NAMESPACE = "default"
 DEFAULT_PARTITION = "default"
@@ -178,14 +179,16 @@ class Destination:
 class Intention:
     """One source of a ``service-intentions`` config entry, flattened with its destination.
 
-    ``permissions`` is non-empty for an L7 intention; on an L4 connection such an
-    intention matches but denies, as Consul's authorize endpoint does.
+    ``permissions`` is non-empty for an L7 intention: per request the first matching
+    permission decides; on an L4 connection such an intention matches but denies, as
+    Consul's authorize endpoint does.
     """
 
     source: ServiceName
     destination: ServiceName
     action: str  # "allow" | "deny" | "" (L7)
-    permissions: tuple[Mapping[str, object], ...] = ()
+    permissions: tuple[HttpPermission, ...] = ()
+    """Compiled L7 permissions, in entry order (``l7_permissions.py``)."""
     description: str = ""
     origin: str = ""  # where it came from: a file path or an API index, for the decision reason
     # A source in a cluster peer, or any member of a sameness group: an identity tgw

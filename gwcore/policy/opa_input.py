@@ -14,7 +14,9 @@ keys), so a policy written for Envoy's TCP check runs unchanged::
     input.attributes.destination.labels                destination catalog metadata
     input.attributes.tlsSession.sni                    requested server name, as sent
     input.version                                      {"ext_authz": "v3", "encoding": "protojson"}
-    input.parsed_path / parsed_query                   [""] / {} (no HTTP request)
+    input.attributes.request.http                      the request, at L7 destinations
+                                                       (``opa_http.py``)
+    input.parsed_path / parsed_query                   [""] / {} without an HTTP request
     input.parsed_body / truncated_body                 null / false
     input.tgw                                          tgw's own facts (the one extra key)
 
@@ -39,7 +41,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from gwcore.policy.http_facts import HttpRequestFacts
 from gwcore.policy.model import Destination, SpiffeID
+from gwcore.policy.opa_http import (
+    http_cache_key_document,
+    http_request_attributes,
+    parsed_path_and_query,
+)
 from gwcore.policy.opa_result import result_object_problem
 
 MAX_REASON_CHARS = 500
@@ -98,12 +106,14 @@ def build_input(
     gateway_port: int,
     requested_server_name: str = "",
     peer_certificate_pem: str | None = None,
+    http: HttpRequestFacts | None = None,
 ) -> dict[str, Any]:
     """The input document for one connection (see the module docstring and docs/opa.md).
 
     ``sni`` is the normalised name tgw routed on; ``requested_server_name`` the name
     as the client sent it (``sni`` when not known). ``peer_certificate_pem`` is set
-    only with ``include_peer_certificate``. Only JSON types; the destination's
+    only with ``include_peer_certificate``. ``http`` is the request being decided at
+    an L7 destination (``None`` for an L4 connection). Only JSON types; the destination's
     metadata is copied (sorted) so the document never aliases catalog state.
     """
     labels = {k: destination.meta[k] for k in sorted(destination.meta)}
@@ -125,11 +135,16 @@ def build_input(
     attributes: dict[str, Any] = {"source": source_peer, "destination": destination_peer}
     if server_name:
         attributes["tlsSession"] = {"sni": server_name}
+    parsed_path: list[str] = [""]
+    parsed_query: dict[str, list[str]] = {}
+    if http is not None:
+        attributes["request"] = http_request_attributes(http)
+        parsed_path, parsed_query = parsed_path_and_query(http.path)
     return {
         "attributes": attributes,
         "version": dict(EXT_AUTHZ_VERSION),
-        "parsed_path": [""],
-        "parsed_query": {},
+        "parsed_path": parsed_path,
+        "parsed_query": parsed_query,
         "parsed_body": None,
         "truncated_body": False,
         "tgw": {
@@ -159,8 +174,9 @@ def build_input(
 
 
 def cache_key(document: Mapping[str, Any]) -> str:
-    """The decision cache's key for ``document``: all of it, canonically serialised."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+    """The decision cache's key for ``document``: all of it, canonically serialised,
+    except a request's ``attributes.request.http.id`` (``opa_http.py`` says why)."""
+    return json.dumps(http_cache_key_document(document), sort_keys=True, separators=(",", ":"))
 
 
 # --- results -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gwcore.policy.destinations import destination_sni
+from gwcore.policy.http_facts import DEFAULT_MESH_HTTP, MeshHttp, is_l7
 from gwcore.policy.model import CatalogSnapshot, Destination, Endpoint, Intention, ServiceName
 from gwcore.policy.sni import service_sni
 
@@ -65,6 +66,28 @@ def merge_mesh_gateways(snapshots: Sequence[CatalogSnapshot]) -> Mapping[str, tu
         for entry in snapshot.mesh_gateways:
             gateways.setdefault(entry.datacenter, entry.endpoints)
     return MappingProxyType(gateways)
+
+
+def merge_mesh_http(snapshots: Sequence[CatalogSnapshot]) -> MeshHttp:
+    """The ``mesh`` entry's HTTP options of the first snapshot, in stack order, that has
+    one (a source without a ``mesh`` entry says nothing); Consul's defaults otherwise."""
+    return next((s.mesh_http for s in snapshots if s.mesh_http is not None), DEFAULT_MESH_HTTP)
+
+
+def serves_l7(destination: Destination) -> bool:
+    """True when a route to ``destination`` is served request by request (L7).
+
+    A linked service whose protocol is HTTP-like (``http``, ``http2``, ``grpc``) is; a
+    ``service-defaults`` ``Destination`` (the ``destination.`` routes) is always served
+    at L4, whatever its protocol: Consul's documentation says L7 intentions are not
+    supported for destinations (reference §3; :mod:`gwcore.policy.destinations`), so
+    tgw keeps them byte-exact and an intention with ``Permissions`` to one denies, as it
+    does for a ``tcp`` service. (Consul's xDS code is more lenient than its documentation:
+    ``makeFilterChainTerminatingGateway`` in ``agent/xds/listeners.go`` builds a
+    destination's filter chain from its protocol, HTTP filter and L7 RBAC included; tgw
+    keeps the documented, stricter rule and ``tgw check-config`` warns.)
+    """
+    return is_l7(destination.protocol) and not destination.egress
 
 
 class RouteTable:
@@ -151,6 +174,7 @@ class RouteTable:
                 "partition": d.service.partition,
                 "datacenter": d.datacenter,
                 "protocol": d.protocol,
+                "l7": serves_l7(d),
                 "tls": d.tls.mode.value,
                 "lb_policy": d.lb_policy,
                 "subset": d.subset,

@@ -90,11 +90,11 @@ class Authorizer:
                 answer.addErrback(self._engine_failed, engine)
                 waiting = True
             answers.append(answer)
-        service = request.destination.name
+        destination = request.destination
 
         def combined(decisions: list[Decision]) -> Decision:
             decision = combine(decisions, self.config.default_policy)
-            self.children.decision(service, decision.engine, decision.verdict.value).inc()
+            self.children.decision(destination, decision.engine, decision.verdict.value).inc()
             return decision
 
         if not waiting:

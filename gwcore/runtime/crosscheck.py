@@ -24,6 +24,7 @@ from gwcore.policy.consul_shapes import (
 )
 from gwcore.policy.model import Destination
 from gwcore.policy.spiffe import IdentityError, parse_spiffe_id
+from gwcore.runtime.crosscheck_l7 import l7_catalog_warnings
 from gwcore.runtime.upstream_files import destination_file_problems
 
 
@@ -65,6 +66,7 @@ def check_site(site: SiteConfig) -> SiteFindings:
         findings.warnings += _catalog_warnings(site, docs)
         findings.unrouted = _unrouted_intentions(site, docs, findings.destinations)
         findings.warnings += _upstream_file_warnings(site, findings.destinations)
+        findings.warnings += l7_catalog_warnings(site, docs, findings.destinations)
     findings.warnings += _file_certs_warnings(site)
     return findings
 

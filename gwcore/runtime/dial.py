@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from gwcore.contract.endpoint_choice import choose_endpoints
 from gwcore.contract.events import EventSink, UpstreamConnected, UpstreamFailed
-from gwcore.contract.metrics import GatewayMetrics, SiteChildren
+from gwcore.contract.metrics import GatewayMetrics, SiteChildren, service_key
 from gwcore.contract.metrics_series import remove_series
 from gwcore.contract.providers import UpstreamStrategy
 from gwcore.net.upstream import UpstreamConnectError, choose_strategy, connect_first_available
@@ -98,15 +98,14 @@ class Dialer:
             endpoints = choose_endpoints(self._events, info, destination, endpoints)
         endpoints = endpoints[: self.config.max_connect_attempts]
         timeout = destination.connect_timeout or self.config.connect_timeout
+        of = self.children.of
 
         def on_failure(endpoint: Endpoint, reason: str, detail: str, final: bool) -> None:
-            self.metrics.upstream_connect_failures.labels(
-                site=self.name, service=service, reason=reason
-            ).inc()
+            of(self.metrics.upstream_connect_failures, destination, reason=reason).inc()
             if reason not in CONFIG_FAILURES:
                 ejected = self.picker.failed(destination, endpoint, self.reactor.seconds())
                 if ejected is not None:
-                    self.metrics.upstream_ejections.labels(site=self.name, service=service).inc()
+                    of(self.metrics.upstream_ejections, destination).inc()
                     self.log.warn(
                         "endpoint {endpoint} of {service} ejected for {seconds:g}s "
                         "after consecutive connect failures",
@@ -140,10 +139,8 @@ class Dialer:
                 self.export_endpoints(destination)  # healthy again
             self.picker.opened(destination, endpoint)
             if attempts > 1:
-                self.metrics.upstream_retries.labels(site=self.name, service=service).inc(
-                    attempts - 1
-                )
-            self.children.service(service).upstream_connect_seconds.observe(seconds)
+                of(self.metrics.upstream_retries, destination).inc(attempts - 1)
+            self.children.service(destination).upstream_connect_seconds.observe(seconds)
             if self._events.has_listeners("tgw_upstream_connected"):
                 self._events.dispatch(
                     "tgw_upstream_connected",
@@ -159,11 +156,9 @@ class Dialer:
 
         def unavailable(reason: Any) -> Any:
             if len(endpoints) > 1:
-                self.metrics.upstream_retries.labels(site=self.name, service=service).inc(
-                    len(endpoints) - 1
-                )
+                of(self.metrics.upstream_retries, destination).inc(len(endpoints) - 1)
             if not reason.check(CancelledError):
-                self.metrics.upstream_unavailable.labels(site=self.name, service=service).inc()
+                of(self.metrics.upstream_unavailable, destination).inc()
                 self.log.warn(
                     "no endpoint of {service} reachable: {detail}",
                     service=service,
@@ -185,11 +180,11 @@ class Dialer:
     ) -> None:
         """Forget balancing state and gauges of services no longer routed; export the rest."""
         self.picker.prune(destinations)
-        gone = {d.name for _, d in old} - {d.name for _, d in routes}
+        gone = {service_key(d) for _, d in old} - {service_key(d) for _, d in routes}
         for service in gone:
             self.children.forget(service)
             for state in ("healthy", "ejected", "total"):
-                remove_series(self.metrics.upstream_endpoints, self.name, service, state)
+                remove_series(self.metrics.upstream_endpoints, self.name, *service, state)
         for _, destination in routes:
             self.export_endpoints(destination)
 
@@ -200,10 +195,8 @@ class Dialer:
         live = [e for e in destination.endpoints if e.health is not Health.CRITICAL]
         usable = self.picker.usable(destination, now)
         ejected = len(live) - len(usable) if len(usable) < len(live) else 0
-        gauge = self.metrics.upstream_endpoints
-        gauge.labels(site=self.name, service=destination.name, state="total").set(
-            len(destination.endpoints)
-        )
+        gauge, of = self.metrics.upstream_endpoints, self.children.of
+        of(gauge, destination, state="total").set(len(destination.endpoints))
         healthy = len(self.picker.healthy(destination, now))
-        gauge.labels(site=self.name, service=destination.name, state="healthy").set(healthy)
-        gauge.labels(site=self.name, service=destination.name, state="ejected").set(ejected)
+        of(gauge, destination, state="healthy").set(healthy)
+        of(gauge, destination, state="ejected").set(ejected)

@@ -85,7 +85,7 @@ class Forwarder:
             return
         up, down = conn.bytes_up - conn.reported_up, conn.bytes_down - conn.reported_down
         if up or down:
-            children = self.children.service(conn.destination.name)
+            children = self.children.service(conn.destination)
             if up:
                 children.bytes_upstream.inc(up)
                 conn.reported_up = conn.bytes_up
@@ -113,10 +113,9 @@ class Forwarder:
     def closed(self, conn: DownstreamProtocol) -> None:
         """Flush ``conn``'s bytes, observe its duration, write its record, send the event."""
         self.flush_bytes(conn)
-        service = conn.destination.name if conn.destination is not None else ""
-        self.children.closed(service, conn.close_cause or "unknown").inc()
+        self.children.closed(conn.destination, conn.close_cause or "unknown").inc()
         if conn.destination is not None and conn.endpoint is not None:
-            self.children.service(conn.destination.name).connection_seconds.observe(
+            self.children.service(conn.destination).connection_seconds.observe(
                 time.time() - conn.started
             )
         listeners = self._events.has_listeners("tgw_connection_closed")

@@ -109,11 +109,16 @@ class L7Exchange:
     def request_end(self, trailers: Headers | None = None) -> None:
         if self.finished or self.stream is None:
             return
-        self.stream.send_end(trailers)
         flow = self.flow
         if flow is not None and self.step.wants("tgw_http_request"):
+            # Before the end goes upstream: an addon may still change the trailers, or
+            # answer (or fail closed) and the upstream never gets a complete request.
             flow.request.trailers = trailers
             self.step.dispatch("tgw_http_request", flow)
+            if self._addon_answered(flow):
+                return
+            trailers = flow.request.trailers
+        self.stream.send_end(trailers)
 
     def client_gone(self, reason: str) -> None:
         if self.finished:
@@ -249,6 +254,8 @@ class L7Exchange:
             flow.response = response
             if self.step.wants("tgw_http_responseheaders"):
                 self.step.dispatch("tgw_http_responseheaders", flow)
+                if self._addon_answered(flow):  # an addon failed (502) or answered
+                    return
                 response = flow.response or response
         drop = hop_by_hop(response.headers)
         headers = Headers((k, v) for k, v in response.headers if k.lower() not in drop)
@@ -306,11 +313,25 @@ class L7Exchange:
             writer.write_data(body)
         writer.write_end(None)
 
+    def _addon_answered(self, flow: HttpFlow) -> bool:
+        """After a hook: an addon's answer (or a fail-closed one) replaces the upstream's,
+        whose stream is dropped unless a response head already went out."""
+        if flow.answered_by is None or flow.response is None or self.head_written:
+            return False
+        if self.stream is not None:
+            self.stream.cancel(f"answered by {flow.answered_by}")
+        self._answer_flow(flow)
+        return True
+
     def _answer_flow(self, flow: HttpFlow) -> None:
         response = flow.response
         assert response is not None
         body = response.body or b""
         headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
+        if flow.addon_error is not None:
+            self.error = f"addon_error: {flow.addon_error}"
+        if self.step.wants("tgw_http_response"):
+            self.step.dispatch("tgw_http_response", flow)
         self._answer(response.status, body, None, headers)
 
     def _failed_hook(self, error: str) -> None:
@@ -369,6 +390,7 @@ class L7Exchange:
             "engine": decision.engine if decision is not None else None,
             "reason": decision.reason if decision is not None else None,
             "error": self.error,
+            "answered_by": self.flow.answered_by if self.flow is not None else None,
         }
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from gwcore.contract.metrics import service_labels
+from gwcore.net.h2_upstream import Http2Pool
 from gwcore.net.http1_client import Http1Pool, PoolLimits
 from gwcore.net.l7_core import L7Limits, UpstreamFailure
 from gwcore.net.l7_session import L7Session
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="tgw.http")
 
-UPSTREAM_CLIENTS: dict[str, Any] = {"http": Http1Pool}
+UPSTREAM_CLIENTS: dict[str, Any] = {"http": Http1Pool, "http2": Http2Pool, "grpc": Http2Pool}
 """Upstream client (pool) class per destination protocol. A protocol is served in L7
 mode only once it has one (HTTP/2 and gRPC register theirs with their codec); until
 then its destinations stay L4."""
@@ -196,7 +198,9 @@ class L7Step:
         site = self.site
         reason = "engine_error" if decision.reason.startswith(ERROR_PREFIX) else decision.engine
         service = conn.destination.name
-        site.metrics.http_denied.labels(site=site.name, service=service, reason=reason).inc()
+        site.metrics.http_denied.labels(
+            site=site.name, **service_labels(conn.destination), reason=reason
+        ).inc()
         log.info(
             "denied {source} -> {destination} {method} {path}: {engine}: {reason}",
             source=conn.identity,
@@ -218,17 +222,17 @@ class L7Step:
     def finished(self, exchange: L7Exchange) -> None:
         site = self.site
         conn = exchange.conn
-        service = conn.destination.name
         status = exchange.status
         code_class = f"{status // 100}xx" if status else "none"
         metrics = site.metrics
+        labels = service_labels(conn.destination)
         metrics.http_requests.labels(
             site=site.name,
-            service=service,
+            **labels,
             method_class=exchange.method_class(),
             code_class=code_class,
         ).inc()
-        metrics.http_request_seconds.labels(site=site.name, service=service).observe(
+        metrics.http_request_seconds.labels(site=site.name, **labels).observe(
             max(0.0, _elapsed(exchange))
         )
         writer = site.forwarder.access_log

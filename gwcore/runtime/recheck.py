@@ -35,7 +35,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
-from OpenSSL import SSL, crypto
+from OpenSSL import crypto
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -140,6 +140,8 @@ class LiveRecheck:
         self.successor: Site | None = None
         self._adopted: list[Site] = []
         self._bundles: Mapping[str, Sequence[Any]] | None = None
+        self.retired: str | None = None
+        """Why a reload removed the site, once it did."""
 
     # --- which connections ---------------------------------------------------------
 
@@ -216,8 +218,11 @@ class LiveRecheck:
         if self.successor is None:
             self._check_routes(self.live())
 
-    def _check_routes(self, conns: Iterator[DownstreamProtocol]) -> None:
-        routes, _ = self.site.current()
+    def _check_routes(
+        self, conns: Iterator[DownstreamProtocol], routes: RouteTable | None = None
+    ) -> None:
+        if routes is None:
+            routes, _ = self.site.current()
         for conn in list(conns):
             destination = routes.lookup(conn.sni) if conn.sni else None
             if destination is None:
@@ -229,6 +234,36 @@ class LiveRecheck:
                     f"{conn.sni} now routes to {destination.name}, not {conn.destination.name}",
                 )
 
+    def accepted(self, conn: DownstreamProtocol) -> bool:
+        """``conn`` just finished its handshake, verified and routed against the routes
+        and roots of its accept time: if either changed since (a client may hold a bare
+        TCP connection open across the change), check it against those of now, as the
+        re-check did for the connections already live. True: it was closed. (A live
+        connection asked again after a policy change is not this check's business.)"""
+        if conn.state is not State.AUTHORIZING:
+            return False
+        authority = self.authority()
+        if authority.recheck.retired is not None:
+            self.close(conn, "route_removed", authority.recheck.retired)
+            return True
+        routes, material = authority.current()
+        if routes is not conn.routes:
+            self._check_routes(iter([conn]), routes)
+        identity = conn.identity
+        if conn.state is State.CLOSED or material is conn.material or identity is None:
+            return conn.state is State.CLOSED
+        leaf = conn.tls.get_peer_certificate() if conn.tls is not None else None
+        if leaf is not None:
+            refused = material.trust.still_trusted(conn.material.trust, identity.trust_domain, leaf)
+            if refused is not None:
+                self.close(
+                    conn,
+                    "trust_root_removed",
+                    f"its issuing root left the {identity.trust_domain} bundle "
+                    f"during its handshake ({refused})",
+                )
+        return conn.state is State.CLOSED
+
     def roots_changed(self, before: Mapping[str, Sequence[Any]] | None = None) -> None:
         """Certificates changed: if a trust root left a trust domain's bundle, close
         the clients of that domain it vouched for.
@@ -236,8 +271,9 @@ class LiveRecheck:
         A connection is closed when its client chain verifies against its identity's
         trust domain's bundle ``before`` (default: those of the last call) and not
         against the current one (a root removed, or now configured for another
-        domain); one whose chain cannot be rebuilt either way (a resumed session
-        keeps no intermediates) is not this change's business.
+        domain); a resumed session's chain is rebuilt with the intermediates
+        remembered from its full handshake. One whose chain cannot be rebuilt either
+        way is not this change's business.
         """
         bundles = self.site.trust_bundles()
         if before is None:
@@ -262,7 +298,7 @@ class LiveRecheck:
             if td not in stores:
                 stores[td] = (_store(before[td]), _store(bundles.get(td, ())))
             old, new = stores[td]
-            if _chains(conn.tls, old) and not _chains(conn.tls, new):
+            if _chains(conn, old) and not _chains(conn, new):
                 self.close(conn, "trust_root_removed", "its issuing root is no longer trusted")
 
     def adopt(self, old: Site) -> None:
@@ -278,7 +314,9 @@ class LiveRecheck:
         self.policy_changed()
 
     def retire(self, reason: str) -> None:
-        """The site is removed by a reload: its routes are gone with it."""
+        """The site is removed by a reload: its routes are gone with it (also for the
+        connections still in their handshake: :meth:`accepted`)."""
+        self.retired = reason
         for conn in list(self.live()):
             self.close(conn, "route_removed", reason)
 
@@ -320,17 +358,20 @@ def _store(roots: Sequence[Any]) -> crypto.X509Store:
     return store
 
 
-def _chains(tls: SSL.Connection | None, store: crypto.X509Store) -> bool:
-    """Whether the client certificate of ``tls`` verifies against ``store``."""
+def _chains(conn: DownstreamProtocol, store: crypto.X509Store) -> bool:
+    """Whether the client certificate of ``conn`` verifies against ``store``."""
+    tls = conn.tls
     if tls is None:
         return True
     leaf = tls.get_peer_certificate()
     if leaf is None:
         return True  # nothing was verified by a certificate: nothing to revoke here
-    # On a server the peer chain holds the intermediates, without the leaf.
+    # On a server the peer chain holds the intermediates, without the leaf; a resumed
+    # session's holds none, so add those remembered when the leaf was first verified.
     chain = [
         c for c in tls.get_peer_cert_chain() or () if c.digest("sha256") != leaf.digest("sha256")
     ]
+    chain += conn.material.trust.intermediates(leaf)
     try:
         crypto.X509StoreContext(store, leaf, chain).verify_certificate()
     except crypto.X509StoreContextError:

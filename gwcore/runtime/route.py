@@ -32,14 +32,19 @@ from gwcore.contract.providers import (
     LeafCertificate,
     TrustRoot,
 )
-from gwcore.net.client_trust import TrustBundles, misconfigured
+from gwcore.net.client_trust import TrustBundles, malformed, misconfigured
 from gwcore.net.hostnames import HostnameEndpoints
 from gwcore.net.resolver import DNSResolver
 from gwcore.net.tls import ServerTLS, ServerTLSBuilder
 from gwcore.policy.config import SiteConfig
 from gwcore.policy.dns_records import Family, RefreshPolicy, parse_nameserver
 from gwcore.policy.model import CatalogSnapshot, ServiceName
-from gwcore.policy.routes import RouteTable, merge_mesh_gateways, merge_snapshots
+from gwcore.policy.routes import (
+    RouteTable,
+    merge_mesh_gateways,
+    merge_mesh_http,
+    merge_snapshots,
+)
 
 Installed = Callable[[RouteTable, RouteTable, CatalogView], None]
 """``installed(old, new, view)``: called once the new table and TLS material are in place."""
@@ -70,6 +75,7 @@ class Router:
         self._installed = installed
         self._events = events
         self._warned_untagged: set[str] = set()
+        self._refused_items: set[tuple[str, str]] = set()
         # A mesh site terminates nothing: it keeps the certificate-less base context.
         self.terminates_tls = terminates_tls
         self._tls_builder = ServerTLSBuilder(
@@ -112,6 +118,10 @@ class Router:
         seen: set[tuple[str, bytes]] = set()
         for provider in self._certificates():
             for item in provider.trust_roots():
+                problem = malformed(item)
+                if problem is not None:  # left out: trusted for nothing
+                    self._refused_item(provider.name, problem)
+                    continue
                 if not isinstance(item, TrustRoot):
                     self._untagged(provider.name)
                     item = TrustRoot(item, self.config.trust_domain)
@@ -133,6 +143,18 @@ class Router:
     def trust_bundles(self) -> Mapping[str, Sequence[Any]]:
         """The current roots by configured trust domain (misconfigured ones left out)."""
         return TrustBundles.build(self.tagged_roots()).roots
+
+    def _refused_item(self, provider: str, problem: str) -> None:
+        if (provider, problem) in self._refused_items:
+            return  # once per provider and problem, however often the roots are read
+        self._refused_items.add((provider, problem))
+        self.log.error(
+            "certificate provider {provider!r} returned a trust root that cannot be used "
+            "({problem}): it is left out and vouches for no client; fix the provider to "
+            "return TrustRoot(certificate, trust_domain) (gwcore.contract.providers)",
+            provider=provider,
+            problem=problem,
+        )
 
     def _untagged(self, provider: str) -> None:
         if provider in self._warned_untagged:
@@ -229,7 +251,9 @@ class Router:
                             "{provider} could not prepare leaves: {e}", provider=provider.name, e=e
                         )
                 gateways = merge_mesh_gateways(snapshots)
-                self._install(routes, CatalogView(destinations, intentions, version, gateways))
+                mesh_http = merge_mesh_http(snapshots)
+                view = CatalogView(destinations, intentions, version, gateways, mesh_http)
+                self._install(routes, view)
                 if not self._rebuild_again:
                     return
         finally:

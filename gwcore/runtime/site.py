@@ -48,7 +48,8 @@ from gwcore.net.tls import ServerTLS
 from gwcore.policy.admission import Admission
 from gwcore.policy.balancing import EndpointPicker
 from gwcore.policy.config import GatewayConfig, SiteConfig
-from gwcore.policy.model import Decision, ServiceName
+from gwcore.policy.consul_mesh_entry import describe_mesh_http
+from gwcore.policy.model import Decision, ServiceName, Verdict
 from gwcore.policy.routes import RouteTable
 from gwcore.runtime.accept import Acceptor
 from gwcore.runtime.authorize import Authorizer
@@ -246,6 +247,8 @@ class Site:
         return self.router.current()
 
     def authorize(self, conn: DownstreamProtocol) -> Deferred[Decision]:
+        if self.recheck.accepted(conn):  # routes or roots changed during its handshake
+            return succeed(Decision(Verdict.DENY, "recheck", conn.close_cause or "closed"))
         if self.l7.serves(conn):
             return succeed(PER_REQUEST)  # each request is decided (runtime.l7_exchange)
         request = self.authorizer.request(conn)
@@ -397,6 +400,8 @@ class Site:
             "trust_domain": self.config.trust_domain,
             "version": self.router.routes.version,
             "routes": self.router.routes.describe(),
+            # The mesh entry's HTTP options in force (L7 routes normalise paths so).
+            "mesh_http": describe_mesh_http(self.router.view.mesh_http),
         }
 
     def describe_certificates(self) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class _Root(MultiService):
         parent.setComponent(
             ILogObserver,
             gateway_observer(
-                lambda: _app_logger(server)._getLogObserver(),
+                lambda: _text_observer(server),
                 lambda: _log_stream(server),
                 level,
                 self._config.log_format,
@@ -85,12 +85,26 @@ def _app_logger(server: Any) -> Any:
     return AppLogger(server)
 
 
+def _text_observer(server: Any) -> Any:
+    """twistd's observer, except that ``-n`` without ``--logfile`` writes to standard
+    error: standard output is the access log's (``access_log = "-"``), and the two
+    never share a stream unless asked to (``--logfile -``)."""
+    if server.get("nodaemon") and not server.get("logfile"):
+        from twisted.logger import textFileLogObserver
+
+        return textFileLogObserver(_log_stream(server))
+    return _app_logger(server)._getLogObserver()
+
+
 def _log_stream(server: Any) -> Any:
-    """Where twistd would write its log: standard output with ``-n`` (or ``--logfile -``),
+    """Where the application log goes: standard error with ``-n`` (twistd would use
+    standard output, which is the access log's), standard output for ``--logfile -``,
     else the ``--logfile`` (rotated as twistd rotates it)."""
     name = server.get("logfile") or ""
-    if name == "-" or (server.get("nodaemon") and not name):
+    if name == "-":
         return sys.stdout
+    if server.get("nodaemon") and not name:
+        return sys.stderr
     from twisted.python.logfile import LogFile
 
     return LogFile.fromFullPath(name or "twistd.log")

@@ -288,10 +288,11 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     checked = check_config(args.config)
     config = checked.config
-    # The same level, format and quiet as the supervisor's log (gwcore.runtime.logsetup).
+    # The same level, format and quiet as the supervisor's log (gwcore.runtime.logsetup),
+    # on standard error: standard output is the access log's (access_log = "-").
     observer = gateway_observer(
-        lambda: textFileLogObserver(sys.stdout),
-        lambda: sys.stdout,
+        lambda: textFileLogObserver(sys.stderr),
+        lambda: sys.stderr,
         args.log_level or (config.log_level if config else "info"),
         config.log_format if config else "text",
     )

@@ -30,7 +30,8 @@ What it emulates:
   ``/v1/catalog/datacenters`` and ``/v1/internal/federation-states/mesh-gateways``, what
   a mesh gateway reads (:mod:`gwcore.testing.consul_mesh`);
 - ``GET/PUT/DELETE /v1/config...`` for config entries (404 for a missing one), one
-  entry per kind, name, namespace and partition (``?ns=``, ``?partition=``);
+  entry per kind, name, namespace and partition (``?ns=``, ``?partition=``), one index
+  per kind; ``proxy-defaults``/``mesh`` have fixed names (consul_state rule 7);
 - ``GET /v1/agent/connect/ca/roots`` with every root listed and one active, root
   rotation (:meth:`ConsulDouble.rotate_root`) and removal;
 - ``GET /v1/agent/connect/ca/leaf/:svc`` (``?ns=``, ``?partition=``): leaves signed by
@@ -87,7 +88,7 @@ from gwcore.testing.consul_http import (
     wait_deferred,
 )
 from gwcore.testing.consul_mesh import _MeshEndpoints
-from gwcore.testing.consul_state import CatalogStore, Indexes
+from gwcore.testing.consul_state import CatalogStore, ConfigEntryError, Indexes
 from gwcore.testing.fakes import TRUST_DOMAIN
 
 if TYPE_CHECKING:
@@ -472,7 +473,10 @@ class ConsulDouble(_ConnectCA, _AgentEndpoints, _MeshEndpoints):
                 self.deregister(body["Node"], body.get("ServiceID"))
                 return b"true"
             if rest == ["config"]:
-                self.put_config(body)
+                try:
+                    self.put_config(body)
+                except ConfigEntryError as e:
+                    raise _HTTPError(500, str(e)) from None
                 return b"true"
             if rest[:3] == ["agent", "service", "register"]:
                 self._agent_register(body)

@@ -21,6 +21,11 @@ Rules, as ``agent/consul/state/catalog.go`` and ``config_entry.go`` apply them
 6. Config entries read back carry ``CreateIndex``, ``ModifyIndex`` and ``Hash`` (a
    uint64 of the content), and a ``service-intentions`` source without a namespace or
    partition inherits the destination's (``normalize()``).
+7. A config entry's kind has one index (``config:<kind>``): any write or delete of an
+   entry of that kind moves it, so ``/v1/config/<kind>`` answers; a write that changes
+   nothing moves nothing (rule 2). ``proxy-defaults`` is always named ``global`` (an
+   empty name becomes it, any other is refused with Consul's error) and ``mesh`` always
+   ``mesh`` (``ProxyConfigEntry.Normalize``, ``MeshConfigEntry.GetName``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ import json
 from typing import Any
 
 _INDEX_FIELDS = ("CreateIndex", "ModifyIndex")
+# Kinds whose one entry (per partition) has a fixed name.
+_FIXED_NAMES = {"proxy-defaults": "global", "mesh": "mesh"}
+
+
 DEFAULT = "default"
+
+
+class ConfigEntryError(ValueError):
+    """A config entry Consul refuses to write (answered with a 500 and this text)."""
 
 
 def content_hash(entry: dict[str, Any]) -> int:
@@ -301,6 +314,12 @@ def scoped(name: str, namespace: str | None, partition: str | None) -> str:
 def _normalise(entry: dict[str, Any]) -> dict[str, Any]:
     """Consul's ``normalize()`` for what the double stores (rule 6)."""
     entry.pop("Hash", None)
+    fixed = _FIXED_NAMES.get(entry.get("Kind", ""))
+    if fixed is not None:
+        name = entry.get("Name") or ""
+        if name not in ("", fixed):
+            raise ConfigEntryError(f'invalid name ("{name}"), only "{fixed}" is supported')
+        entry["Name"] = fixed
     for key in _INDEX_FIELDS:
         entry.pop(key, None)
     if entry.get("Kind") == "service-intentions":

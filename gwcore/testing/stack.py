@@ -34,6 +34,8 @@ from gwcore.contract.events import (
     UpstreamConnected,
     UpstreamFailed,
 )
+from gwcore.contract.http_addons import HttpAddons
+from gwcore.contract.http_flow import Headers, HttpFlow, HttpRequest, HttpResponse
 from gwcore.contract.metrics import GatewayMetrics
 from gwcore.contract.plugin_checks import engine_answer
 from gwcore.contract.plugin_host import PluginLoadError, PluginStack
@@ -205,6 +207,37 @@ def routes_changed(*services: str, **kw: Any) -> RoutesChanged:
 # --- metrics ---------------------------------------------------------------------------
 
 
+def http_flow(
+    method: str = "GET",
+    path: str = "/",
+    *,
+    source: str = "web",
+    service: str = "billing",
+    headers: Sequence[tuple[str, str]] = (),
+    **kw: Any,
+) -> HttpFlow:
+    """A request from ``source`` to the http destination ``service``, allowed by the
+    engines (``authority`` is the service name; ``headers`` go after ``host``)."""
+    request = HttpRequest(
+        method, path, authority=service, headers=Headers([("host", service), *headers])
+    )
+    values: dict[str, Any] = {
+        "request": request,
+        "source": identity(source),
+        "destination": destination(service, protocol="http"),
+        "site": SITE,
+        "conn": connection_info(),
+        "decision": Decision(Verdict.ALLOW, "intentions", "test"),
+    }
+    return HttpFlow(**{**values, **kw})
+
+
+def http_response(status: int = 200, headers: Sequence[tuple[str, str]] = ()) -> HttpResponse:
+    """An upstream's response head, to set as ``flow.response`` before
+    ``responseheaders``."""
+    return HttpResponse(status, Headers(headers))
+
+
 def metric_value(metrics: GatewayMetrics, name: str, **labels: str) -> float:
     """One sample (``0.0`` when absent): ``metric_value(m, "my_total", site="main")``.
     Counters are read by their sample name, with ``_total``."""
@@ -233,6 +266,12 @@ class LoadedStack:
         hook = EVENT_HOOK_OF[type(event)]
         self.stack.dispatch(hook, event, self.site.log, self.site.metrics)
         return event
+
+    @property
+    def http(self) -> HttpAddons:
+        """The site's HTTP addon hooks as the L7 driver calls them (stack order, answers,
+        fail-closed on a raise): ``loaded.http.request_headers(flow)``..."""
+        return HttpAddons(self.stack, self.site.log, self.site.metrics, self.config.key)
 
     def decide(self, request: AuthzRequest) -> Decision:
         """The site's decision for ``request`` from engines that answer at once (an engine

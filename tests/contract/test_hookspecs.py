@@ -27,13 +27,14 @@ def _hooks() -> dict[str, typing.Callable[..., object]]:
 
 
 HOOKS = _hooks()
+CONNECTION_HOOKS = tuple(h for h in hookspecs.EVENT_HOOKS if h not in hookspecs.HTTP_HOOKS)
 
 
 def _event_payload_classes() -> set[type]:
     """Each event hook's argument type and the gwcore.contract.events types in its payload."""
     found: set[type] = set()
     pending = [
-        typing.get_type_hints(HOOKS[name], vars(events))["event"] for name in hookspecs.EVENT_HOOKS
+        typing.get_type_hints(HOOKS[name], vars(events))["event"] for name in CONNECTION_HOOKS
     ]
     while pending:
         cls = pending.pop()
@@ -80,12 +81,33 @@ def test_every_hook_carries_the_project_prefix_and_a_docstring(name: str) -> Non
     assert doc and len(doc) > 20, f"{name} needs a docstring stating its contract"
 
 
-@pytest.mark.parametrize("name", hookspecs.EVENT_HOOKS)
+@pytest.mark.parametrize("name", CONNECTION_HOOKS)
 def test_event_hooks_take_one_payload_from_gwcore_events(name: str) -> None:
     """Addons receive exactly one typed payload, named ``event``."""
     assert list(inspect.signature(HOOKS[name]).parameters) == ["event"]
     payload = typing.get_type_hints(HOOKS[name], vars(events))["event"]
     assert dataclasses.is_dataclass(payload) and payload.__module__ == events.__name__
+
+
+@pytest.mark.parametrize("name", hookspecs.HTTP_HOOKS)
+def test_http_hooks_take_one_flow_named_flow(name: str) -> None:
+    """The per-request hooks are event hooks (stack order, async refused) whose one
+    argument is the mutable HttpFlow, named ``flow`` as in mitmproxy."""
+    from gwcore.contract import http_flow
+
+    assert name in hookspecs.EVENT_HOOKS
+    assert list(inspect.signature(HOOKS[name]).parameters) == ["flow"]
+    assert typing.get_type_hints(HOOKS[name], vars(http_flow))["flow"] is http_flow.HttpFlow
+
+
+def test_http_hooks_are_listed_in_the_order_of_a_request() -> None:
+    assert hookspecs.HTTP_HOOKS == (
+        "tgw_http_requestheaders",
+        "tgw_http_request",
+        "tgw_http_responseheaders",
+        "tgw_http_response",
+        "tgw_http_error",
+    )
 
 
 @pytest.mark.parametrize("name", hookspecs.PROVIDER_HOOKS)

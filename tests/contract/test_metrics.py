@@ -6,7 +6,16 @@ import os
 import subprocess
 import sys
 
-from gwcore.contract.metrics import GatewayMetrics, SiteChildren
+from gwcore.contract.metrics import GatewayMetrics, SiteChildren, service_key, service_labels
+from gwcore.policy.model import Destination, ServiceName
+
+BILLING = Destination(ServiceName("billing"), "dc1")
+SERVICE = {
+    "service": "billing",
+    "namespace": "default",
+    "partition": "default",
+    "datacenter": "dc1",
+}
 
 
 def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:
@@ -18,9 +27,9 @@ def test_site_children_are_the_families_own_children_resolved_once() -> None:
     and asking again returns the same child objects (no second ``labels()``)."""
     metrics = GatewayMetrics()
     children = SiteChildren(metrics, "main")
-    billing = children.service("billing")
-    assert children.service("billing") is billing
-    assert billing.connections is metrics.connections.labels(site="main", service="billing")
+    billing = children.service(BILLING)
+    assert children.service(BILLING) is billing
+    assert billing.connections is metrics.connections.labels(site="main", **SERVICE)
     children.accepted.inc()
     children.active.inc()
     billing.connections.inc()
@@ -28,11 +37,11 @@ def test_site_children_are_the_families_own_children_resolved_once() -> None:
     billing.bytes_downstream.inc(20)
     billing.upstream_connect_seconds.observe(0.002)
     billing.connection_seconds.observe(1.5)
-    allow = children.decision("billing", "intentions", "allow")
-    assert children.decision("billing", "intentions", "allow") is allow
+    allow = children.decision(BILLING, "intentions", "allow")
+    assert children.decision(BILLING, "intentions", "allow") is allow
     allow.inc()
     site = {"site": "main"}
-    svc = {"site": "main", "service": "billing"}
+    svc = {"site": "main", **SERVICE}
     assert sample(metrics, "tgw_downstream_accepted_total", **site) == 1
     assert sample(metrics, "tgw_downstream_connections_active", **site) == 1
     assert sample(metrics, "tgw_downstream_connections_total", **svc) == 1
@@ -50,10 +59,91 @@ def test_a_reloaded_site_with_the_same_name_counts_on_the_same_series() -> None:
     """A reload builds a new Site (and a new cache) on the same process metrics: the
     counts continue rather than restart."""
     metrics = GatewayMetrics()
-    SiteChildren(metrics, "main").service("db").connections.inc()
-    SiteChildren(metrics, "main").service("db").connections.inc()
-    labels = {"site": "main", "service": "db"}
+    SiteChildren(metrics, "main").service(BILLING).connections.inc()
+    SiteChildren(metrics, "main").service(BILLING).connections.inc()
+    labels = {"site": "main", **SERVICE}
     assert sample(metrics, "tgw_downstream_connections_total", **labels) == 2
+
+
+def test_one_name_in_two_namespaces_partitions_or_datacenters_keeps_apart_series() -> None:
+    """Two ``billing`` services (namespaces ``default`` and ``team``, partition ``ap2``,
+    datacenter ``dc2``) each count on their own series of every per-service family, with
+    ``service`` still the bare name; forgetting one leaves the others' series in place."""
+    metrics = GatewayMetrics()
+    children = SiteChildren(metrics, "main")
+    others = [
+        Destination(ServiceName("billing", "team"), "dc1"),
+        Destination(ServiceName("billing", "default", "ap2"), "dc1"),
+        Destination(ServiceName("billing"), "dc2"),
+    ]
+    for n, destination in enumerate([BILLING, *others], start=1):
+        children.service(destination).connections.inc(n)
+        children.closed(destination, "completed").inc(n)
+        children.decision(destination, "intentions", "deny").inc(n)
+        children.of(metrics.upstream_unavailable, destination).inc(n)
+        children.of(metrics.upstream_endpoints, destination, state="total").set(n)
+    names = (
+        "tgw_downstream_connections_total",
+        "tgw_connections_closed_total",
+        "tgw_authz_decisions_total",
+        "tgw_upstream_unavailable_total",
+        "tgw_upstream_endpoints",
+    )
+    for name in names:
+        series = {
+            (s.labels["namespace"], s.labels["partition"], s.labels["datacenter"]): s.value
+            for f in metrics.registry.collect()
+            for s in f.samples
+            if s.name == name
+        }
+        assert series == {
+            ("default", "default", "dc1"): 1,
+            ("team", "default", "dc1"): 2,
+            ("default", "ap2", "dc1"): 3,
+            ("default", "default", "dc2"): 4,
+        }, name
+    children.forget(("billing", "team", "default", "dc1"))
+    left = metrics.registry.get_sample_value(
+        "tgw_downstream_connections_total", {"site": "main", **SERVICE, "namespace": "team"}
+    )
+    assert left is None
+    assert sample(metrics, "tgw_downstream_connections_total", site="main", **SERVICE) == 1
+
+
+def test_the_l7_request_series_of_a_service_leave_with_it() -> None:
+    """L7 request counters, durations and denials carry the four service labels, and
+    ``forget`` deletes every one of a service's series (whatever its method class, code
+    class or denial reason) while another namespace's ``billing`` keeps its own."""
+    metrics = GatewayMetrics()
+    children = SiteChildren(metrics, "main")
+    team = Destination(ServiceName("billing", "team"), "dc1")
+    for destination in (BILLING, team):
+        labels = service_labels(destination)
+        for code_class in ("2xx", "4xx"):
+            metrics.http_requests.labels("main", *labels.values(), "GET", code_class).inc()
+        metrics.http_denied.labels(site="main", **labels, reason="intentions").inc()
+        metrics.http_request_seconds.labels(site="main", **labels).observe(0.01)
+    children.forget(service_key(BILLING))
+    left = {
+        (s.name, s.labels.get("namespace"))
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name.startswith("tgw_http_") and s.labels.get("service") == "billing"
+    }
+    assert {ns for _, ns in left} == {"team"}
+    assert ("tgw_http_requests_total", "team") in left
+    assert ("tgw_http_denied_total", "team") in left
+    assert ("tgw_http_request_duration_seconds_count", "team") in left
+
+
+def test_before_routing_a_close_cause_has_empty_service_labels() -> None:
+    """A connection that ends before it was routed counts under empty service,
+    namespace, partition and datacenter, not under some destination."""
+    metrics = GatewayMetrics()
+    SiteChildren(metrics, "main").closed(None, "handshake:unknown_sni").inc()
+    empty = dict.fromkeys(SERVICE, "")
+    labels = {"site": "main", **empty, "cause": "handshake:unknown_sni"}
+    assert sample(metrics, "tgw_connections_closed_total", **labels) == 1
 
 
 _MULTIPROCESS_SCRIPT = """

@@ -139,7 +139,7 @@ def test_json_log_format_version_in_ready_and_drain_lines(
             gateway,
         )
         stop(gateway)
-    records = [json.loads(line) for line in gateway.stdout().splitlines() if line.strip()]
+    records = [json.loads(line) for line in gateway.stderr().splitlines() if line.strip()]
     messages = [r["message"] for r in records]
     assert all({"time", "level", "namespace", "message"} <= r.keys() for r in records)
     assert any(m.startswith(f"tgw {__version__} starting from ") for m in messages)
@@ -194,14 +194,40 @@ def test_workers_log_in_the_same_format_and_level(
     config.write_text(text)
     for level, chatter in (("info", 0), ("debug", 2)):
         gateway = start_run(spawn, config, ports, "--log-level", level)
-        wait_for(lambda g=gateway: "2 workers serving" in g.stdout(), "both workers", gateway)
+        wait_for(lambda g=gateway: "2 workers serving" in g.stderr(), "both workers", gateway)
         stop(gateway)
-        records = [json.loads(line) for line in gateway.stdout().splitlines() if line.strip()]
+        records = [json.loads(line) for line in gateway.stderr().splitlines() if line.strip()]
         messages = [r["message"] for r in records]
         assert any(m.startswith("worker 1: reactor") for m in messages), messages
         # Each worker listens on the inherited socket: one port line each, at debug only.
         listening = [m for m in messages if m.startswith("DownstreamFactory starting on")]
         assert len(listening) == chatter, messages
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_by_default_the_access_log_and_the_application_log_are_separate_streams(
+    tmp_path: Path,
+    workers: int,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+) -> None:
+    """With ``access_log`` left at its default (``"-"``) and no ``--logfile``, standard
+    output carries only access-log records (one JSON object per line, for a bare TCP
+    connect here) and the application log (start line, workers, stop) goes to standard
+    error, also with ``workers = 2``; so a pipeline reading one never parses the other."""
+    ports = Ports.pick()
+    write_catalog(tmp_path, {"billing": ports.sample})
+    config = write_config(tmp_path, ports)
+    text = config.read_text().replace('access_log = "access.log"\n', "")
+    config.write_text(text.replace("[gateway]", f"[gateway]\nworkers = {workers}"))
+    gateway = start_run(spawn, config, ports)
+    socket.create_connection(("127.0.0.1", ports.site), timeout=5).close()
+    wait_for(lambda: '"close_cause":"no_data"' in gateway.stdout(), "its record", gateway)
+    stop(gateway)
+    records = [json.loads(line) for line in gateway.stdout().splitlines()]
+    assert [(r["record_type"], r["close_cause"]) for r in records] == [("closed", "no_data")]
+    app = gateway.stderr()
+    assert f"tgw {__version__} starting from {config}" in app, gateway.describe()
+    assert "tgw stopped" in app or "Server Shut Down." in app, gateway.describe()
 
 
 def test_twistd_tgw_finds_the_config_like_tgw_does(tmp_path: Path) -> None:

@@ -129,3 +129,63 @@ async def test_explain_answers_bad_input_with_400_and_one_log_line(gateway, upst
         get, gateway.admin_port, "/explain?source=web&destination=billing"
     )
     assert status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_explain_an_http_request_names_the_deciding_permission(gateway, upstreams, capsys):
+    """With method/path/header at an L7 destination (service-defaults Protocol http),
+    /explain and `tgw explain` decide that request: the path is normalised first
+    (``/public/%2e%2E/admin`` is ``/admin``) and the answer names the intention and the
+    permission; bad method/path/header values are a 400 naming the parameter."""
+    from gwcore.cli import main
+
+    up = upstreams()
+    l7 = {
+        "Kind": "service-intentions",
+        "Name": "billing",
+        "Sources": [{"Name": "web", "Permissions": [
+            {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}},
+            {"Action": "allow", "HTTP": {"PathPrefix": "/", "Methods": ["GET"],
+                                         "Header": [{"Name": "x-team", "Exact": "a"}]}},
+        ]}],
+    }  # fmt: skip
+    defaults = {"Kind": "service-defaults", "Name": "billing", "Protocol": "http"}
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", up.port)])
+    write_json(gateway.catalog / "ixn.json", [l7, defaults])
+    await gateway.start()
+    port, admin = gateway.admin_port, f"http://127.0.0.1:{gateway.admin_port}"
+    base = "/explain?source=web&destination=billing"
+
+    status, _, body = await in_thread(get, port, f"{base}&path=/public/%252e%252E/admin")
+    answer = json.loads(body)
+    assert status == 200 and answer["decision"]["verdict"] == "deny", answer
+    assert answer["request"]["path"] == "/admin"
+    assert answer["request"]["original_path"] == "/public/%2e%2E/admin"
+    assert 'permission 0 (PathPrefix "/admin") denies' in answer["decision"]["reason"]
+
+    query = f"{base}&method=GET&path=/invoices&header=X-Team:%20a"
+    status, _, body = await in_thread(get, port, query)
+    answer = json.loads(body)
+    assert answer["decision"]["verdict"] == "allow"
+    assert "permission 1 (" in answer["decision"]["reason"]
+
+    # No permission matches (no x-team): the default policy decides, not another source.
+    args = ["explain", "--admin", admin, "--source", "web", "--destination", "billing",
+            "--method", "POST", "--path", "/invoices", "--header", "X-Team: a"]  # fmt: skip
+    assert await in_thread(main, args) == 2
+    out = capsys.readouterr().out
+    assert "request: POST /invoices" in out and "no permission matches POST /invoices" in out
+
+    # Without a request the L7 intention denies (the L4 rule).
+    status, _, body = await in_thread(get, port, base)
+    assert "L7 intentions deny on L4 connections" in json.loads(body)["decision"]["reason"]
+
+    for bad, param in (
+        ("method=G%20T", "method="),
+        ("path=/a%2500", "path="),
+        ("path=nope", "path="),
+        ("header=no-colon", "header="),
+    ):
+        status, _, body = await in_thread(get, port, f"{base}&{bad}")
+        assert status == 400 and param in json.loads(body)["error"], (bad, body)

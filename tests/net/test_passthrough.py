@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import socket
+from typing import Any
 
 import pytest_twisted
 
@@ -113,10 +114,38 @@ async def test_client_reaches_a_service_in_dc2_through_two_mesh_gateways(
     assert record_["source"] is None and record_["close_cause"] == "completed"
     (terminated,) = tgw2.access_records()
     assert terminated["source"] == spiffe("web", "dc1")
+    assert_closed_counted(mesh1, mesh2, tgw2)
+    # dc2's mesh site dialled billing itself; dc1's dialled dc2's mesh gateways, and
+    # counts under them: a client may put any service name in its SNI for another
+    # datacenter, so that name is never a label (it is in the access log).
+    closed = "tgw_connections_closed_total"
+    labels = {"namespace": "default", "datacenter": "dc2", "cause": "completed"}
+    assert mesh2.metric(closed, service="billing", **labels) == 1
+    assert mesh1.metric(closed, service="mesh-gateway", **labels) == 1
     # Every admission slot (gwcore.policy.admission) is given back once the chain closed;
     # a mesh site's "handshake" ends with the ClientHello.
     for gw in (mesh1, mesh2, tgw2):
         assert (gw.site.admission.connections, gw.site.admission.handshakes) == (0, 0)
+
+
+def assert_closed_counted(*gateways: Any) -> None:
+    """Every access-log record of each gateway (mesh sites included) is counted in
+    ``tgw_connections_closed_total`` under its close cause and the service dialled: its
+    destination, the mesh gateways for a mesh site's remote route, ``""`` when it was
+    never routed; and nothing else is counted."""
+    for gw in gateways:
+        expected: dict[tuple[str, str], int] = {}
+        for r in gw.access_records():
+            service = "mesh-gateway" if r["via"] == "mesh_gateways" else r["destination"]
+            key = (service or "", r["close_cause"])
+            expected[key] = expected.get(key, 0) + 1
+        counted = {
+            (s.labels["service"], s.labels["cause"]): s.value
+            for f in gw.service.metrics.registry.collect()
+            for s in f.samples
+            if s.name == "tgw_connections_closed_total" and s.value
+        }
+        assert counted == expected, gw.key
 
 
 def raw_exchange(port: int, data: bytes, shutdown: bool = False, timeout: float = 10) -> bytes:
@@ -199,6 +228,7 @@ async def test_bad_clienthellos_are_dropped_and_counted_without_hurting_others(
     assert echo_up.accepted == 1, "only the good connection reached upstream"
     causes = sorted(r["close_cause"] for r in mesh.access_records())
     assert "bad_clienthello:too_large" in causes and "no_route:unknown_datacenter" in causes
+    assert_closed_counted(mesh)
 
 
 @pytest_twisted.ensureDeferred

@@ -17,6 +17,7 @@ from tests.harness import (
     intentions,
     registration,
     request,
+    sample_sum,
     sni_for,
     write_json,
 )
@@ -61,7 +62,8 @@ async def test_handshakes_close_causes_and_limits_are_measured(gateway, upstream
     assert m("tgw_upstream_connect_seconds_count", service="billing") == 1
     registry = gateway.service.metrics.registry
     assert (
-        registry.get_sample_value(
+        sample_sum(
+            registry,
             "tgw_upstream_connect_seconds_bucket",
             {"site": "main", "service": "billing", "le": "0.0001"},
         )
@@ -107,7 +109,7 @@ async def test_fixed_reasons_exist_at_zero_from_the_start(gateway):
     registry = gateway.service.metrics.registry
 
     def value(name: str, reason: str) -> float | None:
-        return registry.get_sample_value(name, {"site": "main", "reason": reason})
+        return sample_sum(registry, name, {"site": "main", "reason": reason})
 
     for reason in HANDSHAKE_REASONS:
         assert value("tgw_tls_handshake_errors_total", reason) == 0, reason
@@ -115,7 +117,7 @@ async def test_fixed_reasons_exist_at_zero_from_the_start(gateway):
         assert value("tgw_no_route_total", reason) == 0, reason
     for reason in REJECTED_REASONS:
         assert value("tgw_downstream_rejected_total", reason) == 0, reason
-    assert registry.get_sample_value("tgw_downstream_no_data_total", {"site": "main"}) == 0
+    assert sample_sum(registry, "tgw_downstream_no_data_total", {"site": "main"}) == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -128,7 +130,7 @@ async def test_process_usage_and_event_loop_lag_are_sampled(gateway):
     registry = gateway.service.metrics.registry
 
     def value(name: str) -> float | None:
-        return registry.get_sample_value(name, {})
+        return sample_sum(registry, name, {})
 
     assert value("tgw_process_resident_memory_bytes") > 1 << 20
     assert value("tgw_process_open_fds") > 3

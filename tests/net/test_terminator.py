@@ -761,8 +761,8 @@ async def test_resumed_sessions_keep_the_client_identity_and_are_authorized_agai
 async def test_alpn_is_agreed_by_the_destination_protocol(gateway, upstreams):
     """A client offering h2 gets h2 from an http2 destination, and no ALPN at all from a
     TCP one (as Consul's TCP filter chains); the access log records what was agreed."""
-    h2, raw = upstreams(hello(b"h2 here")), upstreams(hello(b"tcp here"))
-    setup_catalog(gateway, {"grpcsvc": [h2.port], "billing": [raw.port]})
+    raw = upstreams(hello(b"tcp here"))
+    setup_catalog(gateway, {"grpcsvc": [raw.port], "billing": [raw.port]})
     write_json(
         gateway.catalog / "defaults.json",
         {"Kind": "service-defaults", "Name": "grpcsvc", "Protocol": "http2"},
@@ -771,22 +771,54 @@ async def test_alpn_is_agreed_by_the_destination_protocol(gateway, upstreams):
     await gateway.wait_for(
         lambda: gateway.site.current()[0].lookup(sni_for("grpcsvc")).protocol == "http2"
     )
+    assert await in_thread(alpn_call, gateway, "grpcsvc", ["h2", "http/1.1"]) == (b"", "h2")
+    assert await in_thread(alpn_call, gateway, "billing", ["h2", "http/1.1"]) == (
+        b"tcp here",
+        None,
+    )
+    await gateway.wait_for(lambda: len(connection_records(gateway)) == 2)
+    assert sorted(str(r["alpn"]) for r in connection_records(gateway)) == ["None", "h2"]
+
+
+def connection_records(gateway) -> list[dict]:
+    return [r for r in gateway.access_records() if r.get("record_type") != "request"]
+
+
+def alpn_call(gateway, service: str, offer: list[str]) -> tuple[bytes, str | None]:
+    """Handshake offering ``offer``; read what arrives until the gateway closes (an L7
+    connection with no request is closed by the client at once)."""
     cert, key, root = gateway.client_files("web")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(root))
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.set_alpn_protocols(offer)
+    raw_sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    with ctx.wrap_socket(raw_sock, server_hostname=sni_for(service)) as sock:
+        agreed = sock.selected_alpn_protocol()
+        if agreed is not None:  # L7: nothing comes unasked
+            return b"", agreed
+        return read_all(sock), agreed
 
-    def call(service: str) -> tuple[bytes, str | None]:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.load_verify_locations(str(root))
-        ctx.load_cert_chain(str(cert), str(key))
-        ctx.set_alpn_protocols(["h2", "http/1.1"])
-        raw_sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
-        with ctx.wrap_socket(raw_sock, server_hostname=sni_for(service)) as sock:
-            return read_all(sock), sock.selected_alpn_protocol()
 
-    assert await in_thread(call, "grpcsvc") == (b"h2 here", "h2")
-    assert await in_thread(call, "billing") == (b"tcp here", None)
-    await gateway.wait_for(lambda: len(gateway.access_records()) == 2)
-    assert [r["alpn"] for r in gateway.access_records()] == ["h2", None]
+@pytest_twisted.ensureDeferred
+async def test_an_http2_destination_also_agrees_to_http1_with_a_client_offering_only_it(
+    gateway, upstreams
+):
+    """ALPN for http2/grpc destinations offers h2 first and http/1.1 too, so a client
+    that speaks only HTTP/1.1 is still served (Envoy's codec AUTO); one offering both
+    gets h2."""
+    setup_catalog(gateway, {"grpcsvc": [upstreams(hello(b"unused")).port]})
+    write_json(
+        gateway.catalog / "defaults.json",
+        {"Kind": "service-defaults", "Name": "grpcsvc", "Protocol": "grpc"},
+    )
+    await gateway.start()
+    await gateway.wait_for(
+        lambda: gateway.site.current()[0].lookup(sni_for("grpcsvc")).protocol == "grpc"
+    )
+    assert (await in_thread(alpn_call, gateway, "grpcsvc", ["http/1.1"]))[1] == "http/1.1"
+    assert (await in_thread(alpn_call, gateway, "grpcsvc", ["http/1.1", "h2"]))[1] == "h2"
 
 
 class MemoryClient:

@@ -7,6 +7,7 @@ import contextlib
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 from cryptography import x509
@@ -15,6 +16,7 @@ from OpenSSL import SSL
 from gwcore.contract import pki
 from gwcore.net.upstream_tls import client_context, mesh_client_context
 from gwcore.testing import MeshCA
+from tests.h2_peers import H2SocketClient, request_head, serve_h2_echo, tls_h2_socket
 from tests.harness import (
     Upstream,
     in_thread,
@@ -367,8 +369,9 @@ async def test_verify_chain_only_knob_accepts_a_certificate_without_the_name(
 
 @pytest_twisted.ensureDeferred
 async def test_the_agreed_alpn_is_offered_to_the_service(gateway, upstreams, tmp_path):
-    """For an http2 destination the client's h2 is offered on the originated TLS, so the
-    service speaks the protocol the client expects."""
+    """For an http2 destination the gateway originates TLS offering ``h2`` and speaks
+    HTTP/2 to the service: a request over the mesh arrives and its answer (with
+    trailers) comes back."""
     ext = ExternalPKI(tmp_path / "ext")
     cert, key = ext.leaf("billing", [SERVICE_NAME])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -378,7 +381,7 @@ async def test_the_agreed_alpn_is_offered_to_the_service(gateway, upstreams, tmp
     def handle(sock: socket.socket, up: Upstream) -> None:
         with ctx.wrap_socket(sock, server_side=True) as tls:
             up.results.append(tls.selected_alpn_protocol())
-            tls.sendall(tls.recv(100))
+            serve_h2_echo(tls)
 
     up = upstreams(handle)
     link(gateway, up, CAFile=str(ext.ca_file), SNI=SERVICE_NAME)
@@ -387,22 +390,18 @@ async def test_the_agreed_alpn_is_offered_to_the_service(gateway, upstreams, tmp
         {"Kind": "service-defaults", "Name": "billing", "Protocol": "http2"},
     )
     await gateway.start()
-    client_cert, client_key, root = gateway.client_files("web")
+    files = gateway.client_files("web")
 
-    def call() -> bytes:
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.check_hostname = False
-        client.load_verify_locations(str(root))
-        client.load_cert_chain(str(client_cert), str(client_key))
-        client.set_alpn_protocols(["h2"])
-        with client.wrap_socket(
-            socket.create_connection(("127.0.0.1", gateway.port), timeout=10),
-            server_hostname=sni_for("billing"),
-        ) as sock:
-            sock.sendall(b"ping")
-            return sock.recv(100)
+    def call() -> Any:
+        client = H2SocketClient(tls_h2_socket(gateway.port, sni_for("billing"), files))
+        sid = client.request(request_head("billing", "/ping"), body=b"ping")
+        client.wait(client.finished(sid))
+        client.sock.close()
+        return client.responses[sid]
 
-    assert await in_thread(call) == b"ping"
+    response = await in_thread(call)
+    assert response.headers[b":status"] == b"200" and bytes(response.body) == b"ping"
+    assert response.trailers == {b"x-trailer": b"done"}
     assert up.results == ["h2"]
 
 

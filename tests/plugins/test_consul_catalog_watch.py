@@ -115,3 +115,42 @@ async def test_watches_are_bounded_and_an_unlinked_service_frees_its_slot(tmp_pa
     finally:
         await source.stop()
         await double.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_freshness_moves_on_every_blocking_answer_without_a_change(
+    tmp_path: Path,
+) -> None:
+    """Uses the Consul double, which holds a blocking query for its ``wait`` and then
+    answers with the same ``X-Consul-Index`` when nothing changed, as the agent does.
+    With a quiet catalog each such answer is a successful check: it moves
+    ``tgw_catalog_last_success_timestamp_seconds{source="consul_catalog"}`` (not only
+    ``tgw_consul_last_success_timestamp_seconds``) while no new snapshot is published."""
+    double = ConsulDouble(reactor, jitter=False)
+    await double.start()
+    _register(double, "10.0.0.1")
+    double.link("legacy-gw", "billing")
+    section = {"address": double.address, "register": False, **FAST, "wait": "0.2s"}
+    config = site_config(tmp_path, [CATALOG], {CATALOG: section})
+    site = FakeSite(config, tmp_path / "state")
+    site.reactor = reactor
+    source = ConsulCatalogSource(site)
+    published: list[Any] = []
+    labels = {"site": "main", "source": "consul_catalog"}
+
+    def last_success() -> float:
+        value = site.metrics.registry.get_sample_value(
+            "tgw_catalog_last_success_timestamp_seconds", labels
+        )
+        assert value is not None
+        return value
+
+    try:
+        await source.start(published.append)
+        first = last_success()
+        await _until(lambda: last_success() > first + 0.5, timeout=3)
+        assert len(published) == 1  # nothing changed in the catalog
+        assert source.health().ok
+    finally:
+        await source.stop()
+        await double.stop()

@@ -21,7 +21,16 @@ from gwcore.policy.model import CatalogSnapshot, Health
 from gwcore.testing import FakeSite, site_config
 from tests.dns_dnsmasq import dnsmasq
 from tests.dns_server import a, aaaa, dns_server, srv
-from tests.harness import hello, in_thread, intentions, request, sleep, sni_for, write_json
+from tests.harness import (
+    hello,
+    in_thread,
+    intentions,
+    request,
+    sample_sum,
+    sleep,
+    sni_for,
+    write_json,
+)
 
 __all__ = ["dns_server", "dnsmasq"]
 
@@ -145,7 +154,7 @@ def section(server, services: dict, **extra) -> dict:
 
 
 def metric(site: FakeSite, name: str, **labels: str) -> float:
-    value = site.metrics.registry.get_sample_value(name, {"site": "main", **labels})
+    value = sample_sum(site.metrics.registry, name, {"site": "main", **labels})
     return value if value is not None else 0.0
 
 
@@ -341,3 +350,62 @@ async def test_client_reaches_service_found_only_by_srv_and_follows_port_change(
     assert await in_thread(request, gateway.port, sni_for("billing"), files) == b"second\n"
     assert first.accepted == 1 and second.accepted == 1
     assert gateway.metric("tgw_dns_resolutions_total", service="billing", result="success") >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_catalog_freshness_moves_on_every_lookup_even_with_the_same_answer(
+    tmp_path, dns_server
+):
+    """Against a real DNS server (Twisted Names on 127.0.0.1) whose answer never changes:
+    each re-resolution (TTL 1 s, max_ttl 1 s) moves
+    ``tgw_catalog_last_success_timestamp_seconds{source="dns_catalog"}`` and the
+    source's ``last_success``, while no new snapshot is published; so an alert on its
+    age fires for a failing resolver, never for a quiet one."""
+    dns_server.set("db.example.test", [a("127.0.0.2")], ttl=1)
+    services = {"db": {"hostname": "db.example.test", "port": 5432}}
+    site = fake_site(tmp_path, section(dns_server, services))
+    source = DNSCatalogSource(site)
+    published = Published()
+    await source.start(published)
+    try:
+        labels = {"site": "main", "source": "dns_catalog"}
+        registry = site.metrics.registry
+        first = registry.get_sample_value("tgw_catalog_last_success_timestamp_seconds", labels)
+        assert first is not None and source.health().last_success is not None
+        queried = dns_server.count("db.example.test")
+        await until(lambda: dns_server.count("db.example.test") >= queried + 2, timeout=4)
+        await until(
+            lambda: (
+                registry.get_sample_value("tgw_catalog_last_success_timestamp_seconds", labels)
+                > first + 0.5
+            ),
+            timeout=2,
+        )
+        assert source.health().last_success > first + 0.5
+        assert len(published.snapshots) == 1  # the answer never changed
+    finally:
+        source.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dns_series_carry_the_destination_namespace(tmp_path, dns_server):
+    """Against a real DNS server: a destination in namespace ``team`` has its
+    ``tgw_dns_*`` series labelled ``namespace="team"`` (with ``partition`` and
+    ``datacenter``), like every per-service family of the gateway."""
+    dns_server.set("db.example.test", [a("127.0.0.2")])
+    services = {"db": {"hostname": "db.example.test", "port": 5432, "namespace": "team"}}
+    site = fake_site(tmp_path, section(dns_server, services))
+    source = DNSCatalogSource(site)
+    await source.start(Published())
+    try:
+        labels = {"site": "main", "service": "db", "namespace": "team"}
+        labels |= {"partition": "default", "datacenter": "dc1"}
+        registry = site.metrics.registry
+        assert registry.get_sample_value("tgw_dns_endpoints", labels) == 1
+        assert (
+            registry.get_sample_value("tgw_dns_resolutions_total", {**labels, "result": "success"})
+            == 1
+        )
+        assert registry.get_sample_value("tgw_dns_record_age_seconds", labels) is not None
+    finally:
+        source.stop()

@@ -12,7 +12,7 @@ from tests.plugins.test_file_catalog import FakeSite, Running, site_config
 
 DUMP = Path(__file__).resolve().parents[1] / "data" / "consul-config-read"
 # service-resolver is read (subsets, settings), not skipped
-SKIPPED = ("exported-services", "mesh", "proxy-defaults", "service-router", "service-splitter")
+SKIPPED = ("exported-services", "service-router", "service-splitter")
 
 
 def _site(tmp_path: Path) -> FakeSite:
@@ -45,9 +45,9 @@ def test_unused_kinds_are_skipped_with_one_info_line_each_and_counted(tmp_path: 
             labels = {"site": "main", "source": "file_catalog", "kind": kind}
             value = site.metrics.registry.get_sample_value("tgw_catalog_skipped_entries", labels)
             assert value == 1, kind
-        (tmp_path / "catalog" / "mesh.json").unlink()
+        (tmp_path / "catalog" / "exported-services.json").unlink()
         running.tick()
-        labels = {"site": "main", "source": "file_catalog", "kind": "mesh"}
+        labels = {"site": "main", "source": "file_catalog", "kind": "exported-services"}
         assert site.metrics.registry.get_sample_value("tgw_catalog_skipped_entries", labels) == 0
     finally:
         running.source.stop()

@@ -334,3 +334,26 @@ def test_configured_gateways_are_a_catalog_source_for_mesh_sites_too(tmp_path):
     assert [p.key for p in problems] == ["sites.main.mesh_hop.mode"]
     (entry,) = settings.gateways
     assert entry.datacenter == "dc2" and str(entry.endpoints[0]) == "10.0.0.2:8443"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_far_end_with_two_uri_sans_is_refused(federation: Federation, upstreams):
+    """Issue 16 review F7: the far end presents a leaf of the mesh CA with the expected
+    SPIFFE ID *and* another URI SAN: refused inside the handshake (``wrong_identity``),
+    as a client leaf with two URI SANs is; nothing reaches the client."""
+    seen: list = []
+    two = federation.ca.leaf_with_uris([spiffe("billing", "dc2"), spiffe("ledger", "dc2")])
+    fake = upstreams(impostor(federation, seen, federation.ca, two))
+    tgw1 = await dc1_gateway(
+        federation,
+        [gateway_instance("mesh-gateway", "mesh-gateway", fake.port, "dc2")],
+        mode="remote",
+    )
+    _, answer = await in_thread(call, tgw1.port, federation.client_files("web"), sni_for("billing"))
+    assert answer == b""
+    await settle(tgw1)
+    labels = {"datacenter": "dc2", "reason": "wrong_identity"}
+    assert tgw1.metric("tgw_mesh_hop_failures_total", **labels) == 1
+    (record,) = tgw1.access_records()
+    assert record["close_cause"] == "upstream_unavailable"
+    assert "exactly one URI SAN" in record["close_detail"]

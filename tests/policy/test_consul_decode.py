@@ -104,8 +104,7 @@ def test_every_kind_of_a_config_read_directory_loads_and_unused_kinds_are_skippe
     docs, problems = parse_documents(items)
     assert problems == []
     assert sorted(e.kind for e in docs.skipped) == sorted(
-        ["exported-services", "mesh", "proxy-defaults", "service-resolver",
-         "service-router", "service-splitter"]
+        ["exported-services", "service-resolver", "service-router", "service-splitter"]
     )  # fmt: skip
     assert all(KINDS[e.kind] == SKIP for e in docs.skipped)
     destinations, unusable = build_destinations(docs, "legacy-gw", "dc1")

@@ -172,7 +172,9 @@ def by_name(dests: tuple[Destination, ...]) -> dict[str, Destination]:
         (REFERENCE_REGISTRATION, "registration"),
         (REFERENCE_HEALTH_DUMP[0], "registration"),
         ({"kind": "terminating-gateway", "name": "gw"}, "terminating-gateway"),
-        ({"Kind": "proxy-defaults", "Name": "global"}, "skipped"),
+        ({"Kind": "proxy-defaults", "Name": "global"}, "proxy-defaults"),
+        ({"Kind": "mesh", "Name": "mesh"}, "mesh"),
+        ({"Kind": "service-router", "Name": "web"}, "skipped"),
         ({"Kind": "terminating-gatway", "Name": "gw"}, "unknown"),
         ({"Kind": 7}, "unknown"),
         ({"Name": "billing"}, "unknown"),
@@ -274,7 +276,9 @@ def test_reference_intentions_flatten_to_one_intention_per_source():
     )
     assert (anyone.source, anyone.action) == (ServiceName("*"), "allow")
     assert api.action == ""
-    assert api.permissions == tuple(REFERENCE_INTENTIONS["Sources"][2]["Permissions"])
+    assert tuple(p.as_consul() for p in api.permissions) == tuple(
+        REFERENCE_INTENTIONS["Sources"][2]["Permissions"]
+    )
 
 
 def test_intention_action_is_case_insensitive_and_stored_lower_case():
@@ -382,7 +386,13 @@ INVALID = [
     # service-intentions (reference §6)
     (
         "Action and Permissions together",
-        intentions({"Name": "web", "Action": "allow", "Permissions": [{"Action": "allow"}]}),
+        intentions(
+            {
+                "Name": "web",
+                "Action": "allow",
+                "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/"}}],
+            }
+        ),
         "Sources[0].Action",
         "mutually exclusive",
     ),
@@ -430,7 +440,10 @@ INVALID = [
     ),
     (
         "L7 permissions on a wildcard destination",
-        intentions({"Name": "web", "Permissions": [{"Action": "allow"}]}, name="*"),
+        intentions(
+            {"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/"}}]},
+            name="*",
+        ),
         "Sources[0].Permissions",
         "cannot be used on a wildcard destination",
     ),

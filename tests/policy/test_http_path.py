@@ -221,3 +221,19 @@ def test_no_spelling_escapes_a_denied_prefix(data, denied, rest, options):
     except PathRejected:
         return
     assert found.split("?", 1)[0].startswith(prefix)
+
+
+def test_every_action_the_mesh_entry_accepts_is_known_here():
+    """Each PathWithEscapedSlashesAction / HeadersWithUnderscoresAction the mesh entry
+    parser lets through is one normalize_path / headers_with_underscores applies (an
+    unknown one would be a ValueError on the data path)."""
+    from gwcore.policy.consul_mesh_entry import (
+        HEADERS_WITH_UNDERSCORES_ACTIONS,
+        PATH_WITH_ESCAPED_SLASHES_ACTIONS,
+    )
+
+    for action in PATH_WITH_ESCAPED_SLASHES_ACTIONS:
+        options = PathNormalization(path_with_escaped_slashes_action=action)
+        normalize_path("/a", options)
+    for action in HEADERS_WITH_UNDERSCORES_ACTIONS:
+        headers_with_underscores([("x-a", "1")], action)

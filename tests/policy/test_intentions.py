@@ -7,6 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gwcore.policy.intentions import IntentionSet, precedence
+from gwcore.policy.l7_permissions import HttpPermission, permission_from_mapping
 from gwcore.policy.model import Intention, ServiceName, Verdict
 
 ORIGIN = "/etc/tgw/intentions.json"
@@ -26,7 +27,7 @@ def intention(src: str, dst: str, action: str = "allow", **kw: object) -> Intent
     return Intention(svc(src), svc(dst), action, origin=kw.pop("origin", ORIGIN), **kw)  # type: ignore[arg-type]
 
 
-L7 = ({"Action": "allow", "HTTP": {"PathPrefix": "/admin"}},)
+L7 = (HttpPermission.build("allow", path_prefix="/admin"),)
 
 
 @pytest.mark.parametrize(
@@ -347,7 +348,14 @@ def test_version_is_order_independent_and_content_sensitive() -> None:
     assert a.version != IntentionSet(moved).version
     l7_a = IntentionSet([intention("web", "billing", "", permissions=L7)])
     l7_b = IntentionSet(
-        [intention("web", "billing", "", permissions=({"Action": "deny", "HTTP": {}},))]
+        [
+            intention(
+                "web",
+                "billing",
+                "",
+                permissions=(HttpPermission.build("deny", path_prefix="/admin"),),
+            )
+        ]
     )
     assert l7_a.version != l7_b.version
     assert IntentionSet([]).version == IntentionSet(()).version
@@ -355,8 +363,10 @@ def test_version_is_order_independent_and_content_sensitive() -> None:
 
 def test_version_ignores_permission_key_order() -> None:
     """Permissions that differ only in mapping key order are the same content."""
-    one = intention("web", "billing", "", permissions=({"Action": "allow", "HTTP": {"a": 1}},))
-    two = intention("web", "billing", "", permissions=({"HTTP": {"a": 1}, "Action": "allow"},))
+    first = {"Action": "allow", "HTTP": {"PathPrefix": "/a", "Methods": ["GET"]}}
+    second = {"HTTP": {"Methods": ["GET"], "PathPrefix": "/a"}, "Action": "allow"}
+    one = intention("web", "billing", "", permissions=(permission_from_mapping(first),))
+    two = intention("web", "billing", "", permissions=(permission_from_mapping(second),))
     assert IntentionSet([one]).version == IntentionSet([two]).version
 
 

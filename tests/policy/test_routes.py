@@ -191,6 +191,7 @@ def test_describe_is_json_ready() -> None:
         "partition": "default",
         "datacenter": "dc1",
         "protocol": "tcp",
+        "l7": False,
         "tls": "tls",
         "lb_policy": "least_request",
         "subset": "",
@@ -274,3 +275,30 @@ def test_subset_routes_use_consuls_subset_sni_in_both_forms() -> None:
     assert v2 is not None and v2.endpoints == (two,)
     assert table.lookup(f"v1.far.default.dc1.internal.{TD}") is None
     assert len(table) == 5
+
+
+@pytest.mark.parametrize(
+    ("protocol", "egress", "l7"),
+    [
+        ("tcp", (), False),
+        ("http", (), True),
+        ("http2", (), True),
+        ("grpc", (), True),
+        ("http", ("api.example.com",), False),  # a service-defaults Destination
+        ("grpc", ("10.1.2.3",), False),
+    ],
+)
+def test_served_l7_for_http_like_linked_services_never_for_destinations(
+    protocol: str, egress: tuple[str, ...], l7: bool
+) -> None:
+    """/routes says a route is L7 when its protocol is HTTP-like and it is a linked
+    service; a ``destination.`` route stays L4 whatever its protocol (Consul supports no
+    L7 intentions for destinations)."""
+    from dataclasses import replace
+
+    from gwcore.policy.routes import serves_l7
+
+    destination = replace(PAYMENTS, protocol=protocol, egress=egress)
+    assert serves_l7(destination) is l7
+    table = RouteTable.build([destination], "dc1", TD)
+    assert {r["l7"] for r in table.describe()} == {l7}

@@ -17,6 +17,7 @@ from gwcore.contract.providers import AuthzRequest
 from gwcore.policy.model import Decision, Destination, ServiceName, SpiffeID, Verdict
 from gwcore.runtime.authorize import Authorizer
 from gwcore.testing import TRUST_DOMAIN, site_config
+from tests.harness import sample_sum
 
 BILLING = ServiceName("billing")
 
@@ -85,7 +86,8 @@ def test_engines_combine_deny_overrides_default_deny(
     step, _ = authorizer(tmp_path, *(Engine(f"e{i}", a) for i, a in enumerate(answers)))
     decision = decided(step.decide(request()))
     assert (decision.verdict, decision.engine) == (verdict, engine)
-    counted = step.metrics.registry.get_sample_value(
+    counted = sample_sum(
+        step.metrics.registry,
         "tgw_authz_decisions_total",
         {"site": "main", "service": "billing", "engine": engine, "decision": verdict.value},
     )
@@ -101,7 +103,9 @@ def test_a_slow_engine_is_a_deny_after_authz_timeout(tmp_path: Path) -> None:
     reactor.advance(2.0)
     decision = decided(d)
     assert decision.verdict is Verdict.DENY and "timed out after 2s" in decision.reason
-    errors = step.metrics.registry.get_sample_value(
-        "tgw_authz_errors_total", {"site": "main", "engine": "slow", "reason": "timeout"}
+    errors = sample_sum(
+        step.metrics.registry,
+        "tgw_authz_errors_total",
+        {"site": "main", "engine": "slow", "reason": "timeout"},
     )
     assert errors == 1.0

@@ -20,6 +20,7 @@ from gwcore.policy.model import Destination, Endpoint, ServiceName
 from gwcore.policy.routes import RouteTable
 from gwcore.runtime.dial import Dialer
 from gwcore.testing import TRUST_DOMAIN, site_config
+from tests.harness import sample_sum
 
 BILLING = ServiceName("billing")
 
@@ -80,7 +81,7 @@ def dialer(tmp_path: Path, strategy: Strategy, **site: Any) -> tuple[Dialer, Eve
 
 
 def sample(step: Dialer, name: str, **labels: str) -> float | None:
-    return step.metrics.registry.get_sample_value(name, {"site": "main", **labels})
+    return sample_sum(step.metrics.registry, name, {"site": "main", **labels})
 
 
 def test_a_refused_endpoint_is_retried_on_the_next_and_counted(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from gwcore.net.splice import State
 from gwcore.policy.model import Destination, Endpoint, ServiceName
 from gwcore.runtime.forward import Forwarder
 from gwcore.testing import site_config
+from tests.harness import sample_sum
 
 
 @dataclass(eq=False)
@@ -73,8 +74,10 @@ def forwarder(tmp_path: Path, live: list[Conn], **site: Any) -> tuple[Forwarder,
 
 
 def upstream_bytes(step: Forwarder) -> float | None:
-    return step.children.metrics.registry.get_sample_value(
-        "tgw_bytes_total", {"site": "main", "service": "billing", "direction": "upstream"}
+    return sample_sum(
+        step.children.metrics.registry,
+        "tgw_bytes_total",
+        {"site": "main", "service": "billing", "direction": "upstream"},
     )
 
 

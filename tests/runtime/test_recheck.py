@@ -486,6 +486,7 @@ def test_a_decision_outrun_by_policy_changes_every_time_is_a_deny(tmp_path: Path
     )
     [engine] = site.engines
     conn = StubConnection(identity("web"), state=State.AUTHORIZING)
+    conn.routes, conn.material = site.current()  # accepted under the current routes
     answers: list[Any] = []
     site.authorize(conn).addCallback(answers.append)  # type: ignore[arg-type]
     for _ in range(MAX_ROUNDS):

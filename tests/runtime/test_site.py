@@ -41,6 +41,7 @@ from gwcore.policy.model import (
 from gwcore.policy.sni import service_sni
 from gwcore.runtime.site import FIRST_SNAPSHOT_TIMEOUT, Site
 from gwcore.testing import TRUST_DOMAIN
+from tests.harness import sample_sum
 
 # A drop-in whose providers are described by its own section, [sites.KEY.<file stem>]:
 #   engines = [{name = "e1", mode = "allow"}]  # allow | deny | abstain | raise | hang
@@ -303,7 +304,7 @@ def started(
 
 
 def metric(site: Site, name: str, **labels: str) -> float:
-    value = site.metrics.registry.get_sample_value(name, {"site": site.name, **labels})
+    value = sample_sum(site.metrics.registry, name, {"site": site.name, **labels})
     return value or 0.0
 
 
@@ -391,7 +392,9 @@ def test_authorization_requests_describe_the_connection_and_the_listener(
         sni=sni(BILLING),
         info=ConnectionInfo("main", 1, "127.0.0.9", 40000, 0.0),
         transport=SimpleNamespace(getHost=lambda: IPv4Address("TCP", "127.0.0.5", 8443)),
+        state=State.AUTHORIZING,
     )
+    conn.routes, conn.material = site.current()  # accepted under the current routes
     for _ in range(2):
         assert result_of(site.authorize(conn)).allowed  # type: ignore[arg-type]
     [engine] = site.engines
@@ -601,6 +604,8 @@ class StubConnection:
     )
     decision: Decision | None = None
     closed: list[str] = field(default_factory=list)
+    routes: Any = None  # the site's routes and TLS material at accept (site.current())
+    material: Any = None
 
     def close(self, cause: str) -> None:
         self.closed.append(cause)

@@ -21,6 +21,7 @@ from tests.harness import (
     intentions,
     registration,
     request,
+    sample_sum,
     sni_for,
     tls_connect,
     write_json,
@@ -199,13 +200,11 @@ async def test_per_service_series_leave_with_the_service(gateway, upstreams):
     billing = {"site": "main", "service": "billing"}
     await gateway.wait_for(
         lambda: (
-            registry.get_sample_value(
-                "tgw_connections_closed_total", {**billing, "cause": "completed"}
-            )
+            sample_sum(registry, "tgw_connections_closed_total", {**billing, "cause": "completed"})
             == 1
         )
     )
-    assert registry.get_sample_value("tgw_downstream_connections_total", billing) == 1
+    assert sample_sum(registry, "tgw_downstream_connections_total", billing) == 1
     write_json(gateway.catalog / "gw.json", gateway_entry("other"))
     await gateway.wait_for(lambda: "billing" not in {d.name for _, d in gateway.site.router.routes})
     exported = {
