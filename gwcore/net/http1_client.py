@@ -31,6 +31,7 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
+from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.l7_retry import ReplayBuffer
 from gwcore.net.splice import UpstreamFactory
@@ -140,7 +141,19 @@ class Http1Stream:
         self.endpoint = connection.endpoint
         if not connection.reused:
             self.replay.retried = True  # only a reused connection's failure is retried
+        try:
+            self._attach(connection)
+        except Exception:
+            # Whatever went wrong fails this exchange and frees its connection: a pool
+            # slot held by a stream nobody serves would be lost until restart.
+            log.failure("starting the upstream request failed")
+            if not connection.closed:
+                connection.fail("internal_error", "internal error")
+
+    def _attach(self, connection: Http1Connection) -> None:
         connection.start(self)
+        if connection.closed:
+            return
         pending, self.pending = self.pending, []
         for chunk in pending:
             self.replay.wrote(chunk)
@@ -227,8 +240,12 @@ class Http1Connection:
             headers.append(("transfer-encoding", "chunked"))
             self.chunked = True
         try:
-            event = h11.Request(method=request.method, target=request.path, headers=headers)
-        except h11.LocalProtocolError as e:
+            event = h11.Request(
+                method=request.method.encode("latin-1"),
+                target=request.path.encode("latin-1"),
+                headers=_wire(headers),
+            )
+        except (h11.LocalProtocolError, UnicodeError) as e:
             self.fail("protocol", f"cannot send the request: {e}")
             return
         self.write(event)
@@ -248,7 +265,12 @@ class Http1Connection:
         chunked = self.stream is not None and self.chunked
         # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
         fields = list(trailers) if trailers is not None and chunked else []
-        self.write(h11.EndOfMessage(headers=fields))
+        try:
+            end = h11.EndOfMessage(headers=_wire(fields))
+        except (h11.LocalProtocolError, UnicodeError) as e:
+            self.fail("protocol", f"cannot send the request's trailers: {e}")
+            return
+        self.write(end)
 
     def pause_reading(self) -> None:
         if not self.closed:

@@ -28,6 +28,7 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpRequest
+from gwcore.net.http_wire import latin1_fields as _wire
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpResponse
@@ -324,9 +325,11 @@ class _Answer:
         )
         try:  # h11 checks names and values as it builds the event
             head = h11.Response(
-                status_code=response.status, headers=headers, reason=_phrase(response.status)
+                status_code=response.status,
+                headers=_wire(headers),
+                reason=_phrase(response.status),
             )
-        except h11.LocalProtocolError as e:
+        except (h11.LocalProtocolError, UnicodeError) as e:
             codec.refuse_response(str(e))
             return
         codec._send(head)
@@ -345,8 +348,8 @@ class _Answer:
         codec.response_producer = None
         fields = list(trailers) if trailers is not None and self.trailers_ok else []
         try:
-            end = h11.EndOfMessage(headers=fields)
-        except h11.LocalProtocolError as e:
+            end = h11.EndOfMessage(headers=_wire(fields))
+        except (h11.LocalProtocolError, UnicodeError) as e:
             codec.refuse_response(str(e))
             return
         if not codec._send(end):
