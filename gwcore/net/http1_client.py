@@ -31,6 +31,7 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
+from gwcore.net.http_wire import ambiguous_framing
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.l7_retry import ReplayBuffer
@@ -285,6 +286,11 @@ class Http1Connection:
     def send_to_client(self, data: bytes) -> None:
         if self.closed:
             return
+        if data and self.stream is None:
+            # Nobody asked: bytes kept for the next caller would be read as its answer
+            # (response poisoning across callers). The connection is not reused.
+            self.close("the service sent data on an idle connection")
+            return
         if data and self.stream is not None:
             self.stream.replay.answered()
         try:
@@ -339,6 +345,12 @@ class Http1Connection:
                     self.fail("protocol", "the service sent a response nobody asked for")
                 return
             if isinstance(event, h11.Response):
+                if ambiguous_framing(event.headers):
+                    self.fail(
+                        "protocol",
+                        "the service's response has Content-Length and Transfer-Encoding",
+                    )
+                    return
                 headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
                 version = "HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0"
                 stream.sink.response_head(
@@ -366,7 +378,13 @@ class Http1Connection:
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.connection = None
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+        if (
+            self.h11.our_state is h11.DONE
+            and self.h11.their_state is h11.DONE
+            # Bytes after a complete response (a HEAD or 304 answered with a body, a
+            # second response) would be the next caller's answer: never reuse then.
+            and not self.h11.trailing_data[0]
+        ):
             self.h11.start_next_cycle()
             self.reused = True
             # The client may have paused this response's reading just before its end:

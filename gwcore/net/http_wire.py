@@ -14,3 +14,11 @@ from collections.abc import Iterable
 def latin1_fields(fields: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """``fields`` as (name, value) bytes, latin-1 (raises ``UnicodeError`` beyond U+00FF)."""
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields]
+
+
+def ambiguous_framing(fields: Iterable[tuple[bytes, bytes]]) -> bool:
+    """A message with both ``Content-Length`` and ``Transfer-Encoding``: RFC 9112 §6.3
+    lets Transfer-Encoding win, but a peer that reads the length instead frames it
+    differently (smuggling, desync); an intermediary refuses it rather than pass it on."""
+    names = {k.lower() for k, _ in fields}
+    return b"content-length" in names and b"transfer-encoding" in names

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 
+import pytest
 import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -22,10 +23,13 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 class RawService:
     """An HTTP/1.1 service on 127.0.0.1 (port 0) that reads each request (head, then a
     chunked body up to its last CRLFCRLF, or none) and answers ``answers[i]`` for the
-    i-th request it sees over all connections (``OK`` beyond the list). ``raw`` keeps
+    i-th request it sees over all connections (``OK`` beyond the list); an answer
+    ``(now, later)`` sends ``later`` once the test sets ``answered``. ``raw`` keeps
     every byte received, ``per_connection`` the requests each connection carried."""
 
-    def __init__(self, upstreams, answers: list[bytes] | None = None) -> None:
+    def __init__(self, upstreams, answers: list[bytes | tuple[bytes, bytes]] | None = None):
+        self.answered = threading.Event()  # set by the test: send the ``later`` bytes
+        self.sent_later = threading.Event()
         self.answers = list(answers or [])
         self.raw = bytearray()
         self.count = 0
@@ -63,8 +67,14 @@ class RawService:
                 answer = self.answers[self.count] if self.count < len(self.answers) else OK
                 self.count += 1
                 self.per_connection[index] += 1
+            now, later = answer if isinstance(answer, tuple) else (answer, b"")
             try:
-                sock.sendall(answer)
+                sock.sendall(now)
+                if later:
+                    # Once the gateway has read the response: bytes on an idle connection.
+                    self.answered.wait(10)
+                    sock.sendall(later)
+                    self.sent_later.set()
             except OSError:
                 return
 
@@ -132,3 +142,70 @@ async def test_obs_text_in_a_chunked_trailer_reaches_the_service(gateway, upstre
     assert first.startswith(b"HTTP/1.1 200 "), first[:200]
     assert second.startswith(b"HTTP/1.1 200 "), second[:200]
     assert b"x-t: \xe9t\xe9\r\n" in bytes(service.raw).lower()
+
+
+# --- 2. response desync across callers ------------------------------------------------
+
+POISON = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Poison: 1\r\n\r\nPOISON"
+GET_OK = b"GET /ok HTTP/1.1\r\nHost: billing\r\n\r\n"
+
+
+async def _two_callers(gateway, upstreams, answer, first: bytes = GET_OK):
+    service = RawService(upstreams, [answer])
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    events = _capture()
+    try:
+        one = await in_thread(raw_exchange, gateway, first, True)
+        if isinstance(answer, tuple):
+            service.answered.set()
+            await in_thread(service.sent_later.wait, 10)
+        two = await in_thread(raw_exchange, gateway, GET_OK, True)
+    finally:
+        failures = _failures(events)
+    assert failures == []
+    return service, one, two
+
+
+CASES = {
+    "bytes_after_a_complete_response": (OK + POISON, GET_OK),
+    "head_answered_with_a_body": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 46\r\n\r\n" + POISON,
+        b"HEAD /h HTTP/1.1\r\nHost: billing\r\n\r\n",
+    ),
+    "304_with_a_body": (
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 46\r\n\r\n" + POISON,
+        GET_OK,
+    ),
+    # Half a head: nothing h11 can parse yet, so it would wait in the buffer.
+    "bytes_on_an_idle_connection": ((OK, b"HTTP/1.1 200 OK\r\nX-Poison: 1\r\n"), GET_OK),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest_twisted.ensureDeferred
+async def test_leftover_response_bytes_never_reach_the_next_caller(gateway, upstreams, case):
+    """Bytes a service sends beyond a complete response (a second response, a body on
+    a HEAD or 304 answer, or anything while the connection sits idle) close that
+    connection: the next caller gets its own answer, on a new connection, never them."""
+    answer, first = CASES[case]
+    service, one, two = await _two_callers(gateway, upstreams, answer, first)
+    assert one.split(b"\r\n")[0] in (b"HTTP/1.1 200 OK", b"HTTP/1.1 304 Not Modified"), one
+    assert b"POISON" not in one + two and b"x-poison" not in (one + two).lower()
+    assert two.startswith(b"HTTP/1.1 200 ") and two.endswith(b"ok"), two
+    assert service.count == 2 and service.per_connection == [1, 1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_response_with_content_length_and_transfer_encoding_is_502(gateway, upstreams):
+    """A response framed both ways (CL + TE: a desync vector) is refused with 502 and
+    nothing of it is passed on; the next caller is served on a new connection."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 46\r\nTransfer-Encoding: chunked\r\n"
+        b"X-Poison: 1\r\n\r\n0\r\n\r\n" + POISON
+    )
+    service, one, two = await _two_callers(gateway, upstreams, answer)
+    assert one.startswith(b"HTTP/1.1 502 "), one
+    assert b"poison" not in (one + two).lower()
+    assert two.startswith(b"HTTP/1.1 200 ") and two.endswith(b"ok"), two
+    assert service.per_connection == [1, 1]
