@@ -35,6 +35,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from gwcore.contract.http_flow import Headers, HttpRequest
+from gwcore.net.h2_abuse import ResetBudget
 from gwcore.net.h2_link import H2Link, H2Stream, HeaderList
 from gwcore.policy import http2_rules
 
@@ -68,6 +69,7 @@ class Http2Server(H2Link):
         self.link = link
         self.starter = starter
         self.requests = 0
+        self.resets = ResetBudget()
         self.start()
 
     # --- DownstreamCodec --------------------------------------------------------------
@@ -123,6 +125,16 @@ class Http2Server(H2Link):
         if (self.eof or self.draining) and not self.streams and not self.closed:
             self.close_out("shutdown" if self.draining else "completed")
 
+    def handle(self, event: h2.events.Event) -> None:
+        if (
+            isinstance(event, h2.events.StreamReset)
+            and event.stream_id in self.streams
+            and self.resets.premature_reset()
+        ):
+            self.protocol_error("abuse", self.resets.detail())
+            return
+        super().handle(event)
+
     def other_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
             stream = H2Stream(self, event.stream_id)
@@ -130,6 +142,9 @@ class Http2Server(H2Link):
             if self.draining:  # newer than our GOAWAY's last stream: never processed
                 stream.reset(ErrorCodes.REFUSED_STREAM)
                 return
+            self.resets.stream_opened()
+            if event.stream_id in self.reset_in_batch:
+                return  # reset before its decision: no exchange, authorization or log
             self.requests += 1
             head = list(event.headers or ())
             request = request_from_head(head)

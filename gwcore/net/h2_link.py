@@ -246,6 +246,7 @@ class H2Link:
         self.paused = False
         self.closed = False
         self.close_reason: str | None = None
+        self.reset_in_batch: set[int] = set()
         self._on_protocol_error = on_protocol_error
 
     # --- what a subclass provides --------------------------------------------------
@@ -272,6 +273,8 @@ class H2Link:
         except h2.exceptions.ProtocolError as error:
             self.protocol_error(protocol_error_reason(error), str(error))
             return
+        # Streams this read also resets: a server need not start work for them.
+        self.reset_in_batch = {e.stream_id for e in events if isinstance(e, h2.events.StreamReset)}
         for event in events:
             self.handle(event)
             if self.closed:

@@ -1,0 +1,105 @@
+"""HTTP/2 clients that make the gateway work for nothing (issue 22's attack review):
+rapid reset (CVE-2023-44487) and control-frame floods end the connection with GOAWAY
+ENHANCE_YOUR_CALM, counted as ``abuse``; honest clients are served.
+
+The gateway runs in-process (file catalog, builtin CA, intentions); clients are the
+``h2`` library over Python's ssl with a mesh leaf, the service a real ``h2`` server on
+127.0.0.1 port 0.
+"""
+
+from __future__ import annotations
+
+import select
+import ssl
+from typing import Any
+
+import pytest
+import pytest_twisted
+from h2.errors import ErrorCodes
+
+from gwcore.net.h2_abuse import PREMATURE_RESET_MIN_STREAMS
+from tests.h2_peers import H2TestService, request_head
+from tests.harness import in_thread
+from tests.runtime.test_l7_http2 import h2_client, link, requests_of
+
+
+@pytest.fixture
+def h2_service() -> Any:
+    service = H2TestService()
+    yield service
+    pytest_twisted.blockon(service.port.stopListening())
+
+
+def _open_and_reset(client: Any, pairs: int, per_write: int) -> None:
+    """``pairs`` HEADERS + RST_STREAM, ``per_write`` pairs to a write; stops at GOAWAY
+    or once the gateway closed the connection."""
+    done = 0
+    try:
+        while done < pairs and client.goaway is None:
+            for _ in range(min(per_write, pairs - done)):
+                sid = client.conn.get_next_available_stream_id()
+                client.conn.send_headers(sid, request_head("billing", "/r", "GET"), end_stream=True)
+                client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+                done += 1
+            client.flush()
+            # Read what came back meanwhile: the GOAWAY is not lost to a reset.
+            while client.goaway is None and (
+                client.sock.pending() or select.select([client.sock], [], [], 0)[0]
+            ):
+                if not client.read_once():
+                    return
+    except (OSError, ssl.SSLError):
+        return
+    try:
+        client.wait(lambda: False)
+    except (OSError, ssl.SSLError):
+        return
+
+
+@pytest_twisted.ensureDeferred
+async def test_rapid_reset_gets_goaway_enhance_your_calm(gateway, h2_service):
+    """A client that opens and at once resets stream after stream gets GOAWAY
+    ENHANCE_YOUR_CALM once over half of at least 500 streams were reset early; it is
+    counted once as ``abuse`` and no reset stream reached the service."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+
+    def run() -> Any:
+        client = h2_client(gateway)
+        # Exactly the bound: the gateway has read everything when it closes, so its
+        # GOAWAY is not lost to a TCP reset.
+        _open_and_reset(client, PREMATURE_RESET_MIN_STREAMS, 50)
+        return client.goaway
+
+    goaway = await in_thread(run)
+    assert goaway is not None and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_http_bad_requests_total", reason="abuse") == 1
+    )
+    assert len(h2_service.requests) < PREMATURE_RESET_MIN_STREAMS // 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_reset_in_the_read_of_its_head_is_never_authorized(gateway, h2_service):
+    """Streams whose HEADERS and RST_STREAM arrive together start no exchange: no
+    authorization, no access-log record, nothing upstream; the next honest request on
+    the same connection is served."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+
+    def run() -> Any:
+        client = h2_client(gateway)
+        for _ in range(20):
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, request_head("billing", "/r", "GET"), end_stream=True)
+            client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        client.flush()
+        sid = client.request(request_head("billing", "/honest", "GET"))
+        client.wait(client.finished(sid))
+        return client.responses[sid]
+
+    response = await in_thread(run)
+    assert response.headers[b":status"] == b"200"
+    await gateway.wait_for(lambda: len(requests_of(gateway)) >= 1)
+    assert [r["path"] for r in requests_of(gateway)] == ["/honest"]
+    assert [s.headers[b":path"] for s in h2_service.requests] == [b"/honest"]
