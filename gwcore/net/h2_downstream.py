@@ -38,6 +38,7 @@ from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.h2_abuse import ResetBudget
 from gwcore.net.h2_link import H2Link, H2Stream, HeaderList
 from gwcore.policy import http2_rules
+from gwcore.policy.http_method import BAD_METHOD, miscased_method
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpResponse
@@ -165,6 +166,8 @@ def request_from_head(head: HeaderList) -> HttpRequest | str:
     facts = http2_rules.request_facts(head)
     if isinstance(facts, str):
         return facts
+    if miscased_method(facts.method):
+        return BAD_METHOD
     return HttpRequest(
         method=facts.method,
         path=facts.path,

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.http_wire import latin1_fields as _wire
+from gwcore.policy.http_method import BAD_METHOD, miscased_method
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpResponse
@@ -221,6 +222,9 @@ class Http1Server:
                 "Content-Length together with Transfer-Encoding",
                 400,
             )
+            return
+        if miscased_method(_text(event.method)):
+            self._bad_request(BAD_METHOD, f"method {_text(event.method)!r} (case)", 400)
             return
         headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
         request = HttpRequest(

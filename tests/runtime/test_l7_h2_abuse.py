@@ -103,3 +103,26 @@ async def test_a_stream_reset_in_the_read_of_its_head_is_never_authorized(gatewa
     await gateway.wait_for(lambda: len(requests_of(gateway)) >= 1)
     assert [r["path"] for r in requests_of(gateway)] == ["/honest"]
     assert [s.headers[b":path"] for s in h2_service.requests] == [b"/honest"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_standard_method_in_another_case_is_refused_over_http2(gateway, h2_service):
+    """``:method delete`` (RFC 9110 §9.1: not DELETE, yet a service may run it as one)
+    resets the stream, is counted as ``bad_method`` and never reaches the service; the
+    connection goes on serving."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+
+    def run() -> Any:
+        client = h2_client(gateway)
+        bad = client.request(request_head("billing", "/x", "delete"))
+        client.wait(client.finished(bad))
+        good = client.request(request_head("billing", "/y", "GET"))
+        client.wait(client.finished(good))
+        return client.responses[bad], client.responses[good]
+
+    bad, good = await in_thread(run)
+    assert bad.reset == ErrorCodes.PROTOCOL_ERROR
+    assert good.headers[b":status"] == b"200"
+    assert gateway.metric("tgw_http_bad_requests_total", reason="bad_method") == 1
+    assert [s.headers[b":path"] for s in h2_service.requests] == [b"/y"]

@@ -209,3 +209,35 @@ async def test_response_with_content_length_and_transfer_encoding_is_502(gateway
     assert b"poison" not in (one + two).lower()
     assert two.startswith(b"HTTP/1.1 200 ") and two.endswith(b"ok"), two
     assert service.per_connection == [1, 1]
+
+
+# --- 4. method case -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["delete", "dElEtE", "Get"])
+@pytest_twisted.ensureDeferred
+async def test_a_standard_method_in_another_case_is_400_over_http1(gateway, upstreams, method):
+    """Methods are case-sensitive (RFC 9110 §9.1): ``delete`` would slip past a
+    ``Methods: [DELETE]`` deny and be run as DELETE by a service that upper-cases it.
+    It is refused with 400, counted as ``bad_method``, and nothing reaches the service."""
+    service = RawService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    request = f"{method} /x HTTP/1.1\r\nHost: billing\r\n\r\n".encode()
+    answer = await in_thread(raw_exchange, gateway, request, True)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert gateway.metric("tgw_http_bad_requests_total", reason="bad_method") == 1
+    assert bytes(service.raw) == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_extension_method_is_forwarded_as_sent(gateway, upstreams):
+    """A method that is no standard one in any case (an extension token) is not refused."""
+    service = RawService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    answer = await in_thread(
+        raw_exchange, gateway, b"purge /x HTTP/1.1\r\nHost: billing\r\n\r\n", True
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert bytes(service.raw).startswith(b"purge /x HTTP/1.1\r\n")
