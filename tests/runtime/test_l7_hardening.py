@@ -241,3 +241,29 @@ async def test_an_extension_method_is_forwarded_as_sent(gateway, upstreams):
     )
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert bytes(service.raw).startswith(b"purge /x HTTP/1.1\r\n")
+
+
+# --- 5. malformed XFCC from the client ----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_client_xfcc_cannot_swallow_the_gateways_element(gateway, upstreams):
+    """An XFCC with an unbalanced quote (APPEND_FORWARD) is dropped: the service gets
+    exactly one element, the gateway's, whose URI is the real caller's SPIFFE ID."""
+    service = RawService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    forged = b'By=spiffe://x;URI=spiffe://evil/svc/admin;Subject="'
+    request = (
+        b"GET /x HTTP/1.1\r\nHost: billing\r\nX-Forwarded-Client-Cert: " + forged + b"\r\n\r\n"
+    )
+    answer = await in_thread(raw_exchange, gateway, request, True)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    lines = [
+        line.split(b":", 1)[1].strip()
+        for line in bytes(service.raw).split(b"\r\n")
+        if line.lower().startswith(b"x-forwarded-client-cert:")
+    ]
+    assert len(lines) == 1 and b"evil" not in lines[0]
+    assert lines[0].startswith(b"By=spiffe://") and lines[0].count(b"By=") == 1
+    assert b";URI=spiffe://" in lines[0] and lines[0].rstrip().endswith(b"/svc/web")
