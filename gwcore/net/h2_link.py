@@ -188,6 +188,7 @@ class H2Stream:
             chunk, on_sent = out[0]
             n = min(window, max_frame, len(chunk))
             conn.send_data(self.id, chunk[:n])
+            self.link.data_frames_sent += 1
             self.queued -= n
             if n == len(chunk):
                 out.popleft()
@@ -247,6 +248,7 @@ class H2Link:
         self.closed = False
         self.close_reason: str | None = None
         self.reset_in_batch: set[int] = set()
+        self.data_frames_sent = 0  # what a peer's WINDOW_UPDATEs are measured against
         self._on_protocol_error = on_protocol_error
 
     # --- what a subclass provides --------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from h2.errors import ErrorCodes
+from hyperframe.frame import DataFrame
 
 from gwcore.net.h2_abuse import PREMATURE_RESET_MIN_STREAMS
 from tests.h2_peers import H2TestService, request_head
@@ -126,3 +127,48 @@ async def test_a_standard_method_in_another_case_is_refused_over_http2(gateway, 
     assert good.headers[b":status"] == b"200"
     assert gateway.metric("tgw_http_bad_requests_total", reason="bad_method") == 1
     assert [s.headers[b":path"] for s in h2_service.requests] == [b"/y"]
+
+
+def _flood(gateway: Any, frame: bytes, count: int, per_write: int = 200) -> Any:
+    """An open stream, then ``count`` copies of the raw ``frame`` (stream 1); returns
+    the GOAWAY the client read, or None."""
+    client = h2_client(gateway)
+    client.request(request_head("billing", "/f", "POST"), keep_open=True)
+    try:
+        for start in range(0, count, per_write):
+            client.sock.sendall(frame * min(per_write, count - start))
+            while client.goaway is None and (
+                client.sock.pending() or select.select([client.sock], [], [], 0)[0]
+            ):
+                if not client.read_once():
+                    return client.goaway
+            if client.goaway is not None:
+                break
+        client.wait(lambda: False)
+    except (OSError, ssl.SSLError):
+        pass
+    return client.goaway
+
+
+EMPTY_DATA = DataFrame(1).serialize()
+WINDOW_UPDATE_1 = b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x01"  # stream 0, +1
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [EMPTY_DATA, WINDOW_UPDATE_1],
+    ids=["empty_data", "window_update"],
+)
+@pytest_twisted.ensureDeferred
+async def test_frame_floods_get_goaway_enhance_your_calm(gateway, h2_service, frame):
+    """Envoy's flood checks: more than one empty DATA frame in a row
+    (``max_consecutive_inbound_frames_with_empty_payload``), or WINDOW_UPDATEs beyond
+    ``5 + 2 * (streams + 10 * DATA frames sent)``, end the connection with GOAWAY
+    ENHANCE_YOUR_CALM, counted once as ``abuse``."""
+    link(gateway, h2_service.port_number, "http2", ("web", "allow"))
+    await gateway.start()
+    goaway = await in_thread(_flood, gateway, frame, 2000)
+    assert goaway is not None and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    await gateway.wait_for(
+        lambda: gateway.metric("tgw_http_bad_requests_total", reason="abuse") == 1
+    )
