@@ -19,8 +19,9 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame
 
 from gwcore.net.h2_abuse import PREMATURE_RESET_MIN_STREAMS
-from tests.h2_peers import H2TestService, request_head
-from tests.harness import in_thread
+from tests.h2_peers import H2SocketClient, H2TestService, request_head, tls_h2_socket
+from tests.harness import in_thread, sni_for
+from tests.runtime.test_l7_hardening import RawService
 from tests.runtime.test_l7_http2 import h2_client, link, requests_of
 
 
@@ -172,3 +173,28 @@ async def test_frame_floods_get_goaway_enhance_your_calm(gateway, h2_service, fr
     await gateway.wait_for(
         lambda: gateway.metric("tgw_http_bad_requests_total", reason="abuse") == 1
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_obs_text_from_an_http2_client_reaches_an_http1_service_and_back(gateway, upstreams):
+    """HTTP/2 in, HTTP/1.1 out: a header value with bytes >= 0x80 goes to the service
+    byte for byte (latin-1), and a response header's obs-text comes back unchanged."""
+    service = RawService(
+        upstreams, [b"HTTP/1.1 200 OK\r\nX-Back: caf\xe9\r\nContent-Length: 2\r\n\r\nok"]
+    )
+    link(gateway, service.port, "http", ("web", "allow"))
+    await gateway.start()
+    files = gateway.client_files("web")
+
+    def run() -> Any:
+        sock = tls_h2_socket(gateway.port, sni_for("billing"), files, alpn=())
+        client = H2SocketClient(sock, validate=False)
+        head = [*request_head("billing", "/x", "GET"), (b"x-a", b"caf\xe9\x80")]
+        sid = client.request(head)
+        client.wait(client.finished(sid))
+        return client.responses[sid]
+
+    response = await in_thread(run)
+    assert response.headers[b":status"] == b"200"
+    assert response.headers[b"x-back"] == b"caf\xe9"
+    assert b"x-a: caf\xe9\x80\r\n" in bytes(service.raw).lower()
