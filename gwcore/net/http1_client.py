@@ -31,6 +31,8 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
+from gwcore.net.http_wire import ambiguous_framing
+from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.l7_retry import ReplayBuffer
 from gwcore.net.splice import UpstreamFactory
@@ -140,7 +142,19 @@ class Http1Stream:
         self.endpoint = connection.endpoint
         if not connection.reused:
             self.replay.retried = True  # only a reused connection's failure is retried
+        try:
+            self._attach(connection)
+        except Exception:
+            # Whatever went wrong fails this exchange and frees its connection: a pool
+            # slot held by a stream nobody serves would be lost until restart.
+            log.failure("starting the upstream request failed")
+            if not connection.closed:
+                connection.fail("internal_error", "internal error")
+
+    def _attach(self, connection: Http1Connection) -> None:
         connection.start(self)
+        if connection.closed:
+            return
         pending, self.pending = self.pending, []
         for chunk in pending:
             self.replay.wrote(chunk)
@@ -227,8 +241,12 @@ class Http1Connection:
             headers.append(("transfer-encoding", "chunked"))
             self.chunked = True
         try:
-            event = h11.Request(method=request.method, target=request.path, headers=headers)
-        except h11.LocalProtocolError as e:
+            event = h11.Request(
+                method=request.method.encode("latin-1"),
+                target=request.path.encode("latin-1"),
+                headers=_wire(headers),
+            )
+        except (h11.LocalProtocolError, UnicodeError) as e:
             self.fail("protocol", f"cannot send the request: {e}")
             return
         self.write(event)
@@ -248,7 +266,12 @@ class Http1Connection:
         chunked = self.stream is not None and self.chunked
         # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
         fields = list(trailers) if trailers is not None and chunked else []
-        self.write(h11.EndOfMessage(headers=fields))
+        try:
+            end = h11.EndOfMessage(headers=_wire(fields))
+        except (h11.LocalProtocolError, UnicodeError) as e:
+            self.fail("protocol", f"cannot send the request's trailers: {e}")
+            return
+        self.write(end)
 
     def pause_reading(self) -> None:
         if not self.closed:
@@ -262,6 +285,11 @@ class Http1Connection:
 
     def send_to_client(self, data: bytes) -> None:
         if self.closed:
+            return
+        if data and self.stream is None:
+            # Nobody asked: bytes kept for the next caller would be read as its answer
+            # (response poisoning across callers). The connection is not reused.
+            self.close("the service sent data on an idle connection")
             return
         if data and self.stream is not None:
             self.stream.replay.answered()
@@ -317,6 +345,12 @@ class Http1Connection:
                     self.fail("protocol", "the service sent a response nobody asked for")
                 return
             if isinstance(event, h11.Response):
+                if ambiguous_framing(event.headers):
+                    self.fail(
+                        "protocol",
+                        "the service's response has Content-Length and Transfer-Encoding",
+                    )
+                    return
                 headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
                 version = "HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0"
                 stream.sink.response_head(
@@ -344,7 +378,13 @@ class Http1Connection:
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.connection = None
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+        if (
+            self.h11.our_state is h11.DONE
+            and self.h11.their_state is h11.DONE
+            # Bytes after a complete response (a HEAD or 304 answered with a body, a
+            # second response) would be the next caller's answer: never reuse then.
+            and not self.h11.trailing_data[0]
+        ):
             self.h11.start_next_cycle()
             self.reused = True
             # The client may have paused this response's reading just before its end:

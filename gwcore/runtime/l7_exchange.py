@@ -37,6 +37,7 @@ from gwcore.net.l7_core import UpstreamFailure
 from gwcore.policy.http_facts import HttpRequestFacts
 from gwcore.policy.model import Decision
 from gwcore.policy.xfcc import apply_xfcc
+from gwcore.policy.xfcc_input import forwardable_xfcc
 from gwcore.runtime.l7_rules import (
     PathRejected,
     RedirectPath,
@@ -208,7 +209,7 @@ class L7Exchange:
         # After the addons, so none can forge it: what the client sent is forwarded with
         # this hop's element appended, or dropped under SanitizeXForwardedClientCert.
         xfcc = apply_xfcc(
-            headers.get_all("x-forwarded-client-cert"),
+            forwardable_xfcc(headers.get_all("x-forwarded-client-cert")),
             xfcc_element_of(conn),
             self.mesh.sanitize_x_forwarded_client_cert,
         )

@@ -79,7 +79,11 @@ class L7Step:
     def __init__(self, site: Any) -> None:
         self.site = site
         config = site.config
-        self.limits = L7Limits(max_request_headers_kb=config.max_request_headers_kb)
+        self.limits = L7Limits(
+            max_request_headers_kb=config.max_request_headers_kb,
+            request_head_timeout=config.request_head_timeout,
+            clock=site.reactor,
+        )
         self.pool_limits = PoolLimits(
             max_connections=config.http_max_upstream_connections,
             max_idle=config.http_max_idle_upstream_connections,
