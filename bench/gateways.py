@@ -62,7 +62,7 @@ from bench.peers import (
     verify_path,
 )
 from bench.processes import Processes, cpu_seconds, memory_kib
-from bench.topology import APT_PACKAGES, ORIGINATE, PLAIN, SCENARIOS, STREAM_MODULE, sni
+from bench.topology import APT_PACKAGES, HTTP, ORIGINATE, PLAIN, SCENARIOS, STREAM_MODULE, sni
 
 # --- the run ------------------------------------------------------------------------
 
@@ -76,6 +76,7 @@ class Settings:
     quick: bool
     fallback: bool
     workers: tuple[int, ...]
+    scenarios: frozenset[str] = frozenset()  # empty: all
 
 
 def measure(
@@ -93,11 +94,13 @@ def measure(
             ("bulk_1m", target.plain, "", "/1m", 4, False),
             ("originate_1k", target.originate, "", "/1k", s.conns, False),
         ]
+        if target.l7 is not None:
+            plan.append(("l7_keepalive_1k", target.l7, "", "/1k", s.conns, False))
     only = gw.info.get("scenarios")
     for key, port, server_name, path, conns, close in plan:
-        if key == "originate_1k" and gw.kind == "baseline":
+        if key in ("originate_1k", "l7_keepalive_1k") and gw.kind == "baseline":
             continue
-        if only is not None and key not in only:
+        if (only is not None and key not in only) or (s.scenarios and key not in s.scenarios):
             continue
         runs = []
         for _ in range(s.reps):
@@ -105,6 +108,7 @@ def measure(
             cpu0 = cpu_seconds(pids)
             sent0 = sent_to_clients(gw) if gw.proc is not None else 0.0
             counted0 = tgw_metric(gw, "tgw_downstream_connections_total") if gw.kind == "tgw" else 0
+            l7_requests0 = tgw_metric(gw, "tgw_http_requests_total") if gw.kind == "tgw" else 0
             if target is None:
                 r = run_python_load(m, port, server_name, path, conns, s.duration)
             else:
@@ -130,6 +134,15 @@ def measure(
                 raise RuntimeError(
                     f"{gw.name} {key}: tgw_downstream_connections_total did not move"
                 )
+            if gw.kind == "tgw" and key == "l7_keepalive_1k":
+                # Served request by request (L7 mode), not spliced: its request counter
+                # moved with every request wrk made.
+                served = tgw_metric(gw, "tgw_http_requests_total") - l7_requests0
+                if served < r["requests"]:
+                    raise RuntimeError(
+                        f"{gw.name} {key}: tgw_http_requests_total moved by {served:.0f} for "
+                        f"{r['requests']} requests: the destination was not served at L7"
+                    )
             runs.append(r)
         value = [
             r["bytes"] / r["seconds"] / 1e6 if key == "bulk_1m" else r["requests"] / r["seconds"]
@@ -239,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, default=32, help="wrk connections (keep-alive)")
     parser.add_argument("--only", default="", help="comma-separated gateway names to run")
     parser.add_argument("--workers", default="1,2", help="tgw worker counts to measure")
+    parser.add_argument(
+        "--scenarios", default="", help=f"comma-separated scenarios ({', '.join(SCENARIOS)})"
+    )
+    parser.add_argument(
+        "--reuseport",
+        action="store_true",
+        help='also tgw with worker_listeners = "reuseport" for each worker count above 1',
+    )
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     parser.add_argument(
         "--fallback", action="store_true", help="tgw alone with Python stand-ins (smoke test)"
@@ -260,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         args.quick,
         not tools,
         tuple(int(w) for w in args.workers.split(",") if w),
+        frozenset(x for x in args.scenarios.split(",") if x),
     )
+    if s.scenarios - set(SCENARIOS):
+        parser.error(f"unknown scenarios: {', '.join(sorted(s.scenarios - set(SCENARIOS)))}")
     only = {n for n in args.only.split(",") if n}
     workdir = Path(tempfile.mkdtemp(prefix="tgw-bench-"))
     workdir.chmod(0o755)  # nginx workers (user nobody) read the files and per-SNI leaves
@@ -279,6 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         starters: list[tuple[str, Callable[[], Gateway]]] = [
             (f"tgw-w{w}", lambda w=w: start_tgw(procs, m, up, w)) for w in s.workers
         ]
+        if args.reuseport:
+            starters += [
+                (
+                    f"tgw-w{w}-reuseport",
+                    lambda w=w: start_tgw(procs, m, up, w, listeners="reuseport"),
+                )
+                for w in s.workers
+                if w > 1
+            ]
         if not s.fallback:
             starters = [
                 ("direct", lambda: Gateway("direct", "baseline", None, up.plain, up.plain)),
@@ -304,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
                     sidecar = Sidecar(None, up.plain, up.plain)  # type: ignore[arg-type]
                 elif not s.fallback:
                     sidecar = start_sidecar(
-                        procs, m, name, (gw.plain, sni(PLAIN)), (gw.originate, sni(ORIGINATE))
+                        procs,
+                        m,
+                        name,
+                        (gw.plain, sni(PLAIN)),
+                        (gw.originate, sni(ORIGINATE)),
+                        (gw.l7, sni(HTTP)) if gw.l7 is not None else None,
                     )
                 results[name] = measure(gw, m, s, sidecar)
                 results[name]["info"] = {"kind": gw.kind, **gw.info}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.topology import DC, ORIGINATE, PLAIN, TRUST_DOMAIN, UPSTREAM_NAME, sni
+from bench.topology import DC, HTTP, ORIGINATE, PLAIN, TRUST_DOMAIN, UPSTREAM_NAME, sni
 from gwcore.contract import pki
 from gwcore.policy.model import ServiceName
 
@@ -61,7 +61,7 @@ class Material:
             ca,
             upstream_ca,
             write("web", leaf("web")),
-            {PLAIN: write(PLAIN, leaf(PLAIN)), ORIGINATE: write(ORIGINATE, leaf(ORIGINATE))},
+            {s: write(s, leaf(s)) for s in (PLAIN, ORIGINATE, HTTP)},
             upstream[:2],
         )
 

@@ -20,6 +20,7 @@ from bench.topology import (
     BIN,
     DC,
     HOST,
+    HTTP,
     ORIGINATE,
     PLAIN,
     STREAM_MODULE,
@@ -84,13 +85,19 @@ class Sidecar:
     proc: subprocess.Popen[bytes]
     plain: int
     originate: int
+    l7: int | None = None  # to the gateway's HTTP (L7) destination, when it has one
 
 
 def start_sidecar(
-    procs: Processes, m: Material, name: str, plain: tuple[int, str], originate: tuple[int, str]
+    procs: Processes,
+    m: Material,
+    name: str,
+    plain: tuple[int, str],
+    originate: tuple[int, str],
+    l7: tuple[int, str] | None = None,
 ) -> Sidecar:
     """HAProxy in TCP mode originating mTLS as a mesh client (``web``) would."""
-    ports = (free_port(), free_port())
+    ports = (free_port(), free_port(), free_port())
 
     def listen(label: str, port: int, target: tuple[int, str]) -> str:
         target_port, server_name = target
@@ -117,10 +124,11 @@ defaults
 """
         + listen("plain", ports[0], plain)
         + listen("originate", ports[1], originate)
+        + (listen("l7", ports[2], l7) if l7 is not None else "")
     )
     proc = procs.start(f"sidecar-{name}", ["haproxy", "-db", "-f", str(conf)])
     wait_port(ports[0], proc=proc)
-    return Sidecar(proc, *ports)
+    return Sidecar(proc, ports[0], ports[1], ports[2] if l7 is not None else None)
 
 
 # --- gateways under test ------------------------------------------------------------
@@ -135,17 +143,31 @@ class Gateway:
     originate: int  # port for the TLS-origination SNI
     admin: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    l7: int | None = None  # port for the HTTP (L7) destination's SNI, when measured
 
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid) if self.proc is not None else []
 
 
 def start_tgw(
-    procs: Processes, m: Material, up: Upstream, workers: int | None, policy: str = "intentions"
+    procs: Processes,
+    m: Material,
+    up: Upstream,
+    workers: int | None,
+    policy: str = "intentions",
+    prefix: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+    start_timeout: float = 30.0,
+    listeners: str = "shared",
 ) -> Gateway:
     """tgw with ``workers``; ``policy="allow"`` runs no authorization engine at all
-    (``default_policy = "allow"``), to price the intentions engine on handshakes."""
+    (``default_policy = "allow"``), to price the intentions engine on handshakes.
+    ``prefix`` runs twistd under a tool (``bench.cost``: valgrind), with twistd
+    ``options`` (a profiler); ``listeners="reuseport"`` gives each worker its own
+    listening socket (``worker_listeners``)."""
     name = f"tgw-w{workers or 1}" + ("-allow" if policy == "allow" else "")
+    if listeners != "shared":
+        name += f"-{listeners}"
     root = m.dir / name
     catalog = root / "catalog"
     catalog.mkdir(parents=True, exist_ok=True)
@@ -163,30 +185,36 @@ def start_tgw(
     docs = {
         "plain.json": reg(PLAIN, up.plain),
         "originate.json": reg(ORIGINATE, up.tls),
+        "http.json": reg(HTTP, up.plain),
         "gateway.json": {
             "Kind": "terminating-gateway",
             "Name": "bench-gw",
             "Services": [
                 {"Name": PLAIN},
                 {"Name": ORIGINATE, "CAFile": str(m.upstream_ca), "SNI": UPSTREAM_NAME},
+                {"Name": HTTP},
             ],
         },
+        # L7: HTTP/1.1 request by request, kept-alive pooled connections to nginx.
+        "defaults.json": {"Kind": "service-defaults", "Name": HTTP, "Protocol": "http"},
         "intentions.json": [
             {
                 "Kind": "service-intentions",
                 "Name": s,
                 "Sources": [{"Name": "web", "Action": "allow"}],
             }
-            for s in (PLAIN, ORIGINATE)
+            for s in (PLAIN, ORIGINATE, HTTP)
         ],
     }
     for file, doc in docs.items():
         (catalog / file).write_text(json.dumps(doc))
     port, admin = free_port(), free_port()
     workers_line = f"workers = {workers}\n" if workers and workers > 1 else ""
+    if listeners != "shared":
+        workers_line += f'worker_listeners = "{listeners}"\n'
     leaves = "\n".join(
         f'{s} = {{ cert = "{m.leaves[s][0]}", key = "{m.leaves[s][1]}" }}'
-        for s in (PLAIN, ORIGINATE)
+        for s in (PLAIN, ORIGINATE, HTTP)
     )
     config = root / "tgw.toml"
     config.write_text(f"""
@@ -217,14 +245,23 @@ roots = ["{m.ca}"]
 """)
     proc = procs.start(
         name,
-        [str(BIN / "twistd"), "--pidfile=", "-n", "tgw", "--config", str(config)],
+        [
+            *prefix,
+            str(BIN / "twistd"),
+            "--pidfile=",
+            *options,
+            "-n",
+            "tgw",
+            "--config",
+            str(config),
+        ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    wait_port(port, timeout=30, proc=proc)
-    info: dict[str, Any] = {"workers": workers or 1, "policy": policy}
+    wait_port(port, timeout=start_timeout, proc=proc)
+    info: dict[str, Any] = {"workers": workers or 1, "policy": policy, "listeners": listeners}
     if policy == "allow":
         info["scenarios"] = ("new_conn",)  # only the handshake depends on the engine
-    return Gateway(name, "tgw", proc, port, port, admin, info)
+    return Gateway(name, "tgw", proc, port, port, admin, info, l7=port)
 
 
 def tgw_metric(gw: Gateway, name: str, **labels: str) -> float:
@@ -259,11 +296,12 @@ def sent_to_clients(gw: Gateway) -> float:
             unix.sendall(b"show stat\n")
             text = b"".join(iter(lambda: unix.recv(65536), b"")).decode()
         header = text.splitlines()[0].lstrip("# ").split(",")
+        total = 0.0
         for line in text.splitlines()[1:]:
             row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "gw" and row.get("svname") == "FRONTEND":
-                return float(row["bout"])
-        return 0.0
+            if row.get("svname") == "FRONTEND" and row.get("pxname") in ("gw", "l7"):
+                total += float(row["bout"])
+        return total
     if gw.kind == "nginx":
         log = Path(gw.info["log"])
         return float(sum(int(x) for x in log.read_text().split())) if log.exists() else 0.0
@@ -274,7 +312,8 @@ def start_haproxy(procs: Processes, m: Material, up: Upstream, threads: int) -> 
     name = f"haproxy-t{threads}"
     port = free_port()
     crt_list = m.dir / f"{name}.crtlist"
-    crt_list.write_text("".join(f"{m.leaves[s][2]} {sni(s)}\n" for s in (PLAIN, ORIGINATE)))
+    crt_list.write_text("".join(f"{m.leaves[s][2]} {sni(s)}\n" for s in (PLAIN, ORIGINATE, HTTP)))
+    l7 = free_port()
     conf = m.dir / f"{name}.cfg"
     stats = m.dir / f"{name}.stats"
     conf.write_text(f"""
@@ -296,24 +335,34 @@ backend plain
 backend originate
   server up {HOST}:{up.tls} ssl verify required ca-file {m.upstream_ca} \
     sni str({UPSTREAM_NAME}) verifyhost {UPSTREAM_NAME}
+# L7: an HTTP proxy (keep-alive both ways, connections to nginx reused)
+frontend l7
+  mode http
+  timeout http-keep-alive 300s
+  bind {HOST}:{l7} ssl crt-list {crt_list} ca-file {m.ca} verify required strict-sni
+  default_backend http
+backend http
+  mode http
+  http-reuse always
+  server up {HOST}:{up.plain}
 """)
     proc = procs.start(name, ["haproxy", "-db", "-f", str(conf)])
     wait_port(port, proc=proc)
     return Gateway(
-        name, "haproxy", proc, port, port, info={"nbthread": threads, "stats": str(stats)}
+        name, "haproxy", proc, port, port, info={"nbthread": threads, "stats": str(stats)}, l7=l7
     )
 
 
 def start_nginx(procs: Processes, m: Material, up: Upstream, workers: int) -> Gateway:
     name = f"nginx-w{workers}"
-    plain, originate = free_port(), free_port()
+    plain, originate, l7 = free_port(), free_port(), free_port()
     conf = m.dir / f"{name}.conf"
     # nginx 1.22's stream module has no per-SNI server blocks: the leaf is chosen by
     # $ssl_server_name (an unknown SNI finds no file and fails the handshake).
     # Origination needs proxy_ssl per server, so it listens on a second port.
     certs = m.dir / f"{name}-certs"
     certs.mkdir(exist_ok=True)
-    for s in (PLAIN, ORIGINATE):
+    for s in (PLAIN, ORIGINATE, HTTP):
         shutil.copy(m.leaves[s][0], certs / f"{sni(s)}.crt")
         shutil.copy(m.leaves[s][1], certs / f"{sni(s)}.key")
     # nginx 1.22 offers TLS 1.3 only when asked (its default list ends at 1.2); every
@@ -322,6 +371,7 @@ def start_nginx(procs: Processes, m: Material, up: Upstream, workers: int) -> Ga
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_certificate {certs}/$ssl_server_name.crt; ssl_certificate_key {certs}/$ssl_server_name.key;
     ssl_verify_client on; ssl_client_certificate {m.ca}; ssl_session_cache shared:{name}:10m;"""
+    http_tls = tls.replace(f"shared:{name}:", f"shared:{name}-http:")  # a zone per module
     conf.write_text(f"""
 load_module {STREAM_MODULE};
 daemon off; master_process on; worker_processes {workers}; worker_rlimit_nofile 19000;
@@ -342,11 +392,22 @@ stream {{
     proxy_ssl_name {UPSTREAM_NAME}; proxy_ssl_server_name on; proxy_ssl_session_reuse on;
   }}
 }}
+http {{
+  log_format sent $bytes_sent; access_log {m.dir}/{name}.sent sent buffer=64k flush=100ms;
+  keepalive_requests 10000000; keepalive_timeout 300s;
+  upstream service {{ server {HOST}:{up.plain}; keepalive 64; keepalive_requests 10000000; }}
+  server {{
+    listen {HOST}:{l7} ssl; {http_tls}
+    location / {{
+      proxy_pass http://service; proxy_http_version 1.1; proxy_set_header Connection "";
+    }}
+  }}
+}}
 """)
     proc = procs.start(name, ["nginx", "-c", str(conf), "-e", str(m.dir / f"{name}.err")])
     wait_port(plain, proc=proc)
     info = {"worker_processes": workers, "log": str(m.dir / f"{name}.sent")}
-    return Gateway(name, "nginx", proc, plain, originate, info=info)
+    return Gateway(name, "nginx", proc, plain, originate, info=info, l7=l7)
 
 
 # --- proving the path ---------------------------------------------------------------
@@ -381,6 +442,8 @@ def mtls_get(m: Material, port: int, server_name: str, path: str = "/1k") -> byt
 def verify_path(m: Material, gw: Gateway, originate: bool = True) -> None:
     """The right SNI is served through the gateway; a wrong one is refused."""
     checks = [(gw.plain, PLAIN), (gw.originate, ORIGINATE)] if originate else [(gw.plain, PLAIN)]
+    if gw.l7 is not None:
+        checks.append((gw.l7, HTTP))
     for port, service in checks:
         body = mtls_get(m, port, sni(service))
         if not body.startswith(b"HTTP/1.1 200") or not body.endswith(b"x" * 1024):

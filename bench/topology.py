@@ -20,6 +20,7 @@ TRUST_DOMAIN = "11111111-2222-3333-4444-555555555555.consul"
 DC = "dc1"
 HOST = "127.0.0.1"
 PLAIN, ORIGINATE = "billing", "billing-tls"  # the two destinations: plain TCP, TLS upstream
+HTTP = "billing-http"  # the L7 destination (service-defaults Protocol "http"), plain upstream
 UPSTREAM_NAME = "upstream.bench.test"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 APT_PACKAGES = ("haproxy", "nginx", "libnginx-mod-stream", "wrk")
@@ -31,6 +32,7 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "new_conn": ("new connection per request", "conn/s"),
     "bulk_1m": ("1 MiB bulk", "MB/s"),
     "originate_1k": ("keep-alive 1 KiB, TLS origination", "req/s"),
+    "l7_keepalive_1k": ("HTTP keep-alive 1 KiB, L7 (HTTP/1.1 proxy)", "req/s"),
 }
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import CertificateOptions
+from zope.interface import implementer
 
 from gwcore.contract.http_flow import Headers, HttpResponse
 from gwcore.net.h2_downstream import Http2Server
@@ -30,6 +31,29 @@ from gwcore.policy.model import Endpoint
 from gwcore.testing import MeshCA
 from tests.h2_peers import H2SocketClient, H2TestService, tls_h2_socket
 from tests.harness import sleep
+
+
+@implementer(IOpenSSLContextFactory)
+class _ServerContext:
+    """A TLS server context for the stand-in front: the leaf, client certificates verified
+    against the mesh root, ALPN h2 only. Built with pyOpenSSL from cryptography objects
+    (Twisted's CertificateOptions wants pyOpenSSL's deprecated X509/PKey)."""
+
+    def __init__(self, leaf: Any, root: Any) -> None:
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.use_certificate(leaf.certificate)
+        ctx.use_privatekey(leaf.key)
+        ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(root))
+        ctx.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda conn, cert, err, depth, ok: ok
+        )
+        ctx.set_alpn_select_callback(
+            lambda conn, offered: b"h2" if b"h2" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+        )
+        self._ctx = ctx
+
+    def getContext(self) -> SSL.Context:
+        return self._ctx
 
 
 class StandInExchange:
@@ -168,14 +192,7 @@ class Front:
         self.codecs: list[Http2Server] = []
         self.dials = 0
         self.pool = Http2Pool(reactor, self._dial, limits)
-        options = CertificateOptions(
-            privateKey=crypto.PKey.from_cryptography_key(leaf.key),
-            certificate=crypto.X509.from_cryptography(leaf.certificate),
-            verify=True,
-            caCerts=[crypto.X509.from_cryptography(self.ca.cert)],
-            requireCertificate=True,
-            acceptableProtocols=[b"h2"],
-        )
+        options = _ServerContext(leaf, self.ca.cert)
         factory = Factory.forProtocol(lambda: CodecHost(self))
         self.port = reactor.listenSSL(0, factory, options, interface="127.0.0.1")
         self.port_number = self.port.getHost().port

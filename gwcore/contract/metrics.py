@@ -430,6 +430,16 @@ class SiteChildren:
         self._closed: dict[tuple[ServiceKey, str], Any] = {}
         self._services: dict[ServiceKey, ServiceChildren] = {}
         self._decisions: dict[tuple[ServiceKey, str, str], Any] = {}
+        self._handshakes: dict[str, Any] = {}
+
+    def handshakes(self, version: str) -> Any:
+        """``tgw_tls_handshakes_total{site, version}`` (versions: a fixed set)."""
+        child = self._handshakes.get(version)
+        if child is None:
+            child = self._handshakes[version] = self.metrics.handshakes.labels(
+                site=self.site, version=version
+            )
+        return child
 
     def service(self, destination: Destination) -> ServiceChildren:
         key = service_key(destination)

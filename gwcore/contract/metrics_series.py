@@ -22,6 +22,24 @@ def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
+def use_worker_values() -> None:
+    """Multiprocess metric values that know this worker's pid, for a worker's start.
+
+    prometheus-client's multiprocess value calls ``os.getpid()`` (a system call) on
+    every ``inc``, ``set`` and ``observe`` to notice a fork. A worker is started by
+    exec and never forks a process that goes on updating metrics, so its pid is read
+    once here: a connection's fifteen updates cost no system call. Call it before the
+    first metric value of the process exists (values made before would write the same
+    file through another handle).
+    """
+    from prometheus_client import values
+
+    if not multiprocess():
+        return
+    pid = os.getpid()
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)
+
+
 def remove_series(family: Any, *labelvalues: str) -> None:
     """Delete ``family``'s child for ``labelvalues`` (no error if it is not there).
 

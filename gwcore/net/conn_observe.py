@@ -6,13 +6,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gwcore.net.access_fields import certificate_fields
+from gwcore.net.client_trust import VERIFY_ERROR_REASONS
+
 
 def init_facts(conn: Any) -> None:
     """The facts a new connection fills in as it goes, unknown (``None``) at accept."""
     conn.started_monotonic = time.monotonic()
     conn.tls_version = None
     conn.tls_cipher = None
-    conn.peer_certificate = {}  # the presented leaf (access_fields.certificate_fields)
+    # The presented leaf (pyOpenSSL), described (access_fields.certificate_fields) only
+    # when a record is built: most connections of a site without an access log never are.
+    conn.peer_x509 = None
     conn.saw_bytes = False  # a connect that sends nothing is a health check, not TLS
 
 
@@ -24,7 +29,26 @@ def handshake_completed(conn: Any, tls: Any) -> None:
     conn.tls_cipher = tls.get_cipher_name()
     site = conn.site
     site.children.handshake_seconds.observe(conn.handshake_seconds)
-    site.metrics.handshakes.labels(site=site.name, version=conn.tls_version).inc()
+    site.children.handshakes(conn.tls_version).inc()
+
+
+def handshake_reason(conn: Any, error: Exception | None) -> str:
+    """Why ``conn``'s handshake failed, as a bounded metric label: what the driver saw
+    (an addon veto, a route miss, a certificate verify error), else OpenSSL's error."""
+    if conn.hello_veto is not None:
+        return "addon_veto"
+    if conn.route_miss is not None:
+        return conn.route_miss
+    if conn.verify_error is not None:
+        return VERIFY_ERROR_REASONS.get(conn.verify_error, "bad_client_cert")
+    text = str(error or "")
+    if "peer did not return a certificate" in text or "certificate required" in text:
+        return "no_client_cert"
+    if ("version" in text and "wrong" in text) or "unsupported protocol" in text:
+        return "tls_version"
+    if "http request" in text:
+        return "not_tls"
+    return "protocol_error"
 
 
 def handshake_abandoned(conn: Any) -> None:
@@ -62,6 +86,6 @@ def record_fields(conn: Any) -> dict[str, Any]:
         "alpn": conn.alpn.decode("ascii", "replace") if conn.alpn else None,
         "tls_version": conn.tls_version,
         "tls_cipher": conn.tls_cipher,
-        **conn.peer_certificate,
+        **certificate_fields(conn.peer_x509),
         "handshake_seconds": round(conn.handshake_seconds, 6) if conn.handshake_seconds else None,
     }

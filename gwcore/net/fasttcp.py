@@ -4,16 +4,17 @@ Twisted's TCP transport queues every ``write`` and asks the reactor for write
 readiness, so each write costs two extra ``epoll_ctl`` calls (register, then
 unregister once flushed) and a trip through the reactor. A gateway's splice writes
 right after it reads, when the socket's send buffer is almost always free, so these
-transports try ``send`` immediately when nothing is queued and fall back to
-Twisted's buffering only for what the kernel did not take. Reads use a 256 KiB
-buffer (Twisted reads 64 KiB), so a bulk transfer crosses Python a quarter as often,
-and TCP_NODELAY is set: a relay forwards what it has at once.
+transports try ``send`` immediately when nothing is queued (one ``sendmsg`` for
+a sequence of pieces) and fall back to Twisted's buffering only for what the
+kernel did not take. Reads use a 256 KiB buffer (Twisted reads 64 KiB), so a bulk
+transfer crosses Python a quarter as often, and TCP_NODELAY is set: a relay
+forwards what it has at once.
 
 Everything else — flow control, half-close, producers, connection loss — is
-Twisted's own code path: the subclasses only override ``write`` (and the client's
-"connected" notification). Listening and connecting go through :func:`listen` and
-:class:`TCPClientEndpoint`, which fall back to Twisted's endpoints for any
-endpoint type other than ``tcp``/``tcp6``.
+Twisted's own code path: the subclasses only override ``write`` and
+``writeSequence`` (and the client's "connected" notification). Listening and
+connecting go through :func:`listen` and :class:`TCPClientEndpoint`, which fall
+back to Twisted's endpoints for any endpoint type other than ``tcp``/``tcp6``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from twisted.internet.protocol import ClientFactory, Factory
 from zope.interface import implementer
 
 READ_SIZE = 256 * 1024
+
+_IOV_MAX = 1024  # POSIX's minimum is 16; Linux's (UIO_MAXIOV) is 1024
 
 
 def native(reactor: Any) -> bool:
@@ -80,6 +83,30 @@ class _WriteNow:
                 return
             data = data[sent:]
         super().write(data)  # type: ignore[misc]
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        """Several pieces (a read's TLS records) in one ``sendmsg`` when nothing is queued;
+        what the kernel did not take is queued as one piece, in order."""
+        if len(iovec) == 1:
+            self.write(iovec[0])
+            return
+        if not (
+            iovec
+            and self.connected
+            and not self.disconnecting
+            and not self._writeDisconnected
+            and self._tempDataLen == 0
+            and self.offset == len(self.dataBuffer)
+            and len(iovec) <= _IOV_MAX
+        ):
+            super().writeSequence(iovec)  # type: ignore[misc]
+            return
+        try:
+            sent = self.socket.sendmsg(iovec)
+        except OSError:  # BlockingIOError, or an error Twisted's write path will report
+            sent = 0
+        if sent < sum(map(len, iovec)):
+            super().write(b"".join(iovec)[sent:])  # type: ignore[misc]
 
 
 class Server(_WriteNow, tcp.Server):

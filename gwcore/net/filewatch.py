@@ -13,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -41,12 +41,26 @@ def expand(paths: Sequence[Path], pattern: str | tuple[str, ...]) -> list[Path]:
     return found
 
 
+_CHUNK = 64 * 1024
+
+
+def _digest(f: BinaryIO) -> str:
+    """SHA-256 of the first :data:`MAX_HASHED_BYTES` of ``f``, read in 64 KiB chunks (one
+    ``read(MAX_HASHED_BYTES)`` allocates its whole 8 MiB buffer on every poll)."""
+    h = hashlib.sha256()
+    left = MAX_HASHED_BYTES
+    while left > 0 and (chunk := f.read(min(_CHUNK, left))):
+        h.update(chunk)
+        left -= len(chunk)
+    return h.hexdigest()
+
+
 def fingerprint(path: Path) -> Fingerprint | None:
     """Identity and content digest of ``path`` (following symlinks); ``None`` if unreadable."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            digest = hashlib.sha256(f.read(MAX_HASHED_BYTES)).hexdigest()
+            digest = _digest(f)
     except OSError:
         return None
     return (st.st_ino, st.st_size, digest)

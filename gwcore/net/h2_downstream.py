@@ -35,8 +35,10 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from gwcore.contract.http_flow import Headers, HttpRequest
+from gwcore.net.h2_abuse import FrameBudget, ResetBudget
 from gwcore.net.h2_link import H2Link, H2Stream, HeaderList
 from gwcore.policy import http2_rules
+from gwcore.policy.http_method import BAD_METHOD, miscased_method
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpResponse
@@ -68,6 +70,8 @@ class Http2Server(H2Link):
         self.link = link
         self.starter = starter
         self.requests = 0
+        self.resets = ResetBudget()
+        self.frames = FrameBudget()
         self.start()
 
     # --- DownstreamCodec --------------------------------------------------------------
@@ -84,9 +88,6 @@ class Http2Server(H2Link):
 
     def connection_lost(self) -> None:
         self.lost()
-
-    def set_client_writable(self, writable: bool) -> None:
-        self.set_writable(writable)
 
     def drain(self) -> None:
         """The site stops: GOAWAY (NO_ERROR, last stream = the newest one seen), finish
@@ -123,6 +124,36 @@ class Http2Server(H2Link):
         if (self.eof or self.draining) and not self.streams and not self.closed:
             self.close_out("shutdown" if self.draining else "completed")
 
+    def handle(self, event: h2.events.Event) -> None:
+        abuse = self._abuse(event)
+        if abuse is not None:
+            self.protocol_error("abuse", abuse)
+            return
+        super().handle(event)
+
+    def _abuse(self, event: h2.events.Event) -> str | None:
+        """Why ``event`` makes this client abusive (``h2_abuse``), or None."""
+        frames = self.frames
+        if isinstance(event, h2.events.StreamReset):
+            if event.stream_id in self.streams and self.resets.premature_reset():
+                return self.resets.detail()
+        elif isinstance(event, h2.events.DataReceived):
+            return frames.data_frame(not event.data and event.stream_ended is None)
+        elif isinstance(event, (h2.events.RequestReceived, h2.events.TrailersReceived)):
+            frames.payload_frame()
+        elif isinstance(event, (h2.events.PingReceived, h2.events.RemoteSettingsChanged)):
+            return frames.control_ack(self.paused)
+        elif isinstance(event, h2.events.PriorityUpdated):
+            return frames.priority(self.resets.opened)
+        elif isinstance(event, h2.events.WindowUpdated):
+            return frames.window_update(self.resets.opened, self.data_frames_sent)
+        return None
+
+    def set_client_writable(self, writable: bool) -> None:
+        if writable:
+            self.frames.client_reads()
+        self.set_writable(writable)
+
     def other_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
             stream = H2Stream(self, event.stream_id)
@@ -130,6 +161,9 @@ class Http2Server(H2Link):
             if self.draining:  # newer than our GOAWAY's last stream: never processed
                 stream.reset(ErrorCodes.REFUSED_STREAM)
                 return
+            self.resets.stream_opened()
+            if event.stream_id in self.reset_in_batch:
+                return  # reset before its decision: no exchange, authorization or log
             self.requests += 1
             head = list(event.headers or ())
             request = request_from_head(head)
@@ -151,6 +185,8 @@ def request_from_head(head: HeaderList) -> HttpRequest | str:
     facts = http2_rules.request_facts(head)
     if isinstance(facts, str):
         return facts
+    if miscased_method(facts.method):
+        return BAD_METHOD
     return HttpRequest(
         method=facts.method,
         path=facts.path,

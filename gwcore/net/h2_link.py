@@ -188,6 +188,7 @@ class H2Stream:
             chunk, on_sent = out[0]
             n = min(window, max_frame, len(chunk))
             conn.send_data(self.id, chunk[:n])
+            self.link.data_frames_sent += 1
             self.queued -= n
             if n == len(chunk):
                 out.popleft()
@@ -246,6 +247,8 @@ class H2Link:
         self.paused = False
         self.closed = False
         self.close_reason: str | None = None
+        self.reset_in_batch: set[int] = set()
+        self.data_frames_sent = 0  # what a peer's WINDOW_UPDATEs are measured against
         self._on_protocol_error = on_protocol_error
 
     # --- what a subclass provides --------------------------------------------------
@@ -272,6 +275,8 @@ class H2Link:
         except h2.exceptions.ProtocolError as error:
             self.protocol_error(protocol_error_reason(error), str(error))
             return
+        # Streams this read also resets: a server need not start work for them.
+        self.reset_in_batch = {e.stream_id for e in events if isinstance(e, h2.events.StreamReset)}
         for event in events:
             self.handle(event)
             if self.closed:

@@ -31,7 +31,10 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
+from gwcore.net.http_wire import ambiguous_framing
+from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
+from gwcore.net.l7_retry import ReplayBuffer
 from gwcore.net.splice import UpstreamFactory
 
 if TYPE_CHECKING:
@@ -80,6 +83,8 @@ class Http1Stream:
         self.request_producer: Producer | None = None
         self.pending: list[bytes] = []  # body written before a connection (bounded: see send_data)
         self.ended: Headers | bool | None = False
+        self.sent_end: Headers | bool = False  # the end went out on the connection
+        self.replay = ReplayBuffer(request.method)
         self.done = False
         self.paused = False
 
@@ -93,6 +98,7 @@ class Http1Stream:
             # already on their way wait here (at most one read of the client).
             self.pending.append(data)
             return
+        self.replay.wrote(data)
         self.connection.write(h11.Data(data=data))
 
     def send_end(self, trailers: Headers | None = None) -> None:
@@ -101,6 +107,7 @@ class Http1Stream:
         if self.connection is None:
             self.ended = trailers if trailers is not None else True
             return
+        self.sent_end = trailers if trailers is not None else True
         self.connection.end_request(trailers)
 
     def set_request_producer(self, producer: Producer | None) -> None:
@@ -133,16 +140,36 @@ class Http1Stream:
     def attach(self, connection: Http1Connection) -> None:
         self.connection = connection
         self.endpoint = connection.endpoint
+        if not connection.reused:
+            self.replay.retried = True  # only a reused connection's failure is retried
+        try:
+            self._attach(connection)
+        except Exception:
+            # Whatever went wrong fails this exchange and frees its connection: a pool
+            # slot held by a stream nobody serves would be lost until restart.
+            log.failure("starting the upstream request failed")
+            if not connection.closed:
+                connection.fail("internal_error", "internal error")
+
+    def _attach(self, connection: Http1Connection) -> None:
         connection.start(self)
+        if connection.closed:
+            return
         pending, self.pending = self.pending, []
         for chunk in pending:
+            self.replay.wrote(chunk)
             connection.write(h11.Data(data=chunk))
         if self.ended is not False:
+            self.sent_end = self.ended if isinstance(self.ended, Headers) else True
             connection.end_request(self.ended if isinstance(self.ended, Headers) else None)
         elif self.request_producer is not None:
             self.request_producer.resumeProducing()
+        # The connection reads as this request's client allows, whatever the previous
+        # request on it left (a pause it never lifted would stall this response).
         if self.paused:
             connection.pause_reading()
+        else:
+            connection.resume_reading()
 
     def failed(self, failure: UpstreamFailure) -> None:
         if self.done:
@@ -150,6 +177,16 @@ class Http1Stream:
         self.done = True
         self.connection = None
         self.sink.response_failed(failure)
+
+    def rewind(self) -> None:
+        """Ready to go again on another connection (``l7_retry``): what was sent of the
+        body is sent again, and the client's body waits until then."""
+        self.connection = None
+        self.pending = self.replay.take() + self.pending
+        if self.sent_end is not False:
+            self.ended, self.sent_end = self.sent_end, False
+        if self.request_producer is not None and self.ended is False:
+            self.request_producer.pauseProducing()
 
 
 class Http1Connection:
@@ -166,6 +203,7 @@ class Http1Connection:
         self.idle_call: Any = None
         self.alpn = _Alpn.alpn
         self.close_cause: str | None = None
+        self.reused = False  # it carried an exchange before the current one
         upstream.downstream = self
         # The service's socket pauses the client's body while it cannot take more.
         upstream.transport.registerProducer(self, True)
@@ -203,8 +241,12 @@ class Http1Connection:
             headers.append(("transfer-encoding", "chunked"))
             self.chunked = True
         try:
-            event = h11.Request(method=request.method, target=request.path, headers=headers)
-        except h11.LocalProtocolError as e:
+            event = h11.Request(
+                method=request.method.encode("latin-1"),
+                target=request.path.encode("latin-1"),
+                headers=_wire(headers),
+            )
+        except (h11.LocalProtocolError, UnicodeError) as e:
             self.fail("protocol", f"cannot send the request: {e}")
             return
         self.write(event)
@@ -224,7 +266,12 @@ class Http1Connection:
         chunked = self.stream is not None and self.chunked
         # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
         fields = list(trailers) if trailers is not None and chunked else []
-        self.write(h11.EndOfMessage(headers=fields))
+        try:
+            end = h11.EndOfMessage(headers=_wire(fields))
+        except (h11.LocalProtocolError, UnicodeError) as e:
+            self.fail("protocol", f"cannot send the request's trailers: {e}")
+            return
+        self.write(end)
 
     def pause_reading(self) -> None:
         if not self.closed:
@@ -239,6 +286,13 @@ class Http1Connection:
     def send_to_client(self, data: bytes) -> None:
         if self.closed:
             return
+        if data and self.stream is None:
+            # Nobody asked: bytes kept for the next caller would be read as its answer
+            # (response poisoning across callers). The connection is not reused.
+            self.close("the service sent data on an idle connection")
+            return
+        if data and self.stream is not None:
+            self.stream.replay.answered()
         try:
             self.h11.receive_data(data)
         except RuntimeError as e:
@@ -252,6 +306,11 @@ class Http1Connection:
 
     def upstream_eof(self) -> None:
         if self.closed:
+            return
+        if self.stream is not None and self.h11.their_state is h11.SEND_RESPONSE:
+            # Closed before a complete response head (h11 calls this a protocol error):
+            # a reset, which on a reused connection may be retried (l7_retry).
+            self.fail("reset", "the service closed the connection before its response")
             return
         with contextlib.suppress(RuntimeError):
             self.h11.receive_data(b"")
@@ -286,6 +345,12 @@ class Http1Connection:
                     self.fail("protocol", "the service sent a response nobody asked for")
                 return
             if isinstance(event, h11.Response):
+                if ambiguous_framing(event.headers):
+                    self.fail(
+                        "protocol",
+                        "the service's response has Content-Length and Transfer-Encoding",
+                    )
+                    return
                 headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
                 version = "HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0"
                 stream.sink.response_head(
@@ -313,8 +378,18 @@ class Http1Connection:
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.connection = None
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+        if (
+            self.h11.our_state is h11.DONE
+            and self.h11.their_state is h11.DONE
+            # Bytes after a complete response (a HEAD or 304 answered with a body, a
+            # second response) would be the next caller's answer: never reuse then.
+            and not self.h11.trailing_data[0]
+        ):
             self.h11.start_next_cycle()
+            self.reused = True
+            # The client may have paused this response's reading just before its end:
+            # idle (or the next request's), the connection reads again.
+            self.resume_reading()
             self.pool.idle_again(self)
         else:
             self.close("not reusable after this exchange")
@@ -323,6 +398,25 @@ class Http1Connection:
 
     def fail(self, reason: str, detail: str) -> None:
         stream, self.stream = self.stream, None
+        if (
+            stream is not None
+            and reason == "reset"
+            and self.reused
+            and not stream.done
+            and stream.replay.may_retry()
+        ):
+            # A stale kept-alive connection (l7_retry): once more on a fresh one. Queued
+            # first, so closing this connection dials for it.
+            log.info(
+                "retrying {method} on a fresh connection to {endpoint}: {detail}",
+                method=stream.request.method,
+                endpoint=self.endpoint,
+                detail=detail,
+            )
+            stream.rewind()
+            self.pool.retry(stream)
+            self.close(detail)
+            return
         self.close(detail)
         if stream is not None:
             stream.failed(UpstreamFailure(reason, detail, 502, self.endpoint))
@@ -471,6 +565,13 @@ class Http1Pool:
         for connection in list(self.idle):
             if connection.endpoint not in endpoints:
                 connection.close("endpoint left the catalog")
+
+    def retry(self, stream: Http1Stream) -> None:
+        """``stream`` goes again, ahead of the requests waiting (see ``l7_retry``)."""
+        if self.closed:
+            self._fail_later(stream, UpstreamFailure("unavailable", "the site is stopping", 503))
+            return
+        self.waiting.appendleft(stream)
 
     def forget(self, stream: Http1Stream) -> None:
         """A waiting request was cancelled."""

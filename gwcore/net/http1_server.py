@@ -28,6 +28,9 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpRequest
+from gwcore.net.http1_head_timer import HeadTimer
+from gwcore.net.http_wire import latin1_fields as _wire
+from gwcore.policy.http_method import BAD_METHOD, miscased_method
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpResponse
@@ -88,6 +91,8 @@ class Http1Server:
         self.reading = True
         self.draining = False
         self.stopping = False  # drain(): the response in flight is the last one
+        self.head_timer = HeadTimer(limits.clock, limits.request_head_timeout, self._head_late)
+        self.head_timer.arm()
 
     # --- DownstreamCodec -----------------------------------------------------------
 
@@ -112,6 +117,7 @@ class Http1Server:
 
     def connection_lost(self) -> None:
         self.closed = True
+        self.head_timer.disarm()
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.client_gone("client connection lost")
@@ -205,7 +211,18 @@ class Http1Server:
                     self.closed = True
                 break
 
+    def _head_late(self) -> None:
+        if self.closed or self.answering is not None or self.exchange is not None:
+            return
+        if self.h11.trailing_data[0]:
+            # Part of a head came, the rest did not in time: a slow (or slowloris) client.
+            self._bad_request("request_head_timeout", "no complete request head in time", 408)
+        else:
+            self.closed = True
+            self.link.close("idle_timeout")
+
     def _request(self, event: h11.Request) -> None:
+        self.head_timer.disarm()
         raw = event.headers.raw_items()
         # h11 bounds only a head that arrives in pieces; one that came whole is
         # measured here against the same limit.
@@ -220,6 +237,9 @@ class Http1Server:
                 "Content-Length together with Transfer-Encoding",
                 400,
             )
+            return
+        if miscased_method(_text(event.method)):
+            self._bad_request(BAD_METHOD, f"method {_text(event.method)!r} (case)", 400)
             return
         headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
         request = HttpRequest(
@@ -245,6 +265,7 @@ class Http1Server:
         ours, theirs = self.h11.our_state, self.h11.their_state
         if ours is h11.DONE and theirs is h11.DONE:
             self.h11.start_next_cycle()
+            self.head_timer.arm()
         elif (
             self.answering is None
             and self.exchange is None
@@ -279,8 +300,8 @@ class Http1Server:
         if exchange is not None:
             exchange.client_gone(f"bad request: {detail}")
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self.answering is None:
-            status = 431 if status == 431 else 400
-            body = b"Bad Request\n" if status == 400 else b"Request Header Fields Too Large\n"
+            status = status if status in (408, 431) else 400
+            body = f"{_phrase(status).decode()}\n".encode()
             head = [
                 ("content-type", "text/plain"),
                 ("content-length", str(len(body))),
@@ -327,9 +348,11 @@ class _Answer:
         )
         try:  # h11 checks names and values as it builds the event
             head = h11.Response(
-                status_code=response.status, headers=headers, reason=_phrase(response.status)
+                status_code=response.status,
+                headers=_wire(headers),
+                reason=_phrase(response.status),
             )
-        except h11.LocalProtocolError as e:
+        except (h11.LocalProtocolError, UnicodeError) as e:
             codec.refuse_response(str(e))
             return
         codec._send(head)
@@ -350,8 +373,8 @@ class _Answer:
         codec.response_producer = None
         fields = list(trailers) if trailers is not None and self.trailers_ok else []
         try:
-            end = h11.EndOfMessage(headers=fields)
-        except h11.LocalProtocolError as e:
+            end = h11.EndOfMessage(headers=_wire(fields))
+        except (h11.LocalProtocolError, UnicodeError) as e:
             codec.refuse_response(str(e))
             return
         if not codec._send(end):

@@ -30,10 +30,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gwcore.net.access_fields import address_of, complete, host_port, process_fields, rfc3339
+from gwcore.net.bio import BIO_CHUNK
 
 _log = Logger(namespace="tgw.connection")
-
-BIO_CHUNK = 1 << 17
 
 
 def flush_bio(tls: Any, write: Any) -> None:
@@ -92,14 +91,18 @@ def _release(transport: Any) -> None:
 
     Twisted will not finish closing a transport whose producer is registered and
     paused, and a paused peer would never notice its own close; so the peer is
-    resumed as it is released.
+    resumed as it is released, unless it has already read its end of stream (an
+    upstream that sent FIN: reading it again only finds the same end, at the cost of
+    an epoll registration, a wake-up and a ``recv`` per connection).
     """
     producer = getattr(transport, "producer", None)
     if producer is None:
         return
     transport.unregisterProducer()
     if isinstance(producer, _PauseOnly):
-        producer.transport.resumeProducing()
+        peer = producer.transport
+        if not getattr(getattr(peer, "protocol", None), "read_closed", False):
+            peer.resumeProducing()
 
 
 @implementer(IHalfCloseableProtocol)

@@ -48,9 +48,8 @@ from gwcore.contract.events import (
     HandshakeDone,
 )
 from gwcore.net import conn_observe as observe
-from gwcore.net.access_fields import certificate_fields, next_connection_id
-from gwcore.net.bio import pieces, send_bounded
-from gwcore.net.client_trust import VERIFY_ERROR_REASONS
+from gwcore.net.access_fields import next_connection_id
+from gwcore.net.bio import encrypt, pieces
 from gwcore.net.first_hello import FirstHello
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
 from gwcore.net.tls import ALPN_BY_PROTOCOL, ServerTLS
@@ -213,7 +212,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
 
     def on_verify(self, errnum: int, ok: int, leaf: Any = None) -> bool:
         if leaf is not None:  # the presented leaf, for the access log even if refused
-            self.peer_certificate = certificate_fields(leaf)
+            self.peer_x509 = leaf
         if not ok and self.verify_error is None:
             self.verify_error = errnum
         return bool(ok)
@@ -230,51 +229,55 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self._hello = None
             tls, data = hello.start(self.material, self)
             self.tls = tls
+        plain: list[bytes] = []  # the whole read's plaintext: one write to the service
         for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
             tls.bio_write(piece)
             self._records.feed(piece)
             if self.state is State.SPLICING:
-                self._pump_to_upstream()
+                self._pump_to_upstream(plain)
             elif self.state is State.HANDSHAKE:
                 self._continue_handshake()
             elif self.state is not State.CLOSED:
                 self._pump_early()
+        if plain:
+            self._send_upstream(plain)
 
-    def _pump_to_upstream(self) -> None:
+    def _pump_to_upstream(self, plain: list[bytes]) -> None:
+        """Decrypt the whole records fed so far into ``plain`` (sent by the caller); an
+        end of stream sends what came before it, then half-closes."""
         tls = self.tls
-        upstream = self.upstream
-        assert tls is not None and upstream is not None
-        # OpenSSL hands out one record (<= 16 KiB) per recv; gather them so the
-        # service gets one write (one send syscall) per read from the client. One
-        # recv per whole record that arrived: no last call just to hear WantReadError.
+        assert tls is not None
+        # OpenSSL hands out one record (<= 16 KiB) per recv. One recv per whole
+        # record that arrived: no last call just to hear WantReadError.
         records = self._records
         ready, records.complete = records.complete, 0
-        chunks = []
-        finished = False
         # Reading records that all carried application data makes OpenSSL write
         # nothing; anything else (a KeyUpdate, an alert) may have, so then flush.
         quiet = True
         for _ in range(ready):
             try:
-                chunks.append(tls.recv(RECV_CHUNK))
+                plain.append(tls.recv(RECV_CHUNK))
             except SSL.WantReadError:
                 quiet = False
                 break
             except SSL.ZeroReturnError:
-                finished = True
+                self._send_upstream(plain)
+                self._client_finished_writing()
                 quiet = False
                 break
             except SSL.Error as e:
+                plain.clear()
                 self._protocol_error(e)
                 return
-        if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self.bytes_up += len(data)
-            upstream.send(data)
-        if finished:
-            self._client_finished_writing()
         if not quiet:
             self._flush_tls()
+
+    def _send_upstream(self, plain: list[bytes]) -> None:
+        data = plain[0] if len(plain) == 1 else b"".join(plain)
+        plain.clear()
+        if data and self.upstream is not None:
+            self.bytes_up += len(data)
+            self.upstream.send(data)
 
     def _pump_early(self) -> None:
         tls = self.tls
@@ -311,9 +314,11 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             return
         self.bytes_down += len(data)
         try:
-            send_bounded(tls, data, self._flush_tls)
+            records = encrypt(tls, data)  # bounded BIO capacity (gwcore.net.bio)
         except SSL.Error as e:
             self._protocol_error(e)
+            return
+        self.transport.writeSequence(records)
 
     # --- handshake ----------------------------------------------------------------
 
@@ -338,24 +343,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self._flush_tls()
         self._handshake_completed()
 
-    def _handshake_reason(self, error: Exception | None) -> str:
-        if self.hello_veto is not None:
-            return "addon_veto"
-        if self.route_miss is not None:
-            return self.route_miss
-        if self.verify_error is not None:
-            return VERIFY_ERROR_REASONS.get(self.verify_error, "bad_client_cert")
-        text = str(error or "")
-        if "peer did not return a certificate" in text or "certificate required" in text:
-            return "no_client_cert"
-        if ("version" in text and "wrong" in text) or "unsupported protocol" in text:
-            return "tls_version"
-        if "http request" in text:
-            return "not_tls"
-        return "protocol_error"
-
     def _handshake_failed(self, error: Exception | None, reason: str | None = None) -> None:
-        reason = reason or self._handshake_reason(error)
+        reason = reason or observe.handshake_reason(self, error)
         metrics = self.site.metrics
         metrics.handshake_errors.labels(site=self.site.name, reason=reason).inc()
         if reason in ("unknown_sni", "missing_sni", "invalid_sni", "no_certificate"):
@@ -389,7 +378,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self._handshake_failed(None)
             return
         cert = tls.get_peer_certificate()
-        self.peer_certificate = certificate_fields(cert)  # logged even when refused
+        self.peer_x509 = cert  # logged even when refused
         if cert is None:
             self._handshake_failed(None)
             return

@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 
 from gwcore.contract.providers import LeafCertificate
-from gwcore.net.bio import pieces, send_bounded
+from gwcore.net.bio import encrypt, pieces
 from gwcore.net.peer_verify import verify_peer_in_handshake
 from gwcore.net.splice import UpstreamProtocol, flush_bio
 from gwcore.net.terminator import RECV_CHUNK
@@ -265,12 +265,22 @@ class TLSUpstreamProtocol(UpstreamProtocol):
     # --- bytes ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        plain: list[bytes] = []  # the whole read's plaintext: one write to the client
         for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
-            self._received(piece)
+            self._received(piece, plain)
             if self.transport.disconnecting:
                 return
+        self._to_client(plain)
 
-    def _received(self, data: bytes) -> None:
+    def _to_client(self, plain: list[bytes]) -> None:
+        down = self.downstream
+        if plain and down is not None:
+            down.send_to_client(plain[0] if len(plain) == 1 else b"".join(plain))
+        plain.clear()
+
+    def _received(self, data: bytes, plain: list[bytes]) -> None:
+        """Feed ``data`` to OpenSSL; the plaintext of its whole records goes to ``plain``
+        (an end of stream sends what came before it first)."""
         tls = self.tls
         if tls is None:
             return
@@ -287,15 +297,13 @@ class TLSUpstreamProtocol(UpstreamProtocol):
             # Records that came with the end of the handshake: read until OpenSSL
             # says it has no more (the count includes the handshake's own).
             ready, records.complete = -1, 0
-        # One record per recv: gather them so the client gets one write per read.
-        chunks = []
-        finished = failed = False
+        # One record per recv, gathered so the client gets one write per read.
+        finished = False
         quiet = ready >= 0  # records with application data only: OpenSSL wrote nothing
-        error: SSL.Error | None = None
         while ready:
             ready -= 1
             try:
-                chunks.append(tls.recv(RECV_CHUNK))
+                plain.append(tls.recv(RECV_CHUNK))
             except SSL.WantReadError:  # a record without data (a ticket, a KeyUpdate)
                 quiet = False
                 break
@@ -304,15 +312,11 @@ class TLSUpstreamProtocol(UpstreamProtocol):
                 quiet = False
                 break
             except SSL.Error as e:
-                failed, error = True, e
-                break
-        down = self.downstream
-        if chunks and down is not None:
-            down.send_to_client(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        if failed and error is not None:
-            self._data_error(error)
-            return
+                self._to_client(plain)
+                self._data_error(e)
+                return
         if finished:
+            self._to_client(plain)
             self.readConnectionLost()
         if not quiet:
             self._flush()
@@ -331,7 +335,7 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         tls = self.tls
         if tls is None:
             return
-        send_bounded(tls, data, self._flush)  # bounded BIO capacity (gwcore.net.bio)
+        self.transport.writeSequence(encrypt(tls, data))  # bounded BIO (gwcore.net.bio)
 
     def send_eof(self) -> None:
         tls = self.tls

@@ -89,6 +89,7 @@ class SiteConfig:
     max_connections: int = 10000
     max_connect_attempts: int = 3
     max_request_headers_kb: int = 60  # L7: largest request head (Consul's MaxRequestHeadersKB)
+    request_head_timeout: float = 60.0  # L7 HTTP/1.1: time to a complete request head
     http_max_upstream_connections: int = 64  # L7: per destination (gwcore.net.http1_client)
     http_max_idle_upstream_connections: int = 16
     http_upstream_idle_timeout: float = 60.0
@@ -376,6 +377,7 @@ def _parse_site(
         "max_connections": r.integer("max_connections", 10000, minimum=1),
         "max_connect_attempts": r.integer("max_connect_attempts", 3, minimum=1, maximum=100),
         "max_request_headers_kb": r.integer("max_request_headers_kb", 60, minimum=1, maximum=8192),
+        "request_head_timeout": r.duration("request_head_timeout", 60.0),
         "http_max_upstream_connections": r.integer("http_max_upstream_connections", 64, minimum=1),
         "http_max_idle_upstream_connections": r.integer(
             "http_max_idle_upstream_connections", 16, minimum=0

@@ -27,6 +27,7 @@ from gwcore.policy.http_path import (
     normalize_path,
 )
 from gwcore.policy.xfcc import apply_xfcc, client_cert_element
+from gwcore.policy.xfcc_input import forwardable_xfcc
 
 __all__ = [
     "PathRejected",
@@ -86,7 +87,9 @@ def gateway_headers(headers: Headers, conn: Any, sanitize_xfcc: bool) -> tuple[H
     """
     drop = hop_by_hop(headers)
     out = Headers((k, v) for k, v in headers if k.lower() not in drop)
-    xfcc = apply_xfcc(out.get_all("x-forwarded-client-cert"), xfcc_element_of(conn), sanitize_xfcc)
+    # A client value that is not Envoy's grammar is dropped (gwcore.policy.xfcc_input).
+    sent = forwardable_xfcc(out.get_all("x-forwarded-client-cert"))
+    xfcc = apply_xfcc(sent, xfcc_element_of(conn), sanitize_xfcc)
     out.remove("x-forwarded-client-cert")
     if xfcc is not None:
         out.add("x-forwarded-client-cert", xfcc)

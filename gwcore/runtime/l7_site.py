@@ -26,6 +26,7 @@ from gwcore.net.h2_upstream import Http2Pool
 from gwcore.net.http1_client import Http1Pool, PoolLimits
 from gwcore.net.l7_core import L7Limits, UpstreamFailure
 from gwcore.net.l7_session import L7Session
+from gwcore.net.proxied import ProxyHeaderFactory, caller_header
 from gwcore.policy.decision import ERROR_PREFIX
 from gwcore.policy.http_facts import DEFAULT_MESH_HTTP, HttpRequestFacts, MeshHttp, is_l7
 from gwcore.policy.model import Decision, Destination, Verdict
@@ -78,14 +79,20 @@ class L7Step:
     def __init__(self, site: Any) -> None:
         self.site = site
         config = site.config
-        self.limits = L7Limits(max_request_headers_kb=config.max_request_headers_kb)
+        self.limits = L7Limits(
+            max_request_headers_kb=config.max_request_headers_kb,
+            request_head_timeout=config.request_head_timeout,
+            clock=site.reactor,
+        )
         self.pool_limits = PoolLimits(
             max_connections=config.http_max_upstream_connections,
             max_idle=config.http_max_idle_upstream_connections,
             idle_timeout=config.http_upstream_idle_timeout,
             max_pending=config.http_max_pending_requests,
         )
-        self.pools: dict[tuple[str, str], Http1Pool] = {}
+        # (name, subset) -> the destination's shared pool; with upstream_proxy_protocol,
+        # (name, subset, id(conn)) -> one client connection's private pool.
+        self.pools: dict[tuple[Any, ...], Http1Pool] = {}
         self._timeouts: dict[int, float | None] = {}
 
     # --- entering L7 -------------------------------------------------------------
@@ -124,19 +131,43 @@ class L7Step:
 
     def pool_for(self, conn: Any) -> Http1Pool:
         destination: Destination = conn.destination
-        key = (destination.name, destination.subset)
+        key: tuple[Any, ...] = (destination.name, destination.subset)
+        if self.site.config.upstream_proxy_protocol:
+            # A PROXY header names one client: its upstream connections are that
+            # client's alone (HAProxy marks such connections private the same way).
+            key = (*key, id(conn))
         pool = self.pools.get(key)
         if pool is None:
             site = self.site
             pool = self.pools[key] = UPSTREAM_CLIENTS[destination.protocol](
                 site.reactor,
                 lambda owner, factory: site.dialer.connect(
-                    _DialFor(owner, self.current(owner)), lambda strategy: factory
+                    _DialFor(owner, self.current(owner)),
+                    lambda strategy: self._factory(owner, factory, strategy),
                 ),
                 self.pool_limits,
                 lambda endpoint: site.picker.closed(destination, endpoint),
             )
         return pool
+
+    def _factory(self, owner: Any, factory: Any, strategy: Any) -> Any:
+        """With ``upstream_proxy_protocol`` and plain TCP, each new upstream connection
+        starts with a PROXY v2 header naming ``owner`` (docs/l7.md)."""
+        site = self.site
+        if site.config.upstream_proxy_protocol and getattr(strategy, "name", "") == "plain":
+            return ProxyHeaderFactory(
+                factory.downstream, caller_header(owner, site.listening_address())
+            )
+        return factory
+
+    def closed(self, conn: Any) -> None:
+        """``conn`` ended: its private pool (``upstream_proxy_protocol``) closes."""
+        destination = conn.destination
+        if destination is None or not self.site.config.upstream_proxy_protocol:
+            return
+        pool = self.pools.pop((destination.name, destination.subset, id(conn)), None)
+        if pool is not None:
+            pool.close()
 
     def current(self, conn: Any) -> Destination:
         """``conn``'s destination as the live route table has it now: a connection kept
@@ -153,7 +184,7 @@ class L7Step:
         connections to endpoints a destination no longer has close."""
         live = {(d.name, d.subset): d for _, d in routes}
         for key in list(self.pools):
-            destination = live.get(key)
+            destination = live.get(key[:2])
             pool = self.pools[key]
             if destination is None:
                 del self.pools[key]

@@ -89,6 +89,7 @@ CANNOT_DENY = frozenset(
         "max_connections",
         "max_connect_attempts",
         "max_request_headers_kb",
+        "request_head_timeout",
         "http_max_upstream_connections",
         "http_max_idle_upstream_connections",
         "http_upstream_idle_timeout",

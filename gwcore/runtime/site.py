@@ -270,6 +270,7 @@ class Site:
         self.dialer.closed(conn)
         self.acceptor.release(conn)
         self.forwarder.closed(conn)
+        self.l7.closed(conn)
 
     # --- lifecycle --------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from gwcore.contract.metrics_series import use_worker_values
 from gwcore.net.reactor import is_gateway_reactor
 from gwcore.net.systemd import notify, reloading_lines
 from gwcore.runtime.worker_role import WorkerRole, bind_listener
@@ -271,6 +272,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="")
     args = parser.parse_args(argv)
     os.environ["TGW_WORKER_INDEX"] = str(args.index)  # logs name the worker (access_fields)
+    use_worker_values()  # before any metric exists
     listeners = {k: (int(v[0]), int(v[1])) for k, v in json.loads(args.listeners).items()}
     if args.reactor == "tgw":  # what the supervisor runs, unless twistd --reactor chose
         from gwcore.net.reactor import install_if_unset

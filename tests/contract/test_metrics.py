@@ -222,3 +222,43 @@ def test_in_one_process_remove_series_deletes_the_child() -> None:
     remove_series(metrics.routes, "a")
     remove_series(metrics.routes, "a")
     assert metrics.registry.get_sample_value("tgw_routes", {"site": "a"}) is None
+
+
+_PID_SCRIPT = """
+import os
+
+asked = []
+real_getpid = os.getpid
+os.getpid = lambda: asked.append(1) or real_getpid()  # before prometheus_client binds it
+
+from prometheus_client import generate_latest
+from gwcore.contract.metrics import GatewayMetrics
+from gwcore.runtime.workers import use_worker_values
+
+use_worker_values()  # what worker_main does first
+metrics = GatewayMetrics()
+before = len(asked)
+child = metrics.handshakes.labels(site="main", version="TLSv1.3")
+for _ in range(1000):
+    child.inc()
+print(len(asked) - before)
+print(generate_latest(metrics.exposition).decode())
+"""
+
+
+def test_a_worker_updates_its_metric_files_without_asking_for_its_pid(tmp_path) -> None:
+    """In a worker (multiprocess mode), 1,000 increments make no ``os.getpid()`` call
+    (prometheus-client's default asks on every update, a system call each), and the
+    worker's file still carries the value the exposition adds up."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _PID_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    calls, exposition = out.split("\n", 1)
+    assert int(calls) == 0, out
+    assert 'tgw_tls_handshakes_total{site="main",version="TLSv1.3"} 1000.0' in exposition, out

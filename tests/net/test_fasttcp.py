@@ -102,6 +102,38 @@ async def test_what_the_kernel_refuses_is_queued_and_arrives_in_order():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_sequence_goes_out_in_one_call_and_what_is_refused_is_queued_in_order():
+    """writeSequence with nothing queued leaves nothing in Python when the kernel takes
+    it all; with the reader paused, a 16 MiB sequence of pieces fills the kernel
+    buffers, the rest is queued, then a second sequence (more pieces than one sendmsg
+    takes) queues behind it; every byte arrives in order once the reader resumes."""
+    client, server, port = await pair()
+    client.transport.writeSequence([b"one ", b"two ", b"three"])
+    assert client.transport.dataBuffer == b"" and client.transport._tempDataLen == 0
+    while bytes(server.data) != b"one two three":
+        await sleep(0.01)
+    server.data.clear()
+    server.transport.pauseProducing()
+    rng = random.Random(4)
+    first = [rng.randbytes(rng.choice([1, 700, 16 * 1024 + 22, 65536])) for _ in range(900)]
+    second = [rng.randbytes(rng.choice([1, 300])) for _ in range(1500)]  # > IOV_MAX pieces
+    client.transport.writeSequence(first)
+    queued = len(client.transport.dataBuffer) + client.transport._tempDataLen
+    assert 0 < queued < sum(map(len, first))
+    client.transport.writeSequence(second)
+    payload = b"".join(first + second)
+    server.transport.resumeProducing()
+    for _ in range(2000):
+        if len(server.data) == len(payload):
+            break
+        await sleep(0.01)
+    assert hashlib.sha256(server.data).digest() == hashlib.sha256(payload).digest()
+    client.transport.loseConnection()
+    await server.lost
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_refused_connect_fails_the_deferred():
     """A refused connect errbacks with Twisted's ConnectionRefusedError."""
     endpoint = fasttcp.TCPClientEndpoint(reactor, "127.0.0.1", free_port(), 5)

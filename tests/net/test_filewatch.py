@@ -163,3 +163,31 @@ def test_stop_ends_polling(tmp_path: Path) -> None:
     clock.advance(INTERVAL * 3)
     assert recorder.calls == 0
     assert clock.getDelayedCalls() == []
+
+
+def test_fingerprint_reads_in_chunks_without_an_8_mib_buffer_per_poll(tmp_path: Path) -> None:
+    """Fingerprinting a small file allocates about what it reads, not a whole
+    ``MAX_HASHED_BYTES`` buffer per poll (every watched file is fingerprinted on every
+    poll), and the digest is still the SHA-256 of the file's first 8 MiB."""
+    import hashlib
+    import tracemalloc
+
+    from gwcore.net import filewatch
+
+    small = tmp_path / "roots.pem"
+    small.write_bytes(b"x" * 4096)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        _, size, digest = filewatch.fingerprint(small)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (size, digest) == (4096, hashlib.sha256(b"x" * 4096).hexdigest())
+    assert peak < 1 << 20, peak
+
+    big = tmp_path / "big"
+    big.write_bytes(b"a" * filewatch.MAX_HASHED_BYTES + b"tail")
+    _, size, digest = filewatch.fingerprint(big)
+    assert size == filewatch.MAX_HASHED_BYTES + 4
+    assert digest == hashlib.sha256(b"a" * filewatch.MAX_HASHED_BYTES).hexdigest()

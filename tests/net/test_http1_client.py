@@ -182,3 +182,31 @@ def test_trailers_on_a_request_framed_by_content_length_are_dropped_not_fatal() 
     assert transport.value().endswith(b"\r\n\r\nhi")
     answer(protocol, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     assert sink.ended and sink.failure is None and not transport.disconnecting
+
+
+def test_a_pause_left_by_a_finished_response_does_not_stall_the_next_one() -> None:
+    """The client stopped reading (the stream was paused) in the same read that
+    completed the response: the connection goes idle reading again, so the next
+    request's response on it is read (before, the service's socket stayed paused and
+    the next response stalled until a timeout)."""
+    p, dialer, _ = pool()
+
+    class PausingSink(Sink):
+        stream: Any = None
+
+        def response_head(self, response: Any) -> None:
+            super().response_head(response)
+            self.stream.pauseProducing()  # the client's buffer is full
+
+    first = PausingSink()
+    first.stream = p.open(get("/1"), first, None)
+    first.stream.send_end()
+    protocol, transport = dialer.made[0]
+    answer(protocol, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok")
+    assert first.ended
+    assert transport.producerState == "producing"  # idle, and reading for EOF
+    second = Sink()
+    p.open(get("/2"), second, None).send_end()
+    assert len(dialer.made) == 1 and transport.producerState == "producing"
+    answer(protocol, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n", b"x")
+    assert second.body == b"x" and second.ended

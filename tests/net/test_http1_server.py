@@ -204,3 +204,47 @@ def test_a_response_h11_refuses_closes_the_connection_without_raising() -> None:
     exchange = starter.exchanges[0]
     exchange.writer.write_head(HttpResponse(200, Headers([("x-bad", "a\r\nInjected: 1")])))
     assert link.closed == "bad_response" and b"Injected" not in bytes(link.out)
+
+
+def _timed(starter: Starter, timeout: float = 10.0):
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    link = Link()
+    limits = L7Limits(request_head_timeout=timeout, clock=clock)
+    return Http1Server(link, starter, limits), link, clock
+
+
+def test_a_head_trickled_past_request_head_timeout_is_408_and_closed() -> None:
+    """Slowloris: part of a head, then nothing. At ``request_head_timeout`` the client
+    gets 408, the reason ``request_head_timeout`` is counted and the connection closes;
+    no exchange starts."""
+    starter = Starter()
+    server, link, clock = _timed(starter)
+    server.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    clock.advance(5)
+    server.data_received(b"X-A: b\r\n")  # bytes keep coming, but no complete head
+    clock.advance(5)
+    assert starter.exchanges == []
+    assert bytes(link.out).startswith(b"HTTP/1.1 408 ")
+    assert link.bad == ["request_head_timeout"] and link.closed == "bad_request"
+
+
+def test_the_head_timeout_restarts_after_each_response_and_spares_requests_in_flight() -> None:
+    """The deadline stops with a complete head (a slow service is not the client's
+    fault), starts again when the response ended, and a kept-alive connection that
+    then sends nothing is closed (not answered) when it passes."""
+    starter = Starter()
+    server, link, clock = _timed(starter)
+    clock.advance(9)
+    server.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    exchange = starter.exchanges[0]
+    exchange.request_producer.resumeProducing()
+    clock.advance(30)  # the service is slow: no timeout while the request is in flight
+    assert link.closed is None
+    exchange.answer(200, b"one")
+    clock.advance(9.9)
+    assert link.closed is None
+    clock.advance(0.2)
+    assert link.closed == "idle_timeout" and link.bad == []
+    assert responses(bytes(link.out)) == [(200, b"one")]

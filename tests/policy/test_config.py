@@ -296,6 +296,7 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
     assert site.max_connections == 10000
     assert site.max_connect_attempts == 3
     assert site.max_request_headers_kb == 60  # Consul's and Envoy's default
+    assert site.request_head_timeout == 60.0  # nginx's client_header_timeout
     assert (
         site.http_max_upstream_connections,
         site.http_max_idle_upstream_connections,

@@ -89,8 +89,12 @@ class HttpService:
         if self.tls is not None:
             sock = self.tls.wrap_socket(sock, server_side=True)
             self.alpn.append(sock.selected_alpn_protocol())
+        # Head, body and end go out as separate writes: without TCP_NODELAY each kept-alive
+        # exchange would wait out delayed ACKs (~40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = h11.Connection(h11.SERVER)
         current: SeenRequest | None = None
+        received = bytearray()  # appended per event: ``bytes +=`` is quadratic when large
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -112,9 +116,10 @@ class HttpService:
                 )
             elif isinstance(event, h11.Data):
                 assert current is not None
-                current.body += bytes(event.data)
+                received += event.data
             elif isinstance(event, h11.EndOfMessage):
                 assert current is not None
+                current.body, received = bytes(received), bytearray()
                 current.trailers = [(k.decode(), v.decode()) for k, v in event.headers]
                 self.requests.append(current)
                 status, headers, body = self.responder(current)
