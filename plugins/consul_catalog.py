@@ -71,10 +71,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList
 
 from gwcore.contract.hookspecs import hookimpl
-from gwcore.contract.providers import SourceHealth
 from gwcore.net.consul import (
     BlockingWatch,
     ConsulClient,
@@ -86,7 +85,6 @@ from gwcore.net.consul import (
     backoff_delay,
     connection_problems,
     read_consul_settings,
-    release_client,
 )
 from gwcore.net.consul_watch import (
     DEFAULT_HEALTH_WATCHES,
@@ -95,8 +93,8 @@ from gwcore.net.consul_watch import (
     scope_query,
 )
 from gwcore.plugins.consul_mesh import ConsulMeshSource
-from gwcore.plugins.consul_registration import SelfRegistration
 from gwcore.plugins.consul_resolvers import ConsulResolvers
+from gwcore.plugins.consul_source import ConsulSource
 from gwcore.policy.config import ConfigProblem, SiteConfig
 from gwcore.policy.consul_shapes import build_destinations, build_mesh_http, parse_documents
 from gwcore.policy.destinations import apply_destinations
@@ -226,7 +224,7 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
-class ConsulCatalogSource(SelfRegistration):
+class ConsulCatalogSource(ConsulSource):
     """A :class:`~gwcore.contract.providers.CatalogSource` fed by a Consul agent."""
 
     name = NAME
@@ -345,24 +343,7 @@ class ConsulCatalogSource(SelfRegistration):
             _sources.remove(self)
         return self.withdraw_registration()
 
-    async def _stop(self) -> None:
-        if self._watch_pool_stopped is not None:
-            await self._watch_pool_stopped
-        await self._deregister()
-        if self.client is not None:
-            client, self.client = self.client, None
-            await maybeDeferred(release_client, client)
-
-    def health(self) -> SourceHealth:
-        return SourceHealth(self.freshness.last_success, self.freshness.error)
-
     # --- watch handlers -------------------------------------------------------------
-
-    def _failed(self, error: ConsulError) -> None:
-        self._errors.inc()
-        self.freshness.failed(error)
-        if self._first is not None and not self._first.called:
-            self._first.errback(error)
 
     async def _on_gateway(self, response: ConsulResponse) -> None:
         items = response.json() or []

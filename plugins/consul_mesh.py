@@ -37,9 +37,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList
 
-from gwcore.contract.providers import SourceHealth
 from gwcore.net.consul import (
     BlockingWatch,
     ConsulClient,
@@ -48,11 +47,10 @@ from gwcore.net.consul import (
     ConsulResponse,
     acquire_client,
     backoff_delay,
-    release_client,
 )
 from gwcore.net.consul_watch import ServiceHealthWatches
-from gwcore.plugins.consul_registration import SelfRegistration
 from gwcore.plugins.consul_resolvers import ConsulResolvers
+from gwcore.plugins.consul_source import ConsulSource
 from gwcore.plugins.mesh_hop import read_settings as read_mesh_hop_settings
 from gwcore.policy.consul_build import build_connect_destinations, build_mesh_gateways
 from gwcore.policy.consul_shapes import CatalogDocuments, parse_documents
@@ -81,7 +79,7 @@ def _dedupe(answers: list[Any]) -> list[Any]:
     return list(seen.values())
 
 
-class ConsulMeshSource(SelfRegistration):
+class ConsulMeshSource(ConsulSource):
     """A :class:`~gwcore.contract.providers.CatalogSource` for a mesh site (module docstring)."""
 
     name = NAME
@@ -199,24 +197,7 @@ class ConsulMeshSource(SelfRegistration):
             self._pending.remove(self)
         return self.withdraw_registration()
 
-    async def _stop(self) -> None:
-        if self._watch_pool_stopped is not None:
-            await self._watch_pool_stopped
-        await self._deregister()
-        if self.client is not None:
-            client, self.client = self.client, None
-            await maybeDeferred(release_client, client)
-
-    def health(self) -> SourceHealth:
-        return SourceHealth(self.freshness.last_success, self.freshness.error)
-
     # --- answers ------------------------------------------------------------------
-
-    def _failed(self, error: ConsulError) -> None:
-        self._errors.inc()
-        self.freshness.failed(error)
-        if self._first is not None and not self._first.called:
-            self._first.errback(error)
 
     def _expect(self, response: ConsulResponse, endpoint: str, kind: type) -> Any:
         body = response.json()
