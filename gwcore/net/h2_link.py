@@ -25,6 +25,7 @@ never raises into the reactor.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -209,7 +210,7 @@ class H2Stream:
             self.link.flush()
 
 
-class H2Link:
+class H2Link(abc.ABC):
     """The shared HTTP/2 connection driver (module docstring).
 
     Not a Twisted protocol: the downstream codec sits on the L7 session's
@@ -253,11 +254,13 @@ class H2Link:
 
     # --- what a subclass provides --------------------------------------------------
 
+    @abc.abstractmethod
     def write_out(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Send ``data`` (frames h2 wrote) to the peer."""
 
+    @abc.abstractmethod
     def close_out(self, cause: str) -> None:
-        raise NotImplementedError
+        """Close the transport to the peer, ``cause`` being the record's close cause."""
 
     # --- the connection's life -----------------------------------------------------
 
@@ -356,9 +359,11 @@ class H2Link:
 
     def stream_closed(self) -> None:
         """A stream ended both ways or was reset (the upstream pool has room again)."""
+        return None  # optional: only the upstream pool listens
 
     def other_event(self, event: h2.events.Event) -> None:
         """Subclasses: request/response heads, settings changes."""
+        return None  # optional: events a side does not handle are ignored
 
     def terminated(self, event: h2.events.ConnectionTerminated) -> None:
         """GOAWAY from the peer. ``h2`` allows nothing after it, so every stream still
