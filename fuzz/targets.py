@@ -35,6 +35,8 @@ from gwcore.policy.consul_shapes import (
     decode_documents,
     parse_documents,
 )
+from gwcore.policy.http_facts import PathNormalization
+from gwcore.policy.http_path import PathRejected, RedirectPath, normalize_path
 from gwcore.policy.sni import normalize_sni, parse_service_sni
 from gwcore.policy.spiffe import IdentityError, identity_from_der, parse_spiffe_id
 
@@ -195,6 +197,44 @@ def _bexpr_target() -> Callable[[bytes], None] | None:
     return target
 
 
+_ESCAPED_SLASH_ACTIONS = (
+    "",
+    "KEEP_UNCHANGED",
+    "REJECT_REQUEST",
+    "UNESCAPE_AND_REDIRECT",
+    "UNESCAPE_AND_FORWARD",
+)
+
+
+def http_path(data: bytes) -> None:
+    """L7 path normalisation (attacker-controlled request targets): a target is refused
+    with ``PathRejected`` or normalised to an origin-form path (or ``*``) with no dot
+    segment and no NUL, and normalising that again changes nothing. The first byte picks
+    the ``mesh`` entry's options."""
+    if not data:
+        return
+    flags, raw = data[0], data[1:].decode("latin-1")
+    options = PathNormalization(
+        insecure_disable_path_normalization=False,
+        merge_slashes=bool(flags & 1),
+        path_with_escaped_slashes_action=_ESCAPED_SLASH_ACTIONS[(flags >> 1) % 5],
+    )
+    method = "OPTIONS" if flags & 0x80 else "GET"
+    try:
+        result = normalize_path(raw, options, method=method)
+    except PathRejected as e:
+        assert e.reason and "/" not in e.reason, e.reason
+        return
+    path = result.split("?", 1)[0]
+    assert path == "*" or path.startswith("/"), result
+    segments = path.split("/")
+    assert "." not in segments and ".." not in segments, result
+    assert "\x00" not in result and "%00" not in path.lower(), result  # the query is kept as sent
+    if isinstance(result, RedirectPath):
+        return  # the client is sent there; it normalises again when it comes back
+    assert normalize_path(str(result), options, method=method) == result, result
+
+
 TARGETS: dict[str, Callable[[bytes], None] | None] = {
     "clienthello": clienthello,
     "spiffe_id": spiffe_id,
@@ -203,10 +243,9 @@ TARGETS: dict[str, Callable[[bytes], None] | None] = {
     "config_toml": config_toml,
     "config_check": config_check,
     "bexpr": _bexpr_target(),
-    "http_path": None,
+    "http_path": http_path,
 }
 
 PENDING: dict[str, str] = {
     "bexpr": "gwcore/policy/bexpr.py (issue 18) is not in this tree",
-    "http_path": "HTTP path normalisation does not exist yet (L7 destinations)",
 }
