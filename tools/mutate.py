@@ -118,7 +118,7 @@ TARGETS: tuple[Target, ...] = (
     Target("gwcore/policy/mesh.py", ("tests/policy/test_mesh.py",), core=True),
     Target(
         "gwcore/policy/intentions.py",
-        ("tests/policy/test_intentions.py",),
+        ("tests/policy/test_intentions.py", "tests/policy/test_intentions_l7.py"),
         ("precedence", "_matches", "IntentionSet.decide", "_decision_for"),
         core=True,
     ),
