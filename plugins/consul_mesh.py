@@ -13,7 +13,9 @@ source, every watch a blocking query unless said otherwise:
   ``/v1/catalog/nodes``, ``/v1/health/state/any`` (an instance, a node, a check) and
   ``/v1/config/terminating-gateway`` (a link);
 - ``/v1/config/service-resolver`` (subset routes, as ``file_catalog`` builds them for
-  mesh sites) and ``/v1/config/service-defaults`` (protocols, for ``/routes``);
+  mesh sites), ``/v1/config/service-defaults`` and ``/v1/config/proxy-defaults``
+  (protocols, for ``/routes``: a service's ``Protocol``, else its partition's
+  ``proxy-defaults`` ``Config.protocol``, else tcp, as Consul resolves it);
 - ``/v1/catalog/datacenters`` (not a blocking query in Consul: polled every
   ``datacenters_interval``, 30 s as Consul's ``MaxAge``), then for every other
   datacenter ``/v1/health/service/<mesh_gateway_service>?dc=<dc>`` (Consul's
@@ -52,7 +54,11 @@ from gwcore.net.consul_watch import ServiceHealthWatches
 from gwcore.plugins.consul_resolvers import ConsulResolvers
 from gwcore.plugins.consul_source import ConsulSource
 from gwcore.plugins.mesh_hop import read_settings as read_mesh_hop_settings
-from gwcore.policy.consul_build import build_connect_destinations, build_mesh_gateways
+from gwcore.policy.consul_build import (
+    build_connect_destinations,
+    build_mesh_gateways,
+    protocols_of,
+)
 from gwcore.policy.consul_shapes import CatalogDocuments, parse_documents
 from gwcore.policy.model import CatalogSnapshot, ServiceName
 
@@ -98,6 +104,7 @@ class ConsulMeshSource(ConsulSource):
         self._services: list[str] | None = None
         self._connect: dict[str, list[Any]] = {}
         self._defaults: list[Any] | None = None
+        self._proxy_defaults: list[Any] | None = None
         self._resolvers = ConsulResolvers()
         self._remote: dict[str, list[Any]] = {}  # datacenter -> its mesh gateways' answer
         self._remote_watches: dict[str, BlockingWatch] = {}
@@ -139,6 +146,7 @@ class ConsulMeshSource(ConsulSource):
         self._watch("catalog-nodes", "/v1/catalog/nodes", self._on_nodes)
         self._watch("config-terminating", "/v1/config/terminating-gateway", self._on_links)
         self._watch("config", "/v1/config/service-defaults", self._on_defaults)
+        self._watch("config-proxy-defaults", "/v1/config/proxy-defaults", self._on_proxy_defaults)
         self._watch("config-resolver", "/v1/config/service-resolver", self._on_resolvers)
         if self._wan_federation:
             path = "/v1/internal/federation-states/mesh-gateways"
@@ -298,6 +306,10 @@ class ConsulMeshSource(ConsulSource):
         self._defaults = self._expect(response, "config", list)
         self._rebuild()
 
+    def _on_proxy_defaults(self, response: ConsulResponse) -> None:
+        self._proxy_defaults = self._expect(response, "config-proxy-defaults", list)
+        self._rebuild()
+
     def _on_resolvers(self, response: ConsulResponse) -> None:
         entries = self._expect(response, "config-resolver", list)
         for problem in self._resolvers.update(entries):
@@ -384,7 +396,11 @@ class ConsulMeshSource(ConsulSource):
         remote = self._datacenters is not None and all(
             dc in self._remote or dc in self._remote_failed for dc in self._datacenters
         )
-        settings = self._defaults is not None and self._resolvers.loaded
+        settings = (
+            self._defaults is not None
+            and self._proxy_defaults is not None
+            and self._resolvers.loaded
+        )
         return local and remote and settings and self._fedstates_tried
 
     def build(self) -> CatalogSnapshot:
@@ -400,10 +416,14 @@ class ConsulMeshSource(ConsulSource):
             [("consul:health/connect", _dedupe([n for a in self._connect.values() for n in a]))]
         )
         defaults, found = parse_documents(
-            [("consul:config/service-defaults", self._defaults or [])]
+            [
+                ("consul:config/service-defaults", self._defaults or []),
+                ("consul:config/proxy-defaults", self._proxy_defaults or []),
+            ]
         )
         problems += found
-        protocols = {sd.service: sd.protocol for sd in defaults.service_defaults}
+        protocol_of = protocols_of(defaults)
+        protocols = {name: protocol_of(name) for name in answers}
         built = build_connect_destinations(answers, self._datacenter, protocols)
         destinations, bad_subsets = self._resolvers.apply(built, every, self._datacenter)
         gateways = self._gateways(problems)
