@@ -34,7 +34,6 @@ endpoint (``tgw_consul_staleness_seconds``), and recovery is automatic.
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -43,9 +42,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from gwcore.net.consul import (
     BlockingWatch,
-    ConsulClient,
     ConsulError,
-    ConsulFreshness,
     ConsulResponse,
     acquire_client,
     backoff_delay,
@@ -92,15 +89,9 @@ class ConsulMeshSource(ConsulSource):
     registration_kind = "mesh-gateway"
 
     def __init__(self, site: SiteContext, settings: Any, pending: list[Any]) -> None:
-        self._site = site
-        self.settings = settings
-        self.gateway = settings.gateway
+        super().__init__(site, settings)
         self._pending = pending  # consul_catalog's sources waiting for their listener
-        self._datacenter = site.config.datacenter
         self._wan_federation = read_mesh_hop_settings(site.config)[0].wan_federation
-        self._rng = random.Random()
-        self.client: ConsulClient | None = None
-        self.freshness = ConsulFreshness(site, NAME)
         self._services: list[str] | None = None
         self._connect: dict[str, list[Any]] = {}
         self._defaults: list[Any] | None = None
@@ -113,26 +104,8 @@ class ConsulMeshSource(ConsulSource):
         self._fedstates: dict[str, Any] = {}
         # Read (or failed) once: only then is a first snapshot complete.
         self._fedstates_tried = not self._wan_federation
-        self._watches: list[BlockingWatch] = []
         self._connect_watches: ServiceHealthWatches | None = None
-        self._watch_pool_stopped: Any = None
         self._poll: Any = None
-        self._retry: Any = None
-        self._retry_failures = 0
-        self._publish: Callable[[CatalogSnapshot], None] | None = None
-        self._first: Deferred[None] | None = None
-        self._version: str | None = None
-        self._reported: set[str] = set()
-        self._detectors_seen: set[str] = set()
-        self._running = False
-        self.service_id: str | None = None
-        self._registered = False
-        self._withdrawn = False
-        self._register_call: Any = None
-        self._register_failures = 0
-        labels = {"site": site.name, "source": NAME}
-        self._errors = site.metrics.catalog_errors.labels(**labels)
-        self._last_success_gauge = site.metrics.catalog_last_success.labels(**labels)
 
     # --- CatalogSource ------------------------------------------------------------
 
