@@ -9,7 +9,7 @@ connection.
 
 from __future__ import annotations
 
-import uuid
+import random
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,7 +26,7 @@ from gwcore.policy.http_path import (
     headers_with_underscores,
     normalize_path,
 )
-from gwcore.policy.xfcc import apply_xfcc, client_cert_element
+from gwcore.policy.xfcc import XFCC_HEADER, apply_xfcc, client_cert_element
 from gwcore.policy.xfcc_input import forwardable_xfcc
 
 __all__ = [
@@ -36,7 +36,9 @@ __all__ = [
     "headers_with_underscores",
     "hop_by_hop",
     "normalize_path",
+    "request_id",
     "with_request_id",
+    "without_hop_by_hop",
     "xfcc_element_of",
 ]
 
@@ -49,6 +51,15 @@ def hop_by_hop(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
         if name.lower() == "connection":
             names.update(t.strip().lower() for t in value.split(",") if t.strip())
     return frozenset(names)
+
+
+def without_hop_by_hop(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``fields`` without the :func:`hop_by_hop` ones, in order (a new list). Most
+    messages have no ``Connection`` field: the fixed set is then all there is to drop,
+    and each name is lower-cased once."""
+    names = [name.lower() for name, _ in fields]
+    drop = hop_by_hop(fields) if "connection" in names else HOP_BY_HOP
+    return [field for field, name in zip(fields, names, strict=True) if name not in drop]
 
 
 def xfcc_element_of(conn: Any) -> str:
@@ -84,18 +95,45 @@ def gateway_headers(headers: Headers, conn: Any, sanitize_xfcc: bool) -> tuple[H
     to (APPEND_FORWARD) or dropped (``SanitizeXForwardedClientCert``);
     ``x-forwarded-proto: https`` when the client sent none (the mesh leg is TLS). The
     ``x-request-id`` Envoy generates is added after the decision (:func:`with_request_id`).
+    One pass over the fields: this runs for every request.
     """
-    drop = hop_by_hop(headers)
-    out = Headers((k, v) for k, v in headers if k.lower() not in drop)
+    out: list[tuple[str, str]] = []
+    sent: list[str] = []
+    has_proto = False
+    for name, value in without_hop_by_hop(headers.items()):
+        lower = name.lower()
+        if lower == XFCC_HEADER:
+            sent.append(value)
+            continue
+        if lower == "x-forwarded-proto":
+            has_proto = True
+        out.append((name, value))
     # A client value that is not Envoy's grammar is dropped (gwcore.policy.xfcc_input).
-    sent = forwardable_xfcc(out.get_all("x-forwarded-client-cert"))
-    xfcc = apply_xfcc(sent, xfcc_element_of(conn), sanitize_xfcc)
-    out.remove("x-forwarded-client-cert")
+    xfcc = apply_xfcc(
+        forwardable_xfcc(sent) if sent else sent, xfcc_element_of(conn), sanitize_xfcc
+    )
     if xfcc is not None:
-        out.add("x-forwarded-client-cert", xfcc)
-    if out.get("x-forwarded-proto") is None:
-        out.add("x-forwarded-proto", "https")
-    return out, xfcc
+        out.append((XFCC_HEADER, xfcc))
+    if not has_proto:
+        out.append(("x-forwarded-proto", "https"))
+    return Headers.adopt(out), xfcc
+
+
+def request_id() -> str:
+    """A random UUID4 in its text form, as Envoy's ``generate_request_id`` makes one.
+
+    A request id names a request in logs; it is no secret, so it comes from the
+    interpreter's generator (reseeded in a forked child) rather than ``uuid.uuid4()``,
+    which costs a ``getrandom`` system call and a ``UUID`` object per request."""
+    n = (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# RFC 9562 §5.4: version 4 in bits 48-51 (from the most significant), variant 10 in
+# bits 64-65.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
 def with_request_id(headers: Headers) -> Headers:
@@ -104,5 +142,5 @@ def with_request_id(headers: Headers) -> Headers:
     decision, not before as in Envoy: a fresh id in every input would make identical
     requests distinct for the OPA decision cache; a client's own id is decided on."""
     if headers.get("x-request-id") is None:
-        headers.add("x-request-id", str(uuid.uuid4()))
+        headers.add("x-request-id", request_id())
     return headers
