@@ -43,7 +43,6 @@ from gwcore.runtime.l7_rules import (
     gateway_headers,
     headers_with_underscores,
     hop_by_hop,
-    normalize_path,
     request_id,
     with_request_id,
     without_hop_by_hop,
@@ -147,7 +146,7 @@ class L7Exchange:
             return self
         options = mesh.normalization
         try:
-            path = normalize_path(self.request.path, options, method=self.request.method)
+            path = self.step.paths.normalize(self.request.path, options, self.request.method)
             kept = headers_with_underscores(
                 self.request.headers.items(), options.headers_with_underscores_action
             )

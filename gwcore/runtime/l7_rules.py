@@ -19,6 +19,7 @@ from OpenSSL import crypto
 
 from gwcore.contract.http_flow import Headers
 from gwcore.net.connection_facts import peer_certificate_der
+from gwcore.policy.http_facts import PathNormalization
 from gwcore.policy.http_headers import HOP_BY_HOP
 from gwcore.policy.http_path import (
     PathRejected,
@@ -30,6 +31,7 @@ from gwcore.policy.xfcc import XFCC_HEADER, apply_xfcc, client_cert_element
 from gwcore.policy.xfcc_input import forwardable_xfcc
 
 __all__ = [
+    "PathMemo",
     "PathRejected",
     "RedirectPath",
     "gateway_headers",
@@ -46,11 +48,11 @@ __all__ = [
 def hop_by_hop(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     """Lower-case names of a message's hop-by-hop fields: the fixed set and every name
     its ``Connection`` field lists (RFC 9110 §7.6.1)."""
-    names = set(HOP_BY_HOP)
+    listed: list[str] = []
     for name, value in headers:
         if name.lower() == "connection":
-            names.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return frozenset(names)
+            listed += [t.strip().lower() for t in value.split(",") if t.strip()]
+    return HOP_BY_HOP.union(listed) if listed else HOP_BY_HOP
 
 
 def without_hop_by_hop(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -60,6 +62,39 @@ def without_hop_by_hop(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
     names = [name.lower() for name, _ in fields]
     drop = hop_by_hop(fields) if "connection" in names else HOP_BY_HOP
     return [field for field, name in zip(fields, names, strict=True) if name not in drop]
+
+
+class PathMemo:
+    """:func:`normalize_path` of recent request targets under one set of options.
+
+    Normalisation is a pure function of the target, the options and (for ``*``) the
+    method, and a connection asks for the same few paths again and again: a result is
+    kept, for short targets only, and all of them are dropped when the options change
+    (a new ``mesh`` entry) or when :data:`MAX_ENTRIES` are held. A refused target is
+    not kept (it is refused again, and counted, each time)."""
+
+    MAX_ENTRIES = 1024
+    MAX_TARGET = 256  # bytes of a target kept: at most MAX_ENTRIES * MAX_TARGET held
+
+    __slots__ = ("_options", "_paths")
+
+    def __init__(self) -> None:
+        self._options: PathNormalization | None = None
+        self._paths: dict[tuple[str, str], str] = {}
+
+    def normalize(self, target: str, options: PathNormalization, method: str) -> str:
+        if options is not self._options:
+            self._options = options
+            self._paths = {}
+        key = (target, method)
+        path = self._paths.get(key)
+        if path is None:
+            path = normalize_path(target, options, method=method)  # may raise PathRejected
+            if len(target) <= self.MAX_TARGET:
+                if len(self._paths) >= self.MAX_ENTRIES:
+                    self._paths.clear()
+                self._paths[key] = path
+        return path
 
 
 def xfcc_element_of(conn: Any) -> str:

@@ -34,6 +34,7 @@ from gwcore.policy.http_facts import DEFAULT_MESH_HTTP, HttpRequestFacts, MeshHt
 from gwcore.policy.model import Decision, Destination, Verdict
 from gwcore.policy.resolver_settings import parse_settings
 from gwcore.runtime.l7_exchange import L7Exchange
+from gwcore.runtime.l7_rules import PathMemo
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpRequest
@@ -121,6 +122,7 @@ class L7Step:
         self.pools: dict[tuple[Any, ...], Http1Pool] = {}
         self._timeouts: dict[int, float | None] = {}
         self._addons: bool | None = None  # site.has_listeners is fixed for its life
+        self.paths = PathMemo()  # recent targets' normalised paths (pure: a memo)
 
     # --- entering L7 -------------------------------------------------------------
 
