@@ -60,7 +60,16 @@ def without_hop_by_hop(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
     messages have no ``Connection`` field: the fixed set is then all there is to drop,
     and each name is lower-cased once."""
     names = [name.lower() for name, _ in fields]
-    drop = hop_by_hop(fields) if "connection" in names else HOP_BY_HOP
+    drop = HOP_BY_HOP
+    if "connection" in names:
+        listed = [
+            token.strip().lower()
+            for (_, value), name in zip(fields, names, strict=True)
+            if name == "connection"
+            for token in value.split(",")
+            if token.strip()
+        ]
+        drop = HOP_BY_HOP.union(listed)
     return [field for field, name in zip(fields, names, strict=True) if name not in drop]
 
 

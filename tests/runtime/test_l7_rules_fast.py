@@ -1,6 +1,9 @@
-"""gwcore.runtime.l7_rules.PathMemo: the per-site memo of normalised request targets
-gives exactly what ``normalize_path`` gives (refusals included, every time), follows a
-change of the mesh options at once, and holds a bounded amount."""
+"""The per-request shortcuts of gwcore.runtime.l7_rules answer as the plain rules do.
+
+``PathMemo``, the per-site memo of normalised request targets, gives exactly what
+``normalize_path`` gives (refusals included, every time), follows a change of the mesh
+options at once, and holds a bounded amount. ``without_hop_by_hop`` (one pass) keeps
+exactly the fields :func:`hop_by_hop` does not name (RFC 9110 §7.6.1)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from hypothesis import strategies as st
 
 from gwcore.policy.http_facts import PathNormalization
 from gwcore.policy.http_path import ESCAPED_SLASH_ACTIONS, PathRejected, normalize_path
-from gwcore.runtime.l7_rules import PathMemo
+from gwcore.runtime.l7_rules import PathMemo, hop_by_hop, without_hop_by_hop
 
 
 def outcome(normalize, target: str, options: PathNormalization, method: str) -> tuple[str, str]:
@@ -76,3 +79,18 @@ def test_the_memo_is_bounded() -> None:
     long_target = "/" + "a" * PathMemo.MAX_TARGET
     assert memo.normalize(long_target, options, "GET") == long_target
     assert len(memo._paths) == 0
+
+
+FIELD_NAMES = st.sampled_from(
+    ["Connection", "connection", "CONNECTION", "x-a", "X-B", "Keep-Alive", "TE", "Host", "Upgrade"]
+)
+FIELD_VALUES = st.sampled_from(["x-a", " X-B , close", "", "keep-alive", "a", ",,", "x-c,host"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(FIELD_NAMES, FIELD_VALUES), max_size=8))
+def test_without_hop_by_hop_drops_what_hop_by_hop_names(fields) -> None:
+    """Whatever the ``Connection`` fields list (any case, spaces, empty items), the
+    one-pass filter keeps the same fields, in order, as filtering by hop_by_hop()."""
+    drop = hop_by_hop(fields)
+    assert without_hop_by_hop(fields) == [(k, v) for k, v in fields if k.lower() not in drop]
