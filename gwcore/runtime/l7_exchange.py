@@ -68,35 +68,6 @@ _FAILURE_BODIES = {
 class L7Exchange:
     """One request's way through the gateway (an ``l7_core.Exchange`` and ``ResponseSink``)."""
 
-    # One per request: slots make its many attribute writes cheaper and its size smaller.
-    __slots__ = (
-        "_chunked",
-        "_pending",
-        "_producer",
-        "_timer",
-        "bytes_in",
-        "bytes_out",
-        "conn",
-        "decision",
-        "error",
-        "finished",
-        "flow",
-        "head_written",
-        "link",
-        "outgoing",
-        "path",
-        "request",
-        "sent_at",
-        "start_time",
-        "started",
-        "status",
-        "step",
-        "stream",
-        "upstream_seconds",
-        "writer",
-        "xfcc",
-    )
-
     def __init__(
         self, step: Any, conn: Any, request: HttpRequest, writer: ResponseWriter, link: Any
     ):
