@@ -45,6 +45,7 @@ from gwcore.runtime.l7_rules import (
     normalize_path,
     with_request_id,
 )
+from gwcore.runtime.l7_websocket import keep_upgrade_fields, refused_upgrade, switch
 
 if TYPE_CHECKING:
     from gwcore.net.l7_core import Producer, ResponseWriter, UpstreamStream
@@ -90,6 +91,7 @@ class L7Exchange:
         self.outgoing: Headers = request.headers  # gateway_headers(), set in begin()
         self.xfcc: str | None = None
         self._chunked = "chunked" in (request.headers.get("transfer-encoding") or "").lower()
+        self.upgrade = False  # a WebSocket upgrade (gwcore.runtime.l7_websocket)
 
     # --- the codec's side (l7_core.Exchange) -------------------------------------------
 
@@ -160,6 +162,7 @@ class L7Exchange:
         self.outgoing, self.xfcc = gateway_headers(
             self.request.headers, self.conn, mesh.sanitize_x_forwarded_client_cert
         )
+        keep_upgrade_fields(self, self.outgoing)
         facts = HttpRequestFacts(
             method=self.request.method,
             path=path,
@@ -188,7 +191,7 @@ class L7Exchange:
             self.step.bad_request(self.conn, "connect_refused", f"CONNECT {request.path[:200]!r}")
             self._answer(404, b"", "route_not_found")
             return True
-        return False
+        return refused_upgrade(self)
 
     def _decided(self, decision: Decision) -> None:
         self._pending = None
@@ -229,6 +232,7 @@ class L7Exchange:
         outgoing = flow.request
         drop = hop_by_hop(outgoing.headers)
         headers = Headers((k, v) for k, v in outgoing.headers if k.lower() not in drop)
+        keep_upgrade_fields(self, headers)
         # Again after the addons, so none can forge it: the value decided on.
         headers.remove("x-forwarded-client-cert")
         if self.xfcc is not None:
@@ -275,6 +279,9 @@ class L7Exchange:
                 if self._addon_answered(flow):  # an addon failed (502) or answered
                     return
                 response = flow.response or response
+        if response.status == 101:
+            switch(self, response)  # a WebSocket upgrade: a tunnel from now on
+            return
         drop = hop_by_hop(response.headers)
         headers = Headers((k, v) for k, v in response.headers if k.lower() not in drop)
         self.status = response.status
