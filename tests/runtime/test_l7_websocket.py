@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-import pytest
 import pytest_twisted
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
 
@@ -318,11 +317,19 @@ async def test_h2c_upgrade_is_served_as_a_plain_request(gateway, upstreams):
     assert first.header("connection") is None
 
 
-@pytest.mark.parametrize("protocol", ["http2", "grpc"])
-def test_websocket_to_an_http2_destination_is_refused(protocol):
-    """An HTTP/2 service cannot take an HTTP/1.1 upgrade (tgw does not speak RFC 8441):
-    the upgrade is refused as an unsupported one."""
-    from gwcore.policy.http_upgrade import REFUSE, classify
-
-    headers = [("Connection", "Upgrade"), ("Upgrade", "websocket")]
-    assert classify(headers, protocol) == REFUSE
+@pytest_twisted.ensureDeferred
+async def test_websocket_to_an_http2_destination_is_refused(gateway, upstreams):
+    """An ``http2`` destination's service speaks HTTP/2, which cannot carry an HTTP/1.1
+    upgrade (tgw does not speak RFC 8441's extended CONNECT): a WebSocket upgrade is
+    refused as an unsupported one (403, close) and never reaches the service."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"), protocol="http2")
+    await gateway.start()
+    data = await in_thread(
+        raw_exchange,
+        gateway,
+        b"GET /ws HTTP/1.1\r\nHost: billing\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    assert data.startswith(b"HTTP/1.1 403") and data.count(b"HTTP/1.1") == 1
+    assert service.connections == 0
+    assert gateway.metric("tgw_http_bad_requests_total", reason="upgrade_refused") == 1
