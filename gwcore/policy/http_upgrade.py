@@ -67,12 +67,19 @@ def _upgrade_value(headers: Iterable[Header]) -> str | None:
 
 def classify(headers: Iterable[Header], protocol: str = "http") -> str:
     """Which rule of the module docstring applies to a request with ``headers`` at a
-    destination whose protocol is ``protocol``."""
-    items = list(headers)
-    value = _upgrade_value(items)
-    if value is None or "upgrade" not in connection_tokens(items):
+    destination whose protocol is ``protocol`` (one pass over the fields: this runs
+    for every request)."""
+    upgrade: list[str] = []
+    connection: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "upgrade":
+            upgrade.append(value)
+        elif lower == "connection":
+            connection.append(value)
+    if not upgrade or "upgrade" not in connection_tokens(("connection", v) for v in connection):
         return PLAIN
-    token = value.strip().lower()
+    token = ", ".join(upgrade).strip().lower()
     if token == "h2c":
         return STRIP_H2C
     if token == "websocket" and protocol == "http":
