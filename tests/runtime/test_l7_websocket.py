@@ -333,3 +333,79 @@ async def test_websocket_to_an_http2_destination_is_refused(gateway, upstreams):
     assert data.startswith(b"HTTP/1.1 403") and data.count(b"HTTP/1.1") == 1
     assert service.connections == 0
     assert gateway.metric("tgw_http_bad_requests_total", reason="upgrade_refused") == 1
+
+
+WS_ADDON = """
+seen = []
+
+
+def tgw_http_requestheaders(flow):
+    seen.append(("requestheaders", flow.request.headers.get("upgrade")))
+    flow.request.headers.remove("upgrade")  # set again by the gateway: not the addon's
+
+
+def tgw_http_responseheaders(flow):
+    seen.append(("responseheaders", flow.response.status))
+    if flow.request.path == "/ws/no":
+        flow.respond(409, b"no tunnel for you", addon="gatekeeper")
+
+
+def tgw_http_response(flow):
+    seen.append(("response", flow.response.status))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_addons_see_the_upgrade_and_an_answer_to_the_101_keeps_http(
+    gateway, upstreams, tmp_path
+):
+    """The HTTP addon hooks run for an upgrade: ``tgw_http_requestheaders`` sees
+    ``upgrade: websocket`` and cannot remove it (the service still gets it);
+    ``tgw_http_response`` runs with the 101 as the tunnel starts. An addon that answers
+    in ``tgw_http_responseheaders`` instead of the 101 gets its answer to the client,
+    whose connection stays HTTP (a next request is served)."""
+    addons = tmp_path / "ws-addons"
+    addons.mkdir()
+    (addons / "wsaddon.py").write_text(WS_ADDON)
+    gateway.plugin_paths = [str(addons)]
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "wsaddon"]
+    service = WsService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+    seen = gateway.site.stack.pm.get_plugin("wsaddon").seen
+
+    def run() -> tuple[object, object, bytes, object]:
+        client = WsClient(gateway)
+        try:
+            answer, _ = client.handshake("/ws/yes")
+            client.send(TextMessage(data="hi"))
+            echoed = client.message()
+        finally:
+            client.close()
+        other = WsClient(gateway)
+        try:
+            refused, body = other.handshake("/ws/no")
+            other.sock.sendall(b"GET /next HTTP/1.1\r\nHost: billing\r\nConnection: close\r\n\r\n")
+            return answer, echoed, body, (refused, other.read_to_end())
+        finally:
+            other.close()
+
+    answer, echoed, body, (refused, after) = await in_thread(run)
+    assert isinstance(answer, AcceptConnection) and echoed == "hi"
+    assert getattr(refused, "status_code", None) == 409 and body == b"no tunnel for you"
+    assert after.startswith(b"HTTP/1.1 200") and after.endswith(b"plain")
+    assert all(b"\r\nupgrade: websocket" in h.lower() for h in service.heads)
+    assert len(service.heads) == 2 and service.plain == ["/next"]
+    assert seen[:3] == [
+        ("requestheaders", "websocket"),
+        ("responseheaders", 101),
+        ("response", 101),
+    ]
+    assert seen[3:] == [
+        ("requestheaders", "websocket"),
+        ("responseheaders", 101),
+        ("response", 409),
+        ("requestheaders", None),  # GET /next, a plain request on the same connection
+        ("responseheaders", 200),
+        ("response", 200),
+    ]
