@@ -112,6 +112,10 @@ def switch_upstream(connection: Any, stream: Any, event: h11.InformationalRespon
     the exchange with an :class:`UpstreamEnd` as ``stream.upgraded``. The connection is
     the stream's alone from now on: never idle again, closed when the tunnel ends, or at
     once when nobody takes it (an addon answered instead, the client left)."""
+    if connection.h11.our_state is not h11.SWITCHED_PROTOCOL:
+        # Switched before the request was complete: the rest of its body has no place.
+        connection.fail("protocol", "the service switched protocols before the request ended")
+        return
     data, _ = connection.h11.trailing_data
     end = UpstreamEnd(connection, bytes(data))
     connection.upstream.downstream = end
@@ -137,8 +141,11 @@ def switch_client(answer: Any, response: HttpResponse, end: UpstreamEnd, on_end:
     except (h11.LocalProtocolError, UnicodeError) as e:
         codec.refuse_response(str(e))
         return False
-    if codec.h11.our_state is not h11.SWITCHED_PROTOCOL:
-        codec.refuse_response("101 for a request that did not ask to upgrade")
+    states = (codec.h11.our_state, codec.h11.their_state)
+    if states != (h11.SWITCHED_PROTOCOL, h11.SWITCHED_PROTOCOL):
+        # Not asked for, or the client's request is not complete (its body would be
+        # read as tunnel bytes): the connection cannot be framed any more.
+        codec.refuse_response("101 for a request that did not ask to upgrade or did not end")
         return False
     answer.finished = True
     codec.answering = None

@@ -409,3 +409,50 @@ async def test_addons_see_the_upgrade_and_an_answer_to_the_101_keeps_http(
         ("responseheaders", 200),
         ("response", 200),
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_101_before_the_request_ended_is_a_502_and_no_tunnel(gateway, upstreams):
+    """A service that switches while the upgrade request's body is still coming (5 of
+    its 10 bytes sent): the gateway cannot frame the rest, so the client gets ``502``
+    and the upstream connection is closed; no client byte after the request head goes
+    to the service as tunnel data."""
+    got: list[bytes] = []
+
+    def handle(sock, up) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        sock.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        rest = data.partition(b"\r\n\r\n")[2]
+        try:
+            while chunk := sock.recv(65536):
+                rest += chunk
+        except OSError:
+            pass
+        got.append(rest)
+
+    service = upstreams(handle)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+
+    def run() -> bytes:
+        cert, key, root = gateway.client_files("web")
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        try:
+            sock.sendall(
+                b"POST /ws HTTP/1.1\r\nHost: billing\r\nConnection: upgrade\r\n"
+                b"Upgrade: websocket\r\nContent-Length: 10\r\n\r\n12345"
+            )
+            data = sock.recv(65536)
+            sock.sendall(b"67890" + b"tunnel bytes?")
+            return data
+        finally:
+            sock.close()
+
+    answer = await in_thread(run)
+    assert answer.startswith(b"HTTP/1.1 502")
+    await in_thread(service.done.wait, 10)
+    assert got and b"tunnel" not in got[0] and b"67890" not in got[0]
