@@ -89,7 +89,8 @@ def switch(exchange: Any, response: HttpResponse) -> None:
         exchange._finish(101, error)
 
     if not take(HttpResponse(101, headers), end, ended):
-        exchange._finish(None, "protocol")
+        if not exchange.finished:  # the codec's close may have finished it already
+            exchange._finish(None, "protocol")
         return
     flow = exchange.flow
     if flow is not None and exchange.step.wants("tgw_http_response"):
