@@ -211,9 +211,13 @@ class Tunnel:
             self.end.upstream.send_eof()
 
     def connection_lost(self) -> None:
-        """The client connection is gone (or the session closes it): close the service's."""
+        """The client connection is gone (or the gateway closes it: ``idle_timeout``, a
+        policy re-check, the end of a drain): close the service's."""
         if not self.client_done and not self.service_done and self.error is None:
-            self.error = "client_gone: client connection lost"
+            down = getattr(self.client, "downstream", None)
+            cause = getattr(down, "close_cause", None)
+            gone = cause in (None, "client_closed", "completed")
+            self.error = "client_gone: client connection lost" if gone else cause
         self._finish()
 
     def set_client_writable(self, writable: bool) -> None:

@@ -67,6 +67,11 @@ class RawTunnelService:
                 return
             sock.close()
             return
+        if self.mode == "idle":
+            while chunk := sock.recv(65536):
+                self.after_fin += chunk
+            sock.close()
+            return
         if self.mode == "halfclose":
             sock.sendall(b"bye")
             sock.shutdown(socket.SHUT_WR)
@@ -192,3 +197,34 @@ async def test_service_half_close_reaches_the_client_which_may_still_send(gatewa
     assert await in_thread(run) == b"bye"
     await in_thread(service.upstream.done.wait, 10)
     assert service.after_fin == b"after your FIN"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_tunnel_is_closed_after_idle_timeout(gateway, upstreams):
+    """No byte moves through a switched connection for ``idle_timeout`` (0.5 s here):
+    the gateway closes both sides, as for an L4 connection, and the upgrade's record
+    says why (``error`` ``idle_timeout``, status 101)."""
+    gateway.site_options = {"idle_timeout": "0.5s"}
+    service = RawTunnelService(upstreams, "idle")
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+
+    def run() -> bytes:
+        sock, rest = open_tunnel(gateway)
+        try:
+            data = bytearray(rest)
+            while chunk := sock.recv(65536):
+                data += chunk
+            return bytes(data)
+        finally:
+            sock.close()
+
+    assert await in_thread(run) == b""  # closed by the gateway, nothing sent
+    assert await in_thread(service.upstream.done.wait, 10)
+    await gateway.wait_for(
+        lambda: any(r.get("record_type") == "request" for r in gateway.access_records())
+    )
+    (record,) = [r for r in gateway.access_records() if r.get("record_type") == "request"]
+    assert record["status"] == 101 and record["error"] == "idle_timeout"
+    closed = [r for r in gateway.access_records() if r.get("record_type") == "closed"]
+    assert [r["close_cause"] for r in closed] == ["idle_timeout"]
