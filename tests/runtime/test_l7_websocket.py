@@ -18,7 +18,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Text
 
 from tests.harness import in_thread, sni_for, tls_connect, write_json
 from tests.runtime.l7_support import HttpService, link
-from tests.runtime.ws_support import WsClient, WsService
+from tests.runtime.ws_support import WsClient, WsService, read_to_end
 
 
 def requests_of(gateway) -> list[dict]:
@@ -49,9 +49,7 @@ def raw_exchange(gateway, payload: bytes) -> bytes:
     sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
     try:
         sock.sendall(payload)
-        client = WsClient.__new__(WsClient)
-        client.sock = sock
-        return client.read_to_end()
+        return read_to_end(sock)
     finally:
         sock.close()
 
@@ -183,9 +181,7 @@ async def test_service_ignoring_the_upgrade_with_200_keeps_both_connections_http
                 b"Sec-WebSocket-Version: 13\r\n\r\n"
                 b"GET /next HTTP/1.1\r\nHost: billing\r\nConnection: close\r\n\r\n"
             )
-            client = WsClient.__new__(WsClient)
-            client.sock = sock
-            return client.read_to_end()
+            return read_to_end(sock)
         finally:
             sock.close()
 

@@ -115,13 +115,10 @@ class WsService:
                 if isinstance(event, (TextMessage, BytesMessage)):
                     message.append(event.data)
                     if event.message_finished:
-                        whole = "".join(message) if isinstance(event, TextMessage) else b""
-                        if isinstance(event, BytesMessage):
-                            whole = b"".join(message)
-                        reply = (
-                            TextMessage(data=whole)
-                            if isinstance(whole, str)
-                            else BytesMessage(data=whole)
+                        reply: Event = (
+                            TextMessage(data="".join(message))
+                            if isinstance(event, TextMessage)
+                            else BytesMessage(data=b"".join(message))
                         )
                         self._send(sock, ws, reply)
                         message = []
@@ -205,16 +202,21 @@ class WsClient:
 
     def read_to_end(self) -> bytes:
         """Raw bytes until the gateway closes (after the handshake failed)."""
-        chunks = []
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except (ssl.SSLZeroReturnError, ConnectionResetError):
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return b"".join(chunks)
+        return read_to_end(self.sock)
 
     def close(self) -> None:
         self.sock.close()
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Raw bytes from ``sock`` until the gateway closes (a reset counts as the end)."""
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ssl.SSLZeroReturnError, ConnectionResetError):
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
