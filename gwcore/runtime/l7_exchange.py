@@ -47,6 +47,7 @@ from gwcore.runtime.l7_rules import (
     with_request_id,
     without_hop_by_hop,
 )
+from gwcore.runtime.l7_websocket import keep_upgrade_fields, refused_upgrade, switch
 
 if TYPE_CHECKING:
     from gwcore.net.l7_core import Producer, ResponseWriter, UpstreamStream
@@ -95,6 +96,7 @@ class L7Exchange:
         self.outgoing: Headers = request.headers  # gateway_headers(), set in begin()
         self.xfcc: str | None = None
         self._chunked = "chunked" in (request.headers.get("transfer-encoding") or "").lower()
+        self.upgrade = False  # a WebSocket upgrade (gwcore.runtime.l7_websocket)
 
     # --- the codec's side (l7_core.Exchange) -------------------------------------------
 
@@ -165,6 +167,7 @@ class L7Exchange:
         self.outgoing, self.xfcc = gateway_headers(
             self.request.headers, self.conn, mesh.sanitize_x_forwarded_client_cert
         )
+        keep_upgrade_fields(self, self.outgoing)
         facts = HttpRequestFacts(
             method=self.request.method,
             path=path,
@@ -202,7 +205,7 @@ class L7Exchange:
             self.step.bad_request(self.conn, "connect_refused", f"CONNECT {request.path[:200]!r}")
             self._answer(404, b"", "route_not_found")
             return True
-        return False
+        return refused_upgrade(self)
 
     def _decided(self, decision: Decision) -> None:
         self._pending = None
@@ -246,6 +249,7 @@ class L7Exchange:
         outgoing = flow.request
         drop = hop_by_hop(outgoing.headers)
         headers = Headers((k, v) for k, v in outgoing.headers if k.lower() not in drop)
+        keep_upgrade_fields(self, headers)
         # Again after the addons, so none can forge it: the value decided on.
         headers.remove("x-forwarded-client-cert")
         if self.xfcc is not None:
@@ -266,7 +270,9 @@ class L7Exchange:
     def _upstream_request(self) -> HttpRequest:
         """The request as the service gets it when no addon listens: what
         :meth:`_allowed` builds through the flow, without the flow. The fields decided
-        on are already free of hop-by-hop fields; nothing here adds one."""
+        on are already free of hop-by-hop fields, but for the ``Connection: upgrade``
+        and ``Upgrade`` fields of a WebSocket upgrade (``keep_upgrade_fields``, in
+        :meth:`begin`); nothing here adds one."""
         request = self.request
         fields = self.outgoing.items()
         has_id = False
@@ -327,6 +333,9 @@ class L7Exchange:
                 if self._addon_answered(flow):  # an addon failed (502) or answered
                     return
                 response = flow.response or response
+        if response.status == 101:
+            switch(self, response)  # a WebSocket upgrade: a tunnel from now on
+            return
         # list(): an addon's response may hold any iterable of fields.
         fields = list(response.headers) if flow is not None else response.headers.items()
         headers = Headers.adopt(without_hop_by_hop(fields))
