@@ -18,10 +18,12 @@ from OpenSSL import SSL
 
 from fuzz.targets import TRUST_DOMAIN
 from gwcore.contract import pki
+from gwcore.policy.http2_rules import PREFACE
 from gwcore.policy.model import ServiceName
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
+L7_TARGETS = ("xfcc_input", "l7_permission", "http2_headers")
 
 
 def _client_hello(sni: bytes | None, alpn: list[bytes], tls12: bool) -> bytes:
@@ -119,12 +121,97 @@ def seeds() -> dict[str, list[bytes]]:
     }
 
 
+def l7_seeds() -> dict[str, list[bytes]]:
+    """Seeds of the L7 targets: real XFCC values, Consul permissions, HTTP/2 heads."""
+    td = TRUST_DOMAIN
+    element = (
+        f"By=spiffe://{td}/ns/default/dc/dc1/svc/gw;Hash=4d1f0c;"
+        f'Subject="CN=web,O=Acme\\, Inc.";URI=spiffe://{td}/ns/default/dc/dc1/svc/web'
+    )
+    allow_api = {"Action": "allow", "HTTP": {"PathPrefix": "/api", "Methods": ["GET", "post"]}}
+    permissions = [
+        {"Action": "deny", "HTTP": {"PathExact": "/admin"}},
+        {"Action": "allow", "HTTP": {"PathRegex": "/v[0-9]+/.*", "Methods": ["GET"]}},
+        {
+            "Action": "allow",
+            "HTTP": {
+                "Header": [
+                    {"Name": "x-env", "Exact": "prod"},
+                    {"Name": "X-Debug", "Present": True, "Invert": True},
+                    {"Name": "host", "Suffix": ".internal"},
+                    {"Name": ":method", "Regex": "GET|HEAD"},
+                    {"Name": "user-agent", "Prefix": "curl/"},
+                ]
+            },
+        },
+    ]
+    bad = [
+        {"Action": "allow", "HTTP": {"PathExact": "admin"}},
+        {"Action": "allow", "HTTP": {"PathRegex": "("}},
+        {"Action": "maybe", "HTTP": {"Methods": ["GET", "GET", "BREW"]}},
+        {"Action": "allow", "HTTP": {}},
+        {"Action": "allow", "JWT": {"Providers": [{"Name": "okta"}]}, "HTTP": {"PathPrefix": "/"}},
+        {"Action": "allow", "HTTP": {"Header": [{"Name": "x", "Exact": "a", "Prefix": "b"}]}},
+    ]
+    request = b"GET\n/v2/items?limit=1\nbilling.internal\nx-env:prod\nuser-agent:curl/8\nx-env:dev"
+    grpc = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":path", b"/pkg.Service/Method"),
+        (b":authority", b"billing"),
+        (b"content-type", b"application/grpc+proto"),
+        (b"te", b"trailers"),
+        (b"grpc-timeout", b"1S"),
+    ]
+    h1ish = [
+        (b"GET", b"/index.html?x=1"),
+        (b"Host", b"billing"),
+        (b"Connection", b"keep-alive, X-Hop"),
+        (b"X-Hop", b"1"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"TE", b"trailers, deflate"),
+        (b"Upgrade", b"websocket"),
+        (b"cookie", b"a=1"),
+        (b"Cookie", b"b=2"),
+    ]
+    h2_bad = [
+        (b":method", b"CONNECT"),
+        (b":authority", b"billing:443"),
+        (b"x-a", b"1"),
+        (b":path", b"/late"),
+        (b"host", b"other"),
+    ]
+    block = lambda fields: b"\n".join(n + b"\t" + v for n, v in fields)  # noqa: E731
+    return {
+        "xfcc_input": [
+            element.encode(),
+            (element + "," + element + "\n" + "by=x;HASH=y;dns=a.example;DNS=b").encode(),
+            b'By=x;Subject="unbalanced,URI=spiffe://forged',
+            b'Subject="a,b\\"c";URI=spiffe://x\n\n  ',
+            b"",
+        ],
+        "l7_permission": [
+            json.dumps(allow_api).encode() + b"\x00" + request,
+            json.dumps(permissions).encode() + b"\x00" + request,
+            json.dumps(permissions).encode() + b"\x00DELETE\n/admin\n\nx-debug:1",
+            json.dumps(bad).encode() + b"\x00POST\n/\nb",
+        ],
+        "http2_headers": [block(grpc), block(h1ish), block(h2_bad), PREFACE + b"\x00\x00"],
+    }
+
+
 def main() -> int:
-    for target, items in seeds().items():
+    """Write the seeds of the targets named on the command line (all when none)."""
+    every = {**seeds(), **l7_seeds()}
+    wanted = set(sys.argv[1:]) or set(every)
+    for target, items in every.items():
+        if target not in wanted:
+            continue
         folder = ROOT / "corpus" / target
         folder.mkdir(parents=True, exist_ok=True)
         for item in items:
-            (folder / hashlib.sha1(item).hexdigest()).write_bytes(item)
+            name = hashlib.sha1(item).hexdigest()
+            (folder / (name[:16] if target in L7_TARGETS else name)).write_bytes(item)
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography import x509
 
 from gwcore.contract import pki
+from gwcore.policy import http2_rules
 from gwcore.policy.clienthello import NEED_MORE, ClientHello, ClientHelloParser, HelloError
 from gwcore.policy.config import ConfigError, parse_config
 from gwcore.policy.consul_shapes import (
@@ -35,10 +36,22 @@ from gwcore.policy.consul_shapes import (
     decode_documents,
     parse_documents,
 )
-from gwcore.policy.http_facts import PathNormalization
+from gwcore.policy.http_facts import HttpRequestFacts, PathNormalization
+from gwcore.policy.http_headers import (
+    HOP_BY_HOP,
+    MalformedHeaders,
+    check_h2_fields,
+    h1_to_h2_request,
+    h2_to_h1_request,
+    strip_hop_by_hop,
+)
 from gwcore.policy.http_path import PathRejected, RedirectPath, normalize_path
+from gwcore.policy.intentions import IntentionSet
+from gwcore.policy.l7_permissions import permission_from_mapping
+from gwcore.policy.model import ServiceName, Verdict
 from gwcore.policy.sni import normalize_sni, parse_service_sni
 from gwcore.policy.spiffe import IdentityError, identity_from_der, parse_spiffe_id
+from gwcore.policy.xfcc_input import forwardable_xfcc, well_formed_xfcc
 
 TRUST_DOMAIN = "11111111-2222-3333-4444-555555555555.consul"
 
@@ -235,6 +248,188 @@ def http_path(data: bytes) -> None:
     assert normalize_path(str(result), options, method=method) == result, result
 
 
+# --- L7: XFCC input, L7 permissions, HTTP/2 header rules -----------------------------
+
+_GATEWAY_ELEMENT = (
+    f"By=spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/gw;Hash=9f86d081884c7d65;"
+    'Subject="CN=web,O=Acme\\, Inc.";'
+    f"URI=spiffe://{TRUST_DOMAIN}/ns/default/dc/dc1/svc/web"
+)
+
+
+def _xfcc_elements(value: str) -> list[str]:
+    """The oracle: a quote-aware reader of XFCC (``\\`` escapes inside quotes), as the
+    upstream's parser would split the header into elements."""
+    elements, current, quoted, escaped = [], [], False, False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            elements.append("".join(current).strip())
+            current = []
+            continue
+        current.append(ch)
+    elements.append("".join(current).strip())
+    return elements
+
+
+def xfcc_input(data: bytes) -> None:
+    """Client-sent ``x-forwarded-client-cert`` values (one per line, latin-1 as the
+    codecs decode them): ``forwardable_xfcc`` keeps every non-blank value or none; what
+    it keeps, with the gateway's element appended (APPEND_FORWARD), is read by a
+    quote-aware parser with the gateway's element last and whole (never swallowed into
+    a client's quoted value, never split)."""
+    from gwcore.policy.xfcc import apply_xfcc  # the builder the L7 path uses
+
+    values = data.decode("latin-1").split("\n")
+    kept = forwardable_xfcc(values)
+    sent = [v for v in values if v.strip()]
+    checks = [well_formed_xfcc(v) for v in sent]
+    assert all(isinstance(c, bool) for c in checks)
+    assert kept == (sent if all(checks) else []), (kept, sent)
+    header = apply_xfcc(kept, _GATEWAY_ELEMENT, sanitize=False)
+    assert header is not None and well_formed_xfcc(header), header
+    assert _xfcc_elements(header)[-1] == _GATEWAY_ELEMENT, header
+    assert apply_xfcc(values, _GATEWAY_ELEMENT, sanitize=True) is None
+
+
+def _request_facts(data: bytes) -> HttpRequestFacts:
+    """Request facts from bytes: lines ``method``, ``path``, ``authority``, then
+    ``name:value`` headers (names lower-case, as the codecs give them)."""
+    lines = data.decode("latin-1").split("\n")
+    method, path, authority = [*lines, "", "", ""][:3]
+    headers = []
+    for line in lines[3:]:
+        name, _, value = line.partition(":")
+        headers.append((name.lower(), value))
+    return HttpRequestFacts(
+        method=method, path=path, authority=authority, headers=tuple(headers), original_path=path
+    )
+
+
+_WEB = ServiceName("web")
+_BILLING = ServiceName("billing")
+
+
+def l7_permission(data: bytes) -> None:
+    """L7 intention permissions: JSON (before the first NUL byte; an object is one
+    permission, a list is a source's ``Permissions``) and a request (after it). Each
+    object is a permission or the documented ``ValueError`` naming its problems, and a
+    permission survives its Consul JSON shape unchanged. The same list as a
+    ``service-intentions`` entry from a catalog file: problems, or a decision per
+    request that is deterministic and is the first matching permission's action (none
+    matching: abstain, the default policy decides)."""
+    spec, _, request = data.partition(b"\x00")
+    try:
+        raw = json.loads(spec)
+    except (ValueError, RecursionError):
+        return
+    items = raw if isinstance(raw, list) else [raw]
+    facts = _request_facts(request)
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        try:
+            permission = permission_from_mapping(item)
+        except ValueError as e:
+            assert str(e), "a ValueError without a problem"
+            continue
+        matched = permission.matches(facts)
+        assert matched in (True, False) and permission.matches(facts) is matched
+        again = permission_from_mapping(permission.as_consul())
+        assert again == permission and again.matches(facts) is matched, permission
+        assert permission.describe()
+    entry = {"Kind": "service-intentions", "Name": "billing"}
+    entry["Sources"] = [{"Name": "web", "Permissions": items}]
+    docs, problems = decode_documents("fuzz.json", json.dumps(entry).encode())
+    intentions = build_intentions(docs)
+    if problems or not intentions:
+        return
+    (intention,) = intentions
+    engine = IntentionSet(intentions)
+    decision = engine.decide(_WEB, _BILLING, facts)
+    assert engine.decide(_WEB, _BILLING, facts) == decision
+    first = next((p for p in intention.permissions if p.matches(facts)), None)
+    expected = (
+        Verdict.ABSTAIN
+        if first is None
+        else Verdict.ALLOW
+        if first.action == "allow"
+        else Verdict.DENY
+    )
+    assert decision.verdict is expected, (decision, first)
+    # On an L4 connection (no request), L7 permissions deny (as Consul).
+    assert engine.decide(_WEB, _BILLING).verdict is Verdict.DENY
+
+
+_H2_REFUSALS = frozenset({"bad_pseudo_header", "connect_refused", "missing_pseudo_header"})
+
+
+def _header_block(data: bytes) -> list[tuple[bytes, bytes]]:
+    """One field per line, name and value split at the first TAB."""
+    block = []
+    for line in data.split(b"\n"):
+        name, _, value = line.partition(b"\t")
+        block.append((name, value))
+    return block
+
+
+def http2_headers(data: bytes) -> None:
+    """HTTP/2 header rules on an arbitrary header block (``http2_rules``,
+    ``http_headers``): a request's facts or one of the documented refusals (facts
+    always have a method other than CONNECT, a path and no pseudo-header among the
+    headers); a malformed block is ``MalformedHeaders`` and nothing else; a forwarded
+    HTTP/1.1 request carries no hop-by-hop field and, turned into HTTP/2, passes
+    HTTP/2's own field rules and converts back to the same method and target. The
+    preface check and the gRPC local reply hold for any bytes."""
+    block = _header_block(data)
+    facts = http2_rules.request_facts(block)
+    if isinstance(facts, str):
+        assert facts in _H2_REFUSALS, facts
+    else:
+        assert facts.method and facts.method != "CONNECT" and facts.path, facts
+        assert not any(name.startswith(":") for name, _ in facts.headers), facts
+        assert all(name == name.lower() for name, _ in facts.headers), facts
+    assert http2_rules.is_grpc(block) in (True, False)
+    state = http2_rules.preface_state(data)
+    prefix = http2_rules.PREFACE[: len(data)]
+    assert state is (
+        True if data.startswith(http2_rules.PREFACE) else None if data == prefix else False
+    )
+    status = int.from_bytes(data[:2] or b"\x00", "big") % 600
+    reply = http2_rules.grpc_local_reply(status, data.decode("latin-1"))
+    message = dict(reply)[b"grpc-message"]
+    assert all(0x20 <= b <= 0x7E for b in message), message
+    assert dict(reply)[b"grpc-status"].isdigit()
+
+    text = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in block]
+    try:
+        check_h2_fields(text)
+    except MalformedHeaders as e:
+        assert e.reason, e
+    try:
+        h2_to_h1_request(text)
+    except MalformedHeaders as e:
+        assert e.reason, e
+    fields = [(n, v) for n, v in text if n and not n.startswith(":")]
+    for to_http2 in (False, True):
+        kept = strip_hop_by_hop(fields, to_http2=to_http2)
+        for name, value in kept:
+            lower = name.lower()
+            assert lower not in HOP_BY_HOP or (to_http2 and lower == "te"), (name, value)
+    method, target = (text[0][0] or "GET"), (text[0][1] or "/")
+    if method == "CONNECT" or method.startswith(":"):
+        return
+    h2_block = h1_to_h2_request(method, target, fields, scheme="https")
+    check_h2_fields([(n, v) for n, v in h2_block if not n.startswith(":")])
+    back = h2_to_h1_request(h2_block)
+    assert (back.method, back.target) == (method, target), (back, method, target)
+
+
 TARGETS: dict[str, Callable[[bytes], None] | None] = {
     "clienthello": clienthello,
     "spiffe_id": spiffe_id,
@@ -244,6 +439,9 @@ TARGETS: dict[str, Callable[[bytes], None] | None] = {
     "config_check": config_check,
     "bexpr": _bexpr_target(),
     "http_path": http_path,
+    "xfcc_input": xfcc_input,
+    "l7_permission": l7_permission,
+    "http2_headers": http2_headers,
 }
 
 PENDING: dict[str, str] = {

@@ -31,6 +31,7 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
+from gwcore.net.http1_stray import unread_bytes
 from gwcore.net.http_wire import ambiguous_framing
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
@@ -533,6 +534,10 @@ class Http1Pool:
             self._connect(self.waiting[0].owner)
 
     def _next(self, connection: Http1Connection) -> None:
+        if self.waiting and connection.reused and unread_bytes(connection.upstream):
+            # Sent after its last response and not read yet: never a waiting request's answer.
+            connection.close("the service sent data after its response")
+            return
         while self.waiting:
             stream = self.waiting.popleft()
             if stream.done:

@@ -1,12 +1,19 @@
 """The request-head timeout of an HTTP/1.1 client connection (site key
 ``request_head_timeout``, docs/l7.md).
 
-A client gets ``timeout`` seconds from the connection's start, or from the end of the
-previous response, to deliver a complete request head; a slowloris that trickles a
-head byte by byte, or never sends one, otherwise holds its connection until the
-site's ``idle_timeout``. Envoy's equivalent is the connection manager's
-``request_headers_timeout`` (off by default, counted from the head's first byte);
-nginx's is ``client_header_timeout`` (60 s). ``0`` turns it off.
+A client gets ``timeout`` seconds from the **first byte** of a request head to the
+head's end; a slowloris that trickles a head byte by byte otherwise holds its
+connection until the site's ``idle_timeout``. The wait *before* that first byte (a
+new connection, or a kept-alive one between requests) is not a head being late: it
+is the connection's idle time, which the site's ``idle_timeout`` governs (no byte
+moved for that long: closed). That is Envoy's split: the connection manager's
+``request_headers_timeout`` counts from the head's first byte, its ``idle_timeout``
+(1 h by default) covers a connection without an active request. nginx's
+``client_header_timeout`` (60 s) is the same limit. ``0`` turns it off.
+
+The codec says :meth:`HeadTimer.arm` when it starts to wait for a head (``started``:
+bytes of it are already buffered, e.g. pipelined), :meth:`HeadTimer.data` at every
+read, and :meth:`HeadTimer.disarm` once the head is complete.
 """
 
 from __future__ import annotations
@@ -16,25 +23,41 @@ from typing import Any
 
 
 class HeadTimer:
-    """One connection's head deadline: armed while the codec waits for a head."""
+    """One connection's head deadline, counted from the first byte of a head."""
 
-    __slots__ = ("call", "clock", "on_expire", "timeout")
+    __slots__ = ("call", "clock", "on_expire", "timeout", "waiting")
 
     def __init__(self, clock: Any, timeout: float, on_expire: Callable[[], None]) -> None:
         self.clock = clock
         self.timeout = timeout
         self.on_expire = on_expire
         self.call: Any = None
+        self.waiting = False
+        """A head is awaited and none of it came yet: the next byte starts the deadline."""
 
-    def arm(self) -> None:
+    def arm(self, started: bool = False) -> None:
+        """The codec waits for a request head; ``started``: part of it is already here."""
         self.disarm()
         if self.clock is not None and self.timeout > 0:
-            self.call = self.clock.callLater(self.timeout, self._expired)
+            if started:
+                self._start()
+            else:
+                self.waiting = True
+
+    def data(self) -> None:
+        """Bytes came from the client: if a head was awaited, its deadline starts now."""
+        if self.waiting:
+            self._start()
 
     def disarm(self) -> None:
+        self.waiting = False
         call, self.call = self.call, None
         if call is not None and call.active():
             call.cancel()
+
+    def _start(self) -> None:
+        self.waiting = False
+        self.call = self.clock.callLater(self.timeout, self._expired)
 
     def _expired(self) -> None:
         self.call = None

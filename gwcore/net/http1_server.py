@@ -100,6 +100,7 @@ class Http1Server:
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.head_timer.data()
         self.h11.receive_data(data)
         self._drain()
         if not self.reading and not self.closed:
@@ -266,7 +267,7 @@ class Http1Server:
         ours, theirs = self.h11.our_state, self.h11.their_state
         if ours is h11.DONE and theirs is h11.DONE:
             self.h11.start_next_cycle()
-            self.head_timer.arm()
+            self.head_timer.arm(started=bool(self.h11.trailing_data[0]))
         elif (
             self.answering is None
             and self.exchange is None
