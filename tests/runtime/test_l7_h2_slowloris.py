@@ -87,7 +87,7 @@ def _until_goaway(client: H2SocketClient) -> None:
 @pytest_twisted.ensureDeferred
 async def test_trickled_continuation_frames_get_goaway_at_the_head_timeout(gateway, h2_service):
     """A client writes its HEADERS frame (no END_HEADERS), then its CONTINUATION frame
-    in 20 pieces 0.1 s apart (2 s in all; ``idle_timeout`` 1 h, so only the head
+    in 40 pieces 0.1 s apart (4 s in all; ``idle_timeout`` 1 h, so only the head
     deadline can stop it): GOAWAY PROTOCOL_ERROR about ``request_head_timeout`` (0.4 s)
     after the HEADERS frame, counted once; nothing reached the service and no request
     was logged."""
@@ -100,14 +100,14 @@ async def test_trickled_continuation_frames_get_goaway_at_the_head_timeout(gatew
         frames = _big_head(client, "/slow")[1]
         client.sock.sendall(frames[:HEADERS_FRAME])
         started = time.monotonic()
-        _trickle(client, frames[HEADERS_FRAME:], 20, 0.1)
+        _trickle(client, frames[HEADERS_FRAME:], 40, 0.1)
         _until_goaway(client)
         return client.goaway, time.monotonic() - started
 
     goaway, took = await in_thread(run)
     assert goaway is not None and goaway.error_code == ErrorCodes.PROTOCOL_ERROR
     assert goaway.last_stream_id == 0
-    assert HEAD_TIMEOUT <= took < 1.8
+    assert HEAD_TIMEOUT * 0.9 <= took < 3.5
     await gateway.wait_for(
         lambda: gateway.metric("tgw_http_bad_requests_total", reason="request_head_timeout") == 1
     )
@@ -143,10 +143,10 @@ async def test_a_header_block_that_never_ends_gets_goaway_at_the_head_timeout(ga
 
 @pytest_twisted.ensureDeferred
 async def test_a_slow_header_block_complete_in_time_is_served(gateway, h2_service):
-    """The same large head written in 4 pieces 0.05 s apart (well within 0.4 s) is
-    answered 200 by the service, and the connection serves the next request after a
-    pause longer than the head timeout."""
-    gateway.site_options = {"request_head_timeout": f"{HEAD_TIMEOUT}s", "idle_timeout": "1h"}
+    """With ``request_head_timeout`` 1 s (room for a loaded machine): the same large
+    head written in 4 pieces 0.05 s apart is answered 200 by the service, and the
+    connection serves the next request after a pause longer than the head timeout."""
+    gateway.site_options = {"request_head_timeout": "1s", "idle_timeout": "1h"}
     link(gateway, h2_service.port_number, "http2", ("web", "allow"))
     await gateway.start()
 
@@ -155,7 +155,7 @@ async def test_a_slow_header_block_complete_in_time_is_served(gateway, h2_servic
         sid, frames = _big_head(client, "/patient")
         _trickle(client, frames, 4, 0.05)
         client.wait(client.finished(sid))
-        time.sleep(HEAD_TIMEOUT * 2)
+        time.sleep(1.3)
         again = client.request(request_head("billing", "/again", "GET"))
         client.wait(client.finished(again))
         return client.responses[sid], client.responses[again]
