@@ -100,6 +100,24 @@ def test_records_go_through_whole_and_in_order_one_per_read(io_kind: type[Record
     assert sending.read() == b"pong"
 
 
+def test_a_write_larger_than_a_record_is_encrypted_whole(io_kind: type[RecordIO]) -> None:
+    """pyOpenSSL's contexts let OpenSSL take part of a write (one 16 KiB record per
+    call for 40 KiB here); ``write`` goes on until all of it is encrypted."""
+    server, client = _pair()
+    sending, receiving = io_kind(server), io_kind(client)
+    data = bytes(range(256)) * 160  # 40 KiB
+    sending.write(data)
+    out: list[bytes] = []
+    sending.drain(out)
+    for piece in out:
+        receiving.feed(piece)
+    got = b""
+    with contextlib.suppress(SSL.WantReadError):
+        while len(got) < len(data):
+            got += receiving.read()
+    assert got == data
+
+
 def test_close_notify_is_end_of_stream_and_a_forged_record_an_error(
     io_kind: type[RecordIO],
 ) -> None:
