@@ -36,6 +36,7 @@ from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.l7_retry import ReplayBuffer
 from gwcore.net.splice import UpstreamFactory
+from gwcore.net.write_batch import BATCH, HeldWrites
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -204,6 +205,8 @@ class Http1Connection:
         self.alpn = _Alpn.alpn
         self.close_cause: str | None = None
         self.reused = False  # it carried an exchange before the current one
+        # A request's head and the body that came with it go out as one write.
+        self.out = HeldWrites(upstream.send)
         upstream.downstream = self
         # The service's socket pauses the client's body while it cannot take more.
         upstream.transport.registerProducer(self, True)
@@ -260,7 +263,7 @@ class Http1Connection:
             self.fail("protocol", f"cannot send the request: {e}")
             return
         if data:
-            self.upstream.send(data)
+            self.out.write(data)
 
     def end_request(self, trailers: Headers | None) -> None:
         chunked = self.stream is not None and self.chunked
@@ -299,7 +302,8 @@ class Http1Connection:
             self.fail("protocol", str(e))
             return
         try:
-            self._drain()
+            with BATCH:  # what this read makes the client codec write: one TLS write
+                self._drain()
         except Exception:
             log.failure("HTTP response handling failed")
             self.fail("internal_error", "internal error")
@@ -436,6 +440,7 @@ class Http1Connection:
         upstream = self.upstream
         upstream.downstream = None
         if not upstream.lost:
+            self.out.flush()
             if getattr(upstream.transport, "producer", None) is not None:
                 upstream.transport.unregisterProducer()
             upstream.transport.resumeProducing()

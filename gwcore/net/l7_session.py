@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from gwcore.net.h2_downstream import Http2Server
 from gwcore.net.http1_server import Http1Server
 from gwcore.net.l7_core import DownstreamCodec, ExchangeStarter, L7Limits
+from gwcore.net.write_batch import BATCH, HeldWrites
 
 log = Logger(namespace="tgw.http")
 
@@ -99,6 +100,9 @@ class L7Session:
         self.read_closed = False
         self._first = b""
         self._writable = True
+        # What the codec writes while one read is handled goes out as one TLS write
+        # (gwcore.net.write_batch): a small response is one record, one send.
+        self._out = HeldWrites(self._write_now)
 
     # --- the splice's side (what an UpstreamProtocol offers) -----------------------
 
@@ -107,12 +111,13 @@ class L7Session:
         if self.lost:
             return
         try:
-            codec = self.codec
-            if codec is None:
-                codec = self._start_codec(data)
+            with BATCH:
+                codec = self.codec
                 if codec is None:
-                    return
-            codec.data_received(data)
+                    codec = self._start_codec(data)
+                    if codec is None:
+                        return
+                codec.data_received(data)
         except Exception:
             self._internal_error()
 
@@ -137,6 +142,7 @@ class L7Session:
         """The client side closes (its connection lost, a policy close, a site stop)."""
         if self.lost:
             return
+        self._out.flush()
         self.lost = True
         codec = self.codec
         if codec is not None:
@@ -179,6 +185,10 @@ class L7Session:
     # --- ClientLink (what the codec calls) -----------------------------------------
 
     def write(self, data: bytes) -> None:
+        if not self.lost:
+            self._out.write(data)
+
+    def _write_now(self, data: bytes) -> None:
         down = self.downstream
         if down is not None and not self.lost:
             down.send_to_client(data)
