@@ -2,14 +2,17 @@
 
 Rules (:mod:`gwcore.net.l7_core` has the contract with the exchange):
 
-- One request at a time. h11 answers ``PAUSED`` once a request is complete and its
-  response is not; the codec then stops reading the client, so pipelined requests
-  wait in the socket (and at most one TCP read in h11's buffer) and are answered in
-  order, each after the previous response ended.
+- One request at a time. h11 answers ``PAUSED`` once a request is complete, its
+  response is not, and bytes of a next request wait in its buffer; the codec then
+  stops reading the client, so pipelined requests wait in the socket (and at most one
+  TCP read in h11's buffer) and are answered in order, each after the previous
+  response ended. A client that sends nothing more while its response is on the way
+  is not paused and resumed around every request (two ``epoll_ctl`` calls each).
 - A request's body is read only once its exchange asks for it (``resumeProducing``
   on the codec, after authorization): a denied request's body never goes upstream.
-  ``Expect: 100-continue`` is answered ``100 Continue`` at that moment. While the
-  exchange has the body paused (the service is slow), the client is not read.
+  ``Expect: 100-continue`` is answered ``100 Continue`` at that moment. Until then
+  the client is paused as soon as a read leaves bytes h11 holds for later. While
+  the exchange has the body paused (the service is slow), the client is not read.
 - Bad HTTP (h11's ``RemoteProtocolError``: invalid framing, a head over
   ``max_request_headers_kb``; and ``Content-Length`` with ``Transfer-Encoding``,
   which h11 tolerates and RFC 9112 §6.1 lets a server refuse) is counted by reason,
@@ -85,6 +88,7 @@ class Http1Server:
         self.answering: _Answer | None = None
         """The writer of the response in progress (one at a time)."""
         self.body_wanted = False
+        self.body_paused = False  # the exchange paused the body (its service is slow)
         self.closed = False
         self.client_writable = True
         self.response_producer: Producer | None = None
@@ -144,55 +148,56 @@ class Http1Server:
 
     def pauseProducing(self) -> None:
         self.body_wanted = False
-        self._set_reading()
+        self.body_paused = True
+        self._set_reading(False)
 
     def resumeProducing(self) -> None:
         if self.closed or self.exchange is None:
             return
         self.body_wanted = True
+        self.body_paused = False
         if self.h11.they_are_waiting_for_100_continue:
             self._send(h11.InformationalResponse(status_code=100, headers=[]))
-        self._set_reading()
         self._drain()
 
     # --- reading -------------------------------------------------------------------
 
-    def _set_reading(self) -> None:
-        if self.closed:
+    def _set_reading(self, want: bool) -> None:
+        if self.closed or want == self.reading:
             return
-        # A body is read only when its exchange asks; the next request waits for the
-        # response to this one.
-        want = self.body_wanted if self.exchange is not None else self.answering is None
-        if want != self.reading:
-            self.reading = want
-            if want:
-                self.link.resume_reading()
-            else:
-                self.link.pause_reading()
+        self.reading = want
+        if want:
+            self.link.resume_reading()
+        else:
+            self.link.pause_reading()
 
     def _drain(self) -> None:
         if self.draining:
             return  # called back from inside the loop (an answer written at once)
         self.draining = True
         try:
-            self._drain_events()
+            held = self._drain_events()
         finally:
             self.draining = False
-        self._set_reading()
+        self._set_reading(not held)
 
-    def _drain_events(self) -> None:
+    def _drain_events(self) -> bool:
+        """Hand h11's events to the exchanges; True when the client must not be read
+        now: bytes wait in h11's buffer for later (a body not asked for yet, the next
+        request while this one's response is on its way) or the body is paused."""
         while not self.closed:
             if self.exchange is not None and not self.body_wanted:
-                break  # its exchange has not asked for the body (yet)
+                # Its exchange has not asked for the body (yet), or paused it.
+                return self.body_paused or bool(self.h11.trailing_data[0])
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
                 self._bad_request(bad_reason(e), str(e), e.error_status_hint)
-                return
+                return True
             if event is h11.NEED_DATA:
-                break
+                return False
             if event is h11.PAUSED:
-                break  # a request is complete and its response is not: wait
+                return True  # a next request came before this one's response ended
             if isinstance(event, h11.Request):
                 self._request(event)
             elif isinstance(event, h11.Data):
@@ -200,7 +205,7 @@ class Http1Server:
                     self.exchange.request_data(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 exchange, self.exchange = self.exchange, None
-                self.body_wanted = False
+                self.body_wanted = self.body_paused = False
                 if exchange is not None:
                     trailers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
                     exchange.request_end(trailers if len(trailers) else None)
@@ -209,7 +214,8 @@ class Http1Server:
                 if self.answering is None and self.exchange is None:
                     self.link.close("completed")
                     self.closed = True
-                break
+                return False
+        return True
 
     def _head_late(self) -> None:
         if self.closed or self.answering is not None or self.exchange is not None:
@@ -250,7 +256,7 @@ class Http1Server:
             http_version="HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0",
             headers=headers,
         )
-        self.body_wanted = False
+        self.body_wanted = self.body_paused = False
         answer = self.answering = _Answer(self, request.method)
         exchange = answer.exchange = self.starter.start(request, answer)
         if answer.finished:
@@ -390,7 +396,7 @@ class _Answer:
                 codec.link.close("completed")
                 return
             codec.exchange = _Discard()
-            codec.body_wanted = True
+            codec.body_wanted, codec.body_paused = True, False
         codec._next_cycle()
         if not codec.closed:
             codec._drain()
