@@ -31,7 +31,7 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
-from gwcore.net.http_wire import ambiguous_framing
+from gwcore.net.http_wire import ambiguous_framing, text_fields
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.l7_retry import ReplayBuffer
@@ -67,8 +67,8 @@ class _Alpn:
     alpn = b"http/1.1"
 
 
-def _text(value: bytes) -> str:
-    return value.decode("latin-1")
+_END = h11.EndOfMessage()
+"""The end of a message without trailers (h11's events are immutable: one will do)."""
 
 
 class Http1Stream:
@@ -268,12 +268,13 @@ class Http1Connection:
     def end_request(self, trailers: Headers | None) -> None:
         chunked = self.stream is not None and self.chunked
         # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
-        fields = list(trailers) if trailers is not None and chunked else []
-        try:
-            end = h11.EndOfMessage(headers=_wire(fields))
-        except (h11.LocalProtocolError, UnicodeError) as e:
-            self.fail("protocol", f"cannot send the request's trailers: {e}")
-            return
+        end = _END
+        if trailers is not None and chunked and len(trailers):
+            try:
+                end = h11.EndOfMessage(headers=_wire(trailers))
+            except (h11.LocalProtocolError, UnicodeError) as e:
+                self.fail("protocol", f"cannot send the request's trailers: {e}")
+                return
         self.write(end)
 
     def pause_reading(self) -> None:
@@ -349,13 +350,14 @@ class Http1Connection:
                     self.fail("protocol", "the service sent a response nobody asked for")
                 return
             if isinstance(event, h11.Response):
-                if ambiguous_framing(event.headers):
+                raw = event.headers.raw_items()
+                if ambiguous_framing(raw):
                     self.fail(
                         "protocol",
                         "the service's response has Content-Length and Transfer-Encoding",
                     )
                     return
-                headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+                headers = Headers(text_fields(raw))
                 version = "HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0"
                 stream.sink.response_head(
                     HttpResponse(event.status_code, headers, None, None, version)
@@ -363,10 +365,10 @@ class Http1Connection:
             elif isinstance(event, h11.Data):
                 stream.sink.response_data(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                trailers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+                raw = event.headers.raw_items()
                 self._maybe_reuse(response_complete=True)
                 stream.done = True
-                stream.sink.response_end(trailers if len(trailers) else None)
+                stream.sink.response_end(Headers(text_fields(raw)) if raw else None)
                 return
             elif isinstance(event, h11.ConnectionClosed):
                 self.fail("reset", "the service closed the connection")

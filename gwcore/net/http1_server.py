@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.http1_head_timer import HeadTimer
+from gwcore.net.http_wire import ambiguous_framing, text_fields
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.policy.http_method import BAD_METHOD, miscased_method
 
@@ -62,11 +63,14 @@ def bad_reason(error: h11.RemoteProtocolError) -> str:
     return "bad_framing"
 
 
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+_END = h11.EndOfMessage()
+"""The end of a message without trailers (h11's events are immutable: one will do)."""
+
+
 def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    return _PHRASES.get(status, b"")
 
 
 def _text(value: bytes) -> str:
@@ -121,7 +125,7 @@ class Http1Server:
 
     def connection_lost(self) -> None:
         self.closed = True
-        self.head_timer.disarm()
+        self.head_timer.stop()
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.client_gone("client connection lost")
@@ -207,9 +211,13 @@ class Http1Server:
                 exchange, self.exchange = self.exchange, None
                 self.body_wanted = self.body_paused = False
                 if exchange is not None:
-                    trailers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
-                    exchange.request_end(trailers if len(trailers) else None)
+                    raw = event.headers.raw_items()
+                    exchange.request_end(Headers(text_fields(raw)) if raw else None)
                 self._next_cycle()
+                if self.answering is not None and not self.closed:
+                    # Its response is on the way: h11 could only say PAUSED (a next
+                    # request's bytes wait) or NEED_DATA; its buffer says as much.
+                    return bool(self.h11.trailing_data[0])
             elif isinstance(event, h11.ConnectionClosed):
                 if self.answering is None and self.exchange is None:
                     self.link.close("completed")
@@ -236,8 +244,7 @@ class Http1Server:
         if size > self.max_head:
             self._bad_request("headers_too_large", f"request head of {size} bytes", 431)
             return
-        names = {bytes(k).lower() for k, _ in raw}
-        if b"content-length" in names and b"transfer-encoding" in names:
+        if ambiguous_framing(raw):
             self._bad_request(
                 "content_length_with_transfer_encoding",
                 "Content-Length together with Transfer-Encoding",
@@ -247,11 +254,12 @@ class Http1Server:
         if miscased_method(_text(event.method)):
             self._bad_request(BAD_METHOD, f"method {_text(event.method)!r} (case)", 400)
             return
-        headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+        fields = text_fields(raw)
+        headers = Headers(fields)
         request = HttpRequest(
             method=_text(event.method),
             path=_text(event.target),
-            authority=headers.get("host", "") or "",
+            authority=next((v for k, v in fields if k.lower() == "host"), ""),
             scheme="https",
             http_version="HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0",
             headers=headers,
@@ -315,7 +323,7 @@ class Http1Server:
             ]
             if self._send(h11.Response(status_code=status, headers=head)):
                 self._send(h11.Data(data=body))
-                self._send(h11.EndOfMessage())
+                self._send(_END)
         self.closed = True
         self.link.close("bad_request")
 
@@ -337,26 +345,27 @@ class _Answer:
         codec = self.codec
         if codec.closed or self.finished:
             return
-        headers = [(k, v) for k, v in response.headers]
-        if codec.stopping:
-            headers.append(("connection", "close"))  # the last response (drain)
-        elif codec.h11.their_state is not h11.DONE and codec.h11.they_are_waiting_for_100_continue:
-            # Answered before the body was asked for: the client may still send it,
-            # or may never; only a close keeps the framing certain. (h11 forgets the
-            # wait once a response goes out: remembered for write_end.)
-            headers.append(("connection", "close"))
-            self.unsent_body = True
-        self.trailers_ok = (
-            codec.h11.their_http_version == b"1.1"
-            and response.status not in (204, 304)
-            and self.method != "HEAD"
-            and not any(k.lower() == "content-length" for k, _ in headers)
-        )
         try:  # h11 checks names and values as it builds the event
+            headers = _wire(response.headers)
+            if codec.stopping:
+                headers.append((b"connection", b"close"))  # the last response (drain)
+            elif (
+                codec.h11.their_state is not h11.DONE
+                and codec.h11.they_are_waiting_for_100_continue
+            ):
+                # Answered before the body was asked for: the client may still send it,
+                # or may never; only a close keeps the framing certain. (h11 forgets the
+                # wait once a response goes out: remembered for write_end.)
+                headers.append((b"connection", b"close"))
+                self.unsent_body = True
+            self.trailers_ok = (
+                codec.h11.their_http_version == b"1.1"
+                and response.status not in (204, 304)
+                and self.method != "HEAD"
+                and not any(k.lower() == b"content-length" for k, _ in headers)
+            )
             head = h11.Response(
-                status_code=response.status,
-                headers=_wire(headers),
-                reason=_phrase(response.status),
+                status_code=response.status, headers=headers, reason=_phrase(response.status)
             )
         except (h11.LocalProtocolError, UnicodeError) as e:
             codec.refuse_response(str(e))
@@ -377,12 +386,13 @@ class _Answer:
             return
         self.finished = True
         codec.response_producer = None
-        fields = list(trailers) if trailers is not None and self.trailers_ok else []
-        try:
-            end = h11.EndOfMessage(headers=_wire(fields))
-        except (h11.LocalProtocolError, UnicodeError) as e:
-            codec.refuse_response(str(e))
-            return
+        end = _END
+        if trailers is not None and self.trailers_ok and len(trailers):
+            try:
+                end = h11.EndOfMessage(headers=_wire(trailers))
+            except (h11.LocalProtocolError, UnicodeError) as e:
+                codec.refuse_response(str(e))
+                return
         if not codec._send(end):
             return
         if codec.answering is self:
@@ -398,8 +408,13 @@ class _Answer:
             codec.exchange = _Discard()
             codec.body_wanted, codec.body_paused = True, False
         codec._next_cycle()
-        if not codec.closed:
+        if codec.closed:
+            return
+        data, eof = codec.h11.trailing_data
+        if data or eof or codec.exchange is not None:
             codec._drain()
+        else:
+            codec._set_reading(True)  # nothing waits: h11 would only say NEED_DATA
 
     def abort(self, reason: str) -> None:
         codec = self.codec
@@ -412,7 +427,7 @@ class _Answer:
             head = [("content-length", str(len(body))), ("connection", "close")]
             if codec._send(h11.Response(status_code=502, headers=head)):
                 codec._send(h11.Data(data=body))
-                codec._send(h11.EndOfMessage())
+                codec._send(_END)
         codec.closed = True
         codec.link.close("upstream_reset")
 

@@ -7,6 +7,12 @@ client reading what it wrote; the link counts every pause and resume it is asked
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from gwcore.net.http1_server import Http1Server
+from gwcore.net.l7_core import L7Limits
 from tests.net.test_http1_server import Link, Starter, codec, responses
 
 
@@ -83,3 +89,56 @@ def test_a_body_before_the_exchange_asks_pauses_the_client_after_one_read() -> N
     assert exchange.body == b"01234" and not link.paused
     server.data_received(b"56789")
     assert exchange.body == b"0123456789" and exchange.ended
+
+
+class CountingClock(Clock):
+    """A ``task.Clock`` that counts the timers scheduled on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled = 0
+
+    def callLater(self, delay: float, fn: Any, *args: Any, **kw: Any) -> Any:
+        self.scheduled += 1
+        return super().callLater(delay, fn, *args, **kw)
+
+
+def timed(starter: Starter, timeout: float = 10.0) -> tuple[Http1Server, Link, CountingClock]:
+    clock = CountingClock()
+    link = Link()
+    limits = L7Limits(request_head_timeout=timeout, clock=clock)
+    return Http1Server(link, starter, limits), link, clock
+
+
+def test_kept_alive_requests_schedule_the_head_timer_once_not_per_request() -> None:
+    """Five requests answered at once on a kept-alive connection (with
+    ``request_head_timeout``) schedule one timer in all; the connection is not closed
+    while they run."""
+    starter = Starter()
+    server, link, clock = timed(starter)
+    for i in range(5):
+        server.data_received(f"GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        exchange = starter.exchanges[i]
+        exchange.request_producer.resumeProducing()
+        exchange.answer(200, b"ok")
+    assert clock.scheduled == 1
+    assert link.closed is None and len(responses(bytes(link.out))) == 5
+
+
+def test_the_head_deadline_counts_from_the_last_response_not_the_first_timer() -> None:
+    """A timer scheduled for an earlier deadline does not close a connection whose
+    deadline moved on: idle from the end of the last response, it closes exactly
+    ``request_head_timeout`` later."""
+    starter = Starter()
+    server, link, clock = timed(starter)
+    clock.advance(1)
+    server.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    exchange = starter.exchanges[0]
+    exchange.request_producer.resumeProducing()
+    clock.advance(1)
+    exchange.answer(200, b"one")  # idle from t=2: the deadline is t=12
+    clock.advance(9)  # t=11: the first timer (due at t=10) came and went
+    assert link.closed is None
+    clock.advance(1)  # t=12
+    assert link.closed == "idle_timeout"
+    assert clock.getDelayedCalls() == []
