@@ -205,6 +205,7 @@ class Http1Connection:
         self.alpn = _Alpn.alpn
         self.close_cause: str | None = None
         self.reused = False  # it carried an exchange before the current one
+        self.read_paused: bool | None = None  # pause_reading() in force (None: unknown)
         # A request's head and the body that came with it go out as one write.
         self.out = HeldWrites(upstream.send)
         upstream.downstream = self
@@ -279,10 +280,14 @@ class Http1Connection:
 
     def pause_reading(self) -> None:
         if not self.closed:
+            self.read_paused = True
             self.upstream.transport.pauseProducing()
 
     def resume_reading(self) -> None:
-        if not self.closed:
+        # Only this connection pauses its transport: one it did not pause reads
+        # already (None: not known yet, as the connection starts).
+        if not self.closed and self.read_paused is not False:
+            self.read_paused = False
             self.upstream.transport.resumeProducing()
 
     # --- what the UpstreamProtocol calls ----------------------------------------------

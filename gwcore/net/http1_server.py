@@ -251,13 +251,14 @@ class Http1Server:
                 400,
             )
             return
-        if miscased_method(_text(event.method)):
-            self._bad_request(BAD_METHOD, f"method {_text(event.method)!r} (case)", 400)
+        method = _text(event.method)
+        if miscased_method(method):
+            self._bad_request(BAD_METHOD, f"method {method!r} (case)", 400)
             return
         fields = text_fields(raw)
         headers = Headers(fields)
         request = HttpRequest(
-            method=_text(event.method),
+            method=method,
             path=_text(event.target),
             authority=next((v for k, v in fields if k.lower() == "host"), ""),
             scheme="https",
