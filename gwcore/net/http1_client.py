@@ -232,23 +232,24 @@ class Http1Connection:
     def start(self, stream: Http1Stream) -> None:
         self.stream = stream
         request = stream.request
-        headers = [(k, v) for k, v in request.headers]
-        names = {k.lower() for k, _ in headers}
-        if "host" not in names and request.authority:
-            # From HTTP/2: :authority is the Host (RFC 9113 §8.3.1), first as in RFC 9112 §3.2.
-            headers.insert(0, ("host", request.authority))
-        self.chunked = "transfer-encoding" in names
-        # An HTTP/2 body has no length up front: send it chunked, unless ``body == b""``
-        # says its stream ended with the head (no body at all, nothing to frame).
-        unframed = not names & {"content-length", "transfer-encoding"}
-        if request.http_version == "HTTP/2" and unframed and request.body != b"":
-            headers.append(("transfer-encoding", "chunked"))
-            self.chunked = True
         try:
+            headers = _wire(request.headers)
+            names = {k.lower() for k, _ in headers}
+            if b"host" not in names and request.authority:
+                # From HTTP/2: :authority is the Host (RFC 9113 §8.3.1), first as in
+                # RFC 9112 §3.2.
+                headers.insert(0, (b"host", request.authority.encode("latin-1")))
+            self.chunked = b"transfer-encoding" in names
+            # An HTTP/2 body has no length up front: send it chunked, unless ``body ==
+            # b""`` says its stream ended with the head (no body at all, nothing to frame).
+            unframed = not names & {b"content-length", b"transfer-encoding"}
+            if request.http_version == "HTTP/2" and unframed and request.body != b"":
+                headers.append((b"transfer-encoding", b"chunked"))
+                self.chunked = True
             event = h11.Request(
                 method=request.method.encode("latin-1"),
                 target=request.path.encode("latin-1"),
-                headers=_wire(headers),
+                headers=headers,
             )
         except (h11.LocalProtocolError, UnicodeError) as e:
             self.fail("protocol", f"cannot send the request: {e}")
