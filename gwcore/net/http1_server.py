@@ -240,7 +240,12 @@ class Http1Server:
         raw = event.headers.raw_items()
         # h11 bounds only a head that arrives in pieces; one that came whole is
         # measured here against the same limit.
-        size = len(event.method) + len(event.target) + sum(len(k) + len(v) + 4 for k, v in raw)
+        size = len(event.method) + len(event.target)
+        authority = None
+        for k, v in raw:
+            size += len(k) + len(v) + 4
+            if authority is None and k.lower() == b"host":
+                authority = v
         if size > self.max_head:
             self._bad_request("headers_too_large", f"request head of {size} bytes", 431)
             return
@@ -260,7 +265,7 @@ class Http1Server:
         request = HttpRequest(
             method=method,
             path=_text(event.target),
-            authority=next((v for k, v in fields if k.lower() == "host"), ""),
+            authority=_text(authority) if authority is not None else "",
             scheme="https",
             http_version="HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0",
             headers=headers,
@@ -363,7 +368,7 @@ class _Answer:
                 codec.h11.their_http_version == b"1.1"
                 and response.status not in (204, 304)
                 and self.method != "HEAD"
-                and not any(k.lower() == b"content-length" for k, _ in headers)
+                and b"content-length" not in {k.lower() for k, _ in headers}
             )
             head = h11.Response(
                 status_code=response.status, headers=headers, reason=_phrase(response.status)
