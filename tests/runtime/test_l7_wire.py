@@ -14,7 +14,7 @@ import struct
 import h11
 import pytest_twisted
 
-from tests.harness import client_context, in_thread, sni_for
+from tests.harness import client_context, in_thread, sni_for, tls_connect
 from tests.runtime.l7_support import HttpService, link
 
 BODY = b"x" * 1024
@@ -151,4 +151,40 @@ async def test_a_denial_is_one_tls_record_and_the_connection_stays_usable(gatewa
     for status, body, records in await in_thread(run):
         assert (status, body) == (403, b"RBAC: access denied")
         assert records == 1
+    assert service.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_still_writing_after_a_bad_request_gets_its_400(gateway, upstreams):
+    """A client that keeps writing (4 MiB) after a request the gateway refuses (400:
+    Content-Length with Transfer-Encoding) is not reset: the gateway reads and drops
+    the rest for a while after its answer, so the client reads the whole ``400``,
+    then the end of the connection. Nothing reaches the service."""
+    service = HttpService(upstreams)
+    link(gateway, service.port, ("web", "allow"))
+    await gateway.start()
+
+    def run() -> bytes:
+        cert, key, root = gateway.client_files("web")
+        sock = tls_connect(gateway.port, sni_for("billing"), cert, key, root)
+        got = bytearray()
+        try:
+            sock.sendall(
+                b"POST /up HTTP/1.1\r\nHost: b\r\nContent-Length: 4\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            sock.sendall(b"x" * (4 << 20))
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return bytes(got)
+                got += data
+        except (OSError, ssl.SSLError) as e:
+            return bytes(got) + f"<{type(e).__name__}>".encode()
+        finally:
+            sock.close()
+
+    answer = await in_thread(run)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert answer.endswith(b"Bad Request\n"), answer[-200:]
     assert service.requests == []
