@@ -32,12 +32,13 @@ from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
 from gwcore.net.http1_stray import unread_bytes
-from gwcore.net.http_wire import ambiguous_framing
+from gwcore.net.http_wire import ambiguous_framing, text_fields
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.l7_retry import ReplayBuffer
 from gwcore.net.l7_upgrade import switch_upstream
 from gwcore.net.splice import UpstreamFactory
+from gwcore.net.write_batch import BATCH, HeldWrites
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -68,8 +69,8 @@ class _Alpn:
     alpn = b"http/1.1"
 
 
-def _text(value: bytes) -> str:
-    return value.decode("latin-1")
+_END = h11.EndOfMessage()
+"""The end of a message without trailers (h11's events are immutable: one will do)."""
 
 
 class Http1Stream:
@@ -206,6 +207,9 @@ class Http1Connection:
         self.alpn = _Alpn.alpn
         self.close_cause: str | None = None
         self.reused = False  # it carried an exchange before the current one
+        self.read_paused: bool | None = None  # pause_reading() in force (None: unknown)
+        # A request's head and the body that came with it go out as one write.
+        self.out = HeldWrites(upstream.send)
         upstream.downstream = self
         # The service's socket pauses the client's body while it cannot take more.
         upstream.transport.registerProducer(self, True)
@@ -230,23 +234,24 @@ class Http1Connection:
     def start(self, stream: Http1Stream) -> None:
         self.stream = stream
         request = stream.request
-        headers = [(k, v) for k, v in request.headers]
-        names = {k.lower() for k, _ in headers}
-        if "host" not in names and request.authority:
-            # From HTTP/2: :authority is the Host (RFC 9113 §8.3.1), first as in RFC 9112 §3.2.
-            headers.insert(0, ("host", request.authority))
-        self.chunked = "transfer-encoding" in names
-        # An HTTP/2 body has no length up front: send it chunked, unless ``body == b""``
-        # says its stream ended with the head (no body at all, nothing to frame).
-        unframed = not names & {"content-length", "transfer-encoding"}
-        if request.http_version == "HTTP/2" and unframed and request.body != b"":
-            headers.append(("transfer-encoding", "chunked"))
-            self.chunked = True
         try:
+            headers = _wire(request.headers)
+            names = {k.lower() for k, _ in headers}
+            if b"host" not in names and request.authority:
+                # From HTTP/2: :authority is the Host (RFC 9113 §8.3.1), first as in
+                # RFC 9112 §3.2.
+                headers.insert(0, (b"host", request.authority.encode("latin-1")))
+            self.chunked = b"transfer-encoding" in names
+            # An HTTP/2 body has no length up front: send it chunked, unless ``body ==
+            # b""`` says its stream ended with the head (no body at all, nothing to frame).
+            unframed = not names & {b"content-length", b"transfer-encoding"}
+            if request.http_version == "HTTP/2" and unframed and request.body != b"":
+                headers.append((b"transfer-encoding", b"chunked"))
+                self.chunked = True
             event = h11.Request(
                 method=request.method.encode("latin-1"),
                 target=request.path.encode("latin-1"),
-                headers=_wire(headers),
+                headers=headers,
             )
         except (h11.LocalProtocolError, UnicodeError) as e:
             self.fail("protocol", f"cannot send the request: {e}")
@@ -262,25 +267,30 @@ class Http1Connection:
             self.fail("protocol", f"cannot send the request: {e}")
             return
         if data:
-            self.upstream.send(data)
+            self.out.write(data)
 
     def end_request(self, trailers: Headers | None) -> None:
         chunked = self.stream is not None and self.chunked
         # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
-        fields = list(trailers) if trailers is not None and chunked else []
-        try:
-            end = h11.EndOfMessage(headers=_wire(fields))
-        except (h11.LocalProtocolError, UnicodeError) as e:
-            self.fail("protocol", f"cannot send the request's trailers: {e}")
-            return
+        end = _END
+        if trailers is not None and chunked and len(trailers):
+            try:
+                end = h11.EndOfMessage(headers=_wire(trailers))
+            except (h11.LocalProtocolError, UnicodeError) as e:
+                self.fail("protocol", f"cannot send the request's trailers: {e}")
+                return
         self.write(end)
 
     def pause_reading(self) -> None:
         if not self.closed:
+            self.read_paused = True
             self.upstream.transport.pauseProducing()
 
     def resume_reading(self) -> None:
-        if not self.closed:
+        # Only this connection pauses its transport: one it did not pause reads
+        # already (None: not known yet, as the connection starts).
+        if not self.closed and self.read_paused is not False:
+            self.read_paused = False
             self.upstream.transport.resumeProducing()
 
     # --- what the UpstreamProtocol calls ----------------------------------------------
@@ -301,7 +311,8 @@ class Http1Connection:
             self.fail("protocol", str(e))
             return
         try:
-            self._drain()
+            with BATCH:  # what this read makes the client codec write: one TLS write
+                self._drain()
         except Exception:
             log.failure("HTTP response handling failed")
             self.fail("internal_error", "internal error")
@@ -350,13 +361,14 @@ class Http1Connection:
                     self.fail("protocol", "the service sent a response nobody asked for")
                 return
             if isinstance(event, h11.Response):
-                if ambiguous_framing(event.headers):
+                raw = event.headers.raw_items()
+                if ambiguous_framing(raw):
                     self.fail(
                         "protocol",
                         "the service's response has Content-Length and Transfer-Encoding",
                     )
                     return
-                headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+                headers = Headers(text_fields(raw))
                 version = "HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0"
                 stream.sink.response_head(
                     HttpResponse(event.status_code, headers, None, None, version)
@@ -364,10 +376,10 @@ class Http1Connection:
             elif isinstance(event, h11.Data):
                 stream.sink.response_data(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                trailers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+                raw = event.headers.raw_items()
                 self._maybe_reuse(response_complete=True)
                 stream.done = True
-                stream.sink.response_end(trailers if len(trailers) else None)
+                stream.sink.response_end(Headers(text_fields(raw)) if raw else None)
                 return
             elif isinstance(event, h11.ConnectionClosed):
                 self.fail("reset", "the service closed the connection")
@@ -441,6 +453,7 @@ class Http1Connection:
         upstream = self.upstream
         upstream.downstream = None
         if not upstream.lost:
+            self.out.flush()
             if getattr(upstream.transport, "producer", None) is not None:
                 upstream.transport.unregisterProducer()
             upstream.transport.resumeProducing()
