@@ -125,20 +125,25 @@ def test_kept_alive_requests_schedule_the_head_timer_once_not_per_request() -> N
     assert link.closed is None and len(responses(bytes(link.out))) == 5
 
 
-def test_the_head_deadline_counts_from_the_last_response_not_the_first_timer() -> None:
-    """A timer scheduled for an earlier deadline does not close a connection whose
-    deadline moved on: idle from the end of the last response, it closes exactly
-    ``request_head_timeout`` later."""
+def test_a_stale_head_timer_does_not_close_a_head_whose_deadline_moved_on() -> None:
+    """The one timer scheduled for an earlier head does not expire a later head early:
+    a head whose first byte came at t=5 gets its 408 exactly ``request_head_timeout``
+    later (t=15), although the timer first came due at t=11, and nothing stays
+    scheduled after the close."""
     starter = Starter()
     server, link, clock = timed(starter)
     clock.advance(1)
-    server.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    server.data_received(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")  # timer due at t=11
     exchange = starter.exchanges[0]
     exchange.request_producer.resumeProducing()
     clock.advance(1)
-    exchange.answer(200, b"one")  # idle from t=2: the deadline is t=12
-    clock.advance(9)  # t=11: the first timer (due at t=10) came and went
+    exchange.answer(200, b"one")
+    clock.advance(3)  # t=5: the next head starts and stalls; its deadline is t=15
+    server.data_received(b"GET /2 HTTP/1.1\r\n")
+    clock.advance(9)  # t=14: the first timer (due at t=11) came and went
     assert link.closed is None
-    clock.advance(1)  # t=12
-    assert link.closed == "idle_timeout"
+    clock.advance(1)  # t=15
+    assert link.closed is not None
+    assert b"408" in bytes(link.out).split(b"one", 1)[1]
     assert clock.getDelayedCalls() == []
+    assert clock.scheduled == 2
