@@ -148,7 +148,7 @@ class EndpointPicker:
     ) -> None:
         self.outliers = outliers or OutlierDetector()
         self._rng = rng or random.Random()
-        self._key = ""
+        self._key: str | int = ""
         self._current: dict[EndpointKey, float] = {}  # smooth weighted round robin state
         self._active: dict[EndpointKey, int] = {}
         self._turns: dict[tuple[ServiceName, str], int] = {}
@@ -166,12 +166,13 @@ class EndpointPicker:
         self,
         destination: Destination,
         now: float = 0.0,
-        key: str = "",
+        key: str | int = "",
         passing_first: bool = False,
     ) -> list[Endpoint]:
         """Endpoints to try for one new connection, in order; empty if none is usable.
 
-        ``key`` is the connection's hash key (``ring_hash``, ``maglev``);
+        ``key`` is the connection's hash key (``ring_hash``, ``maglev``), or an L7
+        request's hash (an ``int``, :mod:`gwcore.policy.request_hash`);
         ``passing_first`` is the site's ``health_order = "passing_first"``.
         """
         passing, warning = health_tiers(self.usable(destination, now))
@@ -219,7 +220,7 @@ class EndpointPicker:
                 else Maglev(members)
             )
             self._hashes[cache_key] = table
-        if not self._key:  # nothing to hash on: behave as random, as Envoy does
+        if self._key == "":  # nothing to hash on: behave as random, as Envoy does
             return self._random(destination, tier, turn)
         return [tier[i] for i in table.order(self._key)]
 
