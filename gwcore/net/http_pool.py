@@ -22,6 +22,8 @@ connection to the server the balancer chose. tgw does the same. Rules:
   the hash); any other takes it. Idle connections do not count against
   ``max_connections``; when a freed connection parks idle, the next waiting request
   dials.
+- A request that waited is given its endpoint order again when its turn to dial
+  comes (the catalog, health or ejections may have changed meanwhile).
 - Without a ``plan`` (tests of the connection rules), a request takes any idle
   connection and dials with the dial step's own order.
 - A cookie hash policy that generated a cookie (``CookieConfig``) adds its
@@ -213,7 +215,12 @@ class Http1Pool:
     def _dial_for_waiting(self) -> None:
         # One dial per waiting request, as room comes: the next ones try their own.
         if self.waiting and not self._full() and not self.closed:
-            self._connect(self.waiting[0])
+            stream = self.waiting[0]
+            if self.plan is not None and stream.choice is not None:
+                # It waited: health, ejections or the catalog may have moved since its
+                # endpoints were chosen (its cookie, if one was generated, stays).
+                stream.choice = self.plan(stream.owner, stream.request)
+            self._connect(stream)
 
     @staticmethod
     def _may_use(stream: Http1Stream, connection: Http1Connection) -> bool:

@@ -129,3 +129,22 @@ def test_retain_closes_idle_connections_of_endpoints_that_left() -> None:
     p.retain({A})
     assert [t.disconnecting for _, _, t in dialer.made] == [False, True]
     assert (p.idle_count(A), p.idle_count(B)) == (1, 0)
+
+
+def test_a_request_that_waited_dials_the_endpoints_of_now() -> None:
+    """A request queued behind max_connections is given its endpoint order again when
+    it dials: A left the catalog meanwhile, so B is dialled, not the A chosen before."""
+    chosen = [A, B]
+
+    def moving_plan(owner: Any, req: HttpRequest) -> Choice:
+        return Choice(tuple(chosen))
+
+    clock, dialer = Clock(), Dialer()
+    p = Http1Pool(clock, dialer.dial, PoolLimits(max_connections=1), plan=moving_plan)
+    p.open(request("/first", A), Sink(), None).send_end()
+    waiting = Sink()
+    p.open(request("/second", A), waiting, None).send_end()
+    chosen[:] = [B]
+    answer(dialer.made[0][1], b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert [e for e, _, _ in dialer.made] == [A, B]
+    assert dialer.made[1][2].value().startswith(b"GET /second ")
