@@ -4,6 +4,7 @@ port 0 out (file catalog, builtin CA, intentions)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest_twisted
@@ -183,3 +184,39 @@ async def test_a_hashed_request_to_a_dead_endpoint_is_retried_and_the_endpoint_e
     assert sum(len(s.requests) for s in services) == 32
     assert gateway.metric("tgw_upstream_connect_failures_total", service="billing") == 1
     assert gateway.metric("tgw_upstream_ejections_total", service="billing") == 1
+
+
+CHOOSER = """
+preferred = []
+asked = []
+
+
+def tgw_choose_endpoint(event):
+    asked.append(sorted(e.port for e in event.candidates))
+    event.choose([e for e in event.candidates if e.port == preferred[-1]])
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_choose_endpoint_addon_decides_each_request(gateway, upstreams, tmp_path):
+    """At an http destination tgw_choose_endpoint is asked per request (not per upstream
+    connection): keep-alive requests of one client follow the addon's current choice,
+    each endpoint's requests reusing that endpoint's connection."""
+    services = [HttpService(upstreams) for _ in range(2)]
+    (tmp_path / "addons").mkdir(exist_ok=True)
+    (tmp_path / "addons" / "chooser.py").write_text(CHOOSER)
+    link_many(gateway, [s.port for s in services])
+    gateway.plugins = ["file_catalog", "builtin_ca", "intentions", "chooser"]
+    await gateway.start()
+    chooser = sys.modules[gateway.site.stack.pm.get_plugin("chooser").__name__]
+    conn = await in_thread(mesh_http, gateway, "billing", "web")
+    try:
+        for i, service in enumerate([0, 0, 1, 1, 0]):
+            chooser.preferred.append(services[service].port)
+            status, _, _ = await in_thread(get, conn, f"/c/{i}")
+            assert status == 200
+    finally:
+        conn.close()
+    assert [served_by(services, f"/c/{i}") for i in range(5)] == [[0], [0], [1], [1], [0]]
+    assert [s.connections for s in services] == [1, 1]
+    assert chooser.asked == [sorted(s.port for s in services)] * 5
