@@ -16,12 +16,11 @@ connection to the server the balancer chose. tgw does the same. Rules:
   catalog (:meth:`Http1Pool.retain`).
 - The destination-wide limits are the cluster's circuit breakers: at most
   ``max_connections`` connections carrying or opening a request, at most
-  ``max_pending`` requests waiting for one (beyond: 503 ``overflow``). A connection
-  that comes free goes to the first waiting request that may use it: one whose
-  endpoint came from a hash waits for that endpoint (its affinity is the point of
-  the hash); any other takes it. Idle connections do not count against
-  ``max_connections``; when a freed connection parks idle, the next waiting request
-  dials.
+  ``max_pending`` requests waiting for one (beyond: 503 ``overflow``). Waiting
+  requests are served in order. A connection that comes free goes to the first one,
+  unless its endpoint came from a hash and is another (its affinity is the point of
+  the hash): the connection then parks idle and that request dials. Idle connections
+  do not count against ``max_connections``.
 - A request that waited is given its endpoint order again when its turn to dial
   comes (the catalog, health or ejections may have changed meanwhile).
 - Without a ``plan`` (tests of the connection rules), a request takes any idle
@@ -228,13 +227,15 @@ class Http1Pool:
         return choice is None or not choice.hashed or choice.endpoints[:1] == (connection.endpoint,)
 
     def _next(self, connection: Http1Connection) -> None:
-        for stream in list(self.waiting):
-            if stream.done:
-                self.waiting.remove(stream)
-            elif self._may_use(stream, connection):
-                self.waiting.remove(stream)
-                stream.attach(connection)
-                return
+        waiting = self.waiting
+        while waiting and waiting[0].done:
+            waiting.popleft()
+        if waiting and self._may_use(waiting[0], connection):
+            waiting.popleft().attach(connection)
+            return
+        # Waiting requests are served in order (none starves behind later ones): when
+        # the first one's hash wants another endpoint, this connection parks and the
+        # slot it held dials for that request.
         self.busy.discard(connection)
         self._park(connection)
         self._dial_for_waiting()

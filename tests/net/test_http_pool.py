@@ -148,3 +148,22 @@ def test_a_request_that_waited_dials_the_endpoints_of_now() -> None:
     answer(dialer.made[0][1], b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     assert [e for e, _, _ in dialer.made] == [A, B]
     assert dialer.made[1][2].value().startswith(b"GET /second ")
+
+
+def test_waiting_requests_are_served_in_order_across_endpoints() -> None:
+    """A request hashed to B waits first, an unhashed one behind it: A's freed
+    connection is not handed past the first to the second (which could starve the
+    first under load); it parks, B is dialled for the first, and the second takes the
+    next connection to come free."""
+    p, dialer, _ = pool(PoolLimits(max_connections=1, max_pending=4))
+    p.open(request("/a", A), Sink(), None).send_end()
+    first, second = Sink(), Sink()
+    p.open(request("/h", B, hashed=True), first, None).send_end()
+    p.open(request("/u", A), second, None).send_end()
+    answer(dialer.made[0][1], OK)
+    assert [e for e, _, _ in dialer.made] == [A, B]
+    assert dialer.made[1][2].value().startswith(b"GET /h ")
+    ((_, a_transport),) = dialer.to(A)
+    assert b"GET /u " not in a_transport.value() and p.idle_count(A) == 1
+    answer(dialer.made[1][1], OK)
+    assert first.ended and dialer.made[1][2].value().count(b"GET /u ") == 1
