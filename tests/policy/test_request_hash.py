@@ -4,9 +4,12 @@ rule by rule as Envoy's route hash policies evaluate them."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gwcore.policy.balancing import EndpointPicker, OutlierDetector
 from gwcore.policy.lb import hash64
-from gwcore.policy.model import HashPolicy
+from gwcore.policy.model import Destination, Endpoint, HashPolicy, ServiceName
 from gwcore.policy.request_hash import MASK, request_hash
 
 HEADER = HashPolicy("header", "x-user")
@@ -86,3 +89,38 @@ def test_a_cookie_is_generated_only_with_cookie_config():
     sent = request_hash([ttl], [("cookie", f"sid={generated}")], "/", "10.9.9.9", 1)
     assert (sent.value, sent.set_cookie) == (result.value, "")
     assert request_hash([COOKIE], [], "/", "10.0.0.1", 4000).set_cookie == ""
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["x-user", "X-User", "other"]), st.text(max_size=8))),
+    st.randoms(use_true_random=False),
+)
+def test_header_hash_ignores_the_order_of_fields(fields, rng):
+    """Property: shuffling the request's fields never moves its header hash (Envoy
+    sorts the values), and fields of other names never take part."""
+    shuffled = list(fields)
+    rng.shuffle(shuffled)
+    assert value([HEADER], fields) == value([HEADER], shuffled)
+    only = [(k, v) for k, v in fields if k.lower() == "x-user"]
+    assert value([HEADER], fields) == value([HEADER], only)
+
+
+@pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
+def test_an_ejected_endpoint_moves_only_its_own_request_hashes(policy):
+    """Request hashes (int keys) through the picker: with one of five endpoints ejected
+    by outlier detection, its hashes go to other endpoints (never to it) and at least
+    80% of the others stay where they were (consistent hashing; as in Envoy, the ring
+    is rebuilt over the endpoints left and its minimum size spreads over fewer of
+    them, so some move: 11% here with ring_hash, none with maglev)."""
+    endpoints = tuple(Endpoint("10.0.0.1", 8000 + i) for i in range(5))
+    destination = Destination(ServiceName("billing"), "dc1", endpoints, lb_policy=policy)
+    picker = EndpointPicker(OutlierDetector(consecutive=1, base=30.0))
+    keys = [hash64(f"user-{i}") for i in range(400)]
+    before = {k: picker.candidates(destination, 0.0, key=k)[0] for k in keys}
+    victim = endpoints[2]
+    assert picker.failed(destination, victim, 1.0) is not None  # ejected
+    after = {k: picker.candidates(destination, 2.0, key=k)[0] for k in keys}
+    others = [k for k in keys if before[k] != victim]
+    assert sum(after[k] == before[k] for k in others) >= 0.8 * len(others)
+    assert victim not in after.values()
+    assert sum(1 for k in keys if before[k] == victim) > 0
