@@ -18,7 +18,9 @@ picks one of:
 
 Both hashes move only the keys of an endpoint that leaves (property-tested: when one of
 ten equally weighted endpoints leaves, at least 90% of keys stay where they were). The
-L4 key is the client's SPIFFE ID, or its address when a hash policy says ``SourceIP``.
+L4 key is the client's SPIFFE ID, or its address when a hash policy says ``SourceIP``;
+at an ``http`` destination each request brings its own hash, an ``int`` already
+(:mod:`gwcore.policy.request_hash`).
 """
 
 from __future__ import annotations
