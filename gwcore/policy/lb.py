@@ -18,7 +18,9 @@ picks one of:
 
 Both hashes move only the keys of an endpoint that leaves (property-tested: when one of
 ten equally weighted endpoints leaves, at least 90% of keys stay where they were). The
-L4 key is the client's SPIFFE ID, or its address when a hash policy says ``SourceIP``.
+L4 key is the client's SPIFFE ID, or its address when a hash policy says ``SourceIP``;
+at an ``http`` destination each request brings its own hash, an ``int`` already
+(:mod:`gwcore.policy.request_hash`).
 """
 
 from __future__ import annotations
@@ -76,11 +78,13 @@ class Ring:
     def __len__(self) -> int:
         return len(self._hashes)
 
-    def order(self, key: str) -> list[int]:
-        """Member indexes: the key's owner first, then distinct members along the ring."""
+    def order(self, key: str | int) -> list[int]:
+        """Member indexes: the key's owner first, then distinct members along the ring.
+        An ``int`` key is a hash already (an L7 request's, :mod:`request_hash`)."""
         if not self._hashes:
             return []
-        start = bisect.bisect_left(self._hashes, hash64(key)) % len(self._hashes)
+        point = key if isinstance(key, int) else hash64(key)
+        start = bisect.bisect_left(self._hashes, point) % len(self._hashes)
         seen: dict[int, None] = {}
         n = len(self._owners)
         for step in range(n):
@@ -124,10 +128,10 @@ class Maglev:
                     break
         self.table = table
 
-    def order(self, key: str) -> list[int]:
+    def order(self, key: str | int) -> list[int]:
         if not self.table:
             return []
-        slot = hash64(key) % self.size
+        slot = (key if isinstance(key, int) else hash64(key)) % self.size
         seen: dict[int, None] = {}
         for step in range(self.size):
             seen.setdefault(self.table[(slot + step) % self.size])
