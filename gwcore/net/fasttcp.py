@@ -29,7 +29,8 @@ built afterwards; nothing reads it for a connection nobody records.
 
 Everything else — flow control, producers, connection loss — is Twisted's own
 code path: the subclasses only override ``write`` and ``writeSequence`` (and the
-client's "connected" notification). Listening and
+client's "connected" notification, and the end of ``doConnect``: a connected socket
+keeps the read registration it has). Listening and
 connecting go through :func:`listen` and :class:`TCPClientEndpoint`, which fall
 back to Twisted's endpoints for any endpoint type other than ``tcp``/``tcp6``.
 """
@@ -37,13 +38,15 @@ back to Twisted's endpoints for any endpoint type other than ``tcp``/``tcp6``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import main, tcp
+from twisted.internet import error, main, tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -258,6 +261,33 @@ class Port(tcp.Port):
 
 class Client(_WriteNow, tcp.Client):
     """An outgoing connection with immediate writes; tells its factory when connected."""
+
+    def doConnect(self) -> None:
+        """Twisted's ``doConnect`` (called to start the attempt, then when the socket is
+        ready), except once connected: Twisted unregisters the socket for reading and
+        writing, then registers it for reading again (three ``epoll_ctl``); here only
+        the write registration goes (one), and ``_connectDone`` finds it reading."""
+        self.doWrite = self.doRead = self.doConnect  # until connected: "done or failed?"
+        if not hasattr(self, "connector"):
+            return  # the attempt already failed (a call scheduled before it did)
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
+            return
+        try:
+            result = self.socket.connect_ex(self.realAddress)
+        except OSError as e:
+            result = e.args[0]
+        if result in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+            self.startReading()
+            self.startWriting()
+            return
+        if result and result != errno.EISCONN:
+            self.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
+            return
+        del self.doWrite, self.doRead  # the class's own again
+        self.stopWriting()
+        self._connectDone()
 
     def _connectDone(self) -> None:
         _no_delay(self.socket)
