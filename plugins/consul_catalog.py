@@ -66,7 +66,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -76,9 +75,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from gwcore.contract.hookspecs import hookimpl
 from gwcore.net.consul import (
     BlockingWatch,
-    ConsulClient,
     ConsulError,
-    ConsulFreshness,
     ConsulResponse,
     ConsulSettings,
     acquire_client,
@@ -230,44 +227,20 @@ class ConsulCatalogSource(ConsulSource):
     name = NAME
 
     def __init__(self, site: SiteContext, entry: str | None = None) -> None:
-        self._site = site
         entry = entry or stack_entry(site.config.plugins) or NAME
-        self.settings, _ = read_settings(site.config, entry)
-        self.gateway = self.settings.gateway
-        self._datacenter = site.config.datacenter
-        self._rng = random.Random()
-        self.client: ConsulClient | None = None
-        self.freshness = ConsulFreshness(site, NAME)
+        super().__init__(site, read_settings(site.config, entry)[0])
         self._linked: dict[str, dict[str, Any]] = {}
         self._egress: dict[str, dict[str, Any]] = {}  # linked destinations (ServiceKind)
         self._health: dict[str, list[Any]] = {}
         self._names: dict[str, ServiceName] = {}  # linked key -> its full name
-        self._watch_pool_stopped: Any = None
         # service-defaults, proxy-defaults, mesh: each kind's last answer (a list)
         self._config: dict[str, list[Any]] = {}
         self._mesh_http: MeshHttp | None = None
         self._resolvers = ConsulResolvers()
         self._gateway_loaded = False
-        self._version: str | None = None
-        self._publish: Callable[[CatalogSnapshot], None] | None = None
-        self._first: Deferred[None] | None = None
-        self._watches: list[BlockingWatch] = []
         self._health_watches: ServiceHealthWatches | None = None
-        self._retry: Any = None
-        self._retry_failures = 0
         self._refreshing = False
         self._refresh_again = False
-        self._reported: set[str] = set()
-        self._detectors_seen: set[str] = set()
-        self._running = False
-        self.service_id: str | None = None
-        self._registered = False
-        self._withdrawn = False
-        self._register_call: Any = None
-        self._register_failures = 0
-        labels = {"site": site.name, "source": NAME}
-        self._errors = site.metrics.catalog_errors.labels(**labels)
-        self._last_success_gauge = site.metrics.catalog_last_success.labels(**labels)
 
     # --- CatalogSource ------------------------------------------------------------
 

@@ -13,7 +13,9 @@ source, every watch a blocking query unless said otherwise:
   ``/v1/catalog/nodes``, ``/v1/health/state/any`` (an instance, a node, a check) and
   ``/v1/config/terminating-gateway`` (a link);
 - ``/v1/config/service-resolver`` (subset routes, as ``file_catalog`` builds them for
-  mesh sites) and ``/v1/config/service-defaults`` (protocols, for ``/routes``);
+  mesh sites), ``/v1/config/service-defaults`` and ``/v1/config/proxy-defaults``
+  (protocols, for ``/routes``: a service's ``Protocol``, else its partition's
+  ``proxy-defaults`` ``Config.protocol``, else tcp, as Consul resolves it);
 - ``/v1/catalog/datacenters`` (not a blocking query in Consul: polled every
   ``datacenters_interval``, 30 s as Consul's ``MaxAge``), then for every other
   datacenter ``/v1/health/service/<mesh_gateway_service>?dc=<dc>`` (Consul's
@@ -32,7 +34,6 @@ endpoint (``tgw_consul_staleness_seconds``), and recovery is automatic.
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -41,9 +42,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from gwcore.net.consul import (
     BlockingWatch,
-    ConsulClient,
     ConsulError,
-    ConsulFreshness,
     ConsulResponse,
     acquire_client,
     backoff_delay,
@@ -52,7 +51,11 @@ from gwcore.net.consul_watch import ServiceHealthWatches
 from gwcore.plugins.consul_resolvers import ConsulResolvers
 from gwcore.plugins.consul_source import ConsulSource
 from gwcore.plugins.mesh_hop import read_settings as read_mesh_hop_settings
-from gwcore.policy.consul_build import build_connect_destinations, build_mesh_gateways
+from gwcore.policy.consul_build import (
+    build_connect_destinations,
+    build_mesh_gateways,
+    protocols_of,
+)
 from gwcore.policy.consul_shapes import CatalogDocuments, parse_documents
 from gwcore.policy.model import CatalogSnapshot, ServiceName
 
@@ -86,18 +89,13 @@ class ConsulMeshSource(ConsulSource):
     registration_kind = "mesh-gateway"
 
     def __init__(self, site: SiteContext, settings: Any, pending: list[Any]) -> None:
-        self._site = site
-        self.settings = settings
-        self.gateway = settings.gateway
+        super().__init__(site, settings)
         self._pending = pending  # consul_catalog's sources waiting for their listener
-        self._datacenter = site.config.datacenter
         self._wan_federation = read_mesh_hop_settings(site.config)[0].wan_federation
-        self._rng = random.Random()
-        self.client: ConsulClient | None = None
-        self.freshness = ConsulFreshness(site, NAME)
         self._services: list[str] | None = None
         self._connect: dict[str, list[Any]] = {}
         self._defaults: list[Any] | None = None
+        self._proxy_defaults: list[Any] | None = None
         self._resolvers = ConsulResolvers()
         self._remote: dict[str, list[Any]] = {}  # datacenter -> its mesh gateways' answer
         self._remote_watches: dict[str, BlockingWatch] = {}
@@ -106,26 +104,8 @@ class ConsulMeshSource(ConsulSource):
         self._fedstates: dict[str, Any] = {}
         # Read (or failed) once: only then is a first snapshot complete.
         self._fedstates_tried = not self._wan_federation
-        self._watches: list[BlockingWatch] = []
         self._connect_watches: ServiceHealthWatches | None = None
-        self._watch_pool_stopped: Any = None
         self._poll: Any = None
-        self._retry: Any = None
-        self._retry_failures = 0
-        self._publish: Callable[[CatalogSnapshot], None] | None = None
-        self._first: Deferred[None] | None = None
-        self._version: str | None = None
-        self._reported: set[str] = set()
-        self._detectors_seen: set[str] = set()
-        self._running = False
-        self.service_id: str | None = None
-        self._registered = False
-        self._withdrawn = False
-        self._register_call: Any = None
-        self._register_failures = 0
-        labels = {"site": site.name, "source": NAME}
-        self._errors = site.metrics.catalog_errors.labels(**labels)
-        self._last_success_gauge = site.metrics.catalog_last_success.labels(**labels)
 
     # --- CatalogSource ------------------------------------------------------------
 
@@ -139,6 +119,7 @@ class ConsulMeshSource(ConsulSource):
         self._watch("catalog-nodes", "/v1/catalog/nodes", self._on_nodes)
         self._watch("config-terminating", "/v1/config/terminating-gateway", self._on_links)
         self._watch("config", "/v1/config/service-defaults", self._on_defaults)
+        self._watch("config-proxy-defaults", "/v1/config/proxy-defaults", self._on_proxy_defaults)
         self._watch("config-resolver", "/v1/config/service-resolver", self._on_resolvers)
         if self._wan_federation:
             path = "/v1/internal/federation-states/mesh-gateways"
@@ -298,6 +279,10 @@ class ConsulMeshSource(ConsulSource):
         self._defaults = self._expect(response, "config", list)
         self._rebuild()
 
+    def _on_proxy_defaults(self, response: ConsulResponse) -> None:
+        self._proxy_defaults = self._expect(response, "config-proxy-defaults", list)
+        self._rebuild()
+
     def _on_resolvers(self, response: ConsulResponse) -> None:
         entries = self._expect(response, "config-resolver", list)
         for problem in self._resolvers.update(entries):
@@ -384,7 +369,11 @@ class ConsulMeshSource(ConsulSource):
         remote = self._datacenters is not None and all(
             dc in self._remote or dc in self._remote_failed for dc in self._datacenters
         )
-        settings = self._defaults is not None and self._resolvers.loaded
+        settings = (
+            self._defaults is not None
+            and self._proxy_defaults is not None
+            and self._resolvers.loaded
+        )
         return local and remote and settings and self._fedstates_tried
 
     def build(self) -> CatalogSnapshot:
@@ -400,10 +389,14 @@ class ConsulMeshSource(ConsulSource):
             [("consul:health/connect", _dedupe([n for a in self._connect.values() for n in a]))]
         )
         defaults, found = parse_documents(
-            [("consul:config/service-defaults", self._defaults or [])]
+            [
+                ("consul:config/service-defaults", self._defaults or []),
+                ("consul:config/proxy-defaults", self._proxy_defaults or []),
+            ]
         )
         problems += found
-        protocols = {sd.service: sd.protocol for sd in defaults.service_defaults}
+        protocol_of = protocols_of(defaults)
+        protocols = {name: protocol_of(name) for name in answers}
         built = build_connect_destinations(answers, self._datacenter, protocols)
         destinations, bad_subsets = self._resolvers.apply(built, every, self._datacenter)
         gateways = self._gateways(problems)

@@ -61,3 +61,13 @@ def test_quick_mode_runs_every_peer_in_the_real_topology(tmp_path: Path) -> None
         for scenario in ("keepalive_1k", "new_conn", "bulk_1m", "originate_1k"):
             assert results[name][scenario]["value"] > 0, (name, scenario)
         assert results[name]["idle"]["rss_total_kib_per_conn"] > 0, name
+
+
+def test_the_codec_floor_measures_h11(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.codec_floor`` runs the proxied exchange through two real h11 connections
+    (its assertions check every event of it) and prints a positive CPU figure."""
+    from bench import codec_floor
+
+    assert codec_floor.main(["-n", "50"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("h11: ") and float(line.split()[1]) > 0

@@ -96,6 +96,14 @@ class Headers:
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._fields: list[tuple[str, str]] = [(str(k), str(v)) for k, v in fields]
 
+    @classmethod
+    def adopt(cls, fields: list[tuple[str, str]]) -> Headers:
+        """Headers over ``fields`` itself, which the caller built of ``str`` pairs and
+        hands over (no copy, no conversion: the driver builds several per request)."""
+        headers = cls.__new__(cls)
+        headers._fields = fields
+        return headers
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
         wanted = name.lower()

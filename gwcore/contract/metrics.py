@@ -431,6 +431,8 @@ class SiteChildren:
         self._services: dict[ServiceKey, ServiceChildren] = {}
         self._decisions: dict[tuple[ServiceKey, str, str], Any] = {}
         self._handshakes: dict[str, Any] = {}
+        self._http_requests: dict[tuple[ServiceKey, str, str], Any] = {}
+        self._http_seconds: dict[ServiceKey, Any] = {}
 
     def handshakes(self, version: str) -> Any:
         """``tgw_tls_handshakes_total{site, version}`` (versions: a fixed set)."""
@@ -478,6 +480,9 @@ class SiteChildren:
             remove_series(m.closed, site, *key[0], key[1])
             del self._closed[key]
         remove_series(m.http_request_seconds, site, *service)
+        self._http_seconds.pop(service, None)
+        for key in [k for k in self._http_requests if k[0] == service]:
+            del self._http_requests[key]
         for family in (m.http_requests, m.http_denied):
             _remove_service_series(family, site, service)
 
@@ -487,6 +492,26 @@ class SiteChildren:
         if child is None:
             child = self._decisions[key] = self.metrics.authz_decisions.labels(
                 self.site, *key[0], engine, verdict
+            )
+        return child
+
+    def http_requests(self, destination: Destination, method_class: str, code_class: str) -> Any:
+        """``tgw_http_requests_total`` for one answered request (classes: fixed sets)."""
+        key = (service_key(destination), method_class, code_class)
+        child = self._http_requests.get(key)
+        if child is None:
+            child = self._http_requests[key] = self.metrics.http_requests.labels(
+                self.site, *key[0], method_class, code_class
+            )
+        return child
+
+    def http_seconds(self, destination: Destination) -> Any:
+        """``tgw_http_request_duration_seconds`` of ``destination``."""
+        key = service_key(destination)
+        child = self._http_seconds.get(key)
+        if child is None:
+            child = self._http_seconds[key] = self.metrics.http_request_seconds.labels(
+                self.site, *key
             )
         return child
 

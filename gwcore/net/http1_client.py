@@ -35,6 +35,7 @@ from gwcore.net.http_wire import ambiguous_framing
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.l7_retry import ReplayBuffer
+from gwcore.net.l7_upgrade import switch_upstream
 from gwcore.net.splice import UpstreamFactory
 
 if TYPE_CHECKING:
@@ -337,6 +338,9 @@ class Http1Connection:
                 return
             stream = self.stream
             if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101 and stream is not None:
+                    switch_upstream(self, stream, event)  # an upgrade: a tunnel now
+                    return
                 continue  # 100 Continue and friends are answered hop by hop
             if stream is None:
                 if isinstance(event, h11.ConnectionClosed):

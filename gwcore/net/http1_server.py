@@ -22,7 +22,7 @@ Rules (:mod:`gwcore.net.l7_core` has the contract with the exchange):
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h11
 from twisted.logger import Logger
@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.http1_head_timer import HeadTimer
 from gwcore.net.http_wire import latin1_fields as _wire
+from gwcore.net.l7_upgrade import switch_client
 from gwcore.policy.http_method import BAD_METHOD, miscased_method
 
 if TYPE_CHECKING:
@@ -415,6 +416,10 @@ class _Answer:
         codec.response_producer = producer
         if producer is not None and not codec.client_writable:
             producer.pauseProducing()
+
+    def switch_protocols(self, response: HttpResponse, end: Any, on_end: Any) -> bool:
+        """Send a ``101`` and join the client to the service (``gwcore.net.l7_upgrade``)."""
+        return switch_client(self, response, end, on_end)
 
 
 class _Discard:

@@ -202,3 +202,17 @@ class L7Session:
 
     def bad_request(self, reason: str, detail: str) -> None:
         self.on_bad_request(reason, detail)
+
+    # --- a switched connection (gwcore.net.l7_upgrade) -------------------------------
+
+    def switch_codec(self, codec: DownstreamCodec) -> None:
+        """From now on ``codec`` (an upgraded connection's tunnel) gets the client's bytes."""
+        self.codec = codec
+        if not self._writable:
+            codec.set_client_writable(False)
+
+    def end_writes(self) -> None:
+        """Half-close toward the client (close_notify, FIN); its bytes are still read."""
+        down = self.downstream
+        if down is not None and not self.lost:
+            down.upstream_eof()

@@ -73,6 +73,12 @@ class Authorizer:
         Engines that answer at once (intentions, a cached OPA decision) are combined
         without a Deferred per engine: the usual handshake pays for one ``succeed``.
         """
+        answer = self.answer(request)
+        return succeed(answer) if isinstance(answer, Decision) else answer
+
+    def answer(self, request: AuthzRequest) -> Decision | Deferred[Decision]:
+        """:meth:`decide`'s decision itself when every engine answered at once (no
+        Deferred at all: an L7 destination asks per request), else a Deferred."""
         answers: list[Decision | Deferred[Decision]] = []
         waiting = False
         for engine in self.engines:
@@ -91,18 +97,17 @@ class Authorizer:
                 waiting = True
             answers.append(answer)
         destination = request.destination
-
-        def combined(decisions: list[Decision]) -> Decision:
-            decision = combine(decisions, self.config.default_policy)
-            self.children.decision(destination, decision.engine, decision.verdict.value).inc()
-            return decision
-
         if not waiting:
-            return succeed(combined(answers))  # type: ignore[arg-type]
+            return self._combined(answers, destination)  # type: ignore[arg-type]
         pending = [a if isinstance(a, Deferred) else succeed(a) for a in answers]
         return DeferredList(pending, consumeErrors=True).addCallback(
-            lambda results: combined([r for _, r in results])
+            lambda results: self._combined([r for _, r in results], destination)
         )
+
+    def _combined(self, decisions: list[Decision], destination: Any) -> Decision:
+        decision = combine(decisions, self.config.default_policy)
+        self.children.decision(destination, decision.engine, decision.verdict.value).inc()
+        return decision
 
     def _engine_failed(self, reason: Any, engine: AuthorizationEngine) -> Decision | Any:
         if reason.check(CancelledError):

@@ -26,25 +26,28 @@ The steps, in order (the framing-neutral contract is :mod:`gwcore.net.l7_core`):
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gwcore.contract.http_flow import Headers, HttpFlow, HttpRequest, HttpResponse
 from gwcore.net.access_fields import rfc3339
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.policy.http_facts import HttpRequestFacts
 from gwcore.policy.model import Decision
+from gwcore.policy.xfcc import XFCC_HEADER
 from gwcore.runtime.l7_rules import (
     PathRejected,
     RedirectPath,
     gateway_headers,
     headers_with_underscores,
     hop_by_hop,
-    normalize_path,
+    request_id,
     with_request_id,
+    without_hop_by_hop,
 )
+from gwcore.runtime.l7_websocket import keep_upgrade_fields, refused_upgrade, switch
 
 if TYPE_CHECKING:
     from gwcore.net.l7_core import Producer, ResponseWriter, UpstreamStream
@@ -66,9 +69,12 @@ _FAILURE_BODIES = {
 class L7Exchange:
     """One request's way through the gateway (an ``l7_core.Exchange`` and ``ResponseSink``)."""
 
-    def __init__(self, step: Any, conn: Any, request: HttpRequest, writer: ResponseWriter):
+    def __init__(
+        self, step: Any, conn: Any, request: HttpRequest, writer: ResponseWriter, link: Any
+    ):
         self.step = step
         self.conn = conn
+        self.link = link  # the connection's starter: decides with its cached facts
         self.request = request
         self.writer = writer
         self.started = time.monotonic()
@@ -90,6 +96,7 @@ class L7Exchange:
         self.outgoing: Headers = request.headers  # gateway_headers(), set in begin()
         self.xfcc: str | None = None
         self._chunked = "chunked" in (request.headers.get("transfer-encoding") or "").lower()
+        self.upgrade = False  # a WebSocket upgrade (gwcore.runtime.l7_websocket)
 
     # --- the codec's side (l7_core.Exchange) -------------------------------------------
 
@@ -136,12 +143,12 @@ class L7Exchange:
     # --- 1. normalise, 2. authorize ---------------------------------------------------
 
     def begin(self) -> L7Exchange:
-        mesh = self.mesh = self.step.mesh_http()
+        mesh = self.step.mesh_http()
         if self._refused_as_envoy_does():
             return self
         options = mesh.normalization
         try:
-            path = normalize_path(self.request.path, options, method=self.request.method)
+            path = self.step.paths.normalize(self.request.path, options, self.request.method)
             kept = headers_with_underscores(
                 self.request.headers.items(), options.headers_with_underscores_action
             )
@@ -160,18 +167,28 @@ class L7Exchange:
         self.outgoing, self.xfcc = gateway_headers(
             self.request.headers, self.conn, mesh.sanitize_x_forwarded_client_cert
         )
+        keep_upgrade_fields(self, self.outgoing)
         facts = HttpRequestFacts(
             method=self.request.method,
             path=path,
             authority=self.request.authority,
             scheme=self.request.scheme,
             protocol="HTTP/2" if self.request.http_version == "HTTP/2" else "HTTP/1.1",
-            headers=tuple((k.lower(), v) for k, v in self.outgoing),
+            headers=tuple([(k.lower(), v) for k, v in self.outgoing.items()]),
             original_path=self.request.path,
         )
-        pending = self._pending = self.step.decide(self.conn, facts)
-        pending.addCallback(self._decided)
-        pending.addErrback(self._internal_error)
+        answer = self.link.decide(facts)
+        if isinstance(answer, Decision):
+            # Decided at once (intentions, a cached OPA answer): no Deferred, the same
+            # steps and the same failure handling as a Deferred's callbacks.
+            try:
+                self._decided(answer)
+            except Exception:
+                self._internal_error(Failure())
+            return self
+        self._pending = answer
+        answer.addCallback(self._decided)
+        answer.addErrback(self._internal_error)
         return self
 
     def _refused_as_envoy_does(self) -> bool:
@@ -188,7 +205,7 @@ class L7Exchange:
             self.step.bad_request(self.conn, "connect_refused", f"CONNECT {request.path[:200]!r}")
             self._answer(404, b"", "route_not_found")
             return True
-        return False
+        return refused_upgrade(self)
 
     def _decided(self, decision: Decision) -> None:
         self._pending = None
@@ -204,6 +221,9 @@ class L7Exchange:
     # --- 3. addons, 4. upstream -------------------------------------------------------
 
     def _allowed(self) -> None:
+        if not self.step.addons():
+            self._send_upstream(self._upstream_request())
+            return
         conn = self.conn
         request = self.request
         flow = self.flow = HttpFlow(
@@ -229,6 +249,7 @@ class L7Exchange:
         outgoing = flow.request
         drop = hop_by_hop(outgoing.headers)
         headers = Headers((k, v) for k, v in outgoing.headers if k.lower() not in drop)
+        keep_upgrade_fields(self, headers)
         # Again after the addons, so none can forge it: the value decided on.
         headers.remove("x-forwarded-client-cert")
         if self.xfcc is not None:
@@ -244,6 +265,43 @@ class L7Exchange:
             headers=headers,
         )
         self.path = outgoing.path
+        self._send_upstream(upstream)
+
+    def _upstream_request(self) -> HttpRequest:
+        """The request as the service gets it when no addon listens: what
+        :meth:`_allowed` builds through the flow, without the flow. The fields decided
+        on are already free of hop-by-hop fields, but for the ``Connection: upgrade``
+        and ``Upgrade`` fields of a WebSocket upgrade (``keep_upgrade_fields``, in
+        :meth:`begin`); nothing here adds one."""
+        request = self.request
+        fields = self.outgoing.items()
+        has_id = False
+        xfcc_at = -1
+        for i, (name, _) in enumerate(fields):
+            lower = name.lower()
+            if lower == "x-request-id":
+                has_id = True
+            elif lower == XFCC_HEADER:
+                xfcc_at = i
+        if xfcc_at >= 0:
+            del fields[xfcc_at]  # gateway_headers added exactly one: it goes last
+        if not has_id:
+            fields.append(("x-request-id", request_id()))
+        if self.xfcc is not None:
+            fields.append((XFCC_HEADER, self.xfcc))
+        if self._chunked:
+            fields.append(("transfer-encoding", "chunked"))  # a body of unknown length
+        return HttpRequest(
+            method=request.method,
+            path=self.path,
+            authority=request.authority,
+            scheme=request.scheme,
+            http_version=request.http_version,
+            headers=Headers.adopt(fields),
+        )
+
+    def _send_upstream(self, upstream: HttpRequest) -> None:
+        conn = self.conn
         self.sent_at = time.monotonic()
         stream = self.stream = self.step.pool_for(conn).open(upstream, self, conn)
         timeout = self.step.request_timeout(conn.destination)
@@ -275,8 +333,12 @@ class L7Exchange:
                 if self._addon_answered(flow):  # an addon failed (502) or answered
                     return
                 response = flow.response or response
-        drop = hop_by_hop(response.headers)
-        headers = Headers((k, v) for k, v in response.headers if k.lower() not in drop)
+        if response.status == 101:
+            switch(self, response)  # a WebSocket upgrade: a tunnel from now on
+            return
+        # list(): an addon's response may hold any iterable of fields.
+        fields = list(response.headers) if flow is not None else response.headers.items()
+        headers = Headers.adopt(without_hop_by_hop(fields))
         self.status = response.status
         self.head_written = True
         self.writer.write_head(HttpResponse(response.status, headers))
@@ -410,8 +472,3 @@ class L7Exchange:
             "error": self.error,
             "answered_by": self.flow.answered_by if self.flow is not None else None,
         }
-
-
-def with_http(request: Any, facts: HttpRequestFacts) -> Any:
-    """``request`` (an ``AuthzRequest``) for one HTTP request."""
-    return replace(request, http=facts)

@@ -9,7 +9,7 @@ connection.
 
 from __future__ import annotations
 
-import uuid
+import random
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +19,7 @@ from OpenSSL import crypto
 
 from gwcore.contract.http_flow import Headers
 from gwcore.net.connection_facts import peer_certificate_der
+from gwcore.policy.http_facts import PathNormalization
 from gwcore.policy.http_headers import HOP_BY_HOP
 from gwcore.policy.http_path import (
     PathRejected,
@@ -26,17 +27,20 @@ from gwcore.policy.http_path import (
     headers_with_underscores,
     normalize_path,
 )
-from gwcore.policy.xfcc import apply_xfcc, client_cert_element
+from gwcore.policy.xfcc import XFCC_HEADER, apply_xfcc, client_cert_element
 from gwcore.policy.xfcc_input import forwardable_xfcc
 
 __all__ = [
+    "PathMemo",
     "PathRejected",
     "RedirectPath",
     "gateway_headers",
     "headers_with_underscores",
     "hop_by_hop",
     "normalize_path",
+    "request_id",
     "with_request_id",
+    "without_hop_by_hop",
     "xfcc_element_of",
 ]
 
@@ -44,11 +48,62 @@ __all__ = [
 def hop_by_hop(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     """Lower-case names of a message's hop-by-hop fields: the fixed set and every name
     its ``Connection`` field lists (RFC 9110 §7.6.1)."""
-    names = set(HOP_BY_HOP)
+    listed: list[str] = []
     for name, value in headers:
         if name.lower() == "connection":
-            names.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return frozenset(names)
+            listed += [t.strip().lower() for t in value.split(",") if t.strip()]
+    return HOP_BY_HOP.union(listed) if listed else HOP_BY_HOP
+
+
+def without_hop_by_hop(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``fields`` without the :func:`hop_by_hop` ones, in order (a new list). Most
+    messages have no ``Connection`` field: the fixed set is then all there is to drop,
+    and each name is lower-cased once."""
+    names = [name.lower() for name, _ in fields]
+    drop = HOP_BY_HOP
+    if "connection" in names:
+        listed = [
+            token.strip().lower()
+            for (_, value), name in zip(fields, names, strict=True)
+            if name == "connection"
+            for token in value.split(",")
+            if token.strip()
+        ]
+        drop = HOP_BY_HOP.union(listed)
+    return [field for field, name in zip(fields, names, strict=True) if name not in drop]
+
+
+class PathMemo:
+    """:func:`normalize_path` of recent request targets under one set of options.
+
+    Normalisation is a pure function of the target, the options and (for ``*``) the
+    method, and a connection asks for the same few paths again and again: a result is
+    kept, for short targets only, and all of them are dropped when the options change
+    (a new ``mesh`` entry) or when :data:`MAX_ENTRIES` are held. A refused target is
+    not kept (it is refused again, and counted, each time)."""
+
+    MAX_ENTRIES = 1024
+    MAX_TARGET = 256  # bytes of a target kept: at most MAX_ENTRIES * MAX_TARGET held
+
+    __slots__ = ("_options", "_paths")
+
+    def __init__(self) -> None:
+        self._options: PathNormalization | None = None
+        self._paths: dict[tuple[str, str], str] = {}
+
+    def normalize(self, target: str, options: PathNormalization, method: str) -> str:
+        if options is not self._options:
+            self._options = options
+            self._paths = {}
+        key = (target, method)
+        path = self._paths.get(key)
+        if path is None:
+            path = normalize_path(target, options, method=method)  # may raise PathRejected
+            if len(target) <= self.MAX_TARGET:
+                if len(self._paths) >= self.MAX_ENTRIES:
+                    self._paths.clear()
+                self._paths[key] = path
+        return path
 
 
 def xfcc_element_of(conn: Any) -> str:
@@ -84,18 +139,45 @@ def gateway_headers(headers: Headers, conn: Any, sanitize_xfcc: bool) -> tuple[H
     to (APPEND_FORWARD) or dropped (``SanitizeXForwardedClientCert``);
     ``x-forwarded-proto: https`` when the client sent none (the mesh leg is TLS). The
     ``x-request-id`` Envoy generates is added after the decision (:func:`with_request_id`).
+    One pass over the fields: this runs for every request.
     """
-    drop = hop_by_hop(headers)
-    out = Headers((k, v) for k, v in headers if k.lower() not in drop)
+    out: list[tuple[str, str]] = []
+    sent: list[str] = []
+    has_proto = False
+    for name, value in without_hop_by_hop(headers.items()):
+        lower = name.lower()
+        if lower == XFCC_HEADER:
+            sent.append(value)
+            continue
+        if lower == "x-forwarded-proto":
+            has_proto = True
+        out.append((name, value))
     # A client value that is not Envoy's grammar is dropped (gwcore.policy.xfcc_input).
-    sent = forwardable_xfcc(out.get_all("x-forwarded-client-cert"))
-    xfcc = apply_xfcc(sent, xfcc_element_of(conn), sanitize_xfcc)
-    out.remove("x-forwarded-client-cert")
+    xfcc = apply_xfcc(
+        forwardable_xfcc(sent) if sent else sent, xfcc_element_of(conn), sanitize_xfcc
+    )
     if xfcc is not None:
-        out.add("x-forwarded-client-cert", xfcc)
-    if out.get("x-forwarded-proto") is None:
-        out.add("x-forwarded-proto", "https")
-    return out, xfcc
+        out.append((XFCC_HEADER, xfcc))
+    if not has_proto:
+        out.append(("x-forwarded-proto", "https"))
+    return Headers.adopt(out), xfcc
+
+
+def request_id() -> str:
+    """A random UUID4 in its text form, as Envoy's ``generate_request_id`` makes one.
+
+    A request id names a request in logs; it is no secret, so it comes from the
+    interpreter's generator (reseeded in a forked child) rather than ``uuid.uuid4()``,
+    which costs a ``getrandom`` system call and a ``UUID`` object per request."""
+    n = (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# RFC 9562 §5.4: version 4 in bits 48-51 (from the most significant), variant 10 in
+# bits 64-65.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
 def with_request_id(headers: Headers) -> Headers:
@@ -104,5 +186,5 @@ def with_request_id(headers: Headers) -> Headers:
     decision, not before as in Envoy: a fresh id in every input would make identical
     requests distinct for the OPA decision cache; a client's own id is decided on."""
     if headers.get("x-request-id") is None:
-        headers.add("x-request-id", str(uuid.uuid4()))
+        headers.add("x-request-id", request_id())
     return headers

@@ -16,12 +16,14 @@ counted per request: ``tgw_http_*`` metrics and one access-log record each.
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gwcore.contract.metrics import service_labels
+from gwcore.contract.providers import AuthzRequest
 from gwcore.net.h2_upstream import Http2Pool
 from gwcore.net.http1_client import Http1Pool, PoolLimits
 from gwcore.net.l7_core import L7Limits, UpstreamFailure
@@ -31,7 +33,8 @@ from gwcore.policy.decision import ERROR_PREFIX
 from gwcore.policy.http_facts import DEFAULT_MESH_HTTP, HttpRequestFacts, MeshHttp, is_l7
 from gwcore.policy.model import Decision, Destination, Verdict
 from gwcore.policy.resolver_settings import parse_settings
-from gwcore.runtime.l7_exchange import L7Exchange, with_http
+from gwcore.runtime.l7_exchange import L7Exchange
+from gwcore.runtime.l7_rules import PathMemo
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpRequest
@@ -44,21 +47,45 @@ UPSTREAM_CLIENTS: dict[str, Any] = {"http": Http1Pool, "http2": Http2Pool, "grpc
 mode only once it has one (HTTP/2 and gRPC register theirs with their codec); until
 then its destinations stay L4."""
 
+HTTP_HOOKS = (
+    "tgw_http_requestheaders",
+    "tgw_http_request",
+    "tgw_http_responseheaders",
+    "tgw_http_response",
+    "tgw_http_error",
+)
+"""The addon hooks of an exchange (:mod:`gwcore.contract.http_flow`)."""
+
 PER_REQUEST = Decision(Verdict.ALLOW, "l7", "decided per request")
 """The connection-level answer for an L7 connection: each request is decided anew."""
 
 
 class _Starter:
-    """One connection's :class:`~gwcore.net.l7_core.ExchangeStarter`."""
+    """One connection's :class:`~gwcore.net.l7_core.ExchangeStarter`, and what its
+    requests share: the connection's part of every ``AuthzRequest``."""
 
-    __slots__ = ("conn", "step")
+    __slots__ = ("_authority", "_fields", "conn", "step")
 
     def __init__(self, step: L7Step, conn: Any) -> None:
         self.step = step
         self.conn = conn
+        self._authority: Any = None
+        self._fields: dict[str, Any] = {}
 
     def start(self, request: HttpRequest, writer: ResponseWriter) -> L7Exchange:
-        return L7Exchange(self.step, self.conn, request, writer).begin()
+        return L7Exchange(self.step, self.conn, request, writer, self).begin()
+
+    def decide(self, facts: HttpRequestFacts) -> Decision | Deferred[Decision]:
+        """The decision on one request under the policy in force now (after a reload,
+        the site that replaced this one's): the Decision itself when every engine
+        answered at once, else a Deferred."""
+        authority = self.step.site.recheck.authority()
+        if authority is not self._authority:
+            # What the engines read of the connection (its local address: a system
+            # call) does not change while it lives; the site asking may.
+            self._fields = _connection_fields(authority.authorizer.request(self.conn))
+            self._authority = authority
+        return authority.authorizer.answer(AuthzRequest(**self._fields, http=facts))
 
 
 class _DialFor:
@@ -94,6 +121,8 @@ class L7Step:
         # (name, subset, id(conn)) -> one client connection's private pool.
         self.pools: dict[tuple[Any, ...], Http1Pool] = {}
         self._timeouts: dict[int, float | None] = {}
+        self._addons: bool | None = None  # site.has_listeners is fixed for its life
+        self.paths = PathMemo()  # recent targets' normalised paths (pure: a memo)
 
     # --- entering L7 -------------------------------------------------------------
 
@@ -122,12 +151,6 @@ class L7Step:
     def mesh_http(self) -> MeshHttp:
         view = self.site.catalog_view()
         return getattr(view, "mesh_http", None) or DEFAULT_MESH_HTTP
-
-    def decide(self, conn: Any, facts: HttpRequestFacts) -> Deferred[Decision]:
-        # The policy in force now: after a reload, the site that replaced this one.
-        authority = self.site.recheck.authority()
-        request = with_http(authority.authorizer.request(conn), facts)
-        return authority.decide(request)
 
     def pool_for(self, conn: Any) -> Http1Pool:
         destination: Destination = conn.destination
@@ -203,6 +226,13 @@ class L7Step:
             self._timeouts[key] = settings.request_timeout
         return self._timeouts[key]
 
+    def addons(self) -> bool:
+        """True when an addon listens to any HTTP hook: only then is an
+        :class:`~gwcore.contract.http_flow.HttpFlow` built per request."""
+        if self._addons is None:
+            self._addons = any(self.wants(hook) for hook in HTTP_HOOKS)
+        return self._addons
+
     def wants(self, hook: str) -> bool:
         """True when an addon listens to ``hook`` (False for a hook this build lacks)."""
         try:
@@ -255,17 +285,9 @@ class L7Step:
         conn = exchange.conn
         status = exchange.status
         code_class = f"{status // 100}xx" if status else "none"
-        metrics = site.metrics
-        labels = service_labels(conn.destination)
-        metrics.http_requests.labels(
-            site=site.name,
-            **labels,
-            method_class=exchange.method_class(),
-            code_class=code_class,
-        ).inc()
-        metrics.http_request_seconds.labels(site=site.name, **labels).observe(
-            max(0.0, _elapsed(exchange))
-        )
+        children = site.children
+        children.http_requests(conn.destination, exchange.method_class(), code_class).inc()
+        children.http_seconds(conn.destination).observe(max(0.0, _elapsed(exchange)))
         writer = site.forwarder.access_log
         if writer is None or not getattr(writer, "enabled", True):
             return
@@ -290,3 +312,9 @@ class L7Step:
 
 def _elapsed(exchange: L7Exchange) -> float:
     return time.monotonic() - exchange.started
+
+
+def _connection_fields(request: AuthzRequest) -> dict[str, Any]:
+    """``request``'s fields but ``http``: an ``AuthzRequest`` per request is built from
+    them (cheaper than ``dataclasses.replace``, which reads the fields each time)."""
+    return {f.name: getattr(request, f.name) for f in fields(request) if f.name != "http"}

@@ -434,3 +434,24 @@ def test_a_403_for_another_datacenters_gateways_names_the_permission(tmp_path):
     ]
     assert len(lines) == 1, lines
     assert "the token needs service:read and node:read on the mesh gateways" in lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_protocols_resolve_through_proxy_defaults(chain: Chain):
+    """Uses the shipped Consul double. dc2's mesh site resolves a service's protocol as
+    Consul does: its ``service-defaults`` ``Protocol``, else the partition's
+    ``proxy-defaults`` ``Config.protocol``, else tcp — a ``service-defaults`` entry
+    without ``Protocol`` has no say (the mesh site once read only ``service-defaults``
+    and gave such a service an empty protocol)."""
+    await chain.start()
+    assert chain.mesh2 is not None
+    sni = sni_for("billing", "dc2")
+    protocol = lambda: dict(chain.mesh2.site.router.routes)[sni].protocol  # noqa: E731
+    assert protocol() == "tcp"
+    chain.consul2.put_config({"Kind": "service-defaults", "Name": "billing"})
+    chain.consul2.put_config(
+        {"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}
+    )
+    await eventually(lambda: protocol() == "http", "the proxy-defaults protocol")
+    chain.consul2.put_config({"Kind": "service-defaults", "Name": "billing", "Protocol": "grpc"})
+    await eventually(lambda: protocol() == "grpc", "the service-defaults protocol")
