@@ -178,7 +178,9 @@ def tgw_choose_endpoint(event: EndpointChoice) -> None:
     """The connection was authorized and the gateway is about to dial: ``event.candidates``
     are the usable endpoints in the order the load balancer chose. ``event.choose(eps)``
     replaces them with a selection of the candidates, in a new order (the first
-    ``max_connect_attempts`` are tried). The first addon to choose wins."""
+    ``max_connect_attempts`` are tried). The first addon to choose wins. At an ``http``
+    destination (L7, HTTP/1.1) it is called for each request, before the request takes
+    an idle connection to the first endpoint or dials."""
 
 
 @hookspec

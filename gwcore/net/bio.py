@@ -1,4 +1,5 @@
-"""Bounded use of OpenSSL's memory BIOs, and one socket write per read.
+"""Bounded use of OpenSSL's memory BIOs, one socket write per read, and the record
+calls of the data path made without pyOpenSSL's per-call overhead.
 
 A memory BIO keeps the largest capacity it ever reached for the life of its
 connection. Feeding a whole 256 KiB socket read into it (or ``sendall`` of a whole
@@ -13,14 +14,26 @@ the ciphertext of a whole read is then written with one call
 (``transport.writeSequence``: one ``sendmsg`` on the gateway's transports). Records
 of 4 KiB, each written on its own, cost a 1 MiB response 256 records and as many
 ``send`` calls; 16 KiB records written together cost 64 records and about 4 calls.
+
+:class:`RecordIO` makes the four calls a relayed record needs (``bio_write``,
+``recv``, ``sendall``, ``bio_read``) on the connection's OpenSSL objects directly.
+Through pyOpenSSL's :class:`~OpenSSL.SSL.Connection` each call pays for argument
+conversion, an error check that asks OpenSSL even after a success, and a dozen
+attribute lookups through the class's ``__getattr__`` hook (which also keeps
+CPython from specialising them): about twice the cost of the OpenSSL work for a
+1 KiB record. The errors are pyOpenSSL's own (raised by its own code), and
+:func:`record_io` falls back to the public methods if pyOpenSSL ever stops
+having the attributes this relies on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
 BIO_FEED = 4 * 1024
 """The most ciphertext bytes written into a memory BIO at once."""
@@ -32,6 +45,14 @@ the BIO is drained."""
 BIO_CHUNK = 1 << 17
 """Bytes asked of the outgoing BIO per ``bio_read`` (more than it ever holds)."""
 
+READ_SIZE = 1 << 16
+"""Bytes asked of OpenSSL per ``recv`` (it returns at most one record: 16 KiB)."""
+
+# What RecordIO uses of pyOpenSSL's Connection and of its cffi binding.
+_PRIVATE = ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error", "_handle_bio_errors")
+_DIRECT = all(hasattr(_lib, name) for name in ("SSL_write", "SSL_read", "BIO_read", "BIO_write"))
+_buffer = _ffi.new_allocator(should_clear_after_alloc=False)  # filled by OpenSSL before use
+
 
 def pieces(data: bytes, size: int = BIO_FEED) -> Iterator[bytes]:
     """``data`` in slices of at most ``size`` bytes (``data`` itself when it fits)."""
@@ -42,32 +63,118 @@ def pieces(data: bytes, size: int = BIO_FEED) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
-def drain(tls: Any, out: list[bytes]) -> None:
-    """Append everything OpenSSL wrote into its outgoing memory BIO to ``out``.
+class RecordIO:
+    """The data-path calls on one memory-BIO ``SSL.Connection`` (module docstring).
 
-    A read shorter than the chunk means the BIO is empty, which saves the call that
-    would only raise ``WantReadError``.
+    Made once per connection, after the connection object exists; holding it keeps
+    the connection (and so its OpenSSL objects) alive. Not for use from two threads.
     """
-    while True:
-        try:
-            data = tls.bio_read(BIO_CHUNK)
-        except SSL.WantReadError:
-            return
-        out.append(data)
-        if len(data) < BIO_CHUNK:
-            return
 
+    __slots__ = ("_from", "_into", "_ssl", "tls")
 
-def encrypt(tls: Any, data: bytes) -> list[bytes]:
-    """``data`` encrypted in records of at most :data:`BIO_SEND` bytes, the BIO drained
-    after each: the ciphertext pieces, in order, for one ``writeSequence``."""
-    out: list[bytes] = []
-    if len(data) <= BIO_SEND:
-        tls.sendall(data)
-        drain(tls, out)
+    def __init__(self, tls: SSL.Connection) -> None:
+        self.tls = tls
+        self._ssl = tls._ssl  # type: ignore[attr-defined]
+        self._into = tls._into_ssl  # type: ignore[attr-defined]
+        self._from = tls._from_ssl  # type: ignore[attr-defined]
+
+    def feed(self, data: bytes) -> None:
+        """Ciphertext from the peer into the incoming BIO (``bio_write``)."""
+        written = _lib.BIO_write(self._into, data, len(data))
+        if written <= 0:
+            self.tls._handle_bio_errors(self._into, written)  # type: ignore[attr-defined]
+
+    def read(self) -> bytes:
+        """The plaintext of the next whole record (``recv``); raises what pyOpenSSL
+        raises: ``WantReadError`` (no whole record with data), ``ZeroReturnError``
+        (the peer's ``close_notify``), ``SSL.Error``."""
+        buf = _buffer("char[]", READ_SIZE)
+        got = _lib.SSL_read(self._ssl, buf, READ_SIZE)
+        if got <= 0:
+            self.tls._raise_ssl_error(self._ssl, got)  # type: ignore[attr-defined]
+            return b""
+        return _ffi.unpack(buf, got)
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Encrypt all of ``data`` into the outgoing BIO (``sendall``). pyOpenSSL's
+        contexts allow partial writes: a peer's smaller record size limit makes
+        OpenSSL take one record per call."""
+        ssl = self._ssl
+        size = len(data)
+        with _ffi.from_buffer(data) as buf:
+            done = 0
+            while done < size:
+                written = _lib.SSL_write(ssl, buf + done, size - done)
+                if written <= 0:
+                    self.tls._raise_ssl_error(ssl, written)  # type: ignore[attr-defined]
+                    raise SSL.Error(f"SSL_write returned {written}")
+                done += written
+
+    def drain(self, out: list[bytes]) -> None:
+        """Append everything OpenSSL wrote into its outgoing BIO to ``out``
+        (``bio_read`` until it is empty)."""
+        while True:
+            buf = _buffer("char[]", BIO_CHUNK)
+            got = _lib.BIO_read(self._from, buf, BIO_CHUNK)
+            if got <= 0:  # empty (a memory BIO has no other failure)
+                return
+            out.append(_ffi.unpack(buf, got))
+            if got < BIO_CHUNK:
+                return
+
+    def encrypt(self, data: bytes) -> list[bytes]:
+        """``data`` encrypted in records of at most :data:`BIO_SEND` bytes, the BIO
+        drained after each: the ciphertext pieces, in order, for one ``writeSequence``."""
+        out: list[bytes] = []
+        if len(data) <= BIO_SEND:
+            self.write(data)
+            self.drain(out)
+            return out
+        view = memoryview(data)
+        for start in range(0, len(data), BIO_SEND):
+            self.write(view[start : start + BIO_SEND])
+            self.drain(out)
         return out
-    view = memoryview(data)
-    for start in range(0, len(data), BIO_SEND):
-        tls.sendall(view[start : start + BIO_SEND])
-        drain(tls, out)
-    return out
+
+    def flush(self, write: Callable[[bytes], Any]) -> None:
+        """Everything in the outgoing BIO to ``write`` (the socket), piece by piece."""
+        out: list[bytes] = []
+        self.drain(out)
+        for data in out:
+            write(data)
+
+
+class PublicRecordIO(RecordIO):
+    """:class:`RecordIO` through pyOpenSSL's public methods (the fallback)."""
+
+    __slots__ = ()
+
+    def __init__(self, tls: SSL.Connection) -> None:
+        self.tls = tls
+
+    def feed(self, data: bytes) -> None:
+        self.tls.bio_write(data)
+
+    def read(self) -> bytes:
+        return self.tls.recv(READ_SIZE)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.tls.sendall(data)
+
+    def drain(self, out: list[bytes]) -> None:
+        while True:
+            try:
+                data = self.tls.bio_read(BIO_CHUNK)
+            except SSL.WantReadError:
+                return
+            out.append(data)
+            if len(data) < BIO_CHUNK:
+                return
+
+
+def record_io(tls: SSL.Connection) -> RecordIO:
+    """The data-path calls for ``tls`` (a memory-BIO connection): direct when this
+    pyOpenSSL has what :class:`RecordIO` relies on, else through its methods."""
+    if _DIRECT and all(hasattr(tls, name) for name in _PRIVATE):
+        return RecordIO(tls)
+    return PublicRecordIO(tls)

@@ -1,4 +1,7 @@
-"""HTTP/1.1 to a service, with h11, over a bounded pool of connections per destination.
+"""HTTP/1.1 to a service, with h11: one connection and the requests on it.
+
+The pool that holds these connections (per endpoint, with the destination's limits)
+is :mod:`gwcore.net.http_pool`.
 
 Rules:
 
@@ -7,13 +10,9 @@ Rules:
   retries and outlier ejection), so those apply per upstream connection. The pool
   only sits on ``UpstreamProtocol.downstream``: what the service sends arrives as
   ``send_to_client``, its end as ``upstream_eof``/``upstream_lost``.
-- At most ``max_connections`` connections (open or being opened) per destination;
-  a request that finds none idle and the pool full waits in a queue of at most
-  ``max_pending`` requests; beyond that it fails at once with 503 (``overflow``).
 - A connection carries another request only after a complete request *and* a
   complete response h11 says it may keep (HTTP/1.1 keep-alive, no ``Connection:
-  close``); then it goes back idle, at most ``max_idle`` of them, each closed after
-  ``idle_timeout``. Anything else closes it.
+  close``); then it goes back to its pool (``idle_again``). Anything else closes it.
 - A request's body is asked for only once its head is written, and paused while the
   connection's transport cannot take more; the response is read only as fast as the
   client takes it (``pauseProducing`` on the stream pauses the service's socket).
@@ -22,22 +21,19 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
-from gwcore.net.http1_stray import unread_bytes
-from gwcore.net.http_wire import ambiguous_framing
+from gwcore.net.http_wire import ambiguous_framing, text_fields
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.l7_retry import ReplayBuffer
 from gwcore.net.l7_upgrade import switch_upstream
-from gwcore.net.splice import UpstreamFactory
+from gwcore.net.write_batch import BATCH, HeldWrites
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -48,18 +44,18 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="tgw.http")
 
-Dial = Callable[[Any, Any], "Deferred[tuple[Any, Endpoint, int, float]]"]
-"""``dial(owner, factory)``: connect for ``owner`` (the client connection that asked)."""
+Dial = Callable[..., "Deferred[tuple[Any, Endpoint, int, float]]"]
+"""``dial(owner, factory[, endpoints])``: connect for ``owner`` (the client connection
+that asked), trying ``endpoints`` in order when given (the request's choice)."""
 
 
-@dataclass(frozen=True, slots=True)
-class PoolLimits:
-    """The site's upstream pool keys (``docs/l7.md``)."""
+class Pool(Protocol):
+    """What a connection and its streams ask of their pool (:mod:`gwcore.net.http_pool`)."""
 
-    max_connections: int = 64
-    max_idle: int = 16
-    idle_timeout: float = 60.0
-    max_pending: int = 256
+    def idle_again(self, connection: Http1Connection) -> None: ...
+    def gone(self, connection: Http1Connection) -> None: ...
+    def retry(self, stream: Http1Stream) -> None: ...
+    def forget(self, stream: Http1Stream) -> None: ...
 
 
 class _Alpn:
@@ -68,15 +64,21 @@ class _Alpn:
     alpn = b"http/1.1"
 
 
-def _text(value: bytes) -> str:
-    return value.decode("latin-1")
+_END = h11.EndOfMessage()
+"""The end of a message without trailers (h11's events are immutable: one will do)."""
+
+
+def alpn_for_http1() -> _Alpn:
+    """The object a new connection's factory carries so TLS offers ``http/1.1``."""
+    return _Alpn()
 
 
 class Http1Stream:
     """One request on the pool (an :class:`~gwcore.net.l7_core.UpstreamStream`)."""
 
-    def __init__(self, pool: Http1Pool, request: HttpRequest, sink: ResponseSink, owner: Any):
+    def __init__(self, pool: Pool, request: HttpRequest, sink: ResponseSink, owner: Any):
         self.pool = pool
+        self.choice: Any = None  # the pool's endpoint choice for this request
         self.request = request
         self.sink = sink
         self.owner = owner
@@ -194,7 +196,7 @@ class Http1Stream:
 class Http1Connection:
     """One HTTP/1.1 connection to an endpoint; sits on ``UpstreamProtocol.downstream``."""
 
-    def __init__(self, pool: Http1Pool, upstream: Any, endpoint: Endpoint) -> None:
+    def __init__(self, pool: Pool, upstream: Any, endpoint: Endpoint) -> None:
         self.pool = pool
         self.upstream = upstream
         self.endpoint = endpoint
@@ -206,6 +208,9 @@ class Http1Connection:
         self.alpn = _Alpn.alpn
         self.close_cause: str | None = None
         self.reused = False  # it carried an exchange before the current one
+        self.read_paused: bool | None = None  # pause_reading() in force (None: unknown)
+        # A request's head and the body that came with it go out as one write.
+        self.out = HeldWrites(upstream.send)
         upstream.downstream = self
         # The service's socket pauses the client's body while it cannot take more.
         upstream.transport.registerProducer(self, True)
@@ -230,23 +235,24 @@ class Http1Connection:
     def start(self, stream: Http1Stream) -> None:
         self.stream = stream
         request = stream.request
-        headers = [(k, v) for k, v in request.headers]
-        names = {k.lower() for k, _ in headers}
-        if "host" not in names and request.authority:
-            # From HTTP/2: :authority is the Host (RFC 9113 §8.3.1), first as in RFC 9112 §3.2.
-            headers.insert(0, ("host", request.authority))
-        self.chunked = "transfer-encoding" in names
-        # An HTTP/2 body has no length up front: send it chunked, unless ``body == b""``
-        # says its stream ended with the head (no body at all, nothing to frame).
-        unframed = not names & {"content-length", "transfer-encoding"}
-        if request.http_version == "HTTP/2" and unframed and request.body != b"":
-            headers.append(("transfer-encoding", "chunked"))
-            self.chunked = True
         try:
+            headers = _wire(request.headers)
+            names = {k.lower() for k, _ in headers}
+            if b"host" not in names and request.authority:
+                # From HTTP/2: :authority is the Host (RFC 9113 §8.3.1), first as in
+                # RFC 9112 §3.2.
+                headers.insert(0, (b"host", request.authority.encode("latin-1")))
+            self.chunked = b"transfer-encoding" in names
+            # An HTTP/2 body has no length up front: send it chunked, unless ``body ==
+            # b""`` says its stream ended with the head (no body at all, nothing to frame).
+            unframed = not names & {b"content-length", b"transfer-encoding"}
+            if request.http_version == "HTTP/2" and unframed and request.body != b"":
+                headers.append((b"transfer-encoding", b"chunked"))
+                self.chunked = True
             event = h11.Request(
                 method=request.method.encode("latin-1"),
                 target=request.path.encode("latin-1"),
-                headers=_wire(headers),
+                headers=headers,
             )
         except (h11.LocalProtocolError, UnicodeError) as e:
             self.fail("protocol", f"cannot send the request: {e}")
@@ -262,25 +268,30 @@ class Http1Connection:
             self.fail("protocol", f"cannot send the request: {e}")
             return
         if data:
-            self.upstream.send(data)
+            self.out.write(data)
 
     def end_request(self, trailers: Headers | None) -> None:
         chunked = self.stream is not None and self.chunked
         # Only a chunked body carries trailers (h11 refuses them otherwise, for good).
-        fields = list(trailers) if trailers is not None and chunked else []
-        try:
-            end = h11.EndOfMessage(headers=_wire(fields))
-        except (h11.LocalProtocolError, UnicodeError) as e:
-            self.fail("protocol", f"cannot send the request's trailers: {e}")
-            return
+        end = _END
+        if trailers is not None and chunked and len(trailers):
+            try:
+                end = h11.EndOfMessage(headers=_wire(trailers))
+            except (h11.LocalProtocolError, UnicodeError) as e:
+                self.fail("protocol", f"cannot send the request's trailers: {e}")
+                return
         self.write(end)
 
     def pause_reading(self) -> None:
         if not self.closed:
+            self.read_paused = True
             self.upstream.transport.pauseProducing()
 
     def resume_reading(self) -> None:
-        if not self.closed:
+        # Only this connection pauses its transport: one it did not pause reads
+        # already (None: not known yet, as the connection starts).
+        if not self.closed and self.read_paused is not False:
+            self.read_paused = False
             self.upstream.transport.resumeProducing()
 
     # --- what the UpstreamProtocol calls ----------------------------------------------
@@ -301,7 +312,8 @@ class Http1Connection:
             self.fail("protocol", str(e))
             return
         try:
-            self._drain()
+            with BATCH:  # what this read makes the client codec write: one TLS write
+                self._drain()
         except Exception:
             log.failure("HTTP response handling failed")
             self.fail("internal_error", "internal error")
@@ -350,13 +362,14 @@ class Http1Connection:
                     self.fail("protocol", "the service sent a response nobody asked for")
                 return
             if isinstance(event, h11.Response):
-                if ambiguous_framing(event.headers):
+                raw = event.headers.raw_items()
+                if ambiguous_framing(raw):
                     self.fail(
                         "protocol",
                         "the service's response has Content-Length and Transfer-Encoding",
                     )
                     return
-                headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+                headers = Headers(text_fields(raw))
                 version = "HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0"
                 stream.sink.response_head(
                     HttpResponse(event.status_code, headers, None, None, version)
@@ -364,10 +377,10 @@ class Http1Connection:
             elif isinstance(event, h11.Data):
                 stream.sink.response_data(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                trailers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+                raw = event.headers.raw_items()
                 self._maybe_reuse(response_complete=True)
                 stream.done = True
-                stream.sink.response_end(trailers if len(trailers) else None)
+                stream.sink.response_end(Headers(text_fields(raw)) if raw else None)
                 return
             elif isinstance(event, h11.ConnectionClosed):
                 self.fail("reset", "the service closed the connection")
@@ -441,156 +454,9 @@ class Http1Connection:
         upstream = self.upstream
         upstream.downstream = None
         if not upstream.lost:
+            self.out.flush()
             if getattr(upstream.transport, "producer", None) is not None:
                 upstream.transport.unregisterProducer()
             upstream.transport.resumeProducing()
             upstream.transport.loseConnection()
         self.pool.gone(self)
-
-
-class Http1Pool:
-    """The HTTP/1.1 connections to one destination (an ``UpstreamClient``)."""
-
-    def __init__(
-        self,
-        reactor: Any,
-        dial: Dial,
-        limits: PoolLimits,
-        released: Callable[[Endpoint], None] = lambda endpoint: None,
-    ) -> None:
-        self.reactor = reactor
-        self.dial = dial
-        self.limits = limits
-        self.released = released
-        self.idle: deque[Http1Connection] = deque()
-        self.busy: set[Http1Connection] = set()
-        self.connecting = 0
-        self.waiting: deque[Http1Stream] = deque()
-        self.closed = False
-
-    def open(self, request: HttpRequest, sink: ResponseSink, owner: Any = None) -> Http1Stream:
-        stream = Http1Stream(self, request, sink, owner)
-        if self.closed:
-            self._fail_later(stream, UpstreamFailure("unavailable", "the site is stopping", 503))
-            return stream
-        while self.idle:
-            connection = self.idle.popleft()
-            if connection.idle_call is not None and connection.idle_call.active():
-                connection.idle_call.cancel()
-            connection.idle_call = None
-            if connection.closed or connection.upstream.lost:
-                continue
-            self.busy.add(connection)
-            stream.attach(connection)
-            return stream
-        if len(self.waiting) >= self.limits.max_pending and self._full():
-            self._fail_later(
-                stream,
-                UpstreamFailure(
-                    "overflow",
-                    f"{self.limits.max_connections} connections busy and "
-                    f"{self.limits.max_pending} requests waiting",
-                    503,
-                ),
-            )
-            return stream
-        self.waiting.append(stream)
-        if not self._full():
-            self._connect(stream.owner)
-        return stream
-
-    def _full(self) -> bool:
-        return len(self.busy) + self.connecting >= self.limits.max_connections
-
-    def _fail_later(self, stream: Http1Stream, failure: UpstreamFailure) -> None:
-        # Never call the sink from inside open(): the exchange has no stream yet.
-        self.reactor.callLater(0, stream.failed, failure)
-
-    def _connect(self, owner: Any) -> None:
-        self.connecting += 1
-        d = self.dial(owner, UpstreamFactory(_Alpn()))
-        d.addCallbacks(self._connected, self._connect_failed)
-
-    def _connected(self, result: tuple[Any, Endpoint, int, float]) -> None:
-        self.connecting -= 1
-        upstream, endpoint, _, _ = result
-        connection = Http1Connection(self, upstream, endpoint)
-        if self.closed:
-            connection.close("the site is stopping")
-            return
-        self.busy.add(connection)
-        self._next(connection)
-
-    def _connect_failed(self, failure: Any) -> None:
-        self.connecting -= 1
-        error = failure.value
-        detail = str(error)
-        endpoint = getattr(error, "endpoint", None)
-        # One dial serves the first waiting request; the next ones try their own.
-        if self.waiting:
-            stream = self.waiting.popleft()
-            stream.failed(UpstreamFailure("unavailable", detail, 502, endpoint))
-        if self.waiting and not self._full():
-            self._connect(self.waiting[0].owner)
-
-    def _next(self, connection: Http1Connection) -> None:
-        if self.waiting and connection.reused and unread_bytes(connection.upstream):
-            # Sent after its last response and not read yet: never a waiting request's answer.
-            connection.close("the service sent data after its response")
-            return
-        while self.waiting:
-            stream = self.waiting.popleft()
-            if stream.done:
-                continue
-            stream.attach(connection)
-            return
-        self.busy.discard(connection)
-        self._park(connection)
-
-    def idle_again(self, connection: Http1Connection) -> None:
-        """``connection`` finished an exchange and may carry another."""
-        self._next(connection)
-
-    def _park(self, connection: Http1Connection) -> None:
-        if self.closed or len(self.idle) >= self.limits.max_idle:
-            connection.close("idle connections at max_idle")
-            return
-        connection.idle_call = self.reactor.callLater(
-            self.limits.idle_timeout, connection.close, "idle_timeout"
-        )
-        self.idle.append(connection)
-
-    def gone(self, connection: Http1Connection) -> None:
-        """``connection`` closed (its picker count is released)."""
-        self.busy.discard(connection)
-        with contextlib.suppress(ValueError):
-            self.idle.remove(connection)
-        self.released(connection.endpoint)
-        if self.waiting and not self._full() and not self.closed:
-            self._connect(self.waiting[0].owner)
-
-    def retain(self, endpoints: set[Endpoint]) -> None:
-        """Close idle connections to endpoints not in ``endpoints`` (the catalog changed)."""
-        for connection in list(self.idle):
-            if connection.endpoint not in endpoints:
-                connection.close("endpoint left the catalog")
-
-    def retry(self, stream: Http1Stream) -> None:
-        """``stream`` goes again, ahead of the requests waiting (see ``l7_retry``)."""
-        if self.closed:
-            self._fail_later(stream, UpstreamFailure("unavailable", "the site is stopping", 503))
-            return
-        self.waiting.appendleft(stream)
-
-    def forget(self, stream: Http1Stream) -> None:
-        """A waiting request was cancelled."""
-        with contextlib.suppress(ValueError):
-            self.waiting.remove(stream)
-
-    def close(self) -> None:
-        self.closed = True
-        for connection in list(self.idle):
-            connection.close("the site is stopping")
-        waiting, self.waiting = self.waiting, deque()
-        for stream in waiting:
-            stream.failed(UpstreamFailure("unavailable", "the site is stopping", 503))

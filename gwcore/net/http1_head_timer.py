@@ -13,7 +13,8 @@ moved for that long: closed). That is Envoy's split: the connection manager's
 
 The codec says :meth:`HeadTimer.arm` when it starts to wait for a head (``started``:
 bytes of it are already buffered, e.g. pipelined), :meth:`HeadTimer.data` at every
-read, and :meth:`HeadTimer.disarm` once the head is complete.
+read, :meth:`HeadTimer.disarm` once the head is complete, and :meth:`HeadTimer.stop`
+when the connection is gone.
 """
 
 from __future__ import annotations
@@ -23,15 +24,22 @@ from typing import Any
 
 
 class HeadTimer:
-    """One connection's head deadline, counted from the first byte of a head."""
+    """One connection's head deadline, counted from the first byte of a head.
 
-    __slots__ = ("call", "clock", "on_expire", "timeout", "waiting")
+    Heads start and complete around every request of a kept-alive connection, so
+    that only moves a deadline: one ``DelayedCall`` stays scheduled and, when it comes
+    due, either expires the head, reschedules itself for a later deadline, or ends (no
+    head pending). A connection pays for a timer once per ``timeout``, not per request.
+    """
+
+    __slots__ = ("call", "clock", "deadline", "on_expire", "timeout", "waiting")
 
     def __init__(self, clock: Any, timeout: float, on_expire: Callable[[], None]) -> None:
         self.clock = clock
         self.timeout = timeout
         self.on_expire = on_expire
         self.call: Any = None
+        self.deadline: float | None = None
         self.waiting = False
         """A head is awaited and none of it came yet: the next byte starts the deadline."""
 
@@ -50,15 +58,31 @@ class HeadTimer:
             self._start()
 
     def disarm(self) -> None:
+        """No head is pending (the scheduled call, if any, finds nothing to do)."""
         self.waiting = False
+        self.deadline = None
+
+    def stop(self) -> None:
+        """The connection is gone: nothing stays scheduled."""
+        self.disarm()
         call, self.call = self.call, None
         if call is not None and call.active():
             call.cancel()
 
     def _start(self) -> None:
         self.waiting = False
-        self.call = self.clock.callLater(self.timeout, self._expired)
+        self.deadline = self.clock.seconds() + self.timeout
+        if self.call is None:
+            self.call = self.clock.callLater(self.timeout, self._due)
 
-    def _expired(self) -> None:
+    def _due(self) -> None:
         self.call = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        left = deadline - self.clock.seconds()
+        if left > 0:  # started again since this call was scheduled
+            self.call = self.clock.callLater(left, self._due)
+            return
+        self.deadline = None
         self.on_expire()

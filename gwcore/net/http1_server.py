@@ -2,14 +2,17 @@
 
 Rules (:mod:`gwcore.net.l7_core` has the contract with the exchange):
 
-- One request at a time. h11 answers ``PAUSED`` once a request is complete and its
-  response is not; the codec then stops reading the client, so pipelined requests
-  wait in the socket (and at most one TCP read in h11's buffer) and are answered in
-  order, each after the previous response ended.
+- One request at a time. h11 answers ``PAUSED`` once a request is complete, its
+  response is not, and bytes of a next request wait in its buffer; the codec then
+  stops reading the client, so pipelined requests wait in the socket (and at most one
+  TCP read in h11's buffer) and are answered in order, each after the previous
+  response ended. A client that sends nothing more while its response is on the way
+  is not paused and resumed around every request (two ``epoll_ctl`` calls each).
 - A request's body is read only once its exchange asks for it (``resumeProducing``
   on the codec, after authorization): a denied request's body never goes upstream.
-  ``Expect: 100-continue`` is answered ``100 Continue`` at that moment. While the
-  exchange has the body paused (the service is slow), the client is not read.
+  ``Expect: 100-continue`` is answered ``100 Continue`` at that moment. Until then
+  the client is paused as soon as a read leaves bytes h11 holds for later. While
+  the exchange has the body paused (the service is slow), the client is not read.
 - Bad HTTP (h11's ``RemoteProtocolError``: invalid framing, a head over
   ``max_request_headers_kb``; and ``Content-Length`` with ``Transfer-Encoding``,
   which h11 tolerates and RFC 9112 §6.1 lets a server refuse) is counted by reason,
@@ -29,6 +32,7 @@ from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.http1_head_timer import HeadTimer
+from gwcore.net.http_wire import ambiguous_framing, text_fields
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_upgrade import switch_client
 from gwcore.policy.http_method import BAD_METHOD, miscased_method
@@ -60,11 +64,14 @@ def bad_reason(error: h11.RemoteProtocolError) -> str:
     return "bad_framing"
 
 
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+_END = h11.EndOfMessage()
+"""The end of a message without trailers (h11's events are immutable: one will do)."""
+
+
 def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    return _PHRASES.get(status, b"")
 
 
 def _text(value: bytes) -> str:
@@ -86,6 +93,7 @@ class Http1Server:
         self.answering: _Answer | None = None
         """The writer of the response in progress (one at a time)."""
         self.body_wanted = False
+        self.body_paused = False  # the exchange paused the body (its service is slow)
         self.closed = False
         self.client_writable = True
         self.response_producer: Producer | None = None
@@ -119,7 +127,7 @@ class Http1Server:
 
     def connection_lost(self) -> None:
         self.closed = True
-        self.head_timer.disarm()
+        self.head_timer.stop()
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.client_gone("client connection lost")
@@ -146,55 +154,56 @@ class Http1Server:
 
     def pauseProducing(self) -> None:
         self.body_wanted = False
-        self._set_reading()
+        self.body_paused = True
+        self._set_reading(False)
 
     def resumeProducing(self) -> None:
         if self.closed or self.exchange is None:
             return
         self.body_wanted = True
+        self.body_paused = False
         if self.h11.they_are_waiting_for_100_continue:
             self._send(h11.InformationalResponse(status_code=100, headers=[]))
-        self._set_reading()
         self._drain()
 
     # --- reading -------------------------------------------------------------------
 
-    def _set_reading(self) -> None:
-        if self.closed:
+    def _set_reading(self, want: bool) -> None:
+        if self.closed or want == self.reading:
             return
-        # A body is read only when its exchange asks; the next request waits for the
-        # response to this one.
-        want = self.body_wanted if self.exchange is not None else self.answering is None
-        if want != self.reading:
-            self.reading = want
-            if want:
-                self.link.resume_reading()
-            else:
-                self.link.pause_reading()
+        self.reading = want
+        if want:
+            self.link.resume_reading()
+        else:
+            self.link.pause_reading()
 
     def _drain(self) -> None:
         if self.draining:
             return  # called back from inside the loop (an answer written at once)
         self.draining = True
         try:
-            self._drain_events()
+            held = self._drain_events()
         finally:
             self.draining = False
-        self._set_reading()
+        self._set_reading(not held)
 
-    def _drain_events(self) -> None:
+    def _drain_events(self) -> bool:
+        """Hand h11's events to the exchanges; True when the client must not be read
+        now: bytes wait in h11's buffer for later (a body not asked for yet, the next
+        request while this one's response is on its way) or the body is paused."""
         while not self.closed:
             if self.exchange is not None and not self.body_wanted:
-                break  # its exchange has not asked for the body (yet)
+                # Its exchange has not asked for the body (yet), or paused it.
+                return self.body_paused or bool(self.h11.trailing_data[0])
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
                 self._bad_request(bad_reason(e), str(e), e.error_status_hint)
-                return
+                return True
             if event is h11.NEED_DATA:
-                break
+                return False
             if event is h11.PAUSED:
-                break  # a request is complete and its response is not: wait
+                return True  # a next request came before this one's response ended
             if isinstance(event, h11.Request):
                 self._request(event)
             elif isinstance(event, h11.Data):
@@ -202,16 +211,21 @@ class Http1Server:
                     self.exchange.request_data(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 exchange, self.exchange = self.exchange, None
-                self.body_wanted = False
+                self.body_wanted = self.body_paused = False
                 if exchange is not None:
-                    trailers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
-                    exchange.request_end(trailers if len(trailers) else None)
+                    raw = event.headers.raw_items()
+                    exchange.request_end(Headers(text_fields(raw)) if raw else None)
                 self._next_cycle()
+                if self.answering is not None and not self.closed:
+                    # Its response is on the way: h11 could only say PAUSED (a next
+                    # request's bytes wait) or NEED_DATA; its buffer says as much.
+                    return bool(self.h11.trailing_data[0])
             elif isinstance(event, h11.ConnectionClosed):
                 if self.answering is None and self.exchange is None:
                     self.link.close("completed")
                     self.closed = True
-                break
+                return False
+        return True
 
     def _head_late(self) -> None:
         if self.closed or self.answering is not None or self.exchange is not None:
@@ -228,31 +242,37 @@ class Http1Server:
         raw = event.headers.raw_items()
         # h11 bounds only a head that arrives in pieces; one that came whole is
         # measured here against the same limit.
-        size = len(event.method) + len(event.target) + sum(len(k) + len(v) + 4 for k, v in raw)
+        size = len(event.method) + len(event.target)
+        authority = None
+        for k, v in raw:
+            size += len(k) + len(v) + 4
+            if authority is None and k.lower() == b"host":
+                authority = v
         if size > self.max_head:
             self._bad_request("headers_too_large", f"request head of {size} bytes", 431)
             return
-        names = {bytes(k).lower() for k, _ in raw}
-        if b"content-length" in names and b"transfer-encoding" in names:
+        if ambiguous_framing(raw):
             self._bad_request(
                 "content_length_with_transfer_encoding",
                 "Content-Length together with Transfer-Encoding",
                 400,
             )
             return
-        if miscased_method(_text(event.method)):
-            self._bad_request(BAD_METHOD, f"method {_text(event.method)!r} (case)", 400)
+        method = _text(event.method)
+        if miscased_method(method):
+            self._bad_request(BAD_METHOD, f"method {method!r} (case)", 400)
             return
-        headers = Headers((_text(k), _text(v)) for k, v in event.headers.raw_items())
+        fields = text_fields(raw)
+        headers = Headers(fields)
         request = HttpRequest(
-            method=_text(event.method),
+            method=method,
             path=_text(event.target),
-            authority=headers.get("host", "") or "",
+            authority=_text(authority) if authority is not None else "",
             scheme="https",
             http_version="HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0",
             headers=headers,
         )
-        self.body_wanted = False
+        self.body_wanted = self.body_paused = False
         answer = self.answering = _Answer(self, request.method)
         exchange = answer.exchange = self.starter.start(request, answer)
         if answer.finished:
@@ -311,7 +331,7 @@ class Http1Server:
             ]
             if self._send(h11.Response(status_code=status, headers=head)):
                 self._send(h11.Data(data=body))
-                self._send(h11.EndOfMessage())
+                self._send(_END)
         self.closed = True
         self.link.close("bad_request")
 
@@ -333,26 +353,27 @@ class _Answer:
         codec = self.codec
         if codec.closed or self.finished:
             return
-        headers = [(k, v) for k, v in response.headers]
-        if codec.stopping:
-            headers.append(("connection", "close"))  # the last response (drain)
-        elif codec.h11.their_state is not h11.DONE and codec.h11.they_are_waiting_for_100_continue:
-            # Answered before the body was asked for: the client may still send it,
-            # or may never; only a close keeps the framing certain. (h11 forgets the
-            # wait once a response goes out: remembered for write_end.)
-            headers.append(("connection", "close"))
-            self.unsent_body = True
-        self.trailers_ok = (
-            codec.h11.their_http_version == b"1.1"
-            and response.status not in (204, 304)
-            and self.method != "HEAD"
-            and not any(k.lower() == "content-length" for k, _ in headers)
-        )
         try:  # h11 checks names and values as it builds the event
+            headers = _wire(response.headers)
+            if codec.stopping:
+                headers.append((b"connection", b"close"))  # the last response (drain)
+            elif (
+                codec.h11.their_state is not h11.DONE
+                and codec.h11.they_are_waiting_for_100_continue
+            ):
+                # Answered before the body was asked for: the client may still send it,
+                # or may never; only a close keeps the framing certain. (h11 forgets the
+                # wait once a response goes out: remembered for write_end.)
+                headers.append((b"connection", b"close"))
+                self.unsent_body = True
+            self.trailers_ok = (
+                codec.h11.their_http_version == b"1.1"
+                and response.status not in (204, 304)
+                and self.method != "HEAD"
+                and b"content-length" not in {k.lower() for k, _ in headers}
+            )
             head = h11.Response(
-                status_code=response.status,
-                headers=_wire(headers),
-                reason=_phrase(response.status),
+                status_code=response.status, headers=headers, reason=_phrase(response.status)
             )
         except (h11.LocalProtocolError, UnicodeError) as e:
             codec.refuse_response(str(e))
@@ -373,12 +394,13 @@ class _Answer:
             return
         self.finished = True
         codec.response_producer = None
-        fields = list(trailers) if trailers is not None and self.trailers_ok else []
-        try:
-            end = h11.EndOfMessage(headers=_wire(fields))
-        except (h11.LocalProtocolError, UnicodeError) as e:
-            codec.refuse_response(str(e))
-            return
+        end = _END
+        if trailers is not None and self.trailers_ok and len(trailers):
+            try:
+                end = h11.EndOfMessage(headers=_wire(trailers))
+            except (h11.LocalProtocolError, UnicodeError) as e:
+                codec.refuse_response(str(e))
+                return
         if not codec._send(end):
             return
         if codec.answering is self:
@@ -392,10 +414,15 @@ class _Answer:
                 codec.link.close("completed")
                 return
             codec.exchange = _Discard()
-            codec.body_wanted = True
+            codec.body_wanted, codec.body_paused = True, False
         codec._next_cycle()
-        if not codec.closed:
+        if codec.closed:
+            return
+        data, eof = codec.h11.trailing_data
+        if data or eof or codec.exchange is not None:
             codec._drain()
+        else:
+            codec._set_reading(True)  # nothing waits: h11 would only say NEED_DATA
 
     def abort(self, reason: str) -> None:
         codec = self.codec
@@ -408,7 +435,7 @@ class _Answer:
             head = [("content-length", str(len(body))), ("connection", "close")]
             if codec._send(h11.Response(status_code=502, headers=head)):
                 codec._send(h11.Data(data=body))
-                codec._send(h11.EndOfMessage())
+                codec._send(_END)
         codec.closed = True
         codec.link.close("upstream_reset")
 

@@ -16,6 +16,11 @@ def latin1_fields(fields: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields]
 
 
+def text_fields(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """h11's ``headers.raw_items()`` as latin-1 text (every byte round-trips)."""
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
 def ambiguous_framing(fields: Iterable[tuple[bytes, bytes]]) -> bool:
     """A message with both ``Content-Length`` and ``Transfer-Encoding``: RFC 9112 §6.3
     lets Transfer-Encoding win, but a peer that reads the length instead frames it

@@ -8,7 +8,7 @@ that turns client bytes into requests. For every request the codec starts one
 **exchange** and talks to it only through the interfaces below; the exchange
 (:mod:`gwcore.runtime.l7_exchange`) runs the per-request steps (limits → path
 normalisation → authorization → addons → upstream → response → record) and talks to
-an **upstream client** (HTTP/1.1 pool in :mod:`gwcore.net.http1_client`; HTTP/2 the
+an **upstream client** (HTTP/1.1 pool in :mod:`gwcore.net.http_pool`; HTTP/2 the
 same way) only through the interfaces below. No HTTP framing crosses these lines:
 heads are :class:`~gwcore.contract.http_flow.HttpRequest` /
 :class:`~gwcore.contract.http_flow.HttpResponse`, bodies are ``bytes`` chunks,

@@ -25,10 +25,15 @@ from twisted.logger import Logger
 from gwcore.net.h2_downstream import Http2Server
 from gwcore.net.http1_server import Http1Server
 from gwcore.net.l7_core import DownstreamCodec, ExchangeStarter, L7Limits
+from gwcore.net.write_batch import BATCH, HeldWrites
 
 log = Logger(namespace="tgw.http")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+LINGER_SECONDS = 5.0
+"""How long a connection closed after a bad request still reads (and drops) what the
+client sends, so the answer is not lost to a reset (nginx: ``lingering_timeout``)."""
 
 CODECS: dict[str, Callable[..., DownstreamCodec]] = {"HTTP/1.1": Http1Server, "HTTP/2": Http2Server}
 """Downstream codec classes by protocol; HTTP/2 registers ``"HTTP/2"`` here."""
@@ -99,6 +104,10 @@ class L7Session:
         self.read_closed = False
         self._first = b""
         self._writable = True
+        # What the codec writes while one read is handled goes out as one TLS write
+        # (gwcore.net.write_batch): a small response is one record, one send.
+        self._out = HeldWrites(self._write_now)
+        self._linger: Any = None  # the end of a lingering close (_close_lingering)
 
     # --- the splice's side (what an UpstreamProtocol offers) -----------------------
 
@@ -107,12 +116,13 @@ class L7Session:
         if self.lost:
             return
         try:
-            codec = self.codec
-            if codec is None:
-                codec = self._start_codec(data)
+            with BATCH:
+                codec = self.codec
                 if codec is None:
-                    return
-            codec.data_received(data)
+                    codec = self._start_codec(data)
+                    if codec is None:
+                        return
+                codec.data_received(data)
         except Exception:
             self._internal_error()
 
@@ -135,14 +145,42 @@ class L7Session:
 
     def shutdown(self) -> None:
         """The client side closes (its connection lost, a policy close, a site stop)."""
+        linger, self._linger = self._linger, None
+        if linger is not None and linger.active():
+            linger.cancel()
         if self.lost:
             return
+        self._end()
+        down = self.downstream
+        if down is not None:
+            down.upstream_lost()
+
+    def _end(self) -> None:
+        self._out.flush()
         self.lost = True
         codec = self.codec
         if codec is not None:
             codec.connection_lost()
+
+    def _close_lingering(self) -> None:
+        """After a bad request's answer: close_notify and FIN, then keep reading (and
+        dropping) what the client still sends for up to :data:`LINGER_SECONDS` before
+        the close. Closed at once with unread bytes, the connection would be reset, and
+        a client still writing its request (a 1 MiB request line) would lose the
+        ``400``/``431`` it was sent (nginx's ``lingering_close`` does the same)."""
+        self._end()
         down = self.downstream
-        if down is not None:
+        if down is None:
+            return
+        down.transport.resumeProducing()
+        down.upstream_eof()
+        if not down.lost:
+            self._linger = self.limits.clock.callLater(LINGER_SECONDS, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        down = self.downstream
+        if down is not None and not down.lost:
             down.upstream_lost()
 
     def drain(self) -> None:
@@ -179,6 +217,10 @@ class L7Session:
     # --- ClientLink (what the codec calls) -----------------------------------------
 
     def write(self, data: bytes) -> None:
+        if not self.lost:
+            self._out.write(data)
+
+    def _write_now(self, data: bytes) -> None:
         down = self.downstream
         if down is not None and not self.lost:
             down.send_to_client(data)
@@ -198,6 +240,9 @@ class L7Session:
         down = self.downstream
         if down is not None and down.close_cause is None:
             down.close_cause = cause
+        if cause == "bad_request" and not self.lost and self.limits.clock is not None:
+            self._close_lingering()
+            return
         self.shutdown()
 
     def bad_request(self, reason: str, detail: str) -> None:
@@ -212,7 +257,9 @@ class L7Session:
             codec.set_client_writable(False)
 
     def end_writes(self) -> None:
-        """Half-close toward the client (close_notify, FIN); its bytes are still read."""
+        """Half-close toward the client (close_notify, FIN) after what was written (a
+        batch may still hold it); its bytes are still read."""
         down = self.downstream
         if down is not None and not self.lost:
+            self._out.flush()
             down.upstream_eof()

@@ -49,7 +49,7 @@ from gwcore.contract.events import (
 )
 from gwcore.net import conn_observe as observe
 from gwcore.net.access_fields import next_connection_id
-from gwcore.net.bio import encrypt, pieces
+from gwcore.net.bio import RecordIO, pieces, record_io
 from gwcore.net.first_hello import FirstHello
 from gwcore.net.splice import SplicedClient, State, UpstreamProtocol, flush_bio
 from gwcore.net.tls import ALPN_BY_PROTOCOL, ServerTLS
@@ -68,8 +68,6 @@ if TYPE_CHECKING:
 
 MAX_EARLY_BYTES = 256 * 1024
 """Plaintext a client may send before its upstream is connected; more is abuse."""
-
-RECV_CHUNK = 1 << 16
 
 log = Logger(namespace="tgw.connection")
 
@@ -116,6 +114,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         observe.init_facts(self)  # monotonic start, TLS and certificate fields (access log)
         self.routes, self.material = site.current()
         self.tls: SSL.Connection | None = None
+        self.io: RecordIO | None = None  # the data-path calls on self.tls (gwcore.net.bio)
         self.info: ConnectionInfo | None = None
         self.sni: str | None = None
         self.destination: Destination | None = None
@@ -220,18 +219,18 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     # --- bytes from the client ----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        tls = self.tls
-        if tls is None:
+        io = self.io
+        if io is None:
             self.saw_bytes = True
             hello = self._hello
             if hello is None or not hello.feed(data):
                 return
             self._hello = None
-            tls, data = hello.start(self.material, self)
-            self.tls = tls
+            self.tls, data = hello.start(self.material, self)
+            io = self.io = record_io(self.tls)
         plain: list[bytes] = []  # the whole read's plaintext: one write to the service
         for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
-            tls.bio_write(piece)
+            io.feed(piece)
             self._records.feed(piece)
             if self.state is State.SPLICING:
                 self._pump_to_upstream(plain)
@@ -245,8 +244,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def _pump_to_upstream(self, plain: list[bytes]) -> None:
         """Decrypt the whole records fed so far into ``plain`` (sent by the caller); an
         end of stream sends what came before it, then half-closes."""
-        tls = self.tls
-        assert tls is not None
+        io = self.io
+        assert io is not None
         # OpenSSL hands out one record (<= 16 KiB) per recv. One recv per whole
         # record that arrived: no last call just to hear WantReadError.
         records = self._records
@@ -256,7 +255,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         quiet = True
         for _ in range(ready):
             try:
-                plain.append(tls.recv(RECV_CHUNK))
+                plain.append(io.read())
             except SSL.WantReadError:
                 quiet = False
                 break
@@ -280,11 +279,11 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             self.upstream.send(data)
 
     def _pump_early(self) -> None:
-        tls = self.tls
-        assert tls is not None
+        io = self.io
+        assert io is not None
         while True:
             try:
-                chunk = tls.recv(RECV_CHUNK)
+                chunk = io.read()
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -309,12 +308,12 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
 
     def send_to_client(self, data: bytes) -> None:
         """Encrypt upstream bytes to the client (called by :class:`UpstreamProtocol`)."""
-        tls = self.tls
-        if tls is None or self.lost:
+        io = self.io
+        if io is None or self.lost:
             return
         self.bytes_down += len(data)
         try:
-            records = encrypt(tls, data)  # bounded BIO capacity (gwcore.net.bio)
+            records = io.encrypt(data)  # bounded BIO capacity (gwcore.net.bio)
         except SSL.Error as e:
             self._protocol_error(e)
             return
@@ -549,7 +548,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         super().connectionLost(reason)
 
     def _finishing(self) -> None:
-        self.tls = None
+        self.tls = self.io = None
 
     # --- reporting ------------------------------------------------------------
 

@@ -29,10 +29,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 
 from gwcore.contract.providers import LeafCertificate
-from gwcore.net.bio import encrypt, pieces
+from gwcore.net.bio import RecordIO, pieces, record_io
 from gwcore.net.peer_verify import verify_peer_in_handshake
 from gwcore.net.splice import UpstreamProtocol, flush_bio
-from gwcore.net.terminator import RECV_CHUNK
 from gwcore.net.tls import _add_roots
 from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
 from gwcore.policy.model import Endpoint
@@ -201,6 +200,7 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         self.alpn = alpn  # offered to the service: what the client agreed to with us
         self.ready: Deferred[TLSUpstreamProtocol] = Deferred()
         self.tls: SSL.Connection | None = None
+        self.io: RecordIO | None = None  # the data-path calls on self.tls (gwcore.net.bio)
         self.verify_error: int | None = None  # the first chain error (peer_verify)
         self.name_mismatch: str | None = None  # the name check's refusal (peer_verify)
         self.handshake_done = False
@@ -222,7 +222,7 @@ class TLSUpstreamProtocol(UpstreamProtocol):
             tls.set_session(self.session)
         if self.alpn:
             tls.set_alpn_protos([self.alpn])
-        self.tls = tls
+        self.tls, self.io = tls, record_io(tls)
         self._handshake()
 
     def _handshake(self) -> None:
@@ -281,10 +281,10 @@ class TLSUpstreamProtocol(UpstreamProtocol):
     def _received(self, data: bytes, plain: list[bytes]) -> None:
         """Feed ``data`` to OpenSSL; the plaintext of its whole records goes to ``plain``
         (an end of stream sends what came before it first)."""
-        tls = self.tls
-        if tls is None:
+        io = self.io
+        if io is None:
             return
-        tls.bio_write(data)
+        io.feed(data)
         records = self._records
         records.feed(data)
         if self.handshake_done:
@@ -303,7 +303,7 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         while ready:
             ready -= 1
             try:
-                plain.append(tls.recv(RECV_CHUNK))
+                plain.append(io.read())
             except SSL.WantReadError:  # a record without data (a ticket, a KeyUpdate)
                 quiet = False
                 break
@@ -332,10 +332,10 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         self.transport.abortConnection()
 
     def send(self, data: bytes) -> None:
-        tls = self.tls
-        if tls is None:
+        io = self.io
+        if io is None:
             return
-        self.transport.writeSequence(encrypt(tls, data))  # bounded BIO (gwcore.net.bio)
+        self.transport.writeSequence(io.encrypt(data))  # bounded BIO (gwcore.net.bio)
 
     def send_eof(self) -> None:
         tls = self.tls

@@ -43,6 +43,13 @@ from gwcore.policy.model import Destination, Endpoint, Health, ServiceName
 POLICIES = ("round_robin", "least_request", "random")  # the site's lb_policy choices
 RESOLVER_POLICIES = (*POLICIES, "ring_hash", "maglev")  # a service-resolver's too
 HEALTH_ORDERS = ("weighted", "passing_first")
+_ORDERS = {
+    "round_robin": "_round_robin",
+    "least_request": "_least_request",
+    "random": "_random",
+    "ring_hash": "_hashed",
+    "maglev": "_hashed",
+}  # policy -> the EndpointPicker method that orders a tier
 _HASH_CACHE = 64  # hash structures kept (one per destination tier in use)
 ALIASES = {"least_connections": "least_request", "": "round_robin"}
 
@@ -103,6 +110,10 @@ class OutlierDetector:
         self.maximum = maximum
         self._state: dict[EndpointKey, _Outlier] = {}
 
+    def tracking(self) -> bool:
+        """Whether any endpoint has failures or ejections on record."""
+        return bool(self._state)
+
     def ejected(self, key: EndpointKey, now: float) -> bool:
         state = self._state.get(key)
         return state is not None and state.ejected_until > now
@@ -148,7 +159,7 @@ class EndpointPicker:
     ) -> None:
         self.outliers = outliers or OutlierDetector()
         self._rng = rng or random.Random()
-        self._key = ""
+        self._key: str | int = ""
         self._current: dict[EndpointKey, float] = {}  # smooth weighted round robin state
         self._active: dict[EndpointKey, int] = {}
         self._turns: dict[tuple[ServiceName, str], int] = {}
@@ -159,6 +170,8 @@ class EndpointPicker:
     def usable(self, destination: Destination, now: float) -> list[Endpoint]:
         """Non-critical endpoints, without the ejected ones unless none would be left."""
         live = [e for e in destination.endpoints if e.health is not Health.CRITICAL]
+        if not self.outliers.tracking():
+            return live  # nothing ever failed: nothing to skip (L7 asks once per request)
         kept = [e for e in live if not self.outliers.ejected(endpoint_key(destination, e), now)]
         return kept or live
 
@@ -166,27 +179,22 @@ class EndpointPicker:
         self,
         destination: Destination,
         now: float = 0.0,
-        key: str = "",
+        key: str | int = "",
         passing_first: bool = False,
     ) -> list[Endpoint]:
         """Endpoints to try for one new connection, in order; empty if none is usable.
 
-        ``key`` is the connection's hash key (``ring_hash``, ``maglev``);
+        ``key`` is the connection's hash key (``ring_hash``, ``maglev``), or an L7
+        request's hash (an ``int``, :mod:`gwcore.policy.request_hash`);
         ``passing_first`` is the site's ``health_order = "passing_first"``.
         """
-        passing, warning = health_tiers(self.usable(destination, now))
-        if not passing and not warning:
+        usable = self.usable(destination, now)  # passing and warning, in catalog order
+        if not usable:
             return []
-        tiers = (passing, warning) if passing_first else (self.usable_in_order(destination, now),)
+        tiers = health_tiers(usable) if passing_first else (usable,)
         policy = destination.lb_policy if destination.lb_policy in RESOLVER_POLICIES else ""
         policy = policy or policy_name(destination.lb_policy) or "round_robin"
-        order = {
-            "round_robin": self._round_robin,
-            "least_request": self._least_request,
-            "random": self._random,
-            "ring_hash": self._hashed,
-            "maglev": self._hashed,
-        }[policy]
+        order = getattr(self, _ORDERS[policy])
         self._key = key
         turn_key = (destination.service, destination.datacenter)
         turn = self._turns.get(turn_key, 0)
@@ -219,7 +227,7 @@ class EndpointPicker:
                 else Maglev(members)
             )
             self._hashes[cache_key] = table
-        if not self._key:  # nothing to hash on: behave as random, as Envoy does
+        if self._key == "":  # nothing to hash on: behave as random, as Envoy does
             return self._random(destination, tier, turn)
         return [tier[i] for i in table.order(self._key)]
 

@@ -90,7 +90,8 @@ class SiteConfig:
     max_connect_attempts: int = 3
     max_request_headers_kb: int = 60  # L7: largest request head (Consul's MaxRequestHeadersKB)
     request_head_timeout: float = 60.0  # L7 HTTP/1.1: time to a complete request head
-    http_max_upstream_connections: int = 64  # L7: per destination (gwcore.net.http1_client)
+    http_max_upstream_connections: int = 64  # L7: per destination (gwcore.net.http_pool)
+    # L7: idle connections kept per endpoint of a destination
     http_max_idle_upstream_connections: int = 16
     http_upstream_idle_timeout: float = 60.0
     http_max_pending_requests: int = 256  # L7: waiting for a pool connection; more: 503

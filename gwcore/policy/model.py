@@ -121,6 +121,10 @@ class HashPolicy:
     field_value: str = ""
     source_ip: bool = False
     terminal: bool = False
+    # CookieConfig: when set, a request without the cookie gets one generated (Envoy's
+    # route hash policy ``ttl``): None = never generate, 0.0 = a session cookie.
+    cookie_ttl: float | None = None
+    cookie_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)

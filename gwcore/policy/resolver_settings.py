@@ -11,8 +11,8 @@ in agent/structs/config_entry_discoverychain.go, applied in agent/xds/clusters.g
   endpoints (:mod:`gwcore.policy.lb`). At L4 the hash policies hash the connection's
   source identity (its SPIFFE ID) or, with ``SourceIP``, its address.
 - ``RequestTimeout`` and ``HashPolicies`` on ``header``/``cookie``/``query_parameter``
-  are L7 route settings. tgw has no L7 routes yet: they are validated, reported in
-  ``/routes``, and take effect once L7 lands.
+  are L7 route settings: at ``http`` destinations each request is hashed by them
+  (:mod:`gwcore.policy.request_hash`); they are also reported in ``/routes``.
 - ``DefaultSubset``, ``Redirect`` and ``Failover`` are decided by the calling sidecar's
   discovery chain in Consul; the gateway validates and reports them (``DefaultSubset``
   also picks the plain name's endpoints, as Consul's gateways do).
@@ -226,7 +226,27 @@ def _hash_policy(raw: Any, at: str, problems: list[tuple[str, str]]) -> HashPoli
         problems.append(
             (f"{at}.CookieConfig", "Only cookie based hash policies can set CookieConfig")
         )
-    return HashPolicy(fld, value, src, term) if len(problems) == before else None
+    ttl, path = _cookie_config(cookie, at, problems) if cookie and fld == "cookie" else (None, "")
+    return HashPolicy(fld, value, src, term, ttl, path) if len(problems) == before else None
+
+
+def _cookie_config(raw: Any, at: str, problems: list[tuple[str, str]]) -> tuple[float | None, str]:
+    """``CookieConfig`` {Session, TTL, Path}: the generated cookie's lifetime (0.0: a
+    session cookie; None: none is generated, as Consul when neither is set) and path."""
+    if not isinstance(raw, Mapping):
+        problems.append((f"{at}.CookieConfig", "must be an object"))
+        return None, ""
+    _, session = _get(raw, "session")
+    ttl_key, ttl = _get(raw, "ttl")
+    _, path = _get(raw, "path")
+    seconds = None if ttl in (None, "", 0) else _duration(ttl)
+    if ttl not in (None, "", 0) and seconds is None:
+        problems.append((f"{at}.CookieConfig.{ttl_key}", f"bad duration {ttl!r}"))
+    if _bool(session) and seconds:
+        problems.append((f"{at}.CookieConfig", "a session cookie cannot have an associated TTL"))
+    if _bool(session):
+        return 0.0, str(path or "")
+    return seconds, str(path or "")
 
 
 def _redirect(

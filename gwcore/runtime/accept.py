@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from gwcore.contract.metrics import GatewayMetrics, SiteChildren
-from gwcore.net import fasttcp
+from gwcore.net import fasttcp, shared_accept
 from gwcore.policy.admission import Admission
 from gwcore.policy.config import SiteConfig
 
@@ -48,13 +48,17 @@ class Acceptor:
         self.listening = False
         self.inherited_listener: tuple[int, int] | None = None
         """(fd, address family) of a listening socket a worker inherited."""
+        self.shared_listener = False
+        """Whether that socket's accept queue is shared with other workers."""
 
     async def listen(self) -> None:
         """Listen on the site's endpoint (at start, or again after a failed reload)."""
         # The data-path transports (gwcore.net.fasttcp) for tcp/tcp6 listeners.
         if self.inherited_listener is not None:
-            # Adopting duplicates the descriptor: the worker keeps its own.
-            self.port = fasttcp.adopt(self.reactor, *self.inherited_listener, self._factory())
+            # Adopting duplicates the descriptor: the worker keeps its own. On a queue
+            # shared by workers, one connection per wake-up (gwcore.net.shared_accept).
+            adopt = shared_accept.adopt if self.shared_listener else fasttcp.adopt
+            self.port = adopt(self.reactor, *self.inherited_listener, self._factory())
         else:
             self.port = await fasttcp.listen(self.reactor, self.config.listen, self._factory())
         self.listening = True

@@ -9,7 +9,7 @@ carries the bytes once connected comes from the forward step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -63,11 +63,47 @@ class Dialer:
             )
         )
 
+    def plan(self, conn: Any, key: str | int | None = None) -> list[Endpoint]:
+        """The endpoints ``conn`` would try, in order (at most ``max_connect_attempts``);
+        ``key`` overrides the connection's hash key (an L7 request's hash, or "" for
+        none). Empty when no strategy serves the destination (:meth:`connect` says why)."""
+        destination = conn.destination
+        try:
+            strategy = choose_strategy(self.strategies, destination)
+        except UpstreamConnectError:
+            return []
+        return self._order(conn, self._dialled(strategy, destination), key)
+
+    @staticmethod
+    def _dialled(strategy: UpstreamStrategy, destination: Destination) -> Destination:
+        # A strategy may dial other addresses than the destination's own (the mesh-gateway
+        # hop dials mesh gateways): balancing and ejection then apply to those.
+        dialled = getattr(strategy, "endpoints_for", None)
+        if dialled is not None:
+            return replace(destination, endpoints=tuple(dialled(destination)))
+        return destination
+
+    def _order(self, conn: Any, destination: Destination, key: str | int | None) -> list[Endpoint]:
+        endpoints = self.picker.candidates(
+            destination,
+            self.reactor.seconds(),
+            key=hash_key(destination, conn) if key is None else key,
+            passing_first=self.config.health_order == "passing_first",
+        )
+        if self._events.has_listeners("tgw_choose_endpoint"):
+            # addons may reorder (gwcore.contract.endpoint_choice)
+            endpoints = choose_endpoints(self._events, conn.info, destination, endpoints)
+        return endpoints[: self.config.max_connect_attempts]
+
     def connect(
-        self, conn: DownstreamProtocol, factory_for: Callable[[UpstreamStrategy], Any]
+        self,
+        conn: DownstreamProtocol,
+        factory_for: Callable[[UpstreamStrategy], Any],
+        endpoints: Sequence[Endpoint] | None = None,
     ) -> Deferred[Any]:
         """Connect ``conn``'s destination; the protocol comes from ``factory_for(strategy)``
-        (the forward step's, which may depend on the strategy chosen)."""
+        (the forward step's, which may depend on the strategy chosen). ``endpoints``: the
+        order :meth:`plan` gave (an L7 request chose them), else the connection's own."""
         destination = conn.destination
         assert destination is not None and conn.info is not None
         service = destination.name
@@ -81,22 +117,10 @@ class Dialer:
                 detail=e.detail,
             )
             return fail(e)
-        # A strategy may dial other addresses than the destination's own (the mesh-gateway
-        # hop dials mesh gateways): balancing and ejection then apply to those.
-        dialled = getattr(strategy, "endpoints_for", None)
-        if dialled is not None:
-            destination = replace(destination, endpoints=tuple(dialled(destination)))
-        endpoints = self.picker.candidates(
-            destination,
-            self.reactor.seconds(),
-            key=hash_key(destination, conn),
-            passing_first=self.config.health_order == "passing_first",
-        )
+        destination = self._dialled(strategy, destination)
         info = conn.info
-        if self._events.has_listeners("tgw_choose_endpoint"):
-            # addons may reorder (gwcore.contract.endpoint_choice)
-            endpoints = choose_endpoints(self._events, info, destination, endpoints)
-        endpoints = endpoints[: self.config.max_connect_attempts]
+        if endpoints is None:
+            endpoints = self._order(conn, destination, None)
         timeout = destination.connect_timeout or self.config.connect_timeout
         of = self.children.of
 

@@ -8,8 +8,9 @@ for a connection-level decision; its connect step hands the driver an
 :class:`~gwcore.net.l7_session.L7Session` in place of the upstream connection.
 Each request then runs :class:`~gwcore.runtime.l7_exchange.L7Exchange`.
 
-The step owns the upstream pools (one :class:`~gwcore.net.http1_client.Http1Pool`
-per destination; connections opened through the site's dial step) and what is
+The step owns the upstream pools (one :class:`~gwcore.net.http_pool.Http1Pool`
+per destination, its idle connections kept per endpoint; each request's endpoint
+chosen by :meth:`L7Step.plan`; connections opened through the site's dial step) and what is
 counted per request: ``tgw_http_*`` metrics and one access-log record each.
 """
 
@@ -25,14 +26,15 @@ from twisted.logger import Logger
 from gwcore.contract.metrics import service_labels
 from gwcore.contract.providers import AuthzRequest
 from gwcore.net.h2_upstream import Http2Pool
-from gwcore.net.http1_client import Http1Pool, PoolLimits
+from gwcore.net.http_pool import Choice, Http1Pool, PoolLimits
 from gwcore.net.l7_core import L7Limits, UpstreamFailure
 from gwcore.net.l7_session import L7Session
 from gwcore.net.proxied import ProxyHeaderFactory, caller_header
 from gwcore.policy.decision import ERROR_PREFIX
 from gwcore.policy.http_facts import DEFAULT_MESH_HTTP, HttpRequestFacts, MeshHttp, is_l7
 from gwcore.policy.model import Decision, Destination, Verdict
-from gwcore.policy.resolver_settings import parse_settings
+from gwcore.policy.request_hash import NO_HASH, request_hash
+from gwcore.policy.resolver_settings import HASH_POLICIES, parse_settings
 from gwcore.runtime.l7_exchange import L7Exchange
 from gwcore.runtime.l7_rules import PathMemo
 
@@ -162,16 +164,44 @@ class L7Step:
         pool = self.pools.get(key)
         if pool is None:
             site = self.site
+            # HTTP/1.1 chooses each request's endpoint (per-endpoint pools, hash
+            # policies); HTTP/2 multiplexes on whichever connection has room.
+            per_request = {"plan": self.plan} if destination.protocol == "http" else {}
             pool = self.pools[key] = UPSTREAM_CLIENTS[destination.protocol](
                 site.reactor,
-                lambda owner, factory: site.dialer.connect(
+                lambda owner, factory, endpoints=None: site.dialer.connect(
                     _DialFor(owner, self.current(owner)),
                     lambda strategy: self._factory(owner, factory, strategy),
+                    endpoints,
                 ),
                 self.pool_limits,
                 lambda endpoint: site.picker.closed(destination, endpoint),
+                **per_request,
             )
         return pool
+
+    def plan(self, owner: Any, request: HttpRequest) -> Choice:
+        """The endpoint order for one request of ``owner`` (docs/l7.md, "The upstream
+        pool"): the site's endpoint choice, keyed by the request's hash when the
+        destination's resolver has ``ring_hash``/``maglev`` with ``HashPolicies``."""
+        destination = self.current(owner)
+        lb = destination.load_balancer
+        key: str | int | None = None
+        hashed = NO_HASH
+        if destination.lb_policy in HASH_POLICIES:
+            if lb.hash_policies:
+                info = owner.info
+                hashed = request_hash(
+                    lb.hash_policies,
+                    request.headers,
+                    request.path,
+                    info.client_address,
+                    info.client_port,
+                )
+            # No policy yielded a hash: a random endpoint, as Envoy's ring hash.
+            key = "" if hashed.value is None else hashed.value
+        endpoints = self.site.dialer.plan(_DialFor(owner, destination), key)
+        return Choice(tuple(endpoints), hashed.value is not None, hashed.set_cookie)
 
     def _factory(self, owner: Any, factory: Any, strategy: Any) -> Any:
         """With ``upstream_proxy_protocol`` and plain TCP, each new upstream connection

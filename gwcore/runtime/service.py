@@ -158,6 +158,7 @@ class GatewayService(Service):
             site.ready_url = self.ready_url
             if self.worker is not None:
                 site.inherited_listener = self.worker.listener_for(site.config.listen)
+                site.acceptor.shared_listener = self.worker.shares(site.config.listen)
             await site.start()
             started[site_config.key] = site
         # Only now do the sites count for /ready (and for reload): all or nothing.
@@ -340,6 +341,7 @@ class GatewayService(Service):
                     site.ready_url = self.ready_url
                     if self.worker is not None:
                         site.inherited_listener = self.worker.listener_for(site.config.listen)
+                        site.acceptor.shared_listener = self.worker.shares(site.config.listen)
                     elif key in handover:
                         site.inherited_listener = handover[key].port.hand_over()
                     fresh[key] = site

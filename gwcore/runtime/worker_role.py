@@ -48,6 +48,12 @@ class WorkerRole:
             self.listeners[listen] = (sock.fileno(), sock.family)
         return self.listeners[listen]
 
+    def shares(self, listen: str) -> bool:
+        """Whether this worker's socket for ``listen`` is one accept queue shared with
+        the other workers (inherited from the supervisor), not one bound here."""
+        fd = self.listener_for(listen)[0]
+        return self.count > 1 and all(sock.fileno() != fd for sock in self._bound)
+
 
 def bind_listener(listen: str, reuse_port: bool = False, backlog: bool = True) -> socket.socket:
     """A listening, inheritable, non-blocking socket for a ``tcp:``/``tcp6:`` endpoint string

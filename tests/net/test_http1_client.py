@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from gwcore.contract.http_flow import Headers, HttpRequest
-from gwcore.net.http1_client import Http1Pool, PoolLimits
+from gwcore.net.http_pool import Http1Pool, PoolLimits
 from gwcore.net.splice import UpstreamProtocol
 from gwcore.policy.model import Endpoint
 

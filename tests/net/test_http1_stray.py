@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 
-from gwcore.net.http1_client import Http1Pool, PoolLimits
+from gwcore.net.http_pool import Http1Pool, PoolLimits
 from gwcore.net.splice import UpstreamProtocol
 from gwcore.policy.model import Endpoint
 from tests.net.test_http1_client import Sink, get

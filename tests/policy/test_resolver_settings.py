@@ -57,6 +57,12 @@ def test_settings_are_read_and_applied_to_the_destination():
          "[0].LoadBalancer.HashPolicies[0]", "both a source address"),
         ({"LoadBalancer": {"Policy": "maglev", "HashPolicies": [{"Field": "cookie"}]}},
          "[0].LoadBalancer.HashPolicies[0]", "without a FieldValue"),
+        ({"LoadBalancer": {"Policy": "maglev", "HashPolicies": [
+            {"Field": "cookie", "FieldValue": "id", "CookieConfig": {"Session": True, "TTL": "1m"}}
+        ]}}, "[0].LoadBalancer.HashPolicies[0].CookieConfig", "session cookie cannot have"),
+        ({"LoadBalancer": {"Policy": "maglev", "HashPolicies": [
+            {"Field": "cookie", "FieldValue": "id", "CookieConfig": {"TTL": "soon"}}
+        ]}}, "[0].LoadBalancer.HashPolicies[0].CookieConfig.TTL", "bad duration"),
         ({"Redirect": {}}, "[0].Redirect", "Redirect is empty"),
         ({"Redirect": {"ServiceSubset": "v1"}}, "[0].Redirect", "without Redirect.Service"),
         ({"Redirect": {"Service": "s3"}, "Failover": {"*": {"Datacenters": ["dc2"]}}},
@@ -70,3 +76,19 @@ def test_bad_settings_are_problems_naming_the_key(fields, where, text):
     entry, problems = parse(**fields)
     assert entry is None
     assert any(p.where == where and text in p.message for p in problems), problems
+
+
+def test_cookie_config_says_whether_and_how_a_cookie_is_generated():
+    """``CookieConfig`` as Consul hands it to Envoy: ``TTL`` generates a cookie with that
+    Max-Age, ``Session`` a session cookie (ttl 0), neither none; ``Path`` is kept."""
+
+    def policy(config):
+        entry, problems = parse(LoadBalancer={"Policy": "ring_hash", "HashPolicies": [
+            {"Field": "cookie", "FieldValue": "id", "CookieConfig": config}]})  # fmt: skip
+        assert problems == [] and entry is not None
+        (hashed,) = entry.settings.load_balancer.hash_policies
+        return hashed.cookie_ttl, hashed.cookie_path
+
+    assert policy({"TTL": "90s", "Path": "/app"}) == (90.0, "/app")
+    assert policy({"Session": True}) == (0.0, "")
+    assert policy({"Path": "/x"}) == (None, "/x")

@@ -12,7 +12,9 @@ import os
 import shutil
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -233,3 +235,60 @@ async def test_a_single_process_site_listens_with_the_configured_backlog() -> No
         assert listen_backlogs(listening.getHost().port) == [9]
     finally:
         await listening.stopListening()
+
+
+def accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the socket listening on ``port``
+    (/proc/net/tcp: a LISTEN socket's rx_queue is its accept queue's length)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+            return int(fields[4].split(":")[1], 16)
+    return 0
+
+
+def test_connections_opened_at_once_are_shared_by_both_workers(
+    tmp_path: Path,
+    spawn: Callable[..., Program],  # noqa: F811  (the imported fixture)
+    request: pytest.FixtureRequest,
+) -> None:
+    """With ``workers = 2`` on one shared socket, 16 connections waiting in its accept
+    queue when the workers run (both were frozen while the clients connected, as a
+    load generator opens its connections at once) are served by both workers, not by
+    whichever woke first: each takes one per wake-up (gwcore.net.shared_accept).
+    The access log's ``pid`` names the worker of each connection."""
+    count = 16
+    ports = Ports.pick()
+    upstream = Upstream(hello(b"HTTP/1.0 200 OK\r\n\r\nfrom billing"))
+    request.addfinalizer(upstream.close)
+    write_catalog(tmp_path, {"billing": upstream.port})
+    config = write_config(tmp_path, ports)
+    config.write_text(config.read_text().replace("[gateway]\n", "[gateway]\nworkers = 2\n", 1))
+    twistd = start_gateway(spawn, config, ports)
+    start_connect(spawn, config, ports, "billing")
+    wait_for(lambda: "2 workers serving" in twistd.output(), "both workers serving", twistd)
+    pids = wait_for(lambda: two_workers(twistd), "2 workers", twistd)
+
+    for pid in pids.values():
+        os.kill(pid, signal.SIGSTOP)
+    with ThreadPoolExecutor(count) as pool:
+        try:
+            answers = [pool.submit(http_through, ports.connect) for _ in range(count)]
+            wait_for(
+                lambda: accept_queue(ports.site) >= count or None,
+                f"{count} connections queued",
+                twistd,
+            )
+        finally:
+            for pid in pids.values():
+                os.kill(pid, signal.SIGCONT)
+        for answer in answers:
+            got = answer.result(timeout=SLOW_TIMEOUT)
+            assert b" 200 " in got.split(b"\r\n", 1)[0], got
+    records = wait_for(lambda: access_records(tmp_path, count), "the access records", twistd)
+    served = Counter(r["pid"] for r in records)
+    # Before: all 16 in the worker that ran first. Now about half each; at least 2
+    # each leaves room for a machine that runs one worker much later than the other.
+    assert set(served) == set(pids.values()) and min(served.values()) >= 2, served
+    twistd.popen.terminate()
+    twistd.popen.wait(STOP_TIMEOUT)
