@@ -41,7 +41,7 @@ framing fields with it, gets every event built the validating way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import h11
 
@@ -151,9 +151,9 @@ def _visible(value: bytes) -> bool:
     return bool(value) and not value.translate(None, _VCHAR)
 
 
-def _refuses(build: object) -> bool:
+def _refuses(build: Callable[[], object]) -> bool:
     try:
-        build()  # type: ignore[operator]
+        build()
     except h11.LocalProtocolError:
         return True
     return False
@@ -165,8 +165,8 @@ def detect() -> tuple[bool, bool]:
     whether they then still check a request's method and target."""
     host = (b"host", b"probe")
     try:
-        h11.Request(method=b"GET", target=b"/", headers=[host], _parsed=True)  # type: ignore[call-arg]
-        h11.Response(status_code=200, headers=[], reason=b"OK", _parsed=True)  # type: ignore[call-arg]
+        h11.Request(method=b"GET", target=b"/", headers=[host], _parsed=True)
+        h11.Response(status_code=200, headers=[], reason=b"OK", _parsed=True)
     except TypeError:
         return False, False
     framing = _refuses(
@@ -174,14 +174,12 @@ def detect() -> tuple[bool, bool]:
             method=b"GET",
             target=b"/",
             headers=[host, (b"content-length", b"1, 2")],
-            _parsed=True,  # type: ignore[call-arg]
+            _parsed=True,
         )
     )
     line = _refuses(
-        lambda: h11.Request(method=b"GET", target=b"/a b", headers=[host], _parsed=True)  # type: ignore[call-arg]
-    ) and _refuses(
-        lambda: h11.Request(method=b"G T", target=b"/", headers=[host], _parsed=True)  # type: ignore[call-arg]
-    )
+        lambda: h11.Request(method=b"GET", target=b"/a b", headers=[host], _parsed=True)
+    ) and _refuses(lambda: h11.Request(method=b"G T", target=b"/", headers=[host], _parsed=True))
     return framing, line
 
 
