@@ -10,9 +10,27 @@ kernel did not take. Reads use a 256 KiB buffer (Twisted reads 64 KiB), so a bul
 transfer crosses Python a quarter as often, and TCP_NODELAY is set: a relay
 forwards what it has at once.
 
-Everything else — flow control, half-close, producers, connection loss — is
-Twisted's own code path: the subclasses only override ``write`` and
-``writeSequence`` (and the client's "connected" notification). Listening and
+Closing: Twisted's ``loseConnection`` registers for writing and waits for the
+reactor to report the socket writable, then sends zero bytes, unregisters, and
+only then shuts the socket down (``loseWriteConnection`` likewise for a
+half-close): two ``epoll_ctl``, a wake-up and a ``send`` per close even when
+nothing is left to send. :func:`lose_connection` and :func:`lose_write_connection`
+do at once what that reactor turn would do when nothing is buffered and no
+producer is registered (the rule Twisted itself follows for a transport whose
+write side is already closed: the protocol's ``connectionLost`` may run before
+the call returns); with bytes still queued they are Twisted's own calls.
+
+The local address (``getHost``) is a system call in Twisted, each time it is asked.
+Here a connection accepted on a listener bound to one address reports the
+listener's address (the kernel can give it no other), and any other connection asks
+``getsockname`` once, when first asked, and keeps the answer. A connection whose
+``keep_host`` says so reads it just before its socket closes, for an access record
+built afterwards; nothing reads it for a connection nobody records.
+
+Everything else — flow control, producers, connection loss — is Twisted's own
+code path: the subclasses only override ``write`` and ``writeSequence`` (and the
+client's "connected" notification, and the end of ``doConnect``: a connected socket
+keeps the read registration it has). Listening and
 connecting go through :func:`listen` and :class:`TCPClientEndpoint`, which fall
 back to Twisted's endpoints for any endpoint type other than ``tcp``/``tcp6``.
 """
@@ -20,16 +38,21 @@ back to Twisted's endpoints for any endpoint type other than ``tcp``/``tcp6``.
 from __future__ import annotations
 
 import contextlib
+import errno
+import ipaddress
+import os
 import re
 import socket
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import error, main, tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Factory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 READ_SIZE = 256 * 1024
@@ -54,6 +77,27 @@ class _WriteNow:
     """Mixin for Twisted TCP connections (see the module docstring)."""
 
     bufferSize = READ_SIZE  # doRead's recv size, and the producer high-water mark
+    read_closed = False  # the peer's FIN was read (a half-closed connection)
+    _shouldShutdown: bool
+    _host: Any = None  # the local address, once known
+    keep_host: Callable[[], bool] | None = None
+    """Asked as the socket closes: read the local address now, for a record built later?"""
+
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = self._read_host()
+        return host
+
+    def _read_host(self) -> Any:
+        return super().getHost()  # type: ignore[misc]  # getsockname
+
+    def connectionLost(self, reason: Any) -> None:
+        keep = self.keep_host
+        if keep is not None and self._host is None and hasattr(self, "socket") and keep():
+            with contextlib.suppress(OSError):
+                self.getHost()
+        super().connectionLost(reason)  # type: ignore[misc]
 
     # Attributes of twisted.internet.abstract.FileDescriptor, declared for typing.
     connected: int
@@ -62,7 +106,10 @@ class _WriteNow:
     dataBuffer: bytes
     offset: int
     _tempDataLen: int
+    _writeDisconnecting: bool
     socket: Any
+    producer: Any
+    TLS: bool
 
     def write(self, data: bytes) -> None:
         if (
@@ -108,6 +155,66 @@ class _WriteNow:
         if sent < sum(map(len, iovec)):
             super().write(b"".join(iovec)[sent:])  # type: ignore[misc]
 
+    def _idle_for_close(self) -> bool:
+        """Nothing queued, no producer, not closing yet: what a reactor turn would find
+        before closing (abstract.FileDescriptor.doWrite)."""
+        return bool(
+            self.connected
+            and not self.disconnecting
+            and not self.TLS
+            and self.producer is None
+            and self._tempDataLen == 0
+            and self.offset == len(self.dataBuffer)
+        )
+
+    def close_now(self) -> bool:
+        """``loseConnection`` without the reactor turn, if nothing is left to send; False
+        (nothing done) otherwise."""
+        if not self._idle_for_close():
+            return False
+        # What the reactor does when doWrite reports the close (posixbase's
+        # _disconnectSelectable): stop watching the socket, then connectionLost.
+        self.stopReading()  # type: ignore[attr-defined]
+        self.stopWriting()  # type: ignore[attr-defined]
+        self.connectionLost(Failure(main.CONNECTION_DONE))  # type: ignore[attr-defined]
+        return True
+
+    def close_write_now(self) -> bool:
+        """``loseWriteConnection`` (FIN, reading goes on) without the reactor turn, if
+        nothing is left to send; False (nothing done) otherwise."""
+        if self._writeDisconnected or self._writeDisconnecting or not self._idle_for_close():
+            return False
+        self._writeDisconnecting = True
+        self._writeDisconnected = True  # set before the protocol hears of it, as doWrite does
+        self._closeWriteConnection()  # type: ignore[attr-defined]
+        # FIN is sent: the final close needs no second shutdown (it would only fail
+        # with ENOTCONN once the peer has closed too).
+        self._shouldShutdown = False
+        return True
+
+    def readConnectionLost(self, reason: Any) -> None:
+        self.read_closed = True  # the peer's FIN was read: resuming would only read it again
+        super().readConnectionLost(reason)  # type: ignore[misc]
+
+
+def lose_connection(transport: Any) -> None:
+    """``transport.loseConnection()``, at once when nothing is buffered (module docstring)."""
+    if not (isinstance(transport, _WriteNow) and transport.close_now()):
+        transport.loseConnection()
+
+
+def keep_local_address(transport: Any, when: Callable[[], bool]) -> None:
+    """Have ``transport`` read its local address as it closes if ``when()`` says so (for a
+    record built afterwards). Transports other than ours answer ``getHost`` at any time."""
+    if isinstance(transport, _WriteNow):
+        transport.keep_host = when
+
+
+def lose_write_connection(transport: Any) -> None:
+    """``transport.loseWriteConnection()``, at once when nothing is buffered."""
+    if not (isinstance(transport, _WriteNow) and transport.close_write_now()):
+        transport.loseWriteConnection()
+
 
 class Server(_WriteNow, tcp.Server):
     """An accepted connection with immediate writes."""
@@ -116,11 +223,31 @@ class Server(_WriteNow, tcp.Server):
         super().__init__(*args, **kwargs)
         _no_delay(self.socket)
 
+    def _read_host(self) -> Any:
+        port = self.server
+        bound = port.bound_host() if isinstance(port, Port) else None
+        return bound if bound is not None else super()._read_host()
+
 
 class Port(tcp.Port):
     """A listening port whose connections are :class:`Server`."""
 
     transport = Server
+    _bound: Any = None
+
+    def startListening(self) -> None:
+        super().startListening()
+        host = self.getHost()
+        try:
+            specific = not ipaddress.ip_address(host.host).is_unspecified
+        except ValueError:
+            specific = False
+        self._bound = host if specific else None
+
+    def bound_host(self) -> Any:
+        """The address every accepted connection has as its own, when the port listens on
+        one address (not a wildcard); ``None`` otherwise."""
+        return self._bound
 
     def hand_over(self) -> tuple[int, int]:
         """``(fd, address family)`` for a replacement site to adopt (a reload).
@@ -134,6 +261,33 @@ class Port(tcp.Port):
 
 class Client(_WriteNow, tcp.Client):
     """An outgoing connection with immediate writes; tells its factory when connected."""
+
+    def doConnect(self) -> None:
+        """Twisted's ``doConnect`` (called to start the attempt, then when the socket is
+        ready), except once connected: Twisted unregisters the socket for reading and
+        writing, then registers it for reading again (three ``epoll_ctl``); here only
+        the write registration goes (one), and ``_connectDone`` finds it reading."""
+        self.doWrite = self.doRead = self.doConnect  # until connected: "done or failed?"
+        if not hasattr(self, "connector"):
+            return  # the attempt already failed (a call scheduled before it did)
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
+            return
+        try:
+            result = self.socket.connect_ex(self.realAddress)
+        except OSError as e:
+            result = e.args[0]
+        if result in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+            self.startReading()
+            self.startWriting()
+            return
+        if result and result != errno.EISCONN:
+            self.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
+            return
+        del self.doWrite, self.doRead  # the class's own again
+        self.stopWriting()
+        self._connectDone()
 
     def _connectDone(self) -> None:
         _no_delay(self.socket)

@@ -257,7 +257,9 @@ class L7Session:
             codec.set_client_writable(False)
 
     def end_writes(self) -> None:
-        """Half-close toward the client (close_notify, FIN); its bytes are still read."""
+        """Half-close toward the client (close_notify, FIN) after what was written (a
+        batch may still hold it); its bytes are still read."""
         down = self.downstream
         if down is not None and not self.lost:
+            self._out.flush()
             down.upstream_eof()

@@ -11,6 +11,9 @@ untouched). Rules:
   (FIN) is passed to the client (``_send_close_notify`` first, for TLS, then FIN).
   Reading the other way goes on until both directions are done.
 - Either side being lost closes the other, after what was written is flushed.
+  With nothing buffered a close (or half-close) happens at once
+  (:func:`gwcore.net.fasttcp.lose_connection`), so the other side's
+  ``connectionLost`` may run inside the call: state is settled before each close.
 - A producer is unregistered (:func:`_release`) before its transport is
   (half-)closed, or Twisted would never finish the close of a paused transport.
 """
@@ -31,6 +34,7 @@ from zope.interface import implementer
 
 from gwcore.net.access_fields import address_of, complete, host_port, process_fields, rfc3339
 from gwcore.net.bio import BIO_CHUNK
+from gwcore.net.fasttcp import keep_local_address, lose_connection, lose_write_connection
 
 _log = Logger(namespace="tgw.connection")
 
@@ -91,9 +95,9 @@ def _release(transport: Any) -> None:
 
     Twisted will not finish closing a transport whose producer is registered and
     paused, and a paused peer would never notice its own close; so the peer is
-    resumed as it is released, unless it has already read its end of stream (an
-    upstream that sent FIN: reading it again only finds the same end, at the cost of
-    an epoll registration, a wake-up and a ``recv`` per connection).
+    resumed as it is released, unless it has already read its end of stream (a
+    client or upstream that sent FIN: reading it again only finds the same end, at
+    the cost of an epoll registration, a wake-up and a ``recv`` per connection).
     """
     producer = getattr(transport, "producer", None)
     if producer is None:
@@ -101,7 +105,10 @@ def _release(transport: Any) -> None:
     transport.unregisterProducer()
     if isinstance(producer, _PauseOnly):
         peer = producer.transport
-        if not getattr(getattr(peer, "protocol", None), "read_closed", False):
+        if not (
+            getattr(peer, "read_closed", False)  # gwcore.net.fasttcp transports
+            or getattr(getattr(peer, "protocol", None), "read_closed", False)
+        ):
             peer.resumeProducing()
 
 
@@ -124,7 +131,7 @@ class UpstreamProtocol(TwistedProtocol):
 
     def send_eof(self) -> None:
         """The client finished writing: half-close towards the service."""
-        self.transport.loseWriteConnection()
+        lose_write_connection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         down = self.downstream
@@ -214,7 +221,7 @@ class SplicedClient:
 
     def _splice(self, upstream: UpstreamProtocol, early: list[bytes]) -> None:
         """Join ``upstream`` (already attached and ``SPLICING``): send ``early`` bytes first."""
-        self.upstream_local_address = address_of(upstream.transport, local=True)
+        keep_local_address(upstream.transport, self._recorded)
         for chunk in early:
             self.bytes_up += len(chunk)
             upstream.send(chunk)
@@ -224,7 +231,7 @@ class SplicedClient:
             _release(upstream.transport)
             upstream.send_eof()
         if self.lost:
-            upstream.transport.loseConnection()
+            lose_connection(upstream.transport)
             return
         self.transport.resumeProducing()
 
@@ -249,7 +256,7 @@ class SplicedClient:
         if not self.lost:
             self._send_close_notify()
             _release(self.transport)
-            self.transport.loseWriteConnection()
+            lose_write_connection(self.transport)
         self._maybe_done()
 
     def upstream_lost(self) -> None:
@@ -264,7 +271,7 @@ class SplicedClient:
             self.close_cause = "upstream_closed"
         if not self.lost:
             _release(self.transport)
-            self.transport.loseConnection()
+            lose_connection(self.transport)
         self._maybe_finish()
 
     def _maybe_done(self) -> None:
@@ -273,10 +280,10 @@ class SplicedClient:
                 self.close_cause = "completed"
             if self.upstream is not None and not self.upstream.lost:
                 _release(self.upstream.transport)
-                self.upstream.transport.loseConnection()
+                lose_connection(self.upstream.transport)
             if not self.lost:
                 _release(self.transport)
-                self.transport.loseConnection()
+                lose_connection(self.transport)
 
     # closing --------------------------------------------------------------------
 
@@ -309,13 +316,13 @@ class SplicedClient:
             if abort:
                 self.upstream.transport.abortConnection()
             else:
-                self.upstream.transport.loseConnection()
+                lose_connection(self.upstream.transport)
         if not self.lost:
             _release(self.transport)
             if abort:
                 self.transport.abortConnection()
             else:
-                self.transport.loseConnection()
+                lose_connection(self.transport)
 
     def _stop_waiting(self) -> None:
         """Cancel the deadline and whatever Deferred the connection waits on."""
@@ -331,11 +338,11 @@ class SplicedClient:
         if self.close_cause is None:
             self.close_cause = "client_closed"
         self._stop_waiting()
+        self.state = State.CLOSED  # before the upstream's close, which may finish at once
         upstream = self.upstream
         if upstream is not None and not upstream.lost:
             _release(upstream.transport)
-            upstream.transport.loseConnection()
-        self.state = State.CLOSED
+            lose_connection(upstream.transport)
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
@@ -358,7 +365,7 @@ class SplicedClient:
         from gwcore.contract.events import ConnectionInfo
 
         peer = self.transport.getPeer()
-        self.local_address = address_of(self.transport, local=True)
+        keep_local_address(self.transport, self._recorded)  # the local address, read when needed
         self.info = ConnectionInfo(
             site=self.site.name,
             connection_id=self.connection_id,
@@ -372,6 +379,12 @@ class SplicedClient:
             self.transport.abortConnection()
             return False
         return True
+
+    def _recorded(self) -> bool:
+        """Whether this connection's access record will be built (its socket addresses
+        are then read before the sockets close)."""
+        wanted = getattr(self.site, "records_wanted", None)
+        return True if wanted is None else bool(wanted(self))
 
     def _pending_failed(self, failure: Any) -> None:
         """The client left while we were waiting (cancelled), or a bug: never unhandled."""
@@ -402,14 +415,16 @@ class SplicedClient:
             "connection_id": self.connection_id,
             **process_fields(),
             "client": self.client_label() if self.info is not None else None,
-            "downstream_local_address": getattr(self, "local_address", None),
+            "downstream_local_address": address_of(self.transport, local=True),
             "sni": self.sni,
             **self.record_fields(),
             "upstream_host": str(endpoint) if endpoint is not None else None,
             "endpoint": str(self.endpoint) if self.endpoint else None,
             "endpoint_hostname": meta.get("hostname") if "address_source" in meta else None,
             "endpoint_source": meta.get("address_source"),
-            "upstream_local_address": getattr(self, "upstream_local_address", None),
+            "upstream_local_address": address_of(self.upstream.transport, local=True)
+            if self.upstream is not None
+            else None,
             "bytes_upstream": self.bytes_up,
             "bytes_downstream": self.bytes_down,
             "duration_seconds": round(duration, 6),

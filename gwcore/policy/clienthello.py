@@ -85,41 +85,7 @@ Result = _NeedMore | ClientHello | HelloError
 
 
 class _MalformedError(Exception):
-    """Internal: raised by :class:`_Reader`, turned into a :class:`HelloError` value."""
-
-
-class _Reader:
-    """Length-checked reads over one buffer (every read stays inside its container)."""
-
-    __slots__ = ("data", "end", "pos")
-
-    def __init__(self, data: bytes | memoryview, pos: int = 0, end: int | None = None) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = len(data) if end is None else end
-
-    def take(self, n: int, what: str) -> bytes:
-        if n > self.end - self.pos:
-            raise _MalformedError(f"{what} runs past its container")
-        chunk = bytes(self.data[self.pos : self.pos + n])
-        self.pos += n
-        return chunk
-
-    def uint(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what), "big")
-
-    def vector(self, size: int, what: str) -> _Reader:
-        """A length-prefixed sub-vector (``size``-byte length), as a reader of its own."""
-        n = self.uint(size, f"{what} length")
-        if n > self.end - self.pos:
-            raise _MalformedError(f"{what} runs past its container")
-        sub = _Reader(self.data, self.pos, self.pos + n)
-        self.pos += n
-        return sub
-
-    @property
-    def left(self) -> int:
-        return self.end - self.pos
+    """Internal: raised by the body parser, turned into a :class:`HelloError` value."""
 
 
 class ClientHelloParser:
@@ -222,78 +188,98 @@ class ClientHelloParser:
             # 1.3 client's change_cipher_spec or 0-RTT data. Those are not examined.)
             return HelloError("malformed", "a handshake message follows the ClientHello")
         try:
-            server_name, alpn = _parse_body(memoryview(message)[HANDSHAKE_HEADER:total])
+            server_name, alpn = _parse_body(message, HANDSHAKE_HEADER, total)
         except _MalformedError as e:
             return HelloError("malformed", str(e))
         return ClientHello(server_name, alpn, self._consumed)
 
 
-def _parse_body(body: memoryview) -> tuple[bytes | None, tuple[bytes, ...]]:
-    r = _Reader(body)
-    r.take(2, "legacy_version")
-    r.take(32, "random")
-    session_id = r.vector(1, "legacy_session_id")
-    if session_id.left > 32:
+# The body is read with offsets into the one reassembled buffer: ``_vector`` returns the
+# bounds of a length-prefixed vector and checks that it fits its container, so nothing
+# is copied but the server name and the ALPN names themselves.
+
+
+def _vector(data: bytearray, pos: int, end: int, size: int, what: str) -> tuple[int, int]:
+    """``(start, stop)`` of the vector at ``pos`` whose length takes ``size`` (1 or 2)
+    bytes; it must end by ``end``."""
+    start = pos + size
+    if start > end:
+        raise _MalformedError(f"{what} length runs past its container")
+    n = data[pos] if size == 1 else data[pos] << 8 | data[pos + 1]
+    stop = start + n
+    if stop > end:
+        raise _MalformedError(f"{what} runs past its container")
+    return start, stop
+
+
+def _parse_body(data: bytearray, pos: int, end: int) -> tuple[bytes | None, tuple[bytes, ...]]:
+    """Server name and ALPN list of the ClientHello body ``data[pos:end]``."""
+    pos += 2 + 32  # legacy_version, random
+    if pos > end:
+        raise _MalformedError("random runs past its container")
+    start, pos = _vector(data, pos, end, 1, "legacy_session_id")
+    if pos - start > 32:
         raise _MalformedError("legacy_session_id longer than 32 bytes")
-    suites = r.vector(2, "cipher_suites")
-    if suites.left < 2 or suites.left % 2:
-        raise _MalformedError(f"cipher_suites of {suites.left} bytes")
-    compression = r.vector(1, "legacy_compression_methods")
-    if compression.left < 1:
+    start, pos = _vector(data, pos, end, 2, "cipher_suites")
+    if pos - start < 2 or (pos - start) % 2:
+        raise _MalformedError(f"cipher_suites of {pos - start} bytes")
+    start, pos = _vector(data, pos, end, 1, "legacy_compression_methods")
+    if pos == start:
         raise _MalformedError("no compression method")
-    if r.left == 0:
+    if pos == end:
         return None, ()  # no extensions at all (TLS 1.2 and older may omit them)
-    extensions = r.vector(2, "extensions")
-    if r.left:
-        raise _MalformedError(f"{r.left} bytes after the extensions")
+    pos, extensions_end = _vector(data, pos, end, 2, "extensions")
+    if extensions_end != end:
+        raise _MalformedError(f"{end - extensions_end} bytes after the extensions")
     seen: set[int] = set()
     server_name: bytes | None = None
     alpn: tuple[bytes, ...] = ()
-    while extensions.left:
-        kind = extensions.uint(2, "extension type")
-        data = extensions.vector(2, f"extension {kind}")
+    while pos < extensions_end:
+        if pos + 2 > extensions_end:
+            raise _MalformedError("extension type runs past its container")
+        kind = data[pos] << 8 | data[pos + 1]
+        start, pos = _vector(data, pos + 2, extensions_end, 2, f"extension {kind}")
         if kind in seen:
             raise _MalformedError(f"extension {kind} appears twice")
         seen.add(kind)
         if kind == _EXT_SERVER_NAME:
-            server_name = _server_name(data)
+            server_name = _server_name(data, start, pos)
         elif kind == _EXT_ALPN:
-            alpn = _alpn(data)
+            alpn = _alpn(data, start, pos)
     return server_name, alpn
 
 
-def _server_name(data: _Reader) -> bytes:
-    names = data.vector(2, "server_name_list")
-    if data.left:
+def _server_name(data: bytearray, pos: int, end: int) -> bytes:
+    pos, names_end = _vector(data, pos, end, 2, "server_name_list")
+    if names_end != end:
         raise _MalformedError("bytes after server_name_list")
-    if not names.left:
+    if pos == names_end:
         raise _MalformedError("empty server_name_list")
     host: bytes | None = None
-    while names.left:
-        name_type = names.uint(1, "name_type")
-        name = names.vector(2, "server name")
-        value = name.take(name.left, "server name")
+    while pos < names_end:
+        name_type = data[pos]
+        start, pos = _vector(data, pos + 1, names_end, 2, "server name")
         if name_type == _HOST_NAME:
             if host is not None:
                 raise _MalformedError("two host_name entries")  # RFC 6066 §3
-            if not value:
+            if pos == start:
                 raise _MalformedError("empty host_name")
-            host = value
+            host = bytes(data[start:pos])
     if host is None:
         raise _MalformedError("server_name has no host_name entry")
     return host
 
 
-def _alpn(data: _Reader) -> tuple[bytes, ...]:
-    protocols = data.vector(2, "protocol_name_list")
-    if data.left:
+def _alpn(data: bytearray, pos: int, end: int) -> tuple[bytes, ...]:
+    pos, protocols_end = _vector(data, pos, end, 2, "protocol_name_list")
+    if protocols_end != end:
         raise _MalformedError("bytes after protocol_name_list")
     found: list[bytes] = []
-    while protocols.left:
-        name = protocols.vector(1, "protocol name")
-        if not name.left:
+    while pos < protocols_end:
+        start, pos = _vector(data, pos, protocols_end, 1, "protocol name")
+        if pos == start:
             raise _MalformedError("empty ALPN protocol name")
-        found.append(name.take(name.left, "protocol name"))
+        found.append(bytes(data[start:pos]))
     if not found:
         raise _MalformedError("empty protocol_name_list")
     return tuple(found)

@@ -110,6 +110,15 @@ class Forwarder:
 
     # --- the end of a connection ------------------------------------------------
 
+    def _writer(self) -> AccessLogWriter | None:
+        writer = self.access_log
+        return writer if writer is not None and getattr(writer, "enabled", True) else None
+
+    def records_wanted(self) -> bool:
+        """Whether a connection closing now gets a record (an access log that writes, or a
+        ``tgw_connection_closed`` listener): its local addresses are read only then."""
+        return self._writer() is not None or self._events.has_listeners("tgw_connection_closed")
+
     def closed(self, conn: DownstreamProtocol) -> None:
         """Flush ``conn``'s bytes, observe its duration, write its record, send the event."""
         self.flush_bytes(conn)
@@ -119,9 +128,7 @@ class Forwarder:
                 time.time() - conn.started
             )
         listeners = self._events.has_listeners("tgw_connection_closed")
-        writer = self.access_log
-        if writer is not None and not getattr(writer, "enabled", True):
-            writer = None
+        writer = self._writer()
         if conn.close_cause == "no_data" and not self.config.access_log_no_data:
             writer = None  # a load balancer's TCP health check, left out by setting
         if writer is None and not listeners:

@@ -239,6 +239,9 @@ class Site:
     def connection_opened(self, conn: DownstreamProtocol) -> bool:
         return self.acceptor.admit(conn)
 
+    def records_wanted(self, conn: DownstreamProtocol) -> bool:
+        return self.forwarder.records_wanted()
+
     def handshake_finished(self, conn: Any) -> None:
         """``conn``'s TLS handshake (a mesh site: its ClientHello) is over: free its slot."""
         self.acceptor.handshake_finished(conn)

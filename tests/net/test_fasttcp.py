@@ -149,3 +149,28 @@ async def test_non_tcp_endpoints_fall_back_to_twisted(tmp_path):
     )
     assert not isinstance(port, fasttcp.Port)
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connected_client_keeps_its_read_registration(monkeypatch):
+    """Once a connect completes the socket only drops its write registration (Twisted
+    unregistered it for reading too and registered it again: three epoll_ctl for one);
+    the connection then reads and writes as any other."""
+    removed: list[object] = []
+    original = reactor.removeReader
+
+    def remove_reader(selectable):
+        removed.append(selectable)
+        return original(selectable)
+
+    monkeypatch.setattr(reactor, "removeReader", remove_reader)
+    client, server, port = await pair()
+    assert not [s for s in removed if isinstance(s, fasttcp.Client)]
+    assert client.transport in reactor.getReaders()
+    assert client.transport not in reactor.getWriters()
+    server.transport.write(b"over the new connection")
+    while bytes(client.data) != b"over the new connection":
+        await sleep(0.01)
+    client.transport.loseConnection()
+    await server.lost
+    await port.stopListening()

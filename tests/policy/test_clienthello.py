@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 import struct
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -168,6 +169,35 @@ def test_eof_inside_the_hello_is_truncated_and_after_it_changes_nothing():
     done = ClientHelloParser()
     hello = done.feed(data)
     assert done.eof() is hello
+
+
+def _python_calls(fn) -> int:
+    """Function calls (Python and C) made while ``fn`` runs."""
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_a_real_hello_is_read_with_offsets_not_a_copy_per_field():
+    """Issue 28: the parser runs once per terminated handshake, so reading a real hello
+    (SNI, ALPN, a dozen extensions) costs a few dozen calls (the body is read with
+    offsets into one buffer), not a reader object and a bytes copy per field (217)."""
+    hello = openssl_hello("billing.default.dc1.internal.td.consul", ["h2", "http/1.1"])
+    result: list[object] = []
+    calls = _python_calls(lambda: result.append(ClientHelloParser().feed(hello)))
+    assert isinstance(result[0], ClientHello)
+    assert result[0].server_name == b"billing.default.dc1.internal.td.consul"
+    assert calls <= 80, calls
 
 
 @settings(max_examples=400, deadline=None)

@@ -156,8 +156,11 @@ class WsClient:
         body = b""
         answer: Event | None = None
         while True:
-            for event in self._events():
+            events = self._events()
+            for i, event in enumerate(events):
                 if isinstance(event, AcceptConnection):
+                    # Messages that came in the same read as the 101 are the session's.
+                    self.events.extend(events[i + 1 :])
                     return event, b""
                 if isinstance(event, RejectConnection):
                     answer = event
