@@ -9,8 +9,13 @@ the change into the site's policy change, as for the L4 re-check.
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest_twisted
-from wsproto.events import AcceptConnection, TextMessage
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.utilities import RemoteProtocolError
 
 from tests.harness import in_thread, intentions, write_json
 from tests.runtime.l7_support import get, link, mesh_http
@@ -112,6 +117,88 @@ async def test_a_policy_change_closes_only_the_tunnels_it_now_denies(gateway, up
 
     assert await in_thread(plain) == 403
     assert gateway.metric(REVOKED, reason="policy_revoked") == 1
+
+
+class HeldWsService:
+    """A WebSocket echo service (wsproto) that answers the upgrade's ``101`` only once
+    ``release`` is set (``got_head`` says the request arrived)."""
+
+    def __init__(self, upstreams) -> None:
+        self.got_head = threading.Event()
+        self.release = threading.Event()
+        self.upstream = upstreams(self._serve)
+
+    def _serve(self, sock: socket.socket, up) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            while data := sock.recv(65536):
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, Request):
+                        self.got_head.set()
+                        self.release.wait(10)
+                        sock.sendall(ws.send(AcceptConnection()))
+                    elif isinstance(event, TextMessage):
+                        sock.sendall(ws.send(TextMessage(data=event.data)))
+        except OSError:
+            return
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_101_arriving_after_a_revocation_opens_no_tunnel(gateway, upstreams):
+    """The upgrade was allowed, then the intention was revoked while the service had not
+    answered yet (the re-check found no tunnel to close): when the ``101`` arrives the
+    tunnel is decided again under the policy of now and closed as ``policy_revoked``
+    (the client may or may not see the ``101`` first) instead of carrying messages."""
+    service = HeldWsService(upstreams)
+    link(gateway, service.upstream.port, ("web", "allow"))
+    await gateway.start()
+
+    def run() -> object:
+        client = WsClient(gateway)
+        client.sock.settimeout(10)
+        try:
+            answer, _ = client.handshake("/ws/late")
+            assert isinstance(answer, AcceptConnection)
+            return after_change(client)
+        except RemoteProtocolError:
+            return None  # the close came before the whole 101 head
+        finally:
+            client.close()
+
+    result = in_thread(run)
+    await in_thread(service.got_head.wait, 10)
+    epoch = gateway.site.recheck.epoch
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "deny")))
+    await gateway.wait_for(lambda: gateway.site.recheck.epoch > epoch)  # re-check ran
+    service.release.set()
+    assert await result is None
+    assert gateway.metric(REVOKED, reason="policy_revoked") == 1
+    await gateway.wait_for(lambda: bool(requests_of(gateway)))
+    assert requests_of(gateway)[0]["error"] == "policy_revoked"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_to_default_deny_closes_the_replaced_sites_tunnels(gateway, upstreams):
+    """No intentions engine, ``default_policy = "allow"``: a tunnel opens. A reload to
+    ``default_policy = "deny"`` replaces the site: the old site's tunnel is decided again
+    under the new site and closed as ``policy_revoked``."""
+    service = WsService(upstreams)
+    gateway.site_options["default_policy"] = "allow"
+    gateway.plugins = ["file_catalog", "builtin_ca"]
+    link(gateway, service.port)
+    await gateway.start()
+    client = await in_thread(opened, gateway, "/ws/chat")
+    try:
+        gateway.site_options["default_policy"] = "deny"
+        gateway.write_config()
+        await gateway.service.reload()
+        await gateway.wait_for(lambda: gateway.metric(REVOKED, reason="policy_revoked") == 1)
+        assert await in_thread(after_change, client) is None
+    finally:
+        client.close()
+    await gateway.wait_for(lambda: bool(requests_of(gateway)))
+    assert requests_of(gateway)[0]["error"] == "policy_revoked"
 
 
 @pytest_twisted.ensureDeferred
