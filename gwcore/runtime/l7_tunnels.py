@@ -65,12 +65,17 @@ class LiveTunnels:
 
     def recheck(self, exchange: Any) -> None:
         mark = policy_mark(self.site)
-        answer = exchange.link.decide(exchange.facts)
+        try:
+            answer = exchange.link.decide(exchange.facts)
+        except Exception as e:  # one tunnel's failure must not stop the others' re-check
+            self._decided(engine_failure("recheck", repr(e)), exchange, mark)
+            return
         if isinstance(answer, Decision):
             self._decided(answer, exchange, mark)
         else:
-            answer.addCallback(self._decided, exchange, mark)
-            answer.addErrback(self._failed, exchange, mark)
+            answer.addCallbacks(
+                self._decided, self._failed, (exchange, mark), None, (exchange, mark)
+            )
 
     def _failed(self, failure: Any, exchange: Any, mark: tuple[Any, int]) -> None:
         # An engine failing is a deny (as for any request).
