@@ -13,7 +13,11 @@ HTTP), the addons, the pooled upstream connection. What differs:
   ``Connection: upgrade``, ``tgw_http_response`` runs (a ``101`` has no body), the
   resolver's ``RequestTimeout`` stops counting, and the exchange ends only when the
   tunnel does: its record has status ``101`` and the bytes moved after the switch;
-- any other answer is an ordinary response, and the connection stays HTTP.
+- any other answer is an ordinary response, and the connection stays HTTP; an addon
+  that turns the service's ``101`` into another status gets the addon-error ``502``
+  (:func:`unswitched`: the service's connection has switched, it can carry no HTTP);
+- an open tunnel is registered on the step (:mod:`gwcore.runtime.l7_tunnels`) until
+  it ends, and decided again on every policy change.
 """
 
 from __future__ import annotations
