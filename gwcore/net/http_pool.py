@@ -264,6 +264,12 @@ class Http1Pool:
             return len(self.idle.get(endpoint, ()))
         return sum(len(q) for q in self.idle.values())
 
+    def switched(self, connection: Http1Connection) -> None:
+        """``connection`` became a tunnel (``101``): no pooled connection any more, it
+        holds no ``max_connections`` slot; :meth:`gone` still follows when it closes."""
+        self.busy.discard(connection)
+        self._dial_for_waiting()
+
     def gone(self, connection: Http1Connection) -> None:
         """``connection`` closed (its picker count is released)."""
         self.busy.discard(connection)

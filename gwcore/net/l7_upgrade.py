@@ -7,7 +7,8 @@ request, ``Connection: upgrade`` and ``Upgrade`` kept). When the service answers
 
 1. **Upstream** (:func:`switch_upstream`, called by the HTTP/1.1 pool's connection):
    h11 has switched; the bytes after the ``101`` head are kept, the connection leaves
-   the pool's hands for good (never idle again, never reused) and an
+   the pool's hands for good (never idle again, never reused, no longer counted
+   against ``http_max_upstream_connections``) and an
    :class:`UpstreamEnd` takes over its socket (``UpstreamProtocol.downstream``).
 2. **Downstream** (:func:`switch_client`, called by the HTTP/1.1 codec's response
    writer): the ``101`` head goes to the client, h11 has switched; the client bytes
@@ -20,8 +21,8 @@ request, ``Connection: upgrade`` and ``Upgrade`` kept). When the service answers
    connection's ``idle_timeout`` counts these bytes like any others.
 4. When both sides are gone the tunnel reports the bytes it moved each way and why
    it ended (``on_end``): the exchange writes its one access-log record (status
-   ``101``) then, and the upstream connection closes (its pool slot and the endpoint's
-   picker count are released).
+   ``101``) then, and the upstream connection closes (the endpoint's picker count is
+   released).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def switch_upstream(connection: Any, stream: Any, event: h11.InformationalRespon
     stream.connection = None
     stream.done = True  # a later cancel() must not close what the tunnel owns
     stream.upgraded = end
+    connection.pool.switched(connection)  # a tunnel holds no pool slot (docs/l7.md)
     headers = Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
     stream.sink.response_head(HttpResponse(101, headers, None, None, "HTTP/1.1"))
     if end.tunnel is None and not connection.closed:

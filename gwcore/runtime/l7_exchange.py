@@ -48,7 +48,12 @@ from gwcore.runtime.l7_rules import (
     with_request_id,
     without_hop_by_hop,
 )
-from gwcore.runtime.l7_websocket import keep_upgrade_fields, refused_upgrade, switch
+from gwcore.runtime.l7_websocket import (
+    keep_upgrade_fields,
+    refused_upgrade,
+    switch,
+    unswitched,
+)
 
 if TYPE_CHECKING:
     from gwcore.net.l7_core import Producer, ResponseWriter, UpstreamStream
@@ -178,6 +183,7 @@ class L7Exchange:
             headers=tuple([(k.lower(), v) for k, v in self.outgoing.items()]),
             original_path=self.request.path,
         )
+        self.facts = facts  # a tunnel is decided again on it (runtime.l7_tunnels)
         answer = self.link.decide(facts)
         if isinstance(answer, Decision):
             # Decided at once (intentions, a cached OPA answer): no Deferred, the same
@@ -336,6 +342,8 @@ class L7Exchange:
                 if self._addon_answered(flow):  # an addon failed (502) or answered
                     return
                 response = flow.response or response
+                if unswitched(self, response):  # an addon changed a 101: 502
+                    return
         if response.status == 101:
             switch(self, response)  # a WebSocket upgrade: a tunnel from now on
             return

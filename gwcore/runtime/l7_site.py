@@ -37,6 +37,7 @@ from gwcore.policy.request_hash import NO_HASH, request_hash
 from gwcore.policy.resolver_settings import HASH_POLICIES, parse_settings
 from gwcore.runtime.l7_exchange import L7Exchange
 from gwcore.runtime.l7_rules import PathMemo
+from gwcore.runtime.l7_tunnels import LiveTunnels
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpRequest
@@ -125,6 +126,7 @@ class L7Step:
         self._timeouts: dict[int, float | None] = {}
         self._addons: bool | None = None  # site.has_listeners is fixed for its life
         self.paths = PathMemo()  # recent targets' normalised paths (pure: a memo)
+        self.tunnels = LiveTunnels(site)  # open WebSocket tunnels, for the re-check
 
     # --- entering L7 -------------------------------------------------------------
 

@@ -13,13 +13,18 @@ HTTP), the addons, the pooled upstream connection. What differs:
   ``Connection: upgrade``, ``tgw_http_response`` runs (a ``101`` has no body), the
   resolver's ``RequestTimeout`` stops counting, and the exchange ends only when the
   tunnel does: its record has status ``101`` and the bytes moved after the switch;
-- any other answer is an ordinary response, and the connection stays HTTP.
+- any other answer is an ordinary response, and the connection stays HTTP; an addon
+  that turns the service's ``101`` into another status gets the addon-error ``502``
+  (:func:`unswitched`: the service's connection has switched, it can carry no HTTP);
+- an open tunnel is registered on the step (:mod:`gwcore.runtime.l7_tunnels`) until
+  it ends, and decided again on every policy change.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from gwcore.contract.http_addons import ANSWERED_BY_GATEWAY, RESPONSE_FAILED_STATUS
 from gwcore.contract.http_flow import Headers, HttpResponse
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.policy.http_upgrade import (
@@ -31,8 +36,9 @@ from gwcore.policy.http_upgrade import (
     without_h2c,
 )
 from gwcore.runtime.l7_rules import hop_by_hop
+from gwcore.runtime.l7_tunnels import policy_mark
 
-__all__ = ["keep_upgrade_fields", "refused_upgrade", "switch"]
+__all__ = ["keep_upgrade_fields", "refused_upgrade", "switch", "unswitched"]
 
 
 def refused_upgrade(exchange: Any) -> bool:
@@ -43,6 +49,9 @@ def refused_upgrade(exchange: Any) -> bool:
     request = exchange.request
     kind = classify(request.headers, exchange.conn.destination.protocol)
     exchange.upgrade = kind == WEBSOCKET
+    if exchange.upgrade:
+        # The policy it is decided under: a tunnel opening after a change is decided again.
+        exchange.policy_mark = policy_mark(exchange.step.site)
     if kind == STRIP_H2C:
         request.headers = Headers(without_h2c(request.headers))
     if kind != REFUSE:
@@ -84,6 +93,7 @@ def switch(exchange: Any, response: HttpResponse) -> None:
     exchange.head_written = True
 
     def ended(bytes_up: int, bytes_down: int, error: str | None) -> None:
+        exchange.step.tunnels.ended(exchange)
         exchange.bytes_in += bytes_up
         exchange.bytes_out += bytes_down
         exchange._finish(101, error)
@@ -96,3 +106,22 @@ def switch(exchange: Any, response: HttpResponse) -> None:
     if flow is not None and exchange.step.wants("tgw_http_response"):
         flow.response = response
         exchange.step.dispatch("tgw_http_response", flow)
+    if not exchange.finished:  # live until ended(): re-decided on policy changes
+        exchange.step.tunnels.opened(exchange)
+
+
+def unswitched(exchange: Any, response: HttpResponse) -> bool:
+    """An addon changed the service's ``101`` into another status: the service's
+    connection has switched and can carry no HTTP response, so the request is answered
+    with the addon-error ``502`` (as when ``tgw_http_responseheaders`` raises), and the
+    switched connection closes untaken. True when answered."""
+    if response.status == 101 or getattr(exchange.stream, "upgraded", None) is None:
+        return False
+    flow = exchange.flow
+    flow.addon_error = flow.addon_error or f"an addon changed the 101 to {response.status}"
+    body = b"addon error\n"
+    headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
+    flow.response = HttpResponse(RESPONSE_FAILED_STATUS, Headers(headers), body)
+    flow.answered_by = ANSWERED_BY_GATEWAY
+    exchange._answer_flow(flow)
+    return True

@@ -23,6 +23,11 @@ again on every later change of the new site, for as long as they last. Only a
 change of the fields in :data:`CANNOT_DENY` (listener tuning, timeouts, balancing,
 DNS) skips the check: those connections simply drain.
 
+An L7 connection is decided per request, not here; but a policy change also decides
+again every open WebSocket tunnel on the request it was opened with, and closes the
+denied ones as ``policy_revoked`` (:mod:`gwcore.runtime.l7_tunnels`). A change of
+route or trust root closes an L7 connection (and its tunnel) as any other.
+
 A decision still in flight when the policy changes (an engine answering
 asynchronously) was asked of the old policy: :meth:`LiveRecheck.decide` asks again
 when it arrives, so no connection is let through on a superseded answer.
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
     from gwcore.net.terminator import DownstreamProtocol
     from gwcore.net.tls import ServerTLS
     from gwcore.policy.routes import RouteTable
+    from gwcore.runtime.l7_site import L7Step
 
 log = Logger(namespace="tgw.recheck")
 
@@ -63,6 +69,7 @@ class Site(Protocol):
     config: SiteConfig
     metrics: GatewayMetrics
     recheck: LiveRecheck
+    l7: L7Step
 
     @property
     def active(self) -> set[DownstreamProtocol]: ...
@@ -156,6 +163,12 @@ class LiveRecheck:
                 if conn.state in _LIVE and getattr(conn, "identity", None) is not None:
                     yield conn
 
+    def sites(self) -> Iterator[Site]:
+        """This site and, through them, the sites it replaced that still hold connections."""
+        yield self.site
+        for old in self._adopted:
+            yield from old.recheck.sites()
+
     def authority(self) -> Site:
         """The site whose policy now applies: the newest one that replaced this site."""
         site = self.site
@@ -213,6 +226,10 @@ class LiveRecheck:
             if conn.state is State.AUTHORIZING:
                 continue  # its decision is in flight: decide() asks again
             self.site.authorize(conn).addCallback(self._decided, conn)
+        # An L7 connection is decided per request: its WebSocket tunnels are decided
+        # again on the request they opened with (runtime.l7_tunnels).
+        for site in list(self.sites()):
+            site.l7.tunnels.recheck_all()
 
     def routes_changed(self) -> None:
         """A new route table went live: close connections whose route went or moved."""
