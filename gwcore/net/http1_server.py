@@ -17,7 +17,11 @@ Rules (:mod:`gwcore.net.l7_core` has the contract with the exchange):
   ``max_request_headers_kb``; and ``Content-Length`` with ``Transfer-Encoding``,
   which h11 tolerates and RFC 9112 §6.1 lets a server refuse) is counted by reason,
   answered 400 (431 for an oversize head) with ``Connection: close``, and the
-  connection closes. Nothing of such a request reaches an exchange.
+  connection closes. Nothing of such a request reaches an exchange. A bad body (a
+  malformed chunk) is found while it streams: answered 400 too if no response started
+  (its exchange is told the client is gone, which cancels its upstream request).
+- Empty lines before a request line are skipped, a few at most (RFC 9112 §2.2,
+  :mod:`gwcore.net.http1_blank_lines`).
 - A response that cannot be completed (the service reset) closes the connection:
   HTTP/1.1 has no other way to say the body is truncated.
 """
