@@ -8,6 +8,9 @@ doubles of :mod:`tests.net.test_http1_server`.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gwcore.contract.http_flow import Headers, HttpResponse
 from gwcore.net.http1_blank_lines import MAX_BLANK_LINES
 from tests.net.test_http1_server import Starter, codec, responses
@@ -124,3 +127,35 @@ def test_a_malformed_chunk_after_the_response_head_closes_without_a_second_head(
     server.data_received(b"5\r\nhello\r\nZZ\r\n")
     assert link.bad == ["bad_chunk"] and link.closed == "bad_request"
     assert bytes(link.out) == head
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    blanks=st.lists(st.sampled_from([b"\r\n", b"\n"]), max_size=MAX_BLANK_LINES),
+    cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=8),
+    after_body=st.booleans(),
+)
+def test_up_to_the_bound_empty_lines_in_any_reads_are_skipped(
+    blanks: list[bytes], cuts: list[int], after_body: bool
+) -> None:
+    """Property: up to ``MAX_BLANK_LINES`` empty lines (``CRLF`` or ``LF``) before a
+    request line, after a body or not, the bytes cut into reads anywhere (a ``CRLF``
+    split between two reads included): the request is served exactly as without them,
+    nothing is counted as bad and the connection stays open."""
+    starter = Starter()
+    server, link = codec(starter)
+    if after_body:
+        server.data_received(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+        starter.exchanges[0].request_producer.resumeProducing()
+        starter.exchanges[0].answer(200, b"p")
+    stream = b"".join(blanks) + GET % 1
+    at = 0
+    for cut in cuts:
+        if at >= len(stream):
+            break
+        server.data_received(stream[at : at + cut])
+        at += cut
+    if at < len(stream):
+        server.data_received(stream[at:])
+    assert [e.request.path for e in starter.exchanges][-1] == "/1"
+    assert link.bad == [] and link.closed is None
