@@ -17,7 +17,11 @@ Rules (:mod:`gwcore.net.l7_core` has the contract with the exchange):
   ``max_request_headers_kb``; and ``Content-Length`` with ``Transfer-Encoding``,
   which h11 tolerates and RFC 9112 §6.1 lets a server refuse) is counted by reason,
   answered 400 (431 for an oversize head) with ``Connection: close``, and the
-  connection closes. Nothing of such a request reaches an exchange.
+  connection closes. Nothing of such a request reaches an exchange. A bad body (a
+  malformed chunk) is found while it streams: answered 400 too if no response started
+  (its exchange is told the client is gone, which cancels its upstream request).
+- Empty lines before a request line are skipped, a few at most (RFC 9112 §2.2,
+  :mod:`gwcore.net.http1_blank_lines`).
 - A response that cannot be completed (the service reset) closes the connection:
   HTTP/1.1 has no other way to say the body is truncated.
 """
@@ -32,6 +36,7 @@ from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.h11_trusted import ValidFields, known_valid, response_event
+from gwcore.net.http1_blank_lines import BlankLines
 from gwcore.net.http1_head_timer import HeadTimer
 from gwcore.net.http_wire import ambiguous_framing, text_fields
 from gwcore.net.http_wire import latin1_fields as _wire
@@ -103,6 +108,7 @@ class Http1Server:
         self.stopping = False  # drain(): the response in flight is the last one
         self.head_timer = HeadTimer(limits.clock, limits.request_head_timeout, self._head_late)
         self.head_timer.arm()
+        self.blank_lines = BlankLines(self.max_head)  # RFC 9112 §2.2
 
     # --- DownstreamCodec -----------------------------------------------------------
 
@@ -110,6 +116,8 @@ class Http1Server:
         if self.closed:
             return
         self.head_timer.data()
+        if self.blank_lines.held_cr:
+            data = self.blank_lines.take_held(data)
         self.h11.receive_data(data)
         self._drain()
         if not self.reading and not self.closed:
@@ -199,6 +207,10 @@ class Http1Server:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
+                fresh = self.blank_lines.skip(self.h11, e)
+                if fresh is not None:  # an empty line before a request line: skipped
+                    self.h11 = fresh
+                    continue
                 self._bad_request(bad_reason(e), str(e), e.error_status_hint)
                 return True
             if event is h11.NEED_DATA:
@@ -240,6 +252,7 @@ class Http1Server:
 
     def _request(self, event: h11.Request) -> None:
         self.head_timer.disarm()
+        self.blank_lines.request_line()
         raw = event.headers.raw_items()
         # h11 bounds only a head that arrives in pieces; one that came whole is
         # measured here against the same limit.
@@ -319,9 +332,17 @@ class Http1Server:
     def _bad_request(self, reason: str, detail: str, status: int) -> None:
         self.link.bad_request(reason, detail)
         exchange, self.exchange = self.exchange, None
+        answering = self.answering
+        # No response started: a bad request with no exchange yet, or a bad body (a
+        # malformed chunk) of the request being answered, whose answer is taken over
+        # here (Envoy answers 400 on a codec error before a response starts).
+        unanswered = answering is None or (exchange is not None and answering.exchange is exchange)
+        if answering is not None and unanswered:
+            answering.finished = True  # what its exchange still writes is dropped
+            self.answering = None
         if exchange is not None:
             exchange.client_gone(f"bad request: {detail}")
-        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self.answering is None:
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and unanswered:
             status = status if status in (408, 431) else 400
             body = f"{_phrase(status).decode()}\n".encode()
             head = [

@@ -23,6 +23,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from gwcore.net.h2_downstream import Http2Server
+from gwcore.net.http1_head_timer import HeadTimer
 from gwcore.net.http1_server import Http1Server
 from gwcore.net.l7_core import DownstreamCodec, ExchangeStarter, L7Limits
 from gwcore.net.write_batch import BATCH, HeldWrites
@@ -103,6 +104,7 @@ class L7Session:
         self.lost = False
         self.read_closed = False
         self._first = b""
+        self._undecided: HeadTimer | None = None  # the deadline while _first waits
         self._writable = True
         # What the codec writes while one read is handled goes out as one TLS write
         # (gwcore.net.write_batch): a small response is one record, one send.
@@ -158,6 +160,7 @@ class L7Session:
     def _end(self) -> None:
         self._out.flush()
         self.lost = True
+        self._decided()
         codec = self.codec
         if codec is not None:
             codec.connection_lost()
@@ -204,7 +207,10 @@ class L7Session:
             first = self._first + data
             if H2_PREFACE.startswith(first) and "HTTP/2" in CODECS:
                 self._first = first  # could still be the HTTP/2 preface: wait for more
+                if self._undecided is None:
+                    self._start_undecided()
                 return None
+        self._decided()
         self.protocol = choose_codec(self.alpn, self._first + data)
         codec = self.codec = CODECS[self.protocol](self, self.starter, self.limits)
         if not self._writable:
@@ -213,6 +219,29 @@ class L7Session:
             first, self._first = self._first, b""
             codec.data_received(first)
         return codec
+
+    def _start_undecided(self) -> None:
+        """No codec reads bytes that may still be the HTTP/2 preface, so no head timer
+        runs: the session's own deadline, ``request_head_timeout`` from the first byte
+        (a client trickling ``PRI * HTTP/2.0...`` is a slowloris like any other)."""
+        timer = self._undecided = HeadTimer(
+            self.limits.clock, self.limits.request_head_timeout, self._undecided_late
+        )
+        timer.arm(started=True)
+
+    def _decided(self) -> None:
+        timer, self._undecided = self._undecided, None
+        if timer is not None:
+            timer.stop()
+
+    def _undecided_late(self) -> None:
+        self._undecided = None
+        if self.lost or self.codec is not None:
+            return
+        self.on_bad_request(
+            "request_head_timeout", "no complete HTTP/2 preface or request head in time"
+        )
+        self.close("bad_request")
 
     # --- ClientLink (what the codec calls) -----------------------------------------
 
