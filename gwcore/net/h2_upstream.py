@@ -39,6 +39,7 @@ from gwcore.contract.http_flow import Headers, HttpResponse
 from gwcore.net.h2_link import H2Link, H2Stream, HeaderList, unsendable_field
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.splice import UpstreamFactory
+from gwcore.net.write_batch import BATCH
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -344,7 +345,8 @@ class Http2Connection(H2Link):
     # --- what the UpstreamProtocol calls ---------------------------------------------
 
     def send_to_client(self, data: bytes) -> None:
-        self.receive(data)
+        with BATCH:  # what this read makes an HTTP/1.1 client's codec write: one write
+            self.receive(data)
 
     def upstream_eof(self) -> None:
         self.upstream_lost()

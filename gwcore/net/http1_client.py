@@ -28,6 +28,7 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpResponse
+from gwcore.net.h11_trusted import ValidFields, known_valid, request_event
 from gwcore.net.http_wire import ambiguous_framing, text_fields
 from gwcore.net.http_wire import latin1_fields as _wire
 from gwcore.net.l7_core import UpstreamFailure
@@ -235,10 +236,12 @@ class Http1Connection:
     def start(self, stream: Http1Stream) -> None:
         self.stream = stream
         request = stream.request
+        trusted = known_valid(request.headers)  # gwcore.net.h11_trusted
         try:
             headers = _wire(request.headers)
             names = {k.lower() for k, _ in headers}
             if b"host" not in names and request.authority:
+                trusted = False
                 # From HTTP/2: :authority is the Host (RFC 9113 §8.3.1), first as in
                 # RFC 9112 §3.2.
                 headers.insert(0, (b"host", request.authority.encode("latin-1")))
@@ -249,10 +252,11 @@ class Http1Connection:
             if request.http_version == "HTTP/2" and unframed and request.body != b"":
                 headers.append((b"transfer-encoding", b"chunked"))
                 self.chunked = True
-            event = h11.Request(
-                method=request.method.encode("latin-1"),
-                target=request.path.encode("latin-1"),
-                headers=headers,
+            event = request_event(
+                request.method.encode("latin-1"),
+                request.path.encode("latin-1"),
+                headers,
+                trusted,
             )
         except (h11.LocalProtocolError, UnicodeError) as e:
             self.fail("protocol", f"cannot send the request: {e}")
@@ -369,7 +373,7 @@ class Http1Connection:
                         "the service's response has Content-Length and Transfer-Encoding",
                     )
                     return
-                headers = Headers(text_fields(raw))
+                headers = ValidFields.adopt(text_fields(raw))  # h11 checked them
                 version = "HTTP/1.1" if event.http_version == b"1.1" else "HTTP/1.0"
                 stream.sink.response_head(
                     HttpResponse(event.status_code, headers, None, None, version)

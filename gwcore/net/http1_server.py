@@ -31,6 +31,7 @@ import h11
 from twisted.logger import Logger
 
 from gwcore.contract.http_flow import Headers, HttpRequest
+from gwcore.net.h11_trusted import ValidFields, known_valid, response_event
 from gwcore.net.http1_head_timer import HeadTimer
 from gwcore.net.http_wire import ambiguous_framing, text_fields
 from gwcore.net.http_wire import latin1_fields as _wire
@@ -262,8 +263,7 @@ class Http1Server:
         if miscased_method(method):
             self._bad_request(BAD_METHOD, f"method {method!r} (case)", 400)
             return
-        fields = text_fields(raw)
-        headers = Headers(fields)
+        headers = ValidFields.adopt(text_fields(raw))  # h11 checked them as they came
         request = HttpRequest(
             method=method,
             path=_text(event.target),
@@ -372,8 +372,10 @@ class _Answer:
                 and self.method != "HEAD"
                 and b"content-length" not in {k.lower() for k, _ in headers}
             )
-            head = h11.Response(
-                status_code=response.status, headers=headers, reason=_phrase(response.status)
+            # Not checked again if known valid (gwcore.net.h11_trusted; the appended
+            # ``connection: close`` is a constant).
+            head = response_event(
+                response.status, headers, _phrase(response.status), known_valid(response.headers)
             )
         except (h11.LocalProtocolError, UnicodeError) as e:
             codec.refuse_response(str(e))

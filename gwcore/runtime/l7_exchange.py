@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from gwcore.contract.http_flow import Headers, HttpFlow, HttpRequest, HttpResponse
 from gwcore.net.access_fields import rfc3339
+from gwcore.net.h11_trusted import same_provenance
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.policy.http_facts import HttpRequestFacts
 from gwcore.policy.model import Decision
@@ -297,7 +298,9 @@ class L7Exchange:
             authority=request.authority,
             scheme=request.scheme,
             http_version=request.http_version,
-            headers=Headers.adopt(fields),
+            # Known valid if the fields decided on were: only values the gateway made
+            # were added (gwcore.net.h11_trusted: h11 does not check them again).
+            headers=same_provenance(self.outgoing, fields),
         )
 
     def _send_upstream(self, upstream: HttpRequest) -> None:
@@ -336,9 +339,12 @@ class L7Exchange:
         if response.status == 101:
             switch(self, response)  # a WebSocket upgrade: a tunnel from now on
             return
-        # list(): an addon's response may hold any iterable of fields.
-        fields = list(response.headers) if flow is not None else response.headers.items()
-        headers = Headers.adopt(without_hop_by_hop(fields))
+        if flow is None:  # the service's fields, as known valid as they came
+            headers = same_provenance(
+                response.headers, without_hop_by_hop(response.headers.items())
+            )
+        else:  # list(): an addon's response may hold any iterable of fields
+            headers = Headers.adopt(without_hop_by_hop(list(response.headers)))
         self.status = response.status
         self.head_written = True
         self.writer.write_head(HttpResponse(response.status, headers))

@@ -19,6 +19,7 @@ from OpenSSL import crypto
 
 from gwcore.contract.http_flow import Headers
 from gwcore.net.connection_facts import peer_certificate_der
+from gwcore.net.h11_trusted import ValidFields, known_valid, valid_field_value
 from gwcore.policy.http_facts import PathNormalization
 from gwcore.policy.http_headers import HOP_BY_HOP
 from gwcore.policy.http_path import (
@@ -153,14 +154,27 @@ def gateway_headers(headers: Headers, conn: Any, sanitize_xfcc: bool) -> tuple[H
             has_proto = True
         out.append((name, value))
     # A client value that is not Envoy's grammar is dropped (gwcore.policy.xfcc_input).
-    xfcc = apply_xfcc(
-        forwardable_xfcc(sent) if sent else sent, xfcc_element_of(conn), sanitize_xfcc
-    )
+    element = xfcc_element_of(conn)
+    xfcc = apply_xfcc(forwardable_xfcc(sent) if sent else sent, element, sanitize_xfcc)
     if xfcc is not None:
         out.append((XFCC_HEADER, xfcc))
     if not has_proto:
         out.append(("x-forwarded-proto", "https"))
+    # Known valid (gwcore.net.h11_trusted) if the client's fields were and the XFCC
+    # value is none or the element alone, checked once per connection; a client's
+    # XFCC value forwarded with it is checked with the rest, per request, as before.
+    if known_valid(headers) and (xfcc is None or (xfcc == element and _element_valid(conn))):
+        return ValidFields.adopt(out), xfcc
     return Headers.adopt(out), xfcc
+
+
+def _element_valid(conn: Any) -> bool:
+    """Whether the connection's XFCC element is a valid field value (one check by h11's
+    validating constructor per connection; a certificate's DNS SAN may hold anything)."""
+    valid = getattr(conn, "l7_xfcc_valid", None)
+    if valid is None:
+        valid = conn.l7_xfcc_valid = valid_field_value(xfcc_element_of(conn))
+    return valid
 
 
 def request_id() -> str:

@@ -14,8 +14,18 @@ import struct
 import h11
 import pytest_twisted
 
-from tests.harness import client_context, in_thread, sni_for, tls_connect
-from tests.runtime.l7_support import HttpService, link
+from tests.h2_peers import serve_h2_echo
+from tests.harness import (
+    client_context,
+    gateway_entry,
+    in_thread,
+    intentions,
+    registration,
+    sni_for,
+    tls_connect,
+    write_json,
+)
+from tests.runtime.l7_support import HttpService, link, service_defaults
 
 BODY = b"x" * 1024
 
@@ -188,3 +198,30 @@ async def test_a_client_still_writing_after_a_bad_request_gets_its_400(gateway, 
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert answer.endswith(b"Bad Request\n"), answer[-200:]
     assert service.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http2_services_small_response_reaches_an_http1_client_in_one_tls_record(
+    gateway, upstreams
+):
+    """An http2 destination served to an HTTP/1.1 client: a response the service sends
+    in one write (HEADERS, DATA, trailers) is written to the client as one TLS record,
+    as from an HTTP/1.1 service (the HTTP/2 connection's read is one write batch)."""
+    upstream = upstreams(lambda sock, up: serve_h2_echo(sock))
+    write_json(gateway.catalog / "gw.json", gateway_entry("billing"))
+    write_json(gateway.catalog / "regs.json", [registration("billing", upstream.port)])
+    write_json(gateway.catalog / "defaults.json", service_defaults("billing", "http2"))
+    write_json(gateway.catalog / "ixn.json", intentions("billing", ("web", "allow")))
+    await gateway.start()
+
+    def run() -> list[tuple[int, bytes, int]]:
+        client = RecordCountingClient(gateway, "web", "billing")
+        try:
+            # The first response may share reads with the session tickets: count later ones.
+            return [client.get(f"/item/{i}") for i in range(3)][1:]
+        finally:
+            client.close()
+
+    for status, body, records in await in_thread(run):
+        assert (status, body) == (200, b"")
+        assert records == 1
