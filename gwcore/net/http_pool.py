@@ -326,7 +326,9 @@ class Http1Pool:
         }
         for endpoint in list(self.idle):
             now = present.get((endpoint.address, endpoint.port))
-            queue = self.idle[endpoint]
+            queue = self.idle.get(endpoint)  # a close above may have emptied it
+            if not queue:
+                continue
             if now is None:
                 for connection in list(queue):
                     connection.close("endpoint left the catalog or turned critical")
