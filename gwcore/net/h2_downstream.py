@@ -19,7 +19,8 @@ the core, many at once. Rules (with :mod:`gwcore.net.h2_link`'s flow control):
 - A request head the exchange cannot use (a missing pseudo-header, CONNECT) is a
   stream error: RST_STREAM PROTOCOL_ERROR, counted as a bad request. A peer breaking
   HTTP/2 itself (bad framing, an oversize header list, flow-control violations) is a
-  connection error: GOAWAY, counted, one log line.
+  connection error: GOAWAY, counted, one log line. So is a header block not complete
+  within ``request_head_timeout`` (a slowloris; :mod:`gwcore.net.h2_head_timer`).
 - gRPC: a locally made answer (no ``application/grpc`` content type) to a gRPC
   request is sent trailers-only, as Envoy's local replies are: ``:status 200``,
   ``grpc-status`` mapped from the HTTP status (403 → 7 PERMISSION_DENIED) and the
@@ -36,6 +37,7 @@ from hyperframe.frame import GoAwayFrame
 
 from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.h2_abuse import FrameBudget, ResetBudget
+from gwcore.net.h2_head_timer import H2HeadTimer
 from gwcore.net.h2_link import H2Link, H2Stream, HeaderList
 from gwcore.policy import http2_rules
 from gwcore.policy.http_method import BAD_METHOD, miscased_method
@@ -72,12 +74,22 @@ class Http2Server(H2Link):
         self.requests = 0
         self.resets = ResetBudget()
         self.frames = FrameBudget()
+        self.head_timer = H2HeadTimer(limits.clock, limits.request_head_timeout, self._head_late)
         self.start()
 
     # --- DownstreamCodec --------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.receive(data)
+        progressed = self.receive(data)
+        if not self.closed:
+            self.head_timer.after_read(self.conn.incoming_buffer, progressed)
+
+    def _head_late(self) -> None:
+        # A header block still open at the deadline: a connection error (h2_head_timer).
+        self.protocol_error(
+            "request_head_timeout",
+            f"no complete HTTP/2 header block in {self.head_timer.timeout:g}s",
+        )
 
     def eof_received(self) -> None:
         # The client stopped writing: streams in flight may still be answered, but
@@ -87,6 +99,7 @@ class Http2Server(H2Link):
             self.close_out("completed")
 
     def connection_lost(self) -> None:
+        self.head_timer.cancel()
         self.lost()
 
     def drain(self) -> None:
@@ -116,6 +129,7 @@ class Http2Server(H2Link):
 
     def close_out(self, cause: str) -> None:
         self.closed = True
+        self.head_timer.cancel()
         self.link.close(cause)
 
     draining = False

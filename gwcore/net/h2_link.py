@@ -270,21 +270,23 @@ class H2Link(abc.ABC):
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
 
-    def receive(self, data: bytes) -> None:
+    def receive(self, data: bytes) -> bool:
+        """Feed ``data`` to ``h2``; True: it completed at least one frame h2 reported."""
         if self.closed:
-            return
+            return False
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as error:
             self.protocol_error(protocol_error_reason(error), str(error))
-            return
+            return False
         # Streams this read also resets: a server need not start work for them.
         self.reset_in_batch = {e.stream_id for e in events if isinstance(e, h2.events.StreamReset)}
         for event in events:
             self.handle(event)
             if self.closed:
-                return
+                return False
         self.flush()
+        return bool(events)
 
     def lost(self) -> None:
         """The transport is gone: every stream still open hears a reset."""

@@ -235,6 +235,7 @@ class L7Limits:
     max_request_headers_kb: int = 60
     """Largest request head (request line and header fields) in KiB; more is refused."""
     request_head_timeout: float = 0.0
-    """Seconds an HTTP/1.1 client has for a complete request head (``http1_head_timer``)."""
+    """Seconds a client has for a complete request head (``http1_head_timer``; HTTP/2:
+    a complete header block, ``h2_head_timer``)."""
     clock: Any = None
     """What schedules that timeout (the site's reactor)."""
