@@ -12,17 +12,21 @@ connection to the server the balancer chose. tgw does the same. Rules:
   retries and outlier ejection as for L4); the request takes the connection its dial
   made, whichever endpoint answered.
 - Idle connections are kept **per endpoint**: at most ``max_idle`` each, each closed
-  after ``idle_timeout``. A connection leaves the pool when its endpoint leaves the
-  catalog (:meth:`Http1Pool.retain`).
+  after ``idle_timeout``.
+- A connection to an endpoint that left the catalog or turned critical
+  (:meth:`Http1Pool.retain`) or was ejected (:meth:`Http1Pool.retire`) carries no
+  further request: idle, it closes at once; busy, when its exchange ends (draining).
 - The destination-wide limits are the cluster's circuit breakers: at most
   ``max_connections`` connections carrying or opening a request, at most
   ``max_pending`` requests waiting for one (beyond: 503 ``overflow``). Waiting
-  requests are served in order. A connection that comes free goes to the first one,
-  unless its endpoint came from a hash and is another (its affinity is the point of
-  the hash): the connection then parks idle and that request dials. Idle connections
-  do not count against ``max_connections``.
-- A request that waited is given its endpoint order again when its turn to dial
-  comes (the catalog, health or ejections may have changed meanwhile).
+  requests are served in order. A request that waited is given its endpoint order
+  again when a connection comes free or its turn to dial comes (the catalog, health
+  or ejections may have changed meanwhile). The freed connection goes to the first
+  one only if its endpoint is one that request may use now (``usable``: not critical,
+  not ejected, still in the catalog, kept by the ``tgw_choose_endpoint`` addons), and,
+  when a hash chose the request's endpoint, only if it is that endpoint (its affinity
+  is the point of the hash). Otherwise the connection parks idle and the request
+  dials its own order. Idle connections do not count against ``max_connections``.
 - Without a ``plan`` (tests of the connection rules), a request takes any idle
   connection and dials with the dial step's own order.
 - A cookie hash policy that generated a cookie (``CookieConfig``) adds its
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +47,7 @@ from gwcore.net.http1_client import Dial, Http1Connection, Http1Stream, alpn_for
 from gwcore.net.http1_stray import unread_bytes
 from gwcore.net.l7_core import UpstreamFailure
 from gwcore.net.splice import UpstreamFactory
+from gwcore.policy.model import Health
 
 if TYPE_CHECKING:
     from gwcore.contract.http_flow import HttpRequest, HttpResponse
@@ -74,6 +79,9 @@ class Choice:
 Plan = Callable[[Any, "HttpRequest"], Choice]
 """``plan(owner, request)``: the endpoint choice for one request of ``owner``."""
 
+Usable = Callable[[Any], "Collection[Endpoint]"]
+"""``usable(owner)``: every endpoint a request of ``owner`` may be sent to now."""
+
 
 class _CookieSink:
     """Adds a generated hash cookie to the response head; the rest passes through."""
@@ -102,12 +110,19 @@ class Http1Pool:
         limits: PoolLimits,
         released: Callable[[Endpoint], None] = lambda endpoint: None,
         plan: Plan | None = None,
+        usable: Usable | None = None,
     ) -> None:
         self.reactor = reactor
         self.dial = dial
         self.limits = limits
         self.released = released
         self.plan = plan
+        self.usable = usable
+        # (address, port) -> the catalog's endpoint there, for endpoints not critical
+        # (None until the first retain: every endpoint counts as present).
+        self.present: dict[tuple[str, int], Endpoint] | None = None
+        # Busy connections to ejected endpoints: closed when their exchange ends.
+        self.draining: dict[Http1Connection, str] = {}
         self.idle: dict[Endpoint, deque[Http1Connection]] = {}
         self.busy: set[Http1Connection] = set()
         self.connecting = 0
@@ -212,22 +227,45 @@ class Http1Pool:
             stream.failed(UpstreamFailure("unavailable", str(error), 502, endpoint))
         self._dial_for_waiting()
 
-    def _dial_for_waiting(self) -> None:
+    def _dial_for_waiting(self, replan: bool = True) -> None:
         # One dial per waiting request, as room comes: the next ones try their own.
         if self.waiting and not self._full() and not self.closed:
             stream = self.waiting[0]
-            if self.plan is not None and stream.choice is not None:
+            if replan and self.plan is not None and stream.choice is not None:
                 # It waited: health, ejections or the catalog may have moved since its
                 # endpoints were chosen (its cookie, if one was generated, stays).
                 stream.choice = self.plan(stream.owner, stream.request)
             self._connect(stream)
 
-    @staticmethod
-    def _may_use(stream: Http1Stream, connection: Http1Connection) -> bool:
-        choice: Choice | None = stream.choice
-        return choice is None or not choice.hashed or choice.endpoints[:1] == (connection.endpoint,)
+    def _may_use(self, stream: Http1Stream, connection: Http1Connection) -> bool:
+        if self.plan is None or stream.choice is None:
+            return True
+        # It waited: health, ejections or the catalog may have moved since its
+        # endpoints were chosen (its cookie, if one was generated, stays).
+        choice = stream.choice = self.plan(stream.owner, stream.request)
+        if choice.hashed:
+            return choice.endpoints[:1] == (connection.endpoint,)
+        if self.usable is None:
+            return connection.endpoint in choice.endpoints
+        return connection.endpoint in self.usable(stream.owner)
+
+    def _retired(self, connection: Http1Connection) -> str | None:
+        """Why ``connection`` may carry no further request (None: it may)."""
+        if self.draining:
+            reason = self.draining.get(connection)
+            if reason is not None:
+                return reason
+        endpoint = connection.endpoint
+        present = self.present
+        if present is not None and (endpoint.address, endpoint.port) not in present:
+            return "endpoint left the catalog or turned critical"
+        return None
 
     def _next(self, connection: Http1Connection) -> None:
+        retired = self._retired(connection)
+        if retired is not None:
+            connection.close(retired)  # gone(): a waiting request dials its own order
+            return
         waiting = self.waiting
         while waiting and waiting[0].done:
             waiting.popleft()
@@ -239,11 +277,11 @@ class Http1Pool:
             waiting.popleft().attach(connection)
             return
         # Waiting requests are served in order (none starves behind later ones): when
-        # the first one's hash wants another endpoint, this connection parks and the
-        # slot it held dials for that request.
+        # the first one wants another endpoint, this connection parks and the slot it
+        # held dials for that request (whose order _may_use just planned).
         self.busy.discard(connection)
         self._park(connection)
-        self._dial_for_waiting()
+        self._dial_for_waiting(replan=False)
 
     def idle_again(self, connection: Http1Connection) -> None:
         """``connection`` finished an exchange and may carry another."""
@@ -273,6 +311,7 @@ class Http1Pool:
     def gone(self, connection: Http1Connection) -> None:
         """``connection`` closed (its picker count is released)."""
         self.busy.discard(connection)
+        self.draining.pop(connection, None)
         queue = self.idle.get(connection.endpoint)
         if queue is not None:
             with contextlib.suppress(ValueError):
@@ -282,11 +321,44 @@ class Http1Pool:
         self.released(connection.endpoint)
         self._dial_for_waiting()
 
-    def retain(self, endpoints: set[Endpoint]) -> None:
-        """Close idle connections to endpoints not in ``endpoints`` (the catalog changed)."""
-        for endpoint in [e for e in self.idle if e not in endpoints]:
-            for connection in list(self.idle.get(endpoint, ())):
-                connection.close("endpoint left the catalog")
+    def retain(self, endpoints: Iterable[Endpoint]) -> None:
+        """The catalog changed; ``endpoints`` are the destination's now. Connections to
+        an endpoint no longer among them, or critical, take no further request: idle
+        ones close now, busy ones when their exchange ends (:meth:`_next`). The others
+        follow their endpoint's new entry (its weight or a passing/warning change keeps
+        them)."""
+        present = self.present = {
+            (e.address, e.port): e for e in endpoints if e.health is not Health.CRITICAL
+        }
+        for endpoint in list(self.idle):
+            now = present.get((endpoint.address, endpoint.port))
+            queue = self.idle.get(endpoint)  # a close above may have emptied it
+            if not queue:
+                continue
+            if now is None:
+                for connection in list(queue):
+                    connection.close("endpoint left the catalog or turned critical")
+            elif now != endpoint:
+                del self.idle[endpoint]
+                for connection in queue:
+                    connection.endpoint = now
+                self.idle.setdefault(now, deque()).extend(queue)
+        for connection in self.busy:
+            now = present.get((connection.endpoint.address, connection.endpoint.port))
+            if now is not None:
+                connection.endpoint = now
+
+    def retire(self, endpoint: Endpoint) -> None:
+        """``endpoint`` was ejected: its idle connections close now, its busy ones when
+        their exchange ends."""
+        place = (endpoint.address, endpoint.port)
+        for queued, queue in list(self.idle.items()):
+            if (queued.address, queued.port) == place:
+                for connection in list(queue):
+                    connection.close("endpoint ejected")
+        for connection in self.busy:
+            if (connection.endpoint.address, connection.endpoint.port) == place:
+                self.draining[connection] = "endpoint ejected"
 
     def retry(self, stream: Http1Stream) -> None:
         """``stream`` goes again, ahead of the requests waiting (see ``l7_retry``)."""

@@ -55,6 +55,8 @@ class Dialer:
         self.log = log
         self._events = events
         self.strategies: list[UpstreamStrategy] = []
+        # Told of each ejection (the L7 pools retire that endpoint's connections).
+        self.ejected: Callable[[Destination, Endpoint], None] = lambda destination, endpoint: None
         self.picker = EndpointPicker(
             OutlierDetector(
                 config.outlier_consecutive_failures,
@@ -73,6 +75,30 @@ class Dialer:
         except UpstreamConnectError:
             return []
         return self._order(conn, self._dialled(strategy, destination), key)
+
+    def usable(self, conn: Any) -> list[Endpoint]:
+        """Every endpoint a new connection of ``conn`` may be sent to now, in catalog
+        order: not critical, not ejected (unless all are), kept by the
+        ``tgw_choose_endpoint`` addons. Empty when no strategy serves it."""
+        destination = conn.destination
+        try:
+            strategy = choose_strategy(self.strategies, destination)
+        except UpstreamConnectError:
+            return []
+        destination = self._dialled(strategy, destination)
+        endpoints = self.picker.usable(destination, self.reactor.seconds())
+        if self._events.has_listeners("tgw_choose_endpoint"):
+            endpoints = choose_endpoints(self._events, conn.info, destination, endpoints)
+        return endpoints
+
+    def dialled_endpoints(self, destination: Destination) -> Sequence[Endpoint]:
+        """The addresses a connection to ``destination`` dials (a strategy's own, as
+        the mesh-gateway hop's, else the destination's endpoints)."""
+        try:
+            strategy = choose_strategy(self.strategies, destination)
+        except UpstreamConnectError:
+            return destination.endpoints
+        return self._dialled(strategy, destination).endpoints
 
     @staticmethod
     def _dialled(strategy: UpstreamStrategy, destination: Destination) -> Destination:
@@ -130,6 +156,7 @@ class Dialer:
                 ejected = self.picker.failed(destination, endpoint, self.reactor.seconds())
                 if ejected is not None:
                     of(self.metrics.upstream_ejections, destination).inc()
+                    self.ejected(destination, endpoint)
                     self.log.warn(
                         "endpoint {endpoint} of {service} ejected for {seconds:g}s "
                         "after consecutive connect failures",

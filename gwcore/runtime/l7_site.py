@@ -32,7 +32,7 @@ from gwcore.net.l7_session import L7Session
 from gwcore.net.proxied import ProxyHeaderFactory, caller_header
 from gwcore.policy.decision import ERROR_PREFIX
 from gwcore.policy.http_facts import DEFAULT_MESH_HTTP, HttpRequestFacts, MeshHttp, is_l7
-from gwcore.policy.model import Decision, Destination, Verdict
+from gwcore.policy.model import Decision, Destination, Endpoint, Verdict
 from gwcore.policy.request_hash import NO_HASH, request_hash
 from gwcore.policy.resolver_settings import HASH_POLICIES, parse_settings
 from gwcore.runtime.l7_exchange import L7Exchange
@@ -168,7 +168,9 @@ class L7Step:
             site = self.site
             # HTTP/1.1 chooses each request's endpoint (per-endpoint pools, hash
             # policies); HTTP/2 multiplexes on whichever connection has room.
-            per_request = {"plan": self.plan} if destination.protocol == "http" else {}
+            per_request: dict[str, Any] = {}
+            if destination.protocol == "http":
+                per_request = {"plan": self.plan, "usable": self.usable}
             pool = self.pools[key] = UPSTREAM_CLIENTS[destination.protocol](
                 site.reactor,
                 lambda owner, factory, endpoints=None: site.dialer.connect(
@@ -204,6 +206,11 @@ class L7Step:
             key = "" if hashed.value is None else hashed.value
         endpoints = self.site.dialer.plan(_DialFor(owner, destination), key)
         return Choice(tuple(endpoints), hashed.value is not None, hashed.set_cookie)
+
+    def usable(self, owner: Any) -> list[Endpoint]:
+        """Every endpoint a request of ``owner`` may be sent to now (a waiting request
+        takes a freed connection only to one of them)."""
+        return self.site.dialer.usable(_DialFor(owner, self.current(owner)))
 
     def _factory(self, owner: Any, factory: Any, strategy: Any) -> Any:
         """With ``upstream_proxy_protocol`` and plain TCP, each new upstream connection
@@ -245,7 +252,14 @@ class L7Step:
                 del self.pools[key]
                 pool.close()
             else:
-                pool.retain(set(destination.endpoints))
+                pool.retain(set(self.site.dialer.dialled_endpoints(destination)))
+
+    def ejected(self, destination: Destination, endpoint: Endpoint) -> None:
+        """The dial step ejected ``endpoint`` of ``destination``: the HTTP/1.1 pools of
+        that destination stop using their connections to it."""
+        for key, pool in self.pools.items():
+            if key[:2] == (destination.name, destination.subset) and isinstance(pool, Http1Pool):
+                pool.retire(endpoint)
 
     def request_timeout(self, destination: Destination) -> float | None:
         """The resolver's ``RequestTimeout`` of ``destination`` (None: none)."""

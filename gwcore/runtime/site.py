@@ -136,6 +136,7 @@ class Site:
         )
         self.recheck = LiveRecheck(self)
         self.l7 = L7Step(self)  # HTTP-like destinations: per request (docs/l7.md)
+        self.dialer.ejected = self.l7.ejected  # its pools stop using ejected endpoints
 
     # --- the steps' state, under the names plugins, the service and tests use -------
 

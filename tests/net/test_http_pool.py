@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from gwcore.contract.http_flow import Headers, HttpRequest
 from gwcore.net.http_pool import Choice, Http1Pool, PoolLimits
 from gwcore.net.splice import UpstreamProtocol
-from gwcore.policy.model import Endpoint
+from gwcore.policy.model import Endpoint, Health
 from tests.net.test_http1_client import Sink, answer
 
 A, B = Endpoint("127.0.0.1", 8001), Endpoint("127.0.0.1", 8002)
@@ -167,3 +167,65 @@ def test_waiting_requests_are_served_in_order_across_endpoints() -> None:
     assert b"GET /u " not in a_transport.value() and p.idle_count(A) == 1
     answer(dialer.made[1][1], OK)
     assert first.ended and dialer.made[1][2].value().count(b"GET /u ") == 1
+
+
+def test_a_warning_endpoint_keeps_its_idle_connection_for_its_requests() -> None:
+    """A goes from passing to warning (still usable): retain keeps A's idle connection
+    and files it under A's new entry, so a request planned for A(warning) reuses it;
+    B, now critical, loses its idle connection at once."""
+    a_warning = Endpoint("127.0.0.1", A.port, health=Health.WARNING)
+    b_critical = Endpoint("127.0.0.1", B.port, health=Health.CRITICAL)
+    chosen = [A]
+    clock, dialer = Clock(), Dialer()
+    p = Http1Pool(clock, dialer.dial, PoolLimits(), plan=lambda o, r: Choice(tuple(chosen)))
+    p.open(request("/a", A), Sink(), None).send_end()
+    chosen[:] = [B]
+    p.open(request("/b", B), Sink(), None).send_end()
+    for _, protocol, _ in dialer.made:
+        answer(protocol, OK)
+    p.retain({a_warning, b_critical})
+    assert [t.disconnecting for _, _, t in dialer.made] == [False, True]
+    assert p.idle_count(a_warning) == 1
+    chosen[:] = [a_warning]
+    p.open(request("/again", A), Sink(), None).send_end()
+    assert len(dialer.made) == 2 and dialer.made[0][2].value().endswith(
+        b"GET /again HTTP/1.1\r\nhost: svc\r\nx-to: 8001\r\n\r\n"
+    )
+
+
+def test_an_unhashed_waiting_request_takes_only_a_connection_to_a_usable_endpoint() -> None:
+    """At max_connections, A's freed connection is not handed to a waiting request when
+    A is no longer usable for it (``usable`` says B only): A's connection parks and
+    the request dials its own order (B)."""
+    usable = [A, B]
+    clock, dialer = Clock(), Dialer()
+    p = Http1Pool(
+        clock, dialer.dial, PoolLimits(max_connections=1), plan=plan, usable=lambda o: usable
+    )
+    p.open(request("/a", A), Sink(), None).send_end()
+    waiting = Sink()
+    p.open(request("/w", B), waiting, None).send_end()  # plans (B, A); waits
+    usable[:] = [B]
+    answer(dialer.made[0][1], OK)
+    assert [e for e, _, _ in dialer.made] == [A, B]
+    assert dialer.made[1][2].value().startswith(b"GET /w ")
+    assert b"GET /w " not in dialer.made[0][2].value()
+
+
+def test_retire_closes_idle_connections_and_drains_busy_ones() -> None:
+    """A was ejected: its idle connection closes at once; its busy one finishes its
+    exchange and then closes instead of parking. B's connection is untouched."""
+    p, dialer, _ = pool(PoolLimits())
+    p.open(request("/a1", A), Sink(), None).send_end()
+    answer(dialer.made[0][1], OK)  # idle now
+    busy = Sink()
+    p.open(request("/a2", A), Sink(), None).send_end()  # reuses it
+    p.open(request("/a3", A), busy, None).send_end()  # a second connection to A
+    p.open(request("/b", B), Sink(), None).send_end()
+    answer(dialer.made[0][1], OK)  # /a2 done: A's first connection idle again
+    p.retire(A)
+    transports = [t for _, _, t in dialer.made]
+    assert [t.disconnecting for t in transports] == [True, False, False]
+    answer(dialer.made[1][1], OK)
+    assert busy.ended and transports[1].disconnecting and p.idle_count(A) == 0
+    assert not transports[2].disconnecting

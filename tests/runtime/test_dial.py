@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from gwcore.contract.events import ConnectionInfo
 from gwcore.contract.metrics import GatewayMetrics, SiteChildren
-from gwcore.policy.model import Destination, Endpoint, ServiceName
+from gwcore.policy.model import Destination, Endpoint, Health, ServiceName
 from gwcore.policy.routes import RouteTable
 from gwcore.runtime.dial import Dialer
 from gwcore.testing import TRUST_DOMAIN, site_config
@@ -134,3 +134,41 @@ def test_no_endpoint_reachable_fails_and_counts_unavailable(tmp_path: Path) -> N
     d.addErrback(failed.append)
     assert failed
     assert sample(step, "tgw_upstream_unavailable_total", service="billing") == 1.0
+
+
+def test_an_ejection_is_told_to_the_ejected_listener(tmp_path: Path) -> None:
+    """The dial step tells ``ejected`` which endpoint of which destination it ejected
+    (the L7 pools stop using their connections to it)."""
+    billing = Destination(BILLING, "dc1", (Endpoint("10.0.0.1", 80), Endpoint("10.0.0.2", 80)))
+    step, _ = dialer(
+        tmp_path, Strategy({"10.0.0.1"}), outlier_consecutive_failures=1, max_connect_attempts=1
+    )
+    told: list[tuple[Destination, Endpoint]] = []
+    step.ejected = lambda destination, endpoint: told.append((destination, endpoint))
+    for _ in range(2):  # round robin: one of the two tries lands on the refusing endpoint
+        step.connect(Conn(billing), factory_for=lambda strategy: None).addErrback(lambda _: None)
+    assert [(d.name, e) for d, e in told] == [(billing.name, Endpoint("10.0.0.1", 80))]
+
+
+class Hop(Strategy):
+    """Dials its own addresses (as the mesh-gateway hop dials mesh gateways)."""
+
+    def endpoints_for(self, destination: Destination) -> list[Endpoint]:
+        return [Endpoint("10.9.9.9", 443)]
+
+
+def test_dialled_endpoints_and_usable_are_those_the_strategy_dials(tmp_path: Path) -> None:
+    """A strategy dialling its own addresses: ``dialled_endpoints`` and ``usable`` name
+    those (what the L7 pools' connections are to), not the destination's endpoints;
+    a plain strategy: the destination's non-critical endpoints."""
+    billing = Destination(
+        BILLING,
+        "dc1",
+        (Endpoint("10.0.0.1", 80), Endpoint("10.0.0.2", 80, health=Health.CRITICAL)),
+    )
+    hop, _ = dialer(tmp_path, Hop(set()))
+    assert list(hop.dialled_endpoints(billing)) == [Endpoint("10.9.9.9", 443)]
+    assert hop.usable(Conn(billing)) == [Endpoint("10.9.9.9", 443)]
+    plain, _ = dialer(tmp_path, Strategy(set()))
+    assert list(plain.dialled_endpoints(billing)) == list(billing.endpoints)
+    assert plain.usable(Conn(billing)) == [Endpoint("10.0.0.1", 80)]
