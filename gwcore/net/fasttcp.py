@@ -383,10 +383,13 @@ def listen(reactor: Any, description: str, factory: Factory) -> Deferred[Any]:
     return succeed(listening)
 
 
-def adopt(reactor: Any, fd: int, family: int, factory: Factory) -> Any:
-    """Listen on an inherited listening socket (workers), with :class:`Port` transports."""
+def adopt(
+    reactor: Any, fd: int, family: int, factory: Factory, port: type[Port] | None = None
+) -> Any:
+    """Listen on an inherited listening socket (workers), with :class:`Port` transports
+    (or ``port``, a subclass: ``shared_accept.SharedPort``)."""
     if not native(reactor):
         return reactor.adoptStreamPort(fd, family, factory)
-    listening = Port._fromListeningDescriptor(reactor, fd, family, factory)
+    listening = (port or Port)._fromListeningDescriptor(reactor, fd, family, factory)
     listening.startListening()
     return listening

@@ -21,7 +21,8 @@ from typing import Any
 
 from twisted.internet.protocol import Factory
 
-from gwcore.net.fasttcp import Port, native
+from gwcore.net.fasttcp import Port
+from gwcore.net.fasttcp import adopt as fasttcp_adopt
 
 ACCEPTS_PER_WAKEUP = 1
 
@@ -41,8 +42,4 @@ class SharedPort(Port):
 
 def adopt(reactor: Any, fd: int, family: int, factory: Factory) -> Any:
     """Listen on an inherited listening socket that other workers share."""
-    if not native(reactor):
-        return reactor.adoptStreamPort(fd, family, factory)
-    listening = SharedPort._fromListeningDescriptor(reactor, fd, family, factory)
-    listening.startListening()
-    return listening
+    return fasttcp_adopt(reactor, fd, family, factory, SharedPort)
