@@ -28,6 +28,7 @@ from bench.topology import (
     UPSTREAM_NAME,
     free_port,
     sni,
+    wait_log,
     wait_port,
 )
 
@@ -258,6 +259,10 @@ roots = ["{m.ca}"]
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     wait_port(port, timeout=start_timeout, proc=proc)
+    if (workers or 1) > 1:
+        # The supervisor listens before any worker serves, so the port answers at once:
+        # measure once every worker serves, not during their start-up.
+        wait_log(procs.workdir / f"{name}.log", f"{workers} workers serving", start_timeout, proc)
     info: dict[str, Any] = {"workers": workers or 1, "policy": policy, "listeners": listeners}
     if policy == "allow":
         info["scenarios"] = ("new_conn",)  # only the handshake depends on the engine

@@ -58,3 +58,16 @@ def wait_port(
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout:g}s")
+
+
+def wait_log(
+    log: Path, line: str, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until ``line`` is in the ``log`` file a process writes (its start-up is over)."""
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text(errors="replace"):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {line!r}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {line!r} in {log} after {timeout:g}s")
+        time.sleep(0.05)
