@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import struct
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,21 +25,67 @@ def multiprocess() -> bool:
 
 
 def use_worker_values() -> None:
-    """Multiprocess metric values that know this worker's pid, for a worker's start.
-
-    prometheus-client's multiprocess value calls ``os.getpid()`` (a system call) on
-    every ``inc``, ``set`` and ``observe`` to notice a fork. A worker is started by
-    exec and never forks a process that goes on updating metrics, so its pid is read
-    once here: a connection's fifteen updates cost no system call. Call it before the
-    first metric value of the process exists (values made before would write the same
-    file through another handle).
-    """
+    """Multiprocess metric values for a worker (:func:`worker_value_class`), for a
+    worker's start: call it before the first metric value of the process exists
+    (values made before would write the same file through another handle)."""
     from prometheus_client import values
 
     if not multiprocess():
         return
-    pid = os.getpid()
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)
+    values.ValueClass = worker_value_class(os.getpid())
+
+
+_DOUBLES = struct.Struct("dd").pack
+
+
+def worker_value_class(pid: int) -> type:
+    """prometheus-client's multiprocess value, made for a worker's updates.
+
+    A worker's value is the library's own ``MmapedValue`` (same files, same entries,
+    same exposition), with ``inc`` and ``set`` doing only what a worker needs. The
+    library's versions call ``os.getpid()`` (a system call) to notice a fork, and then
+    ``write_value`` and a packing helper: four Python calls more than a single
+    process's update, about fifteen updates per handshake. A worker is started by exec
+    and never forks a process that goes on updating metrics, so the pid is read once,
+    and the value writes its two doubles straight into its entry of the file (the
+    entry's position never moves; the file's mapping may be replaced when it grows, so
+    it is looked up on each write). The write is one slice assignment, as the library
+    makes it (never ``pack_into``, which zeroes the bytes first: a reader could see 0).
+    Values whose file object lacks the attributes relied on (another prometheus-client)
+    use the library's methods.
+    """
+    from prometheus_client import values
+
+    base: Any = values.MultiProcessValue(process_identifier=lambda: pid)
+    lock = threading.Lock()
+
+    class WorkerValue(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # The library's read of the initial value has created the entry.
+            positions = getattr(self._file, "_positions", None)
+            known = isinstance(positions, dict) and hasattr(self._file, "_m")
+            self._pos: int | None = positions.get(self._key) if known else None
+
+        def inc(self, amount: float) -> None:
+            pos = self._pos
+            if pos is None:
+                return super().inc(amount)
+            with lock:
+                self._value += amount
+                self._timestamp = 0.0
+                self._file._m[pos : pos + 16] = _DOUBLES(self._value, 0.0)
+
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            pos = self._pos
+            if pos is None:
+                return super().set(value, timestamp)
+            with lock:
+                self._value = value
+                self._timestamp = timestamp or 0.0
+                self._file._m[pos : pos + 16] = _DOUBLES(value, self._timestamp)
+
+    return WorkerValue
 
 
 def remove_series(family: Any, *labelvalues: str) -> None:
