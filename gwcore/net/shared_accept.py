@@ -57,16 +57,19 @@ class SharedPort(Port):
             # The reactor's own bookkeeping (_reads, _selectables), with one more flag;
             # a listening port never waits for writing, so this is always a fresh add
             # (epoll refuses to modify an exclusive registration).
-            reactor._add(
-                self,
-                reactor._reads,
-                reactor._writes,
-                reactor._selectables,
-                select.EPOLLIN | select.EPOLLEXCLUSIVE,
-                select.EPOLLOUT,
-            )
-        else:
-            super().startReading()
+            try:
+                reactor._add(
+                    self,
+                    reactor._reads,
+                    reactor._writes,
+                    reactor._selectables,
+                    select.EPOLLIN | select.EPOLLEXCLUSIVE,
+                    select.EPOLLOUT,
+                )
+                return
+            except OSError:  # a kernel before 4.5 refuses the flag (EINVAL)
+                pass
+        super().startReading()
 
 
 def exclusive_wakeups(reactor: Any) -> bool:

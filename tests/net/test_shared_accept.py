@@ -103,3 +103,35 @@ def test_without_the_gateway_reactor_a_shared_port_reads_as_twisted_does() -> No
 
     assert shared_accept.exclusive_wakeups(GatewayReactor())
     assert not shared_accept.exclusive_wakeups(SelectReactor())
+
+
+def test_a_kernel_that_refuses_the_flag_gets_a_plain_registration(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Where epoll refuses ``EPOLLEXCLUSIVE`` (EINVAL: Linux before 4.5) the shared
+    port is registered as Twisted does and still takes connections."""
+    import errno
+
+    listener = socket.socket()
+    request.addfinalizer(listener.close)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    reactor: Any = GatewayReactor()
+    request.addfinalizer(lambda: close_reactor(reactor))
+    plain_add = reactor._add
+
+    def old_kernel(xer: Any, primary: Any, other: Any, sel: Any, event: int, anti: int) -> None:
+        if event & select.EPOLLEXCLUSIVE:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        plain_add(xer, primary, other, sel, event, anti)
+
+    reactor._add = old_kernel
+    port = shared_accept.adopt(
+        reactor, listener.fileno(), listener.family, Factory.forProtocol(Protocol)
+    )
+    assert port.fileno() in reactor._reads
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    request.addfinalizer(client.close)
+    assert [fd for fd, _ in reactor._poller.poll(5)] == [port.fileno()]
+    port.doRead()
+    assert port.sessionno == 1
