@@ -86,7 +86,7 @@ class Relay:
     def client_bio(self) -> None:
         data = self.client.recv(READ_SIZE)
         if not data:
-            return self.close()
+            return self.close("client")
         lib.BIO_write(self.into, data, len(data))
         plain = []
         while True:
@@ -95,7 +95,7 @@ class Relay:
                 break
             plain.append(ffi.unpack(self.buf, got))
         if lib.SSL_get_error(self.ssl, got) != _WANT_READ:
-            return self.close()
+            return self.close(f"SSL_read: error {lib.SSL_get_error(self.ssl, got)}")
         if plain:
             self.upstream.sendall(b"".join(plain))
         return None
@@ -103,7 +103,7 @@ class Relay:
     def upstream_bio(self) -> None:
         data = self.upstream.recv(READ_SIZE)
         if not data:
-            return self.close()
+            return self.close("upstream")
         out = []
         for start in range(0, len(data), RECORD):
             piece = data[start : start + RECORD]
@@ -139,7 +139,7 @@ class Relay:
     def upstream_socket(self) -> None:
         data = self.upstream.recv(READ_SIZE)
         if not data:
-            return self.close()
+            return self.close("upstream")
         self.loop.sent += len(data)
         done = 0
         while done < len(data):
@@ -150,7 +150,9 @@ class Relay:
             done += got
         return None
 
-    def close(self) -> None:
+    def close(self, why: str = "") -> None:
+        if why:
+            print(f"closing a relay: {why}", file=sys.stderr, flush=True)
         for sock in (self.client, self.upstream):
             if sock.fileno() >= 0:
                 self.loop.remove(sock)
@@ -186,10 +188,10 @@ class Loop:
                 if handler is not None:
                     try:
                         handler()
-                    except OSError:  # a reset: the relay's close is its handler's owner's
+                    except OSError as e:  # a reset: the relay's close is its handler's owner's
                         owner = getattr(handler, "__self__", None)
                         if isinstance(owner, Relay):
-                            owner.close()
+                            owner.close(str(e))
             if self.counter is not None and self.sent != written:
                 written = self.sent
                 self.counter.write_text(str(written))
