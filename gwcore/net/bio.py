@@ -135,8 +135,17 @@ class RecordIO:
         peer's ``close_notify`` and ``SSL.Error`` on a failure, as pyOpenSSL's ``recv``
         does; ``plain`` then holds the records that came before it.
         """
+        return self.receive(b"", plain)
+
+    def receive(self, data: bytes, plain: list[bytes]) -> bool:
+        """:meth:`feed` ``data`` (if any), then :meth:`decrypt`: the relay's step per
+        read, made as one call."""
         ssl = self._ssl
         into = self._into
+        if data:
+            written = _lib.BIO_write(into, data, len(data))
+            if written <= 0:
+                self.tls._handle_bio_errors(into, written)  # type: ignore[attr-defined]
         buf = _READ_BUFFER
         while True:
             got = _lib.SSL_read(ssl, buf, READ_SIZE)
@@ -181,16 +190,30 @@ class RecordIO:
 
     def encrypt(self, data: bytes) -> list[bytes]:
         """``data`` encrypted in records of at most :data:`BIO_SEND` bytes, the BIO
-        drained after each: the ciphertext pieces, in order, for one ``writeSequence``."""
+        drained after each: the ciphertext pieces, in order, for one ``writeSequence``.
+
+        :meth:`write` and :meth:`drain` in one call (this runs once per read of the
+        other side): each ``SSL_write`` makes one record, as OpenSSL may take less
+        than asked (a peer's smaller record size limit), and what it wrote is read
+        out of the BIO at once, which so never holds more than a record.
+        """
         out: list[bytes] = []
-        if len(data) <= BIO_SEND:
-            self.write(data)
-            self.drain(out)
-            return out
-        view = memoryview(data)
-        for start in range(0, len(data), BIO_SEND):
-            self.write(view[start : start + BIO_SEND])
-            self.drain(out)
+        ssl = self._ssl
+        bio = self._from
+        buf = _DRAIN_BUFFER
+        size = len(data)
+        with _ffi.from_buffer(data) as source:
+            done = 0
+            while done < size:
+                written = _lib.SSL_write(ssl, source + done, min(size - done, BIO_SEND))
+                if written <= 0:
+                    self.tls._raise_ssl_error(ssl, written)  # type: ignore[attr-defined]
+                    raise SSL.Error(f"SSL_write returned {written}")
+                done += written
+                got = _lib.BIO_read(bio, buf, BIO_CHUNK)
+                while got > 0:  # <= 0: empty (a memory BIO has no other failure)
+                    out.append(_ffi.unpack(buf, got))
+                    got = _lib.BIO_read(bio, buf, BIO_CHUNK) if got == BIO_CHUNK else 0
         return out
 
     def flush(self, write: Callable[[bytes], Any]) -> None:
@@ -221,6 +244,19 @@ class PublicRecordIO(RecordIO):
                 plain.append(self.tls.recv(READ_SIZE))
             except SSL.WantReadError:
                 return True  # whether OpenSSL wrote is not known here: flush
+
+    def receive(self, data: bytes, plain: list[bytes]) -> bool:
+        if data:
+            self.feed(data)
+        return self.decrypt(plain)
+
+    def encrypt(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        view = memoryview(data)
+        for start in range(0, len(data), BIO_SEND):
+            self.write(view[start : start + BIO_SEND])
+            self.drain(out)
+        return out
 
     def write(self, data: bytes | memoryview) -> None:
         self.tls.sendall(data)

@@ -228,23 +228,24 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             io = self.io = record_io(self.tls)
         plain: list[bytes] = []  # the whole read's plaintext: one write to the service
         for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
-            io.feed(piece)
             if self.state is State.SPLICING:
-                self._pump_to_upstream(plain)
-            elif self.state is State.HANDSHAKE:
+                self._pump_to_upstream(piece, plain)
+                continue
+            io.feed(piece)
+            if self.state is State.HANDSHAKE:
                 self._continue_handshake()
             elif self.state is not State.CLOSED:
                 self._pump_early()
         if plain:
             self._send_upstream(plain)
 
-    def _pump_to_upstream(self, plain: list[bytes]) -> None:
-        """Decrypt the whole records fed so far into ``plain`` (sent by the caller); an
-        end of stream sends what came before it, then half-closes."""
+    def _pump_to_upstream(self, piece: bytes, plain: list[bytes]) -> None:
+        """Feed ``piece`` and decrypt the whole records fed so far into ``plain`` (sent
+        by the caller); an end of stream sends what came before it, then half-closes."""
         io = self.io
         assert io is not None
         try:
-            wrote = io.decrypt(plain)  # one recv per whole record (gwcore.net.bio)
+            wrote = io.receive(piece, plain)  # one recv per whole record (gwcore.net.bio)
         except SSL.ZeroReturnError:
             self._send_upstream(plain)
             self._client_finished_writing()
@@ -298,7 +299,10 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         except SSL.Error as e:
             self._protocol_error(e)
             return
-        self.transport.writeSequence(records)
+        if len(records) == 1:  # the usual answer: one record, one write
+            self.transport.write(records[0])
+        else:
+            self.transport.writeSequence(records)
 
     # --- handshake ----------------------------------------------------------------
 

@@ -281,15 +281,15 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         io = self.io
         if io is None:
             return
-        io.feed(data)
         if not self.handshake_done:
+            io.feed(data)
             self._handshake()
             if not self.handshake_done:
                 return
-            # Records that came with the end of the handshake are read below.
+            data = b""  # fed: records that came with the end of the handshake are read below
         try:
             # One record per recv, gathered so the client gets one write per read.
-            wrote = io.decrypt(plain)
+            wrote = io.receive(data, plain)
         except SSL.ZeroReturnError:  # the service's close_notify: end of its stream
             self._to_client(plain)
             self.readConnectionLost()
@@ -315,7 +315,11 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         io = self.io
         if io is None:
             return
-        self.transport.writeSequence(io.encrypt(data))  # bounded BIO (gwcore.net.bio)
+        records = io.encrypt(data)  # bounded BIO (gwcore.net.bio)
+        if len(records) == 1:  # the usual request: one record, one write
+            self.transport.write(records[0])
+        else:
+            self.transport.writeSequence(records)
 
     def send_eof(self) -> None:
         tls = self.tls
