@@ -205,7 +205,8 @@ class RecordIO:
         with _ffi.from_buffer(data) as source:
             done = 0
             while done < size:
-                written = _lib.SSL_write(ssl, source + done, min(size - done, BIO_SEND))
+                left = size - done
+                written = _lib.SSL_write(ssl, source + done, BIO_SEND if left > BIO_SEND else left)
                 if written <= 0:
                     self.tls._raise_ssl_error(ssl, written)  # type: ignore[attr-defined]
                     raise SSL.Error(f"SSL_write returned {written}")
