@@ -97,7 +97,8 @@ class RecordIO:
     """The data-path calls on one memory-BIO ``SSL.Connection`` (module docstring).
 
     Made once per connection, after the connection object exists; holding it keeps
-    the connection (and so its OpenSSL objects) alive. Not for use from two threads.
+    the connection (and so its OpenSSL objects) alive. Only for the reactor's thread:
+    every connection's records pass through the same two buffers.
     """
 
     __slots__ = ("_from", "_into", "_ssl", "tls")
