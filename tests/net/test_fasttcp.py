@@ -174,3 +174,42 @@ async def test_a_connected_client_keeps_its_read_registration(monkeypatch):
     client.transport.loseConnection()
     await server.lost
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_to_an_ip_literal_starts_before_connect_returns(monkeypatch):
+    """The SYN to an IP literal is sent inside ``endpoint.connect()`` (the socket has its
+    local port already), not a reactor turn later through a ``callLater(0)``; the
+    connection then completes and carries bytes as any other."""
+    accepted: list[Collect] = []
+
+    def build(addr: object) -> Collect:
+        accepted.append(Collect())
+        return accepted[-1]
+
+    factory = Factory()
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    port = await fasttcp.listen(reactor, "tcp:0:interface=127.0.0.1", factory)
+    connecting: list[object] = []
+    client_factory = Factory.forProtocol(Collect)
+    original = fasttcp.Connector.connect
+
+    def connect(self: fasttcp.Connector) -> None:
+        original(self)
+        connecting.append(self.transport)
+
+    monkeypatch.setattr(fasttcp.Connector, "connect", connect)
+    endpoint = fasttcp.TCPClientEndpoint(reactor, "127.0.0.1", port.getHost().port, 5)
+    d = endpoint.connect(client_factory)
+    (transport,) = connecting
+    assert transport.socket.getsockname()[1] != 0  # connect() has been called on it
+    assert transport.socket.gettimeout() == 0.0  # non-blocking from its creation
+    client = await d
+    while not accepted:
+        await sleep(0.01)
+    client.transport.write(b"after an immediate connect")
+    while bytes(accepted[0].data) != b"after an immediate connect":
+        await sleep(0.01)
+    client.transport.loseConnection()
+    await accepted[0].lost
+    await port.stopListening()
