@@ -548,6 +548,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         super().connectionLost(reason)
 
     def _finishing(self) -> None:
+        observe.leaf_if_unfinished(self)
         self.tls = self.io = None
 
     # --- reporting ------------------------------------------------------------
