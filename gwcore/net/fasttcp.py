@@ -265,8 +265,9 @@ class Client(_WriteNow, tcp.Client):
     To an IP literal (all the gateway dials: names are resolved before) the attempt
     starts at once, when its connector has set its timeout (:meth:`Connector.connect`),
     not in a later reactor turn through a ``callLater(0)`` and a Deferred of the
-    address as Twisted's does; its socket is made non-blocking as it is created; and
-    the first ``connect`` asks no pending error of a socket that cannot have one.
+    address as Twisted's does; its socket is made non-blocking as it is created; the
+    first ``connect`` asks no pending error of a socket that cannot have one; and the
+    socket's first writable event ends the attempt with one ``getsockopt``.
     A name to resolve, or a socket that could not be made, takes Twisted's own path.
     """
 
@@ -293,11 +294,13 @@ class Client(_WriteNow, tcp.Client):
 
     def doConnect(self) -> None:
         """Twisted's ``doConnect`` (called to start the attempt, then when the socket is
-        ready), except: the first call asks no ``SO_ERROR`` (a new socket has none), and
-        once connected Twisted unregisters the socket for reading and writing, then
-        registers it for reading again (three ``epoll_ctl``); here only the write
-        registration goes (one), and ``_connectDone`` finds it reading."""
-        self.doWrite = self.doRead = self.doConnect  # until connected: "done or failed?"
+        readable), except: the first call asks no ``SO_ERROR`` (a new socket has none), a
+        writable socket is :meth:`_writable`, and once connected Twisted unregisters the
+        socket for reading and writing, then registers it for reading again (three
+        ``epoll_ctl``); here only the write registration goes (one), and
+        ``_connectDone`` finds it reading."""
+        self.doRead = self.doConnect  # until connected: "done or failed?"
+        self.doWrite = self._writable
         if not hasattr(self, "connector"):
             return  # the attempt already failed (a call scheduled before it did)
         if self._started:
@@ -317,6 +320,20 @@ class Client(_WriteNow, tcp.Client):
         if result and result != errno.EISCONN:
             self.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
             return
+        self._connected()
+
+    def _writable(self) -> None:
+        """The connecting socket became writable: the attempt is over, and ``SO_ERROR``
+        says how (connect(2)); Twisted's second ``connect`` to ask again is not needed."""
+        if not hasattr(self, "connector"):
+            return  # the attempt already failed (a call scheduled before it did)
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
+            return
+        self._connected()
+
+    def _connected(self) -> None:
         del self.doWrite, self.doRead  # the class's own again
         self.stopWriting()
         self._connectDone()

@@ -213,3 +213,35 @@ async def test_a_connect_to_an_ip_literal_starts_before_connect_returns(monkeypa
     client.transport.loseConnection()
     await accepted[0].lost
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_costs_one_connect_and_one_error_check(monkeypatch):
+    """An attempt that completes calls ``connect`` once (it started the attempt) and
+    reads ``SO_ERROR`` once (when the socket became writable, connect(2)'s way of
+    asking how it ended): Twisted called each twice."""
+    import socket as socket_module
+
+    calls: list[str] = []
+    connect_ex, getsockopt = socket_module.socket.connect_ex, socket_module.socket.getsockopt
+
+    def counted_connect_ex(self, address):
+        calls.append("connect")
+        return connect_ex(self, address)
+
+    def counted_getsockopt(self, level, option, *rest):
+        if option == socket_module.SO_ERROR:
+            calls.append("SO_ERROR")
+        return getsockopt(self, level, option, *rest)
+
+    port = await fasttcp.listen(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Collect))
+    monkeypatch.setattr(socket_module.socket, "connect_ex", counted_connect_ex)
+    monkeypatch.setattr(socket_module.socket, "getsockopt", counted_getsockopt)
+    endpoint = fasttcp.TCPClientEndpoint(reactor, "127.0.0.1", port.getHost().port, 5)
+    client = await endpoint.connect(Factory.forProtocol(Collect))
+    monkeypatch.undo()
+    assert calls == ["connect", "SO_ERROR"]
+    assert client.transport.connected
+    client.transport.loseConnection()
+    await client.lost
+    await port.stopListening()
