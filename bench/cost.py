@@ -39,8 +39,16 @@ from pathlib import Path
 import h11
 
 from bench.material import Material
-from bench.peers import start_nginx_upstream, start_tgw
+from bench.peers import (
+    Gateway,
+    Upstream,
+    start_haproxy,
+    start_nginx,
+    start_nginx_upstream,
+    start_tgw,
+)
 from bench.processes import Processes, cpu_seconds
+from bench.relay_floor import start_floor
 from bench.topology import HOST, HTTP, ORIGINATE, PLAIN, sni
 
 SCENARIOS = {  # name -> (service, path, new connection per request)
@@ -131,8 +139,32 @@ def _instructions(pid: int) -> int:
     return sum(int(t.replace(",", "")) for t in threads)
 
 
+GATEWAYS = ("tgw", "nginx", "haproxy", "floor-bio", "floor-socket")
+"""What ``--gateway`` measures: tgw, a peer (``nginx`` stream with one worker, ``haproxy``
+with one thread; CPU and system calls only) or the Python floor (:mod:`bench.relay_floor`,
+keep-alive and bulk only)."""
+
+
+def _start(
+    gateway: str, procs: Processes, m: Material, up: Upstream, workers: int, prefix: tuple[str, ...]
+) -> Gateway:
+    if gateway == "tgw":
+        return start_tgw(procs, m, up, workers, prefix=prefix, start_timeout=600)
+    if gateway == "nginx":
+        return start_nginx(procs, m, up, workers)
+    if gateway == "haproxy":
+        return start_haproxy(procs, m, up, workers)
+    return start_floor(procs, m, up, gateway.split("-", 1)[1], prefix=prefix)
+
+
 def measure(
-    scenario: str, how: str, count: int, warmup: int, workdir: Path, workers: int = 1
+    scenario: str,
+    how: str,
+    count: int,
+    warmup: int,
+    workdir: Path,
+    workers: int = 1,
+    gateway: str = "tgw",
 ) -> dict:
     m = Material.create(workdir / "pki")
     procs = Processes(workdir)
@@ -146,19 +178,20 @@ def measure(
                 "--instr-atstart=no",
                 f"--callgrind-out-file={workdir}/callgrind.%p",
             )
-        gw = start_tgw(procs, m, up, workers, prefix=prefix, start_timeout=600)
+        gw = _start(gateway, procs, m, up, workers, prefix)
         assert gw.proc is not None
         pid = gw.proc.pid
-        if workers > 1:
+        port = {"originate": gw.originate, "l7": gw.l7}.get(scenario) or gw.plain
+        if workers > 1 and gateway == "tgw":
             time.sleep(2.0)  # every worker started
-        run(m, gw.plain, scenario, warmup)
+        run(m, port, scenario, warmup)
         result: dict = {"scenario": scenario, "measure": how, "count": count}
         if how == "instructions":
             _callgrind(pid, "-i", "on")
-            run(m, gw.plain, scenario, warmup)  # the code is instrumented again
+            run(m, port, scenario, warmup)  # the code is instrumented again
             _callgrind(pid, "-z")
             before = _instructions(pid)
-            units = run(m, gw.plain, scenario, count)
+            units = run(m, port, scenario, count)
             result["per_unit"] = (_instructions(pid) - before) / units
         elif how == "syscalls":
             out = workdir / "strace.txt"
@@ -166,13 +199,13 @@ def measure(
             pids[0::2] = ["-p"] * (len(pids) // 2)
             tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), *pids])
             time.sleep(1.0)  # attached
-            units = run(m, gw.plain, scenario, count)
+            units = run(m, port, scenario, count)
             tracer.send_signal(signal.SIGINT)
             tracer.wait(60)
             result["per_unit"], result["by_name"] = _strace_counts(out.read_text(), units)
         else:
             cpu0 = cpu_seconds(gw.pids())
-            units = run(m, gw.plain, scenario, count)
+            units = run(m, port, scenario, count)
             result["per_unit"] = (cpu_seconds(gw.pids()) - cpu0) / units
         result["units"] = units
         return result
@@ -202,8 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="tgw workers (syscalls and cpu only)"
     )
+    parser.add_argument(
+        "--gateway", choices=GATEWAYS, default="tgw", help="what is measured (default tgw)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    if args.gateway in ("nginx", "haproxy") and args.measure == "instructions":
+        parser.error(f"--measure instructions counts one Python or tgw process, not {args.gateway}")
+    if args.gateway.startswith("floor") and args.scenario not in ("keepalive", "bulk"):
+        parser.error("the floor relay serves the plain upstream only: keepalive or bulk")
     tool = {"instructions": "callgrind_control", "syscalls": "strace"}.get(args.measure)
     if tool and shutil.which(tool) is None:
         parser.error(f"--measure {args.measure} needs {tool}")
@@ -215,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workers > 1 and args.measure == "instructions":
             parser.error("--measure instructions counts one process: --workers 1")
-        r = measure(args.scenario, args.measure, args.count, args.warmup, workdir, args.workers)
+        r = measure(
+            args.scenario,
+            args.measure,
+            args.count,
+            args.warmup,
+            workdir,
+            args.workers,
+            args.gateway,
+        )
     finally:
         stop()
     unit = {"bulk": "MB", "handshake": "handshake"}.get(args.scenario, "request")
@@ -226,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(f"{k} {v:.2f}" for k, v in r["by_name"].items() if v >= 0.01)
         print(f"{args.scenario}: {r['per_unit']:.2f} syscalls per {unit}: {names}")
     else:
-        print(f"{args.scenario}: {r['per_unit'] * 1e6:.1f} µs CPU per {unit}")
+        print(f"{args.scenario}: {r['per_unit'] * 1e6:.1f} µs CPU per {unit} ({args.gateway})")
     return 0
 
 
