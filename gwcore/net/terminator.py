@@ -208,10 +208,10 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         return SSL.NO_OVERLAPPING_PROTOCOLS
 
     def on_verify(self, errnum: int, ok: int, leaf: Any = None) -> bool:
+        # A certificate OpenSSL refused (gwcore.net.client_verify); that ends its check.
         if leaf is not None:  # the presented leaf, for the access log even if refused
             self.peer_x509 = leaf
-        if not ok and self.verify_error is None:
-            self.verify_error = errnum
+        self.verify_error = errnum
         return bool(ok)
 
     # --- bytes from the client ----------------------------------------------------
@@ -468,12 +468,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if self.state is State.CLOSED:
             upstream.transport.loseConnection()
             return
-        self.upstream, self.endpoint, self.attempts, self.connect_seconds = (
-            upstream,
-            endpoint,
-            attempts,
-            seconds,
-        )
+        self.upstream, self.endpoint = upstream, endpoint
+        self.attempts, self.connect_seconds = attempts, seconds
         upstream.downstream = self
         self.state = State.SPLICING
         early, self._early = self._early, []
@@ -533,6 +529,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         super().connectionLost(reason)
 
     def _finishing(self) -> None:
+        observe.leaf_if_unfinished(self)
         self.tls = self.io = None
 
     # --- reporting ------------------------------------------------------------
