@@ -157,7 +157,9 @@ if EPollReactor is not None:
                         self.runUntilCurrent()
                         timeout = self.timeout()
                     elif pending:
-                        timeout = min(_LONGEST_SLEEP, pending[0].time - now)
+                        timeout = pending[0].time - now  # > 0: not due
+                        if timeout > _LONGEST_SLEEP:
+                            timeout = _LONGEST_SLEEP
                     else:
                         timeout = None
                     self.doIteration(self.running and timeout)

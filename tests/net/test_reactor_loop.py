@@ -353,3 +353,42 @@ def test_an_iteration_with_no_timer_work_skips_run_until_current_and_timeout(
     assert counts_at_20 == {"runUntilCurrent": 1, "timeout": 1}
     # Every poll slept at most until the timer (an hour), none forever (-1) or not at all.
     assert all(3500 < t <= 3600 for t in timeouts[:20])
+
+
+def test_a_sleep_is_capped_at_what_epoll_can_take(loop: Loop) -> None:
+    """With only a timer months ahead, every poll (the loop's own computation as well as
+    Twisted's ``timeout()`` on the first iteration) waits at most 2147483 s, the
+    longest epoll's millisecond ``int`` holds, as Twisted caps it."""
+    reactor = loop.reactor
+    timeouts: list[Any] = []
+    real_poller = reactor._poller
+    reads: list[bytes] = []
+
+    class Recording:
+        def poll(self, timeout: float, maxevents: int) -> Any:
+            timeouts.append(timeout)
+            return real_poller.poll(timeout, maxevents)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_poller, name)
+
+    def on_read(data: bytes) -> None:
+        reads.append(data)
+        if len(reads) == 3:
+            reactor.stop()
+        else:
+            poke.send(b"x")
+
+    poke = loop.pipe(on_read)
+
+    def start() -> None:
+        reactor.callLater(10**7, lambda: None)
+        reactor._poller = Recording()
+        poke.send(b"x")
+
+    try:
+        loop.run(start)
+    finally:
+        reactor._poller = real_poller
+    assert len(reads) == 3
+    assert timeouts[:3] == [2147483] * 3
