@@ -7,7 +7,8 @@ right after it reads, when the socket's send buffer is almost always free, so th
 transports try ``send`` immediately when nothing is queued (one ``sendmsg`` for
 a sequence of pieces) and fall back to Twisted's buffering only for what the
 kernel did not take. Reads use a 256 KiB buffer (Twisted reads 64 KiB), so a bulk
-transfer crosses Python a quarter as often, and TCP_NODELAY is set: a relay
+transfer crosses Python a quarter as often, and hand the bytes to the protocol from
+``doRead`` itself (Twisted goes through ``_dataReceived``), and TCP_NODELAY is set: a relay
 forwards what it has at once.
 
 Closing: Twisted's ``loseConnection`` registers for writing and waits for the
@@ -28,7 +29,7 @@ listener's address (the kernel can give it no other), and any other connection a
 built afterwards; nothing reads it for a connection nobody records.
 
 Everything else — flow control, producers, connection loss — is Twisted's own
-code path: the subclasses only override ``write`` and ``writeSequence`` (and the
+code path: the subclasses only override ``write``, ``writeSequence`` and ``doRead`` (and the
 client's "connected" notification, and the end of ``doConnect``: a connected socket
 keeps the read registration it has). Listening and
 connecting go through :func:`listen` and :class:`TCPClientEndpoint`, which fall
@@ -92,6 +93,24 @@ class _WriteNow:
     def _read_host(self) -> Any:
         return super().getHost()  # type: ignore[misc]  # getsockname
 
+    def doRead(self) -> Any:
+        """Twisted's ``tcp.Connection.doRead`` and ``_dataReceived`` in one frame (one
+        Python call less per read event): read up to ``bufferSize`` bytes; nothing to
+        read yet (``EWOULDBLOCK``) returns ``None``, any other socket error
+        ``CONNECTION_LOST``, end of file (``b""``) ``CONNECTION_DONE`` (the reactor then
+        disconnects with that reason), and data goes to ``protocol.dataReceived``
+        (``None``: the connection goes on)."""
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as se:
+            if se.args[0] == errno.EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
     def connectionLost(self, reason: Any) -> None:
         keep = self.keep_host
         if keep is not None and self._host is None and hasattr(self, "socket") and keep():
@@ -108,6 +127,7 @@ class _WriteNow:
     _tempDataLen: int
     _writeDisconnecting: bool
     socket: Any
+    protocol: Any
     producer: Any
     TLS: bool
 
