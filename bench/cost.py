@@ -40,8 +40,16 @@ from pathlib import Path
 import h11
 
 from bench.material import Material
-from bench.peers import start_nginx_upstream, start_tgw
+from bench.peers import (
+    Gateway,
+    Upstream,
+    start_haproxy,
+    start_nginx,
+    start_nginx_upstream,
+    start_tgw,
+)
 from bench.processes import Processes, cpu_seconds
+from bench.relay_floor import start_floor
 from bench.topology import HOST, HTTP, ORIGINATE, PLAIN, sni
 
 SCENARIOS = {  # name -> (service, path, new connection per request)
@@ -132,8 +140,32 @@ def _instructions(pid: int) -> int:
     return sum(int(t.replace(",", "")) for t in threads)
 
 
+GATEWAYS = ("tgw", "nginx", "haproxy", "floor-bio", "floor-socket")
+"""What ``--gateway`` measures: tgw, a peer (``nginx`` stream with one worker, ``haproxy``
+with one thread; CPU and system calls only) or the Python floor (:mod:`bench.relay_floor`,
+keep-alive and bulk only)."""
+
+
+def _start(
+    gateway: str, procs: Processes, m: Material, up: Upstream, workers: int, prefix: tuple[str, ...]
+) -> Gateway:
+    if gateway == "tgw":
+        return start_tgw(procs, m, up, workers, prefix=prefix, start_timeout=600)
+    if gateway == "nginx":
+        return start_nginx(procs, m, up, workers)
+    if gateway == "haproxy":
+        return start_haproxy(procs, m, up, workers)
+    return start_floor(procs, m, up, gateway.split("-", 1)[1], prefix=prefix)
+
+
 def measure(
-    scenario: str, how: str, count: int, warmup: int, workdir: Path, workers: int = 1
+    scenario: str,
+    how: str,
+    count: int,
+    warmup: int,
+    workdir: Path,
+    workers: int = 1,
+    gateway: str = "tgw",
 ) -> dict:
     m = Material.create(workdir / "pki")
     procs = Processes(workdir)
@@ -149,20 +181,21 @@ def measure(
                 # workers are children: count them too (the supervisor idles)
                 *(("--trace-children=yes",) if workers > 1 else ()),
             )
-        gw = start_tgw(procs, m, up, workers, prefix=prefix, start_timeout=600)
+        gw = _start(gateway, procs, m, up, workers, prefix)
         assert gw.proc is not None
         pid = gw.proc.pid
-        run(m, gw.plain, scenario, warmup)
+        port = {"originate": gw.originate, "l7": gw.l7}.get(scenario) or gw.plain
+        run(m, port, scenario, warmup)
         result: dict = {"scenario": scenario, "measure": how, "count": count}
         if how == "instructions":
             pids = gw.pids() if workers > 1 else [pid]
             for p in pids:
                 _callgrind(p, "-i", "on")
-            run(m, gw.plain, scenario, warmup)  # the code is instrumented again
+            run(m, port, scenario, warmup)  # the code is instrumented again
             for p in pids:
                 _callgrind(p, "-z")
             before = sum(_instructions(p) for p in pids)
-            units = run(m, gw.plain, scenario, count)
+            units = run(m, port, scenario, count)
             result["per_unit"] = (sum(_instructions(p) for p in pids) - before) / units
         elif how == "syscalls":
             out = workdir / "strace.txt"
@@ -170,13 +203,13 @@ def measure(
             pids[0::2] = ["-p"] * (len(pids) // 2)
             tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), *pids])
             time.sleep(1.0)  # attached
-            units = run(m, gw.plain, scenario, count)
+            units = run(m, port, scenario, count)
             tracer.send_signal(signal.SIGINT)
             tracer.wait(60)
             result["per_unit"], result["by_name"] = _strace_counts(out.read_text(), units)
         else:
             cpu0 = cpu_seconds(gw.pids())
-            units = run(m, gw.plain, scenario, count)
+            units = run(m, port, scenario, count)
             result["per_unit"] = (cpu_seconds(gw.pids()) - cpu0) / units
         result["units"] = units
         return result
@@ -209,8 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="tgw workers (instructions: summed over every process)",
     )
+    parser.add_argument(
+        "--gateway", choices=GATEWAYS, default="tgw", help="what is measured (default tgw)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    if args.gateway in ("nginx", "haproxy") and args.measure == "instructions":
+        parser.error(f"--measure instructions counts one Python or tgw process, not {args.gateway}")
+    if args.gateway.startswith("floor") and args.scenario not in ("keepalive", "bulk"):
+        parser.error("the floor relay serves the plain upstream only: keepalive or bulk")
     tool = {"instructions": "callgrind_control", "syscalls": "strace"}.get(args.measure)
     if tool and shutil.which(tool) is None:
         parser.error(f"--measure {args.measure} needs {tool}")
@@ -220,7 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         stop = lambda: shutil.rmtree(workdir, ignore_errors=True)  # noqa: E731
     try:
-        r = measure(args.scenario, args.measure, args.count, args.warmup, workdir, args.workers)
+        r = measure(
+            args.scenario,
+            args.measure,
+            args.count,
+            args.warmup,
+            workdir,
+            args.workers,
+            args.gateway,
+        )
     finally:
         stop()
     unit = {"bulk": "MB", "handshake": "handshake"}.get(args.scenario, "request")
@@ -231,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(f"{k} {v:.2f}" for k, v in r["by_name"].items() if v >= 0.01)
         print(f"{args.scenario}: {r['per_unit']:.2f} syscalls per {unit}: {names}")
     else:
-        print(f"{args.scenario}: {r['per_unit'] * 1e6:.1f} µs CPU per {unit}")
+        print(f"{args.scenario}: {r['per_unit'] * 1e6:.1f} µs CPU per {unit} ({args.gateway})")
     return 0
 
 

@@ -62,6 +62,7 @@ from bench.peers import (
     verify_path,
 )
 from bench.processes import Processes, cpu_seconds, memory_kib
+from bench.relay_floor import start_floor
 from bench.topology import APT_PACKAGES, HTTP, ORIGINATE, PLAIN, SCENARIOS, STREAM_MODULE, sni
 
 # --- the run ------------------------------------------------------------------------
@@ -260,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help='also tgw with worker_listeners = "reuseport" for each worker count above 1',
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the bare Python relay of bench.relay_floor (keep-alive and bulk)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     parser.add_argument(
         "--fallback", action="store_true", help="tgw alone with Python stand-ins (smoke test)"
@@ -324,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                 *[(f"haproxy-t{t}", lambda t=t: start_haproxy(procs, m, up, t)) for t in (1, 2)],
                 *[(f"nginx-w{w}", lambda w=w: start_nginx(procs, m, up, w)) for w in (1, 2)],
             ]
+            if args.floor:
+                starters += [
+                    (f"floor-{mode}", lambda mode=mode: start_floor(procs, m, up, mode))
+                    for mode in ("bio", "socket")
+                ]
         for name, start in starters:
             if only and name not in only:
                 continue
@@ -332,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             sidecar = None
             try:
                 if gw.proc is not None:
-                    verify_path(m, gw, originate=not s.fallback)
+                    verify_path(m, gw, originate=not s.fallback and gw.kind != "floor")
                 if name == "direct":
                     sidecar = Sidecar(None, up.plain, up.plain)  # type: ignore[arg-type]
                 elif not s.fallback:

@@ -71,3 +71,34 @@ def test_the_codec_floor_measures_h11(capsys: pytest.CaptureFixture[str]) -> Non
     assert codec_floor.main(["-n", "50"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("h11: ") and float(line.split()[1]) > 0
+
+
+def test_the_relay_floor_relays_keepalive_and_bulk_in_both_modes(tmp_path: Path) -> None:
+    """``--floor``: the bare Python relay (``bench.relay_floor``), with memory BIOs and with
+    OpenSSL on the socket, carries wrk's keep-alive and bulk load through the sidecar
+    (the benchmark checks the bytes it counted against what the client read) and gets
+    CPU figures, so the floor the performance report compares with is measured, not
+    assumed. It serves only those two scenarios."""
+    names = ("floor-bio", "floor-socket")
+    results = run(tmp_path, "--floor", "--only", ",".join(names), "--idle", "0")
+    assert sorted(results) == sorted(names)
+    for name in names:
+        assert sorted(k for k in results[name] if k != "info") == ["bulk_1m", "keepalive_1k"]
+        for scenario in ("keepalive_1k", "bulk_1m"):
+            assert results[name][scenario]["value"] > 0, (name, scenario)
+            assert results[name][scenario]["cpu_per_unit"] > 0, (name, scenario)
+
+
+@pytest.mark.parametrize("gateway", ["nginx", "floor-socket"])
+def test_the_cost_counter_measures_a_peer_or_the_floor(
+    gateway: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bench.cost --gateway`` runs its fixed keep-alive load through a peer or the
+    floor relay and prints that gateway's CPU per request; instruction counts are
+    refused for a peer (callgrind counts one Python or tgw process)."""
+    from bench import cost
+
+    assert cost.main(["--measure", "cpu", "-n", "50", "--warmup", "5", "--gateway", gateway]) == 0
+    assert f"µs CPU per request ({gateway})" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cost.main(["--measure", "instructions", "--gateway", "haproxy"])

@@ -32,6 +32,14 @@ def handshake_completed(conn: Any, tls: Any) -> None:
     site.children.handshakes(conn.tls_version).inc()
 
 
+def leaf_if_unfinished(conn: Any) -> None:
+    """The leaf of a handshake that verified the client's chain and then failed or was
+    abandoned, for its access record: a verified chain is not reported to Python as it
+    is checked (gwcore.net.client_verify); OpenSSL keeps the leaf in the session."""
+    if conn.peer_x509 is None and conn.tls is not None:
+        conn.peer_x509 = conn.tls.get_peer_certificate()
+
+
 def handshake_reason(conn: Any, error: Exception | None) -> str:
     """Why ``conn``'s handshake failed, as a bounded metric label: what the driver saw
     (an addon veto, a route miss, a certificate verify error), else OpenSSL's error."""

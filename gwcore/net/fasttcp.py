@@ -7,7 +7,8 @@ right after it reads, when the socket's send buffer is almost always free, so th
 transports try ``send`` immediately when nothing is queued (one ``sendmsg`` for
 a sequence of pieces) and fall back to Twisted's buffering only for what the
 kernel did not take. Reads use a 256 KiB buffer (Twisted reads 64 KiB), so a bulk
-transfer crosses Python a quarter as often, and TCP_NODELAY is set: a relay
+transfer crosses Python a quarter as often, and hand the bytes to the protocol from
+``doRead`` itself (Twisted goes through ``_dataReceived``), and TCP_NODELAY is set: a relay
 forwards what it has at once.
 
 Closing: Twisted's ``loseConnection`` registers for writing and waits for the
@@ -28,7 +29,7 @@ listener's address (the kernel can give it no other), and any other connection a
 built afterwards; nothing reads it for a connection nobody records.
 
 Everything else — flow control, producers, connection loss — is Twisted's own
-code path: the subclasses only override ``write`` and ``writeSequence`` (and the
+code path: the subclasses only override ``write``, ``writeSequence`` and ``doRead`` (and the
 client's "connected" notification, and the end of ``doConnect``: a connected socket
 keeps the read registration it has). Listening and
 connecting go through :func:`listen` and :class:`TCPClientEndpoint`, which fall
@@ -92,6 +93,24 @@ class _WriteNow:
     def _read_host(self) -> Any:
         return super().getHost()  # type: ignore[misc]  # getsockname
 
+    def doRead(self) -> Any:
+        """Twisted's ``tcp.Connection.doRead`` and ``_dataReceived`` in one frame (one
+        Python call less per read event): read up to ``bufferSize`` bytes; nothing to
+        read yet (``EWOULDBLOCK``) returns ``None``, any other socket error
+        ``CONNECTION_LOST``, end of file (``b""``) ``CONNECTION_DONE`` (the reactor then
+        disconnects with that reason), and data goes to ``protocol.dataReceived``
+        (``None``: the connection goes on)."""
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as se:
+            if se.args[0] == errno.EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
     def connectionLost(self, reason: Any) -> None:
         keep = self.keep_host
         if keep is not None and self._host is None and hasattr(self, "socket") and keep():
@@ -108,6 +127,7 @@ class _WriteNow:
     _tempDataLen: int
     _writeDisconnecting: bool
     socket: Any
+    protocol: Any
     producer: Any
     TLS: bool
 
@@ -260,20 +280,55 @@ class Port(tcp.Port):
 
 
 class Client(_WriteNow, tcp.Client):
-    """An outgoing connection with immediate writes; tells its factory when connected."""
+    """An outgoing connection with immediate writes; tells its factory when connected.
+
+    To an IP literal (all the gateway dials: names are resolved before) the attempt
+    starts at once, when its connector has set its timeout (:meth:`Connector.connect`),
+    not in a later reactor turn through a ``callLater(0)`` and a Deferred of the
+    address as Twisted's does; its socket is made non-blocking as it is created; the
+    first ``connect`` asks no pending error of a socket that cannot have one; and the
+    socket's first writable event ends the attempt with one ``getsockopt``.
+    A name to resolve, or a socket that could not be made, takes Twisted's own path.
+    """
+
+    _started = False  # connect() was called: a wake-up asks the socket's error first
+    _deferred_start = False  # the connector starts the attempt (an IP literal)
+
+    def createInternetSocket(self) -> socket.socket:
+        # One system call: Twisted's socket() then setblocking(False) costs an ioctl more.
+        # (Python's sockets are close-on-exec already.)
+        return socket.socket(self.addressFamily, self.socketType | socket.SOCK_NONBLOCK)
+
+    def _finishInit(self, whenDone: Any, skt: Any, error: Any, reactor: Any) -> None:
+        if whenDone is None or self._requiresResolution:
+            super()._finishInit(whenDone, skt, error, reactor)  # type: ignore[misc]
+            return
+        self._commonConnection.__init__(self, skt, None, reactor)  # type: ignore[attr-defined]
+        self._deferred_start = True
+
+    def start(self) -> None:
+        """Begin connecting to the literal address (called once, by the connector)."""
+        if self._deferred_start:
+            self._deferred_start = False
+            self._setRealAddress(self.addr)  # type: ignore[attr-defined]  # resolves nothing
 
     def doConnect(self) -> None:
         """Twisted's ``doConnect`` (called to start the attempt, then when the socket is
-        ready), except once connected: Twisted unregisters the socket for reading and
-        writing, then registers it for reading again (three ``epoll_ctl``); here only
-        the write registration goes (one), and ``_connectDone`` finds it reading."""
-        self.doWrite = self.doRead = self.doConnect  # until connected: "done or failed?"
+        readable), except: the first call asks no ``SO_ERROR`` (a new socket has none), a
+        writable socket is :meth:`_writable`, and once connected Twisted unregisters the
+        socket for reading and writing, then registers it for reading again (three
+        ``epoll_ctl``); here only the write registration goes (one), and
+        ``_connectDone`` finds it reading."""
+        self.doRead = self.doConnect  # until connected: "done or failed?"
+        self.doWrite = self._writable
         if not hasattr(self, "connector"):
             return  # the attempt already failed (a call scheduled before it did)
-        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
-            return
+        if self._started:
+            err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
+                return
+        self._started = True
         try:
             result = self.socket.connect_ex(self.realAddress)
         except OSError as e:
@@ -285,6 +340,20 @@ class Client(_WriteNow, tcp.Client):
         if result and result != errno.EISCONN:
             self.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
             return
+        self._connected()
+
+    def _writable(self) -> None:
+        """The connecting socket became writable: the attempt is over, and ``SO_ERROR``
+        says how (connect(2)); Twisted's second ``connect`` to ask again is not needed."""
+        if not hasattr(self, "connector"):
+            return  # the attempt already failed (a call scheduled before it did)
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
+            return
+        self._connected()
+
+    def _connected(self) -> None:
         del self.doWrite, self.doRead  # the class's own again
         self.stopWriting()
         self._connectDone()
@@ -300,6 +369,14 @@ class Client(_WriteNow, tcp.Client):
 class Connector(tcp.Connector):
     def _makeTransport(self) -> Client:
         return Client(self.host, self.port, self.bindAddress, self, self.reactor)
+
+    def connect(self) -> None:
+        """Twisted's (a transport, its timeout, ``startedConnecting``), then the attempt
+        at once (:class:`Client`)."""
+        super().connect()
+        transport = self.transport
+        if isinstance(transport, Client):
+            transport.start()
 
 
 class _Connecting(ClientFactory):

@@ -57,7 +57,7 @@ from gwcore.policy.model import Decision, Destination, Endpoint, SpiffeID, Verdi
 from gwcore.policy.routes import RouteTable
 from gwcore.policy.sni import normalize_sni
 from gwcore.policy.spiffe import IdentityError, identity_from_der
-from gwcore.policy.tlsrecords import UNRECOGNIZED_NAME_ALERT, RecordCounter
+from gwcore.policy.tlsrecords import UNRECOGNIZED_NAME_ALERT
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -139,8 +139,6 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         self.idle_mark = (0, 0.0)  # (bytes seen at last sweep, when they last changed)
         self._early: list[bytes] = []
         self._early_size = 0
-        # Whole records fed to OpenSSL and not yet read back (tlsrecords module doc).
-        self._records = RecordCounter()
         self._deadline: IDelayedCall | None = None
         self._pending: Deferred[Any] | None = None
         self._finished = False
@@ -210,10 +208,10 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         return SSL.NO_OVERLAPPING_PROTOCOLS
 
     def on_verify(self, errnum: int, ok: int, leaf: Any = None) -> bool:
+        # A certificate OpenSSL refused (gwcore.net.client_verify); that ends its check.
         if leaf is not None:  # the presented leaf, for the access log even if refused
             self.peer_x509 = leaf
-        if not ok and self.verify_error is None:
-            self.verify_error = errnum
+        self.verify_error = errnum
         return bool(ok)
 
     # --- bytes from the client ----------------------------------------------------
@@ -230,45 +228,33 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
             io = self.io = record_io(self.tls)
         plain: list[bytes] = []  # the whole read's plaintext: one write to the service
         for piece in pieces(data):  # bounded BIO capacity (gwcore.net.bio)
-            io.feed(piece)
-            self._records.feed(piece)
             if self.state is State.SPLICING:
-                self._pump_to_upstream(plain)
-            elif self.state is State.HANDSHAKE:
+                self._pump_to_upstream(piece, plain)
+                continue
+            io.feed(piece)
+            if self.state is State.HANDSHAKE:
                 self._continue_handshake()
             elif self.state is not State.CLOSED:
                 self._pump_early()
         if plain:
             self._send_upstream(plain)
 
-    def _pump_to_upstream(self, plain: list[bytes]) -> None:
-        """Decrypt the whole records fed so far into ``plain`` (sent by the caller); an
-        end of stream sends what came before it, then half-closes."""
+    def _pump_to_upstream(self, piece: bytes, plain: list[bytes]) -> None:
+        """Feed ``piece`` and decrypt the whole records fed so far into ``plain`` (sent
+        by the caller); an end of stream sends what came before it, then half-closes."""
         io = self.io
         assert io is not None
-        # OpenSSL hands out one record (<= 16 KiB) per recv. One recv per whole
-        # record that arrived: no last call just to hear WantReadError.
-        records = self._records
-        ready, records.complete = records.complete, 0
-        # Reading records that all carried application data makes OpenSSL write
-        # nothing; anything else (a KeyUpdate, an alert) may have, so then flush.
-        quiet = True
-        for _ in range(ready):
-            try:
-                plain.append(io.read())
-            except SSL.WantReadError:
-                quiet = False
-                break
-            except SSL.ZeroReturnError:
-                self._send_upstream(plain)
-                self._client_finished_writing()
-                quiet = False
-                break
-            except SSL.Error as e:
-                plain.clear()
-                self._protocol_error(e)
-                return
-        if not quiet:
+        try:
+            wrote = io.receive(piece, plain)  # one recv per whole record (gwcore.net.bio)
+        except SSL.ZeroReturnError:
+            self._send_upstream(plain)
+            self._client_finished_writing()
+            wrote = True
+        except SSL.Error as e:
+            plain.clear()
+            self._protocol_error(e)
+            return
+        if wrote:  # a KeyUpdate's answer, an alert: records carrying data write nothing
             self._flush_tls()
 
     def _send_upstream(self, plain: list[bytes]) -> None:
@@ -281,25 +267,21 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
     def _pump_early(self) -> None:
         io = self.io
         assert io is not None
-        while True:
-            try:
-                chunk = io.read()
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                self.client_eof = True
-                break
-            except SSL.Error as e:
-                self._protocol_error(e)
-                return
-            self._early.append(chunk)
-            self._early_size += len(chunk)
-            if self._early_size > MAX_EARLY_BYTES:
-                self._refuse(
-                    "early_data_overflow", "client sent too much before the upstream was ready"
-                )
-                return
-        self._records.complete = 0  # everything whole has been read
+        early = self._early
+        before = len(early)
+        try:
+            io.decrypt(early)  # what one piece (<= BIO_FEED bytes) holds, at most
+        except SSL.ZeroReturnError:
+            self.client_eof = True
+        except SSL.Error as e:
+            self._protocol_error(e)
+            return
+        self._early_size += sum(map(len, early[before:]))
+        if self._early_size > MAX_EARLY_BYTES:
+            self._refuse(
+                "early_data_overflow", "client sent too much before the upstream was ready"
+            )
+            return
         self._flush_tls()
 
     def _flush_tls(self) -> None:
@@ -317,7 +299,10 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         except SSL.Error as e:
             self._protocol_error(e)
             return
-        self.transport.writeSequence(records)
+        if len(records) == 1:  # the usual answer: one record, one write
+            self.transport.write(records[0])
+        else:
+            self.transport.writeSequence(records)
 
     # --- handshake ----------------------------------------------------------------
 
@@ -483,12 +468,8 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         if self.state is State.CLOSED:
             upstream.transport.loseConnection()
             return
-        self.upstream, self.endpoint, self.attempts, self.connect_seconds = (
-            upstream,
-            endpoint,
-            attempts,
-            seconds,
-        )
+        self.upstream, self.endpoint = upstream, endpoint
+        self.attempts, self.connect_seconds = attempts, seconds
         upstream.downstream = self
         self.state = State.SPLICING
         early, self._early = self._early, []
@@ -548,6 +529,7 @@ class DownstreamProtocol(SplicedClient, TwistedProtocol):
         super().connectionLost(reason)
 
     def _finishing(self) -> None:
+        observe.leaf_if_unfinished(self)
         self.tls = self.io = None
 
     # --- reporting ------------------------------------------------------------

@@ -29,6 +29,7 @@ from OpenSSL import SSL, crypto
 
 from gwcore.contract.providers import LeafCertificate, TrustRoot
 from gwcore.net.client_trust import TrustBundles, VerifiedChains
+from gwcore.net.client_verify import ClientVerifier, VerifyCallback
 from gwcore.policy.model import ServiceName
 
 VERIFY_CLIENT = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
@@ -36,7 +37,6 @@ SESSION_ID_CONTEXT = b"tgw"
 
 
 ServernameCallback = Callable[[SSL.Connection], None]
-VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
 AlpnCallback = Callable[[SSL.Connection, list[bytes]], Any]
 
 # What a terminating gateway may agree to with the client, by destination protocol,
@@ -67,12 +67,12 @@ def roots_digest(roots: Sequence[x509.Certificate | TrustRoot]) -> bytes:
     return h.digest()
 
 
-def _base_settings(ctx: SSL.Context, verify: VerifyCallback, session_lifetime: float) -> None:
+def _base_settings(ctx: SSL.Context, verify: ClientVerifier, session_lifetime: float) -> None:
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(
         SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_COMPRESSION
     )
-    ctx.set_verify(VERIFY_CLIENT, verify)
+    verify.install(ctx, VERIFY_CLIENT)  # Python hears of failed checks only (client_verify)
     ctx.set_session_id(SESSION_ID_CONTEXT)
     # How long a session (TLS 1.2 cache entry or ticket, TLS 1.3 ticket lifetime)
     # may be resumed; a resumption also re-verifies the client's certificate now
@@ -119,7 +119,7 @@ class ServerTLSBuilder:
         session_lifetime: float = 3600.0,
     ) -> None:
         self._on_servername = on_servername
-        self._on_verify = on_verify
+        self._verifier = ClientVerifier(on_verify)  # called for refused certificates only
         self._on_alpn = on_alpn
         self._trust_domain = trust_domain
         self._session_lifetime = session_lifetime
@@ -129,7 +129,7 @@ class ServerTLSBuilder:
         self, leaf: LeafCertificate | None, roots: Sequence[x509.Certificate], sni: str = ""
     ) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_METHOD)
-        _base_settings(ctx, self._on_verify, self._session_lifetime)
+        _base_settings(ctx, self._verifier, self._session_lifetime)
         _add_roots(ctx, roots)
         if self._on_alpn is not None:
             # Called after the servername callback, on the route's context.

@@ -35,7 +35,6 @@ from gwcore.net.splice import UpstreamProtocol, flush_bio
 from gwcore.net.tls import _add_roots
 from gwcore.net.upstream import UpstreamConnectError, tcp_endpoint
 from gwcore.policy.model import Endpoint
-from gwcore.policy.tlsrecords import RecordCounter
 
 # OpenSSL X509_V_ERR_* codes seen while verifying the service's chain.
 _VERIFY_REASONS = {
@@ -207,8 +206,6 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         self.eof_sent = False
         self.failure_reason: str | None = None
         self.on_session: Callable[[SSL.Session], None] | None = None
-        # Whole records fed to OpenSSL and not yet read back (tlsrecords module doc).
-        self._records = RecordCounter()
 
     # --- handshake ------------------------------------------------------------
 
@@ -284,41 +281,24 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         io = self.io
         if io is None:
             return
-        io.feed(data)
-        records = self._records
-        records.feed(data)
-        if self.handshake_done:
-            # One recv per whole record: no last call just to hear WantReadError.
-            ready, records.complete = records.complete, 0
-        else:
+        if not self.handshake_done:
+            io.feed(data)
             self._handshake()
             if not self.handshake_done:
                 return
-            # Records that came with the end of the handshake: read until OpenSSL
-            # says it has no more (the count includes the handshake's own).
-            ready, records.complete = -1, 0
-        # One record per recv, gathered so the client gets one write per read.
-        finished = False
-        quiet = ready >= 0  # records with application data only: OpenSSL wrote nothing
-        while ready:
-            ready -= 1
-            try:
-                plain.append(io.read())
-            except SSL.WantReadError:  # a record without data (a ticket, a KeyUpdate)
-                quiet = False
-                break
-            except SSL.ZeroReturnError:  # the service's close_notify: end of its stream
-                finished = True
-                quiet = False
-                break
-            except SSL.Error as e:
-                self._to_client(plain)
-                self._data_error(e)
-                return
-        if finished:
+            data = b""  # fed: records that came with the end of the handshake are read below
+        try:
+            # One record per recv, gathered so the client gets one write per read.
+            wrote = io.receive(data, plain)
+        except SSL.ZeroReturnError:  # the service's close_notify: end of its stream
             self._to_client(plain)
             self.readConnectionLost()
-        if not quiet:
+            wrote = True
+        except SSL.Error as e:
+            self._to_client(plain)
+            self._data_error(e)
+            return
+        if wrote:  # a KeyUpdate's answer, an alert: records carrying data write nothing
             self._flush()
 
     def _data_error(self, error: SSL.Error) -> None:
@@ -335,7 +315,11 @@ class TLSUpstreamProtocol(UpstreamProtocol):
         io = self.io
         if io is None:
             return
-        self.transport.writeSequence(io.encrypt(data))  # bounded BIO (gwcore.net.bio)
+        records = io.encrypt(data)  # bounded BIO (gwcore.net.bio)
+        if len(records) == 1:  # the usual request: one record, one write
+            self.transport.write(records[0])
+        else:
+            self.transport.writeSequence(records)
 
     def send_eof(self) -> None:
         tls = self.tls

@@ -14,7 +14,6 @@ import socket
 import pytest_twisted
 
 from gwcore.net import fasttcp
-from gwcore.policy.tlsrecords import RecordCounter
 from tests.harness import in_thread, sni_for, tls_connect
 from tests.net.test_terminator import MemoryClient, exchange, setup_catalog
 from tests.net.test_upstream_tls import SERVICE_NAME, ExternalPKI, link, tls_server
@@ -32,6 +31,25 @@ def sender(body: bytes):
             pass
 
     return handle
+
+
+class RecordCounter:
+    """Counts the whole TLS records (5-byte header, then as many bytes as it says) in
+    a stream fed in any pieces; keeps at most one unfinished record."""
+
+    def __init__(self) -> None:
+        self.complete = 0
+        self._rest = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        rest = self._rest
+        rest += data
+        while len(rest) >= 5:
+            end = 5 + ((rest[3] << 8) | rest[4])
+            if len(rest) < end:
+                return
+            del rest[:end]
+            self.complete += 1
 
 
 class _CountedSocket:

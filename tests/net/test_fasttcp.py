@@ -174,3 +174,74 @@ async def test_a_connected_client_keeps_its_read_registration(monkeypatch):
     client.transport.loseConnection()
     await server.lost
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_to_an_ip_literal_starts_before_connect_returns(monkeypatch):
+    """The SYN to an IP literal is sent inside ``endpoint.connect()`` (the socket has its
+    local port already), not a reactor turn later through a ``callLater(0)``; the
+    connection then completes and carries bytes as any other."""
+    accepted: list[Collect] = []
+
+    def build(addr: object) -> Collect:
+        accepted.append(Collect())
+        return accepted[-1]
+
+    factory = Factory()
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    port = await fasttcp.listen(reactor, "tcp:0:interface=127.0.0.1", factory)
+    connecting: list[object] = []
+    client_factory = Factory.forProtocol(Collect)
+    original = fasttcp.Connector.connect
+
+    def connect(self: fasttcp.Connector) -> None:
+        original(self)
+        connecting.append(self.transport)
+
+    monkeypatch.setattr(fasttcp.Connector, "connect", connect)
+    endpoint = fasttcp.TCPClientEndpoint(reactor, "127.0.0.1", port.getHost().port, 5)
+    d = endpoint.connect(client_factory)
+    (transport,) = connecting
+    assert transport.socket.getsockname()[1] != 0  # connect() has been called on it
+    assert transport.socket.gettimeout() == 0.0  # non-blocking from its creation
+    client = await d
+    while not accepted:
+        await sleep(0.01)
+    client.transport.write(b"after an immediate connect")
+    while bytes(accepted[0].data) != b"after an immediate connect":
+        await sleep(0.01)
+    client.transport.loseConnection()
+    await accepted[0].lost
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connect_costs_one_connect_and_one_error_check(monkeypatch):
+    """An attempt that completes calls ``connect`` once (it started the attempt) and
+    reads ``SO_ERROR`` once (when the socket became writable, connect(2)'s way of
+    asking how it ended): Twisted called each twice."""
+    import socket as socket_module
+
+    calls: list[str] = []
+    connect_ex, getsockopt = socket_module.socket.connect_ex, socket_module.socket.getsockopt
+
+    def counted_connect_ex(self, address):
+        calls.append("connect")
+        return connect_ex(self, address)
+
+    def counted_getsockopt(self, level, option, *rest):
+        if option == socket_module.SO_ERROR:
+            calls.append("SO_ERROR")
+        return getsockopt(self, level, option, *rest)
+
+    port = await fasttcp.listen(reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Collect))
+    monkeypatch.setattr(socket_module.socket, "connect_ex", counted_connect_ex)
+    monkeypatch.setattr(socket_module.socket, "getsockopt", counted_getsockopt)
+    endpoint = fasttcp.TCPClientEndpoint(reactor, "127.0.0.1", port.getHost().port, 5)
+    client = await endpoint.connect(Factory.forProtocol(Collect))
+    monkeypatch.undo()
+    assert calls == ["connect", "SO_ERROR"]
+    assert client.transport.connected
+    client.transport.loseConnection()
+    await client.lost
+    await port.stopListening()

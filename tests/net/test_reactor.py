@@ -8,6 +8,7 @@ pytest-twisted runs. Installation is checked in a fresh interpreter.
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from twisted.internet import error
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import context, failure, log
@@ -180,6 +182,71 @@ def test_a_hang_up_reaches_the_handler_as_connection_lost(pairs: Any, fresh: Any
     theirs.close()
     reactor.doPoll(1.0)
     assert reader.reads == [b""]
+
+
+class GoneReader(Reader):
+    """A reader whose descriptor the application already gave up (``fileno() == -1``)."""
+
+    def fileno(self) -> int:
+        return -1 if self.gone else self.sock.fileno()
+
+    gone = False
+
+
+def test_a_selectable_whose_fileno_is_gone_is_disconnected_as_twisted_does(
+    pairs: Any, fresh: Any
+) -> None:
+    """A readable selectable answering ``fileno() == -1`` is not read: it is disconnected
+    with ``ConnectionFdescWentAway``, exactly as by Twisted's epoll reactor."""
+    for cls in (GatewayReactor, EPollReactor):
+        reactor = fresh(cls)
+        ours, theirs = pair(pairs)
+        reader = GoneReader(reactor, ours)
+        reactor.addReader(reader)
+        reader.gone = True
+        theirs.sendall(b"x")
+        reactor.doPoll(1.0)
+        assert reader.reads == [], cls
+        assert len(reader.lost) == 1 and reader.lost[0].check(error.ConnectionFdescWentAway), cls
+
+
+class ReadWriter(Reader):
+    """Records writes too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes = 0
+
+    def doWrite(self) -> None:
+        self.writes += 1
+        self.reactor.removeWriter(self)
+
+
+def test_only_a_read_only_event_skips_twisteds_dispatch_and_both_are_served(
+    pairs: Any, fresh: Any
+) -> None:
+    """A readable-only event is read without ``_doReadOrWrite`` (the call saved per
+    event); a readable-and-writable one goes through it and gets both handlers."""
+    reactor = fresh(GatewayReactor)
+    through_twisted: list[int] = []
+    parent = reactor._doReadOrWrite
+
+    def counting(selectable: Any, fd: int, event: int) -> None:
+        through_twisted.append(event)
+        parent(selectable, fd, event)
+
+    reactor._doReadOrWrite = counting
+    ours, theirs = pair(pairs)
+    reader = ReadWriter(reactor, ours)
+    reactor.addReader(reader)
+    theirs.sendall(b"one")
+    reactor.doPoll(1.0)
+    assert reader.reads == [b"one"] and through_twisted == []
+    reactor.addWriter(reader)
+    theirs.sendall(b"two")
+    reactor.doPoll(1.0)
+    assert reader.reads == [b"one", b"two"] and reader.writes == 1
+    assert through_twisted == [select.EPOLLIN | select.EPOLLOUT]
 
 
 class RecordingPoller:

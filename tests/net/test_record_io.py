@@ -54,15 +54,19 @@ def _move(source: SSL.Connection, target: SSL.Connection) -> None:
             return
 
 
-def _pair() -> tuple[SSL.Connection, SSL.Connection]:
-    """(server, client) memory-BIO connections after a real TLS 1.3 handshake."""
+def _pair(max_version: int | None = None) -> tuple[SSL.Connection, SSL.Connection]:
+    """(server, client) memory-BIO connections after a real handshake (TLS 1.3 unless
+    ``max_version`` says otherwise)."""
     cert, key = _self_signed()
     server_ctx = SSL.Context(SSL.TLS_METHOD)
     server_ctx.use_certificate(cert)
     server_ctx.use_privatekey(key)
     server = SSL.Connection(server_ctx, None)
     server.set_accept_state()
-    client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    client_ctx = SSL.Context(SSL.TLS_METHOD)
+    if max_version is not None:
+        client_ctx.set_max_proto_version(max_version)
+    client = SSL.Connection(client_ctx, None)
     client.set_connect_state()
     for _ in range(10):
         for side in (client, server):
@@ -70,7 +74,8 @@ def _pair() -> tuple[SSL.Connection, SSL.Connection]:
                 side.do_handshake()
         _move(client, server)
         _move(server, client)
-    assert client.get_protocol_version_name() == "TLSv1.3"
+    expected = "TLSv1.2" if max_version == SSL.TLS1_2_VERSION else "TLSv1.3"
+    assert client.get_protocol_version_name() == expected
     return server, client
 
 
@@ -218,3 +223,72 @@ async def test_an_originating_relay_makes_no_pyopenssl_data_call_per_request(
     await gateway.start()
     after = await _run_keepalive(gateway, pyopenssl_data_calls)
     assert after[-1] == after[4], (after, pyopenssl_data_calls[after[4] :])
+
+
+def _wire(sending: RecordIO, *messages: bytes) -> bytes:
+    """The ciphertext of ``messages``, each encrypted on its own (one or more records)."""
+    return b"".join(b"".join(sending.encrypt(m)) for m in messages)
+
+
+def test_decrypt_takes_every_whole_record_and_keeps_a_cut_one_for_later(
+    io_kind: type[RecordIO],
+) -> None:
+    """``decrypt`` appends the plaintext of every whole record fed so far, one record
+    per read, in order; a record cut short is kept by OpenSSL and comes out whole once
+    its end is fed; with nothing left it returns without raising. Records that all
+    carry data make OpenSSL write nothing (the direct calls say so: no flush)."""
+    server, client = _pair()
+    sending, receiving = io_kind(client), io_kind(server)
+    first, big, last = b"a" * 100, bytes(range(256)) * 160, b"tail!"
+    wire = _wire(sending, first, big, last)
+    receiving.feed(wire[:-3])
+    plain: list[bytes] = []
+    wrote = receiving.decrypt(plain)
+    assert plain == [first, big[:BIO_SEND], big[BIO_SEND : 2 * BIO_SEND], big[2 * BIO_SEND :]]
+    if io_kind is RecordIO:
+        assert wrote is False
+    receiving.feed(wire[-3:])
+    plain.clear()
+    receiving.decrypt(plain)
+    assert plain == [last]
+    plain.clear()
+    receiving.decrypt(plain)  # nothing fed: no record, no exception
+    assert plain == []
+
+
+def test_decrypt_reports_what_openssl_wrote_for_a_record_without_data(
+    io_kind: type[RecordIO],
+) -> None:
+    """A data record and then a record that makes OpenSSL answer (a TLS 1.2
+    renegotiation ClientHello, refused with an alert) in one feed: the data comes out,
+    and ``decrypt`` says OpenSSL wrote (its no_renegotiation alert), so the caller
+    flushes the answer at once."""
+    server, client = _pair(max_version=SSL.TLS1_2_VERSION)
+    sending, receiving = io_kind(client), io_kind(server)
+    wire = _wire(sending, b"before the hello")
+    client.renegotiate()
+    with contextlib.suppress(SSL.WantReadError):
+        client.do_handshake()
+    out: list[bytes] = []
+    sending.drain(out)
+    receiving.feed(wire + b"".join(out))
+    plain: list[bytes] = []
+    assert receiving.decrypt(plain) is True
+    assert plain == [b"before the hello"]
+    answer: list[bytes] = []
+    receiving.drain(answer)
+    assert answer, "OpenSSL's answer to the hello was not in the outgoing BIO"
+
+
+def test_connections_sharing_the_read_buffer_keep_their_own_bytes() -> None:
+    """Every connection decrypts into one process-wide buffer: what one connection
+    returned is a copy, unchanged by the next connection's records."""
+    (server_a, client_a), (server_b, client_b) = _pair(), _pair()
+    a, b = RecordIO(server_a), RecordIO(server_b)
+    a.feed(_wire(RecordIO(client_a), b"A" * 5000))
+    b.feed(_wire(RecordIO(client_b), b"B" * 6000))
+    got_a: list[bytes] = []
+    got_b: list[bytes] = []
+    a.decrypt(got_a)
+    b.decrypt(got_b)
+    assert got_a == [b"A" * 5000] and got_b == [b"B" * 6000]

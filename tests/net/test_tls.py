@@ -223,14 +223,15 @@ def test_the_base_context_has_no_certificate_so_the_handshake_fails(
 def test_client_leaves_from_every_current_root_verify(
     ca: MeshCA, other_ca: MeshCA, issuer: str
 ) -> None:
-    """Both providers' roots are trusted at once, so a CA rotation is hitless."""
+    """Both providers' roots are trusted at once, so a CA rotation is hitless; the verify
+    callback hears of refused certificates only (gwcore.net.client_verify)."""
     server = Server()
     server.build({BILLING: ca.leaf("billing")}, [ca.cert, other_ca.cert])
     client_ca = {"ca": ca, "other_ca": other_ca}[issuer]
     client, server_conn = connect(server, sni(BILLING), client_ca.leaf("web"))
     handshake(client, server_conn)
     assert server_conn.get_peer_certificate(as_cryptography=True) is not None
-    assert server.verified and all(ok for _, _, ok in server.verified)
+    assert server.verified == []  # a chain OpenSSL accepts costs no Python call
 
 
 def test_a_client_leaf_from_an_untrusted_ca_is_refused(ca: MeshCA) -> None:
