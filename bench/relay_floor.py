@@ -142,12 +142,16 @@ class Relay:
             return self.close("upstream")
         self.loop.sent += len(data)
         done = 0
-        while done < len(data):
-            got = lib.SSL_write(self.ssl, data[done:], len(data) - done)
-            if got <= 0:  # a full socket buffer: wait for it (a floor, not a gateway)
-                select.select([], [self.client], [], 10)
-                continue
-            done += got
+        with ffi.from_buffer(data) as buf:  # a retried write passes the same bytes
+            while done < len(data):
+                got = lib.SSL_write(self.ssl, buf + done, len(data) - done)
+                if got > 0:
+                    done += got
+                elif lib.SSL_get_error(self.ssl, got) == lib.SSL_ERROR_WANT_WRITE:
+                    # A full socket buffer: wait for it (a floor, not a gateway).
+                    select.select([], [self.client], [], 10)
+                else:
+                    return self.close(f"SSL_write: error {lib.SSL_get_error(self.ssl, got)}")
         return None
 
     def close(self, why: str = "") -> None:
