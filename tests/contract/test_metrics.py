@@ -18,6 +18,13 @@ SERVICE = {
 }
 
 
+def _python(env: dict[str, str], *args: str) -> str:
+    """What ``python *args`` prints, run with ``env`` (it must succeed)."""
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+
+
 def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
@@ -169,14 +176,7 @@ def test_with_workers_plugin_gauges_and_consul_freshness_are_exported_right(tmp_
     last-success timestamp; the callback staleness gauge, which workers would export as
     a constant 0 (a stale catalog looking fresh), is not exported."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "-c", _MULTIPROCESS_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = _python(env, "-c", _MULTIPROCESS_SCRIPT)
     assert 'tgw_plugin_gauge{site="main"} 7.0' in out, out
     assert 'tgw_consul_last_success_timestamp_seconds{plugin="p",site="main"} 100.0' in out, out
     assert "tgw_consul_staleness_seconds{" not in out, out
@@ -201,14 +201,7 @@ def test_with_workers_a_removed_series_leaves_the_exposition(tmp_path) -> None:
     (and warns); ``remove_series`` makes the series leave ``/metrics`` without a
     warning (warnings are errors here), and the other series stay."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-c", _REMOVE_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = _python(env, "-W", "error", "-c", _REMOVE_SCRIPT)
     assert 'name="payments"' in out, out
     assert 'name="billing"' not in out, out
 
@@ -251,14 +244,7 @@ def test_a_worker_updates_its_metric_files_without_asking_for_its_pid(tmp_path) 
     (prometheus-client's default asks on every update, a system call each), and the
     worker's file still carries the value the exposition adds up."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-c", _PID_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = _python(env, "-W", "error", "-c", _PID_SCRIPT)
     calls, exposition = out.split("\n", 1)
     assert int(calls) == 0, out
     assert 'tgw_tls_handshakes_total{site="main",version="TLSv1.3"} 1000.0' in exposition, out
@@ -311,14 +297,7 @@ def test_a_workers_values_are_exposed_exactly_as_the_librarys(tmp_path) -> None:
         d = tmp_path / mode
         d.mkdir()
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(d)}
-        out[mode] = subprocess.run(
-            [sys.executable, "-W", "error", "-c", _SAME_FILES_SCRIPT, mode],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+        out[mode] = _python(env, "-W", "error", "-c", _SAME_FILES_SCRIPT, mode)
     assert 'tgw_tls_handshakes_total{site="main",version="TLSv1.3"} 42.0' in out[kind]
     assert 'tgw_tls_handshakes_total{site="site-2999",version="TLSv1.2"} 2999.0' in out[kind]
     assert 'tgw_routes{site="gone"}' not in out[kind]
@@ -366,14 +345,7 @@ def test_a_workers_metric_updates_cost_no_more_python_calls_than_one_process(
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if mode == "worker":
             env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
-        out = subprocess.run(
-            [sys.executable, "-W", "error", "-c", _CALLS_SCRIPT],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+        out = _python(env, "-W", "error", "-c", _CALLS_SCRIPT)
         counts[mode] = out
     one, worker = (int(counts[m].split()[0]) for m in ("one process", "worker"))
     assert worker <= one, counts

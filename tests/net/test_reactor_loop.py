@@ -104,6 +104,21 @@ def logged() -> Iterator[list[dict[str, Any]]]:
     globalLogPublisher.removeObserver(events.append)
 
 
+class RecordingPoller:
+    """The reactor's epoll object, with every poll's timeout appended to ``timeouts``."""
+
+    def __init__(self, real: Any, timeouts: list[Any]) -> None:
+        self._real = real
+        self._timeouts = timeouts
+
+    def poll(self, timeout: float, maxevents: int) -> Any:
+        self._timeouts.append(timeout)
+        return self._real.poll(timeout, maxevents)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 def test_call_from_thread_runs_in_the_loop_and_wakes_its_poll(loop: Loop) -> None:
     """``callFromThread`` from another thread, while the loop sleeps with no timer
     pending, runs the call in the reactor thread (the waker ends the poll)."""
@@ -316,7 +331,6 @@ def test_an_iteration_with_no_timer_work_skips_run_until_current_and_timeout(
         setattr(reactor, name, counting)
     rounds: list[int] = []
     timeouts: list[Any] = []
-    real_poll = reactor._poller.poll
 
     def on_read(data: bytes) -> None:
         rounds.append(len(rounds))
@@ -326,21 +340,13 @@ def test_an_iteration_with_no_timer_work_skips_run_until_current_and_timeout(
         else:
             poke.send(b"x")  # served on the next iteration
 
-    class Recording:
-        def poll(self, timeout: float, maxevents: int) -> Any:
-            timeouts.append(timeout)
-            return real_poll(timeout, maxevents)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real_poller, name)
-
     real_poller = reactor._poller
     counts_at_20: dict[str, int] = {}
     poke = loop.pipe(on_read)
 
     def start() -> None:
         reactor.callLater(3600, lambda: None)
-        reactor._poller = Recording()
+        reactor._poller = RecordingPoller(real_poller, timeouts)
         poke.send(b"x")
 
     try:
@@ -364,14 +370,6 @@ def test_a_sleep_is_capped_at_what_epoll_can_take(loop: Loop) -> None:
     real_poller = reactor._poller
     reads: list[bytes] = []
 
-    class Recording:
-        def poll(self, timeout: float, maxevents: int) -> Any:
-            timeouts.append(timeout)
-            return real_poller.poll(timeout, maxevents)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real_poller, name)
-
     def on_read(data: bytes) -> None:
         reads.append(data)
         if len(reads) == 3:
@@ -383,7 +381,7 @@ def test_a_sleep_is_capped_at_what_epoll_can_take(loop: Loop) -> None:
 
     def start() -> None:
         reactor.callLater(10**7, lambda: None)
-        reactor._poller = Recording()
+        reactor._poller = RecordingPoller(real_poller, timeouts)
         poke.send(b"x")
 
     try:
