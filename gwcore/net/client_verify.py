@@ -13,7 +13,8 @@ So the callback is registered through the cffi binding pyOpenSSL itself uses, as
 :mod:`gwcore.net.peer_verify` does for the upstream side and with the same internals
 (``Context._context``, ``Connection._reverse_mapping``, ``X509._from_raw_x509_ptr``):
 a check OpenSSL passed returns at once, with no Python object made; a failed one
-calls ``on_failure(conn, cert, errnum, depth, 0)`` with pyOpenSSL objects, exactly as
+calls ``on_failure(conn, cert, errnum, depth, 0)`` with pyOpenSSL objects (``cert``
+is ``None`` for an error with no current certificate), exactly as
 ``set_verify``'s callback would be called, and what it returns decides, as there (a
 true value overrides the error).
 Anything raised fails the verification (OpenSSL never sees a Python exception); should
@@ -29,7 +30,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
-VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+VerifyCallback = Callable[[SSL.Connection, crypto.X509 | None, int, int, int], bool]
 
 
 class ClientVerifier:
@@ -55,8 +56,10 @@ class ClientVerifier:
             )
             conn = SSL.Connection._reverse_mapping[ssl]  # how pyOpenSSL's callbacks find it
             raw = _lib.X509_STORE_CTX_get_current_cert(store_ctx)
-            _lib.X509_up_ref(raw)  # the X509 wrapper frees its reference
-            cert = crypto.X509._from_raw_x509_ptr(raw)
+            cert = None  # some errors (a policy check's) leave no current certificate
+            if raw != _ffi.NULL:
+                _lib.X509_up_ref(raw)  # the X509 wrapper frees its reference
+                cert = crypto.X509._from_raw_x509_ptr(raw)
             errnum = int(_lib.X509_STORE_CTX_get_error(store_ctx))
             depth = int(_lib.X509_STORE_CTX_get_error_depth(store_ctx))
             if not self._on_failure(conn, cert, errnum, depth, 0):

@@ -14,25 +14,22 @@ next connection goes to whichever worker polls first, the less busy one.
 (``worker_listeners = "reuseport"`` gives each worker its own queue instead; the
 kernel spreads connections over them by a hash of the addresses.)
 
-On the gateway's epoll reactor a :class:`SharedPort` waits for connections with
-``EPOLLEXCLUSIVE``: a new connection wakes one idle worker, not every worker. Without
-it each connection woke all N; N - 1 of them ran a reactor turn, Twisted's ``doRead``
-and an ``accept`` that found nothing (``EAGAIN``): per handshake, a wake-up's worth
-of CPU that one process does not pay. A busy worker is not woken but sees the queue
-at its next poll, as before (level-triggered), so the queue is still served by
-whichever worker polls first.
+Every idle worker is woken for a new connection, and those that lose the race find
+nothing to accept. Waiting with ``EPOLLEXCLUSIVE`` (one idle worker woken per
+connection) was tried and taken out: the kernel then tells only the worker it woke,
+and a worker that stops listening before it accepts (a drain on stop or reload, a
+crash) leaves the connection in the queue, unseen by the others until the next
+connection arrives — a hang on a quiet gateway (tests/net/test_shared_accept.py).
 """
 
 from __future__ import annotations
 
-import select
 from typing import Any
 
 from twisted.internet.protocol import Factory
 
 from gwcore.net.fasttcp import Port
 from gwcore.net.fasttcp import adopt as fasttcp_adopt
-from gwcore.net.reactor import is_gateway_reactor
 
 ACCEPTS_PER_WAKEUP = 1
 
@@ -48,38 +45,6 @@ class SharedPort(Port):
     @numberAccepts.setter
     def numberAccepts(self, value: int) -> None:
         """Twisted's batch scaling (module docstring) does not apply to a shared queue."""
-
-    def startReading(self) -> None:
-        """Wait for connections with ``EPOLLEXCLUSIVE`` where the reactor is the
-        gateway's (module docstring); elsewhere as Twisted does."""
-        if exclusive_wakeups(self.reactor):
-            reactor = self.reactor
-            # The reactor's own bookkeeping (_reads, _selectables), with one more flag;
-            # a listening port never waits for writing, so this is always a fresh add
-            # (epoll refuses to modify an exclusive registration).
-            try:
-                reactor._add(
-                    self,
-                    reactor._reads,
-                    reactor._writes,
-                    reactor._selectables,
-                    select.EPOLLIN | select.EPOLLEXCLUSIVE,
-                    select.EPOLLOUT,
-                )
-                return
-            except OSError:  # a kernel before 4.5 refuses the flag (EINVAL)
-                pass
-        super().startReading()
-
-
-def exclusive_wakeups(reactor: Any) -> bool:
-    """Whether ``reactor`` can wait on a shared listening socket with ``EPOLLEXCLUSIVE``
-    (Linux 4.5+, the gateway's epoll reactor, the private method it is added with)."""
-    return (
-        hasattr(select, "EPOLLEXCLUSIVE")
-        and is_gateway_reactor(reactor)
-        and hasattr(reactor, "_add")
-    )
 
 
 def adopt(reactor: Any, fd: int, family: int, factory: Factory) -> Any:

@@ -107,3 +107,36 @@ async def test_a_leaf_refused_in_the_chain_check_is_described_and_counted(gatewa
     record = gateway.access_records()[0]
     assert record["close_cause"] == "handshake:expired_cert"
     assert record["peer_certificate_serial"] == format(expired.certificate.serial_number, "x")
+
+
+_NO_CURRENT_CERT = """
+from OpenSSL import SSL
+from OpenSSL._util import ffi, lib
+from gwcore.net.client_verify import ClientVerifier
+calls = []
+verifier = ClientVerifier(lambda conn, cert, err, depth, ok: calls.append((cert, err)) or False)
+conn = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+store, store_ctx = lib.X509_STORE_new(), lib.X509_STORE_CTX_new()
+assert lib.X509_STORE_CTX_init(store_ctx, store, ffi.NULL, ffi.NULL) == 1
+lib.X509_STORE_CTX_set_error(store_ctx, 43)  # X509_V_ERR_NO_EXPLICIT_POLICY: no current cert
+# This store context belongs to no handshake: map its (absent) SSL to the connection.
+SSL.Connection._reverse_mapping[
+    lib.X509_STORE_CTX_get_ex_data(store_ctx, lib.SSL_get_ex_data_X509_STORE_CTX_idx())
+] = conn
+print(verifier._verify(0, store_ctx), calls)
+"""
+
+
+def test_a_refusal_with_no_current_certificate_is_heard_without_one() -> None:
+    """OpenSSL reports some refusals (a policy check's) with no current certificate
+    (``X509_STORE_CTX_get_current_cert`` is NULL): the callback hands the site the
+    error with ``cert=None`` and refuses, instead of taking a reference on NULL and
+    crashing the process (run in a child, so a crash is a failure, not the suite's)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_CURRENT_CERT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "0 [(None, 43)]"
