@@ -18,7 +18,7 @@ with system ``-`` instead of the selectable's prefix; nothing else differs. An
 event that is only "readable" (nearly all of a relay's) runs the read branch of
 ``_doReadOrWrite`` inline, one Python call less: ``fileno() == -1`` disconnects
 with Twisted's "File descriptor lost", else ``doRead()``; an exception is logged
-with ``log.err`` and, like a true result, disconnects the selectable as a read.
+with ``log.err`` and disconnects the selectable (not as a read, as in Twisted).
 
 It is installed through Twisted's own reactor selection (:func:`install`), never
 by patching Twisted: ``twistd -n tgw`` installs it when no ``--reactor`` was
@@ -95,13 +95,20 @@ if EPollReactor is not None:
                     continue
                 # Readable and nothing else (nearly every event of a relay): the read
                 # branch of Twisted's _doReadOrWrite, here rather than one call deeper.
+                # As there, only a doRead that returned counts as "in read" for the
+                # disconnect (a raise or a lost descriptor is not).
+                in_read = False
                 try:
-                    why = _NO_FILEDESC if selectable.fileno() == -1 else selectable.doRead()
+                    if selectable.fileno() == -1:
+                        why = _NO_FILEDESC
+                    else:
+                        why = selectable.doRead()
+                        in_read = True
                 except BaseException:
                     why = sys.exc_info()[1]
                     log.err()  # as _doReadOrWrite logs it; the selectable is disconnected
                 if why:
-                    self._disconnectSelectable(selectable, why, True)
+                    self._disconnectSelectable(selectable, why, in_read)
 
         doIteration = doPoll
 
